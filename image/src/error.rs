@@ -1,0 +1,171 @@
+//! The image crate's error type.
+//!
+//! Every variant is classified by [`Error::kind`], which the agent turns into a gRPC code in
+//! one place. This crate itself knows nothing of gRPC.
+
+use std::io;
+use std::path::PathBuf;
+
+/// The class of a failure, in the spirit of containerd's `errdefs`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The named thing does not exist.
+    NotFound,
+    /// The caller's input is malformed.
+    InvalidArgument,
+    /// The registry refused our credentials, or we had none.
+    Unauthenticated,
+    /// Something outside berth is down or unreachable (a registry, a mirror).
+    Unavailable,
+    /// The request is well formed but cannot be done in the present state of things
+    /// (a bad hosts.toml, an unsupported manifest, an unsafe layer).
+    FailedPrecondition,
+    /// Content did not match its digest or size.
+    DataLoss,
+    /// A local failure: the disk, the metadata store.
+    Internal,
+}
+
+/// Errors of image references, registry access, pulls and the local stores.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The reference does not follow the distribution reference grammar.
+    #[error("invalid image reference {reference:?}: {reason}")]
+    InvalidReference {
+        /// What the caller sent.
+        reference: String,
+        /// Why it was refused.
+        reason: String,
+    },
+    /// No local image matches the reference.
+    #[error("image {0:?} not found")]
+    ImageNotFound(String),
+    /// A hosts.toml (or the certs.d directory holding it) is malformed.
+    #[error("{}{}: {reason}", file.display(), line.map(|l| format!(":{l}")).unwrap_or_default())]
+    HostsConfig {
+        /// The file at fault.
+        file: PathBuf,
+        /// The 1-based line, where known.
+        line: Option<usize>,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The registry has no such manifest or blob on any host tried.
+    #[error("{what} not found in registry (tried {tried})")]
+    RemoteNotFound {
+        /// What was asked for.
+        what: String,
+        /// The hosts tried, in order.
+        tried: String,
+    },
+    /// The registry wants credentials we do not have, or refused those we sent.
+    #[error("{host}: authentication failed: {reason}")]
+    Unauthorized {
+        /// The host that refused.
+        host: String,
+        /// The registry's own words.
+        reason: String,
+    },
+    /// A registry answered with an error, or could not be reached.
+    #[error("{host}: {reason}")]
+    Registry {
+        /// The host tried.
+        host: String,
+        /// What went wrong, the registry's own message where it gave one.
+        reason: String,
+    },
+    /// Downloaded or unpacked content does not match the digest or size it was promised.
+    #[error("{what}: expected {expected}, got {actual}")]
+    DigestMismatch {
+        /// The object checked.
+        what: String,
+        /// The digest or size promised.
+        expected: String,
+        /// What the content had.
+        actual: String,
+    },
+    /// A manifest, index or config the registry served is not usable.
+    #[error("{what}: {reason}")]
+    BadContent {
+        /// The object at fault.
+        what: String,
+        /// Why.
+        reason: String,
+    },
+    /// The index has no manifest for this machine's platform.
+    #[error("no manifest for platform {platform} in {reference}")]
+    NoMatchingPlatform {
+        /// The platform wanted, e.g. linux/amd64.
+        platform: String,
+        /// The reference pulled.
+        reference: String,
+    },
+    /// A layer tries to write outside its snapshot, or holds an entry berth will not create.
+    #[error("layer {layer} rejected: entry {path:?}: {reason}")]
+    UnsafeLayer {
+        /// The layer's digest.
+        layer: String,
+        /// The entry at fault.
+        path: String,
+        /// Why it was rejected.
+        reason: String,
+    },
+    /// A filesystem operation failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// What berth was doing.
+        context: String,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// The metadata store failed.
+    #[error("metadata store: {0}")]
+    Store(String),
+}
+
+impl Error {
+    /// The class of this error.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::InvalidReference { .. } => ErrorKind::InvalidArgument,
+            Error::ImageNotFound(_) | Error::RemoteNotFound { .. } => ErrorKind::NotFound,
+            Error::NoMatchingPlatform { .. } => ErrorKind::NotFound,
+            Error::HostsConfig { .. } => ErrorKind::FailedPrecondition,
+            Error::Unauthorized { .. } => ErrorKind::Unauthenticated,
+            Error::Registry { .. } => ErrorKind::Unavailable,
+            Error::DigestMismatch { .. } => ErrorKind::DataLoss,
+            Error::BadContent { .. } | Error::UnsafeLayer { .. } => ErrorKind::FailedPrecondition,
+            Error::Io { .. } | Error::Store(_) => ErrorKind::Internal,
+        }
+    }
+
+    pub(crate) fn io(context: impl Into<String>, source: io::Error) -> Self {
+        Error::Io { context: context.into(), source }
+    }
+
+    pub(crate) fn bad(what: impl Into<String>, reason: impl Into<String>) -> Self {
+        Error::BadContent { what: what.into(), reason: reason.into() }
+    }
+}
+
+macro_rules! store_error {
+    ($($t:ty),*) => {$(
+        impl From<$t> for Error {
+            fn from(e: $t) -> Self {
+                Error::Store(e.to_string())
+            }
+        }
+    )*};
+}
+store_error!(
+    redb::Error,
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);
+
+/// The crate's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,13 @@
+//! Images for berth: references, registry hosts (certs.d `hosts.toml`), the registry client,
+//! the content store, overlay snapshots, the layer applier and the image service that ties
+//! them together. Nothing here knows about gRPC.
+#![warn(missing_docs)]
+
+pub mod content;
+pub mod error;
+pub mod hosts;
+pub mod reference;
+pub mod store;
+pub mod unpack;
+
+pub use error::{Error, ErrorKind, Result};

@@ -1,0 +1,168 @@
+//! berth's metadata store: typed JSON records in named tables of one redb database.
+//!
+//! redb rather than sled: sled's own README calls it beta, says its on-disk format will change
+//! and advises SQLite where reliability matters, and its last release (2024) is an alpha. redb
+//! is ACID and crash-safe (copy-on-write B-tree, fsync on commit, stable file format), the
+//! closest match to the bbolt database containerd keeps. Every write is one transaction, so a
+//! record is either wholly there or not at all; memory holds only indexes derived from it.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::error::{Error, Result};
+
+/// The schema this build writes. Opening a store written by a newer schema fails rather than
+/// misreading it.
+pub const SCHEMA_VERSION: u32 = 1;
+
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+
+/// A handle to the database, cheap to clone and share between services.
+#[derive(Clone)]
+pub struct Store {
+    db: Arc<Database>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Store")
+    }
+}
+
+fn table(name: &str) -> TableDefinition<'_, &'static str, &'static [u8]> {
+    TableDefinition::new(name)
+}
+
+impl Store {
+    /// Opens or creates the database file and checks its schema version.
+    pub fn open(path: &Path) -> Result<Self> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| Error::io(format!("create {}", dir.display()), e))?;
+        }
+        let db = Database::create(path).map_err(|e| Error::Store(format!("open {}: {e}", path.display())))?;
+        let tx = db.begin_write()?;
+        {
+            let mut meta = tx.open_table(META)?;
+            let found = meta.get("schema_version")?.map(|v| v.value().to_vec());
+            match found {
+                None => {
+                    meta.insert("schema_version", SCHEMA_VERSION.to_string().as_bytes())?;
+                }
+                Some(v) => {
+                    let v: u32 = String::from_utf8_lossy(&v).parse().unwrap_or(u32::MAX);
+                    if v > SCHEMA_VERSION {
+                        return Err(Error::Store(format!(
+                            "{} has schema version {v}; this berth understands up to {SCHEMA_VERSION}",
+                            path.display()
+                        )));
+                    }
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(Store { db: Arc::new(db) })
+    }
+
+    /// Writes `value` under `key` in `table_name`, replacing what was there.
+    pub fn put<T: Serialize>(&self, table_name: &str, key: &str, value: &T) -> Result<()> {
+        let bytes = serde_json::to_vec(value).map_err(|e| Error::Store(format!("encode {table_name}/{key}: {e}")))?;
+        let tx = self.db.begin_write()?;
+        tx.open_table(table(table_name))?.insert(key, bytes.as_slice())?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Applies several puts and deletes in one transaction.
+    pub fn batch(&self, table_name: &str, puts: &[(String, Vec<u8>)], deletes: &[String]) -> Result<()> {
+        let tx = self.db.begin_write()?;
+        {
+            let mut t = tx.open_table(table(table_name))?;
+            for (k, v) in puts {
+                t.insert(k.as_str(), v.as_slice())?;
+            }
+            for k in deletes {
+                t.remove(k.as_str())?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Reads the record under `key`.
+    pub fn get<T: DeserializeOwned>(&self, table_name: &str, key: &str) -> Result<Option<T>> {
+        let tx = self.db.begin_read()?;
+        let t = match tx.open_table(table(table_name)) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        match t.get(key)? {
+            Some(v) => Ok(Some(decode(table_name, key, v.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Removes `key`; a missing key is not an error.
+    pub fn delete(&self, table_name: &str, key: &str) -> Result<()> {
+        self.batch(table_name, &[], &[key.to_string()])
+    }
+
+    /// Every record of a table, in key order.
+    pub fn list<T: DeserializeOwned>(&self, table_name: &str) -> Result<Vec<(String, T)>> {
+        let tx = self.db.begin_read()?;
+        let t = match tx.open_table(table(table_name)) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(vec![]),
+            Err(e) => return Err(e.into()),
+        };
+        let mut out = Vec::new();
+        for item in t.iter()? {
+            let (k, v) = item?;
+            out.push((k.value().to_string(), decode(table_name, k.value(), v.value())?));
+        }
+        Ok(out)
+    }
+}
+
+fn decode<T: DeserializeOwned>(table: &str, key: &str, bytes: &[u8]) -> Result<T> {
+    serde_json::from_slice(bytes).map_err(|e| Error::Store(format!("decode {table}/{key}: {e}")))
+}
+
+/// Encodes a record for [`Store::batch`].
+pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>> {
+    serde_json::to_vec(value).map_err(|e| Error::Store(format!("encode: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_survive_reopen_and_newer_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("meta.redb");
+        {
+            let s = Store::open(&path).unwrap();
+            s.put("t", "a", &vec![1, 2]).unwrap();
+            s.put("t", "b", &vec![3]).unwrap();
+            s.batch("t", &[("c".into(), encode(&vec![4]).unwrap())], &["a".into()]).unwrap();
+        }
+        let s = Store::open(&path).unwrap();
+        let all: Vec<(String, Vec<i32>)> = s.list("t").unwrap();
+        assert_eq!(all, vec![("b".into(), vec![3]), ("c".into(), vec![4])]);
+        assert_eq!(s.get::<Vec<i32>>("t", "a").unwrap(), None);
+        assert_eq!(s.get::<Vec<i32>>("missing", "a").unwrap(), None);
+        assert!(s.list::<i32>("missing").unwrap().is_empty());
+
+        let tx = s.db.begin_write().unwrap();
+        tx.open_table(META).unwrap().insert("schema_version", b"99".as_slice()).unwrap();
+        tx.commit().unwrap();
+        drop(s);
+        let e = Store::open(&path).unwrap_err();
+        assert!(e.to_string().contains("schema version 99"), "{e}");
+    }
+}
