@@ -6,8 +6,15 @@
 pub mod content;
 pub mod error;
 pub mod hosts;
+pub mod manifest;
 pub mod reference;
+pub mod registry;
+pub mod service;
+pub mod snapshot;
 pub mod store;
 pub mod unpack;
 
 pub use error::{Error, ErrorKind, Result};
+pub use reference::{Digest, Reference};
+pub use registry::Credentials;
+pub use service::{FsUsage, ImageRecord, ImageService, ImageServiceConfig};

@@ -1,0 +1,270 @@
+//! berth's configuration file: TOML, every key optional, unknown keys rejected.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use serde::{Deserialize, Serialize};
+
+/// The default configuration, as shipped in `deploy/config.toml`.
+pub const DEFAULT_CONFIG: &str = include_str!("../../deploy/config.toml");
+
+/// Where berth looks for its config when `--config` is not given.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/berth/config.toml";
+
+/// The whole configuration.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub root: PathBuf,
+    pub state: PathBuf,
+    pub address: PathBuf,
+    pub sandbox_image: String,
+    pub max_concurrent_downloads: usize,
+    pub log: LogConfig,
+    pub registry: RegistryConfig,
+    pub cni: CniConfig,
+    pub runtime: RuntimeConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub level: String,
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegistryConfig {
+    pub config_path: PathBuf,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CniConfig {
+    pub conf_dir: PathBuf,
+    pub bin_dirs: Vec<PathBuf>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuntimeConfig {
+    pub default_handler: String,
+    pub handlers: BTreeMap<String, Handler>,
+}
+
+/// A RuntimeClass handler: which shim v2 runs its pods, and with what options.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Handler {
+    pub runtime_type: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime_path: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pod_annotations: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub container_annotations: Vec<String>,
+    #[serde(default)]
+    pub options: HandlerOptions,
+}
+
+/// Options handed to the shim, named as containerd names them.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct HandlerOptions {
+    #[serde(rename = "BinaryName", default, skip_serializing_if = "Option::is_none")]
+    pub binary_name: Option<String>,
+    #[serde(rename = "SystemdCgroup", default)]
+    pub systemd_cgroup: bool,
+    #[serde(rename = "ConfigPath", default, skip_serializing_if = "Option::is_none")]
+    pub config_path: Option<PathBuf>,
+    #[serde(rename = "Root", default, skip_serializing_if = "Option::is_none")]
+    pub root: Option<PathBuf>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        let mut handlers = BTreeMap::new();
+        handlers.insert("runc".into(), Handler { runtime_type: "io.containerd.runc.v2".into(), ..Default::default() });
+        handlers.insert(
+            "runsc".into(),
+            Handler {
+                runtime_type: "io.containerd.runc.v2".into(),
+                options: HandlerOptions { binary_name: Some("/usr/bin/runsc".into()), ..Default::default() },
+                ..Default::default()
+            },
+        );
+        handlers.insert(
+            "kata".into(),
+            Handler {
+                runtime_type: "io.containerd.kata.v2".into(),
+                options: HandlerOptions { config_path: Some("/opt/kata/share/defaults/kata-containers/configuration.toml".into()), ..Default::default() },
+                ..Default::default()
+            },
+        );
+        Config {
+            root: "/var/lib/berth".into(),
+            state: "/run/berth".into(),
+            address: "/run/berth/berth.sock".into(),
+            sandbox_image: "registry.k8s.io/pause:3.9".into(),
+            max_concurrent_downloads: 3,
+            log: LogConfig::default(),
+            registry: RegistryConfig::default(),
+            cni: CniConfig::default(),
+            runtime: RuntimeConfig { default_handler: "runc".into(), handlers },
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig { level: "info".into(), format: LogFormat::Text }
+    }
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        RegistryConfig { config_path: "/etc/berth/certs.d".into() }
+    }
+}
+
+impl Default for CniConfig {
+    fn default() -> Self {
+        CniConfig { conf_dir: "/etc/cni/net.d".into(), bin_dirs: vec!["/opt/cni/bin".into(), "/usr/lib/cni".into()] }
+    }
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        Config::default().runtime
+    }
+}
+
+impl Config {
+    /// Reads `path`. A missing file at the default location means the defaults; a missing
+    /// file that was asked for by name is an error.
+    pub fn load(path: &Path, explicit: bool) -> anyhow::Result<Self> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => return Ok(Config::default()),
+            Err(e) => return Err(e).with_context(|| format!("read config {}", path.display())),
+        };
+        Self::parse(&text).with_context(|| format!("config {}", path.display()))
+    }
+
+    /// Parses and validates config text.
+    pub fn parse(text: &str) -> anyhow::Result<Self> {
+        let cfg: Config = toml::from_str(text).map_err(|e| anyhow::anyhow!("{}", e.to_string().trim_end()))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        for (key, p) in [("root", &self.root), ("state", &self.state), ("address", &self.address), ("cni.conf_dir", &self.cni.conf_dir)] {
+            if !p.is_absolute() {
+                bail!("{key}: {} is not an absolute path", p.display());
+            }
+        }
+        if !self.registry.config_path.as_os_str().is_empty() && !self.registry.config_path.is_absolute() {
+            bail!("registry.config_path: {} is not an absolute path", self.registry.config_path.display());
+        }
+        berth_image::Reference::parse(&self.sandbox_image).map_err(|e| anyhow::anyhow!("sandbox_image: {e}"))?;
+        if self.max_concurrent_downloads == 0 || self.max_concurrent_downloads > 64 {
+            bail!("max_concurrent_downloads: {} is out of range (1 to 64)", self.max_concurrent_downloads);
+        }
+        tracing_subscriber::EnvFilter::try_new(&self.log.level).map_err(|e| anyhow::anyhow!("log.level: {:?}: {e}", self.log.level))?;
+        if !self.runtime.handlers.contains_key(&self.runtime.default_handler) {
+            bail!("runtime.default_handler: {:?} is not one of runtime.handlers ({})", self.runtime.default_handler, self.runtime.handlers.keys().cloned().collect::<Vec<_>>().join(", "));
+        }
+        for (name, h) in &self.runtime.handlers {
+            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.') {
+                bail!("runtime.handlers.{name:?}: handler names are letters, digits, '-', '_' and '.'");
+            }
+            shim_binary_name(&h.runtime_type).map_err(|e| anyhow::anyhow!("runtime.handlers.{name}.runtime_type: {e}"))?;
+        }
+        Ok(())
+    }
+
+    /// The registry certs.d directory, unless disabled.
+    pub fn registry_config_path(&self) -> Option<PathBuf> {
+        Some(self.registry.config_path.clone()).filter(|p| !p.as_os_str().is_empty())
+    }
+}
+
+/// The shim binary a runtime type implies: `io.containerd.runc.v2` → `containerd-shim-runc-v2`.
+pub fn shim_binary_name(runtime_type: &str) -> Result<String, String> {
+    let parts: Vec<&str> = runtime_type.split('.').collect();
+    match parts.as_slice() {
+        ["io", "containerd", name, version]
+            if !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') && version.starts_with('v') && version.len() > 1 =>
+        {
+            Ok(format!("containerd-shim-{name}-{version}"))
+        }
+        _ => Err(format!("{runtime_type:?} is not of the form io.containerd.<runtime>.<version>, e.g. io.containerd.runc.v2")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_default_is_the_default() {
+        assert_eq!(Config::parse(DEFAULT_CONFIG).unwrap(), Config::default());
+        assert_eq!(Config::parse("").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn rejects_unknown_keys_and_bad_values_naming_them() {
+        let cases = [
+            ("rooot = \"/x\"", "rooot"),
+            ("root = \"relative\"", "root"),
+            ("sandbox_image = \"Bad Image\"", "sandbox_image"),
+            ("max_concurrent_downloads = 0", "max_concurrent_downloads"),
+            ("max_concurrent_downloads = \"3\"", "max_concurrent_downloads"),
+            ("[log]\nformat = \"xml\"", "format"),
+            ("[log]\nlevel = \"loud=[\"", "log.level"),
+            ("[registry]\nconfigpath = \"/x\"", "configpath"),
+            ("[runtime]\ndefault_handler = \"nope\"", "default_handler"),
+            ("[runtime]\ndefault_handler = \"x\"\n[runtime.handlers.x]\nruntime_type = \"runc\"", "runtime.handlers.x.runtime_type"),
+            ("[runtime.handlers.x]\nruntime_type = \"io.containerd.runc.v2\"\noptions = { Binary = \"x\" }", "Binary"),
+        ];
+        for (text, key) in cases {
+            let e = format!("{:#}", Config::parse(text).expect_err(text));
+            assert!(e.contains(key), "{text}: {e}");
+        }
+        // TOML errors carry the line.
+        let e = format!("{:#}", Config::parse("\n\nrooot = 1").unwrap_err());
+        assert!(e.contains("line 3"), "{e}");
+    }
+
+    #[test]
+    fn missing_default_file_means_defaults_but_named_file_must_exist() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("none.toml");
+        assert_eq!(Config::load(&p, false).unwrap(), Config::default());
+        assert!(Config::load(&p, true).is_err());
+        std::fs::write(&p, "state = \"/run/x\"\n[registry]\nconfig_path = \"\"\n").unwrap();
+        let c = Config::load(&p, true).unwrap();
+        assert_eq!(c.state, PathBuf::from("/run/x"));
+        assert_eq!(c.registry_config_path(), None);
+    }
+
+    #[test]
+    fn shim_names() {
+        assert_eq!(shim_binary_name("io.containerd.runc.v2").unwrap(), "containerd-shim-runc-v2");
+        assert_eq!(shim_binary_name("io.containerd.kata.v2").unwrap(), "containerd-shim-kata-v2");
+        assert_eq!(shim_binary_name("io.containerd.runsc.v1").unwrap(), "containerd-shim-runsc-v1");
+        for bad in ["runc", "io.containerd.runc", "io.containerd..v2", "io.containerd.runc.2", "io.containerd.a/b.v2"] {
+            assert!(shim_binary_name(bad).is_err(), "{bad}");
+        }
+    }
+}

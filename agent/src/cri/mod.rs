@@ -1,0 +1,91 @@
+//! The CRI gRPC services. This is the one place where library errors become gRPC statuses
+//! and where every call gets its span and its log line.
+
+mod image;
+mod runtime;
+
+use std::future::Future;
+use std::time::Instant;
+
+use berth_image::ErrorKind;
+use tonic::{Code, Response, Status};
+use tracing::Instrument;
+
+pub use image::ImageCri;
+pub use runtime::RuntimeCri;
+
+/// The gRPC code for an image error. Every kind is named: adding one is a compile error here.
+fn image_code(kind: ErrorKind) -> Code {
+    match kind {
+        ErrorKind::NotFound => Code::NotFound,
+        ErrorKind::InvalidArgument => Code::InvalidArgument,
+        ErrorKind::Unauthenticated => Code::Unauthenticated,
+        ErrorKind::Unavailable => Code::Unavailable,
+        ErrorKind::FailedPrecondition => Code::FailedPrecondition,
+        ErrorKind::DataLoss => Code::DataLoss,
+        ErrorKind::Internal => Code::Internal,
+    }
+}
+
+/// The status for an image error: its code and its whole source chain.
+pub(crate) fn image_status(e: berth_image::Error) -> Status {
+    Status::new(image_code(e.kind()), chain(&e))
+}
+
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(inner) = cur {
+        let m = inner.to_string();
+        if !s.contains(&m) {
+            s.push_str(": ");
+            s.push_str(&m);
+        }
+        cur = inner.source();
+    }
+    s
+}
+
+/// Whether a call changes state (logged at info) or only reads it (logged at trace).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Mutation,
+    Read,
+}
+
+/// Runs one CRI call inside `span`, logs its outcome once, and wraps the response.
+pub(crate) async fn call<T>(span: tracing::Span, kind: Kind, fut: impl Future<Output = Result<T, Status>>) -> Result<Response<T>, Status> {
+    let start = Instant::now();
+    let res = fut.instrument(span.clone()).await;
+    let ms = start.elapsed().as_secs_f64() * 1000.0;
+    let _e = span.enter();
+    match (&res, kind) {
+        (Ok(_), Kind::Mutation) => tracing::info!(elapsed_ms = ms, "done"),
+        (Ok(_), Kind::Read) => tracing::trace!(elapsed_ms = ms, "done"),
+        (Err(s), Kind::Mutation) => tracing::warn!(elapsed_ms = ms, code = ?s.code(), err = s.message(), "failed"),
+        (Err(s), Kind::Read) => tracing::debug!(elapsed_ms = ms, code = ?s.code(), err = s.message(), "failed"),
+    }
+    res.map(Response::new)
+}
+
+/// Runs a mutating call's body on its own task, so that it finishes even when the client
+/// cancels or times out (tonic drops the handler's future then).
+pub(crate) async fn detached<T: Send + 'static>(fut: impl Future<Output = Result<T, Status>> + Send + 'static) -> Result<T, Status> {
+    tokio::spawn(fut.in_current_span()).await.map_err(|e| Status::internal(format!("request task failed: {e}")))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn image_errors_map_to_codes() {
+        let e = berth_image::Reference::parse("Bad").unwrap_err();
+        assert_eq!(image_status(e).code(), Code::InvalidArgument);
+        assert_eq!(image_status(berth_image::Error::ImageNotFound("x".into())).code(), Code::NotFound);
+        let io = berth_image::Error::Io { context: "write blob".into(), source: std::io::Error::other("disk full") };
+        let s = image_status(io);
+        assert_eq!(s.code(), Code::Internal);
+        assert_eq!(s.message(), "write blob: disk full");
+    }
+}

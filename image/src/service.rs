@@ -1,0 +1,580 @@
+//! The image service: pull, list, status, remove, garbage collection and filesystem usage.
+//!
+//! Records live in the metadata store (table `images`, keyed by image id = config digest);
+//! memory holds only the name → id index derived from them. A pull holds the GC lock shared,
+//! and GC holds it exclusively, so GC never removes content a pull is about to reference.
+
+use std::collections::{HashMap, HashSet};
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock, Weak};
+
+use bytes::{Buf, Bytes};
+use futures::{StreamExt, TryStreamExt};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+
+use crate::content::{ContentStore, Ingest};
+use crate::error::{Error, Result};
+use crate::hosts;
+use crate::manifest::{self, Descriptor, Document, ImageConfig, Platform};
+use crate::reference::{Digest, Reference, is_image_id};
+use crate::registry::{Credentials, RegistryClient, Session};
+use crate::snapshot::Snapshotter;
+use crate::store::{self, Store};
+use crate::unpack::{self, LayerStats};
+
+const TABLE: &str = "images";
+const MAX_CONFIG: usize = 8 << 20;
+
+/// How the image service is set up.
+#[derive(Debug, Clone)]
+pub struct ImageServiceConfig {
+    /// berth's root directory; content and snapshots live below it.
+    pub root: PathBuf,
+    /// The certs.d directory with `<host>/hosts.toml` files, if any.
+    pub registry_config_path: Option<PathBuf>,
+    /// References that are never garbage-collected by the kubelet (the sandbox image).
+    pub pinned: Vec<String>,
+    /// Layers downloaded and unpacked at once per pull.
+    pub max_concurrent_downloads: usize,
+}
+
+/// A local image.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ImageRecord {
+    /// The image id: the digest of its config.
+    pub id: Digest,
+    /// `name:tag` references.
+    pub repo_tags: Vec<String>,
+    /// `name@digest` references.
+    pub repo_digests: Vec<String>,
+    /// The digest of the selected platform manifest.
+    pub manifest: Digest,
+    /// Every blob the image uses (index, manifest, config, layers) with its size.
+    pub blobs: Vec<(Digest, u64)>,
+    /// The layers' chain IDs, base first.
+    pub chain_ids: Vec<Digest>,
+    /// Bytes of manifest, config and layers, as containerd reports an image's size.
+    pub size: u64,
+    /// The config's `User`.
+    pub user: String,
+    /// When the image was first pulled (Unix nanoseconds).
+    pub created_ns: i64,
+}
+
+impl ImageRecord {
+    /// The chain ID of the top layer: the image's root filesystem.
+    pub fn top_chain(&self) -> Option<&Digest> {
+        self.chain_ids.last()
+    }
+}
+
+/// Bytes and inodes used by images.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FsUsage {
+    /// Bytes of snapshots and content.
+    pub used_bytes: u64,
+    /// Inodes of snapshots and content.
+    pub inodes_used: u64,
+}
+
+#[derive(Default)]
+struct Index {
+    images: HashMap<Digest, ImageRecord>,
+    names: HashMap<String, Digest>,
+}
+
+impl Index {
+    fn insert(&mut self, r: ImageRecord) {
+        for n in r.repo_tags.iter().chain(&r.repo_digests) {
+            self.names.insert(n.clone(), r.id.clone());
+        }
+        self.images.insert(r.id.clone(), r);
+    }
+
+    fn remove(&mut self, id: &Digest) -> Option<ImageRecord> {
+        let r = self.images.remove(id)?;
+        for n in r.repo_tags.iter().chain(&r.repo_digests) {
+            if self.names.get(n) == Some(id) {
+                self.names.remove(n);
+            }
+        }
+        Some(r)
+    }
+}
+
+/// Pulls, lists and removes images.
+pub struct ImageService {
+    cfg: ImageServiceConfig,
+    store: Store,
+    content: ContentStore,
+    snapshots: Snapshotter,
+    registry: Arc<RegistryClient>,
+    platform: Platform,
+    index: RwLock<Index>,
+    pinned: HashSet<String>,
+    /// Pulls hold it shared; GC holds it exclusively.
+    gc: tokio::sync::RwLock<()>,
+    /// Serialises read-modify-write of image records.
+    records: tokio::sync::Mutex<()>,
+    /// One fetch per blob or layer at a time, across concurrent pulls.
+    inflight: Mutex<HashMap<Digest, Weak<tokio::sync::Mutex<()>>>>,
+}
+
+impl std::fmt::Debug for ImageService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ImageService").field("root", &self.cfg.root).finish_non_exhaustive()
+    }
+}
+
+impl ImageService {
+    /// Opens the stores under `cfg.root`, loads image records and removes leftovers of
+    /// interrupted pulls and unreferenced content.
+    pub async fn open(cfg: ImageServiceConfig, store: Store) -> Result<Arc<Self>> {
+        let content = ContentStore::open(&cfg.root)?;
+        let snapshots = Snapshotter::open(&cfg.root, store.clone())?;
+        let mut index = Index::default();
+        for (_, r) in store.list::<ImageRecord>(TABLE)? {
+            index.insert(r);
+        }
+        let pinned = cfg.pinned.iter().filter_map(|p| Reference::parse(p).ok()).map(|r| r.to_string()).collect();
+        let svc = Arc::new(ImageService {
+            cfg,
+            store,
+            content,
+            snapshots,
+            registry: Arc::new(RegistryClient::new()),
+            platform: Platform::host(),
+            index: RwLock::new(index),
+            pinned,
+            gc: tokio::sync::RwLock::new(()),
+            records: tokio::sync::Mutex::new(()),
+            inflight: Mutex::new(HashMap::new()),
+        });
+        svc.gc().await?;
+        Ok(svc)
+    }
+
+    /// The snapshotter, for preparing container root filesystems.
+    pub fn snapshots(&self) -> &Snapshotter {
+        &self.snapshots
+    }
+
+    /// Where snapshots live (for filesystem usage reports).
+    pub fn snapshots_dir(&self) -> PathBuf {
+        self.cfg.root.join("snapshots")
+    }
+
+    /// True when the image carries a pinned reference.
+    pub fn is_pinned(&self, r: &ImageRecord) -> bool {
+        r.repo_tags.iter().chain(&r.repo_digests).any(|n| self.pinned.contains(n))
+    }
+
+    /// Pulls `reference` and returns the local image.
+    pub async fn pull(&self, reference: &str, creds: Option<Credentials>) -> Result<ImageRecord> {
+        let (rec, orphaned) = self.pull_inner(reference, creds).await?;
+        if orphaned {
+            self.gc().await?;
+        }
+        Ok(rec)
+    }
+
+    async fn pull_inner(&self, reference: &str, creds: Option<Credentials>) -> Result<(ImageRecord, bool)> {
+        let r = Reference::parse(reference)?;
+        // hosts.toml is read anew for every pull: edits apply without a restart.
+        let hosts = hosts::resolve(self.cfg.registry_config_path.as_deref(), r.domain())?;
+        let session = self.registry.session(hosts, &r, creds);
+        let _gc = self.gc.read().await;
+
+        let top = session.resolve(&r).await?;
+        let mut blobs = vec![(top.digest.clone(), top.body.len() as u64)];
+        self.content.write_all(&top.digest, &top.body)?;
+        let manifest_doc = match Document::parse(&format!("manifest {r}"), &top.media_type, &top.body)? {
+            Document::Manifest(m) => (top.digest.clone(), m),
+            Document::Index(idx) => {
+                let desc = idx
+                    .select(&self.platform)
+                    .ok_or_else(|| Error::NoMatchingPlatform { platform: self.platform.to_string(), reference: r.to_string() })?;
+                let m = session.manifest(&desc.digest).await?;
+                self.content.write_all(&m.digest, &m.body)?;
+                blobs.push((m.digest.clone(), m.body.len() as u64));
+                match Document::parse(&format!("manifest {}", m.digest), &m.media_type, &m.body)? {
+                    Document::Manifest(man) => (m.digest, man),
+                    Document::Index(_) => return Err(Error::bad(format!("manifest {}", m.digest), "an index may not point at another index")),
+                }
+            }
+        };
+        let (manifest_digest, manifest) = manifest_doc;
+        let manifest_size = blobs.last().map_or(0, |b| b.1);
+
+        let config_bytes = self.fetch_config(&session, &manifest.config).await?;
+        let config: ImageConfig = serde_json::from_slice(&config_bytes).map_err(|e| Error::bad(format!("config {}", manifest.config.digest), e.to_string()))?;
+        if config.rootfs.diff_ids.len() != manifest.layers.len() {
+            return Err(Error::bad(
+                format!("image {r}"),
+                format!("manifest has {} layers but config lists {} diff_ids", manifest.layers.len(), config.rootfs.diff_ids.len()),
+            ));
+        }
+        let chain_ids = manifest::chain_ids(&config.rootfs.diff_ids);
+        // Owned inputs per job: a closure over borrowed slice items trips the compiler's
+        // higher-ranked lifetime check once the future must be Send.
+        let jobs: Vec<_> = (0..manifest.layers.len())
+            .map(|i| {
+                let layer = manifest.layers[i].clone();
+                let diff = config.rootfs.diff_ids[i].clone();
+                let chain = chain_ids[i].clone();
+                let parent = i.checked_sub(1).map(|p| chain_ids[p].clone());
+                let session = &session;
+                async move { self.ensure_layer(session, &layer, &diff, &chain, parent.as_ref()).await }
+            })
+            .collect();
+        futures::stream::iter(jobs).buffer_unordered(self.cfg.max_concurrent_downloads.max(1)).try_collect::<Vec<()>>().await?;
+
+        blobs.push((manifest.config.digest.clone(), manifest.config.size));
+        blobs.extend(manifest.layers.iter().map(|l| (l.digest.clone(), l.size)));
+        let size = manifest_size + manifest.config.size + manifest.layers.iter().map(|l| l.size).sum::<u64>();
+        let record = ImageRecord {
+            id: manifest.config.digest.clone(),
+            repo_tags: r.tag().map(|_| r.to_string()).into_iter().collect(),
+            repo_digests: vec![r.with_digest(top.digest.clone()).to_string()],
+            manifest: manifest_digest,
+            blobs,
+            chain_ids,
+            size,
+            user: config.config.as_ref().map(|c| c.user.clone()).unwrap_or_default(),
+            created_ns: now_ns(),
+        };
+        self.commit_record(record).await
+    }
+
+    async fn fetch_config(&self, session: &Session, desc: &Descriptor) -> Result<Vec<u8>> {
+        let lock = self.inflight_lock(&desc.digest);
+        let _g = lock.lock().await;
+        if self.content.size(&desc.digest).is_none() {
+            let body = session.blob_bytes(&desc.digest, MAX_CONFIG).await?;
+            self.content.write_all(&desc.digest, &body)?;
+        }
+        self.content.read(&desc.digest, MAX_CONFIG as u64)
+    }
+
+    fn inflight_lock(&self, d: &Digest) -> Arc<tokio::sync::Mutex<()>> {
+        let mut map = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+        map.retain(|_, w| w.strong_count() > 0);
+        if let Some(l) = map.get(d).and_then(Weak::upgrade) {
+            return l;
+        }
+        let l = Arc::new(tokio::sync::Mutex::new(()));
+        map.insert(d.clone(), Arc::downgrade(&l));
+        l
+    }
+
+    /// Makes sure the snapshot for `chain` exists: unpacks the stored blob, or downloads it
+    /// and unpacks while downloading.
+    async fn ensure_layer(&self, session: &Session, desc: &Descriptor, diff_id: &Digest, chain: &Digest, parent: Option<&Digest>) -> Result<()> {
+        let lock = self.inflight_lock(chain);
+        let _g = lock.lock().await;
+        if self.snapshots.get(chain)?.is_some() {
+            return Ok(());
+        }
+        let tmp = self.snapshots.tmp()?;
+        let dest = tmp.fs();
+        let stats = if self.content.size(&desc.digest) == Some(desc.size) {
+            let blob = self.content.path(&desc.digest);
+            let (layer, diff_id) = (desc.digest.clone(), diff_id.clone());
+            tokio::task::spawn_blocking(move || {
+                let f = std::fs::File::open(&blob).map_err(|e| Error::io(format!("open blob {layer}"), e))?;
+                unpack_verified(f, &dest, &layer, &diff_id)
+            })
+            .await
+            .map_err(|e| Error::io("unpack task", io::Error::other(e)))??
+        } else {
+            self.download_and_unpack(session, desc, diff_id, dest).await?
+        };
+        self.snapshots.commit(tmp, chain, parent, stats)?;
+        tracing::debug!(layer = %desc.digest, chain = %chain, bytes = stats.bytes, "layer unpacked");
+        Ok(())
+    }
+
+    async fn download_and_unpack(&self, session: &Session, desc: &Descriptor, diff_id: &Digest, dest: PathBuf) -> Result<LayerStats> {
+        let mut resp = session.blob(&desc.digest).await?;
+        let ingest = self.content.writer()?;
+        let (tx, rx) = tokio::sync::mpsc::channel::<std::result::Result<Bytes, String>>(64);
+        let (layer, diff, size) = (desc.digest.clone(), diff_id.clone(), desc.size);
+        let task = tokio::task::spawn_blocking(move || {
+            let mut tee = Tee { rx, cur: Bytes::new(), ingest, limit: size, layer: layer.clone() };
+            let stats = unpack_verified(&mut tee, &dest, &layer, &diff)?;
+            // Whatever follows the tar stream (padding, the compressor's trailer) is part of
+            // the blob and of its digest.
+            io::copy(&mut tee, &mut io::sink()).map_err(|e| Error::io(format!("read layer {layer}"), e))?;
+            tee.ingest.commit(&layer, Some(size))?;
+            Ok::<_, Error>(stats)
+        });
+        loop {
+            match resp.chunk().await {
+                Ok(Some(c)) => {
+                    if tx.send(Ok(c)).await.is_err() {
+                        break; // the unpacker stopped: its error says why
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    let _ = tx.send(Err(format!("download of {} failed: {}", desc.digest, crate::registry::transport_reason(&e)))).await;
+                    break;
+                }
+            }
+        }
+        drop(tx);
+        task.await.map_err(|e| Error::io("unpack task", io::Error::other(e)))?
+    }
+
+    /// Adds a freshly pulled image, moving its tag away from any image that had it. Returns
+    /// whether an image was deleted on the way (its content is then collected).
+    async fn commit_record(&self, mut rec: ImageRecord) -> Result<(ImageRecord, bool)> {
+        let _g = self.records.lock().await;
+        let mut puts: Vec<(String, Vec<u8>)> = Vec::new();
+        let mut deletes = Vec::new();
+        let mut updated: Vec<ImageRecord> = Vec::new();
+        {
+            let index = self.index.read().unwrap_or_else(|p| p.into_inner());
+            if let Some(existing) = index.images.get(&rec.id) {
+                let mut merged = existing.clone();
+                for t in &rec.repo_tags {
+                    if !merged.repo_tags.contains(t) {
+                        merged.repo_tags.push(t.clone());
+                    }
+                }
+                for d in &rec.repo_digests {
+                    if !merged.repo_digests.contains(d) {
+                        merged.repo_digests.push(d.clone());
+                    }
+                }
+                rec = merged;
+            }
+            for tag in &rec.repo_tags {
+                if let Some(old_id) = index.names.get(tag).filter(|id| **id != rec.id) {
+                    if let Some(old) = index.images.get(old_id) {
+                        let mut old = updated.iter().find(|u| &u.id == old_id).cloned().unwrap_or_else(|| old.clone());
+                        old.repo_tags.retain(|t| t != tag);
+                        updated.retain(|u| &u.id != old_id);
+                        updated.push(old);
+                    }
+                }
+            }
+        }
+        for old in updated {
+            if old.repo_tags.is_empty() && old.repo_digests.is_empty() {
+                deletes.push(old.id.to_string());
+            } else {
+                puts.push((old.id.to_string(), store::encode(&old)?));
+            }
+        }
+        puts.push((rec.id.to_string(), store::encode(&rec)?));
+        self.store.batch(TABLE, &puts, &deletes)?;
+        let mut index = self.index.write().unwrap_or_else(|p| p.into_inner());
+        for (_, bytes) in &puts {
+            let r: ImageRecord = serde_json::from_slice(bytes).map_err(|e| Error::Store(e.to_string()))?;
+            index.remove(&r.id);
+            index.insert(r);
+        }
+        for d in &deletes {
+            if let Ok(id) = Digest::parse(d) {
+                index.remove(&id);
+            }
+        }
+        Ok((rec, !deletes.is_empty()))
+    }
+
+    /// Finds a local image by id, id prefix, or (normalised) reference.
+    pub fn resolve(&self, s: &str) -> Result<ImageRecord> {
+        let index = self.index.read().unwrap_or_else(|p| p.into_inner());
+        if is_image_id(s) {
+            let id = if s.starts_with("sha256:") { s.to_string() } else { format!("sha256:{s}") };
+            if let Some(r) = Digest::parse(&id).ok().and_then(|d| index.images.get(&d)) {
+                return Ok(r.clone());
+            }
+        }
+        if let Ok(r) = Reference::parse(s) {
+            if let Some(rec) = index.names.get(&r.to_string()).and_then(|id| index.images.get(id)) {
+                return Ok(rec.clone());
+            }
+        }
+        let hex = s.strip_prefix("sha256:").unwrap_or(s);
+        if !hex.is_empty() && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            let mut found = index.images.values().filter(|r| r.id.hex().starts_with(hex));
+            if let (Some(one), None) = (found.next(), found.next()) {
+                return Ok(one.clone());
+            }
+        }
+        Err(Error::ImageNotFound(s.to_string()))
+    }
+
+    /// Every local image.
+    pub fn list(&self) -> Vec<ImageRecord> {
+        let index = self.index.read().unwrap_or_else(|p| p.into_inner());
+        let mut v: Vec<ImageRecord> = index.images.values().cloned().collect();
+        v.sort_by(|a, b| a.id.cmp(&b.id));
+        v
+    }
+
+    /// The image config of a local image.
+    pub fn config(&self, r: &ImageRecord) -> Result<ImageConfig> {
+        let bytes = self.content.read(&r.id, MAX_CONFIG as u64)?;
+        serde_json::from_slice(&bytes).map_err(|e| Error::bad(format!("config {}", r.id), e.to_string()))
+    }
+
+    /// The raw image config JSON of a local image.
+    pub fn config_json(&self, r: &ImageRecord) -> Result<serde_json::Value> {
+        let bytes = self.content.read(&r.id, MAX_CONFIG as u64)?;
+        serde_json::from_slice(&bytes).map_err(|e| Error::bad(format!("config {}", r.id), e.to_string()))
+    }
+
+    /// Removes an image. A tag of an image with several tags removes only that tag; an id,
+    /// a digest reference or the last tag removes the image, and unreferenced content and
+    /// snapshots are collected. An unknown image is not an error (CRI: idempotent).
+    pub async fn remove(&self, s: &str) -> Result<()> {
+        let rec = match self.resolve(s) {
+            Ok(r) => r,
+            Err(Error::ImageNotFound(_)) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        {
+            let _g = self.records.lock().await;
+            let tag = Reference::parse(s).ok().filter(|r| r.tag().is_some()).map(|r| r.to_string());
+            match tag {
+                Some(t) if rec.repo_tags.len() > 1 && rec.repo_tags.contains(&t) => {
+                    let mut r = rec.clone();
+                    r.repo_tags.retain(|x| x != &t);
+                    self.store.put(TABLE, r.id.as_str(), &r)?;
+                    let mut index = self.index.write().unwrap_or_else(|p| p.into_inner());
+                    index.remove(&r.id);
+                    index.insert(r);
+                    return Ok(());
+                }
+                _ => {
+                    self.store.delete(TABLE, rec.id.as_str())?;
+                    self.index.write().unwrap_or_else(|p| p.into_inner()).remove(&rec.id);
+                }
+            }
+        }
+        self.gc().await
+    }
+
+    /// Deletes snapshots and blobs no image references.
+    pub async fn gc(&self) -> Result<()> {
+        let _w = self.gc.write().await;
+        let (blobs, chains): (HashSet<Digest>, HashSet<Digest>) = {
+            let index = self.index.read().unwrap_or_else(|p| p.into_inner());
+            let blobs = index.images.values().flat_map(|r| r.blobs.iter().map(|b| b.0.clone())).collect();
+            let chains = index.images.values().flat_map(|r| r.chain_ids.iter().cloned()).collect();
+            (blobs, chains)
+        };
+        let mut removed = (0, 0);
+        // Children before parents is not needed: each snapshot is its own directory.
+        for (chain, _) in self.snapshots.list()? {
+            if !chains.contains(&chain) {
+                self.snapshots.remove(&chain)?;
+                removed.0 += 1;
+            }
+        }
+        for (d, _) in self.content.list()? {
+            if !blobs.contains(&d) {
+                self.content.delete(&d)?;
+                removed.1 += 1;
+            }
+        }
+        if removed != (0, 0) {
+            tracing::info!(snapshots = removed.0, blobs = removed.1, "garbage collected unreferenced image data");
+        }
+        Ok(())
+    }
+
+    /// Bytes and inodes of snapshots and content, from the records (no filesystem walk).
+    pub fn fs_usage(&self) -> Result<FsUsage> {
+        let mut u = FsUsage::default();
+        for (_, s) in self.snapshots.list()? {
+            u.used_bytes += s.size;
+            u.inodes_used += s.inodes;
+        }
+        let index = self.index.read().unwrap_or_else(|p| p.into_inner());
+        let blobs: HashMap<&Digest, u64> = index.images.values().flat_map(|r| r.blobs.iter().map(|(d, s)| (d, *s))).collect();
+        u.used_bytes += blobs.values().sum::<u64>();
+        u.inodes_used += blobs.len() as u64;
+        Ok(u)
+    }
+
+    /// berth's root directory.
+    pub fn root(&self) -> &Path {
+        &self.cfg.root
+    }
+}
+
+fn now_ns() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0)
+}
+
+/// Feeds downloaded chunks to the unpacker while writing them to the content store.
+struct Tee {
+    rx: tokio::sync::mpsc::Receiver<std::result::Result<Bytes, String>>,
+    cur: Bytes,
+    ingest: Ingest,
+    limit: u64,
+    layer: Digest,
+}
+
+impl Read for Tee {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.cur.is_empty() {
+            match self.rx.blocking_recv() {
+                None => return Ok(0),
+                Some(Err(e)) => return Err(io::Error::other(e)),
+                Some(Ok(b)) => {
+                    self.ingest.write_all(&b)?;
+                    if self.ingest.written() > self.limit {
+                        return Err(io::Error::other(format!("layer {} is larger than the {} bytes its manifest declares", self.layer, self.limit)));
+                    }
+                    self.cur = b;
+                }
+            }
+        }
+        let n = buf.len().min(self.cur.len());
+        buf[..n].copy_from_slice(&self.cur[..n]);
+        self.cur.advance(n);
+        Ok(n)
+    }
+}
+
+struct HashingReader<R> {
+    inner: R,
+    hasher: Sha256,
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+}
+
+/// Decompresses (gzip, zstd or none, told by the magic bytes), applies, and checks the
+/// uncompressed stream against `diff_id`.
+fn unpack_verified<R: Read>(reader: R, dest: &Path, layer: &Digest, diff_id: &Digest) -> Result<LayerStats> {
+    let mut buffered = BufReader::with_capacity(256 << 10, reader);
+    let head = buffered.fill_buf().map_err(|e| Error::io(format!("read layer {layer}"), e))?;
+    let decompressed: Box<dyn Read> = if head.starts_with(&[0x1f, 0x8b]) {
+        Box::new(flate2::bufread::MultiGzDecoder::new(buffered))
+    } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        Box::new(zstd::stream::read::Decoder::with_buffer(buffered).map_err(|e| Error::io(format!("layer {layer}: zstd"), e))?)
+    } else {
+        Box::new(buffered)
+    };
+    let mut hashing = HashingReader { inner: decompressed, hasher: Sha256::new() };
+    let stats = unpack::apply_layer(&mut hashing, dest, layer.as_str())?;
+    io::copy(&mut hashing, &mut io::sink()).map_err(|e| Error::io(format!("read layer {layer}"), e))?;
+    let actual = Digest::from_sha256(hashing.hasher.finalize().into());
+    if &actual != diff_id {
+        return Err(Error::DigestMismatch { what: format!("uncompressed layer {layer}"), expected: diff_id.to_string(), actual: actual.to_string() });
+    }
+    Ok(stats)
+}

@@ -1,0 +1,199 @@
+//! Overlay snapshots of image layers, keyed by chain ID.
+//!
+//! A committed layer lives in `<root>/snapshots/<n>/fs`, `n` a small sequence number so that
+//! overlay `lowerdir=` lists stay short (the mount data must fit in one page). A layer is
+//! unpacked into `<root>/snapshots/tmp-<random>/fs` and renamed into place only after its
+//! digests were verified; the record is written after the rename, and on open any directory
+//! without a record (a crash in between, an interrupted unpack) is removed.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::reference::Digest;
+use crate::store::Store;
+use crate::unpack::LayerStats;
+
+const TABLE: &str = "snapshots";
+const TMP_PREFIX: &str = "tmp-";
+
+/// A committed layer snapshot.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SnapshotRecord {
+    /// Directory number under `snapshots/`.
+    pub id: u64,
+    /// The chain ID of the layer below, if any.
+    pub parent: Option<Digest>,
+    /// Bytes of file data in this layer.
+    pub size: u64,
+    /// Entries in this layer.
+    pub inodes: u64,
+}
+
+/// The snapshot directories and their records.
+#[derive(Debug)]
+pub struct Snapshotter {
+    dir: PathBuf,
+    store: Store,
+    next: AtomicU64,
+}
+
+/// A snapshot being unpacked; removed on drop unless committed.
+#[derive(Debug)]
+pub struct TmpSnapshot {
+    dir: PathBuf,
+    committed: bool,
+}
+
+impl TmpSnapshot {
+    /// The directory to unpack into.
+    pub fn fs(&self) -> PathBuf {
+        self.dir.join("fs")
+    }
+}
+
+impl Drop for TmpSnapshot {
+    fn drop(&mut self) {
+        if !self.committed {
+            if let Err(e) = std::fs::remove_dir_all(&self.dir) {
+                tracing::warn!(dir = %self.dir.display(), err = %e, "failed to remove unfinished snapshot");
+            }
+        }
+    }
+}
+
+impl Snapshotter {
+    /// Opens `<root>/snapshots`, dropping directories that have no record.
+    pub fn open(root: &Path, store: Store) -> Result<Self> {
+        let dir = root.join("snapshots");
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io(format!("create {}", dir.display()), e))?;
+        let records: Vec<(String, SnapshotRecord)> = store.list(TABLE)?;
+        let known: std::collections::HashSet<String> = records.iter().map(|(_, r)| r.id.to_string()).collect();
+        let mut max = records.iter().map(|(_, r)| r.id).max().unwrap_or(0);
+        for entry in std::fs::read_dir(&dir).map_err(|e| Error::io("list snapshots", e))? {
+            let entry = entry.map_err(|e| Error::io("list snapshots", e))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if let Ok(n) = name.parse::<u64>() {
+                max = max.max(n);
+            }
+            if !known.contains(&name) {
+                tracing::info!(dir = %entry.path().display(), "removing snapshot directory without a record");
+                std::fs::remove_dir_all(entry.path()).map_err(|e| Error::io(format!("remove {}", entry.path().display()), e))?;
+            }
+        }
+        Ok(Snapshotter { dir, store, next: AtomicU64::new(max + 1) })
+    }
+
+    /// The record of the committed snapshot for `chain`.
+    pub fn get(&self, chain: &Digest) -> Result<Option<SnapshotRecord>> {
+        self.store.get(TABLE, chain.as_str())
+    }
+
+    /// Every committed snapshot.
+    pub fn list(&self) -> Result<Vec<(Digest, SnapshotRecord)>> {
+        let all: Vec<(String, SnapshotRecord)> = self.store.list(TABLE)?;
+        Ok(all.into_iter().filter_map(|(k, r)| Digest::parse(&k).ok().map(|d| (d, r))).collect())
+    }
+
+    /// The root filesystem directory of snapshot `id`.
+    pub fn fs_path(&self, id: u64) -> PathBuf {
+        self.dir.join(id.to_string()).join("fs")
+    }
+
+    /// The `lowerdir` list for an overlay over `top` and its parents, topmost first.
+    pub fn lower_dirs(&self, top: &Digest) -> Result<Vec<PathBuf>> {
+        let mut out = Vec::new();
+        let mut cur = Some(top.clone());
+        while let Some(c) = cur {
+            let r = self.get(&c)?.ok_or_else(|| Error::Store(format!("snapshot {c} is missing from the chain of {top}")))?;
+            out.push(self.fs_path(r.id));
+            cur = r.parent;
+        }
+        Ok(out)
+    }
+
+    /// A fresh directory to unpack a layer into.
+    pub fn tmp(&self) -> Result<TmpSnapshot> {
+        let name: u64 = rand::random();
+        let dir = self.dir.join(format!("{TMP_PREFIX}{name:016x}"));
+        std::fs::create_dir_all(dir.join("fs")).map_err(|e| Error::io(format!("create {}", dir.display()), e))?;
+        Ok(TmpSnapshot { dir, committed: false })
+    }
+
+    /// Moves an unpacked layer into place as the snapshot for `chain`.
+    pub fn commit(&self, mut tmp: TmpSnapshot, chain: &Digest, parent: Option<&Digest>, stats: LayerStats) -> Result<SnapshotRecord> {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let dest = self.dir.join(id.to_string());
+        std::fs::rename(&tmp.dir, &dest).map_err(|e| Error::io(format!("commit snapshot {chain}"), e))?;
+        tmp.committed = true;
+        let rec = SnapshotRecord { id, parent: parent.cloned(), size: stats.bytes, inodes: stats.inodes };
+        if let Err(e) = self.store.put(TABLE, chain.as_str(), &rec) {
+            let _ = std::fs::remove_dir_all(&dest);
+            return Err(e);
+        }
+        Ok(rec)
+    }
+
+    /// Removes the snapshot for `chain` (record first, so a crash leaves an orphan directory
+    /// that the next open removes, never a record without its directory).
+    pub fn remove(&self, chain: &Digest) -> Result<()> {
+        let Some(rec) = self.get(chain)? else { return Ok(()) };
+        self.store.delete(TABLE, chain.as_str())?;
+        let dir = self.dir.join(rec.id.to_string());
+        match std::fs::remove_dir_all(&dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io(format!("remove {}", dir.display()), e)),
+            _ => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commit_lookup_remove_and_crash_leftovers() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("meta.redb")).unwrap();
+        let snaps = Snapshotter::open(dir.path(), store.clone()).unwrap();
+        let (a, b) = (Digest::of(b"a"), Digest::of(b"b"));
+
+        let t = snaps.tmp().unwrap();
+        std::fs::write(t.fs().join("f"), "x").unwrap();
+        let ra = snaps.commit(t, &a, None, LayerStats { bytes: 1, inodes: 1 }).unwrap();
+        let t = snaps.tmp().unwrap();
+        let rb = snaps.commit(t, &b, Some(&a), LayerStats::default()).unwrap();
+        assert_eq!(snaps.lower_dirs(&b).unwrap(), vec![snaps.fs_path(rb.id), snaps.fs_path(ra.id)]);
+        assert!(snaps.fs_path(ra.id).join("f").exists());
+
+        // An abandoned unpack and a directory without a record, as a crash leaves them.
+        let t = snaps.tmp().unwrap();
+        std::mem::forget(t);
+        std::fs::create_dir_all(dir.path().join("snapshots/999/fs")).unwrap();
+        drop(snaps);
+        let snaps = Snapshotter::open(dir.path(), store).unwrap();
+        let names: std::collections::BTreeSet<String> =
+            std::fs::read_dir(dir.path().join("snapshots")).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        assert_eq!(names, [ra.id.to_string(), rb.id.to_string()].into_iter().collect());
+        // Numbers are never reused, even those of removed directories.
+        assert!(snaps.next.load(Ordering::Relaxed) > 999);
+
+        snaps.remove(&b).unwrap();
+        snaps.remove(&b).unwrap();
+        assert!(snaps.get(&b).unwrap().is_none());
+        assert!(!snaps.fs_path(rb.id).exists());
+    }
+
+    #[test]
+    fn dropped_tmp_is_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let snaps = Snapshotter::open(dir.path(), Store::open(&dir.path().join("m")).unwrap()).unwrap();
+        let t = snaps.tmp().unwrap();
+        let p = t.fs();
+        assert!(p.exists());
+        drop(t);
+        assert!(!p.exists());
+    }
+}
