@@ -1,0 +1,180 @@
+//! A real `berth` process with its own root, state, socket and certs.d, and a CRI client for it.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use berth_cri_api::v1::image_service_client::ImageServiceClient;
+use berth_cri_api::v1::runtime_service_client::RuntimeServiceClient;
+use tonic::transport::Channel;
+
+/// The berth binary under test: `$BERTH_BIN`, else the workspace's debug build.
+pub fn berth_bin() -> PathBuf {
+    match std::env::var_os("BERTH_BIN") {
+        Some(p) => PathBuf::from(p),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/berth"),
+    }
+}
+
+/// A running berth; stopped (SIGTERM, then SIGKILL) and its directories removed on drop.
+pub struct Berth {
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+    /// The CRI socket.
+    pub socket: PathBuf,
+    /// `--root`.
+    pub root: PathBuf,
+    /// `--state`.
+    pub state: PathBuf,
+    /// The certs.d directory in the config.
+    pub certs_d: PathBuf,
+    config: PathBuf,
+}
+
+/// CRI clients over berth's socket.
+#[derive(Clone)]
+pub struct Cri {
+    /// RuntimeService.
+    pub runtime: RuntimeServiceClient<Channel>,
+    /// ImageService.
+    pub image: ImageServiceClient<Channel>,
+}
+
+impl Berth {
+    /// Starts berth with a config that points `registry.config_path` at a fresh certs.d.
+    pub fn start() -> anyhow::Result<Self> {
+        Self::start_with_config("")
+    }
+
+    /// Starts berth; `extra` is appended to the generated config.
+    pub fn start_with_config(extra: &str) -> anyhow::Result<Self> {
+        let bin = berth_bin();
+        if !bin.exists() {
+            bail!("{} does not exist: build it first (cargo build -p berth) or set BERTH_BIN", bin.display());
+        }
+        let dir = tempfile::Builder::new().prefix("berth-e2e-").tempdir()?;
+        let certs_d = dir.path().join("certs.d");
+        std::fs::create_dir_all(&certs_d)?;
+        let config = dir.path().join("config.toml");
+        std::fs::write(&config, format!("[registry]\nconfig_path = \"{}\"\n{extra}", certs_d.display()))?;
+        let mut b = Berth {
+            child: None,
+            socket: dir.path().join("berth.sock"),
+            root: dir.path().join("root"),
+            state: dir.path().join("state"),
+            certs_d,
+            config,
+            dir,
+        };
+        b.spawn()?;
+        Ok(b)
+    }
+
+    fn spawn(&mut self) -> anyhow::Result<()> {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("berth.log"))?;
+        let child = Command::new(berth_bin())
+            .arg("--config")
+            .arg(&self.config)
+            .arg("--root")
+            .arg(&self.root)
+            .arg("--state")
+            .arg(&self.state)
+            .arg("--address")
+            .arg(&self.socket)
+            .arg("--log-level")
+            .arg("debug")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("start berth")?;
+        let pid = child.id();
+        self.child = Some(child);
+        let sock = self.socket.clone();
+        let up = crate::wait_until(Duration::from_secs(30), || std::os::unix::net::UnixStream::connect(&sock).is_ok());
+        if !up || !self.running() {
+            bail!("berth (pid {pid}) did not start serving on {}; log:\n{}", self.socket.display(), self.log());
+        }
+        Ok(())
+    }
+
+    /// True while the process is alive.
+    pub fn running(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// berth's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("berth.log")).unwrap_or_default()
+    }
+
+    /// Writes `<certs.d>/<host>/hosts.toml`.
+    pub fn hosts_toml(&self, host: &str, content: &str) -> anyhow::Result<()> {
+        let d = self.certs_d.join(host);
+        std::fs::create_dir_all(&d)?;
+        std::fs::write(d.join("hosts.toml"), content)?;
+        Ok(())
+    }
+
+    /// Connects CRI clients.
+    pub async fn cri(&self) -> anyhow::Result<Cri> {
+        let path = self.socket.clone();
+        let channel = tonic::transport::Endpoint::try_from("http://[::]:50051")?
+            .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+                let p = path.clone();
+                async move { Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tokio::net::UnixStream::connect(p).await?)) }
+            }))
+            .await?;
+        Ok(Cri { runtime: RuntimeServiceClient::new(channel.clone()), image: ImageServiceClient::new(channel) })
+    }
+
+    /// SIGTERM, and wait for a clean exit; returns the exit status.
+    pub fn stop(&mut self) -> anyhow::Result<std::process::ExitStatus> {
+        let mut child = self.child.take().context("berth is not running")?;
+        crate::signal(child.id(), libc::SIGTERM);
+        let end = std::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(st) = child.try_wait()? {
+                return Ok(st);
+            }
+            if std::time::Instant::now() > end {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("berth did not stop within 15 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILL: as if the node's berth crashed.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts berth again on the same root, state and socket.
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        if self.child.is_some() {
+            self.stop()?;
+        }
+        self.spawn()
+    }
+}
+
+impl Drop for Berth {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            #[allow(clippy::print_stderr)]
+            {
+                eprintln!("---- berth log ({}) ----\n{}", self.dir.path().display(), self.log());
+            }
+        }
+        if self.child.is_some() && self.stop().is_err() {
+            self.kill();
+        }
+    }
+}
