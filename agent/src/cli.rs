@@ -65,8 +65,16 @@ impl Cli {
         if let Some(s) = &self.state {
             cfg.state = s.clone();
         }
-        for (flag, p) in [("--address", &cfg.address), ("--root", &cfg.root), ("--state", &cfg.state)] {
-            anyhow::ensure!(p.is_absolute(), "{flag}: {} is not an absolute path", p.display());
+        for (flag, p) in [
+            ("--address", &cfg.address),
+            ("--root", &cfg.root),
+            ("--state", &cfg.state),
+        ] {
+            anyhow::ensure!(
+                p.is_absolute(),
+                "{flag}: {} is not an absolute path",
+                p.display()
+            );
         }
         Ok(cfg)
     }

@@ -80,11 +80,19 @@ pub struct Handler {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
 #[serde(deny_unknown_fields)]
 pub struct HandlerOptions {
-    #[serde(rename = "BinaryName", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "BinaryName",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub binary_name: Option<String>,
     #[serde(rename = "SystemdCgroup", default)]
     pub systemd_cgroup: bool,
-    #[serde(rename = "ConfigPath", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "ConfigPath",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub config_path: Option<PathBuf>,
     #[serde(rename = "Root", default, skip_serializing_if = "Option::is_none")]
     pub root: Option<PathBuf>,
@@ -93,12 +101,21 @@ pub struct HandlerOptions {
 impl Default for Config {
     fn default() -> Self {
         let mut handlers = BTreeMap::new();
-        handlers.insert("runc".into(), Handler { runtime_type: "io.containerd.runc.v2".into(), ..Default::default() });
+        handlers.insert(
+            "runc".into(),
+            Handler {
+                runtime_type: "io.containerd.runc.v2".into(),
+                ..Default::default()
+            },
+        );
         handlers.insert(
             "runsc".into(),
             Handler {
                 runtime_type: "io.containerd.runc.v2".into(),
-                options: HandlerOptions { binary_name: Some("/usr/bin/runsc".into()), ..Default::default() },
+                options: HandlerOptions {
+                    binary_name: Some("/usr/bin/runsc".into()),
+                    ..Default::default()
+                },
                 ..Default::default()
             },
         );
@@ -106,7 +123,12 @@ impl Default for Config {
             "kata".into(),
             Handler {
                 runtime_type: "io.containerd.kata.v2".into(),
-                options: HandlerOptions { config_path: Some("/opt/kata/share/defaults/kata-containers/configuration.toml".into()), ..Default::default() },
+                options: HandlerOptions {
+                    config_path: Some(
+                        "/opt/kata/share/defaults/kata-containers/configuration.toml".into(),
+                    ),
+                    ..Default::default()
+                },
                 ..Default::default()
             },
         );
@@ -119,26 +141,37 @@ impl Default for Config {
             log: LogConfig::default(),
             registry: RegistryConfig::default(),
             cni: CniConfig::default(),
-            runtime: RuntimeConfig { default_handler: "runc".into(), handlers },
+            runtime: RuntimeConfig {
+                default_handler: "runc".into(),
+                handlers,
+            },
         }
     }
 }
 
 impl Default for LogConfig {
     fn default() -> Self {
-        LogConfig { level: "info".into(), format: LogFormat::Text }
+        LogConfig {
+            level: "info".into(),
+            format: LogFormat::Text,
+        }
     }
 }
 
 impl Default for RegistryConfig {
     fn default() -> Self {
-        RegistryConfig { config_path: "/etc/berth/certs.d".into() }
+        RegistryConfig {
+            config_path: "/etc/berth/certs.d".into(),
+        }
     }
 }
 
 impl Default for CniConfig {
     fn default() -> Self {
-        CniConfig { conf_dir: "/etc/cni/net.d".into(), bin_dirs: vec!["/opt/cni/bin".into(), "/usr/lib/cni".into()] }
+        CniConfig {
+            conf_dir: "/etc/cni/net.d".into(),
+            bin_dirs: vec!["/opt/cni/bin".into(), "/usr/lib/cni".into()],
+        }
     }
 }
 
@@ -154,7 +187,9 @@ impl Config {
     pub fn load(path: &Path, explicit: bool) -> anyhow::Result<Self> {
         let text = match std::fs::read_to_string(path) {
             Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => return Ok(Config::default()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => {
+                return Ok(Config::default());
+            }
             Err(e) => return Err(e).with_context(|| format!("read config {}", path.display())),
         };
         Self::parse(&text).with_context(|| format!("config {}", path.display()))
@@ -162,33 +197,69 @@ impl Config {
 
     /// Parses and validates config text.
     pub fn parse(text: &str) -> anyhow::Result<Self> {
-        let cfg: Config = toml::from_str(text).map_err(|e| anyhow::anyhow!("{}", e.to_string().trim_end()))?;
+        let cfg: Config =
+            toml::from_str(text).map_err(|e| anyhow::anyhow!("{}", e.to_string().trim_end()))?;
         cfg.validate()?;
         Ok(cfg)
     }
 
     fn validate(&self) -> anyhow::Result<()> {
-        for (key, p) in [("root", &self.root), ("state", &self.state), ("address", &self.address), ("cni.conf_dir", &self.cni.conf_dir)] {
+        for (key, p) in [
+            ("root", &self.root),
+            ("state", &self.state),
+            ("address", &self.address),
+            ("cni.conf_dir", &self.cni.conf_dir),
+        ] {
             if !p.is_absolute() {
                 bail!("{key}: {} is not an absolute path", p.display());
             }
         }
-        if !self.registry.config_path.as_os_str().is_empty() && !self.registry.config_path.is_absolute() {
-            bail!("registry.config_path: {} is not an absolute path", self.registry.config_path.display());
+        if !self.registry.config_path.as_os_str().is_empty()
+            && !self.registry.config_path.is_absolute()
+        {
+            bail!(
+                "registry.config_path: {} is not an absolute path",
+                self.registry.config_path.display()
+            );
         }
-        berth_image::Reference::parse(&self.sandbox_image).map_err(|e| anyhow::anyhow!("sandbox_image: {e}"))?;
+        berth_image::Reference::parse(&self.sandbox_image)
+            .map_err(|e| anyhow::anyhow!("sandbox_image: {e}"))?;
         if self.max_concurrent_downloads == 0 || self.max_concurrent_downloads > 64 {
-            bail!("max_concurrent_downloads: {} is out of range (1 to 64)", self.max_concurrent_downloads);
+            bail!(
+                "max_concurrent_downloads: {} is out of range (1 to 64)",
+                self.max_concurrent_downloads
+            );
         }
-        tracing_subscriber::EnvFilter::try_new(&self.log.level).map_err(|e| anyhow::anyhow!("log.level: {:?}: {e}", self.log.level))?;
-        if !self.runtime.handlers.contains_key(&self.runtime.default_handler) {
-            bail!("runtime.default_handler: {:?} is not one of runtime.handlers ({})", self.runtime.default_handler, self.runtime.handlers.keys().cloned().collect::<Vec<_>>().join(", "));
+        tracing_subscriber::EnvFilter::try_new(&self.log.level)
+            .map_err(|e| anyhow::anyhow!("log.level: {:?}: {e}", self.log.level))?;
+        if !self
+            .runtime
+            .handlers
+            .contains_key(&self.runtime.default_handler)
+        {
+            bail!(
+                "runtime.default_handler: {:?} is not one of runtime.handlers ({})",
+                self.runtime.default_handler,
+                self.runtime
+                    .handlers
+                    .keys()
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
         }
         for (name, h) in &self.runtime.handlers {
-            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.') {
-                bail!("runtime.handlers.{name:?}: handler names are letters, digits, '-', '_' and '.'");
+            if name.is_empty()
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+            {
+                bail!(
+                    "runtime.handlers.{name:?}: handler names are letters, digits, '-', '_' and '.'"
+                );
             }
-            shim_binary_name(&h.runtime_type).map_err(|e| anyhow::anyhow!("runtime.handlers.{name}.runtime_type: {e}"))?;
+            shim_binary_name(&h.runtime_type)
+                .map_err(|e| anyhow::anyhow!("runtime.handlers.{name}.runtime_type: {e}"))?;
         }
         Ok(())
     }
@@ -204,11 +275,16 @@ pub fn shim_binary_name(runtime_type: &str) -> Result<String, String> {
     let parts: Vec<&str> = runtime_type.split('.').collect();
     match parts.as_slice() {
         ["io", "containerd", name, version]
-            if !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') && version.starts_with('v') && version.len() > 1 =>
+            if !name.is_empty()
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                && version.starts_with('v')
+                && version.len() > 1 =>
         {
             Ok(format!("containerd-shim-{name}-{version}"))
         }
-        _ => Err(format!("{runtime_type:?} is not of the form io.containerd.<runtime>.<version>, e.g. io.containerd.runc.v2")),
+        _ => Err(format!(
+            "{runtime_type:?} is not of the form io.containerd.<runtime>.<version>, e.g. io.containerd.runc.v2"
+        )),
     }
 }
 
@@ -229,13 +305,22 @@ mod tests {
             ("root = \"relative\"", "root"),
             ("sandbox_image = \"Bad Image\"", "sandbox_image"),
             ("max_concurrent_downloads = 0", "max_concurrent_downloads"),
-            ("max_concurrent_downloads = \"3\"", "max_concurrent_downloads"),
+            (
+                "max_concurrent_downloads = \"3\"",
+                "max_concurrent_downloads",
+            ),
             ("[log]\nformat = \"xml\"", "format"),
             ("[log]\nlevel = \"loud=[\"", "log.level"),
             ("[registry]\nconfigpath = \"/x\"", "configpath"),
             ("[runtime]\ndefault_handler = \"nope\"", "default_handler"),
-            ("[runtime]\ndefault_handler = \"x\"\n[runtime.handlers.x]\nruntime_type = \"runc\"", "runtime.handlers.x.runtime_type"),
-            ("[runtime.handlers.x]\nruntime_type = \"io.containerd.runc.v2\"\noptions = { Binary = \"x\" }", "Binary"),
+            (
+                "[runtime]\ndefault_handler = \"x\"\n[runtime.handlers.x]\nruntime_type = \"runc\"",
+                "runtime.handlers.x.runtime_type",
+            ),
+            (
+                "[runtime.handlers.x]\nruntime_type = \"io.containerd.runc.v2\"\noptions = { Binary = \"x\" }",
+                "Binary",
+            ),
         ];
         for (text, key) in cases {
             let e = format!("{:#}", Config::parse(text).expect_err(text));
@@ -260,10 +345,25 @@ mod tests {
 
     #[test]
     fn shim_names() {
-        assert_eq!(shim_binary_name("io.containerd.runc.v2").unwrap(), "containerd-shim-runc-v2");
-        assert_eq!(shim_binary_name("io.containerd.kata.v2").unwrap(), "containerd-shim-kata-v2");
-        assert_eq!(shim_binary_name("io.containerd.runsc.v1").unwrap(), "containerd-shim-runsc-v1");
-        for bad in ["runc", "io.containerd.runc", "io.containerd..v2", "io.containerd.runc.2", "io.containerd.a/b.v2"] {
+        assert_eq!(
+            shim_binary_name("io.containerd.runc.v2").unwrap(),
+            "containerd-shim-runc-v2"
+        );
+        assert_eq!(
+            shim_binary_name("io.containerd.kata.v2").unwrap(),
+            "containerd-shim-kata-v2"
+        );
+        assert_eq!(
+            shim_binary_name("io.containerd.runsc.v1").unwrap(),
+            "containerd-shim-runsc-v1"
+        );
+        for bad in [
+            "runc",
+            "io.containerd.runc",
+            "io.containerd..v2",
+            "io.containerd.runc.2",
+            "io.containerd.a/b.v2",
+        ] {
             assert!(shim_binary_name(bad).is_err(), "{bad}");
         }
     }

@@ -53,7 +53,15 @@ struct Pending {
 impl<S> AuthorityFix<S> {
     /// Wraps a freshly accepted connection.
     pub fn new(inner: S) -> Self {
-        AuthorityFix { inner, raw: BytesMut::new(), ready: BytesMut::new(), preface_left: PREFACE_LEN, pending: None, passthrough: false, eof: false }
+        AuthorityFix {
+            inner,
+            raw: BytesMut::new(),
+            ready: BytesMut::new(),
+            preface_left: PREFACE_LEN,
+            pending: None,
+            passthrough: false,
+            eof: false,
+        }
     }
 
     /// Moves every complete unit of `raw` into `ready`, rewriting header blocks.
@@ -94,7 +102,13 @@ impl<S> AuthorityFix<S> {
                     self.ready.extend_from_slice(frame);
                     return;
                 };
-                let p = Pending { raw_frames: frame.to_vec(), stream_id, flags, priority, block: fragment.to_vec() };
+                let p = Pending {
+                    raw_frames: frame.to_vec(),
+                    stream_id,
+                    flags,
+                    priority,
+                    block: fragment.to_vec(),
+                };
                 if flags & END_HEADERS != 0 {
                     self.finish(p);
                 } else {
@@ -104,10 +118,10 @@ impl<S> AuthorityFix<S> {
             (CONTINUATION, Some(p)) if p.stream_id == stream_id => {
                 p.raw_frames.extend_from_slice(frame);
                 p.block.extend_from_slice(payload);
-                if flags & END_HEADERS != 0 {
-                    if let Some(p) = self.pending.take() {
-                        self.finish(p);
-                    }
+                if flags & END_HEADERS != 0
+                    && let Some(p) = self.pending.take()
+                {
+                    self.finish(p);
                 }
             }
             (_, Some(_)) => {
@@ -130,24 +144,31 @@ impl<S> AuthorityFix<S> {
         let mut rest = &block[..];
         let mut first = true;
         loop {
-            let room = if first && p.priority.is_some() { MAX_FRAME - 5 } else { MAX_FRAME };
+            let room = if first && p.priority.is_some() {
+                MAX_FRAME - 5
+            } else {
+                MAX_FRAME
+            };
             let n = rest.len().min(room);
             let (chunk, tail) = rest.split_at(n);
             let last = tail.is_empty();
-            let (kind, mut flags) = if first { (HEADERS, p.flags & END_STREAM) } else { (CONTINUATION, 0) };
+            let (kind, mut flags) = if first {
+                (HEADERS, p.flags & END_STREAM)
+            } else {
+                (CONTINUATION, 0)
+            };
             let mut body = Vec::with_capacity(n + 5);
-            if first {
-                if let Some(pr) = p.priority {
-                    flags |= PRIORITY;
-                    body.extend_from_slice(&pr);
-                }
+            if first && let Some(pr) = p.priority {
+                flags |= PRIORITY;
+                body.extend_from_slice(&pr);
             }
             if last {
                 flags |= END_HEADERS;
             }
             body.extend_from_slice(chunk);
             let len = (body.len() as u32).to_be_bytes();
-            self.ready.extend_from_slice(&[len[1], len[2], len[3], kind, flags]);
+            self.ready
+                .extend_from_slice(&[len[1], len[2], len[3], kind, flags]);
             self.ready.extend_from_slice(&p.stream_id);
             self.ready.extend_from_slice(&body);
             rest = tail;
@@ -226,7 +247,11 @@ fn read_string<'a>(buf: &'a [u8], pos: &mut usize) -> Option<(bool, &'a [u8])> {
 }
 
 fn decode_string(huffman: bool, s: &[u8]) -> Option<Vec<u8>> {
-    if huffman { hpack::huffman::HuffmanDecoder::new().decode(s).ok() } else { Some(s.to_vec()) }
+    if huffman {
+        hpack::huffman::HuffmanDecoder::new().decode(s).ok()
+    } else {
+        Some(s.to_vec())
+    }
 }
 
 fn is_valid_authority(v: &[u8]) -> bool {
@@ -235,7 +260,15 @@ fn is_valid_authority(v: &[u8]) -> bool {
 
 /// Keeps the length; every byte outside `[A-Za-z0-9._~-]` becomes `-`.
 fn sanitize(v: &[u8]) -> Vec<u8> {
-    v.iter().map(|&b| if b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'~' | b'-') { b } else { b'-' }).collect()
+    v.iter()
+        .map(|&b| {
+            if b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'~' | b'-') {
+                b
+            } else {
+                b'-'
+            }
+        })
+        .collect()
 }
 
 /// Rewrites a header block; `None` when nothing needed changing (or it does not parse, which
@@ -247,18 +280,15 @@ fn rewrite_block(block: &[u8]) -> Option<Vec<u8>> {
     while pos < block.len() {
         let start = pos;
         let b = block[pos];
-        let (prefix, first_bits) = if b & 0x80 != 0 {
-            read_int(block, &mut pos, 7)?;
-            out.extend_from_slice(&block[start..pos]);
-            continue;
-        } else if b & 0xc0 == 0x40 {
-            (6, 0x40)
-        } else if b & 0xe0 == 0x20 {
-            read_int(block, &mut pos, 5)?;
-            out.extend_from_slice(&block[start..pos]);
-            continue;
-        } else {
-            (4, b & 0xf0)
+        // Indexed field (1xxxxxxx) and table size update (001xxxxx) carry no literal.
+        let prefix = match b {
+            _ if b & 0x80 != 0 || b & 0xe0 == 0x20 => {
+                read_int(block, &mut pos, if b & 0x80 != 0 { 7 } else { 5 })?;
+                out.extend_from_slice(&block[start..pos]);
+                continue;
+            }
+            _ if b & 0xc0 == 0x40 => 6, // literal with incremental indexing
+            _ => 4,                     // literal without / never indexed
         };
         let index = read_int(block, &mut pos, prefix)?;
         let is_authority = if index == 0 {
@@ -277,7 +307,6 @@ fn rewrite_block(block: &[u8]) -> Option<Vec<u8>> {
                 write_int(&mut out, 0x00, 7, fixed.len() as u64);
                 out.extend_from_slice(&fixed);
                 changed = true;
-                let _ = first_bits;
                 continue;
             }
         }
@@ -287,7 +316,11 @@ fn rewrite_block(block: &[u8]) -> Option<Vec<u8>> {
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for AuthorityFix<S> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         let this = &mut *self;
         loop {
             if !this.ready.is_empty() {
@@ -318,7 +351,11 @@ impl<S: AsyncRead + Unpin> AsyncRead for AuthorityFix<S> {
 }
 
 impl<S: AsyncWrite + Unpin> AsyncWrite for AuthorityFix<S> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
 
@@ -330,7 +367,11 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for AuthorityFix<S> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 
-    fn poll_write_vectored(mut self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
     }
 
@@ -372,7 +413,9 @@ mod tests {
         let mut out = Vec::new();
         writer.await.unwrap();
         // duplex EOF comes when the client half is dropped (it was moved into the task).
-        tokio::io::AsyncReadExt::read_to_end(&mut fix, &mut out).await.unwrap();
+        tokio::io::AsyncReadExt::read_to_end(&mut fix, &mut out)
+            .await
+            .unwrap();
         out
     }
 
@@ -382,11 +425,16 @@ mod tests {
         let mut blocks = Vec::new();
         let mut cur = Vec::new();
         while pos < stream.len() {
-            let len = u32::from_be_bytes([0, stream[pos], stream[pos + 1], stream[pos + 2]]) as usize;
+            let len =
+                u32::from_be_bytes([0, stream[pos], stream[pos + 1], stream[pos + 2]]) as usize;
             let (kind, flags) = (stream[pos + 3], stream[pos + 4]);
             let payload = &stream[pos + 9..pos + 9 + len];
             if kind == HEADERS || kind == CONTINUATION {
-                let frag = if kind == HEADERS { split_headers_payload(flags, payload).unwrap().1 } else { payload };
+                let frag = if kind == HEADERS {
+                    split_headers_payload(flags, payload).unwrap().1
+                } else {
+                    payload
+                };
                 cur.extend_from_slice(frag);
                 if flags & END_HEADERS != 0 {
                     blocks.push(dec.decode(&cur).unwrap());
@@ -428,10 +476,16 @@ mod tests {
                 let auth = &b.iter().find(|(k, _)| k == b":authority").unwrap().1;
                 assert_eq!(auth, b"-run-berth-berth.sock");
                 assert!(is_valid_authority(auth));
-                assert!(b.iter().any(|(k, v)| k == b":path" && v == b"/runtime.v1.RuntimeService/Version"));
+                assert!(
+                    b.iter()
+                        .any(|(k, v)| k == b":path" && v == b"/runtime.v1.RuntimeService/Version")
+                );
             }
             // SETTINGS and DATA frames pass through untouched.
-            assert!(out.windows(14).any(|w| w == frame(0x0, END_STREAM, 1, b"\0\0\0\0\0").as_slice()));
+            assert!(
+                out.windows(14)
+                    .any(|w| w == frame(0x0, END_STREAM, 1, b"\0\0\0\0\0").as_slice())
+            );
         }
     }
 
@@ -458,15 +512,40 @@ mod tests {
         input.extend(frame(CONTINUATION, END_HEADERS, 1, b));
         let out = through(input, 5).await;
         let blocks = headers_of(&out);
-        assert_eq!(blocks[0].iter().find(|(k, _)| k == b":authority").unwrap().1, b"-tmp-x-y.sock");
+        assert_eq!(
+            blocks[0]
+                .iter()
+                .find(|(k, _)| k == b":authority")
+                .unwrap()
+                .1,
+            b"-tmp-x-y.sock"
+        );
         // END_STREAM and the priority survive the rewrite.
-        assert_eq!(out[PREFACE_LEN + 4] & (END_STREAM | PRIORITY), END_STREAM | PRIORITY);
+        assert_eq!(
+            out[PREFACE_LEN + 4] & (END_STREAM | PRIORITY),
+            END_STREAM | PRIORITY
+        );
     }
 
     #[test]
     fn hpack_integers_round_trip() {
         for n in [4u8, 5, 6, 7] {
-            for v in [0u64, 1, 14, 15, 30, 31, 62, 63, 126, 127, 128, 1337, 16_384, u32::MAX as u64] {
+            for v in [
+                0u64,
+                1,
+                14,
+                15,
+                30,
+                31,
+                62,
+                63,
+                126,
+                127,
+                128,
+                1337,
+                16_384,
+                u32::MAX as u64,
+            ] {
                 let mut out = Vec::new();
                 write_int(&mut out, 0, n, v);
                 let mut pos = 0;
@@ -474,7 +553,16 @@ mod tests {
                 assert_eq!(pos, out.len());
             }
         }
-        assert_eq!(read_int(&[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01], &mut 0, 7), None);
+        assert_eq!(
+            read_int(
+                &[
+                    0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01
+                ],
+                &mut 0,
+                7
+            ),
+            None
+        );
         // Garbage never panics.
         for junk in [&[0x40][..], &[0x00, 0x85, 1], &[0x3f], &[0x7f, 0x80]] {
             let _ = rewrite_block(junk);

@@ -24,9 +24,11 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     tracing::info!(version = env!("CARGO_PKG_VERSION"), root = %cfg.root.display(), state = %cfg.state.display(), address = %cfg.address.display(), "starting berth");
     for d in [&cfg.root, &cfg.state] {
         std::fs::create_dir_all(d).with_context(|| format!("create {}", d.display()))?;
-        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o711)).with_context(|| format!("chmod {}", d.display()))?;
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o711))
+            .with_context(|| format!("chmod {}", d.display()))?;
     }
-    let store = berth_image::store::Store::open(&cfg.root.join("meta.redb")).context("open the metadata store (is another berth using this root?)")?;
+    let store = berth_image::store::Store::open(&cfg.root.join("meta.redb"))
+        .context("open the metadata store (is another berth using this root?)")?;
     let images = ImageService::open(
         ImageServiceConfig {
             root: cfg.root.clone(),
@@ -42,13 +44,20 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
 
     let listener = bind(&cfg.address)?;
     let cfg = Arc::new(cfg);
-    let runtime = RuntimeServiceServer::new(RuntimeCri::new(cfg.clone())).max_decoding_message_size(MAX_MESSAGE).max_encoding_message_size(MAX_MESSAGE);
-    let image = ImageServiceServer::new(ImageCri::new(images)).max_decoding_message_size(MAX_MESSAGE).max_encoding_message_size(MAX_MESSAGE);
+    let runtime = RuntimeServiceServer::new(RuntimeCri::new(cfg.clone()))
+        .max_decoding_message_size(MAX_MESSAGE)
+        .max_encoding_message_size(MAX_MESSAGE);
+    let image = ImageServiceServer::new(ImageCri::new(images))
+        .max_decoding_message_size(MAX_MESSAGE)
+        .max_encoding_message_size(MAX_MESSAGE);
     tracing::info!(address = %cfg.address.display(), "serving CRI");
     let res = tonic::transport::Server::builder()
         .add_service(runtime)
         .add_service(image)
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener).map(|c| c.map(AuthorityFix::new)), shutdown_signal())
+        .serve_with_incoming_shutdown(
+            UnixListenerStream::new(listener).map(|c| c.map(AuthorityFix::new)),
+            shutdown_signal(),
+        )
         .await;
     let _ = std::fs::remove_file(&cfg.address);
     res.context("serve CRI")?;
@@ -65,25 +74,37 @@ fn bind(path: &Path) -> anyhow::Result<UnixListener> {
         Ok(meta) => {
             use std::os::unix::fs::FileTypeExt;
             if !meta.file_type().is_socket() {
-                bail!("{} exists and is not a socket; refusing to replace it", path.display());
+                bail!(
+                    "{} exists and is not a socket; refusing to replace it",
+                    path.display()
+                );
             }
             if std::os::unix::net::UnixStream::connect(path).is_ok() {
-                bail!("{} is in use: another process is serving on it", path.display());
+                bail!(
+                    "{} is in use: another process is serving on it",
+                    path.display()
+                );
             }
-            std::fs::remove_file(path).with_context(|| format!("remove stale socket {}", path.display()))?;
+            std::fs::remove_file(path)
+                .with_context(|| format!("remove stale socket {}", path.display()))?;
             tracing::info!(path = %path.display(), "replaced stale socket");
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e).with_context(|| format!("stat {}", path.display())),
     }
-    let listener = UnixListener::bind(path).with_context(|| format!("listen on {}", path.display()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).with_context(|| format!("chmod {}", path.display()))?;
+    let listener =
+        UnixListener::bind(path).with_context(|| format!("listen on {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
+        .with_context(|| format!("chmod {}", path.display()))?;
     Ok(listener)
 }
 
 async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    let (mut term, mut int) = match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+    let (mut term, mut int) = match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
         (Ok(t), Ok(i)) => (t, i),
         _ => {
             tracing::error!("cannot install signal handlers; stop berth with SIGKILL");

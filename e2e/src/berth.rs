@@ -51,13 +51,22 @@ impl Berth {
     pub fn start_with_config(extra: &str) -> anyhow::Result<Self> {
         let bin = berth_bin();
         if !bin.exists() {
-            bail!("{} does not exist: build it first (cargo build -p berth) or set BERTH_BIN", bin.display());
+            bail!(
+                "{} does not exist: build it first (cargo build -p berth) or set BERTH_BIN",
+                bin.display()
+            );
         }
         let dir = tempfile::Builder::new().prefix("berth-e2e-").tempdir()?;
         let certs_d = dir.path().join("certs.d");
         std::fs::create_dir_all(&certs_d)?;
         let config = dir.path().join("config.toml");
-        std::fs::write(&config, format!("[registry]\nconfig_path = \"{}\"\n{extra}", certs_d.display()))?;
+        std::fs::write(
+            &config,
+            format!(
+                "[registry]\nconfig_path = \"{}\"\n{extra}",
+                certs_d.display()
+            ),
+        )?;
         let mut b = Berth {
             child: None,
             socket: dir.path().join("berth.sock"),
@@ -72,7 +81,10 @@ impl Berth {
     }
 
     fn spawn(&mut self) -> anyhow::Result<()> {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("berth.log"))?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("berth.log"))?;
         let child = Command::new(berth_bin())
             .arg("--config")
             .arg(&self.config)
@@ -93,16 +105,24 @@ impl Berth {
         let pid = child.id();
         self.child = Some(child);
         let sock = self.socket.clone();
-        let up = crate::wait_until(Duration::from_secs(30), || std::os::unix::net::UnixStream::connect(&sock).is_ok());
+        let up = crate::wait_until(Duration::from_secs(30), || {
+            std::os::unix::net::UnixStream::connect(&sock).is_ok()
+        });
         if !up || !self.running() {
-            bail!("berth (pid {pid}) did not start serving on {}; log:\n{}", self.socket.display(), self.log());
+            bail!(
+                "berth (pid {pid}) did not start serving on {}; log:\n{}",
+                self.socket.display(),
+                self.log()
+            );
         }
         Ok(())
     }
 
     /// True while the process is alive.
     pub fn running(&mut self) -> bool {
-        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
     /// berth's log so far.
@@ -124,10 +144,17 @@ impl Berth {
         let channel = tonic::transport::Endpoint::try_from("http://[::]:50051")?
             .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
                 let p = path.clone();
-                async move { Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tokio::net::UnixStream::connect(p).await?)) }
+                async move {
+                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                        tokio::net::UnixStream::connect(p).await?,
+                    ))
+                }
             }))
             .await?;
-        Ok(Cri { runtime: RuntimeServiceClient::new(channel.clone()), image: ImageServiceClient::new(channel) })
+        Ok(Cri {
+            runtime: RuntimeServiceClient::new(channel.clone()),
+            image: ImageServiceClient::new(channel),
+        })
     }
 
     /// SIGTERM, and wait for a clean exit; returns the exit status.
@@ -170,7 +197,11 @@ impl Drop for Berth {
         if std::thread::panicking() {
             #[allow(clippy::print_stderr)]
             {
-                eprintln!("---- berth log ({}) ----\n{}", self.dir.path().display(), self.log());
+                eprintln!(
+                    "---- berth log ({}) ----\n{}",
+                    self.dir.path().display(),
+                    self.log()
+                );
             }
         }
         if self.child.is_some() && self.stop().is_err() {

@@ -17,10 +17,22 @@ pub enum Compression {
 }
 
 enum Entry {
-    File { path: String, data: Vec<u8>, mode: u32 },
-    Dir { path: String },
-    Symlink { path: String, target: String },
-    Hardlink { path: String, target: String },
+    File {
+        path: String,
+        data: Vec<u8>,
+        mode: u32,
+    },
+    Dir {
+        path: String,
+    },
+    Symlink {
+        path: String,
+        target: String,
+    },
+    Hardlink {
+        path: String,
+        target: String,
+    },
 }
 
 /// One layer: tar entries written exactly as given (no path cleaning: hostile names pass).
@@ -31,7 +43,10 @@ pub struct Layer {
 
 impl Default for Layer {
     fn default() -> Self {
-        Layer { entries: vec![], compression: Compression::Gzip }
+        Layer {
+            entries: vec![],
+            compression: Compression::Gzip,
+        }
     }
 }
 
@@ -54,7 +69,11 @@ impl Layer {
 
     /// Adds a regular file with `mode`.
     pub fn file_mode(mut self, path: &str, data: impl Into<Vec<u8>>, mode: u32) -> Self {
-        self.entries.push(Entry::File { path: path.into(), data: data.into(), mode });
+        self.entries.push(Entry::File {
+            path: path.into(),
+            data: data.into(),
+            mode,
+        });
         self
     }
 
@@ -66,25 +85,41 @@ impl Layer {
 
     /// Adds a symlink.
     pub fn symlink(mut self, path: &str, target: &str) -> Self {
-        self.entries.push(Entry::Symlink { path: path.into(), target: target.into() });
+        self.entries.push(Entry::Symlink {
+            path: path.into(),
+            target: target.into(),
+        });
         self
     }
 
     /// Adds a hard link.
     pub fn hardlink(mut self, path: &str, target: &str) -> Self {
-        self.entries.push(Entry::Hardlink { path: path.into(), target: target.into() });
+        self.entries.push(Entry::Hardlink {
+            path: path.into(),
+            target: target.into(),
+        });
         self
     }
 
     /// A busybox root: `/bin/busybox` (Debian's static build) and `sh`, `ls`, `cat` links.
     pub fn busybox() -> anyhow::Result<Self> {
-        let bin = std::fs::read("/bin/busybox").map_err(|e| anyhow::anyhow!("read /bin/busybox (apt-get install busybox-static): {e}"))?;
-        let mut l = Layer::new().dir("bin/").dir("etc/").dir("tmp/").file_mode("bin/busybox", bin, 0o755);
+        let bin = std::fs::read("/bin/busybox").map_err(|e| {
+            anyhow::anyhow!("read /bin/busybox (apt-get install busybox-static): {e}")
+        })?;
+        let mut l =
+            Layer::new()
+                .dir("bin/")
+                .dir("etc/")
+                .dir("tmp/")
+                .file_mode("bin/busybox", bin, 0o755);
         for applet in ["sh", "ls", "cat", "sleep", "echo", "id", "env"] {
             l = l.hardlink(&format!("bin/{applet}"), "bin/busybox");
         }
-        Ok(l.file("etc/passwd", "root:x:0:0:root:/root:/bin/sh\nwww-data:x:33:33:www-data:/var/www:/bin/sh\n")
-            .file("etc/group", "root:x:0:\nwww-data:x:33:\n"))
+        Ok(l.file(
+            "etc/passwd",
+            "root:x:0:0:root:/root:/bin/sh\nwww-data:x:33:33:www-data:/var/www:/bin/sh\n",
+        )
+        .file("etc/group", "root:x:0:\nwww-data:x:33:\n"))
     }
 
     /// The uncompressed tar stream.
@@ -92,10 +127,16 @@ impl Layer {
         let mut out = Vec::new();
         for e in &self.entries {
             let (path, kind, mode, link, data): (&str, tar::EntryType, u32, &str, &[u8]) = match e {
-                Entry::File { path, data, mode } => (path, tar::EntryType::Regular, *mode, "", data),
+                Entry::File { path, data, mode } => {
+                    (path, tar::EntryType::Regular, *mode, "", data)
+                }
                 Entry::Dir { path } => (path, tar::EntryType::Directory, 0o755, "", &[]),
-                Entry::Symlink { path, target } => (path, tar::EntryType::Symlink, 0o777, target, &[]),
-                Entry::Hardlink { path, target } => (path, tar::EntryType::Link, 0o644, target, &[]),
+                Entry::Symlink { path, target } => {
+                    (path, tar::EntryType::Symlink, 0o777, target, &[])
+                }
+                Entry::Hardlink { path, target } => {
+                    (path, tar::EntryType::Link, 0o644, target, &[])
+                }
             };
             let mut h = tar::Header::new_ustar();
             {
@@ -125,11 +166,18 @@ impl Layer {
             Compression::None => (tar, "application/vnd.oci.image.layer.v1.tar"),
             Compression::Gzip => {
                 use std::io::Write;
-                let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+                let mut enc =
+                    flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
                 enc.write_all(&tar).expect("gzip to memory");
-                (enc.finish().expect("gzip to memory"), "application/vnd.oci.image.layer.v1.tar+gzip")
+                (
+                    enc.finish().expect("gzip to memory"),
+                    "application/vnd.oci.image.layer.v1.tar+gzip",
+                )
             }
-            Compression::Zstd => (zstd::encode_all(tar.as_slice(), 1).expect("zstd to memory"), "application/vnd.oci.image.layer.v1.tar+zstd"),
+            Compression::Zstd => (
+                zstd::encode_all(tar.as_slice(), 1).expect("zstd to memory"),
+                "application/vnd.oci.image.layer.v1.tar+zstd",
+            ),
         };
         (blob, diff_id, media.to_string())
     }
@@ -163,7 +211,13 @@ pub struct Pushed {
 impl ImageBuilder {
     /// An amd64 image with `layers`.
     pub fn new(layers: Vec<Layer>) -> Self {
-        ImageBuilder { layers, user: String::new(), cmd: vec!["sh".into()], arch: "amd64".into(), docker_media_types: false }
+        ImageBuilder {
+            layers,
+            user: String::new(),
+            cmd: vec!["sh".into()],
+            arch: "amd64".into(),
+            docker_media_types: false,
+        }
     }
 
     /// Sets the config `User`.
@@ -185,23 +239,42 @@ impl ImageBuilder {
     }
 
     /// Pushes blobs and the manifest; tags it `reference` (a tag or nothing).
-    pub async fn push(&self, reg: &Registry, repo: &str, tag: Option<&str>) -> anyhow::Result<Pushed> {
+    pub async fn push(
+        &self,
+        reg: &Registry,
+        repo: &str,
+        tag: Option<&str>,
+    ) -> anyhow::Result<Pushed> {
         let c = Client::new(reg);
         let (manifest, media, config, layers) = self.upload(&c, repo).await?;
         let digest = sha256(&manifest);
-        c.put_manifest(repo, tag.unwrap_or(&digest), &media, manifest).await?;
-        Ok(Pushed { digest, config, layers })
+        c.put_manifest(repo, tag.unwrap_or(&digest), &media, manifest)
+            .await?;
+        Ok(Pushed {
+            digest,
+            config,
+            layers,
+        })
     }
 
-    async fn upload(&self, c: &Client<'_>, repo: &str) -> anyhow::Result<(Vec<u8>, String, String, Vec<String>)> {
+    async fn upload(
+        &self,
+        c: &Client<'_>,
+        repo: &str,
+    ) -> anyhow::Result<(Vec<u8>, String, String, Vec<String>)> {
         let mut layer_descs = Vec::new();
         let mut diff_ids = Vec::new();
         let mut layer_digests = Vec::new();
         for l in &self.layers {
             let (blob, diff_id, media) = l.blob();
-            let media = if self.docker_media_types { "application/vnd.docker.image.rootfs.diff.tar.gzip".to_string() } else { media };
+            let media = if self.docker_media_types {
+                "application/vnd.docker.image.rootfs.diff.tar.gzip".to_string()
+            } else {
+                media
+            };
             let d = c.put_blob(repo, &blob).await?;
-            layer_descs.push(serde_json::json!({"mediaType": media, "digest": d, "size": blob.len()}));
+            layer_descs
+                .push(serde_json::json!({"mediaType": media, "digest": d, "size": blob.len()}));
             diff_ids.push(diff_id);
             layer_digests.push(d);
         }
@@ -214,9 +287,15 @@ impl ImageBuilder {
         let config = serde_json::to_vec(&config)?;
         let config_digest = c.put_blob(repo, &config).await?;
         let (mt, cmt) = if self.docker_media_types {
-            ("application/vnd.docker.distribution.manifest.v2+json", "application/vnd.docker.container.image.v1+json")
+            (
+                "application/vnd.docker.distribution.manifest.v2+json",
+                "application/vnd.docker.container.image.v1+json",
+            )
         } else {
-            ("application/vnd.oci.image.manifest.v1+json", "application/vnd.oci.image.config.v1+json")
+            (
+                "application/vnd.oci.image.manifest.v1+json",
+                "application/vnd.oci.image.config.v1+json",
+            )
         };
         let manifest = serde_json::json!({
             "schemaVersion": 2,
@@ -224,12 +303,22 @@ impl ImageBuilder {
             "config": {"mediaType": cmt, "digest": config_digest, "size": config.len()},
             "layers": layer_descs,
         });
-        Ok((serde_json::to_vec(&manifest)?, mt.to_string(), config_digest, layer_digests))
+        Ok((
+            serde_json::to_vec(&manifest)?,
+            mt.to_string(),
+            config_digest,
+            layer_digests,
+        ))
     }
 
     /// Pushes each image's manifest and an OCI index over them, tagged `tag`. The returned
     /// config and layers are those of the amd64 entry.
-    pub async fn push_index(reg: &Registry, repo: &str, tag: &str, images: &[ImageBuilder]) -> anyhow::Result<Pushed> {
+    pub async fn push_index(
+        reg: &Registry,
+        repo: &str,
+        tag: &str,
+        images: &[ImageBuilder],
+    ) -> anyhow::Result<Pushed> {
         let c = Client::new(reg);
         let mut entries = Vec::new();
         let mut amd64 = None;
@@ -242,11 +331,18 @@ impl ImageBuilder {
                 amd64 = Some((config, layers));
             }
         }
-        let index = serde_json::to_vec(&serde_json::json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": entries}))?;
+        let index = serde_json::to_vec(
+            &serde_json::json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": entries}),
+        )?;
         let digest = sha256(&index);
-        c.put_manifest(repo, tag, "application/vnd.oci.image.index.v1+json", index).await?;
+        c.put_manifest(repo, tag, "application/vnd.oci.image.index.v1+json", index)
+            .await?;
         let (config, layers) = amd64.unwrap_or_default();
-        Ok(Pushed { digest, config, layers })
+        Ok(Pushed {
+            digest,
+            config,
+            layers,
+        })
     }
 }
 
@@ -258,7 +354,13 @@ struct Client<'a> {
 impl<'a> Client<'a> {
     fn new(reg: &'a Registry) -> Self {
         let _ = rustls::crypto::ring::default_provider().install_default();
-        Client { http: reqwest::Client::builder().no_proxy().build().expect("http client"), reg }
+        Client {
+            http: reqwest::Client::builder()
+                .no_proxy()
+                .build()
+                .expect("http client"),
+            reg,
+        }
     }
 
     fn req(&self, m: reqwest::Method, url: &str) -> reqwest::RequestBuilder {
@@ -272,14 +374,34 @@ impl<'a> Client<'a> {
     async fn put_blob(&self, repo: &str, data: &[u8]) -> anyhow::Result<String> {
         let digest = sha256(data);
         let base = format!("http://{}", self.reg.addr);
-        let head = self.req(reqwest::Method::HEAD, &format!("{base}/v2/{repo}/blobs/{digest}")).send().await?;
+        let head = self
+            .req(
+                reqwest::Method::HEAD,
+                &format!("{base}/v2/{repo}/blobs/{digest}"),
+            )
+            .send()
+            .await?;
         if head.status().is_success() {
             return Ok(digest);
         }
-        let r = self.req(reqwest::Method::POST, &format!("{base}/v2/{repo}/blobs/uploads/")).send().await?;
+        let r = self
+            .req(
+                reqwest::Method::POST,
+                &format!("{base}/v2/{repo}/blobs/uploads/"),
+            )
+            .send()
+            .await?;
         anyhow::ensure!(r.status().as_u16() == 202, "start upload: {}", r.status());
-        let loc = r.headers().get("location").and_then(|v| v.to_str().ok()).ok_or_else(|| anyhow::anyhow!("no upload location"))?;
-        let loc = if loc.starts_with("http") { loc.to_string() } else { format!("{base}{loc}") };
+        let loc = r
+            .headers()
+            .get("location")
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| anyhow::anyhow!("no upload location"))?;
+        let loc = if loc.starts_with("http") {
+            loc.to_string()
+        } else {
+            format!("{base}{loc}")
+        };
         let sep = if loc.contains('?') { '&' } else { '?' };
         let r = self
             .req(reqwest::Method::PUT, &format!("{loc}{sep}digest={digest}"))
@@ -287,14 +409,35 @@ impl<'a> Client<'a> {
             .body(data.to_vec())
             .send()
             .await?;
-        anyhow::ensure!(r.status().as_u16() == 201, "finish upload: {} {}", r.status(), r.text().await.unwrap_or_default());
+        anyhow::ensure!(
+            r.status().as_u16() == 201,
+            "finish upload: {} {}",
+            r.status(),
+            r.text().await.unwrap_or_default()
+        );
         Ok(digest)
     }
 
-    async fn put_manifest(&self, repo: &str, reference: &str, media: &str, body: Vec<u8>) -> anyhow::Result<()> {
+    async fn put_manifest(
+        &self,
+        repo: &str,
+        reference: &str,
+        media: &str,
+        body: Vec<u8>,
+    ) -> anyhow::Result<()> {
         let url = format!("http://{}/v2/{repo}/manifests/{reference}", self.reg.addr);
-        let r = self.req(reqwest::Method::PUT, &url).header("content-type", media).body(body).send().await?;
-        anyhow::ensure!(r.status().as_u16() == 201, "put manifest {repo}:{reference}: {} {}", r.status(), r.text().await.unwrap_or_default());
+        let r = self
+            .req(reqwest::Method::PUT, &url)
+            .header("content-type", media)
+            .body(body)
+            .send()
+            .await?;
+        anyhow::ensure!(
+            r.status().as_u16() == 201,
+            "put manifest {repo}:{reference}: {} {}",
+            r.status(),
+            r.text().await.unwrap_or_default()
+        );
         Ok(())
     }
 }

@@ -10,12 +10,15 @@ pub mod image;
 pub mod registry;
 
 pub use berth::{Berth, Cri};
-pub use image::{ImageBuilder, Layer, Compression};
+pub use image::{Compression, ImageBuilder, Layer};
 pub use registry::Registry;
 
 /// A free TCP port on 127.0.0.1 (the small race before the user binds it is accepted).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("bind 127.0.0.1:0")
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind 127.0.0.1:0")
 }
 
 /// Polls `f` every 50 ms until it returns true or `timeout` passes.

@@ -28,18 +28,26 @@ impl Registry {
     }
 
     fn start_with(auth: Option<(String, String)>) -> anyhow::Result<Self> {
-        let dir = tempfile::Builder::new().prefix("berth-e2e-registry-").tempdir()?;
+        let dir = tempfile::Builder::new()
+            .prefix("berth-e2e-registry-")
+            .tempdir()?;
         let port = crate::free_port();
         let addr = format!("127.0.0.1:{port}");
         let mut auth_yaml = String::new();
         if let Some((u, p)) = &auth {
-            let out = Command::new("htpasswd").args(["-Bbn", u, p]).output().context("run htpasswd (apt-get install apache2-utils)")?;
+            let out = Command::new("htpasswd")
+                .args(["-Bbn", u, p])
+                .output()
+                .context("run htpasswd (apt-get install apache2-utils)")?;
             if !out.status.success() {
                 bail!("htpasswd failed: {}", String::from_utf8_lossy(&out.stderr));
             }
             let file = dir.path().join("htpasswd");
             std::fs::write(&file, &out.stdout)?;
-            auth_yaml = format!("auth:\n  htpasswd:\n    realm: berth-e2e\n    path: {}\n", file.display());
+            auth_yaml = format!(
+                "auth:\n  htpasswd:\n    realm: berth-e2e\n    path: {}\n",
+                file.display()
+            );
         }
         let config = format!(
             "version: 0.1\nlog:\n  level: info\n  accesslog:\n    disabled: false\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n{auth_yaml}",
@@ -56,13 +64,23 @@ impl Registry {
             .stderr(log)
             .spawn()
             .context("start docker-registry (apt-get install docker-registry)")?;
-        let reg = Registry { child, dir, addr, auth };
+        let reg = Registry {
+            child,
+            dir,
+            addr,
+            auth,
+        };
         let url = format!("http://{}/v2/", reg.addr);
         let up = crate::wait_until(Duration::from_secs(20), || {
-            std::net::TcpStream::connect(&reg.addr).is_ok() && reqwest_blocking_status(&url).is_some()
+            std::net::TcpStream::connect(&reg.addr).is_ok()
+                && reqwest_blocking_status(&url).is_some()
         });
         if !up {
-            bail!("registry on {} did not come up; log:\n{}", reg.addr, reg.log());
+            bail!(
+                "registry on {} did not come up; log:\n{}",
+                reg.addr,
+                reg.log()
+            );
         }
         Ok(reg)
     }
@@ -74,7 +92,10 @@ impl Registry {
 
     /// How many GETs of `digest` as a blob the registry served.
     pub fn blob_gets(&self, digest: &str) -> usize {
-        self.log().lines().filter(|l| l.contains("\"GET /v2/") && l.contains(&format!("/blobs/{digest}"))).count()
+        self.log()
+            .lines()
+            .filter(|l| l.contains("\"GET /v2/") && l.contains(&format!("/blobs/{digest}")))
+            .count()
     }
 
     /// Where the registry keeps its data (for tests that corrupt it).

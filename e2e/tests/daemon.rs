@@ -2,34 +2,64 @@
 
 use std::process::Command;
 
-use berth_cri_api::v1::{RunPodSandboxRequest, RuntimeConfigRequest, StatusRequest, VersionRequest};
+use berth_cri_api::v1::{
+    RunPodSandboxRequest, RuntimeConfigRequest, StatusRequest, VersionRequest,
+};
 use berth_e2e::Berth;
 use berth_e2e::berth::berth_bin;
 use tonic::Code;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn version_status_runtime_config() {
-    let berth = Berth::start_with_config("[cni]\nconf_dir = \"/nonexistent/berth-e2e-cni\"\n").unwrap();
+    let berth =
+        Berth::start_with_config("[cni]\nconf_dir = \"/nonexistent/berth-e2e-cni\"\n").unwrap();
     let mut rt = berth.cri().await.unwrap().runtime;
-    let v = rt.version(VersionRequest { version: "v1".into() }).await.unwrap().into_inner();
-    assert_eq!((v.runtime_name.as_str(), v.runtime_api_version.as_str()), ("berth", "v1"));
+    let v = rt
+        .version(VersionRequest {
+            version: "v1".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (v.runtime_name.as_str(), v.runtime_api_version.as_str()),
+        ("berth", "v1")
+    );
 
-    let s = rt.status(StatusRequest { verbose: true }).await.unwrap().into_inner();
+    let s = rt
+        .status(StatusRequest { verbose: true })
+        .await
+        .unwrap()
+        .into_inner();
     let conds = s.status.unwrap().conditions;
     let ready = conds.iter().find(|c| c.r#type == "RuntimeReady").unwrap();
     assert!(ready.status);
     let net = conds.iter().find(|c| c.r#type == "NetworkReady").unwrap();
     assert!(!net.status);
     assert_eq!(net.reason, "NetworkPluginNotReady");
-    assert!(net.message.contains("/nonexistent/berth-e2e-cni"), "{}", net.message);
+    assert!(
+        net.message.contains("/nonexistent/berth-e2e-cni"),
+        "{}",
+        net.message
+    );
     assert!(s.info.contains_key("config"));
     let handlers: Vec<_> = s.runtime_handlers.iter().map(|h| h.name.as_str()).collect();
     assert_eq!(handlers, ["kata", "runc", "runsc"]);
 
-    let rc = rt.runtime_config(RuntimeConfigRequest {}).await.unwrap().into_inner();
-    assert_eq!(rc.linux.unwrap().cgroup_driver, berth_cri_api::v1::CgroupDriver::Cgroupfs as i32);
+    let rc = rt
+        .runtime_config(RuntimeConfigRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        rc.linux.unwrap().cgroup_driver,
+        berth_cri_api::v1::CgroupDriver::Cgroupfs as i32
+    );
 
-    let e = rt.run_pod_sandbox(RunPodSandboxRequest::default()).await.unwrap_err();
+    let e = rt
+        .run_pod_sandbox(RunPodSandboxRequest::default())
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::Unimplemented);
     assert!(e.message().contains("RunPodSandbox"));
 }
@@ -38,7 +68,11 @@ async fn version_status_runtime_config() {
 async fn socket_mode_stale_socket_and_a_second_daemon() {
     use std::os::unix::fs::PermissionsExt;
     let mut berth = Berth::start().unwrap();
-    let mode = std::fs::metadata(&berth.socket).unwrap().permissions().mode() & 0o777;
+    let mode = std::fs::metadata(&berth.socket)
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
     assert_eq!(mode, 0o660);
 
     // A second berth on the same socket refuses to start and says why.
@@ -53,26 +87,53 @@ async fn socket_mode_stale_socket_and_a_second_daemon() {
         .output()
         .unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("in use"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("in use"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // After a crash the stale socket is replaced.
     berth.kill();
     assert!(berth.socket.exists());
     berth.restart().unwrap();
-    berth.cri().await.unwrap().runtime.version(VersionRequest::default()).await.unwrap();
+    berth
+        .cri()
+        .await
+        .unwrap()
+        .runtime
+        .version(VersionRequest::default())
+        .await
+        .unwrap();
 }
 
 #[test]
 fn config_errors_name_the_file_and_key() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("bad.toml");
-    std::fs::write(&cfg, "root = \"/var/lib/x\"\n[registry]\nconfig_paht = \"/etc\"\n").unwrap();
-    let out = Command::new(berth_bin()).arg("--config").arg(&cfg).arg("config").arg("show").output().unwrap();
+    std::fs::write(
+        &cfg,
+        "root = \"/var/lib/x\"\n[registry]\nconfig_paht = \"/etc\"\n",
+    )
+    .unwrap();
+    let out = Command::new(berth_bin())
+        .arg("--config")
+        .arg(&cfg)
+        .arg("config")
+        .arg("show")
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("bad.toml") && err.contains("config_paht") && err.contains("line 3"), "{err}");
+    assert!(
+        err.contains("bad.toml") && err.contains("config_paht") && err.contains("line 3"),
+        "{err}"
+    );
 
-    let out = Command::new(berth_bin()).args(["config", "default"]).output().unwrap();
+    let out = Command::new(berth_bin())
+        .args(["config", "default"])
+        .output()
+        .unwrap();
     assert!(out.status.success());
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(text.contains("sandbox_image = \"registry.k8s.io/pause:3.9\""));

@@ -3,47 +3,84 @@
 use std::time::Duration;
 
 use berth_cri_api::v1::{
-    AuthConfig, ImageFilter, ImageFsInfoRequest, ImageSpec, ImageStatusRequest, ListImagesRequest, PullImageRequest, RemoveImageRequest,
+    AuthConfig, ImageFilter, ImageFsInfoRequest, ImageSpec, ImageStatusRequest, ListImagesRequest,
+    PullImageRequest, RemoveImageRequest,
 };
 use berth_e2e::image::{Pushed, noise};
 use berth_e2e::{Berth, Compression, Cri, ImageBuilder, Layer, Registry, free_port};
 use tonic::Code;
 
 fn spec(image: &str) -> Option<ImageSpec> {
-    Some(ImageSpec { image: image.to_string(), ..Default::default() })
+    Some(ImageSpec {
+        image: image.to_string(),
+        ..Default::default()
+    })
 }
 
 async fn pull(cri: &Cri, image: &str, auth: Option<AuthConfig>) -> Result<String, tonic::Status> {
     let mut c = cri.image.clone();
-    c.pull_image(PullImageRequest { image: spec(image), auth, sandbox_config: None }).await.map(|r| r.into_inner().image_ref)
+    c.pull_image(PullImageRequest {
+        image: spec(image),
+        auth,
+        sandbox_config: None,
+    })
+    .await
+    .map(|r| r.into_inner().image_ref)
 }
 
 async fn status(cri: &Cri, image: &str) -> Option<berth_cri_api::v1::Image> {
     let mut c = cri.image.clone();
-    c.image_status(ImageStatusRequest { image: spec(image), verbose: false }).await.expect("ImageStatus").into_inner().image
+    c.image_status(ImageStatusRequest {
+        image: spec(image),
+        verbose: false,
+    })
+    .await
+    .expect("ImageStatus")
+    .into_inner()
+    .image
 }
 
 async fn remove(cri: &Cri, image: &str) {
     let mut c = cri.image.clone();
-    c.remove_image(RemoveImageRequest { image: spec(image) }).await.expect("RemoveImage");
+    c.remove_image(RemoveImageRequest { image: spec(image) })
+        .await
+        .expect("RemoveImage");
 }
 
 async fn list(cri: &Cri) -> Vec<berth_cri_api::v1::Image> {
     let mut c = cri.image.clone();
-    c.list_images(ListImagesRequest { filter: None }).await.expect("ListImages").into_inner().images
+    c.list_images(ListImagesRequest { filter: None })
+        .await
+        .expect("ListImages")
+        .into_inner()
+        .images
 }
 
 fn files_under(dir: &std::path::Path) -> Vec<String> {
-    std::fs::read_dir(dir).map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect()).unwrap_or_default()
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 async fn busybox_image(reg: &Registry, repo: &str, tag: &str) -> Pushed {
     let layers = vec![
         Layer::busybox().unwrap(),
-        Layer::new().compression(Compression::Zstd).file("etc/zstd-layer", "z"),
-        Layer::new().compression(Compression::None).file("etc/plain-layer", "p").file("etc/.wh.zstd-layer", ""),
+        Layer::new()
+            .compression(Compression::Zstd)
+            .file("etc/zstd-layer", "z"),
+        Layer::new()
+            .compression(Compression::None)
+            .file("etc/plain-layer", "p")
+            .file("etc/.wh.zstd-layer", ""),
     ];
-    ImageBuilder::new(layers).push(reg, repo, Some(tag)).await.unwrap()
+    ImageBuilder::new(layers)
+        .push(reg, repo, Some(tag))
+        .await
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -55,17 +92,31 @@ async fn pull_by_tag_and_digest_then_inspect_and_remove() {
     let name = format!("{}/e2e/busybox", reg.addr);
 
     let id = pull(&cri, &format!("{name}:1"), None).await.unwrap();
-    assert_eq!(id, pushed.config, "PullImage returns the image id (config digest)");
-    let img = status(&cri, &format!("{name}:1")).await.expect("image present");
+    assert_eq!(
+        id, pushed.config,
+        "PullImage returns the image id (config digest)"
+    );
+    let img = status(&cri, &format!("{name}:1"))
+        .await
+        .expect("image present");
     assert_eq!(img.id, pushed.config);
     assert_eq!(img.repo_tags, vec![format!("{name}:1")]);
     assert_eq!(img.repo_digests, vec![format!("{name}@{}", pushed.digest)]);
-    assert!(img.size > 900_000, "size counts the compressed layers: {}", img.size);
+    assert!(
+        img.size > 900_000,
+        "size counts the compressed layers: {}",
+        img.size
+    );
     assert!(img.uid.is_none() && img.username.is_empty());
     assert!(!img.pinned);
 
     // The same image by digest, by id, by short id.
-    assert_eq!(pull(&cri, &format!("{name}@{}", pushed.digest), None).await.unwrap(), id);
+    assert_eq!(
+        pull(&cri, &format!("{name}@{}", pushed.digest), None)
+            .await
+            .unwrap(),
+        id
+    );
     assert_eq!(status(&cri, &id).await.unwrap().id, id);
     assert_eq!(status(&cri, &id[7..19]).await.unwrap().id, id);
     assert_eq!(list(&cri).await.len(), 1);
@@ -90,23 +141,57 @@ async fn pull_by_tag_and_digest_then_inspect_and_remove() {
             }
         }
     }
-    assert_eq!(found, (true, true), "busybox layer and whiteout found under {}", snaps.display());
+    assert_eq!(
+        found,
+        (true, true),
+        "busybox layer and whiteout found under {}",
+        snaps.display()
+    );
 
     // Verbose status carries the image config.
     let mut c = cri.image.clone();
-    let v = c.image_status(ImageStatusRequest { image: spec(&id), verbose: true }).await.unwrap().into_inner();
+    let v = c
+        .image_status(ImageStatusRequest {
+            image: spec(&id),
+            verbose: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
     let info: serde_json::Value = serde_json::from_str(&v.info["info"]).unwrap();
     assert_eq!(info["imageSpec"]["architecture"], "amd64");
     assert_eq!(info["imageSpec"]["config"]["Cmd"][0], "sh");
 
-    let fs = c.image_fs_info(ImageFsInfoRequest {}).await.unwrap().into_inner();
+    let fs = c
+        .image_fs_info(ImageFsInfoRequest {})
+        .await
+        .unwrap()
+        .into_inner();
     let used = fs.image_filesystems[0].used_bytes.as_ref().unwrap().value;
     assert!(used > 1_000_000, "used bytes {used}");
 
     // Filtered list.
-    let filtered = c.list_images(ListImagesRequest { filter: Some(ImageFilter { image: spec(&format!("{name}:1")) }) }).await.unwrap().into_inner().images;
+    let filtered = c
+        .list_images(ListImagesRequest {
+            filter: Some(ImageFilter {
+                image: spec(&format!("{name}:1")),
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .images;
     assert_eq!(filtered.len(), 1);
-    let none = c.list_images(ListImagesRequest { filter: Some(ImageFilter { image: spec("absent:1") }) }).await.unwrap().into_inner().images;
+    let none = c
+        .list_images(ListImagesRequest {
+            filter: Some(ImageFilter {
+                image: spec("absent:1"),
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .images;
     assert!(none.is_empty());
 
     // Removing by id removes the image and collects its content and snapshots.
@@ -116,8 +201,15 @@ async fn pull_by_tag_and_digest_then_inspect_and_remove() {
     assert!(list(&cri).await.is_empty());
     assert!(files_under(&berth.root.join("content/blobs/sha256")).is_empty());
     assert!(files_under(&snaps).is_empty());
-    let fs = c.image_fs_info(ImageFsInfoRequest {}).await.unwrap().into_inner();
-    assert_eq!(fs.image_filesystems[0].used_bytes.as_ref().unwrap().value, 0);
+    let fs = c
+        .image_fs_info(ImageFsInfoRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        fs.image_filesystems[0].used_bytes.as_ref().unwrap().value,
+        0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -125,8 +217,13 @@ async fn image_user_is_reported() {
     let reg = Registry::start().unwrap();
     let berth = Berth::start().unwrap();
     let cri = berth.cri().await.unwrap();
-    for (tag, user, uid, username) in [("uid", "1002", Some(1002), ""), ("name", "www-data:1004", None, "www-data"), ("docker", "", None, "")] {
-        let mut b = ImageBuilder::new(vec![Layer::new().file(&format!("marker-{tag}"), tag)]).user(user);
+    for (tag, user, uid, username) in [
+        ("uid", "1002", Some(1002), ""),
+        ("name", "www-data:1004", None, "www-data"),
+        ("docker", "", None, ""),
+    ] {
+        let mut b =
+            ImageBuilder::new(vec![Layer::new().file(&format!("marker-{tag}"), tag)]).user(user);
         if tag == "docker" {
             b = b.docker();
         }
@@ -147,15 +244,24 @@ async fn index_selects_linux_amd64() {
     let arm = ImageBuilder::new(vec![Layer::new().file("arch", "arm64")]).arch("arm64");
     let amd = ImageBuilder::new(vec![Layer::new().file("arch", "amd64")]).arch("amd64");
     let s390 = ImageBuilder::new(vec![Layer::new().file("arch", "s390x")]).arch("s390x");
-    let pushed = ImageBuilder::push_index(&reg, "e2e/multi", "v1", &[arm, amd, s390]).await.unwrap();
+    let pushed = ImageBuilder::push_index(&reg, "e2e/multi", "v1", &[arm, amd, s390])
+        .await
+        .unwrap();
     let r = format!("{}/e2e/multi:v1", reg.addr);
     assert_eq!(pull(&cri, &r, None).await.unwrap(), pushed.config);
     // The repo digest is the index's: what the tag resolved to.
-    assert_eq!(status(&cri, &r).await.unwrap().repo_digests, vec![format!("{}/e2e/multi@{}", reg.addr, pushed.digest)]);
+    assert_eq!(
+        status(&cri, &r).await.unwrap().repo_digests,
+        vec![format!("{}/e2e/multi@{}", reg.addr, pushed.digest)]
+    );
 
     let only_arm = ImageBuilder::new(vec![Layer::new().file("arch", "arm64")]).arch("arm64");
-    ImageBuilder::push_index(&reg, "e2e/armonly", "v1", &[only_arm]).await.unwrap();
-    let e = pull(&cri, &format!("{}/e2e/armonly:v1", reg.addr), None).await.unwrap_err();
+    ImageBuilder::push_index(&reg, "e2e/armonly", "v1", &[only_arm])
+        .await
+        .unwrap();
+    let e = pull(&cri, &format!("{}/e2e/armonly:v1", reg.addr), None)
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::NotFound, "{e:?}");
     assert!(e.message().contains("linux/amd64"), "{}", e.message());
 }
@@ -167,7 +273,10 @@ async fn mirrors_fall_through_in_order_to_the_host_that_has_the_image() {
     let down = free_port();
     let berth = Berth::start().unwrap();
     let cri = berth.cri().await.unwrap();
-    let pushed = ImageBuilder::new(vec![Layer::new().file("hello", "mirror")]).push(&good, "e2e/app", Some("1")).await.unwrap();
+    let pushed = ImageBuilder::new(vec![Layer::new().file("hello", "mirror")])
+        .push(&good, "e2e/app", Some("1"))
+        .await
+        .unwrap();
 
     berth
         .hosts_toml(
@@ -178,26 +287,57 @@ async fn mirrors_fall_through_in_order_to_the_host_that_has_the_image() {
             ),
         )
         .unwrap();
-    let id = pull(&cri, "upstream.invalid/e2e/app:1", None).await.unwrap();
+    let id = pull(&cri, "upstream.invalid/e2e/app:1", None)
+        .await
+        .unwrap();
     assert_eq!(id, pushed.config);
     let img = status(&cri, "upstream.invalid/e2e/app:1").await.unwrap();
-    assert_eq!(img.repo_tags, vec!["upstream.invalid/e2e/app:1".to_string()]);
+    assert_eq!(
+        img.repo_tags,
+        vec!["upstream.invalid/e2e/app:1".to_string()]
+    );
     // The empty mirror was asked first and answered 404; requests to mirrors carry ns=.
-    assert!(empty.log().contains("/v2/e2e/app/manifests/1?ns=upstream.invalid"), "{}", empty.log());
+    assert!(
+        empty
+            .log()
+            .contains("/v2/e2e/app/manifests/1?ns=upstream.invalid"),
+        "{}",
+        empty.log()
+    );
     assert!(good.log().contains("ns=upstream.invalid"));
 
     // hosts.toml is read on every pull: with only the dead mirror left, the next pull fails,
     // naming every host it tried.
-    berth.hosts_toml("upstream.invalid", &format!("server = \"http://127.0.0.1:{down}\"\n[host.\"http://{}\"]\n", empty.addr)).unwrap();
-    let e = pull(&cri, "upstream.invalid/e2e/app:2", None).await.unwrap_err();
+    berth
+        .hosts_toml(
+            "upstream.invalid",
+            &format!(
+                "server = \"http://127.0.0.1:{down}\"\n[host.\"http://{}\"]\n",
+                empty.addr
+            ),
+        )
+        .unwrap();
+    let e = pull(&cri, "upstream.invalid/e2e/app:2", None)
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::Unavailable, "{e:?}");
-    assert!(e.message().contains(&empty.addr) && e.message().contains(&down.to_string()), "{}", e.message());
+    assert!(
+        e.message().contains(&empty.addr) && e.message().contains(&down.to_string()),
+        "{}",
+        e.message()
+    );
 
     // A hosts.toml that does not parse is an error naming the file and line, not a fallback.
     berth.hosts_toml("upstream.invalid", "server = \"https://upstream.invalid\"\n[host.\"http://x\"]\ncapabilities = [\"pull\", \"fly\"]\n").unwrap();
-    let e = pull(&cri, "upstream.invalid/e2e/app:1", None).await.unwrap_err();
+    let e = pull(&cri, "upstream.invalid/e2e/app:1", None)
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::FailedPrecondition);
-    assert!(e.message().contains("upstream.invalid/hosts.toml:3") && e.message().contains("fly"), "{}", e.message());
+    assert!(
+        e.message().contains("upstream.invalid/hosts.toml:3") && e.message().contains("fly"),
+        "{}",
+        e.message()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -205,14 +345,22 @@ async fn override_path_mirror() {
     let reg = Registry::start().unwrap();
     let berth = Berth::start().unwrap();
     let cri = berth.cri().await.unwrap();
-    let pushed = ImageBuilder::new(vec![Layer::new().file("hello", "override")]).push(&reg, "prefix/upstream.invalid/e2e/app", Some("1")).await.unwrap();
+    let pushed = ImageBuilder::new(vec![Layer::new().file("hello", "override")])
+        .push(&reg, "prefix/upstream.invalid/e2e/app", Some("1"))
+        .await
+        .unwrap();
     berth
         .hosts_toml(
             "upstream.invalid",
             &format!("server = \"https://upstream.invalid\"\n[host.\"http://{}/v2/prefix/upstream.invalid\"]\n  capabilities = [\"pull\", \"resolve\"]\n  override_path = true\n", reg.addr),
         )
         .unwrap();
-    assert_eq!(pull(&cri, "upstream.invalid/e2e/app:1", None).await.unwrap(), pushed.config);
+    assert_eq!(
+        pull(&cri, "upstream.invalid/e2e/app:1", None)
+            .await
+            .unwrap(),
+        pushed.config
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -220,26 +368,62 @@ async fn registry_auth() {
     let reg = Registry::start_with_auth("berthuser", "s3cret-pass").unwrap();
     let berth = Berth::start().unwrap();
     let cri = berth.cri().await.unwrap();
-    let pushed = ImageBuilder::new(vec![Layer::new().file("secret", "x")]).push(&reg, "e2e/private", Some("1")).await.unwrap();
+    let pushed = ImageBuilder::new(vec![Layer::new().file("secret", "x")])
+        .push(&reg, "e2e/private", Some("1"))
+        .await
+        .unwrap();
     let r = format!("{}/e2e/private:1", reg.addr);
 
     let e = pull(&cri, &r, None).await.unwrap_err();
     assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
-    let wrong = AuthConfig { username: "berthuser".into(), password: "nope".into(), ..Default::default() };
-    assert_eq!(pull(&cri, &r, Some(wrong)).await.unwrap_err().code(), Code::Unauthenticated);
-    let other_host = AuthConfig { username: "berthuser".into(), password: "s3cret-pass".into(), server_address: "elsewhere.example".into(), ..Default::default() };
-    assert_eq!(pull(&cri, &r, Some(other_host)).await.unwrap_err().code(), Code::Unauthenticated, "credentials for another server are not sent");
+    let wrong = AuthConfig {
+        username: "berthuser".into(),
+        password: "nope".into(),
+        ..Default::default()
+    };
+    assert_eq!(
+        pull(&cri, &r, Some(wrong)).await.unwrap_err().code(),
+        Code::Unauthenticated
+    );
+    let other_host = AuthConfig {
+        username: "berthuser".into(),
+        password: "s3cret-pass".into(),
+        server_address: "elsewhere.example".into(),
+        ..Default::default()
+    };
+    assert_eq!(
+        pull(&cri, &r, Some(other_host)).await.unwrap_err().code(),
+        Code::Unauthenticated,
+        "credentials for another server are not sent"
+    );
 
-    let good = AuthConfig { username: "berthuser".into(), password: "s3cret-pass".into(), ..Default::default() };
+    let good = AuthConfig {
+        username: "berthuser".into(),
+        password: "s3cret-pass".into(),
+        ..Default::default()
+    };
     assert_eq!(pull(&cri, &r, Some(good)).await.unwrap(), pushed.config);
     remove(&cri, &r).await;
     // The `auth` field: base64 user:password.
-    let b64 = AuthConfig { auth: "YmVydGh1c2VyOnMzY3JldC1wYXNz".into(), server_address: format!("http://{}", reg.addr), ..Default::default() };
+    let b64 = AuthConfig {
+        auth: "YmVydGh1c2VyOnMzY3JldC1wYXNz".into(),
+        server_address: format!("http://{}", reg.addr),
+        ..Default::default()
+    };
     assert_eq!(pull(&cri, &r, Some(b64)).await.unwrap(), pushed.config);
-    let bad = AuthConfig { auth: "%%%".into(), ..Default::default() };
-    assert_eq!(pull(&cri, &r, Some(bad)).await.unwrap_err().code(), Code::InvalidArgument);
+    let bad = AuthConfig {
+        auth: "%%%".into(),
+        ..Default::default()
+    };
+    assert_eq!(
+        pull(&cri, &r, Some(bad)).await.unwrap_err().code(),
+        Code::InvalidArgument
+    );
 
-    assert!(!berth.log().contains("s3cret-pass"), "credentials must never be logged");
+    assert!(
+        !berth.log().contains("s3cret-pass"),
+        "credentials must never be logged"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -262,7 +446,14 @@ async fn images_survive_restart_and_are_not_fetched_again() {
     assert!(gets.iter().all(|&n| n == 1), "{gets:?}");
     // Pulling again after the restart fetches no layer again.
     pull(&cri, &r, None).await.unwrap();
-    assert_eq!(pushed.layers.iter().map(|l| reg.blob_gets(l)).collect::<Vec<_>>(), gets);
+    assert_eq!(
+        pushed
+            .layers
+            .iter()
+            .map(|l| reg.blob_gets(l))
+            .collect::<Vec<_>>(),
+        gets
+    );
     remove(&cri, &r).await;
     assert!(list(&cri).await.is_empty());
 }
@@ -275,21 +466,47 @@ async fn hostile_layers_are_rejected_and_leave_nothing() {
     let canary = tempfile::tempdir().unwrap();
     let target = canary.path().to_str().unwrap().to_string();
     let cases = [
-        ("dotdot", Layer::new().file("ok", "x").file("../../../../escape", "evil")),
-        ("symlink", Layer::new().symlink("link", &target).file("link/evil", "evil")),
-        ("hardlink", Layer::new().hardlink("h", "../../../../../etc/passwd")),
+        (
+            "dotdot",
+            Layer::new()
+                .file("ok", "x")
+                .file("../../../../escape", "evil"),
+        ),
+        (
+            "symlink",
+            Layer::new()
+                .symlink("link", &target)
+                .file("link/evil", "evil"),
+        ),
+        (
+            "hardlink",
+            Layer::new().hardlink("h", "../../../../../etc/passwd"),
+        ),
     ];
     for (tag, layer) in cases {
-        ImageBuilder::new(vec![Layer::busybox().unwrap(), layer]).push(&reg, "e2e/evil", Some(tag)).await.unwrap();
-        let e = pull(&cri, &format!("{}/e2e/evil:{tag}", reg.addr), None).await.unwrap_err();
+        ImageBuilder::new(vec![Layer::busybox().unwrap(), layer])
+            .push(&reg, "e2e/evil", Some(tag))
+            .await
+            .unwrap();
+        let e = pull(&cri, &format!("{}/e2e/evil:{tag}", reg.addr), None)
+            .await
+            .unwrap_err();
         assert_eq!(e.code(), Code::FailedPrecondition, "{tag}: {e:?}");
         assert!(e.message().contains("rejected"), "{tag}: {}", e.message());
     }
-    assert!(files_under(canary.path()).is_empty(), "nothing written through the symlink");
+    assert!(
+        files_under(canary.path()).is_empty(),
+        "nothing written through the symlink"
+    );
     assert!(!berth.root.join("escape").exists() && !std::path::Path::new("/escape").exists());
     assert!(list(&cri).await.is_empty());
     assert!(files_under(&berth.root.join("content/ingest")).is_empty());
-    assert!(files_under(&berth.root.join("snapshots")).iter().all(|d| !d.starts_with("tmp-")), "no half-made snapshot left");
+    assert!(
+        files_under(&berth.root.join("snapshots"))
+            .iter()
+            .all(|d| !d.starts_with("tmp-")),
+        "no half-made snapshot left"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -298,13 +515,35 @@ async fn concurrent_pulls_fetch_each_blob_once() {
     let berth = Berth::start().unwrap();
     let cri = berth.cri().await.unwrap();
     let layers = (0..4u64)
-        .map(|i| Layer::new().compression(if i % 2 == 0 { Compression::None } else { Compression::Gzip }).file(&format!("data{i}"), noise(3 << 20, i)))
+        .map(|i| {
+            Layer::new()
+                .compression(if i % 2 == 0 {
+                    Compression::None
+                } else {
+                    Compression::Gzip
+                })
+                .file(&format!("data{i}"), noise(3 << 20, i))
+        })
         .collect();
-    let pushed = ImageBuilder::new(layers).push(&reg, "e2e/big", Some("1")).await.unwrap();
+    let pushed = ImageBuilder::new(layers)
+        .push(&reg, "e2e/big", Some("1"))
+        .await
+        .unwrap();
     let r = format!("{}/e2e/big:1", reg.addr);
     let by_digest = format!("{}/e2e/big@{}", reg.addr, pushed.digest);
-    let (a, b, c) = tokio::join!(pull(&cri, &r, None), pull(&cri, &r, None), pull(&cri, &by_digest, None));
-    assert_eq!((a.unwrap(), b.unwrap(), c.unwrap()), (pushed.config.clone(), pushed.config.clone(), pushed.config.clone()));
+    let (a, b, c) = tokio::join!(
+        pull(&cri, &r, None),
+        pull(&cri, &r, None),
+        pull(&cri, &by_digest, None)
+    );
+    assert_eq!(
+        (a.unwrap(), b.unwrap(), c.unwrap()),
+        (
+            pushed.config.clone(),
+            pushed.config.clone(),
+            pushed.config.clone()
+        )
+    );
     for l in pushed.layers.iter().chain([&pushed.config]) {
         assert_eq!(reg.blob_gets(l), 1, "blob {l} fetched once");
     }
@@ -321,7 +560,10 @@ async fn removing_one_tag_keeps_the_others() {
     for t in ["t1", "t2", "t3"] {
         b.push(&reg, "e2e/tags", Some(t)).await.unwrap();
     }
-    let names: Vec<String> = ["t1", "t2", "t3"].iter().map(|t| format!("{}/e2e/tags:{t}", reg.addr)).collect();
+    let names: Vec<String> = ["t1", "t2", "t3"]
+        .iter()
+        .map(|t| format!("{}/e2e/tags:{t}", reg.addr))
+        .collect();
     let mut ids = Vec::new();
     for n in &names {
         ids.push(pull(&cri, n, None).await.unwrap());
@@ -339,11 +581,17 @@ async fn removing_one_tag_keeps_the_others() {
     remove(&cri, &names[1]).await;
     remove(&cri, &names[2]).await;
     assert!(list(&cri).await.is_empty());
-    assert!(files_under(&berth.root.join("content/blobs/sha256")).is_empty(), "content collected after the last tag");
+    assert!(
+        files_under(&berth.root.join("content/blobs/sha256")).is_empty(),
+        "content collected after the last tag"
+    );
 
     // A tag that moves to a new image leaves the old image without it.
     pull(&cri, &names[0], None).await.unwrap();
-    let new = ImageBuilder::new(vec![Layer::new().file("different", "image")]).push(&reg, "e2e/tags", Some("t1")).await.unwrap();
+    let new = ImageBuilder::new(vec![Layer::new().file("different", "image")])
+        .push(&reg, "e2e/tags", Some("t1"))
+        .await
+        .unwrap();
     assert_eq!(pull(&cri, &names[0], None).await.unwrap(), new.config);
     let all = list(&cri).await;
     assert_eq!(all.len(), 2, "the old image stays, reachable by its digest");
@@ -356,13 +604,27 @@ async fn a_cancelled_pull_still_completes() {
     let reg = Registry::start().unwrap();
     let berth = Berth::start().unwrap();
     let cri = berth.cri().await.unwrap();
-    let pushed = ImageBuilder::new(vec![Layer::new().compression(Compression::Gzip).file("big", noise(16 << 20, 7))]).push(&reg, "e2e/cancel", Some("1")).await.unwrap();
+    let pushed = ImageBuilder::new(vec![
+        Layer::new()
+            .compression(Compression::Gzip)
+            .file("big", noise(16 << 20, 7)),
+    ])
+    .push(&reg, "e2e/cancel", Some("1"))
+    .await
+    .unwrap();
     let r = format!("{}/e2e/cancel:1", reg.addr);
-    let mut req = tonic::Request::new(PullImageRequest { image: spec(&r), auth: None, sandbox_config: None });
+    let mut req = tonic::Request::new(PullImageRequest {
+        image: spec(&r),
+        auth: None,
+        sandbox_config: None,
+    });
     req.set_timeout(Duration::from_millis(20));
     let mut c = cri.image.clone();
     let e = c.pull_image(req).await.unwrap_err();
-    assert!(matches!(e.code(), Code::DeadlineExceeded | Code::Cancelled), "{e:?}");
+    assert!(
+        matches!(e.code(), Code::DeadlineExceeded | Code::Cancelled),
+        "{e:?}"
+    );
     let mut done = false;
     for _ in 0..200 {
         if status(&cri, &r).await.is_some() {
@@ -379,7 +641,14 @@ async fn a_cancelled_pull_still_completes() {
 async fn berth_killed_mid_pull_leaves_no_partial_content() {
     let reg = Registry::start().unwrap();
     let mut berth = Berth::start().unwrap();
-    let pushed = ImageBuilder::new(vec![Layer::new().compression(Compression::None).file("huge", noise(96 << 20, 3))]).push(&reg, "e2e/kill", Some("1")).await.unwrap();
+    let pushed = ImageBuilder::new(vec![
+        Layer::new()
+            .compression(Compression::None)
+            .file("huge", noise(96 << 20, 3)),
+    ])
+    .push(&reg, "e2e/kill", Some("1"))
+    .await
+    .unwrap();
     let r = format!("{}/e2e/kill:1", reg.addr);
     let cri = berth.cri().await.unwrap();
     let pulling = tokio::spawn({
@@ -388,13 +657,20 @@ async fn berth_killed_mid_pull_leaves_no_partial_content() {
         async move { pull(&cri, &r, None).await }
     });
     let ingest = berth.root.join("content/ingest");
-    let started = berth_e2e::wait_until(Duration::from_secs(20), || !files_under(&ingest).is_empty());
+    let started =
+        berth_e2e::wait_until(Duration::from_secs(20), || !files_under(&ingest).is_empty());
     assert!(started, "the layer download began");
     berth.kill();
     assert!(pulling.await.unwrap().is_err());
     berth.restart().unwrap();
-    assert!(files_under(&ingest).is_empty(), "no half-written blob after restart");
-    assert!(files_under(&berth.root.join("content/blobs/sha256")).is_empty(), "nothing unverified became visible");
+    assert!(
+        files_under(&ingest).is_empty(),
+        "no half-written blob after restart"
+    );
+    assert!(
+        files_under(&berth.root.join("content/blobs/sha256")).is_empty(),
+        "nothing unverified became visible"
+    );
     assert!(files_under(&berth.root.join("snapshots")).is_empty());
     let cri = berth.cri().await.unwrap();
     assert!(list(&cri).await.is_empty());
@@ -410,17 +686,38 @@ async fn bad_requests_get_the_right_codes() {
         ("", Code::InvalidArgument),
         ("Upper/Case", Code::InvalidArgument),
         ("a b", Code::InvalidArgument),
-        ("sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef", Code::InvalidArgument),
+        (
+            "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+            Code::InvalidArgument,
+        ),
         (&format!("{}/e2e/absent:1", reg.addr), Code::NotFound),
-        (&format!("127.0.0.1:{}/e2e/nohost:1", free_port()), Code::Unavailable),
+        (
+            &format!("127.0.0.1:{}/e2e/nohost:1", free_port()),
+            Code::Unavailable,
+        ),
     ] {
         let e = pull(&cri, image, None).await.unwrap_err();
         assert_eq!(e.code(), code, "{image:?}: {e:?}");
         assert!(!e.message().is_empty());
     }
     let mut c = cri.image.clone();
-    assert_eq!(c.image_status(ImageStatusRequest { image: None, verbose: false }).await.unwrap_err().code(), Code::InvalidArgument);
-    assert_eq!(c.remove_image(RemoveImageRequest { image: spec("") }).await.unwrap_err().code(), Code::InvalidArgument);
+    assert_eq!(
+        c.image_status(ImageStatusRequest {
+            image: None,
+            verbose: false
+        })
+        .await
+        .unwrap_err()
+        .code(),
+        Code::InvalidArgument
+    );
+    assert_eq!(
+        c.remove_image(RemoveImageRequest { image: spec("") })
+            .await
+            .unwrap_err()
+            .code(),
+        Code::InvalidArgument
+    );
     assert!(status(&cri, "never/pulled:1").await.is_none());
     remove(&cri, "never/pulled:1").await;
     // The store is unharmed by all of that.

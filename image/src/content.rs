@@ -27,7 +27,8 @@ impl ContentStore {
         let blobs = root.join("content/blobs/sha256");
         let ingest = root.join("content/ingest");
         if ingest.exists() {
-            fs::remove_dir_all(&ingest).map_err(|e| Error::io(format!("clean {}", ingest.display()), e))?;
+            fs::remove_dir_all(&ingest)
+                .map_err(|e| Error::io(format!("clean {}", ingest.display()), e))?;
         }
         for d in [&blobs, &ingest] {
             fs::create_dir_all(d).map_err(|e| Error::io(format!("create {}", d.display()), e))?;
@@ -50,9 +51,14 @@ impl ContentStore {
         let path = self.path(d);
         let f = File::open(&path).map_err(|e| Error::io(format!("open blob {d}"), e))?;
         let mut buf = Vec::new();
-        f.take(max + 1).read_to_end(&mut buf).map_err(|e| Error::io(format!("read blob {d}"), e))?;
+        f.take(max + 1)
+            .read_to_end(&mut buf)
+            .map_err(|e| Error::io(format!("read blob {d}"), e))?;
         if buf.len() as u64 > max {
-            return Err(Error::bad(d.to_string(), format!("blob larger than {max} bytes")));
+            return Err(Error::bad(
+                d.to_string(),
+                format!("blob larger than {max} bytes"),
+            ));
         }
         Ok(buf)
     }
@@ -63,7 +69,8 @@ impl ContentStore {
             return Ok(());
         }
         let mut w = self.writer()?;
-        w.write_all(data).map_err(|e| Error::io("write ingest file", e))?;
+        w.write_all(data)
+            .map_err(|e| Error::io("write ingest file", e))?;
         w.commit(d, Some(data.len() as u64))
     }
 
@@ -76,13 +83,22 @@ impl ContentStore {
             .create_new(true)
             .open(&path)
             .map_err(|e| Error::io(format!("create {}", path.display()), e))?;
-        Ok(Ingest { file, path, hasher: Sha256::new(), size: 0, target: self.blobs.clone(), done: false })
+        Ok(Ingest {
+            file,
+            path,
+            hasher: Sha256::new(),
+            size: 0,
+            target: self.blobs.clone(),
+            done: false,
+        })
     }
 
     /// Removes a blob; a missing blob is not an error.
     pub fn delete(&self, d: &Digest) -> Result<()> {
         match fs::remove_file(self.path(d)) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(Error::io(format!("remove blob {d}"), e)),
+            Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                Err(Error::io(format!("remove blob {d}"), e))
+            }
             _ => Ok(()),
         }
     }
@@ -94,7 +110,10 @@ impl ContentStore {
         for entry in rd {
             let entry = entry.map_err(|e| Error::io("list blobs", e))?;
             let name = entry.file_name();
-            let Some(d) = name.to_str().and_then(|n| Digest::parse(&format!("sha256:{n}")).ok()) else {
+            let Some(d) = name
+                .to_str()
+                .and_then(|n| Digest::parse(&format!("sha256:{n}")).ok())
+            else {
                 continue;
             };
             let size = entry.metadata().map(|m| m.len()).unwrap_or(0);
@@ -137,15 +156,26 @@ impl Ingest {
     /// Verifies size and digest, syncs, and moves the blob into place.
     pub fn commit(mut self, expected: &Digest, expected_size: Option<u64>) -> Result<()> {
         if let Some(s) = expected_size.filter(|&s| s != self.size) {
-            return Err(Error::DigestMismatch { what: format!("size of blob {expected}"), expected: s.to_string(), actual: self.size.to_string() });
+            return Err(Error::DigestMismatch {
+                what: format!("size of blob {expected}"),
+                expected: s.to_string(),
+                actual: self.size.to_string(),
+            });
         }
         let actual = Digest::from_sha256(std::mem::take(&mut self.hasher).finalize().into());
         if &actual != expected {
-            return Err(Error::DigestMismatch { what: "blob digest".into(), expected: expected.to_string(), actual: actual.to_string() });
+            return Err(Error::DigestMismatch {
+                what: "blob digest".into(),
+                expected: expected.to_string(),
+                actual: actual.to_string(),
+            });
         }
-        self.file.sync_data().map_err(|e| Error::io("sync blob", e))?;
+        self.file
+            .sync_data()
+            .map_err(|e| Error::io("sync blob", e))?;
         let dest = self.target.join(expected.hex());
-        fs::rename(&self.path, &dest).map_err(|e| Error::io(format!("commit blob {expected}"), e))?;
+        fs::rename(&self.path, &dest)
+            .map_err(|e| Error::io(format!("commit blob {expected}"), e))?;
         self.done = true;
         Ok(())
     }
@@ -180,7 +210,12 @@ mod tests {
         let mut w = cs.writer().unwrap();
         w.write_all(b"partial").unwrap();
         drop(w);
-        assert_eq!(fs::read_dir(dir.path().join("content/ingest")).unwrap().count(), 0);
+        assert_eq!(
+            fs::read_dir(dir.path().join("content/ingest"))
+                .unwrap()
+                .count(),
+            0
+        );
         assert_eq!(cs.list().unwrap(), vec![(d.clone(), 5)]);
         cs.delete(&d).unwrap();
         cs.delete(&d).unwrap();
@@ -193,8 +228,18 @@ mod tests {
         let cs = ContentStore::open(dir.path()).unwrap();
         let w = cs.writer().unwrap();
         std::mem::forget(w); // as if berth was killed mid-write
-        assert_eq!(fs::read_dir(dir.path().join("content/ingest")).unwrap().count(), 1);
+        assert_eq!(
+            fs::read_dir(dir.path().join("content/ingest"))
+                .unwrap()
+                .count(),
+            1
+        );
         ContentStore::open(dir.path()).unwrap();
-        assert_eq!(fs::read_dir(dir.path().join("content/ingest")).unwrap().count(), 0);
+        assert_eq!(
+            fs::read_dir(dir.path().join("content/ingest"))
+                .unwrap()
+                .count(),
+            0
+        );
     }
 }

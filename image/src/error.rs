@@ -141,11 +141,17 @@ impl Error {
     }
 
     pub(crate) fn io(context: impl Into<String>, source: io::Error) -> Self {
-        Error::Io { context: context.into(), source }
+        Error::Io {
+            context: context.into(),
+            source,
+        }
     }
 
     pub(crate) fn bad(what: impl Into<String>, reason: impl Into<String>) -> Self {
-        Error::BadContent { what: what.into(), reason: reason.into() }
+        Error::BadContent {
+            what: what.into(),
+            reason: reason.into(),
+        }
     }
 }
 

@@ -35,7 +35,11 @@ pub struct Capabilities {
 }
 
 impl Capabilities {
-    const ALL: Capabilities = Capabilities { pull: true, resolve: true, push: true };
+    const ALL: Capabilities = Capabilities {
+        pull: true,
+        resolve: true,
+        push: true,
+    };
 }
 
 /// One place to send registry requests to, in the order they are tried.
@@ -97,7 +101,10 @@ pub fn resolve(config_dir: Option<&Path>, domain: &str) -> Result<Vec<RegistryHo
 /// The directories consulted for `domain`, most specific first.
 fn host_dirs(root: &Path, domain: &str) -> Vec<PathBuf> {
     let mut dirs = Vec::with_capacity(3);
-    if let Some(i) = domain.rfind(':').filter(|&i| i > 0 && !domain[i..].contains(']')) {
+    if let Some(i) = domain
+        .rfind(':')
+        .filter(|&i| i > 0 && !domain[i..].contains(']'))
+    {
         dirs.push(root.join(format!("{}_{}_", &domain[..i], &domain[i + 1..])));
     }
     dirs.push(root.join(domain));
@@ -110,7 +117,10 @@ fn is_loopback(domain: &str) -> bool {
         Some(rest) => rest.split(']').next().unwrap_or(""),
         None => domain.split(':').next().unwrap_or(""),
     };
-    host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// The upstream registry with no configuration: `https://<domain>/v2`, except Docker Hub
@@ -123,10 +133,11 @@ fn default_host(domain: &str) -> Result<RegistryHost> {
     } else {
         ("https", domain)
     };
-    let url = Url::parse(&format!("{scheme}://{authority}/v2")).map_err(|e| Error::InvalidReference {
-        reference: domain.to_string(),
-        reason: format!("registry host does not form a URL: {e}"),
-    })?;
+    let url =
+        Url::parse(&format!("{scheme}://{authority}/v2")).map_err(|e| Error::InvalidReference {
+            reference: domain.to_string(),
+            reason: format!("registry host does not form a URL: {e}"),
+        })?;
     Ok(RegistryHost {
         url,
         capabilities: Capabilities::ALL,
@@ -187,36 +198,59 @@ struct FileCtx<'a> {
 
 impl FileCtx<'_> {
     fn err(&self, span: Option<std::ops::Range<usize>>, reason: impl Into<String>) -> Error {
-        let line = span.map(|s| self.text[..s.start.min(self.text.len())].matches('\n').count() + 1);
-        Error::HostsConfig { file: self.file.to_path_buf(), line, reason: reason.into() }
+        let line = span.map(|s| {
+            self.text[..s.start.min(self.text.len())]
+                .matches('\n')
+                .count()
+                + 1
+        });
+        Error::HostsConfig {
+            file: self.file.to_path_buf(),
+            line,
+            reason: reason.into(),
+        }
     }
 
     fn relative(&self, p: &str) -> PathBuf {
         let p = Path::new(p);
-        if p.is_absolute() { p.to_path_buf() } else { self.file.parent().unwrap_or(Path::new("/")).join(p) }
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.file.parent().unwrap_or(Path::new("/")).join(p)
+        }
     }
 }
 
 fn parse_hosts_file(file: &Path, domain: &str) -> Result<Vec<RegistryHost>> {
-    let meta = std::fs::metadata(file).map_err(|e| Error::io(format!("stat {}", file.display()), e))?;
+    let meta =
+        std::fs::metadata(file).map_err(|e| Error::io(format!("stat {}", file.display()), e))?;
     if !meta.is_file() {
-        return Err(Error::HostsConfig { file: file.into(), line: None, reason: "not a regular file".into() });
+        return Err(Error::HostsConfig {
+            file: file.into(),
+            line: None,
+            reason: "not a regular file".into(),
+        });
     }
     if meta.len() > MAX_HOSTS_FILE {
         return Err(Error::HostsConfig {
             file: file.into(),
             line: None,
-            reason: format!("{} bytes is larger than the {MAX_HOSTS_FILE}-byte limit", meta.len()),
+            reason: format!(
+                "{} bytes is larger than the {MAX_HOSTS_FILE}-byte limit",
+                meta.len()
+            ),
         });
     }
-    let text = std::fs::read_to_string(file).map_err(|e| Error::io(format!("read {}", file.display()), e))?;
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| Error::io(format!("read {}", file.display()), e))?;
     parse_hosts(file, &text, domain)
 }
 
 /// Parses the text of a hosts.toml for upstream `domain`. Public for fuzzing and `berth doctor`.
 pub fn parse_hosts(file: &Path, text: &str, domain: &str) -> Result<Vec<RegistryHost>> {
     let ctx = FileCtx { file, text };
-    let raw: RawHost = toml::from_str(text).map_err(|e| ctx.err(e.span(), e.message().to_string()))?;
+    let raw: RawHost =
+        toml::from_str(text).map_err(|e| ctx.err(e.span(), e.message().to_string()))?;
     warn_unknown_keys(&ctx);
 
     let mut hosts = Vec::new();
@@ -224,7 +258,10 @@ pub fn parse_hosts(file: &Path, text: &str, domain: &str) -> Result<Vec<Registry
         let span = entry.span();
         let entry = entry.get_ref();
         if entry.host.is_some() || entry.server.is_some() {
-            return Err(ctx.err(Some(span), format!("[host.{key:?}] may not contain 'server' or nested host tables")));
+            return Err(ctx.err(
+                Some(span),
+                format!("[host.{key:?}] may not contain 'server' or nested host tables"),
+            ));
         }
         hosts.push(build_host(&ctx, key, Some(span), entry, domain)?);
     }
@@ -240,22 +277,37 @@ pub fn parse_hosts(file: &Path, text: &str, domain: &str) -> Result<Vec<Registry
     Ok(hosts)
 }
 
-fn build_host(ctx: &FileCtx<'_>, url: &str, span: Option<std::ops::Range<usize>>, raw: &RawHost, domain: &str) -> Result<RegistryHost> {
-    let with_scheme = if url.contains("://") { url.to_string() } else { format!("https://{url}") };
-    let mut parsed = Url::parse(&with_scheme).map_err(|e| ctx.err(span.clone(), format!("invalid host URL {url:?}: {e}")))?;
+fn build_host(
+    ctx: &FileCtx<'_>,
+    url: &str,
+    span: Option<std::ops::Range<usize>>,
+    raw: &RawHost,
+    domain: &str,
+) -> Result<RegistryHost> {
+    let with_scheme = if url.contains("://") {
+        url.to_string()
+    } else {
+        format!("https://{url}")
+    };
+    let mut parsed = Url::parse(&with_scheme)
+        .map_err(|e| ctx.err(span.clone(), format!("invalid host URL {url:?}: {e}")))?;
     if !matches!(parsed.scheme(), "http" | "https") {
-        return Err(ctx.err(span, format!("host URL {url:?}: scheme must be http or https")));
+        return Err(ctx.err(
+            span,
+            format!("host URL {url:?}: scheme must be http or https"),
+        ));
     }
     if parsed.host_str().is_none_or(str::is_empty) {
         return Err(ctx.err(span, format!("host URL {url:?} has no host")));
     }
     if parsed.query().is_some() || parsed.fragment().is_some() || !parsed.username().is_empty() {
-        return Err(ctx.err(span, format!("host URL {url:?} may not carry a query, fragment or credentials")));
+        return Err(ctx.err(
+            span,
+            format!("host URL {url:?} may not carry a query, fragment or credentials"),
+        ));
     }
     let path = parsed.path().trim_end_matches('/').to_string();
-    let path = if raw.override_path.unwrap_or(false) {
-        path
-    } else if path.ends_with("/v2") {
+    let path = if raw.override_path.unwrap_or(false) || path.ends_with("/v2") {
         path
     } else {
         format!("{path}/v2")
@@ -274,7 +326,12 @@ fn build_host(ctx: &FileCtx<'_>, url: &str, span: Option<std::ops::Range<usize>>
     Ok(host)
 }
 
-fn apply_options(ctx: &FileCtx<'_>, host: &mut RegistryHost, raw: &RawHost, span: Option<std::ops::Range<usize>>) -> Result<()> {
+fn apply_options(
+    ctx: &FileCtx<'_>,
+    host: &mut RegistryHost,
+    raw: &RawHost,
+    span: Option<std::ops::Range<usize>>,
+) -> Result<()> {
     if let Some(caps) = &raw.capabilities {
         let mut c = Capabilities::default();
         for cap in caps {
@@ -283,7 +340,10 @@ fn apply_options(ctx: &FileCtx<'_>, host: &mut RegistryHost, raw: &RawHost, span
                 "resolve" => c.resolve = true,
                 "push" => c.push = true,
                 other => {
-                    return Err(ctx.err(Some(cap.span()), format!("unknown capability {other:?} (expected pull, resolve or push)")));
+                    return Err(ctx.err(
+                        Some(cap.span()),
+                        format!("unknown capability {other:?} (expected pull, resolve or push)"),
+                    ));
                 }
             }
         }
@@ -308,9 +368,14 @@ fn apply_options(ctx: &FileCtx<'_>, host: &mut RegistryHost, raw: &RawHost, span
         for item in items {
             match item {
                 ClientItem::Cert(c) => host.client.push((ctx.relative(c), None)),
-                ClientItem::Pair(p) if p.len() == 2 => host.client.push((ctx.relative(&p[0]), Some(ctx.relative(&p[1])))),
+                ClientItem::Pair(p) if p.len() == 2 => host
+                    .client
+                    .push((ctx.relative(&p[0]), Some(ctx.relative(&p[1])))),
                 ClientItem::Pair(p) => {
-                    return Err(ctx.err(Some(client.span()), format!("client pair must be [cert, key], got {} entries", p.len())));
+                    return Err(ctx.err(
+                        Some(client.span()),
+                        format!("client pair must be [cert, key], got {} entries", p.len()),
+                    ));
                 }
             }
         }
@@ -329,10 +394,22 @@ fn apply_options(ctx: &FileCtx<'_>, host: &mut RegistryHost, raw: &RawHost, span
     Ok(())
 }
 
-const KNOWN_KEYS: &[&str] = &["server", "capabilities", "ca", "client", "skip_verify", "override_path", "header", "host", "dial_timeout"];
+const KNOWN_KEYS: &[&str] = &[
+    "server",
+    "capabilities",
+    "ca",
+    "client",
+    "skip_verify",
+    "override_path",
+    "header",
+    "host",
+    "dial_timeout",
+];
 
 fn warn_unknown_keys(ctx: &FileCtx<'_>) {
-    let Ok(table) = ctx.text.parse::<toml::Table>() else { return };
+    let Ok(table) = ctx.text.parse::<toml::Table>() else {
+        return;
+    };
     let check = |t: &toml::Table, at: &str| {
         for k in t.keys().filter(|k| !KNOWN_KEYS.contains(&k.as_str())) {
             tracing::warn!(file = %ctx.file.display(), key = %k, table = at, "unknown key in hosts.toml ignored");
@@ -351,7 +428,8 @@ fn warn_unknown_keys(ctx: &FileCtx<'_>) {
 /// Docker-style `certs.d/<host>/` without hosts.toml: `*.crt` are CAs, `X.cert` + `X.key` are
 /// client pairs.
 fn load_legacy_certs(dir: &Path, host: &mut RegistryHost) -> Result<()> {
-    let entries = std::fs::read_dir(dir).map_err(|e| Error::io(format!("read {}", dir.display()), e))?;
+    let entries =
+        std::fs::read_dir(dir).map_err(|e| Error::io(format!("read {}", dir.display()), e))?;
     let mut names: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
     names.sort();
     for p in names {
@@ -360,7 +438,11 @@ fn load_legacy_certs(dir: &Path, host: &mut RegistryHost) -> Result<()> {
             Some("cert") => {
                 let key = p.with_extension("key");
                 if !key.exists() {
-                    return Err(Error::HostsConfig { file: p, line: None, reason: "client certificate without a matching .key file".into() });
+                    return Err(Error::HostsConfig {
+                        file: p,
+                        line: None,
+                        reason: "client certificate without a matching .key file".into(),
+                    });
                 }
                 host.client.push((p, Some(key)));
             }
@@ -404,8 +486,17 @@ server = "https://registry-1.docker.io"
         assert!(hosts[0].is_mirror());
         assert_eq!(hosts[1].url.as_str(), "https://mirror.example:8443/base/v2");
         assert!(hosts[1].skip_verify && !hosts[1].capabilities.resolve);
-        assert_eq!(hosts[1].ca, vec![PathBuf::from("/etc/berth/certs.d/x/ca.pem")]);
-        assert_eq!(hosts[1].client, vec![(PathBuf::from("/etc/berth/certs.d/x/c.pem"), Some(PathBuf::from("/abs/k.pem")))]);
+        assert_eq!(
+            hosts[1].ca,
+            vec![PathBuf::from("/etc/berth/certs.d/x/ca.pem")]
+        );
+        assert_eq!(
+            hosts[1].client,
+            vec![(
+                PathBuf::from("/etc/berth/certs.d/x/c.pem"),
+                Some(PathBuf::from("/abs/k.pem"))
+            )]
+        );
         assert_eq!(hosts[1].headers.len(), 2);
         assert_eq!(hosts[2].url.as_str(), "https://registry-1.docker.io/v2");
         assert_eq!(hosts[2].capabilities, Capabilities::ALL);
@@ -423,7 +514,10 @@ server = "https://registry-1.docker.io"
             "registry.k8s.io",
         )
         .unwrap();
-        assert_eq!(hosts[0].url.as_str(), "http://127.0.0.1:5000/v2/registry.k8s.io");
+        assert_eq!(
+            hosts[0].url.as_str(),
+            "http://127.0.0.1:5000/v2/registry.k8s.io"
+        );
         assert_eq!(hosts[1].url.as_str(), "http://m2/v2");
         assert_eq!(hosts[2].url.as_str(), "https://m3/v2");
         // No server: the upstream host itself.
@@ -435,7 +529,10 @@ server = "https://registry-1.docker.io"
     fn errors_name_the_line() {
         let e = parse("server = \"https://x\"\n\n[host.\"http://m\"]\n  capabilities = [\"pull\", \"fetch\"]\n", "x").unwrap_err();
         let msg = e.to_string();
-        assert!(msg.contains("hosts.toml:4:") && msg.contains("fetch"), "{msg}");
+        assert!(
+            msg.contains("hosts.toml:4:") && msg.contains("fetch"),
+            "{msg}"
+        );
         let e = parse("server = \n", "x").unwrap_err();
         assert!(e.to_string().contains("hosts.toml:1"), "{e}");
         let e = parse("[host.\"ftp://m\"]\n", "x").unwrap_err();
@@ -452,21 +549,47 @@ server = "https://registry-1.docker.io"
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path();
         // No config at all: upstream, loopback is plain HTTP, Docker Hub is registry-1.
-        assert_eq!(resolve(Some(root), "127.0.0.1:5000").unwrap()[0].url.as_str(), "http://127.0.0.1:5000/v2");
-        assert_eq!(resolve(None, "docker.io").unwrap()[0].url.as_str(), "https://registry-1.docker.io/v2");
+        assert_eq!(
+            resolve(Some(root), "127.0.0.1:5000").unwrap()[0]
+                .url
+                .as_str(),
+            "http://127.0.0.1:5000/v2"
+        );
+        assert_eq!(
+            resolve(None, "docker.io").unwrap()[0].url.as_str(),
+            "https://registry-1.docker.io/v2"
+        );
 
         std::fs::create_dir_all(root.join("_default")).unwrap();
-        std::fs::write(root.join("_default/hosts.toml"), "[host.\"http://default-mirror\"]\n").unwrap();
+        std::fs::write(
+            root.join("_default/hosts.toml"),
+            "[host.\"http://default-mirror\"]\n",
+        )
+        .unwrap();
         let h = resolve(Some(root), "quay.io").unwrap();
         assert_eq!(h[0].url.as_str(), "http://default-mirror/v2");
         assert_eq!(h[1].url.as_str(), "https://quay.io/v2");
 
         std::fs::create_dir_all(root.join("reg:5000")).unwrap();
-        std::fs::write(root.join("reg:5000/hosts.toml"), "server = \"http://colon\"\n").unwrap();
-        assert_eq!(resolve(Some(root), "reg:5000").unwrap()[0].url.as_str(), "http://colon/v2");
+        std::fs::write(
+            root.join("reg:5000/hosts.toml"),
+            "server = \"http://colon\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            resolve(Some(root), "reg:5000").unwrap()[0].url.as_str(),
+            "http://colon/v2"
+        );
         std::fs::create_dir_all(root.join("reg_5000_")).unwrap();
-        std::fs::write(root.join("reg_5000_/hosts.toml"), "server = \"http://underscore\"\n").unwrap();
-        assert_eq!(resolve(Some(root), "reg:5000").unwrap()[0].url.as_str(), "http://underscore/v2");
+        std::fs::write(
+            root.join("reg_5000_/hosts.toml"),
+            "server = \"http://underscore\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            resolve(Some(root), "reg:5000").unwrap()[0].url.as_str(),
+            "http://underscore/v2"
+        );
     }
 
     #[test]
@@ -480,12 +603,23 @@ server = "https://registry-1.docker.io"
         let h = resolve(Some(dir.path()), "secure.example").unwrap();
         assert_eq!(h.len(), 1);
         assert_eq!(h[0].ca, vec![d.join("ca.crt")]);
-        assert_eq!(h[0].client, vec![(d.join("me.cert"), Some(d.join("me.key")))]);
+        assert_eq!(
+            h[0].client,
+            vec![(d.join("me.cert"), Some(d.join("me.key")))]
+        );
     }
 
     #[test]
     fn hostile_files_are_errors_not_panics() {
-        for text in ["[[host]]\n", "host = 3\n", "[host.\"\"]\n", "[host.\"http://\"]\n", "header = 1\n", "[header]\n\"bad name\" = \"v\"\n", "\u{0}"] {
+        for text in [
+            "[[host]]\n",
+            "host = 3\n",
+            "[host.\"\"]\n",
+            "[host.\"http://\"]\n",
+            "header = 1\n",
+            "[header]\n\"bad name\" = \"v\"\n",
+            "\u{0}",
+        ] {
             assert!(parse(text, "x").is_err(), "{text:?}");
         }
     }

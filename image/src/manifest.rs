@@ -62,7 +62,11 @@ impl Platform {
             "riscv64" => ("riscv64", None),
             other => (other, None),
         };
-        Platform { architecture: architecture.into(), os: "linux".into(), variant: variant.map(Into::into) }
+        Platform {
+            architecture: architecture.into(),
+            os: "linux".into(),
+            variant: variant.map(Into::into),
+        }
     }
 
     /// True when a manifest for `other` runs here. A missing variant matches any.
@@ -127,22 +131,38 @@ impl Document {
     pub fn parse(what: &str, media_type: &str, body: &[u8]) -> Result<Self> {
         let bad = |reason: String| Error::bad(what.to_string(), reason);
         match media_type {
-            OCI_INDEX | DOCKER_LIST => return serde_json::from_slice(body).map(Document::Index).map_err(|e| bad(format!("invalid index: {e}"))),
+            OCI_INDEX | DOCKER_LIST => {
+                return serde_json::from_slice(body)
+                    .map(Document::Index)
+                    .map_err(|e| bad(format!("invalid index: {e}")));
+            }
             OCI_MANIFEST | DOCKER_MANIFEST => {
-                return serde_json::from_slice(body).map(Document::Manifest).map_err(|e| bad(format!("invalid manifest: {e}")));
+                return serde_json::from_slice(body)
+                    .map(Document::Manifest)
+                    .map_err(|e| bad(format!("invalid manifest: {e}")));
             }
             _ => {}
         }
-        let probe: Probe = serde_json::from_slice(body).map_err(|e| bad(format!("not a JSON manifest ({media_type}): {e}")))?;
+        let probe: Probe = serde_json::from_slice(body)
+            .map_err(|e| bad(format!("not a JSON manifest ({media_type}): {e}")))?;
         if probe.schema_version == 1 {
-            return Err(bad("Docker schema 1 manifests are not supported; push the image with schema 2 or OCI".into()));
+            return Err(bad(
+                "Docker schema 1 manifests are not supported; push the image with schema 2 or OCI"
+                    .into(),
+            ));
         }
         if probe.manifests.is_some() {
-            serde_json::from_slice(body).map(Document::Index).map_err(|e| bad(format!("invalid index: {e}")))
+            serde_json::from_slice(body)
+                .map(Document::Index)
+                .map_err(|e| bad(format!("invalid index: {e}")))
         } else if probe.layers.is_some() {
-            serde_json::from_slice(body).map(Document::Manifest).map_err(|e| bad(format!("invalid manifest: {e}")))
+            serde_json::from_slice(body)
+                .map(Document::Manifest)
+                .map_err(|e| bad(format!("invalid manifest: {e}")))
         } else {
-            Err(bad(format!("unsupported manifest media type {media_type:?}")))
+            Err(bad(format!(
+                "unsupported manifest media type {media_type:?}"
+            )))
         }
     }
 }
@@ -150,9 +170,19 @@ impl Document {
 impl Index {
     /// The first manifest for `platform`.
     pub fn select(&self, platform: &Platform) -> Option<&Descriptor> {
-        let matching = || self.manifests.iter().filter(|d| d.platform.as_ref().is_some_and(|p| platform.accepts(p)));
+        let matching = || {
+            self.manifests
+                .iter()
+                .filter(|d| d.platform.as_ref().is_some_and(|p| platform.accepts(p)))
+        };
         // An exact variant match beats a manifest that leaves the variant out.
-        matching().find(|d| d.platform.as_ref().is_some_and(|p| p.variant == platform.variant)).or_else(|| matching().next())
+        matching()
+            .find(|d| {
+                d.platform
+                    .as_ref()
+                    .is_some_and(|p| p.variant == platform.variant)
+            })
+            .or_else(|| matching().next())
     }
 }
 
@@ -258,27 +288,87 @@ mod tests {
     fn platform_selection() {
         let idx = Index {
             manifests: vec![
-                Descriptor { media_type: OCI_MANIFEST.into(), digest: d(1), size: 1, platform: Some(Platform { architecture: "arm64".into(), os: "linux".into(), variant: Some("v8".into()) }) },
-                Descriptor { media_type: OCI_MANIFEST.into(), digest: d(2), size: 1, platform: Some(Platform { architecture: "amd64".into(), os: "windows".into(), variant: None }) },
-                Descriptor { media_type: OCI_MANIFEST.into(), digest: d(3), size: 1, platform: Some(Platform { architecture: "amd64".into(), os: "linux".into(), variant: None }) },
-                Descriptor { media_type: OCI_MANIFEST.into(), digest: d(4), size: 1, platform: Some(Platform { architecture: "arm64".into(), os: "linux".into(), variant: None }) },
+                Descriptor {
+                    media_type: OCI_MANIFEST.into(),
+                    digest: d(1),
+                    size: 1,
+                    platform: Some(Platform {
+                        architecture: "arm64".into(),
+                        os: "linux".into(),
+                        variant: Some("v8".into()),
+                    }),
+                },
+                Descriptor {
+                    media_type: OCI_MANIFEST.into(),
+                    digest: d(2),
+                    size: 1,
+                    platform: Some(Platform {
+                        architecture: "amd64".into(),
+                        os: "windows".into(),
+                        variant: None,
+                    }),
+                },
+                Descriptor {
+                    media_type: OCI_MANIFEST.into(),
+                    digest: d(3),
+                    size: 1,
+                    platform: Some(Platform {
+                        architecture: "amd64".into(),
+                        os: "linux".into(),
+                        variant: None,
+                    }),
+                },
+                Descriptor {
+                    media_type: OCI_MANIFEST.into(),
+                    digest: d(4),
+                    size: 1,
+                    platform: Some(Platform {
+                        architecture: "arm64".into(),
+                        os: "linux".into(),
+                        variant: None,
+                    }),
+                },
             ],
         };
-        let amd64 = Platform { architecture: "amd64".into(), os: "linux".into(), variant: None };
+        let amd64 = Platform {
+            architecture: "amd64".into(),
+            os: "linux".into(),
+            variant: None,
+        };
         assert_eq!(idx.select(&amd64).unwrap().digest, d(3));
-        let arm64 = Platform { architecture: "arm64".into(), os: "linux".into(), variant: Some("v8".into()) };
+        let arm64 = Platform {
+            architecture: "arm64".into(),
+            os: "linux".into(),
+            variant: Some("v8".into()),
+        };
         assert_eq!(idx.select(&arm64).unwrap().digest, d(1));
-        let s390 = Platform { architecture: "s390x".into(), os: "linux".into(), variant: None };
+        let s390 = Platform {
+            architecture: "s390x".into(),
+            os: "linux".into(),
+            variant: None,
+        };
         assert!(idx.select(&s390).is_none());
     }
 
     #[test]
     fn documents_by_media_type_or_shape() {
-        let m = format!(r#"{{"schemaVersion":2,"config":{{"mediaType":"x","digest":"{}","size":1}},"layers":[]}}"#, d(1));
-        assert!(matches!(Document::parse("m", DOCKER_MANIFEST, m.as_bytes()).unwrap(), Document::Manifest(_)));
-        assert!(matches!(Document::parse("m", "", m.as_bytes()).unwrap(), Document::Manifest(_)));
+        let m = format!(
+            r#"{{"schemaVersion":2,"config":{{"mediaType":"x","digest":"{}","size":1}},"layers":[]}}"#,
+            d(1)
+        );
+        assert!(matches!(
+            Document::parse("m", DOCKER_MANIFEST, m.as_bytes()).unwrap(),
+            Document::Manifest(_)
+        ));
+        assert!(matches!(
+            Document::parse("m", "", m.as_bytes()).unwrap(),
+            Document::Manifest(_)
+        ));
         let i = r#"{"schemaVersion":2,"manifests":[]}"#;
-        assert!(matches!(Document::parse("i", "application/json", i.as_bytes()).unwrap(), Document::Index(_)));
+        assert!(matches!(
+            Document::parse("i", "application/json", i.as_bytes()).unwrap(),
+            Document::Index(_)
+        ));
         let e = Document::parse("old", "", br#"{"schemaVersion":1,"fsLayers":[]}"#).unwrap_err();
         assert!(e.to_string().contains("schema 1"));
         assert!(Document::parse("x", OCI_MANIFEST, b"{}").is_err());

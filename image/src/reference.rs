@@ -37,7 +37,9 @@ impl Reference {
             return Err(bad("contains white space or control characters"));
         }
         if is_image_id(input) {
-            return Err(bad("an image id is not a pullable reference; name a repository"));
+            return Err(bad(
+                "an image id is not a pullable reference; name a repository",
+            ));
         }
         let (rest, digest) = match input.split_once('@') {
             Some((rest, d)) => (rest, Some(Digest::parse(d).map_err(|e| bad(&e))?)),
@@ -66,7 +68,12 @@ impl Reference {
             (None, Some(t)) => Some(t),
             (None, None) => Some("latest".to_string()),
         };
-        Ok(Reference { domain, path, tag, digest })
+        Ok(Reference {
+            domain,
+            path,
+            tag,
+            digest,
+        })
     }
 
     /// The registry host, e.g. `docker.io` or `127.0.0.1:5000`.
@@ -105,7 +112,12 @@ impl Reference {
 
     /// The same repository pinned to `digest` (a "repo digest").
     pub fn with_digest(&self, digest: Digest) -> Reference {
-        Reference { domain: self.domain.clone(), path: self.path.clone(), tag: None, digest: Some(digest) }
+        Reference {
+            domain: self.domain.clone(),
+            path: self.path.clone(),
+            tag: None,
+            digest: Some(digest),
+        }
     }
 }
 
@@ -125,13 +137,20 @@ impl fmt::Display for Reference {
 fn split_domain(name: &str) -> (String, String) {
     let (domain, path) = match name.split_once('/') {
         Some((first, rest))
-            if first.contains('.') || first.contains(':') || first == "localhost" || first.chars().any(|c| c.is_ascii_uppercase()) =>
+            if first.contains('.')
+                || first.contains(':')
+                || first == "localhost"
+                || first.chars().any(|c| c.is_ascii_uppercase()) =>
         {
             (first.to_string(), rest.to_string())
         }
         _ => (DEFAULT_DOMAIN.to_string(), name.to_string()),
     };
-    let domain = if domain == LEGACY_DEFAULT_DOMAIN { DEFAULT_DOMAIN.to_string() } else { domain };
+    let domain = if domain == LEGACY_DEFAULT_DOMAIN {
+        DEFAULT_DOMAIN.to_string()
+    } else {
+        domain
+    };
     let path = if domain == DEFAULT_DOMAIN && !path.contains('/') {
         format!("{OFFICIAL_REPO_PREFIX}{path}")
     } else {
@@ -142,7 +161,9 @@ fn split_domain(name: &str) -> (String, String) {
 
 fn validate_domain(domain: &str) -> Result<(), String> {
     let (host, port) = if let Some(rest) = domain.strip_prefix('[') {
-        let (v6, after) = rest.split_once(']').ok_or("unterminated IPv6 address in domain")?;
+        let (v6, after) = rest
+            .split_once(']')
+            .ok_or("unterminated IPv6 address in domain")?;
         if v6.parse::<std::net::Ipv6Addr>().is_err() {
             return Err(format!("invalid IPv6 address {v6:?} in domain"));
         }
@@ -165,10 +186,10 @@ fn validate_domain(domain: &str) -> Result<(), String> {
             return Err(format!("invalid registry host {host:?}"));
         }
     }
-    if let Some(port) = port {
-        if port.is_empty() || !port.chars().all(|c| c.is_ascii_digit()) || port.len() > 5 {
-            return Err(format!("invalid registry port {port:?}"));
-        }
+    if let Some(port) = port
+        && (port.is_empty() || !port.chars().all(|c| c.is_ascii_digit()) || port.len() > 5)
+    {
+        return Err(format!("invalid registry port {port:?}"));
     }
     Ok(())
 }
@@ -216,7 +237,11 @@ fn valid_path_component(c: &str) -> bool {
 fn validate_tag(tag: &str) -> Result<(), String> {
     let b = tag.as_bytes();
     let word = |x: u8| x.is_ascii_alphanumeric() || x == b'_';
-    if b.is_empty() || b.len() > 128 || !word(b[0]) || !b.iter().all(|&x| word(x) || x == b'.' || x == b'-') {
+    if b.is_empty()
+        || b.len() > 128
+        || !word(b[0])
+        || !b.iter().all(|&x| word(x) || x == b'.' || x == b'-')
+    {
         return Err(format!("invalid tag {tag:?}"));
     }
     Ok(())
@@ -232,9 +257,17 @@ pub struct Digest(String);
 impl Digest {
     /// Parses `sha256:<hex>`.
     pub fn parse(s: &str) -> Result<Self, String> {
-        let hex = s.strip_prefix("sha256:").ok_or_else(|| format!("unsupported digest {s:?}: only sha256 is supported"))?;
-        if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
-            return Err(format!("invalid digest {s:?}: expected sha256 and 64 lower-case hex digits"));
+        let hex = s
+            .strip_prefix("sha256:")
+            .ok_or_else(|| format!("unsupported digest {s:?}: only sha256 is supported"))?;
+        if hex.len() != 64
+            || !hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
+            return Err(format!(
+                "invalid digest {s:?}: expected sha256 and 64 lower-case hex digits"
+            ));
         }
         Ok(Digest(s.to_string()))
     }
@@ -284,7 +317,10 @@ impl<'de> serde::Deserialize<'de> for Digest {
 /// image ids.
 pub fn is_image_id(s: &str) -> bool {
     let hex = s.strip_prefix("sha256:").unwrap_or(s);
-    hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    hex.len() == 64
+        && hex
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 #[cfg(test)]
@@ -302,15 +338,27 @@ mod tests {
         assert_eq!(norm("busybox"), "docker.io/library/busybox:latest");
         assert_eq!(norm("busybox:1.36"), "docker.io/library/busybox:1.36");
         assert_eq!(norm("library/busybox"), "docker.io/library/busybox:latest");
-        assert_eq!(norm("index.docker.io/busybox"), "docker.io/library/busybox:latest");
+        assert_eq!(
+            norm("index.docker.io/busybox"),
+            "docker.io/library/busybox:latest"
+        );
         assert_eq!(norm("user/app"), "docker.io/user/app:latest");
-        assert_eq!(norm("registry.k8s.io/pause:3.9"), "registry.k8s.io/pause:3.9");
+        assert_eq!(
+            norm("registry.k8s.io/pause:3.9"),
+            "registry.k8s.io/pause:3.9"
+        );
         assert_eq!(norm("localhost/app"), "localhost/app:latest");
         assert_eq!(norm("127.0.0.1:5000/a/b/c:v1"), "127.0.0.1:5000/a/b/c:v1");
         assert_eq!(norm("[::1]:5000/app"), "[::1]:5000/app:latest");
-        assert_eq!(norm(&format!("busybox@{D}")), format!("docker.io/library/busybox@{D}"));
+        assert_eq!(
+            norm(&format!("busybox@{D}")),
+            format!("docker.io/library/busybox@{D}")
+        );
         // Tag and digest: the digest wins and the tag is dropped.
-        assert_eq!(norm(&format!("busybox:1@{D}")), format!("docker.io/library/busybox@{D}"));
+        assert_eq!(
+            norm(&format!("busybox:1@{D}")),
+            format!("docker.io/library/busybox@{D}")
+        );
     }
 
     #[test]

@@ -45,23 +45,41 @@ pub struct Credentials {
 
 impl std::fmt::Debug for Credentials {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Credentials").field("username", &self.username).field("server_address", &self.server_address).finish_non_exhaustive()
+        f.debug_struct("Credentials")
+            .field("username", &self.username)
+            .field("server_address", &self.server_address)
+            .finish_non_exhaustive()
     }
 }
 
 impl Credentials {
     /// Builds credentials from CRI fields; `auth` is base64 `user:password`.
-    pub fn from_cri(username: &str, password: &str, auth: &str, server_address: &str, identity_token: &str, registry_token: &str) -> Result<Self> {
+    pub fn from_cri(
+        username: &str,
+        password: &str,
+        auth: &str,
+        server_address: &str,
+        identity_token: &str,
+        registry_token: &str,
+    ) -> Result<Self> {
         let (mut username, mut password) = (username.to_string(), password.to_string());
         if !auth.is_empty() {
             let decoded = base64::engine::general_purpose::STANDARD
                 .decode(auth.trim())
-                .map_err(|_| Error::InvalidReference { reference: "auth".into(), reason: "auth is not valid base64".into() })?;
-            let decoded = String::from_utf8(decoded)
-                .map_err(|_| Error::InvalidReference { reference: "auth".into(), reason: "auth is not UTF-8".into() })?;
+                .map_err(|_| Error::InvalidReference {
+                    reference: "auth".into(),
+                    reason: "auth is not valid base64".into(),
+                })?;
+            let decoded = String::from_utf8(decoded).map_err(|_| Error::InvalidReference {
+                reference: "auth".into(),
+                reason: "auth is not UTF-8".into(),
+            })?;
             let (u, p) = decoded
                 .split_once(':')
-                .ok_or_else(|| Error::InvalidReference { reference: "auth".into(), reason: "auth must encode user:password".into() })?;
+                .ok_or_else(|| Error::InvalidReference {
+                    reference: "auth".into(),
+                    reason: "auth must encode user:password".into(),
+                })?;
             username = u.to_string();
             password = p.to_string();
         }
@@ -81,7 +99,9 @@ impl Credentials {
         let addr = self.server_address.trim_end_matches('/');
         let addr = addr.split_once("://").map_or(addr, |(_, a)| a);
         let addr = addr.split('/').next().unwrap_or(addr);
-        addr == host.authority() || addr == host.upstream || (addr == "index.docker.io" && host.upstream == "docker.io")
+        addr == host.authority()
+            || addr == host.upstream
+            || (addr == "index.docker.io" && host.upstream == "docker.io")
     }
 }
 
@@ -107,11 +127,26 @@ impl RegistryClient {
     }
 
     fn http_for(&self, host: &RegistryHost) -> Result<reqwest::Client> {
-        let key = format!("{}|{:?}|{:?}|{}", host.skip_verify, host.ca, host.client, host.url.scheme());
-        if let Some(c) = self.clients.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
+        let key = format!(
+            "{}|{:?}|{:?}|{}",
+            host.skip_verify,
+            host.ca,
+            host.client,
+            host.url.scheme()
+        );
+        if let Some(c) = self
+            .clients
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+        {
             return Ok(c.clone());
         }
-        let hosts_err = |reason: String| Error::HostsConfig { file: host.ca.first().cloned().unwrap_or_default(), line: None, reason };
+        let hosts_err = |reason: String| Error::HostsConfig {
+            file: host.ca.first().cloned().unwrap_or_default(),
+            line: None,
+            reason,
+        };
         let mut b = reqwest::Client::builder()
             .user_agent(USER_AGENT)
             .connect_timeout(Duration::from_secs(30))
@@ -122,28 +157,55 @@ impl RegistryClient {
             b = b.tls_danger_accept_invalid_certs(true);
         }
         for ca in &host.ca {
-            let pem = std::fs::read(ca).map_err(|e| hosts_err(format!("read CA {}: {e}", ca.display())))?;
-            for cert in reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| hosts_err(format!("CA {}: {e}", ca.display())))? {
+            let pem = std::fs::read(ca)
+                .map_err(|e| hosts_err(format!("read CA {}: {e}", ca.display())))?;
+            for cert in reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|e| hosts_err(format!("CA {}: {e}", ca.display())))?
+            {
                 b = b.add_root_certificate(cert);
             }
         }
         if let Some((cert, key)) = host.client.first() {
-            let mut pem = std::fs::read(cert).map_err(|e| hosts_err(format!("read client certificate {}: {e}", cert.display())))?;
+            let mut pem = std::fs::read(cert).map_err(|e| {
+                hosts_err(format!("read client certificate {}: {e}", cert.display()))
+            })?;
             if let Some(key) = key {
                 pem.push(b'\n');
-                pem.extend(std::fs::read(key).map_err(|e| hosts_err(format!("read client key {}: {e}", key.display())))?);
+                pem.extend(
+                    std::fs::read(key).map_err(|e| {
+                        hosts_err(format!("read client key {}: {e}", key.display()))
+                    })?,
+                );
             }
-            let id = reqwest::Identity::from_pem(&pem).map_err(|e| hosts_err(format!("client certificate {}: {e}", cert.display())))?;
+            let id = reqwest::Identity::from_pem(&pem)
+                .map_err(|e| hosts_err(format!("client certificate {}: {e}", cert.display())))?;
             b = b.identity(id);
         }
-        let client = b.build().map_err(|e| Error::Registry { host: host.authority(), reason: format!("build HTTP client: {e}") })?;
-        self.clients.lock().unwrap_or_else(|p| p.into_inner()).insert(key, client.clone());
+        let client = b.build().map_err(|e| Error::Registry {
+            host: host.authority(),
+            reason: format!("build HTTP client: {e}"),
+        })?;
+        self.clients
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key, client.clone());
         Ok(client)
     }
 
     /// A session for pulling from `reference`'s repository through `hosts`.
-    pub fn session(self: &Arc<Self>, hosts: Vec<RegistryHost>, reference: &Reference, creds: Option<Credentials>) -> Session {
-        Session { client: self.clone(), hosts, repo: reference.path().to_string(), creds, tokens: Mutex::new(HashMap::new()) }
+    pub fn session(
+        self: &Arc<Self>,
+        hosts: Vec<RegistryHost>,
+        reference: &Reference,
+        creds: Option<Credentials>,
+    ) -> Session {
+        Session {
+            client: self.clone(),
+            hosts,
+            repo: reference.path().to_string(),
+            creds,
+            tokens: Mutex::new(HashMap::new()),
+        }
     }
 }
 
@@ -180,26 +242,38 @@ impl Session {
     pub async fn resolve(&self, reference: &Reference) -> Result<FetchedManifest> {
         let object = reference.object();
         let want = reference.digest().cloned();
-        self.first_ok(&format!("manifest {reference}"), |h| h.capabilities.resolve || (want.is_some() && h.capabilities.pull), |h| {
-            let object = object.clone();
-            let want = want.clone();
-            async move { self.get_manifest(h, &object, want.as_ref()).await }
-        })
+        self.first_ok(
+            &format!("manifest {reference}"),
+            |h| h.capabilities.resolve || (want.is_some() && h.capabilities.pull),
+            |h| {
+                let object = object.clone();
+                let want = want.clone();
+                async move { self.get_manifest(h, &object, want.as_ref()).await }
+            },
+        )
         .await
     }
 
     /// Fetches a manifest by digest from `pull`-capable hosts.
     pub async fn manifest(&self, digest: &Digest) -> Result<FetchedManifest> {
-        self.first_ok(&format!("manifest {digest}"), |h| h.capabilities.pull, |h| async move { self.get_manifest(h, digest.as_str(), Some(digest)).await })
-            .await
+        self.first_ok(
+            &format!("manifest {digest}"),
+            |h| h.capabilities.pull,
+            |h| async move { self.get_manifest(h, digest.as_str(), Some(digest)).await },
+        )
+        .await
     }
 
     /// Opens a blob download from the first `pull`-capable host that has it.
     pub async fn blob(&self, digest: &Digest) -> Result<reqwest::Response> {
-        self.first_ok(&format!("blob {digest}"), |h| h.capabilities.pull, |h| async move {
-            let path = format!("blobs/{digest}");
-            self.send(h, &path, None).await
-        })
+        self.first_ok(
+            &format!("blob {digest}"),
+            |h| h.capabilities.pull,
+            |h| async move {
+                let path = format!("blobs/{digest}");
+                self.send(h, &path, None).await
+            },
+        )
         .await
     }
 
@@ -207,37 +281,76 @@ impl Session {
     pub async fn blob_bytes(&self, digest: &Digest, max: usize) -> Result<Bytes> {
         let resp = self.blob(digest).await?;
         let host = resp.url().host_str().unwrap_or_default().to_string();
-        let body = read_limited(resp, max).await.map_err(|reason| Error::Registry { host, reason })?;
+        let body = read_limited(resp, max)
+            .await
+            .map_err(|reason| Error::Registry { host, reason })?;
         let actual = Digest::of(&body);
         if &actual != digest {
-            return Err(Error::DigestMismatch { what: "blob digest".into(), expected: digest.to_string(), actual: actual.to_string() });
+            return Err(Error::DigestMismatch {
+                what: "blob digest".into(),
+                expected: digest.to_string(),
+                actual: actual.to_string(),
+            });
         }
         Ok(body)
     }
 
-    async fn get_manifest(&self, h: &RegistryHost, object: &str, want: Option<&Digest>) -> Attempt<FetchedManifest> {
-        let resp = self.send(h, &format!("manifests/{object}"), Some(MANIFEST_ACCEPT)).await?;
-        let ct = resp.headers().get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(|s| s.split(';').next().unwrap_or(s).trim().to_string());
-        let body = read_limited(resp, MAX_MANIFEST).await.map_err(|e| Miss::Failed(Error::Registry { host: h.authority(), reason: e }))?;
+    async fn get_manifest(
+        &self,
+        h: &RegistryHost,
+        object: &str,
+        want: Option<&Digest>,
+    ) -> Attempt<FetchedManifest> {
+        let resp = self
+            .send(h, &format!("manifests/{object}"), Some(MANIFEST_ACCEPT))
+            .await?;
+        let ct = resp
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(|s| s.split(';').next().unwrap_or(s).trim().to_string());
+        let body = read_limited(resp, MAX_MANIFEST).await.map_err(|e| {
+            Miss::Failed(Error::Registry {
+                host: h.authority(),
+                reason: e,
+            })
+        })?;
         let digest = Digest::of(&body);
-        if let Some(w) = want {
-            if &digest != w {
-                return Err(Miss::Failed(Error::DigestMismatch { what: format!("manifest from {}", h.authority()), expected: w.to_string(), actual: digest.to_string() }));
-            }
+        if let Some(w) = want
+            && &digest != w
+        {
+            return Err(Miss::Failed(Error::DigestMismatch {
+                what: format!("manifest from {}", h.authority()),
+                expected: w.to_string(),
+                actual: digest.to_string(),
+            }));
         }
         let media_type = match ct {
             Some(ct) if ct != "application/json" && ct != "text/plain" && !ct.is_empty() => ct,
             _ => serde_json::from_slice::<serde_json::Value>(&body)
                 .ok()
-                .and_then(|v| v.get("mediaType").and_then(|m| m.as_str()).map(str::to_string))
+                .and_then(|v| {
+                    v.get("mediaType")
+                        .and_then(|m| m.as_str())
+                        .map(str::to_string)
+                })
                 .unwrap_or_default(),
         };
-        Ok(FetchedManifest { digest, media_type, body })
+        Ok(FetchedManifest {
+            digest,
+            media_type,
+            body,
+        })
     }
 
     /// Tries each eligible host in order. 404s fall through silently; other failures fall
     /// through too, and the first of them is what is returned when no host succeeds.
-    async fn first_ok<'a, T, F, Fut>(&'a self, what: &str, eligible: impl Fn(&RegistryHost) -> bool, attempt: F) -> Result<T>
+    async fn first_ok<'a, T, F, Fut>(
+        &'a self,
+        what: &str,
+        eligible: impl Fn(&RegistryHost) -> bool,
+        attempt: F,
+    ) -> Result<T>
     where
         F: Fn(&'a RegistryHost) -> Fut,
         Fut: std::future::Future<Output = Attempt<T>>,
@@ -253,26 +366,47 @@ impl Session {
                 }
                 Err(Miss::Failed(e)) => {
                     tracing::info!(host = %h.url, what, err = %e, "registry host failed, trying next");
-                    tried.push(format!("{} ({e})", h.url));
-                    first_err.get_or_insert(e);
+                    // The first failure is the error returned; later ones are listed with it.
+                    if first_err.is_none() {
+                        tried.push(format!("{} (the error above)", h.url));
+                        first_err = Some(e);
+                    } else {
+                        tried.push(format!("{} ({e})", h.url));
+                    }
                 }
             }
         }
         if tried.is_empty() {
-            return Err(Error::bad(what.to_string(), "no host in hosts.toml has the capability needed for this request"));
+            return Err(Error::bad(
+                what.to_string(),
+                "no host in hosts.toml has the capability needed for this request",
+            ));
         }
         match first_err {
             Some(e) if tried.len() == 1 => Err(e),
             Some(e) => Err(annotate(e, &tried)),
-            None => Err(Error::RemoteNotFound { what: what.to_string(), tried: tried.join(", ") }),
+            None => Err(Error::RemoteNotFound {
+                what: what.to_string(),
+                tried: tried.join(", "),
+            }),
         }
     }
 
     /// Sends a GET to `<host>/<repo>/<path>`, answering an auth challenge once.
-    async fn send(&self, h: &RegistryHost, path: &str, accept: Option<&str>) -> Attempt<reqwest::Response> {
+    async fn send(
+        &self,
+        h: &RegistryHost,
+        path: &str,
+        accept: Option<&str>,
+    ) -> Attempt<reqwest::Response> {
         let client = self.client.http_for(h).map_err(Miss::Failed)?;
         let mut url = h.url.clone();
-        url.set_path(&format!("{}/{}/{}", h.url.path().trim_end_matches('/'), self.repo, path));
+        url.set_path(&format!(
+            "{}/{}/{}",
+            h.url.path().trim_end_matches('/'),
+            self.repo,
+            path
+        ));
         if h.is_mirror() {
             url.query_pairs_mut().append_pair("ns", &h.upstream);
         }
@@ -287,57 +421,115 @@ impl Session {
             }
             if let Some(c) = creds.filter(|c| !c.registry_token.is_empty()) {
                 req = req.bearer_auth(&c.registry_token);
-            } else if let Some(tok) = self.tokens.lock().unwrap_or_else(|p| p.into_inner()).get(&h.authority()) {
+            } else if let Some(tok) = self
+                .tokens
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&h.authority())
+            {
                 req = req.header(AUTHORIZATION, tok.as_str());
             }
-            let resp = req.send().await.map_err(|e| Miss::Failed(Error::Registry { host: h.authority(), reason: transport_reason(&e) }))?;
+            let resp = req.send().await.map_err(|e| {
+                Miss::Failed(Error::Registry {
+                    host: h.authority(),
+                    reason: transport_reason(&e),
+                })
+            })?;
             match resp.status() {
                 s if s.is_success() => return Ok(resp),
                 StatusCode::NOT_FOUND => return Err(Miss::NotFound),
                 StatusCode::UNAUTHORIZED if round == 0 => {
                     let challenge = resp.headers().get(WWW_AUTHENTICATE).cloned();
-                    let auth = self.authorize(h, &client, challenge.as_ref(), creds).await.map_err(Miss::Failed)?;
-                    self.tokens.lock().unwrap_or_else(|p| p.into_inner()).insert(h.authority(), auth);
+                    let auth = self
+                        .authorize(h, &client, challenge.as_ref(), creds)
+                        .await
+                        .map_err(Miss::Failed)?;
+                    self.tokens
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(h.authority(), auth);
                 }
                 StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
                     let reason = registry_message(resp).await;
-                    let reason = if creds.is_some() { format!("credentials refused: {reason}") } else { format!("no credentials given: {reason}") };
-                    return Err(Miss::Failed(Error::Unauthorized { host: h.authority(), reason }));
+                    let reason = if creds.is_some() {
+                        format!("credentials refused: {reason}")
+                    } else {
+                        format!("no credentials given: {reason}")
+                    };
+                    return Err(Miss::Failed(Error::Unauthorized {
+                        host: h.authority(),
+                        reason,
+                    }));
                 }
                 s => {
                     let reason = format!("HTTP {s}: {}", registry_message(resp).await);
-                    return Err(Miss::Failed(Error::Registry { host: h.authority(), reason }));
+                    return Err(Miss::Failed(Error::Registry {
+                        host: h.authority(),
+                        reason,
+                    }));
                 }
             }
         }
-        Err(Miss::Failed(Error::Unauthorized { host: h.authority(), reason: "still unauthorized after authenticating".into() }))
+        Err(Miss::Failed(Error::Unauthorized {
+            host: h.authority(),
+            reason: "still unauthorized after authenticating".into(),
+        }))
     }
 
     /// Answers a `WWW-Authenticate` challenge with an `Authorization` header value.
-    async fn authorize(&self, h: &RegistryHost, client: &reqwest::Client, challenge: Option<&HeaderValue>, creds: Option<&Credentials>) -> Result<String> {
-        let unauthorized = |reason: String| Error::Unauthorized { host: h.authority(), reason };
-        let challenge = challenge.and_then(|v| v.to_str().ok()).ok_or_else(|| unauthorized("401 without a WWW-Authenticate challenge".into()))?;
-        let (scheme, params) = parse_challenge(challenge).ok_or_else(|| unauthorized(format!("unparsable challenge {challenge:?}")))?;
+    async fn authorize(
+        &self,
+        h: &RegistryHost,
+        client: &reqwest::Client,
+        challenge: Option<&HeaderValue>,
+        creds: Option<&Credentials>,
+    ) -> Result<String> {
+        let unauthorized = |reason: String| Error::Unauthorized {
+            host: h.authority(),
+            reason,
+        };
+        let challenge = challenge
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| unauthorized("401 without a WWW-Authenticate challenge".into()))?;
+        let (scheme, params) = parse_challenge(challenge)
+            .ok_or_else(|| unauthorized(format!("unparsable challenge {challenge:?}")))?;
         if scheme.eq_ignore_ascii_case("basic") {
-            let c = creds.filter(|c| !c.username.is_empty()).ok_or_else(|| unauthorized("registry wants Basic auth and no credentials were given".into()))?;
+            let c = creds.filter(|c| !c.username.is_empty()).ok_or_else(|| {
+                unauthorized("registry wants Basic auth and no credentials were given".into())
+            })?;
             let raw = format!("{}:{}", c.username, c.password);
-            return Ok(format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(raw)));
+            return Ok(format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(raw)
+            ));
         }
         if !scheme.eq_ignore_ascii_case("bearer") {
             return Err(unauthorized(format!("unsupported auth scheme {scheme:?}")));
         }
-        let realm = params.get("realm").ok_or_else(|| unauthorized("bearer challenge without realm".into()))?;
-        let realm = url::Url::parse(realm).map_err(|e| unauthorized(format!("bad token realm: {e}")))?;
+        let realm = params
+            .get("realm")
+            .ok_or_else(|| unauthorized("bearer challenge without realm".into()))?;
+        let realm =
+            url::Url::parse(realm).map_err(|e| unauthorized(format!("bad token realm: {e}")))?;
         let service = params.get("service").cloned().unwrap_or_default();
         let scope = format!("repository:{}:pull", self.repo);
         let resp = match creds {
             Some(c) if !c.identity_token.is_empty() => {
-                let form = [("grant_type", "refresh_token"), ("refresh_token", c.identity_token.as_str()), ("service", &service), ("scope", &scope), ("client_id", "berth")];
+                let form = [
+                    ("grant_type", "refresh_token"),
+                    ("refresh_token", c.identity_token.as_str()),
+                    ("service", &service),
+                    ("scope", &scope),
+                    ("client_id", "berth"),
+                ];
                 client.post(realm).form_urlencoded(&form).send().await
             }
             _ => {
                 let mut realm = realm;
-                realm.query_pairs_mut().append_pair("service", &service).append_pair("scope", &scope);
+                realm
+                    .query_pairs_mut()
+                    .append_pair("service", &service)
+                    .append_pair("scope", &scope);
                 let mut req = client.get(realm);
                 if let Some(c) = creds.filter(|c| !c.username.is_empty()) {
                     req = req.basic_auth(&c.username, Some(&c.password));
@@ -345,12 +537,20 @@ impl Session {
                 req.send().await
             }
         }
-        .map_err(|e| Error::Registry { host: h.authority(), reason: format!("token service: {}", transport_reason(&e)) })?;
+        .map_err(|e| Error::Registry {
+            host: h.authority(),
+            reason: format!("token service: {}", transport_reason(&e)),
+        })?;
         if !resp.status().is_success() {
             let status = resp.status();
-            return Err(unauthorized(format!("token service answered HTTP {status}: {}", registry_message(resp).await)));
+            return Err(unauthorized(format!(
+                "token service answered HTTP {status}: {}",
+                registry_message(resp).await
+            )));
         }
-        let body = read_limited(resp, 1 << 20).await.map_err(|e| unauthorized(format!("token service: {e}")))?;
+        let body = read_limited(resp, 1 << 20)
+            .await
+            .map_err(|e| unauthorized(format!("token service: {e}")))?;
         #[derive(serde::Deserialize)]
         struct Token {
             #[serde(default)]
@@ -358,8 +558,13 @@ impl Session {
             #[serde(default)]
             access_token: String,
         }
-        let t: Token = serde_json::from_slice(&body).map_err(|e| unauthorized(format!("token service sent bad JSON: {e}")))?;
-        let tok = if t.token.is_empty() { t.access_token } else { t.token };
+        let t: Token = serde_json::from_slice(&body)
+            .map_err(|e| unauthorized(format!("token service sent bad JSON: {e}")))?;
+        let tok = if t.token.is_empty() {
+            t.access_token
+        } else {
+            t.token
+        };
         if tok.is_empty() {
             return Err(unauthorized("token service sent no token".into()));
         }
@@ -373,16 +578,25 @@ trait FormExt {
 
 impl FormExt for reqwest::RequestBuilder {
     fn form_urlencoded(self, form: &[(&str, &str)]) -> Self {
-        let body = url::form_urlencoded::Serializer::new(String::new()).extend_pairs(form).finish();
-        self.header(CONTENT_TYPE, "application/x-www-form-urlencoded").body(body)
+        let body = url::form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(form)
+            .finish();
+        self.header(CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(body)
     }
 }
 
 fn annotate(e: Error, tried: &[String]) -> Error {
     let all = tried.join("; ");
     match e {
-        Error::Registry { host, reason } => Error::Registry { host, reason: format!("{reason} (hosts tried: {all})") },
-        Error::Unauthorized { host, reason } => Error::Unauthorized { host, reason: format!("{reason} (hosts tried: {all})") },
+        Error::Registry { host, reason } => Error::Registry {
+            host,
+            reason: format!("{reason} (hosts tried: {all})"),
+        },
+        Error::Unauthorized { host, reason } => Error::Unauthorized {
+            host,
+            reason: format!("{reason} (hosts tried: {all})"),
+        },
         other => other,
     }
 }
@@ -398,7 +612,10 @@ pub(crate) fn transport_reason(e: &reqwest::Error) -> String {
     s
 }
 
-async fn read_limited(mut resp: reqwest::Response, max: usize) -> std::result::Result<Bytes, String> {
+async fn read_limited(
+    mut resp: reqwest::Response,
+    max: usize,
+) -> std::result::Result<Bytes, String> {
     if resp.content_length().is_some_and(|l| l as usize > max) {
         return Err(format!("response larger than {max} bytes"));
     }
@@ -428,7 +645,11 @@ async fn registry_message(resp: reqwest::Response) -> String {
         message: String,
     }
     if let Ok(e) = serde_json::from_slice::<Errs>(&body) {
-        let msgs: Vec<String> = e.errors.iter().map(|e| format!("{}: {}", e.code, e.message)).collect();
+        let msgs: Vec<String> = e
+            .errors
+            .iter()
+            .map(|e| format!("{}: {}", e.code, e.message))
+            .collect();
         if !msgs.is_empty() {
             return msgs.join("; ");
         }
@@ -487,16 +708,25 @@ mod tests {
         assert_eq!(p["service"], "registry.docker.io");
         assert_eq!(p["scope"], "repository:library/busybox:pull");
         let (s, p) = parse_challenge(r#"Basic realm="Registry Realm""#).unwrap();
-        assert_eq!((s.as_str(), p["realm"].as_str()), ("Basic", "Registry Realm"));
+        assert_eq!(
+            (s.as_str(), p["realm"].as_str()),
+            ("Basic", "Registry Realm")
+        );
         let (_, p) = parse_challenge(r#"Bearer realm=unquoted, service="a\"b""#).unwrap();
-        assert_eq!((p["realm"].as_str(), p["service"].as_str()), ("unquoted", "a\"b"));
+        assert_eq!(
+            (p["realm"].as_str(), p["service"].as_str()),
+            ("unquoted", "a\"b")
+        );
         assert!(parse_challenge(r#"Bearer realm="unterminated"#).is_none());
     }
 
     #[test]
     fn cri_auth_field_and_debug_hides_secrets() {
         let c = Credentials::from_cri("", "", "dXNlcjpwYTpzcw==", "", "", "").unwrap();
-        assert_eq!((c.username.as_str(), c.password.as_str()), ("user", "pa:ss"));
+        assert_eq!(
+            (c.username.as_str(), c.password.as_str()),
+            ("user", "pa:ss")
+        );
         assert!(!format!("{c:?}").contains("pa:ss"));
         assert!(Credentials::from_cri("", "", "!!", "", "", "").is_err());
         assert!(Credentials::from_cri("", "", "bm9jb2xvbg==", "", "", "").is_err());
@@ -504,7 +734,9 @@ mod tests {
 
     #[test]
     fn credentials_scoped_by_server_address() {
-        let host = crate::hosts::resolve(None, "127.0.0.1:5000").unwrap().remove(0);
+        let host = crate::hosts::resolve(None, "127.0.0.1:5000")
+            .unwrap()
+            .remove(0);
         let mut c = Credentials::default();
         assert!(c.applies_to(&host));
         c.server_address = "http://127.0.0.1:5000/".into();

@@ -124,7 +124,9 @@ pub struct ImageService {
 
 impl std::fmt::Debug for ImageService {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ImageService").field("root", &self.cfg.root).finish_non_exhaustive()
+        f.debug_struct("ImageService")
+            .field("root", &self.cfg.root)
+            .finish_non_exhaustive()
     }
 }
 
@@ -138,7 +140,12 @@ impl ImageService {
         for (_, r) in store.list::<ImageRecord>(TABLE)? {
             index.insert(r);
         }
-        let pinned = cfg.pinned.iter().filter_map(|p| Reference::parse(p).ok()).map(|r| r.to_string()).collect();
+        let pinned = cfg
+            .pinned
+            .iter()
+            .filter_map(|p| Reference::parse(p).ok())
+            .map(|r| r.to_string())
+            .collect();
         let svc = Arc::new(ImageService {
             cfg,
             store,
@@ -168,7 +175,10 @@ impl ImageService {
 
     /// True when the image carries a pinned reference.
     pub fn is_pinned(&self, r: &ImageRecord) -> bool {
-        r.repo_tags.iter().chain(&r.repo_digests).any(|n| self.pinned.contains(n))
+        r.repo_tags
+            .iter()
+            .chain(&r.repo_digests)
+            .any(|n| self.pinned.contains(n))
     }
 
     /// Pulls `reference` and returns the local image.
@@ -180,7 +190,11 @@ impl ImageService {
         Ok(rec)
     }
 
-    async fn pull_inner(&self, reference: &str, creds: Option<Credentials>) -> Result<(ImageRecord, bool)> {
+    async fn pull_inner(
+        &self,
+        reference: &str,
+        creds: Option<Credentials>,
+    ) -> Result<(ImageRecord, bool)> {
         let r = Reference::parse(reference)?;
         // hosts.toml is read anew for every pull: edits apply without a restart.
         let hosts = hosts::resolve(self.cfg.registry_config_path.as_deref(), r.domain())?;
@@ -190,30 +204,48 @@ impl ImageService {
         let top = session.resolve(&r).await?;
         let mut blobs = vec![(top.digest.clone(), top.body.len() as u64)];
         self.content.write_all(&top.digest, &top.body)?;
-        let manifest_doc = match Document::parse(&format!("manifest {r}"), &top.media_type, &top.body)? {
-            Document::Manifest(m) => (top.digest.clone(), m),
-            Document::Index(idx) => {
-                let desc = idx
-                    .select(&self.platform)
-                    .ok_or_else(|| Error::NoMatchingPlatform { platform: self.platform.to_string(), reference: r.to_string() })?;
-                let m = session.manifest(&desc.digest).await?;
-                self.content.write_all(&m.digest, &m.body)?;
-                blobs.push((m.digest.clone(), m.body.len() as u64));
-                match Document::parse(&format!("manifest {}", m.digest), &m.media_type, &m.body)? {
-                    Document::Manifest(man) => (m.digest, man),
-                    Document::Index(_) => return Err(Error::bad(format!("manifest {}", m.digest), "an index may not point at another index")),
+        let manifest_doc =
+            match Document::parse(&format!("manifest {r}"), &top.media_type, &top.body)? {
+                Document::Manifest(m) => (top.digest.clone(), m),
+                Document::Index(idx) => {
+                    let desc =
+                        idx.select(&self.platform)
+                            .ok_or_else(|| Error::NoMatchingPlatform {
+                                platform: self.platform.to_string(),
+                                reference: r.to_string(),
+                            })?;
+                    let m = session.manifest(&desc.digest).await?;
+                    self.content.write_all(&m.digest, &m.body)?;
+                    blobs.push((m.digest.clone(), m.body.len() as u64));
+                    match Document::parse(
+                        &format!("manifest {}", m.digest),
+                        &m.media_type,
+                        &m.body,
+                    )? {
+                        Document::Manifest(man) => (m.digest, man),
+                        Document::Index(_) => {
+                            return Err(Error::bad(
+                                format!("manifest {}", m.digest),
+                                "an index may not point at another index",
+                            ));
+                        }
+                    }
                 }
-            }
-        };
+            };
         let (manifest_digest, manifest) = manifest_doc;
         let manifest_size = blobs.last().map_or(0, |b| b.1);
 
         let config_bytes = self.fetch_config(&session, &manifest.config).await?;
-        let config: ImageConfig = serde_json::from_slice(&config_bytes).map_err(|e| Error::bad(format!("config {}", manifest.config.digest), e.to_string()))?;
+        let config: ImageConfig = serde_json::from_slice(&config_bytes)
+            .map_err(|e| Error::bad(format!("config {}", manifest.config.digest), e.to_string()))?;
         if config.rootfs.diff_ids.len() != manifest.layers.len() {
             return Err(Error::bad(
                 format!("image {r}"),
-                format!("manifest has {} layers but config lists {} diff_ids", manifest.layers.len(), config.rootfs.diff_ids.len()),
+                format!(
+                    "manifest has {} layers but config lists {} diff_ids",
+                    manifest.layers.len(),
+                    config.rootfs.diff_ids.len()
+                ),
             ));
         }
         let chain_ids = manifest::chain_ids(&config.rootfs.diff_ids);
@@ -226,14 +258,22 @@ impl ImageService {
                 let chain = chain_ids[i].clone();
                 let parent = i.checked_sub(1).map(|p| chain_ids[p].clone());
                 let session = &session;
-                async move { self.ensure_layer(session, &layer, &diff, &chain, parent.as_ref()).await }
+                async move {
+                    self.ensure_layer(session, &layer, &diff, &chain, parent.as_ref())
+                        .await
+                }
             })
             .collect();
-        futures::stream::iter(jobs).buffer_unordered(self.cfg.max_concurrent_downloads.max(1)).try_collect::<Vec<()>>().await?;
+        futures::stream::iter(jobs)
+            .buffer_unordered(self.cfg.max_concurrent_downloads.max(1))
+            .try_collect::<Vec<()>>()
+            .await?;
 
         blobs.push((manifest.config.digest.clone(), manifest.config.size));
         blobs.extend(manifest.layers.iter().map(|l| (l.digest.clone(), l.size)));
-        let size = manifest_size + manifest.config.size + manifest.layers.iter().map(|l| l.size).sum::<u64>();
+        let size = manifest_size
+            + manifest.config.size
+            + manifest.layers.iter().map(|l| l.size).sum::<u64>();
         let record = ImageRecord {
             id: manifest.config.digest.clone(),
             repo_tags: r.tag().map(|_| r.to_string()).into_iter().collect(),
@@ -242,7 +282,11 @@ impl ImageService {
             blobs,
             chain_ids,
             size,
-            user: config.config.as_ref().map(|c| c.user.clone()).unwrap_or_default(),
+            user: config
+                .config
+                .as_ref()
+                .map(|c| c.user.clone())
+                .unwrap_or_default(),
             created_ns: now_ns(),
         };
         self.commit_record(record).await
@@ -271,7 +315,14 @@ impl ImageService {
 
     /// Makes sure the snapshot for `chain` exists: unpacks the stored blob, or downloads it
     /// and unpacks while downloading.
-    async fn ensure_layer(&self, session: &Session, desc: &Descriptor, diff_id: &Digest, chain: &Digest, parent: Option<&Digest>) -> Result<()> {
+    async fn ensure_layer(
+        &self,
+        session: &Session,
+        desc: &Descriptor,
+        diff_id: &Digest,
+        chain: &Digest,
+        parent: Option<&Digest>,
+    ) -> Result<()> {
         let lock = self.inflight_lock(chain);
         let _g = lock.lock().await;
         if self.snapshots.get(chain)?.is_some() {
@@ -283,30 +334,45 @@ impl ImageService {
             let blob = self.content.path(&desc.digest);
             let (layer, diff_id) = (desc.digest.clone(), diff_id.clone());
             tokio::task::spawn_blocking(move || {
-                let f = std::fs::File::open(&blob).map_err(|e| Error::io(format!("open blob {layer}"), e))?;
+                let f = std::fs::File::open(&blob)
+                    .map_err(|e| Error::io(format!("open blob {layer}"), e))?;
                 unpack_verified(f, &dest, &layer, &diff_id)
             })
             .await
             .map_err(|e| Error::io("unpack task", io::Error::other(e)))??
         } else {
-            self.download_and_unpack(session, desc, diff_id, dest).await?
+            self.download_and_unpack(session, desc, diff_id, dest)
+                .await?
         };
         self.snapshots.commit(tmp, chain, parent, stats)?;
         tracing::debug!(layer = %desc.digest, chain = %chain, bytes = stats.bytes, "layer unpacked");
         Ok(())
     }
 
-    async fn download_and_unpack(&self, session: &Session, desc: &Descriptor, diff_id: &Digest, dest: PathBuf) -> Result<LayerStats> {
+    async fn download_and_unpack(
+        &self,
+        session: &Session,
+        desc: &Descriptor,
+        diff_id: &Digest,
+        dest: PathBuf,
+    ) -> Result<LayerStats> {
         let mut resp = session.blob(&desc.digest).await?;
         let ingest = self.content.writer()?;
         let (tx, rx) = tokio::sync::mpsc::channel::<std::result::Result<Bytes, String>>(64);
         let (layer, diff, size) = (desc.digest.clone(), diff_id.clone(), desc.size);
         let task = tokio::task::spawn_blocking(move || {
-            let mut tee = Tee { rx, cur: Bytes::new(), ingest, limit: size, layer: layer.clone() };
+            let mut tee = Tee {
+                rx,
+                cur: Bytes::new(),
+                ingest,
+                limit: size,
+                layer: layer.clone(),
+            };
             let stats = unpack_verified(&mut tee, &dest, &layer, &diff)?;
             // Whatever follows the tar stream (padding, the compressor's trailer) is part of
             // the blob and of its digest.
-            io::copy(&mut tee, &mut io::sink()).map_err(|e| Error::io(format!("read layer {layer}"), e))?;
+            io::copy(&mut tee, &mut io::sink())
+                .map_err(|e| Error::io(format!("read layer {layer}"), e))?;
             tee.ingest.commit(&layer, Some(size))?;
             Ok::<_, Error>(stats)
         });
@@ -319,13 +385,20 @@ impl ImageService {
                 }
                 Ok(None) => break,
                 Err(e) => {
-                    let _ = tx.send(Err(format!("download of {} failed: {}", desc.digest, crate::registry::transport_reason(&e)))).await;
+                    let _ = tx
+                        .send(Err(format!(
+                            "download of {} failed: {}",
+                            desc.digest,
+                            crate::registry::transport_reason(&e)
+                        )))
+                        .await;
                     break;
                 }
             }
         }
         drop(tx);
-        task.await.map_err(|e| Error::io("unpack task", io::Error::other(e)))?
+        task.await
+            .map_err(|e| Error::io("unpack task", io::Error::other(e)))?
     }
 
     /// Adds a freshly pulled image, moving its tag away from any image that had it. Returns
@@ -352,13 +425,17 @@ impl ImageService {
                 rec = merged;
             }
             for tag in &rec.repo_tags {
-                if let Some(old_id) = index.names.get(tag).filter(|id| **id != rec.id) {
-                    if let Some(old) = index.images.get(old_id) {
-                        let mut old = updated.iter().find(|u| &u.id == old_id).cloned().unwrap_or_else(|| old.clone());
-                        old.repo_tags.retain(|t| t != tag);
-                        updated.retain(|u| &u.id != old_id);
-                        updated.push(old);
-                    }
+                if let Some(old_id) = index.names.get(tag).filter(|id| **id != rec.id)
+                    && let Some(old) = index.images.get(old_id)
+                {
+                    let mut old = updated
+                        .iter()
+                        .find(|u| &u.id == old_id)
+                        .cloned()
+                        .unwrap_or_else(|| old.clone());
+                    old.repo_tags.retain(|t| t != tag);
+                    updated.retain(|u| &u.id != old_id);
+                    updated.push(old);
                 }
             }
         }
@@ -373,7 +450,8 @@ impl ImageService {
         self.store.batch(TABLE, &puts, &deletes)?;
         let mut index = self.index.write().unwrap_or_else(|p| p.into_inner());
         for (_, bytes) in &puts {
-            let r: ImageRecord = serde_json::from_slice(bytes).map_err(|e| Error::Store(e.to_string()))?;
+            let r: ImageRecord =
+                serde_json::from_slice(bytes).map_err(|e| Error::Store(e.to_string()))?;
             index.remove(&r.id);
             index.insert(r);
         }
@@ -389,19 +467,29 @@ impl ImageService {
     pub fn resolve(&self, s: &str) -> Result<ImageRecord> {
         let index = self.index.read().unwrap_or_else(|p| p.into_inner());
         if is_image_id(s) {
-            let id = if s.starts_with("sha256:") { s.to_string() } else { format!("sha256:{s}") };
+            let id = if s.starts_with("sha256:") {
+                s.to_string()
+            } else {
+                format!("sha256:{s}")
+            };
             if let Some(r) = Digest::parse(&id).ok().and_then(|d| index.images.get(&d)) {
                 return Ok(r.clone());
             }
         }
-        if let Ok(r) = Reference::parse(s) {
-            if let Some(rec) = index.names.get(&r.to_string()).and_then(|id| index.images.get(id)) {
-                return Ok(rec.clone());
-            }
+        if let Ok(r) = Reference::parse(s)
+            && let Some(rec) = index
+                .names
+                .get(&r.to_string())
+                .and_then(|id| index.images.get(id))
+        {
+            return Ok(rec.clone());
         }
         let hex = s.strip_prefix("sha256:").unwrap_or(s);
         if !hex.is_empty() && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-            let mut found = index.images.values().filter(|r| r.id.hex().starts_with(hex));
+            let mut found = index
+                .images
+                .values()
+                .filter(|r| r.id.hex().starts_with(hex));
             if let (Some(one), None) = (found.next(), found.next()) {
                 return Ok(one.clone());
             }
@@ -420,13 +508,15 @@ impl ImageService {
     /// The image config of a local image.
     pub fn config(&self, r: &ImageRecord) -> Result<ImageConfig> {
         let bytes = self.content.read(&r.id, MAX_CONFIG as u64)?;
-        serde_json::from_slice(&bytes).map_err(|e| Error::bad(format!("config {}", r.id), e.to_string()))
+        serde_json::from_slice(&bytes)
+            .map_err(|e| Error::bad(format!("config {}", r.id), e.to_string()))
     }
 
     /// The raw image config JSON of a local image.
     pub fn config_json(&self, r: &ImageRecord) -> Result<serde_json::Value> {
         let bytes = self.content.read(&r.id, MAX_CONFIG as u64)?;
-        serde_json::from_slice(&bytes).map_err(|e| Error::bad(format!("config {}", r.id), e.to_string()))
+        serde_json::from_slice(&bytes)
+            .map_err(|e| Error::bad(format!("config {}", r.id), e.to_string()))
     }
 
     /// Removes an image. A tag of an image with several tags removes only that tag; an id,
@@ -440,7 +530,10 @@ impl ImageService {
         };
         {
             let _g = self.records.lock().await;
-            let tag = Reference::parse(s).ok().filter(|r| r.tag().is_some()).map(|r| r.to_string());
+            let tag = Reference::parse(s)
+                .ok()
+                .filter(|r| r.tag().is_some())
+                .map(|r| r.to_string());
             match tag {
                 Some(t) if rec.repo_tags.len() > 1 && rec.repo_tags.contains(&t) => {
                     let mut r = rec.clone();
@@ -453,7 +546,10 @@ impl ImageService {
                 }
                 _ => {
                     self.store.delete(TABLE, rec.id.as_str())?;
-                    self.index.write().unwrap_or_else(|p| p.into_inner()).remove(&rec.id);
+                    self.index
+                        .write()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remove(&rec.id);
                 }
             }
         }
@@ -465,8 +561,16 @@ impl ImageService {
         let _w = self.gc.write().await;
         let (blobs, chains): (HashSet<Digest>, HashSet<Digest>) = {
             let index = self.index.read().unwrap_or_else(|p| p.into_inner());
-            let blobs = index.images.values().flat_map(|r| r.blobs.iter().map(|b| b.0.clone())).collect();
-            let chains = index.images.values().flat_map(|r| r.chain_ids.iter().cloned()).collect();
+            let blobs = index
+                .images
+                .values()
+                .flat_map(|r| r.blobs.iter().map(|b| b.0.clone()))
+                .collect();
+            let chains = index
+                .images
+                .values()
+                .flat_map(|r| r.chain_ids.iter().cloned())
+                .collect();
             (blobs, chains)
         };
         let mut removed = (0, 0);
@@ -484,7 +588,11 @@ impl ImageService {
             }
         }
         if removed != (0, 0) {
-            tracing::info!(snapshots = removed.0, blobs = removed.1, "garbage collected unreferenced image data");
+            tracing::info!(
+                snapshots = removed.0,
+                blobs = removed.1,
+                "garbage collected unreferenced image data"
+            );
         }
         Ok(())
     }
@@ -497,7 +605,11 @@ impl ImageService {
             u.inodes_used += s.inodes;
         }
         let index = self.index.read().unwrap_or_else(|p| p.into_inner());
-        let blobs: HashMap<&Digest, u64> = index.images.values().flat_map(|r| r.blobs.iter().map(|(d, s)| (d, *s))).collect();
+        let blobs: HashMap<&Digest, u64> = index
+            .images
+            .values()
+            .flat_map(|r| r.blobs.iter().map(|(d, s)| (d, *s)))
+            .collect();
         u.used_bytes += blobs.values().sum::<u64>();
         u.inodes_used += blobs.len() as u64;
         Ok(u)
@@ -510,7 +622,10 @@ impl ImageService {
 }
 
 fn now_ns() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
 }
 
 /// Feeds downloaded chunks to the unpacker while writing them to the content store.
@@ -531,7 +646,10 @@ impl Read for Tee {
                 Some(Ok(b)) => {
                     self.ingest.write_all(&b)?;
                     if self.ingest.written() > self.limit {
-                        return Err(io::Error::other(format!("layer {} is larger than the {} bytes its manifest declares", self.layer, self.limit)));
+                        return Err(io::Error::other(format!(
+                            "layer {} is larger than the {} bytes its manifest declares",
+                            self.layer, self.limit
+                        )));
                     }
                     self.cur = b;
                 }
@@ -559,22 +677,40 @@ impl<R: Read> Read for HashingReader<R> {
 
 /// Decompresses (gzip, zstd or none, told by the magic bytes), applies, and checks the
 /// uncompressed stream against `diff_id`.
-fn unpack_verified<R: Read>(reader: R, dest: &Path, layer: &Digest, diff_id: &Digest) -> Result<LayerStats> {
+fn unpack_verified<R: Read>(
+    reader: R,
+    dest: &Path,
+    layer: &Digest,
+    diff_id: &Digest,
+) -> Result<LayerStats> {
     let mut buffered = BufReader::with_capacity(256 << 10, reader);
-    let head = buffered.fill_buf().map_err(|e| Error::io(format!("read layer {layer}"), e))?;
+    let head = buffered
+        .fill_buf()
+        .map_err(|e| Error::io(format!("read layer {layer}"), e))?;
     let decompressed: Box<dyn Read> = if head.starts_with(&[0x1f, 0x8b]) {
         Box::new(flate2::bufread::MultiGzDecoder::new(buffered))
     } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-        Box::new(zstd::stream::read::Decoder::with_buffer(buffered).map_err(|e| Error::io(format!("layer {layer}: zstd"), e))?)
+        Box::new(
+            zstd::stream::read::Decoder::with_buffer(buffered)
+                .map_err(|e| Error::io(format!("layer {layer}: zstd"), e))?,
+        )
     } else {
         Box::new(buffered)
     };
-    let mut hashing = HashingReader { inner: decompressed, hasher: Sha256::new() };
+    let mut hashing = HashingReader {
+        inner: decompressed,
+        hasher: Sha256::new(),
+    };
     let stats = unpack::apply_layer(&mut hashing, dest, layer.as_str())?;
-    io::copy(&mut hashing, &mut io::sink()).map_err(|e| Error::io(format!("read layer {layer}"), e))?;
+    io::copy(&mut hashing, &mut io::sink())
+        .map_err(|e| Error::io(format!("read layer {layer}"), e))?;
     let actual = Digest::from_sha256(hashing.hasher.finalize().into());
     if &actual != diff_id {
-        return Err(Error::DigestMismatch { what: format!("uncompressed layer {layer}"), expected: diff_id.to_string(), actual: actual.to_string() });
+        return Err(Error::DigestMismatch {
+            what: format!("uncompressed layer {layer}"),
+            expected: diff_id.to_string(),
+            actual: actual.to_string(),
+        });
     }
     Ok(stats)
 }

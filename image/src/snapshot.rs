@@ -56,10 +56,10 @@ impl TmpSnapshot {
 
 impl Drop for TmpSnapshot {
     fn drop(&mut self) {
-        if !self.committed {
-            if let Err(e) = std::fs::remove_dir_all(&self.dir) {
-                tracing::warn!(dir = %self.dir.display(), err = %e, "failed to remove unfinished snapshot");
-            }
+        if !self.committed
+            && let Err(e) = std::fs::remove_dir_all(&self.dir)
+        {
+            tracing::warn!(dir = %self.dir.display(), err = %e, "failed to remove unfinished snapshot");
         }
     }
 }
@@ -68,9 +68,11 @@ impl Snapshotter {
     /// Opens `<root>/snapshots`, dropping directories that have no record.
     pub fn open(root: &Path, store: Store) -> Result<Self> {
         let dir = root.join("snapshots");
-        std::fs::create_dir_all(&dir).map_err(|e| Error::io(format!("create {}", dir.display()), e))?;
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| Error::io(format!("create {}", dir.display()), e))?;
         let records: Vec<(String, SnapshotRecord)> = store.list(TABLE)?;
-        let known: std::collections::HashSet<String> = records.iter().map(|(_, r)| r.id.to_string()).collect();
+        let known: std::collections::HashSet<String> =
+            records.iter().map(|(_, r)| r.id.to_string()).collect();
         let mut max = records.iter().map(|(_, r)| r.id).max().unwrap_or(0);
         for entry in std::fs::read_dir(&dir).map_err(|e| Error::io("list snapshots", e))? {
             let entry = entry.map_err(|e| Error::io("list snapshots", e))?;
@@ -80,10 +82,15 @@ impl Snapshotter {
             }
             if !known.contains(&name) {
                 tracing::info!(dir = %entry.path().display(), "removing snapshot directory without a record");
-                std::fs::remove_dir_all(entry.path()).map_err(|e| Error::io(format!("remove {}", entry.path().display()), e))?;
+                std::fs::remove_dir_all(entry.path())
+                    .map_err(|e| Error::io(format!("remove {}", entry.path().display()), e))?;
             }
         }
-        Ok(Snapshotter { dir, store, next: AtomicU64::new(max + 1) })
+        Ok(Snapshotter {
+            dir,
+            store,
+            next: AtomicU64::new(max + 1),
+        })
     }
 
     /// The record of the committed snapshot for `chain`.
@@ -94,7 +101,10 @@ impl Snapshotter {
     /// Every committed snapshot.
     pub fn list(&self) -> Result<Vec<(Digest, SnapshotRecord)>> {
         let all: Vec<(String, SnapshotRecord)> = self.store.list(TABLE)?;
-        Ok(all.into_iter().filter_map(|(k, r)| Digest::parse(&k).ok().map(|d| (d, r))).collect())
+        Ok(all
+            .into_iter()
+            .filter_map(|(k, r)| Digest::parse(&k).ok().map(|d| (d, r)))
+            .collect())
     }
 
     /// The root filesystem directory of snapshot `id`.
@@ -107,7 +117,9 @@ impl Snapshotter {
         let mut out = Vec::new();
         let mut cur = Some(top.clone());
         while let Some(c) = cur {
-            let r = self.get(&c)?.ok_or_else(|| Error::Store(format!("snapshot {c} is missing from the chain of {top}")))?;
+            let r = self.get(&c)?.ok_or_else(|| {
+                Error::Store(format!("snapshot {c} is missing from the chain of {top}"))
+            })?;
             out.push(self.fs_path(r.id));
             cur = r.parent;
         }
@@ -118,17 +130,33 @@ impl Snapshotter {
     pub fn tmp(&self) -> Result<TmpSnapshot> {
         let name: u64 = rand::random();
         let dir = self.dir.join(format!("{TMP_PREFIX}{name:016x}"));
-        std::fs::create_dir_all(dir.join("fs")).map_err(|e| Error::io(format!("create {}", dir.display()), e))?;
-        Ok(TmpSnapshot { dir, committed: false })
+        std::fs::create_dir_all(dir.join("fs"))
+            .map_err(|e| Error::io(format!("create {}", dir.display()), e))?;
+        Ok(TmpSnapshot {
+            dir,
+            committed: false,
+        })
     }
 
     /// Moves an unpacked layer into place as the snapshot for `chain`.
-    pub fn commit(&self, mut tmp: TmpSnapshot, chain: &Digest, parent: Option<&Digest>, stats: LayerStats) -> Result<SnapshotRecord> {
+    pub fn commit(
+        &self,
+        mut tmp: TmpSnapshot,
+        chain: &Digest,
+        parent: Option<&Digest>,
+        stats: LayerStats,
+    ) -> Result<SnapshotRecord> {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let dest = self.dir.join(id.to_string());
-        std::fs::rename(&tmp.dir, &dest).map_err(|e| Error::io(format!("commit snapshot {chain}"), e))?;
+        std::fs::rename(&tmp.dir, &dest)
+            .map_err(|e| Error::io(format!("commit snapshot {chain}"), e))?;
         tmp.committed = true;
-        let rec = SnapshotRecord { id, parent: parent.cloned(), size: stats.bytes, inodes: stats.inodes };
+        let rec = SnapshotRecord {
+            id,
+            parent: parent.cloned(),
+            size: stats.bytes,
+            inodes: stats.inodes,
+        };
         if let Err(e) = self.store.put(TABLE, chain.as_str(), &rec) {
             let _ = std::fs::remove_dir_all(&dest);
             return Err(e);
@@ -139,11 +167,15 @@ impl Snapshotter {
     /// Removes the snapshot for `chain` (record first, so a crash leaves an orphan directory
     /// that the next open removes, never a record without its directory).
     pub fn remove(&self, chain: &Digest) -> Result<()> {
-        let Some(rec) = self.get(chain)? else { return Ok(()) };
+        let Some(rec) = self.get(chain)? else {
+            return Ok(());
+        };
         self.store.delete(TABLE, chain.as_str())?;
         let dir = self.dir.join(rec.id.to_string());
         match std::fs::remove_dir_all(&dir) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io(format!("remove {}", dir.display()), e)),
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(Error::io(format!("remove {}", dir.display()), e))
+            }
             _ => Ok(()),
         }
     }
@@ -162,10 +194,25 @@ mod tests {
 
         let t = snaps.tmp().unwrap();
         std::fs::write(t.fs().join("f"), "x").unwrap();
-        let ra = snaps.commit(t, &a, None, LayerStats { bytes: 1, inodes: 1 }).unwrap();
+        let ra = snaps
+            .commit(
+                t,
+                &a,
+                None,
+                LayerStats {
+                    bytes: 1,
+                    inodes: 1,
+                },
+            )
+            .unwrap();
         let t = snaps.tmp().unwrap();
-        let rb = snaps.commit(t, &b, Some(&a), LayerStats::default()).unwrap();
-        assert_eq!(snaps.lower_dirs(&b).unwrap(), vec![snaps.fs_path(rb.id), snaps.fs_path(ra.id)]);
+        let rb = snaps
+            .commit(t, &b, Some(&a), LayerStats::default())
+            .unwrap();
+        assert_eq!(
+            snaps.lower_dirs(&b).unwrap(),
+            vec![snaps.fs_path(rb.id), snaps.fs_path(ra.id)]
+        );
         assert!(snaps.fs_path(ra.id).join("f").exists());
 
         // An abandoned unpack and a directory without a record, as a crash leaves them.
@@ -175,8 +222,14 @@ mod tests {
         drop(snaps);
         let snaps = Snapshotter::open(dir.path(), store).unwrap();
         let names: std::collections::BTreeSet<String> =
-            std::fs::read_dir(dir.path().join("snapshots")).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
-        assert_eq!(names, [ra.id.to_string(), rb.id.to_string()].into_iter().collect());
+            std::fs::read_dir(dir.path().join("snapshots"))
+                .unwrap()
+                .map(|e| e.unwrap().file_name().into_string().unwrap())
+                .collect();
+        assert_eq!(
+            names,
+            [ra.id.to_string(), rb.id.to_string()].into_iter().collect()
+        );
         // Numbers are never reused, even those of removed directories.
         assert!(snaps.next.load(Ordering::Relaxed) > 999);
 
@@ -189,7 +242,8 @@ mod tests {
     #[test]
     fn dropped_tmp_is_removed() {
         let dir = tempfile::tempdir().unwrap();
-        let snaps = Snapshotter::open(dir.path(), Store::open(&dir.path().join("m")).unwrap()).unwrap();
+        let snaps =
+            Snapshotter::open(dir.path(), Store::open(&dir.path().join("m")).unwrap()).unwrap();
         let t = snaps.tmp().unwrap();
         let p = t.fs();
         assert!(p.exists());

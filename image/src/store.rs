@@ -41,9 +41,11 @@ impl Store {
     /// Opens or creates the database file and checks its schema version.
     pub fn open(path: &Path) -> Result<Self> {
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| Error::io(format!("create {}", dir.display()), e))?;
+            std::fs::create_dir_all(dir)
+                .map_err(|e| Error::io(format!("create {}", dir.display()), e))?;
         }
-        let db = Database::create(path).map_err(|e| Error::Store(format!("open {}: {e}", path.display())))?;
+        let db = Database::create(path)
+            .map_err(|e| Error::Store(format!("open {}: {e}", path.display())))?;
         let tx = db.begin_write()?;
         {
             let mut meta = tx.open_table(META)?;
@@ -69,15 +71,22 @@ impl Store {
 
     /// Writes `value` under `key` in `table_name`, replacing what was there.
     pub fn put<T: Serialize>(&self, table_name: &str, key: &str, value: &T) -> Result<()> {
-        let bytes = serde_json::to_vec(value).map_err(|e| Error::Store(format!("encode {table_name}/{key}: {e}")))?;
+        let bytes = serde_json::to_vec(value)
+            .map_err(|e| Error::Store(format!("encode {table_name}/{key}: {e}")))?;
         let tx = self.db.begin_write()?;
-        tx.open_table(table(table_name))?.insert(key, bytes.as_slice())?;
+        tx.open_table(table(table_name))?
+            .insert(key, bytes.as_slice())?;
         tx.commit()?;
         Ok(())
     }
 
     /// Applies several puts and deletes in one transaction.
-    pub fn batch(&self, table_name: &str, puts: &[(String, Vec<u8>)], deletes: &[String]) -> Result<()> {
+    pub fn batch(
+        &self,
+        table_name: &str,
+        puts: &[(String, Vec<u8>)],
+        deletes: &[String],
+    ) -> Result<()> {
         let tx = self.db.begin_write()?;
         {
             let mut t = tx.open_table(table(table_name))?;
@@ -122,7 +131,10 @@ impl Store {
         let mut out = Vec::new();
         for item in t.iter()? {
             let (k, v) = item?;
-            out.push((k.value().to_string(), decode(table_name, k.value(), v.value())?));
+            out.push((
+                k.value().to_string(),
+                decode(table_name, k.value(), v.value())?,
+            ));
         }
         Ok(out)
     }
@@ -149,7 +161,12 @@ mod tests {
             let s = Store::open(&path).unwrap();
             s.put("t", "a", &vec![1, 2]).unwrap();
             s.put("t", "b", &vec![3]).unwrap();
-            s.batch("t", &[("c".into(), encode(&vec![4]).unwrap())], &["a".into()]).unwrap();
+            s.batch(
+                "t",
+                &[("c".into(), encode(&vec![4]).unwrap())],
+                &["a".into()],
+            )
+            .unwrap();
         }
         let s = Store::open(&path).unwrap();
         let all: Vec<(String, Vec<i32>)> = s.list("t").unwrap();
@@ -159,7 +176,10 @@ mod tests {
         assert!(s.list::<i32>("missing").unwrap().is_empty());
 
         let tx = s.db.begin_write().unwrap();
-        tx.open_table(META).unwrap().insert("schema_version", b"99".as_slice()).unwrap();
+        tx.open_table(META)
+            .unwrap()
+            .insert("schema_version", b"99".as_slice())
+            .unwrap();
         tx.commit().unwrap();
         drop(s);
         let e = Store::open(&path).unwrap_err();

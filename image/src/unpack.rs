@@ -39,9 +39,18 @@ pub struct LayerStats {
 /// Applies the (uncompressed) tar stream `reader` to the empty directory `dest`.
 /// `layer` names the layer in errors.
 pub fn apply_layer<R: Read>(reader: R, dest: &Path, layer: &str) -> Result<LayerStats> {
-    let root = rustix::fs::open(dest, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
-        .map_err(|e| Error::io(format!("open snapshot {}", dest.display()), e.into()))?;
-    let mut applier = Applier { root, layer, stats: LayerStats::default(), dir_times: Vec::new() };
+    let root = rustix::fs::open(
+        dest,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| Error::io(format!("open snapshot {}", dest.display()), e.into()))?;
+    let mut applier = Applier {
+        root,
+        layer,
+        stats: LayerStats::default(),
+        dir_times: Vec::new(),
+    };
     let mut archive = tar::Archive::new(reader);
     let entries = archive.entries().map_err(|e| applier.tar_err(e))?;
     for entry in entries {
@@ -83,11 +92,18 @@ fn components(raw: &[u8]) -> std::result::Result<Vec<&str>, String> {
 
 impl Applier<'_> {
     fn unsafe_entry(&self, path: &str, reason: impl Into<String>) -> Error {
-        Error::UnsafeLayer { layer: self.layer.to_string(), path: path.to_string(), reason: reason.into() }
+        Error::UnsafeLayer {
+            layer: self.layer.to_string(),
+            path: path.to_string(),
+            reason: reason.into(),
+        }
     }
 
     fn tar_err(&self, e: io::Error) -> Error {
-        Error::bad(format!("layer {}", self.layer), format!("malformed tar stream: {e}"))
+        Error::bad(
+            format!("layer {}", self.layer),
+            format!("malformed tar stream: {e}"),
+        )
     }
 
     fn os_err(&self, path: &str, what: &str, e: Errno) -> Error {
@@ -107,7 +123,9 @@ impl Applier<'_> {
         match rustix::fs::openat2(&self.root, comps.join("/"), flags, Mode::empty(), how) {
             Ok(fd) => return Ok(fd),
             Err(Errno::NOENT) => {}
-            Err(Errno::NOTDIR) => return Err(self.unsafe_entry(shown, "a parent is not a directory")),
+            Err(Errno::NOTDIR) => {
+                return Err(self.unsafe_entry(shown, "a parent is not a directory"));
+            }
             Err(e) => return Err(self.os_err(shown, "open parent", e)),
         }
         // Create the missing tail one level at a time, re-resolving from the root each time.
@@ -122,11 +140,14 @@ impl Applier<'_> {
                         Err(e) => return Err(self.os_err(shown, "create parent", e)),
                     }
                 }
-                Err(Errno::NOTDIR) => return Err(self.unsafe_entry(shown, "a parent is not a directory")),
+                Err(Errno::NOTDIR) => {
+                    return Err(self.unsafe_entry(shown, "a parent is not a directory"));
+                }
                 Err(e) => return Err(self.os_err(shown, "open parent", e)),
             }
         }
-        rustix::fs::openat2(&self.root, comps.join("/"), flags, Mode::empty(), how).map_err(|e| self.os_err(shown, "open parent", e))
+        rustix::fs::openat2(&self.root, comps.join("/"), flags, Mode::empty(), how)
+            .map_err(|e| self.os_err(shown, "open parent", e))
     }
 
     fn apply<R: Read>(&mut self, entry: &mut tar::Entry<'_, R>) -> Result<()> {
@@ -156,8 +177,13 @@ impl Applier<'_> {
         let rel = comps.join("/");
 
         if *name == OPAQUE_WHITEOUT {
-            return rustix::fs::fsetxattr(&parent, OPAQUE_XATTR, b"y", rustix::fs::XattrFlags::empty())
-                .map_err(|e| self.os_err(&shown, "mark opaque", e));
+            return rustix::fs::fsetxattr(
+                &parent,
+                OPAQUE_XATTR,
+                b"y",
+                rustix::fs::XattrFlags::empty(),
+            )
+            .map_err(|e| self.os_err(&shown, "mark opaque", e));
         }
         if let Some(hidden) = name.strip_prefix(WHITEOUT_PREFIX) {
             if hidden.is_empty() || hidden == "." || hidden == ".." {
@@ -182,8 +208,13 @@ impl Applier<'_> {
                     Err(Errno::NOENT) => self.mkdir(&parent, name, &shown)?,
                     Err(e) => return Err(self.os_err(&shown, "stat", e)),
                 }
-                let fd = rustix::fs::openat(&parent, *name, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())
-                    .map_err(|e| self.os_err(&shown, "open directory", e))?;
+                let fd = rustix::fs::openat(
+                    &parent,
+                    *name,
+                    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    Mode::empty(),
+                )
+                .map_err(|e| self.os_err(&shown, "open directory", e))?;
                 self.set_owner_mode(&fd, uid, gid, mode, &shown)?;
                 self.set_xattrs(&fd, entry, &shown)?;
                 self.dir_times.push((rel, mtime));
@@ -193,16 +224,22 @@ impl Applier<'_> {
                 let fd = rustix::fs::openat(
                     &parent,
                     *name,
-                    OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    OFlags::WRONLY
+                        | OFlags::CREATE
+                        | OFlags::EXCL
+                        | OFlags::NOFOLLOW
+                        | OFlags::CLOEXEC,
                     Mode::from_raw_mode(0o600),
                 )
                 .map_err(|e| self.os_err(&shown, "create file", e))?;
                 let mut file = std::fs::File::from(fd);
-                let n = io::copy(entry, &mut file).map_err(|e| Error::io(format!("layer {}: write {shown:?}", self.layer), e))?;
+                let n = io::copy(entry, &mut file)
+                    .map_err(|e| Error::io(format!("layer {}: write {shown:?}", self.layer), e))?;
                 self.stats.bytes += n;
                 self.set_owner_mode(&file, uid, gid, mode, &shown)?;
                 self.set_xattrs(&file, entry, &shown)?;
-                rustix::fs::futimens(&file, &mtime).map_err(|e| self.os_err(&shown, "set times", e))?;
+                rustix::fs::futimens(&file, &mtime)
+                    .map_err(|e| self.os_err(&shown, "set times", e))?;
             }
             T::Symlink => {
                 let target = entry
@@ -210,14 +247,26 @@ impl Applier<'_> {
                     .ok_or_else(|| self.unsafe_entry(&shown, "symlink without a target"))?
                     .into_owned();
                 self.remove_existing(&parent, name, &shown)?;
-                rustix::fs::symlinkat(target.as_slice(), &parent, *name).map_err(|e| self.os_err(&shown, "create symlink", e))?;
-                rustix::fs::chownat(&parent, *name, Some(uid_of(uid)), Some(gid_of(gid)), AtFlags::SYMLINK_NOFOLLOW)
-                    .map_err(|e| self.os_err(&shown, "chown", e))?;
-                rustix::fs::utimensat(&parent, *name, &mtime, AtFlags::SYMLINK_NOFOLLOW).map_err(|e| self.os_err(&shown, "set times", e))?;
+                rustix::fs::symlinkat(target.as_slice(), &parent, *name)
+                    .map_err(|e| self.os_err(&shown, "create symlink", e))?;
+                rustix::fs::chownat(
+                    &parent,
+                    *name,
+                    Some(uid_of(uid)),
+                    Some(gid_of(gid)),
+                    AtFlags::SYMLINK_NOFOLLOW,
+                )
+                .map_err(|e| self.os_err(&shown, "chown", e))?;
+                rustix::fs::utimensat(&parent, *name, &mtime, AtFlags::SYMLINK_NOFOLLOW)
+                    .map_err(|e| self.os_err(&shown, "set times", e))?;
             }
             T::Link => {
-                let target = entry.link_name_bytes().ok_or_else(|| self.unsafe_entry(&shown, "hard link without a target"))?.into_owned();
-                let tcomps = components(&target).map_err(|r| self.unsafe_entry(&shown, format!("hard link target: {r}")))?;
+                let target = entry
+                    .link_name_bytes()
+                    .ok_or_else(|| self.unsafe_entry(&shown, "hard link without a target"))?
+                    .into_owned();
+                let tcomps = components(&target)
+                    .map_err(|r| self.unsafe_entry(&shown, format!("hard link target: {r}")))?;
                 let Some((tname, tparents)) = tcomps.split_last() else {
                     return Err(self.unsafe_entry(&shown, "hard link to the layer root"));
                 };
@@ -227,14 +276,19 @@ impl Applier<'_> {
                         return Err(self.unsafe_entry(&shown, "hard link to a directory"));
                     }
                     Ok(_) => {}
-                    Err(Errno::NOENT) => return Err(self.unsafe_entry(&shown, "hard link target is not in this layer")),
+                    Err(Errno::NOENT) => {
+                        return Err(
+                            self.unsafe_entry(&shown, "hard link target is not in this layer")
+                        );
+                    }
                     Err(e) => return Err(self.os_err(&shown, "stat link target", e)),
                 }
                 if tcomps == comps {
                     return Ok(());
                 }
                 self.remove_existing(&parent, name, &shown)?;
-                rustix::fs::linkat(&tparent, *tname, &parent, *name, AtFlags::empty()).map_err(|e| self.os_err(&shown, "create hard link", e))?;
+                rustix::fs::linkat(&tparent, *tname, &parent, *name, AtFlags::empty())
+                    .map_err(|e| self.os_err(&shown, "create hard link", e))?;
             }
             T::Char | T::Block | T::Fifo => {
                 let ft = match kind {
@@ -247,11 +301,20 @@ impl Applier<'_> {
                     _ => 0,
                 };
                 self.remove_existing(&parent, name, &shown)?;
-                rustix::fs::mknodat(&parent, *name, ft, Mode::from_raw_mode(mode), dev).map_err(|e| self.os_err(&shown, "create device node", e))?;
-                rustix::fs::chownat(&parent, *name, Some(uid_of(uid)), Some(gid_of(gid)), AtFlags::SYMLINK_NOFOLLOW)
-                    .map_err(|e| self.os_err(&shown, "chown", e))?;
-                rustix::fs::chmodat(&parent, *name, Mode::from_raw_mode(mode), AtFlags::empty()).map_err(|e| self.os_err(&shown, "chmod", e))?;
-                rustix::fs::utimensat(&parent, *name, &mtime, AtFlags::SYMLINK_NOFOLLOW).map_err(|e| self.os_err(&shown, "set times", e))?;
+                rustix::fs::mknodat(&parent, *name, ft, Mode::from_raw_mode(mode), dev)
+                    .map_err(|e| self.os_err(&shown, "create device node", e))?;
+                rustix::fs::chownat(
+                    &parent,
+                    *name,
+                    Some(uid_of(uid)),
+                    Some(gid_of(gid)),
+                    AtFlags::SYMLINK_NOFOLLOW,
+                )
+                .map_err(|e| self.os_err(&shown, "chown", e))?;
+                rustix::fs::chmodat(&parent, *name, Mode::from_raw_mode(mode), AtFlags::empty())
+                    .map_err(|e| self.os_err(&shown, "chmod", e))?;
+                rustix::fs::utimensat(&parent, *name, &mtime, AtFlags::SYMLINK_NOFOLLOW)
+                    .map_err(|e| self.os_err(&shown, "set times", e))?;
             }
             other => {
                 tracing::debug!(layer = self.layer, path = %shown, kind = ?other, "skipping tar entry of unsupported type");
@@ -263,26 +326,55 @@ impl Applier<'_> {
     }
 
     fn mkdir(&self, parent: &OwnedFd, name: &str, shown: &str) -> Result<()> {
-        rustix::fs::mkdirat(parent, name, Mode::from_raw_mode(0o700)).map_err(|e| self.os_err(shown, "create directory", e))
+        rustix::fs::mkdirat(parent, name, Mode::from_raw_mode(0o700))
+            .map_err(|e| self.os_err(shown, "create directory", e))
     }
 
     /// chown first: it clears set-id bits, which chmod then restores.
-    fn set_owner_mode(&self, fd: &impl AsFd, uid: u32, gid: u32, mode: u32, shown: &str) -> Result<()> {
-        rustix::fs::fchown(fd, Some(uid_of(uid)), Some(gid_of(gid))).map_err(|e| self.os_err(shown, "chown", e))?;
-        rustix::fs::fchmod(fd, Mode::from_raw_mode(mode)).map_err(|e| self.os_err(shown, "chmod", e))
+    fn set_owner_mode(
+        &self,
+        fd: &impl AsFd,
+        uid: u32,
+        gid: u32,
+        mode: u32,
+        shown: &str,
+    ) -> Result<()> {
+        rustix::fs::fchown(fd, Some(uid_of(uid)), Some(gid_of(gid)))
+            .map_err(|e| self.os_err(shown, "chown", e))?;
+        rustix::fs::fchmod(fd, Mode::from_raw_mode(mode))
+            .map_err(|e| self.os_err(shown, "chmod", e))
     }
 
-    fn set_xattrs<R: Read>(&self, fd: &impl AsFd, entry: &mut tar::Entry<'_, R>, shown: &str) -> Result<()> {
-        let Ok(Some(exts)) = entry.pax_extensions() else { return Ok(()) };
+    fn set_xattrs<R: Read>(
+        &self,
+        fd: &impl AsFd,
+        entry: &mut tar::Entry<'_, R>,
+        shown: &str,
+    ) -> Result<()> {
+        let Ok(Some(exts)) = entry.pax_extensions() else {
+            return Ok(());
+        };
         for ext in exts {
             let Ok(ext) = ext else { continue };
             let Ok(key) = ext.key() else { continue };
-            let Some(name) = key.strip_prefix("SCHILY.xattr.") else { continue };
+            let Some(name) = key.strip_prefix("SCHILY.xattr.") else {
+                continue;
+            };
             if name.starts_with("trusted.overlay.") {
-                tracing::debug!(layer = self.layer, path = shown, xattr = name, "dropping overlay xattr from layer");
+                tracing::debug!(
+                    layer = self.layer,
+                    path = shown,
+                    xattr = name,
+                    "dropping overlay xattr from layer"
+                );
                 continue;
             }
-            match rustix::fs::fsetxattr(fd, name, ext.value_bytes(), rustix::fs::XattrFlags::empty()) {
+            match rustix::fs::fsetxattr(
+                fd,
+                name,
+                ext.value_bytes(),
+                rustix::fs::XattrFlags::empty(),
+            ) {
                 Ok(()) => {}
                 Err(e) if e == Errno::NOTSUP || e == Errno::PERM => {
                     tracing::debug!(layer = self.layer, path = shown, xattr = name, err = %e, "xattr not supported here; skipped");
@@ -299,14 +391,22 @@ impl Applier<'_> {
         match rustix::fs::statat(parent, name, AtFlags::SYMLINK_NOFOLLOW) {
             Err(Errno::NOENT) => Ok(()),
             Err(e) => Err(self.os_err(shown, "stat", e)),
-            Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Directory => remove_tree_at(parent, name).map_err(|e| self.os_err(shown, "remove directory", e)),
-            Ok(_) => rustix::fs::unlinkat(parent, name, AtFlags::empty()).map_err(|e| self.os_err(shown, "remove", e)),
+            Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Directory => {
+                remove_tree_at(parent, name).map_err(|e| self.os_err(shown, "remove directory", e))
+            }
+            Ok(_) => rustix::fs::unlinkat(parent, name, AtFlags::empty())
+                .map_err(|e| self.os_err(shown, "remove", e)),
         }
     }
 }
 
 fn remove_tree_at(parent: &OwnedFd, name: &str) -> rustix::io::Result<()> {
-    let fd = rustix::fs::openat(parent, name, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())?;
+    let fd = rustix::fs::openat(
+        parent,
+        name,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
     let mut dir = rustix::fs::Dir::read_from(&fd)?;
     let mut children = Vec::new();
     while let Some(ent) = dir.read() {
@@ -338,14 +438,22 @@ fn mtime_of<R: Read>(entry: &mut tar::Entry<'_, R>) -> Timestamps {
     let secs = entry.header().mtime().unwrap_or(0) as i64;
     // A PAX mtime carries sub-second precision.
     let pax = entry.pax_extensions().ok().flatten().and_then(|exts| {
-        exts.filter_map(|e| e.ok()).find(|e| e.key() == Ok("mtime")).and_then(|e| e.value().ok().map(str::to_string))
+        exts.filter_map(|e| e.ok())
+            .find(|e| e.key() == Ok("mtime"))
+            .and_then(|e| e.value().ok().map(str::to_string))
     });
     let (s, ns) = match pax.as_deref().map(parse_pax_time) {
         Some(Some(t)) => t,
         _ => (secs, 0),
     };
-    let t = Timespec { tv_sec: s, tv_nsec: ns };
-    Timestamps { last_access: t, last_modification: t }
+    let t = Timespec {
+        tv_sec: s,
+        tv_nsec: ns,
+    };
+    Timestamps {
+        last_access: t,
+        last_modification: t,
+    }
 }
 
 fn parse_pax_time(s: &str) -> Option<(i64, i64)> {
@@ -360,4 +468,5 @@ fn parse_pax_time(s: &str) -> Option<(i64, i64)> {
 }
 
 #[cfg(test)]
+#[allow(clippy::too_many_arguments)]
 mod tests;

@@ -4,8 +4,10 @@ use std::sync::Arc;
 
 use berth_cri_api::v1::image_service_server::ImageService;
 use berth_cri_api::v1::{
-    FilesystemIdentifier, FilesystemUsage, Image, ImageFsInfoRequest, ImageFsInfoResponse, ImageSpec, ImageStatusRequest, ImageStatusResponse, Int64Value,
-    ListImagesRequest, ListImagesResponse, PullImageRequest, PullImageResponse, RemoveImageRequest, RemoveImageResponse, UInt64Value,
+    FilesystemIdentifier, FilesystemUsage, Image, ImageFsInfoRequest, ImageFsInfoResponse,
+    ImageSpec, ImageStatusRequest, ImageStatusResponse, Int64Value, ListImagesRequest,
+    ListImagesResponse, PullImageRequest, PullImageResponse, RemoveImageRequest,
+    RemoveImageResponse, UInt64Value,
 };
 use berth_image::{Credentials, ImageRecord};
 use tonic::{Request, Response, Status};
@@ -32,7 +34,10 @@ impl ImageCri {
             size: r.size,
             uid: uid.map(|value| Int64Value { value }),
             username,
-            spec: Some(ImageSpec { image: r.id.to_string(), ..Default::default() }),
+            spec: Some(ImageSpec {
+                image: r.id.to_string(),
+                ..Default::default()
+            }),
             pinned: self.images.is_pinned(r),
         }
     }
@@ -41,16 +46,25 @@ impl ImageCri {
 fn image_ref(spec: Option<&ImageSpec>) -> Result<String, Status> {
     let image = spec.map(|s| s.image.trim()).unwrap_or_default();
     if image.is_empty() {
-        return Err(Status::invalid_argument("image.image is empty: name the image to act on"));
+        return Err(Status::invalid_argument(
+            "image.image is empty: name the image to act on",
+        ));
     }
     Ok(image.to_string())
 }
 
 #[tonic::async_trait]
 impl ImageService for ImageCri {
-    async fn list_images(&self, req: Request<ListImagesRequest>) -> Result<Response<ListImagesResponse>, Status> {
+    async fn list_images(
+        &self,
+        req: Request<ListImagesRequest>,
+    ) -> Result<Response<ListImagesResponse>, Status> {
         let req = req.into_inner();
-        let filter = req.filter.and_then(|f| f.image).map(|s| s.image).filter(|s| !s.is_empty());
+        let filter = req
+            .filter
+            .and_then(|f| f.image)
+            .map(|s| s.image)
+            .filter(|s| !s.is_empty());
         let span = tracing::trace_span!("ListImages", filter = filter.as_deref().unwrap_or(""));
         call(span, Kind::Read, async {
             let images = match filter {
@@ -61,12 +75,17 @@ impl ImageService for ImageCri {
                     Err(e) => return Err(image_status(e)),
                 },
             };
-            Ok(ListImagesResponse { images: images.iter().map(|r| self.to_cri(r)).collect() })
+            Ok(ListImagesResponse {
+                images: images.iter().map(|r| self.to_cri(r)).collect(),
+            })
         })
         .await
     }
 
-    async fn image_status(&self, req: Request<ImageStatusRequest>) -> Result<Response<ImageStatusResponse>, Status> {
+    async fn image_status(
+        &self,
+        req: Request<ImageStatusRequest>,
+    ) -> Result<Response<ImageStatusResponse>, Status> {
         let req = req.into_inner();
         let image = image_ref(req.image.as_ref())?;
         let span = tracing::trace_span!("ImageStatus", image = %image);
@@ -74,7 +93,9 @@ impl ImageService for ImageCri {
             let rec = match self.images.resolve(&image) {
                 Ok(r) => r,
                 // CRI: an absent image is a nil image, not an error.
-                Err(berth_image::Error::ImageNotFound(_)) => return Ok(ImageStatusResponse::default()),
+                Err(berth_image::Error::ImageNotFound(_)) => {
+                    return Ok(ImageStatusResponse::default());
+                }
                 Err(e) => return Err(image_status(e)),
             };
             let mut info = std::collections::HashMap::new();
@@ -87,54 +108,95 @@ impl ImageService for ImageCri {
                 });
                 info.insert("info".to_string(), v.to_string());
             }
-            Ok(ImageStatusResponse { image: Some(self.to_cri(&rec)), info })
+            Ok(ImageStatusResponse {
+                image: Some(self.to_cri(&rec)),
+                info,
+            })
         })
         .await
     }
 
-    async fn pull_image(&self, req: Request<PullImageRequest>) -> Result<Response<PullImageResponse>, Status> {
+    async fn pull_image(
+        &self,
+        req: Request<PullImageRequest>,
+    ) -> Result<Response<PullImageResponse>, Status> {
         let req = req.into_inner();
         let image = image_ref(req.image.as_ref())?;
         let creds = match req.auth {
             Some(a) => Some(
-                Credentials::from_cri(&a.username, &a.password, &a.auth, &a.server_address, &a.identity_token, &a.registry_token)
-                    .map_err(|e| Status::invalid_argument(format!("auth: {e}")))?,
+                Credentials::from_cri(
+                    &a.username,
+                    &a.password,
+                    &a.auth,
+                    &a.server_address,
+                    &a.identity_token,
+                    &a.registry_token,
+                )
+                .map_err(|e| Status::invalid_argument(format!("auth: {e}")))?,
             ),
             None => None,
         };
         let span = tracing::info_span!("PullImage", image = %image);
         let images = self.images.clone();
-        call(span, Kind::Mutation, detached(async move {
-            let rec = images.pull(&image, creds).await.map_err(image_status)?;
-            tracing::info!(id = %rec.id, "image pulled");
-            Ok(PullImageResponse { image_ref: rec.id.to_string() })
-        }))
+        call(
+            span,
+            Kind::Mutation,
+            detached(async move {
+                let rec = images.pull(&image, creds).await.map_err(image_status)?;
+                tracing::info!(id = %rec.id, "image pulled");
+                Ok(PullImageResponse {
+                    image_ref: rec.id.to_string(),
+                })
+            }),
+        )
         .await
     }
 
-    async fn remove_image(&self, req: Request<RemoveImageRequest>) -> Result<Response<RemoveImageResponse>, Status> {
+    async fn remove_image(
+        &self,
+        req: Request<RemoveImageRequest>,
+    ) -> Result<Response<RemoveImageResponse>, Status> {
         let req = req.into_inner();
         let image = image_ref(req.image.as_ref())?;
         let span = tracing::info_span!("RemoveImage", image = %image);
         let images = self.images.clone();
-        call(span, Kind::Mutation, detached(async move {
-            images.remove(&image).await.map_err(image_status)?;
-            Ok(RemoveImageResponse {})
-        }))
+        call(
+            span,
+            Kind::Mutation,
+            detached(async move {
+                images.remove(&image).await.map_err(image_status)?;
+                Ok(RemoveImageResponse {})
+            }),
+        )
         .await
     }
 
-    async fn image_fs_info(&self, _req: Request<ImageFsInfoRequest>) -> Result<Response<ImageFsInfoResponse>, Status> {
+    async fn image_fs_info(
+        &self,
+        _req: Request<ImageFsInfoRequest>,
+    ) -> Result<Response<ImageFsInfoResponse>, Status> {
         call(tracing::trace_span!("ImageFsInfo"), Kind::Read, async {
             let u = self.images.fs_usage().map_err(image_status)?;
-            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0);
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as i64)
+                .unwrap_or(0);
             let fs = FilesystemUsage {
                 timestamp: now,
-                fs_id: Some(FilesystemIdentifier { mountpoint: self.images.snapshots_dir().display().to_string() }),
-                used_bytes: Some(UInt64Value { value: u.used_bytes }),
-                inodes_used: Some(UInt64Value { value: u.inodes_used }),
+                fs_id: Some(FilesystemIdentifier {
+                    mountpoint: self.images.snapshots_dir().display().to_string(),
+                }),
+                used_bytes: Some(UInt64Value {
+                    value: u.used_bytes,
+                }),
+                inodes_used: Some(UInt64Value {
+                    value: u.inodes_used,
+                }),
             };
-            Ok(ImageFsInfoResponse { image_filesystems: vec![fs], container_filesystems: vec![] })
+            Ok(ImageFsInfoResponse {
+                image_filesystems: vec![fs],
+                container_filesystems: vec![],
+            })
         })
         .await
     }

@@ -54,7 +54,11 @@ pub(crate) enum Kind {
 }
 
 /// Runs one CRI call inside `span`, logs its outcome once, and wraps the response.
-pub(crate) async fn call<T>(span: tracing::Span, kind: Kind, fut: impl Future<Output = Result<T, Status>>) -> Result<Response<T>, Status> {
+pub(crate) async fn call<T>(
+    span: tracing::Span,
+    kind: Kind,
+    fut: impl Future<Output = Result<T, Status>>,
+) -> Result<Response<T>, Status> {
     let start = Instant::now();
     let res = fut.instrument(span.clone()).await;
     let ms = start.elapsed().as_secs_f64() * 1000.0;
@@ -62,16 +66,24 @@ pub(crate) async fn call<T>(span: tracing::Span, kind: Kind, fut: impl Future<Ou
     match (&res, kind) {
         (Ok(_), Kind::Mutation) => tracing::info!(elapsed_ms = ms, "done"),
         (Ok(_), Kind::Read) => tracing::trace!(elapsed_ms = ms, "done"),
-        (Err(s), Kind::Mutation) => tracing::warn!(elapsed_ms = ms, code = ?s.code(), err = s.message(), "failed"),
-        (Err(s), Kind::Read) => tracing::debug!(elapsed_ms = ms, code = ?s.code(), err = s.message(), "failed"),
+        (Err(s), Kind::Mutation) => {
+            tracing::warn!(elapsed_ms = ms, code = ?s.code(), err = s.message(), "failed")
+        }
+        (Err(s), Kind::Read) => {
+            tracing::debug!(elapsed_ms = ms, code = ?s.code(), err = s.message(), "failed")
+        }
     }
     res.map(Response::new)
 }
 
 /// Runs a mutating call's body on its own task, so that it finishes even when the client
 /// cancels or times out (tonic drops the handler's future then).
-pub(crate) async fn detached<T: Send + 'static>(fut: impl Future<Output = Result<T, Status>> + Send + 'static) -> Result<T, Status> {
-    tokio::spawn(fut.in_current_span()).await.map_err(|e| Status::internal(format!("request task failed: {e}")))?
+pub(crate) async fn detached<T: Send + 'static>(
+    fut: impl Future<Output = Result<T, Status>> + Send + 'static,
+) -> Result<T, Status> {
+    tokio::spawn(fut.in_current_span())
+        .await
+        .map_err(|e| Status::internal(format!("request task failed: {e}")))?
 }
 
 #[cfg(test)]
@@ -82,8 +94,14 @@ mod tests {
     fn image_errors_map_to_codes() {
         let e = berth_image::Reference::parse("Bad").unwrap_err();
         assert_eq!(image_status(e).code(), Code::InvalidArgument);
-        assert_eq!(image_status(berth_image::Error::ImageNotFound("x".into())).code(), Code::NotFound);
-        let io = berth_image::Error::Io { context: "write blob".into(), source: std::io::Error::other("disk full") };
+        assert_eq!(
+            image_status(berth_image::Error::ImageNotFound("x".into())).code(),
+            Code::NotFound
+        );
+        let io = berth_image::Error::Io {
+            context: "write blob".into(),
+            source: std::io::Error::other("disk full"),
+        };
         let s = image_status(io);
         assert_eq!(s.code(), Code::Internal);
         assert_eq!(s.message(), "write blob: disk full");

@@ -27,12 +27,29 @@ impl RuntimeCri {
     }
 
     fn network_condition(&self) -> cri::RuntimeCondition {
-        let (ok, reason, message) = match crate::netconf::find_network_config(&self.config.cni.conf_dir) {
-            Ok(Some(name)) => (true, String::new(), format!("network {name:?} is configured")),
-            Ok(None) => (false, "NetworkPluginNotReady".to_string(), format!("no network config found in {}", self.config.cni.conf_dir.display())),
-            Err(e) => (false, "NetworkPluginNotReady".to_string(), e),
-        };
-        cri::RuntimeCondition { r#type: "NetworkReady".into(), status: ok, reason, message }
+        let (ok, reason, message) =
+            match crate::netconf::find_network_config(&self.config.cni.conf_dir) {
+                Ok(Some(name)) => (
+                    true,
+                    String::new(),
+                    format!("network {name:?} is configured"),
+                ),
+                Ok(None) => (
+                    false,
+                    "NetworkPluginNotReady".to_string(),
+                    format!(
+                        "no network config found in {}",
+                        self.config.cni.conf_dir.display()
+                    ),
+                ),
+                Err(e) => (false, "NetworkPluginNotReady".to_string(), e),
+            };
+        cri::RuntimeCondition {
+            r#type: "NetworkReady".into(),
+            status: ok,
+            reason,
+            message,
+        }
     }
 }
 
@@ -53,11 +70,15 @@ macro_rules! not_yet {
     )*};
 }
 
-type EventStream = Pin<Box<dyn futures::Stream<Item = Result<cri::ContainerEventResponse, Status>> + Send>>;
+type EventStream =
+    Pin<Box<dyn futures::Stream<Item = Result<cri::ContainerEventResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl RuntimeService for RuntimeCri {
-    async fn version(&self, _req: Request<cri::VersionRequest>) -> Result<Response<cri::VersionResponse>, Status> {
+    async fn version(
+        &self,
+        _req: Request<cri::VersionRequest>,
+    ) -> Result<Response<cri::VersionResponse>, Status> {
         call(tracing::trace_span!("Version"), Kind::Read, async {
             Ok(cri::VersionResponse {
                 version: "0.1.0".into(),
@@ -69,13 +90,22 @@ impl RuntimeService for RuntimeCri {
         .await
     }
 
-    async fn status(&self, req: Request<cri::StatusRequest>) -> Result<Response<cri::StatusResponse>, Status> {
+    async fn status(
+        &self,
+        req: Request<cri::StatusRequest>,
+    ) -> Result<Response<cri::StatusResponse>, Status> {
         let verbose = req.into_inner().verbose;
         call(tracing::trace_span!("Status"), Kind::Read, async {
-            let runtime = cri::RuntimeCondition { r#type: "RuntimeReady".into(), status: true, reason: String::new(), message: String::new() };
+            let runtime = cri::RuntimeCondition {
+                r#type: "RuntimeReady".into(),
+                status: true,
+                reason: String::new(),
+                message: String::new(),
+            };
             let mut info = HashMap::new();
             if verbose {
-                let cfg = serde_json::to_string(&*self.config).map_err(|e| Status::internal(e.to_string()))?;
+                let cfg = serde_json::to_string(&*self.config)
+                    .map_err(|e| Status::internal(e.to_string()))?;
                 info.insert("config".to_string(), cfg);
             }
             let runtime_handlers = self
@@ -85,22 +115,36 @@ impl RuntimeService for RuntimeCri {
                 .keys()
                 .map(|name| cri::RuntimeHandler {
                     name: name.clone(),
-                    features: Some(cri::RuntimeHandlerFeatures { recursive_read_only_mounts: false, user_namespaces: false }),
+                    features: Some(cri::RuntimeHandlerFeatures {
+                        recursive_read_only_mounts: false,
+                        user_namespaces: false,
+                    }),
                 })
                 .collect();
             Ok(cri::StatusResponse {
-                status: Some(cri::RuntimeStatus { conditions: vec![runtime, self.network_condition()] }),
+                status: Some(cri::RuntimeStatus {
+                    conditions: vec![runtime, self.network_condition()],
+                }),
                 info,
                 runtime_handlers,
-                features: Some(cri::RuntimeFeatures { supplemental_groups_policy: false }),
+                features: Some(cri::RuntimeFeatures {
+                    supplemental_groups_policy: false,
+                }),
             })
         })
         .await
     }
 
-    async fn runtime_config(&self, _req: Request<cri::RuntimeConfigRequest>) -> Result<Response<cri::RuntimeConfigResponse>, Status> {
+    async fn runtime_config(
+        &self,
+        _req: Request<cri::RuntimeConfigRequest>,
+    ) -> Result<Response<cri::RuntimeConfigResponse>, Status> {
         call(tracing::trace_span!("RuntimeConfig"), Kind::Read, async {
-            Ok(cri::RuntimeConfigResponse { linux: Some(cri::LinuxRuntimeConfiguration { cgroup_driver: cri::CgroupDriver::Cgroupfs as i32 }) })
+            Ok(cri::RuntimeConfigResponse {
+                linux: Some(cri::LinuxRuntimeConfiguration {
+                    cgroup_driver: cri::CgroupDriver::Cgroupfs as i32,
+                }),
+            })
         })
         .await
     }
@@ -135,7 +179,12 @@ impl RuntimeService for RuntimeCri {
 
     type GetContainerEventsStream = EventStream;
 
-    async fn get_container_events(&self, _req: Request<cri::GetEventsRequest>) -> Result<Response<Self::GetContainerEventsStream>, Status> {
-        Err(Status::unimplemented("berth does not implement GetContainerEvents yet: containers are not built yet"))
+    async fn get_container_events(
+        &self,
+        _req: Request<cri::GetEventsRequest>,
+    ) -> Result<Response<Self::GetContainerEventsStream>, Status> {
+        Err(Status::unimplemented(
+            "berth does not implement GetContainerEvents yet: containers are not built yet",
+        ))
     }
 }

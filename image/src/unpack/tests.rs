@@ -11,7 +11,15 @@ impl Tar {
         Tar(Vec::new())
     }
 
-    fn entry(mut self, name: &str, kind: tar::EntryType, mode: u32, link: &str, data: &[u8], pax: &[(&str, &[u8])]) -> Self {
+    fn entry(
+        mut self,
+        name: &str,
+        kind: tar::EntryType,
+        mode: u32,
+        link: &str,
+        data: &[u8],
+        pax: &[(&str, &[u8])],
+    ) -> Self {
         if !pax.is_empty() {
             let mut body = Vec::new();
             for (k, v) in pax {
@@ -29,7 +37,16 @@ impl Tar {
         self.raw(name, kind, mode, link, data, 1000, 1001)
     }
 
-    fn raw(mut self, name: &str, kind: tar::EntryType, mode: u32, link: &str, data: &[u8], uid: u64, gid: u64) -> Self {
+    fn raw(
+        mut self,
+        name: &str,
+        kind: tar::EntryType,
+        mode: u32,
+        link: &str,
+        data: &[u8],
+        uid: u64,
+        gid: u64,
+    ) -> Self {
         let mut h = tar::Header::new_ustar();
         {
             let old = h.as_old_mut();
@@ -86,7 +103,11 @@ fn fixture() -> Fixture {
     std::fs::create_dir(&snap).unwrap();
     std::fs::create_dir(&outside).unwrap();
     std::fs::write(outside.join("secret"), "untouched").unwrap();
-    Fixture { _tmp: tmp, snap, outside }
+    Fixture {
+        _tmp: tmp,
+        snap,
+        outside,
+    }
 }
 
 fn apply(f: &Fixture, tar: Vec<u8>) -> Result<LayerStats> {
@@ -94,9 +115,15 @@ fn apply(f: &Fixture, tar: Vec<u8>) -> Result<LayerStats> {
 }
 
 fn assert_outside_untouched(f: &Fixture) {
-    let names: Vec<_> = std::fs::read_dir(&f.outside).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let names: Vec<_> = std::fs::read_dir(&f.outside)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
     assert_eq!(names, vec![std::ffi::OsString::from("secret")]);
-    assert_eq!(std::fs::read_to_string(f.outside.join("secret")).unwrap(), "untouched");
+    assert_eq!(
+        std::fs::read_to_string(f.outside.join("secret")).unwrap(),
+        "untouched"
+    );
 }
 
 #[test]
@@ -112,7 +139,17 @@ fn applies_files_dirs_links_and_metadata() {
         .file("deep/implicit/parent.txt", b"x")
         .entry("dev/null", tar::EntryType::Char, 0o666, "", b"", &[])
         .entry("fifo", tar::EntryType::Fifo, 0o600, "", b"", &[])
-        .entry("xattr", tar::EntryType::Regular, 0o644, "", b"", &[("SCHILY.xattr.user.k", b"v"), ("SCHILY.xattr.trusted.overlay.redirect", b"/etc")])
+        .entry(
+            "xattr",
+            tar::EntryType::Regular,
+            0o644,
+            "",
+            b"",
+            &[
+                ("SCHILY.xattr.user.k", b"v"),
+                ("SCHILY.xattr.trusted.overlay.redirect", b"/etc"),
+            ],
+        )
         .finish();
     let stats = apply(&f, tar).unwrap();
     assert_eq!(stats.bytes, 8 + 4 + 1);
@@ -120,12 +157,28 @@ fn applies_files_dirs_links_and_metadata() {
     assert_eq!((bb.uid(), bb.gid(), bb.nlink()), (1000, 1001, 2));
     assert_eq!(bb.mtime(), 1_600_000_000);
     assert_eq!(std::fs::read(f.snap.join("bin/sh")).unwrap(), b"#!binary");
-    assert_eq!(std::fs::read_link(f.snap.join("bin/ls")).unwrap().to_str(), Some("busybox"));
-    assert_eq!(std::fs::metadata(f.snap.join("bin/su")).unwrap().permissions().mode() & 0o7777, 0o4755);
-    assert_eq!(std::fs::metadata(f.snap.join("bin")).unwrap().mtime(), 1_600_000_000, "dir mtime restored last");
+    assert_eq!(
+        std::fs::read_link(f.snap.join("bin/ls")).unwrap().to_str(),
+        Some("busybox")
+    );
+    assert_eq!(
+        std::fs::metadata(f.snap.join("bin/su"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o7777,
+        0o4755
+    );
+    assert_eq!(
+        std::fs::metadata(f.snap.join("bin")).unwrap().mtime(),
+        1_600_000_000,
+        "dir mtime restored last"
+    );
     assert!(f.snap.join("deep/implicit/parent.txt").is_file());
     let dev = std::fs::symlink_metadata(f.snap.join("dev/null")).unwrap();
-    assert!(std::os::unix::fs::FileTypeExt::is_char_device(&dev.file_type()));
+    assert!(std::os::unix::fs::FileTypeExt::is_char_device(
+        &dev.file_type()
+    ));
     let xf = f.snap.join("xattr");
     let val = rustix::fs::getxattr(&xf, "user.k", &mut [0u8; 16]);
     // tmpfs without user xattrs is fine; where supported the value must be there.
@@ -138,14 +191,26 @@ fn applies_files_dirs_links_and_metadata() {
 #[test]
 fn whiteouts_become_overlay_whiteouts() {
     let f = fixture();
-    let tar = Tar::new().dir("etc/").file("etc/.wh.removed", b"").dir("opaque/").file("opaque/.wh..wh..opq", b"").finish();
+    let tar = Tar::new()
+        .dir("etc/")
+        .file("etc/.wh.removed", b"")
+        .dir("opaque/")
+        .file("opaque/.wh..wh..opq", b"")
+        .finish();
     apply(&f, tar).unwrap();
     let wh = std::fs::symlink_metadata(f.snap.join("etc/removed")).unwrap();
-    assert!(std::os::unix::fs::FileTypeExt::is_char_device(&wh.file_type()));
+    assert!(std::os::unix::fs::FileTypeExt::is_char_device(
+        &wh.file_type()
+    ));
     assert_eq!(wh.rdev(), 0);
     assert!(!f.snap.join("etc/.wh.removed").exists());
     let mut buf = [0u8; 4];
-    let n = rustix::fs::getxattr(f.snap.join("opaque").as_path(), "trusted.overlay.opaque", &mut buf).unwrap();
+    let n = rustix::fs::getxattr(
+        f.snap.join("opaque").as_path(),
+        "trusted.overlay.opaque",
+        &mut buf,
+    )
+    .unwrap();
     assert_eq!(&buf[..n], b"y");
 }
 
@@ -153,10 +218,20 @@ fn whiteouts_become_overlay_whiteouts() {
 fn later_entries_replace_earlier_ones_without_following_links() {
     let f = fixture();
     let target = f.outside.join("secret");
-    let tar = Tar::new().symlink("a", target.to_str().unwrap()).file("a", b"new").dir("d/").file("d/x", b"").file("d", b"now a file").finish();
+    let tar = Tar::new()
+        .symlink("a", target.to_str().unwrap())
+        .file("a", b"new")
+        .dir("d/")
+        .file("d/x", b"")
+        .file("d", b"now a file")
+        .finish();
     apply(&f, tar).unwrap();
     assert_eq!(std::fs::read(f.snap.join("a")).unwrap(), b"new");
-    assert!(std::fs::symlink_metadata(f.snap.join("a")).unwrap().is_file());
+    assert!(
+        std::fs::symlink_metadata(f.snap.join("a"))
+            .unwrap()
+            .is_file()
+    );
     assert!(f.snap.join("d").is_file());
     assert_outside_untouched(&f);
 }
@@ -172,14 +247,53 @@ fn absolute_names_stay_inside() {
 fn rejects_escapes() {
     let cases: Vec<(&str, Vec<u8>)> = vec![
         ("dotdot", Tar::new().file("../outside/evil", b"x").finish()),
-        ("dotdot in middle", Tar::new().file("a/../../outside/evil", b"x").finish()),
-        ("absolute symlink parent", Tar::new().symlink("l", "/").file("l/tmp/evil", b"x").finish()),
-        ("relative symlink parent", Tar::new().symlink("l", "../outside").file("l/evil", b"x").finish()),
-        ("hard link out", Tar::new().hardlink("h", "../outside/secret").finish()),
-        ("hard link through symlink", Tar::new().symlink("l", "../outside").hardlink("h", "l/secret").finish()),
-        ("whiteout through symlink", Tar::new().symlink("l", "../outside").file("l/.wh.secret", b"").finish()),
-        ("opaque through symlink", Tar::new().symlink("l", "../outside").file("l/.wh..wh..opq", b"").finish()),
-        ("hard link missing", Tar::new().hardlink("h", "nothing").finish()),
+        (
+            "dotdot in middle",
+            Tar::new().file("a/../../outside/evil", b"x").finish(),
+        ),
+        (
+            "absolute symlink parent",
+            Tar::new()
+                .symlink("l", "/")
+                .file("l/tmp/evil", b"x")
+                .finish(),
+        ),
+        (
+            "relative symlink parent",
+            Tar::new()
+                .symlink("l", "../outside")
+                .file("l/evil", b"x")
+                .finish(),
+        ),
+        (
+            "hard link out",
+            Tar::new().hardlink("h", "../outside/secret").finish(),
+        ),
+        (
+            "hard link through symlink",
+            Tar::new()
+                .symlink("l", "../outside")
+                .hardlink("h", "l/secret")
+                .finish(),
+        ),
+        (
+            "whiteout through symlink",
+            Tar::new()
+                .symlink("l", "../outside")
+                .file("l/.wh.secret", b"")
+                .finish(),
+        ),
+        (
+            "opaque through symlink",
+            Tar::new()
+                .symlink("l", "../outside")
+                .file("l/.wh..wh..opq", b"")
+                .finish(),
+        ),
+        (
+            "hard link missing",
+            Tar::new().hardlink("h", "nothing").finish(),
+        ),
     ];
     for (what, tar) in cases {
         let f = fixture();
@@ -193,7 +307,11 @@ fn rejects_escapes() {
 #[test]
 fn symlinks_inside_the_layer_still_work_for_parents() {
     let f = fixture();
-    let tar = Tar::new().dir("usr/lib/").symlink("lib", "usr/lib").file("lib/libc.so", b"c").finish();
+    let tar = Tar::new()
+        .dir("usr/lib/")
+        .symlink("lib", "usr/lib")
+        .file("lib/libc.so", b"c")
+        .finish();
     apply(&f, tar).unwrap();
     assert!(f.snap.join("usr/lib/libc.so").is_file());
 }
@@ -208,7 +326,10 @@ fn truncated_stream_is_an_error() {
 
 #[test]
 fn pax_time() {
-    assert_eq!(parse_pax_time("1600000000.5"), Some((1_600_000_000, 500_000_000)));
+    assert_eq!(
+        parse_pax_time("1600000000.5"),
+        Some((1_600_000_000, 500_000_000))
+    );
     assert_eq!(parse_pax_time("12"), Some((12, 0)));
     assert_eq!(parse_pax_time("x"), None);
 }
