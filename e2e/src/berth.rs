@@ -140,21 +140,12 @@ impl Berth {
 
     /// Connects CRI clients.
     pub async fn cri(&self) -> anyhow::Result<Cri> {
-        let path = self.socket.clone();
-        let channel = tonic::transport::Endpoint::try_from("http://[::]:50051")?
-            .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
-                let p = path.clone();
-                async move {
-                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
-                        tokio::net::UnixStream::connect(p).await?,
-                    ))
-                }
-            }))
-            .await?;
-        Ok(Cri {
-            runtime: RuntimeServiceClient::new(channel.clone()),
-            image: ImageServiceClient::new(channel),
-        })
+        connect(&self.socket).await
+    }
+
+    /// RSS of the daemon in KiB.
+    pub fn rss_kib(&self) -> Option<u64> {
+        self.child.as_ref().and_then(|c| crate::rss_kib(c.id()))
     }
 
     /// SIGTERM, and wait for a clean exit; returns the exit status.
@@ -208,4 +199,23 @@ impl Drop for Berth {
             self.kill();
         }
     }
+}
+
+/// CRI clients over the unix socket at `path`.
+pub async fn connect(path: &Path) -> anyhow::Result<Cri> {
+    let path = path.to_path_buf();
+    let channel = tonic::transport::Endpoint::try_from("http://[::]:50051")?
+        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+            let p = path.clone();
+            async move {
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                    tokio::net::UnixStream::connect(p).await?,
+                ))
+            }
+        }))
+        .await?;
+    Ok(Cri {
+        runtime: RuntimeServiceClient::new(channel.clone()),
+        image: ImageServiceClient::new(channel),
+    })
 }

@@ -6,6 +6,7 @@
 //! also when the test panics.
 
 pub mod berth;
+pub mod containerd;
 pub mod image;
 pub mod registry;
 
@@ -38,5 +39,34 @@ pub fn signal(pid: u32, sig: i32) {
     // SAFETY: kill(2) with a PID we own and a valid signal number has no memory effects.
     unsafe {
         libc::kill(pid as i32, sig);
+    }
+}
+
+/// Resident set size of `pid` in KiB (`VmRSS`).
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+}
+
+/// Lazily unmounts every mount point at or below `dir`, deepest first.
+pub fn unmount_under(dir: &std::path::Path) {
+    let Ok(mounts) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return;
+    };
+    let mut points: Vec<String> = mounts
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(4).map(str::to_string))
+        .filter(|p| std::path::Path::new(p).starts_with(dir))
+        .collect();
+    points.sort_by_key(|p| std::cmp::Reverse(p.len()));
+    for p in points {
+        let c = std::ffi::CString::new(p).expect("mount point without NUL");
+        // SAFETY: umount2 on a NUL-terminated path; MNT_DETACH has no memory effects.
+        unsafe {
+            libc::umount2(c.as_ptr(), libc::MNT_DETACH);
+        }
     }
 }

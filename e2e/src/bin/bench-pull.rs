@@ -1,0 +1,128 @@
+//! Pull benchmark: the same multi-layer image (built here, pushed to a local registry) pulled
+//! through berth and through containerd 1.6 in one run, alternating, each pull from an empty
+//! store. Prints medians and the berth/containerd time ratio.
+//!
+//! `cargo build --release -p berth -p berth-e2e && BERTH_BIN=target/release/berth target/release/bench-pull`
+
+#![allow(clippy::print_stdout)]
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use berth_cri_api::v1::{ImageSpec, PullImageRequest, RemoveImageRequest};
+use berth_e2e::containerd::Containerd;
+use berth_e2e::image::noise;
+use berth_e2e::{Berth, Compression, Cri, ImageBuilder, Layer, Registry};
+
+const LAYERS: usize = 6;
+const LAYER_MB: usize = 20;
+const ROUNDS: usize = 5;
+
+/// Half incompressible, half text-like: closer to real layers than pure noise.
+fn layer(i: usize) -> Layer {
+    let mut l = Layer::new().compression(Compression::Gzip);
+    for f in 0..8 {
+        let size = LAYER_MB * (1 << 20) / 8;
+        let data = if f % 2 == 0 {
+            noise(size, (i * 100 + f) as u64)
+        } else {
+            let line = format!(
+                "layer {i} file {f}: the quick brown fox jumps over the lazy dog 0123456789\n"
+            );
+            line.repeat(size / line.len() + 1).into_bytes()[..size].to_vec()
+        };
+        l = l.file_mode(&format!("usr/share/bench/l{i}/f{f}"), data, 0o644);
+    }
+    l
+}
+
+async fn timed_pull(cri: &Cri, image: &str) -> anyhow::Result<Duration> {
+    let mut c = cri.image.clone();
+    let spec = Some(ImageSpec {
+        image: image.into(),
+        ..Default::default()
+    });
+    let start = Instant::now();
+    c.pull_image(PullImageRequest {
+        image: spec.clone(),
+        auth: None,
+        sandbox_config: None,
+    })
+    .await
+    .context("pull")?;
+    let took = start.elapsed();
+    c.remove_image(RemoveImageRequest { image: spec })
+        .await
+        .context("remove")?;
+    Ok(took)
+}
+
+fn median(v: &mut [Duration]) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let reg = Registry::start()?;
+    println!("building {LAYERS} layers x {LAYER_MB} MiB (gzip) ...");
+    let img = ImageBuilder::new((0..LAYERS).map(layer).collect());
+    let pushed = img.push(&reg, "bench/pull", Some("1")).await?;
+    let image = format!("{}/bench/pull:1", reg.addr);
+
+    let berth = Berth::start()?;
+    berth.hosts_toml(&reg.addr, &format!("server = \"http://{}\"\n", reg.addr))?;
+    let work = tempfile::Builder::new()
+        .prefix("berth-bench-containerd-")
+        .tempdir_in("/var/tmp")?;
+    let certs = work.path().join("certs.d");
+    std::fs::create_dir_all(certs.join(&reg.addr))?;
+    std::fs::write(
+        certs.join(&reg.addr).join("hosts.toml"),
+        format!("server = \"http://{}\"\n", reg.addr),
+    )?;
+    let containerd = Containerd::start(&work.path().join("containerd"), &certs)?;
+    let (b, c) = (berth.cri().await?, containerd.cri().await?);
+
+    // One warm-up pull each (connection setup, page cache of the registry's files).
+    timed_pull(&b, &image).await?;
+    timed_pull(&c, &image).await?;
+    let (mut tb, mut tc) = (Vec::new(), Vec::new());
+    for _ in 0..ROUNDS {
+        tb.push(timed_pull(&b, &image).await?);
+        tc.push(timed_pull(&c, &image).await?);
+    }
+    // Every pull fetched every layer: nothing was served from a cache.
+    for l in &pushed.layers {
+        anyhow::ensure!(
+            reg.blob_gets(l) == 2 * (ROUNDS + 1),
+            "layer {l} fetched {} times",
+            reg.blob_gets(l)
+        );
+    }
+    let (mb, mc) = (median(&mut tb), median(&mut tc));
+    let total: u64 = (LAYERS * LAYER_MB) as u64;
+    println!(
+        "image: {LAYERS} layers, {total} MiB uncompressed, {ROUNDS} rounds, each pull from an empty store"
+    );
+    println!(
+        "berth      PullImage median {:>8.1} ms  (all: {:?})",
+        mb.as_secs_f64() * 1e3,
+        tb.iter().map(|d| d.as_millis()).collect::<Vec<_>>()
+    );
+    println!(
+        "containerd PullImage median {:>8.1} ms  (all: {:?})",
+        mc.as_secs_f64() * 1e3,
+        tc.iter().map(|d| d.as_millis()).collect::<Vec<_>>()
+    );
+    println!(
+        "ratio berth/containerd: {:.2}x (goal <= 0.80x)",
+        mb.as_secs_f64() / mc.as_secs_f64()
+    );
+    println!(
+        "RSS after the run: berth {} KiB, containerd {} KiB",
+        berth.rss_kib().unwrap_or(0),
+        containerd.rss_kib().unwrap_or(0)
+    );
+    Ok(())
+}

@@ -1,0 +1,118 @@
+//! A private containerd 1.6 (Debian's package) for same-run baselines in benchmarks: its own
+//! config, root, state and socket, so it can never touch a system containerd.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+
+/// A running containerd; stopped and its directory removed on drop.
+pub struct Containerd {
+    child: Option<Child>,
+    dir: PathBuf,
+    /// Its gRPC socket (CRI is served there).
+    pub socket: PathBuf,
+}
+
+impl Containerd {
+    /// Starts containerd under `dir` with `certs_d` as its registry config_path.
+    pub fn start(dir: &Path, certs_d: &Path) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let socket = dir.join("containerd.sock");
+        let config = format!(
+            r#"version = 2
+root = "{root}"
+state = "{state}"
+disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.zfs", "io.containerd.tracing.processor.v1.otlp", "io.containerd.internal.v1.tracing"]
+[grpc]
+  address = "{sock}"
+[ttrpc]
+  address = "{sock}.ttrpc"
+[debug]
+  address = ""
+  level = "warn"
+[metrics]
+  address = ""
+[plugins]
+  [plugins."io.containerd.internal.v1.opt"]
+    path = "{dir}/opt"
+  [plugins."io.containerd.grpc.v1.cri"]
+    sandbox_image = "registry.k8s.io/pause:3.9"
+    stream_server_address = "127.0.0.1"
+    stream_server_port = "0"
+    restrict_oom_score_adj = true
+    [plugins."io.containerd.grpc.v1.cri".cni]
+      bin_dir = "/usr/lib/cni"
+      conf_dir = "{dir}/cni"
+    [plugins."io.containerd.grpc.v1.cri".containerd]
+      snapshotter = "overlayfs"
+    [plugins."io.containerd.grpc.v1.cri".registry]
+      config_path = "{certs}"
+"#,
+            root = dir.join("root").display(),
+            state = dir.join("state").display(),
+            sock = socket.display(),
+            dir = dir.display(),
+            certs = certs_d.display(),
+        );
+        let cfg = dir.join("config.toml");
+        std::fs::write(&cfg, config)?;
+        let log = std::fs::File::create(dir.join("containerd.log"))?;
+        let child = Command::new("containerd")
+            .arg("--config")
+            .arg(&cfg)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("start containerd (apt-get install containerd)")?;
+        let mut c = Containerd {
+            child: Some(child),
+            dir: dir.to_path_buf(),
+            socket,
+        };
+        let sock = c.socket.clone();
+        if !crate::wait_until(Duration::from_secs(30), || {
+            std::os::unix::net::UnixStream::connect(&sock).is_ok()
+        }) {
+            c.stop();
+            bail!(
+                "containerd did not come up; see {}",
+                dir.join("containerd.log").display()
+            );
+        }
+        Ok(c)
+    }
+
+    /// CRI clients on containerd's socket.
+    pub async fn cri(&self) -> anyhow::Result<crate::Cri> {
+        crate::berth::connect(&self.socket).await
+    }
+
+    /// RSS of the daemon in KiB.
+    pub fn rss_kib(&self) -> Option<u64> {
+        self.child.as_ref().and_then(|c| crate::rss_kib(c.id()))
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            crate::signal(c.id(), libc::SIGTERM);
+            let stopped = crate::wait_until(Duration::from_secs(10), || {
+                matches!(c.try_wait(), Ok(Some(_)))
+            });
+            if !stopped {
+                let _ = c.kill();
+            }
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        self.stop();
+        crate::unmount_under(&self.dir);
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
