@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Installs what berth needs on Debian 12 to run and to be tested. Idempotent.
+#
+# Runtime: runc, containerd-shim-runc-v2 (from Debian's containerd package; berth never starts
+# the containerd daemon itself), CNI plugins, iptables, iproute2.
+# Build: protobuf-compiler (the CRI protos are compiled at build time), pkg-config, gcc.
+# Tests: docker-registry (started by the tests on 127.0.0.1 only), busybox-static (test images),
+# apache2-utils (htpasswd for the auth tests).
+set -euo pipefail
+
+PACKAGES=(runc containerd containernetworking-plugins iptables iproute2 util-linux
+          protobuf-compiler pkg-config gcc libc6-dev
+          docker-registry busybox-static apache2-utils curl ca-certificates)
+
+[ "$(id -u)" = 0 ] || { echo "install-deps.sh: run as root" >&2; exit 1; }
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+    echo "install-deps: installing ${missing[*]}" >&2
+    # Packages must not start their daemons: docker-registry would listen on :5000 on every
+    # interface and containerd on /run/containerd. A policy-rc.d forbids that while apt runs.
+    added_policy=0
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
+        chmod 755 /usr/sbin/policy-rc.d
+        added_policy=1
+    fi
+    trap '[ "$added_policy" = 1 ] && rm -f /usr/sbin/policy-rc.d' EXIT
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if ! command -v cargo >/dev/null; then
+    echo "install-deps: cargo is not on PATH; install a Rust toolchain (rustup) first" >&2
+    exit 1
+fi

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Runs every check and test berth has: format, lints, unit tests beside the code, and the
+# end-to-end tests (a real berth and a real registry on 127.0.0.1, driven over CRI).
+# Needs root (the tests unpack layers with their owners and device nodes, and later create
+# namespaces and mounts).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/install-deps.sh
+
+echo "== cargo fmt --check"
+cargo fmt --all --check
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== build"
+cargo build --workspace --all-targets --locked
+echo "== tests"
+# e2e tests start their own berth processes and registries on ephemeral ports; two at a time
+# keeps a 2-core machine responsive.
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+set +e
+BERTH_BIN="$PWD/target/debug/berth" cargo test --workspace --all-targets --locked -- --test-threads 2 2>&1 | tee "$log"
+rc=${PIPESTATUS[0]}
+set -e
+passed=$(grep -Eo '^test result: .* ([0-9]+) passed' "$log" | grep -Eo '[0-9]+ passed' | awk '{s+=$1} END {print s+0}')
+failed=$(grep -Eo '^test result: .* ([0-9]+) failed' "$log" | grep -Eo '[0-9]+ failed' | awk '{s+=$1} END {print s+0}')
+echo
+echo "all tests: $passed passed, $failed failed"
+exit "$rc"
