@@ -1,4 +1,10 @@
-//! Pod networking for berth: pinned network namespaces and the CNI plugin runner.
-//!
-//! Delivered with pod sandboxes; nothing here is wired into the daemon yet.
+//! Pod networking for berth: pinned network namespaces and a CNI plugin runner (conflists,
+//! ADD / CHECK / DEL as the CNI spec says, `prevResult` chaining, runtime capabilities such as
+//! `portMappings`, and a result cache so DEL after a restart uses the config ADD used).
 #![warn(missing_docs)]
+
+pub mod cni;
+pub mod error;
+pub mod netns;
+
+pub use error::{Error, ErrorKind, Result};
