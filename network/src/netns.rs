@@ -145,4 +145,3 @@ mod tests {
         crate::netns::unmount_dir_for_tests(&dir.path().join("netns"));
     }
 }
-

@@ -1,4 +1,8 @@
-//! Pod sandboxes and containers for berth: shim v2 client, OCI spec generation, state.
-//!
-//! Delivered with pod sandboxes; nothing here is wired into the daemon yet.
+//! Pod sandboxes and containers for berth: the containerd shim v2 client and the events
+//! service shims publish to. Sandbox and container lifecycles build on these.
 #![warn(missing_docs)]
+
+pub mod error;
+pub mod shim;
+
+pub use error::{Error, ErrorKind, Result};

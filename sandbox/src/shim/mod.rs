@@ -1,0 +1,440 @@
+//! containerd shim v2: launching a shim binary, talking `containerd.task.v2.Task` to it over
+//! ttrpc, and cleaning up after one that died.
+//!
+//! Launch follows containerd: `<shim> -namespace <ns> -address <berth grpc socket>
+//! -publish-binary <berth> -id <id> start`, run in the bundle directory with `TTRPC_ADDRESS`,
+//! `GRPC_ADDRESS` and `NAMESPACE` set; the shim daemonizes and prints its own address. A plain
+//! `unix://…` means task API v2 (Debian's 1.6 runc shim, the Kata and runsc shims); JSON with
+//! `"version":3` is containerd 2.x's task v3, which berth reports as unsupported for now.
+//! The address is written to `<bundle>/address` so a restarted berth can reconnect.
+
+pub mod events;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use containerd_shim_protos::api;
+use containerd_shim_protos::shim_async::{Client, TaskClient};
+use tokio::io::AsyncWriteExt;
+
+use crate::error::{Error, Result};
+
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// Deadline of a single task API call (Create and Start run runc and may take a while).
+const CALL_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How shims are started: what berth tells them about itself.
+#[derive(Debug, Clone)]
+pub struct ShimEnv {
+    /// The containerd namespace (`k8s.io`, as the kubelet's containerd uses).
+    pub namespace: String,
+    /// berth's gRPC socket: passed as `-address`; shims derive their socket names from it.
+    pub grpc_address: PathBuf,
+    /// berth's ttrpc socket serving `containerd.services.events.ttrpc.v1.Events`.
+    pub ttrpc_address: PathBuf,
+    /// The binary shims may call to publish events (berth itself).
+    pub publish_binary: PathBuf,
+}
+
+/// Finds a shim binary: an explicit path, else `$PATH`.
+pub fn find_shim(binary: &str, explicit: Option<&Path>) -> Result<PathBuf> {
+    if let Some(p) = explicit {
+        return if p.is_file() {
+            Ok(p.to_path_buf())
+        } else {
+            Err(Error::ShimNotFound {
+                binary: binary.into(),
+                searched: p.display().to_string(),
+            })
+        };
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let dirs: Vec<PathBuf> = std::env::split_paths(&path).collect();
+    for d in &dirs {
+        let p = d.join(binary);
+        if p.is_file() {
+            return Ok(p);
+        }
+    }
+    Err(Error::ShimNotFound {
+        binary: binary.into(),
+        searched: format!(
+            "$PATH ({})",
+            dirs.iter()
+                .map(|d| d.display().to_string())
+                .collect::<Vec<_>>()
+                .join(":")
+        ),
+    })
+}
+
+fn base_command(binary: &Path, env: &ShimEnv, id: &str, bundle: &Path) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(binary);
+    cmd.arg("-namespace")
+        .arg(&env.namespace)
+        .arg("-address")
+        .arg(&env.grpc_address)
+        .arg("-publish-binary")
+        .arg(&env.publish_binary)
+        .arg("-id")
+        .arg(id)
+        .current_dir(bundle)
+        .env("TTRPC_ADDRESS", &env.ttrpc_address)
+        .env("GRPC_ADDRESS", &env.grpc_address)
+        .env("NAMESPACE", &env.namespace)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    cmd
+}
+
+/// Forwards what a shim writes to its `log` fifo into berth's log; stops when dropped.
+#[derive(Debug)]
+pub struct ShimLog(tokio::task::AbortHandle);
+
+impl Drop for ShimLog {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Opens (creating it if needed) the `log` fifo in `bundle` that a shim writes its own log to,
+/// as containerd does; a shim that cannot open it exits at once.
+pub fn open_log(bundle: &Path, id: &str) -> Result<ShimLog> {
+    use tokio::io::AsyncBufReadExt;
+    let path = bundle.join("log");
+    match rustix::fs::mknodat(
+        rustix::fs::CWD,
+        &path,
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o700),
+        0,
+    ) {
+        Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+        Err(e) => return Err(Error::io(format!("create {}", path.display()), e.into())),
+    }
+    // Read-write, so that the reader never sees EOF between one shim writer and the next.
+    let rx = tokio::net::unix::pipe::OpenOptions::new()
+        .read_write(true)
+        .open_receiver(&path)
+        .map_err(|e| Error::io(format!("open {}", path.display()), e))?;
+    let id = id.to_string();
+    let task = tokio::spawn(async move {
+        let mut lines = tokio::io::BufReader::new(rx).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            tracing::debug!(target: "berth::shim", id, "{line}");
+        }
+    });
+    Ok(ShimLog(task.abort_handle()))
+}
+
+/// Runs `<shim> start` for task `id` in `bundle` and returns the shim's ttrpc address.
+/// `options` (a protobuf `Any`, e.g. runc options) go to the shim's stdin. Open the bundle's
+/// log fifo with [`open_log`] first.
+pub async fn start(
+    binary: &Path,
+    env: &ShimEnv,
+    id: &str,
+    bundle: &Path,
+    options: &[u8],
+) -> Result<String> {
+    let shown = binary.display().to_string();
+    let mut child = base_command(binary, env, id, bundle)
+        .arg("start")
+        .spawn()
+        .map_err(|e| Error::ShimStart {
+            binary: shown.clone(),
+            reason: e.to_string(),
+        })?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(options)
+            .await
+            .map_err(|e| Error::ShimStart {
+                binary: shown.clone(),
+                reason: format!("write options: {e}"),
+            })?;
+    }
+    let out = tokio::time::timeout(START_TIMEOUT, child.wait_with_output())
+        .await
+        .map_err(|_| Error::ShimStart {
+            binary: shown.clone(),
+            reason: format!("no answer within {START_TIMEOUT:?}"),
+        })?
+        .map_err(|e| Error::ShimStart {
+            binary: shown.clone(),
+            reason: e.to_string(),
+        })?;
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
+        return Err(Error::ShimStart {
+            binary: shown,
+            reason: if stderr.is_empty() {
+                format!("exited with {}", out.status)
+            } else {
+                stderr
+            },
+        });
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let address = parse_start_output(&shown, &stdout)?;
+    std::fs::write(bundle.join("address"), &address)
+        .map_err(|e| Error::io(format!("write {}/address", bundle.display()), e))?;
+    Ok(address)
+}
+
+/// Interprets what `<shim> start` printed.
+pub fn parse_start_output(binary: &str, stdout: &str) -> Result<String> {
+    if stdout.starts_with('{') {
+        let v: serde_json::Value = serde_json::from_str(stdout).map_err(|e| Error::ShimStart {
+            binary: binary.into(),
+            reason: format!("unparsable bootstrap {stdout:?}: {e}"),
+        })?;
+        let version = v.get("version").map(|v| v.to_string()).unwrap_or_default();
+        return Err(Error::UnsupportedShim {
+            binary: binary.into(),
+            version: format!("v{version}"),
+        });
+    }
+    if stdout.starts_with("unix://") && stdout.len() > 7 && !stdout.contains(char::is_whitespace) {
+        return Ok(stdout.to_string());
+    }
+    Err(Error::ShimStart {
+        binary: binary.into(),
+        reason: format!("unexpected output {stdout:?} (want unix://…)"),
+    })
+}
+
+/// Runs `<shim> -bundle <bundle> delete` for a task whose shim is gone: the shim binary
+/// cleans up what its runtime left (runc state, mounts) and reports the exit.
+pub async fn delete_dead(binary: &Path, env: &ShimEnv, id: &str, bundle: &Path) -> Result<()> {
+    let out = base_command(binary, env, id, bundle)
+        .arg("-bundle")
+        .arg(bundle)
+        .arg("delete")
+        .output()
+        .await
+        .map_err(|e| Error::io(format!("run {} delete", binary.display()), e))?;
+    if !out.status.success() {
+        return Err(Error::Task {
+            call: "delete (shim binary)",
+            id: id.into(),
+            reason: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            not_found: false,
+        });
+    }
+    Ok(())
+}
+
+/// A connection to one shim.
+#[derive(Clone)]
+pub struct Shim {
+    task: TaskClient,
+    /// The shim's ttrpc address.
+    pub address: String,
+}
+
+impl std::fmt::Debug for Shim {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shim")
+            .field("address", &self.address)
+            .finish()
+    }
+}
+
+fn ctx(timeout: Duration) -> ttrpc::context::Context {
+    ttrpc::context::with_timeout(timeout.as_nanos() as i64)
+}
+
+fn task_err(call: &'static str, id: &str, e: ttrpc::Error) -> Error {
+    let (reason, not_found) = match &e {
+        ttrpc::Error::RpcStatus(s) => (s.message.clone(), s.code() == ttrpc::Code::NOT_FOUND),
+        other => (other.to_string(), false),
+    };
+    Error::Task {
+        call,
+        id: id.to_string(),
+        reason,
+        not_found,
+    }
+}
+
+impl Shim {
+    /// Connects to a shim's ttrpc address.
+    pub async fn connect(address: &str) -> Result<Self> {
+        let client = Client::connect(address).await.map_err(|e| Error::Task {
+            call: "connect",
+            id: address.into(),
+            reason: e.to_string(),
+            not_found: false,
+        })?;
+        Ok(Shim {
+            task: TaskClient::new(client),
+            address: address.to_string(),
+        })
+    }
+
+    /// Creates a task from the bundle's `config.json`, on `rootfs` mounts (empty: the spec's
+    /// root path is used as is). Returns the task's pid.
+    pub async fn create(
+        &self,
+        id: &str,
+        bundle: &Path,
+        rootfs: Vec<api::Mount>,
+        stdio: [&str; 3],
+        terminal: bool,
+    ) -> Result<u32> {
+        let req = api::CreateTaskRequest {
+            id: id.into(),
+            bundle: bundle.display().to_string(),
+            rootfs,
+            terminal,
+            stdin: stdio[0].into(),
+            stdout: stdio[1].into(),
+            stderr: stdio[2].into(),
+            ..Default::default()
+        };
+        Ok(self
+            .task
+            .create(ctx(CALL_TIMEOUT), &req)
+            .await
+            .map_err(|e| task_err("Create", id, e))?
+            .pid)
+    }
+
+    /// Starts the created task.
+    pub async fn start(&self, id: &str) -> Result<u32> {
+        let req = api::StartRequest {
+            id: id.into(),
+            ..Default::default()
+        };
+        Ok(self
+            .task
+            .start(ctx(CALL_TIMEOUT), &req)
+            .await
+            .map_err(|e| task_err("Start", id, e))?
+            .pid)
+    }
+
+    /// Sends `signal` to the task (`all`: to every process in it).
+    pub async fn kill(&self, id: &str, signal: u32, all: bool) -> Result<()> {
+        let req = api::KillRequest {
+            id: id.into(),
+            signal,
+            all,
+            ..Default::default()
+        };
+        self.task
+            .kill(ctx(CALL_TIMEOUT), &req)
+            .await
+            .map_err(|e| task_err("Kill", id, e))?;
+        Ok(())
+    }
+
+    /// Waits for the task to exit; returns its exit status.
+    pub async fn wait(&self, id: &str) -> Result<u32> {
+        let req = api::WaitRequest {
+            id: id.into(),
+            ..Default::default()
+        };
+        Ok(self
+            .task
+            .wait(ctx(Duration::ZERO), &req)
+            .await
+            .map_err(|e| task_err("Wait", id, e))?
+            .exit_status)
+    }
+
+    /// The task's state.
+    pub async fn state(&self, id: &str) -> Result<api::StateResponse> {
+        let req = api::StateRequest {
+            id: id.into(),
+            ..Default::default()
+        };
+        self.task
+            .state(ctx(CALL_TIMEOUT), &req)
+            .await
+            .map_err(|e| task_err("State", id, e))
+    }
+
+    /// Deletes the (exited) task; returns its exit status.
+    pub async fn delete(&self, id: &str) -> Result<u32> {
+        let req = api::DeleteRequest {
+            id: id.into(),
+            ..Default::default()
+        };
+        Ok(self
+            .task
+            .delete(ctx(CALL_TIMEOUT), &req)
+            .await
+            .map_err(|e| task_err("Delete", id, e))?
+            .exit_status)
+    }
+
+    /// The shim's own pid and the task's.
+    pub async fn connect_info(&self, id: &str) -> Result<(u32, u32)> {
+        let req = api::ConnectRequest {
+            id: id.into(),
+            ..Default::default()
+        };
+        let r = self
+            .task
+            .connect(ctx(CALL_TIMEOUT), &req)
+            .await
+            .map_err(|e| task_err("Connect", id, e))?;
+        Ok((r.shim_pid, r.task_pid))
+    }
+
+    /// Asks the shim to exit (it does once it has no tasks left).
+    pub async fn shutdown(&self, id: &str) -> Result<()> {
+        let req = api::ShutdownRequest {
+            id: id.into(),
+            now: false,
+            ..Default::default()
+        };
+        match self.task.shutdown(ctx(CALL_TIMEOUT), &req).await {
+            // The shim exits while answering: a closed connection is success.
+            Ok(_)
+            | Err(ttrpc::Error::Socket(_))
+            | Err(ttrpc::Error::LocalClosed)
+            | Err(ttrpc::Error::RemoteClosed) => Ok(()),
+            Err(e) => Err(task_err("Shutdown", id, e)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn start_output() {
+        assert_eq!(
+            parse_start_output("s", "unix:///run/containerd/s/abc").unwrap(),
+            "unix:///run/containerd/s/abc"
+        );
+        assert!(matches!(
+            parse_start_output(
+                "s",
+                r#"{"version":3,"address":"unix:///x","protocol":"ttrpc"}"#
+            ),
+            Err(Error::UnsupportedShim { .. })
+        ));
+        assert!(parse_start_output("s", "").is_err());
+        assert!(parse_start_output("s", "tcp://1.2.3.4:5").is_err());
+        assert!(parse_start_output("s", "unix:///a b").is_err());
+    }
+
+    #[test]
+    fn missing_shim_names_the_binary_and_where_berth_looked() {
+        let e = find_shim("containerd-shim-kata-v2", None).unwrap_err();
+        assert!(
+            e.to_string().contains("containerd-shim-kata-v2") && e.to_string().contains("$PATH"),
+            "{e}"
+        );
+        let e = find_shim("x", Some(Path::new("/opt/nope/x"))).unwrap_err();
+        assert!(e.to_string().contains("/opt/nope/x"));
+        assert_eq!(e.kind(), crate::ErrorKind::FailedPrecondition);
+    }
+}

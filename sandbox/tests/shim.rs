@@ -1,0 +1,182 @@
+//! The shim client against Debian's real containerd-shim-runc-v2 and runc (root needed).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use berth_sandbox::shim::events::{self, EventHub, TaskEvent};
+use berth_sandbox::shim::{self, Shim, ShimEnv};
+
+const SHIM: &str = "containerd-shim-runc-v2";
+
+fn spec(rootfs: &Path, id: &str, args: &[&str]) -> serde_json::Value {
+    serde_json::json!({
+        "ociVersion": "1.0.2",
+        "process": {
+            "terminal": false,
+            "user": {"uid": 0, "gid": 0},
+            "args": args,
+            "env": ["PATH=/bin"],
+            "cwd": "/",
+            "capabilities": {"bounding": ["CAP_KILL"], "effective": ["CAP_KILL"], "permitted": ["CAP_KILL"]},
+            "noNewPrivileges": true
+        },
+        "root": {"path": rootfs, "readonly": true},
+        "hostname": "berth-test",
+        "mounts": [
+            {"destination": "/proc", "type": "proc", "source": "proc"},
+            {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]}
+        ],
+        "linux": {
+            "cgroupsPath": format!("/berth-test/{id}"),
+            "namespaces": [{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}, {"type": "network"}],
+            "maskedPaths": ["/proc/kcore"],
+            "readonlyPaths": ["/proc/sys"]
+        }
+    })
+}
+
+/// Deletes the task and stops its shim, whatever state the test left them in.
+struct Cleanup {
+    env: ShimEnv,
+    id: String,
+    bundle: PathBuf,
+    shim_pid: Option<u32>,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        // Drop may run inside the test's runtime: clean up from a thread of its own.
+        let (env, id, bundle) = (self.env.clone(), self.id.clone(), self.bundle.clone());
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            let bin = shim::find_shim(SHIM, None).unwrap();
+            let _ = rt.block_on(shim::delete_dead(&bin, &env, &id, &bundle));
+        })
+        .join();
+        // runc removes the task's cgroup; the test's parent cgroups and runc root are ours.
+        for d in std::fs::read_dir("/sys/fs/cgroup")
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let _ = std::fs::remove_dir(d.path().join("berth-test"));
+        }
+        let _ = std::fs::remove_dir("/run/containerd/runc/berth-test");
+        if let Some(pid) = self.shim_pid {
+            // SAFETY: kill(2) on the shim this test started.
+            unsafe {
+                libc_kill(pid as i32, 9);
+            }
+        }
+    }
+}
+
+unsafe extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, sig: i32) -> i32;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn runs_a_task_under_the_runc_shim_and_hears_its_exit() {
+    let bin = match shim::find_shim(SHIM, None) {
+        Ok(b) => b,
+        Err(e) => panic!("{e}: install Debian's containerd package (scripts/install-deps.sh)"),
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let id = format!("shimtest{}", std::process::id());
+    let bundle = dir.path().join("bundle");
+    let rootfs = bundle.join("rootfs");
+    for d in ["bin", "proc", "dev", "tmp"] {
+        std::fs::create_dir_all(rootfs.join(d)).unwrap();
+    }
+    std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).unwrap();
+    std::fs::write(
+        bundle.join("config.json"),
+        serde_json::to_vec(&spec(&rootfs, &id, &["/bin/busybox", "sleep", "600"])).unwrap(),
+    )
+    .unwrap();
+
+    let env = ShimEnv {
+        namespace: "berth-test".into(),
+        grpc_address: dir.path().join("berth.sock"),
+        ttrpc_address: dir.path().join("berth.sock.ttrpc"),
+        publish_binary: "/bin/true".into(),
+    };
+    let hub = EventHub::default();
+    let mut exits = hub.subscribe();
+    let _server = events::serve(&env.ttrpc_address, hub.clone())
+        .await
+        .unwrap();
+    let mut cleanup = Cleanup {
+        env: env.clone(),
+        id: id.clone(),
+        bundle: bundle.clone(),
+        shim_pid: None,
+    };
+
+    let _log = shim::open_log(&bundle, &id).unwrap();
+    let address = shim::start(&bin, &env, &id, &bundle, &[]).await.unwrap();
+    assert_eq!(
+        std::fs::read_to_string(bundle.join("address")).unwrap(),
+        address
+    );
+    let s = Shim::connect(&address).await.unwrap();
+    let pid = s
+        .create(&id, &bundle, vec![], ["", "", ""], false)
+        .await
+        .unwrap();
+    assert!(pid > 0);
+    let (shim_pid, task_pid) = s.connect_info(&id).await.unwrap();
+    cleanup.shim_pid = Some(shim_pid);
+    assert_eq!(task_pid, pid);
+    assert_eq!(s.start(&id).await.unwrap(), pid);
+    let st = s.state(&id).await.unwrap();
+    assert_eq!(st.status.value(), 2, "RUNNING: {st:?}");
+    // The task really runs our command in its own pid namespace.
+    let cmdline = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap();
+    assert!(cmdline.contains("sleep"), "{cmdline:?}");
+
+    // A second client (as after a berth restart) sees the same task.
+    let again = Shim::connect(&std::fs::read_to_string(bundle.join("address")).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(again.state(&id).await.unwrap().pid, pid);
+
+    let waiter = {
+        let s = s.clone();
+        let id = id.clone();
+        tokio::spawn(async move { s.wait(&id).await })
+    };
+    s.kill(&id, 9, false).await.unwrap();
+    let exit = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let Ok(TaskEvent::Exit {
+                container_id,
+                exit_status,
+                pid: p,
+                ..
+            }) = exits.recv().await
+                && container_id == id
+            {
+                return (exit_status, p);
+            }
+        }
+    })
+    .await
+    .expect("a /tasks/exit event from the shim");
+    assert_eq!(exit, (137, pid));
+    assert_eq!(waiter.await.unwrap().unwrap(), 137);
+    assert_eq!(s.delete(&id).await.unwrap(), 137);
+    let e = s.state(&id).await.unwrap_err();
+    assert_eq!(e.kind(), berth_sandbox::ErrorKind::NotFound, "{e}");
+    s.shutdown(&id).await.unwrap();
+    let gone = (0..100).any(|_| {
+        std::thread::sleep(Duration::from_millis(50));
+        !Path::new(&format!("/proc/{shim_pid}")).exists()
+    });
+    assert!(gone, "the shim exited after Shutdown");
+    cleanup.shim_pid = None;
+}
