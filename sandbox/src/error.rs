@@ -18,6 +18,9 @@ pub enum ErrorKind {
 /// Errors of shims and sandboxes.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// A caller's input is invalid.
+    #[error("{0}")]
+    Invalid(String),
     /// The shim binary is not installed.
     #[error("shim binary {binary} not found (looked in {searched})")]
     ShimNotFound {
@@ -69,6 +72,7 @@ impl Error {
     /// The class of this error.
     pub fn kind(&self) -> ErrorKind {
         match self {
+            Error::Invalid(_) => ErrorKind::InvalidArgument,
             Error::ShimNotFound { .. } | Error::UnsupportedShim { .. } => {
                 ErrorKind::FailedPrecondition
             }

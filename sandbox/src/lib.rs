@@ -4,5 +4,6 @@
 
 pub mod error;
 pub mod shim;
+pub mod spec;
 
 pub use error::{Error, ErrorKind, Result};

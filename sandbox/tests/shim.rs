@@ -8,31 +8,21 @@ use berth_sandbox::shim::{self, Shim, ShimEnv};
 
 const SHIM: &str = "containerd-shim-runc-v2";
 
+/// The sandbox spec berth generates, with busybox standing in for /pause: run by real runc,
+/// this also proves the oom_score_adj clamp (this machine's root cannot go below 0).
 fn spec(rootfs: &Path, id: &str, args: &[&str]) -> serde_json::Value {
-    serde_json::json!({
-        "ociVersion": "1.0.2",
-        "process": {
-            "terminal": false,
-            "user": {"uid": 0, "gid": 0},
-            "args": args,
-            "env": ["PATH=/bin"],
-            "cwd": "/",
-            "capabilities": {"bounding": ["CAP_KILL"], "effective": ["CAP_KILL"], "permitted": ["CAP_KILL"]},
-            "noNewPrivileges": true
-        },
-        "root": {"path": rootfs, "readonly": true},
-        "hostname": "berth-test",
-        "mounts": [
-            {"destination": "/proc", "type": "proc", "source": "proc"},
-            {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]}
-        ],
-        "linux": {
-            "cgroupsPath": format!("/berth-test/{id}"),
-            "namespaces": [{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}, {"type": "network"}],
-            "maskedPaths": ["/proc/kcore"],
-            "readonlyPaths": ["/proc/sys"]
-        }
-    })
+    let s = berth_sandbox::spec::SandboxSpec {
+        id: id.into(),
+        args: args.iter().map(|a| a.to_string()).collect(),
+        env: vec!["PATH=/bin".into()],
+        user: (0, 0, vec![]),
+        hostname: "berth-test".into(),
+        cgroup_parent: "/berth-test".into(),
+        readonly_rootfs: true,
+        daemon_oom_score_adj: berth_sandbox::spec::own_oom_score_adj(),
+        ..Default::default()
+    };
+    s.build(rootfs.to_str().unwrap()).unwrap()
 }
 
 /// Deletes the task and stops its shim, whatever state the test left them in.
