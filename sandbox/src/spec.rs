@@ -191,13 +191,11 @@ impl SandboxSpec {
         if !self.host_ipc {
             namespaces.push(json!({"type": "ipc"}));
         }
-        match &self.netns {
-            Some(p) => {
-                namespaces.push(json!({"type": "network", "path": p}));
-                namespaces.push(json!({"type": "uts"}));
-            }
-            None => {}
+        if let Some(p) = &self.netns {
+            namespaces.push(json!({"type": "network", "path": p}));
+            namespaces.push(json!({"type": "uts"}));
         }
+
         let mut mounts = vec![
             json!({"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"]}),
             json!({"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]}),
