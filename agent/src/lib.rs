@@ -5,7 +5,6 @@ pub mod config;
 pub mod cri;
 pub mod h2fix;
 pub mod logging;
-pub mod netconf;
 pub mod server;
 
 use anyhow::Context;

@@ -27,22 +27,15 @@ impl RuntimeCri {
     }
 
     fn network_condition(&self) -> cri::RuntimeCondition {
+        // Read anew on every call, so a conflist dropped in later is picked up.
         let (ok, reason, message) =
-            match crate::netconf::find_network_config(&self.config.cni.conf_dir) {
-                Ok(Some(name)) => (
+            match berth_network::cni::NetworkList::load_first(&self.config.cni.conf_dir) {
+                Ok(net) => (
                     true,
                     String::new(),
-                    format!("network {name:?} is configured"),
+                    format!("network {:?} from {}", net.name, net.source.display()),
                 ),
-                Ok(None) => (
-                    false,
-                    "NetworkPluginNotReady".to_string(),
-                    format!(
-                        "no network config found in {}",
-                        self.config.cni.conf_dir.display()
-                    ),
-                ),
-                Err(e) => (false, "NetworkPluginNotReady".to_string(), e),
+                Err(e) => (false, "NetworkPluginNotReady".to_string(), e.to_string()),
             };
         cri::RuntimeCondition {
             r#type: "NetworkReady".into(),
