@@ -7,6 +7,8 @@ pub enum ErrorKind {
     NotFound,
     /// A caller's input is malformed.
     InvalidArgument,
+    /// The name or id is taken.
+    AlreadyExists,
     /// Not possible in the present state.
     FailedPrecondition,
     /// A shim or runtime failed.
@@ -21,6 +23,9 @@ pub enum Error {
     /// A caller's input is invalid.
     #[error("{0}")]
     Invalid(String),
+    /// A name or id is already taken.
+    #[error("{0}")]
+    AlreadyExists(String),
     /// The shim binary is not installed.
     #[error("shim binary {binary} not found (looked in {searched})")]
     ShimNotFound {
@@ -73,6 +78,7 @@ impl Error {
     pub fn kind(&self) -> ErrorKind {
         match self {
             Error::Invalid(_) => ErrorKind::InvalidArgument,
+            Error::AlreadyExists(_) => ErrorKind::AlreadyExists,
             Error::ShimNotFound { .. } | Error::UnsupportedShim { .. } => {
                 ErrorKind::FailedPrecondition
             }
