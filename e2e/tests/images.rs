@@ -483,8 +483,17 @@ async fn hostile_layers_are_rejected_and_leave_nothing() {
             Layer::new().hardlink("h", "../../../../../etc/passwd"),
         ),
     ];
-    for (tag, layer) in cases {
-        ImageBuilder::new(vec![Layer::busybox().unwrap(), layer])
+    for (i, (tag, layer)) in cases.into_iter().enumerate() {
+        // The first case has a large sibling layer still downloading when the hostile one
+        // fails: the pull must stop it and wait for it before answering.
+        let sibling = if i == 0 {
+            Layer::new()
+                .compression(Compression::None)
+                .file("big", noise(48 << 20, 11))
+        } else {
+            Layer::busybox().unwrap()
+        };
+        ImageBuilder::new(vec![sibling, layer])
             .push(&reg, "e2e/evil", Some(tag))
             .await
             .unwrap();

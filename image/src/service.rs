@@ -7,10 +7,11 @@
 use std::collections::{HashMap, HashSet};
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 
 use bytes::{Buf, Bytes};
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
@@ -249,6 +250,7 @@ impl ImageService {
             ));
         }
         let chain_ids = manifest::chain_ids(&config.rootfs.diff_ids);
+        let cancel = Arc::new(AtomicBool::new(false));
         // Owned inputs per job: a closure over borrowed slice items trips the compiler's
         // higher-ranked lifetime check once the future must be Send.
         let jobs: Vec<_> = (0..manifest.layers.len())
@@ -258,16 +260,28 @@ impl ImageService {
                 let chain = chain_ids[i].clone();
                 let parent = i.checked_sub(1).map(|p| chain_ids[p].clone());
                 let session = &session;
+                let cancel = cancel.clone();
                 async move {
-                    self.ensure_layer(session, &layer, &diff, &chain, parent.as_ref())
+                    self.ensure_layer(session, &layer, &diff, &chain, parent.as_ref(), cancel)
                         .await
                 }
             })
             .collect();
-        futures::stream::iter(jobs)
-            .buffer_unordered(self.cfg.max_concurrent_downloads.max(1))
-            .try_collect::<Vec<()>>()
-            .await?;
+        // On the first failure the other layers are told to stop, and every job is awaited
+        // before returning: a job dropped mid-flight would leave its unpacker thread writing
+        // into a snapshot directory that is being removed.
+        let mut running =
+            futures::stream::iter(jobs).buffer_unordered(self.cfg.max_concurrent_downloads.max(1));
+        let mut first_err = None;
+        while let Some(r) = running.next().await {
+            if let Err(e) = r {
+                cancel.store(true, Ordering::Relaxed);
+                first_err.get_or_insert(e);
+            }
+        }
+        if let Some(e) = first_err {
+            return Err(e);
+        }
 
         blobs.push((manifest.config.digest.clone(), manifest.config.size));
         blobs.extend(manifest.layers.iter().map(|l| (l.digest.clone(), l.size)));
@@ -322,26 +336,31 @@ impl ImageService {
         diff_id: &Digest,
         chain: &Digest,
         parent: Option<&Digest>,
+        cancel: Arc<AtomicBool>,
     ) -> Result<()> {
         let lock = self.inflight_lock(chain);
         let _g = lock.lock().await;
         if self.snapshots.get(chain)?.is_some() {
             return Ok(());
         }
+        if cancel.load(Ordering::Relaxed) {
+            return Err(cancelled(&desc.digest));
+        }
         let tmp = self.snapshots.tmp()?;
         let dest = tmp.fs();
         let stats = if self.content.size(&desc.digest) == Some(desc.size) {
             let blob = self.content.path(&desc.digest);
             let (layer, diff_id) = (desc.digest.clone(), diff_id.clone());
+            let cancel = cancel.clone();
             tokio::task::spawn_blocking(move || {
                 let f = std::fs::File::open(&blob)
                     .map_err(|e| Error::io(format!("open blob {layer}"), e))?;
-                unpack_verified(f, &dest, &layer, &diff_id)
+                unpack_verified(Cancellable { inner: f, cancel }, &dest, &layer, &diff_id)
             })
             .await
             .map_err(|e| Error::io("unpack task", io::Error::other(e)))??
         } else {
-            self.download_and_unpack(session, desc, diff_id, dest)
+            self.download_and_unpack(session, desc, diff_id, dest, cancel)
                 .await?
         };
         self.snapshots.commit(tmp, chain, parent, stats)?;
@@ -355,11 +374,13 @@ impl ImageService {
         desc: &Descriptor,
         diff_id: &Digest,
         dest: PathBuf,
+        cancel: Arc<AtomicBool>,
     ) -> Result<LayerStats> {
         let mut resp = session.blob(&desc.digest).await?;
         let ingest = self.content.writer()?;
         let (tx, rx) = tokio::sync::mpsc::channel::<std::result::Result<Bytes, String>>(64);
         let (layer, diff, size) = (desc.digest.clone(), diff_id.clone(), desc.size);
+        let tee_cancel = cancel.clone();
         let task = tokio::task::spawn_blocking(move || {
             let mut tee = Tee {
                 rx,
@@ -368,7 +389,11 @@ impl ImageService {
                 limit: size,
                 layer: layer.clone(),
             };
-            let stats = unpack_verified(&mut tee, &dest, &layer, &diff)?;
+            let reader = Cancellable {
+                inner: &mut tee,
+                cancel: tee_cancel,
+            };
+            let stats = unpack_verified(reader, &dest, &layer, &diff)?;
             // Whatever follows the tar stream (padding, the compressor's trailer) is part of
             // the blob and of its digest.
             io::copy(&mut tee, &mut io::sink())
@@ -376,7 +401,7 @@ impl ImageService {
             tee.ingest.commit(&layer, Some(size))?;
             Ok::<_, Error>(stats)
         });
-        loop {
+        while !cancel.load(Ordering::Relaxed) {
             match resp.chunk().await {
                 Ok(Some(c)) => {
                     if tx.send(Ok(c)).await.is_err() {
@@ -626,6 +651,28 @@ fn now_ns() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as i64)
         .unwrap_or(0)
+}
+
+fn cancelled(layer: &Digest) -> Error {
+    Error::Io {
+        context: format!("layer {layer}"),
+        source: io::Error::other("pull abandoned: another layer failed"),
+    }
+}
+
+/// A reader that fails once the pull it belongs to is abandoned.
+struct Cancellable<R> {
+    inner: R,
+    cancel: Arc<AtomicBool>,
+}
+
+impl<R: Read> Read for Cancellable<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.cancel.load(Ordering::Relaxed) {
+            return Err(io::Error::other("pull abandoned: another layer failed"));
+        }
+        self.inner.read(buf)
+    }
 }
 
 /// Feeds downloaded chunks to the unpacker while writing them to the content store.
