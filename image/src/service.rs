@@ -598,6 +598,9 @@ impl ImageService {
                 .collect();
             (blobs, chains)
         };
+        // Layers under a container's writable snapshot stay, even if their image is gone.
+        let mut chains = chains;
+        chains.extend(self.snapshots.active_chains()?);
         let mut removed = (0, 0);
         // Children before parents is not needed: each snapshot is its own directory.
         for (chain, _) in self.snapshots.list()? {

@@ -17,6 +17,7 @@ use crate::store::Store;
 use crate::unpack::LayerStats;
 
 const TABLE: &str = "snapshots";
+const ACTIVE: &str = "active_snapshots";
 const TMP_PREFIX: &str = "tmp-";
 
 /// A committed layer snapshot.
@@ -30,6 +31,26 @@ pub struct SnapshotRecord {
     pub size: u64,
     /// Entries in this layer.
     pub inodes: u64,
+}
+
+/// A writable snapshot (a container's root filesystem) over a committed chain.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ActiveRecord {
+    /// Directory number under `snapshots/`.
+    pub id: u64,
+    /// The chain it sits on (the image's top layer).
+    pub parent: Option<Digest>,
+}
+
+/// A mount that assembles a root filesystem (what the shim's Create takes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountSpec {
+    /// `overlay` or `bind`.
+    pub kind: String,
+    /// The mount source.
+    pub source: String,
+    /// Mount options.
+    pub options: Vec<String>,
 }
 
 /// The snapshot directories and their records.
@@ -71,9 +92,13 @@ impl Snapshotter {
         std::fs::create_dir_all(&dir)
             .map_err(|e| Error::io(format!("create {}", dir.display()), e))?;
         let records: Vec<(String, SnapshotRecord)> = store.list(TABLE)?;
-        let known: std::collections::HashSet<String> =
-            records.iter().map(|(_, r)| r.id.to_string()).collect();
-        let mut max = records.iter().map(|(_, r)| r.id).max().unwrap_or(0);
+        let active: Vec<(String, ActiveRecord)> = store.list(ACTIVE)?;
+        let ids = records
+            .iter()
+            .map(|(_, r)| r.id)
+            .chain(active.iter().map(|(_, a)| a.id));
+        let known: std::collections::HashSet<String> = ids.clone().map(|i| i.to_string()).collect();
+        let mut max = ids.max().unwrap_or(0);
         for entry in std::fs::read_dir(&dir).map_err(|e| Error::io("list snapshots", e))? {
             let entry = entry.map_err(|e| Error::io("list snapshots", e))?;
             let name = entry.file_name().to_string_lossy().into_owned();
@@ -122,6 +147,104 @@ impl Snapshotter {
             })?;
             out.push(self.fs_path(r.id));
             cur = r.parent;
+        }
+        Ok(out)
+    }
+
+    /// Creates the writable snapshot `key` over `parent` and returns the mounts that assemble
+    /// it. Preparing an existing key returns its mounts again.
+    pub fn prepare(&self, key: &str, parent: Option<&Digest>) -> Result<Vec<MountSpec>> {
+        if key.is_empty() || key.contains('/') {
+            return Err(Error::Store(format!("invalid snapshot key {key:?}")));
+        }
+        if let Some(p) = parent
+            && self.get(p)?.is_none()
+        {
+            return Err(Error::Store(format!("parent snapshot {p} does not exist")));
+        }
+        if self.store.get::<ActiveRecord>(ACTIVE, key)?.is_none() {
+            let id = self.next.fetch_add(1, Ordering::Relaxed);
+            let dir = self.dir.join(id.to_string());
+            for sub in ["fs", "work"] {
+                std::fs::create_dir_all(dir.join(sub))
+                    .map_err(|e| Error::io(format!("create {}", dir.display()), e))?;
+            }
+            let rec = ActiveRecord {
+                id,
+                parent: parent.cloned(),
+            };
+            if let Err(e) = self.store.put(ACTIVE, key, &rec) {
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(e);
+            }
+        }
+        self.mounts(key)
+    }
+
+    /// The mounts of the writable snapshot `key`.
+    pub fn mounts(&self, key: &str) -> Result<Vec<MountSpec>> {
+        let rec: ActiveRecord = self
+            .store
+            .get(ACTIVE, key)?
+            .ok_or_else(|| Error::Store(format!("no writable snapshot {key:?}")))?;
+        let dir = self.dir.join(rec.id.to_string());
+        let upper = dir.join("fs");
+        Ok(match &rec.parent {
+            None => vec![MountSpec {
+                kind: "bind".into(),
+                source: upper.display().to_string(),
+                options: vec!["rbind".into(), "rw".into()],
+            }],
+            Some(p) => {
+                let lowers: Vec<String> = self
+                    .lower_dirs(p)?
+                    .iter()
+                    .map(|d| d.display().to_string())
+                    .collect();
+                vec![MountSpec {
+                    kind: "overlay".into(),
+                    source: "overlay".into(),
+                    options: vec![
+                        format!("workdir={}", dir.join("work").display()),
+                        format!("upperdir={}", upper.display()),
+                        format!("lowerdir={}", lowers.join(":")),
+                    ],
+                }]
+            }
+        })
+    }
+
+    /// Every writable snapshot.
+    pub fn active(&self) -> Result<Vec<(String, ActiveRecord)>> {
+        self.store.list(ACTIVE)
+    }
+
+    /// Removes the writable snapshot `key` (unmounted by then); a missing one is not an error.
+    pub fn remove_active(&self, key: &str) -> Result<()> {
+        let Some(rec) = self.store.get::<ActiveRecord>(ACTIVE, key)? else {
+            return Ok(());
+        };
+        self.store.delete(ACTIVE, key)?;
+        let dir = self.dir.join(rec.id.to_string());
+        match std::fs::remove_dir_all(&dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(Error::io(format!("remove {}", dir.display()), e))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Chains that writable snapshots stand on, with all their ancestors (GC roots).
+    pub fn active_chains(&self) -> Result<std::collections::HashSet<Digest>> {
+        let mut out = std::collections::HashSet::new();
+        for (_, a) in self.active()? {
+            let mut cur = a.parent;
+            while let Some(c) = cur {
+                if !out.insert(c.clone()) {
+                    break;
+                }
+                cur = self.get(&c)?.and_then(|r| r.parent);
+            }
         }
         Ok(out)
     }
@@ -237,6 +360,48 @@ mod tests {
         snaps.remove(&b).unwrap();
         assert!(snaps.get(&b).unwrap().is_none());
         assert!(!snaps.fs_path(rb.id).exists());
+    }
+
+    #[test]
+    fn writable_snapshots_over_a_chain() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("m")).unwrap();
+        let snaps = Snapshotter::open(dir.path(), store.clone()).unwrap();
+        let (a, b) = (Digest::of(b"a"), Digest::of(b"b"));
+        let ra = snaps
+            .commit(snaps.tmp().unwrap(), &a, None, LayerStats::default())
+            .unwrap();
+        let rb = snaps
+            .commit(snaps.tmp().unwrap(), &b, Some(&a), LayerStats::default())
+            .unwrap();
+        let m = snaps.prepare("ctr1", Some(&b)).unwrap();
+        assert_eq!(m.len(), 1);
+        assert_eq!(m[0].kind, "overlay");
+        let lower = format!(
+            "lowerdir={}:{}",
+            snaps.fs_path(rb.id).display(),
+            snaps.fs_path(ra.id).display()
+        );
+        assert!(m[0].options.contains(&lower), "{:?}", m[0].options);
+        assert_eq!(
+            snaps.prepare("ctr1", Some(&b)).unwrap(),
+            m,
+            "prepare is idempotent"
+        );
+        assert!(snaps.prepare("bad/key", None).is_err());
+        assert!(snaps.prepare("x", Some(&Digest::of(b"nope"))).is_err());
+        assert_eq!(
+            snaps.active_chains().unwrap(),
+            [a.clone(), b.clone()].into_iter().collect()
+        );
+        // Survives reopen (its directory has a record).
+        drop(snaps);
+        let snaps = Snapshotter::open(dir.path(), store).unwrap();
+        assert_eq!(snaps.mounts("ctr1").unwrap(), m);
+        snaps.remove_active("ctr1").unwrap();
+        snaps.remove_active("ctr1").unwrap();
+        assert!(snaps.active_chains().unwrap().is_empty());
+        assert_eq!(snaps.prepare("plain", None).unwrap()[0].kind, "bind");
     }
 
     #[test]
