@@ -36,15 +36,34 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
             pinned: vec![cfg.sandbox_image.clone()],
             max_concurrent_downloads: cfg.max_concurrent_downloads,
         },
-        store,
+        store.clone(),
     )
     .await
     .context("open the image store")?;
     tracing::info!(images = images.list().len(), "image store loaded");
 
+    // Shims publish task events to <address>.ttrpc, as containerd's shims do to its ttrpc socket.
+    let ttrpc_address = std::path::PathBuf::from(format!("{}.ttrpc", cfg.address.display()));
+    let hub = berth_sandbox::shim::events::EventHub::default();
+    let _events = berth_sandbox::shim::events::serve(&ttrpc_address, hub.clone())
+        .await
+        .context("serve shim events")?;
+    let pods = berth_sandbox::pod::PodManager::open(
+        pod_manager_config(&cfg, &ttrpc_address)?,
+        store,
+        images.clone(),
+        hub,
+    )
+    .await
+    .context("recover pod sandboxes")?;
+    tracing::info!(
+        pods = pods.list(&Default::default()).len(),
+        "pod sandboxes recovered"
+    );
+
     let listener = bind(&cfg.address)?;
     let cfg = Arc::new(cfg);
-    let runtime = RuntimeServiceServer::new(RuntimeCri::new(cfg.clone()))
+    let runtime = RuntimeServiceServer::new(RuntimeCri::new(cfg.clone(), pods))
         .max_decoding_message_size(MAX_MESSAGE)
         .max_encoding_message_size(MAX_MESSAGE);
     let image = ImageServiceServer::new(ImageCri::new(images))
@@ -60,9 +79,68 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         )
         .await;
     let _ = std::fs::remove_file(&cfg.address);
+    let _ = std::fs::remove_file(&ttrpc_address);
     res.context("serve CRI")?;
     tracing::info!("berth stopped");
     Ok(())
+}
+
+fn pod_manager_config(
+    cfg: &Config,
+    ttrpc_address: &Path,
+) -> anyhow::Result<berth_sandbox::pod::PodManagerConfig> {
+    use berth_sandbox::pod::Handler;
+    use berth_sandbox::shim::{RuncOptions, ShimEnv};
+    let mut handlers = std::collections::BTreeMap::new();
+    for (name, h) in &cfg.runtime.handlers {
+        let shim = crate::config::shim_binary_name(&h.runtime_type)
+            .map_err(|e| anyhow::anyhow!("runtime.handlers.{name}: {e}"))?;
+        let is_runc_shim = h.runtime_type == "io.containerd.runc.v2";
+        let options = RuncOptions {
+            binary_name: h.options.binary_name.clone(),
+            // Each handler's runtime keeps its state under berth's state dir.
+            root: Some(
+                h.options
+                    .root
+                    .clone()
+                    .unwrap_or_else(|| cfg.state.join("runtime").join(name))
+                    .display()
+                    .to_string(),
+            ),
+            systemd_cgroup: h.options.systemd_cgroup,
+        };
+        handlers.insert(
+            name.clone(),
+            Handler {
+                runtime_type: h.runtime_type.clone(),
+                shim,
+                runtime_path: h.runtime_path.clone(),
+                options: if is_runc_shim {
+                    options
+                } else {
+                    RuncOptions::default()
+                },
+            },
+        );
+    }
+    let publish_binary = std::env::current_exe().context("find berth's own path")?;
+    Ok(berth_sandbox::pod::PodManagerConfig {
+        state_dir: cfg.state.clone(),
+        sandbox_image: cfg.sandbox_image.clone(),
+        default_handler: cfg.runtime.default_handler.clone(),
+        handlers,
+        shim_env: ShimEnv {
+            namespace: "k8s.io".into(),
+            grpc_address: cfg.address.clone(),
+            ttrpc_address: ttrpc_address.to_path_buf(),
+            publish_binary,
+        },
+        cni: berth_network::cni::CniPaths {
+            conf_dir: cfg.cni.conf_dir.clone(),
+            bin_dirs: cfg.cni.bin_dirs.clone(),
+            cache_dir: cfg.state.join("cni"),
+        },
+    })
 }
 
 /// Binds the socket (mode 0660), replacing a stale one but never one a live server answers on.

@@ -23,6 +23,15 @@ pub enum Error {
     /// A caller's input is invalid.
     #[error("{0}")]
     Invalid(String),
+    /// No such pod or container.
+    #[error("{0}")]
+    NotFound(String),
+    /// An image or the metadata store failed.
+    #[error("{0}")]
+    Image(String),
+    /// Networking failed.
+    #[error("network: {0}")]
+    Network(#[source] berth_network::Error),
     /// A name or id is already taken.
     #[error("{0}")]
     AlreadyExists(String),
@@ -78,6 +87,14 @@ impl Error {
     pub fn kind(&self) -> ErrorKind {
         match self {
             Error::Invalid(_) => ErrorKind::InvalidArgument,
+            Error::NotFound(_) => ErrorKind::NotFound,
+            Error::Image(_) => ErrorKind::Failed,
+            Error::Network(e) => match e.kind() {
+                berth_network::ErrorKind::NotReady => ErrorKind::FailedPrecondition,
+                berth_network::ErrorKind::InvalidArgument => ErrorKind::InvalidArgument,
+                berth_network::ErrorKind::Failed => ErrorKind::Failed,
+                berth_network::ErrorKind::Internal => ErrorKind::Internal,
+            },
             Error::AlreadyExists(_) => ErrorKind::AlreadyExists,
             Error::ShimNotFound { .. } | Error::UnsupportedShim { .. } => {
                 ErrorKind::FailedPrecondition

@@ -3,6 +3,7 @@
 #![warn(missing_docs)]
 
 pub mod error;
+pub mod pod;
 pub mod registrar;
 pub mod shim;
 pub mod spec;

@@ -115,7 +115,7 @@ async fn runs_a_task_under_the_runc_shim_and_hears_its_exit() {
     );
     let s = Shim::connect(&address).await.unwrap();
     let pid = s
-        .create(&id, &bundle, vec![], ["", "", ""], false)
+        .create(&id, &bundle, vec![], ["", "", ""], false, None)
         .await
         .unwrap();
     assert!(pid > 0);
@@ -125,8 +125,17 @@ async fn runs_a_task_under_the_runc_shim_and_hears_its_exit() {
     assert_eq!(s.start(&id).await.unwrap(), pid);
     let st = s.state(&id).await.unwrap();
     assert_eq!(st.status.value(), 2, "RUNNING: {st:?}");
-    // The task really runs our command in its own pid namespace.
-    let cmdline = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap();
+    // The task really runs our command. Start returns once runc has released the init
+    // process, which may still be inside execve: /proc/<pid>/cmdline reads empty (or
+    // "runc init") for that instant, so wait for the exec to land.
+    let mut cmdline = String::new();
+    for _ in 0..100 {
+        cmdline = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        if cmdline.contains("sleep") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert!(cmdline.contains("sleep"), "{cmdline:?}");
 
     // A second client (as after a berth restart) sees the same task.

@@ -3,6 +3,7 @@
 
 mod image;
 mod runtime;
+mod sandbox;
 
 use std::future::Future;
 use std::time::Instant;
@@ -32,7 +33,7 @@ pub(crate) fn image_status(e: berth_image::Error) -> Status {
     Status::new(image_code(e.kind()), chain(&e))
 }
 
-fn chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
     while let Some(inner) = cur {

@@ -12,18 +12,20 @@ use berth_cri_api::v1 as cri;
 use berth_cri_api::v1::runtime_service_server::RuntimeService;
 use tonic::{Request, Response, Status};
 
-use super::{Kind, call};
+use super::sandbox::{filter, pod_config, sandbox_status, to_pod, to_status, verbose_info};
+use super::{Kind, call, detached};
 use crate::config::Config;
 
 /// Serves the CRI runtime API.
 #[derive(Debug, Clone)]
 pub struct RuntimeCri {
     config: Arc<Config>,
+    pods: Arc<berth_sandbox::pod::PodManager>,
 }
 
 impl RuntimeCri {
-    pub fn new(config: Arc<Config>) -> Self {
-        RuntimeCri { config }
+    pub fn new(config: Arc<Config>, pods: Arc<berth_sandbox::pod::PodManager>) -> Self {
+        RuntimeCri { config, pods }
     }
 
     fn network_condition(&self) -> cri::RuntimeCondition {
@@ -142,12 +144,105 @@ impl RuntimeService for RuntimeCri {
         .await
     }
 
+    async fn run_pod_sandbox(
+        &self,
+        req: Request<cri::RunPodSandboxRequest>,
+    ) -> Result<Response<cri::RunPodSandboxResponse>, Status> {
+        let cfg = pod_config(req.into_inner())?;
+        let span = tracing::info_span!("RunPodSandbox", pod = %format!("{}/{}", cfg.meta.namespace, cfg.meta.name), handler = %cfg.runtime_handler);
+        let pods = self.pods.clone();
+        call(
+            span,
+            Kind::Mutation,
+            detached(async move {
+                let id = pods.run(cfg).await.map_err(sandbox_status)?;
+                tracing::info!(pod_sandbox_id = %id, "pod sandbox ready");
+                Ok(cri::RunPodSandboxResponse { pod_sandbox_id: id })
+            }),
+        )
+        .await
+    }
+
+    async fn stop_pod_sandbox(
+        &self,
+        req: Request<cri::StopPodSandboxRequest>,
+    ) -> Result<Response<cri::StopPodSandboxResponse>, Status> {
+        let id = req.into_inner().pod_sandbox_id;
+        let span = tracing::info_span!("StopPodSandbox", pod_sandbox_id = %id);
+        let pods = self.pods.clone();
+        call(
+            span,
+            Kind::Mutation,
+            detached(async move {
+                pods.stop(&id).await.map_err(sandbox_status)?;
+                Ok(cri::StopPodSandboxResponse {})
+            }),
+        )
+        .await
+    }
+
+    async fn remove_pod_sandbox(
+        &self,
+        req: Request<cri::RemovePodSandboxRequest>,
+    ) -> Result<Response<cri::RemovePodSandboxResponse>, Status> {
+        let id = req.into_inner().pod_sandbox_id;
+        let span = tracing::info_span!("RemovePodSandbox", pod_sandbox_id = %id);
+        let pods = self.pods.clone();
+        call(
+            span,
+            Kind::Mutation,
+            detached(async move {
+                if id.is_empty() {
+                    return Err(Status::invalid_argument("pod_sandbox_id is empty"));
+                }
+                pods.remove(&id).await.map_err(sandbox_status)?;
+                Ok(cri::RemovePodSandboxResponse {})
+            }),
+        )
+        .await
+    }
+
+    async fn pod_sandbox_status(
+        &self,
+        req: Request<cri::PodSandboxStatusRequest>,
+    ) -> Result<Response<cri::PodSandboxStatusResponse>, Status> {
+        let req = req.into_inner();
+        let span = tracing::trace_span!("PodSandboxStatus", pod_sandbox_id = %req.pod_sandbox_id);
+        call(span, Kind::Read, async {
+            let id = self
+                .pods
+                .resolve(&req.pod_sandbox_id)
+                .map_err(sandbox_status)?;
+            let rec = self.pods.get(&id).map_err(sandbox_status)?;
+            let info = if req.verbose {
+                verbose_info(&rec)
+            } else {
+                Default::default()
+            };
+            Ok(cri::PodSandboxStatusResponse {
+                status: Some(to_status(&rec)),
+                info,
+                containers_statuses: vec![],
+                timestamp: 0,
+            })
+        })
+        .await
+    }
+
+    async fn list_pod_sandbox(
+        &self,
+        req: Request<cri::ListPodSandboxRequest>,
+    ) -> Result<Response<cri::ListPodSandboxResponse>, Status> {
+        let f = filter(req.into_inner().filter);
+        call(tracing::trace_span!("ListPodSandbox"), Kind::Read, async {
+            Ok(cri::ListPodSandboxResponse {
+                items: self.pods.list(&f).iter().map(to_pod).collect(),
+            })
+        })
+        .await
+    }
+
     not_yet! {
-        run_pod_sandbox(RunPodSandboxRequest) -> RunPodSandboxResponse, "RunPodSandbox", "pod sandboxes are not built yet";
-        stop_pod_sandbox(StopPodSandboxRequest) -> StopPodSandboxResponse, "StopPodSandbox", "pod sandboxes are not built yet";
-        remove_pod_sandbox(RemovePodSandboxRequest) -> RemovePodSandboxResponse, "RemovePodSandbox", "pod sandboxes are not built yet";
-        pod_sandbox_status(PodSandboxStatusRequest) -> PodSandboxStatusResponse, "PodSandboxStatus", "pod sandboxes are not built yet";
-        list_pod_sandbox(ListPodSandboxRequest) -> ListPodSandboxResponse, "ListPodSandbox", "pod sandboxes are not built yet";
         create_container(CreateContainerRequest) -> CreateContainerResponse, "CreateContainer", "containers are not built yet";
         start_container(StartContainerRequest) -> StartContainerResponse, "StartContainer", "containers are not built yet";
         stop_container(StopContainerRequest) -> StopContainerResponse, "StopContainer", "containers are not built yet";

@@ -227,6 +227,17 @@ pub async fn delete_dead(binary: &Path, env: &ShimEnv, id: &str, bundle: &Path) 
     Ok(())
 }
 
+/// runc shim options (`containerd.runc.v1.Options`), as a handler's `options` table sets them.
+#[derive(Debug, Clone, Default)]
+pub struct RuncOptions {
+    /// The runtime binary (`runc`, `/usr/bin/runsc`, …).
+    pub binary_name: Option<String>,
+    /// The runtime's state root.
+    pub root: Option<String>,
+    /// Use the systemd cgroup driver.
+    pub systemd_cgroup: bool,
+}
+
 /// A connection to one shim.
 #[derive(Clone)]
 pub struct Shim {
@@ -284,7 +295,32 @@ impl Shim {
         rootfs: Vec<api::Mount>,
         stdio: [&str; 3],
         terminal: bool,
+        options: Option<RuncOptions>,
     ) -> Result<u32> {
+        let options = match options {
+            Some(o) => {
+                use containerd_shim_protos::protobuf::Message;
+                let opts = containerd_shim_protos::shim::oci::Options {
+                    binary_name: o.binary_name.unwrap_or_default(),
+                    root: o.root.unwrap_or_default(),
+                    systemd_cgroup: o.systemd_cgroup,
+                    ..Default::default()
+                };
+                let value = opts.write_to_bytes().map_err(|e| Error::Task {
+                    call: "Create",
+                    id: id.into(),
+                    reason: format!("encode options: {e}"),
+                    not_found: false,
+                })?;
+                let any = containerd_shim_protos::protobuf::well_known_types::any::Any {
+                    type_url: "containerd.runc.v1.Options".into(),
+                    value,
+                    ..Default::default()
+                };
+                containerd_shim_protos::protobuf::MessageField::some(any)
+            }
+            None => containerd_shim_protos::protobuf::MessageField::none(),
+        };
         let req = api::CreateTaskRequest {
             id: id.into(),
             bundle: bundle.display().to_string(),
@@ -293,6 +329,7 @@ impl Shim {
             stdin: stdio[0].into(),
             stdout: stdio[1].into(),
             stderr: stdio[2].into(),
+            options,
             ..Default::default()
         };
         Ok(self

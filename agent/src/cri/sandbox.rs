@@ -1,0 +1,275 @@
+//! CRI pod sandbox calls: conversions between CRI messages and the sandbox crate's types.
+
+use std::collections::{BTreeMap, HashMap};
+
+use berth_cri_api::v1 as cri;
+use berth_sandbox::pod::{Dns, PodConfig, PodFilter, PodMeta, PodRecord, PodState, PortMapping};
+use tonic::Status;
+
+/// The gRPC status for a sandbox error; every kind named.
+pub(crate) fn sandbox_status(e: berth_sandbox::Error) -> Status {
+    use berth_sandbox::ErrorKind as K;
+    let code = match e.kind() {
+        K::NotFound => tonic::Code::NotFound,
+        K::InvalidArgument => tonic::Code::InvalidArgument,
+        K::AlreadyExists => tonic::Code::AlreadyExists,
+        K::FailedPrecondition => tonic::Code::FailedPrecondition,
+        K::Failed => tonic::Code::Unknown,
+        K::Internal => tonic::Code::Internal,
+    };
+    Status::new(code, super::chain(&e))
+}
+
+fn invalid(msg: impl Into<String>) -> Status {
+    Status::invalid_argument(msg.into())
+}
+
+fn to_btree(m: HashMap<String, String>) -> BTreeMap<String, String> {
+    m.into_iter().collect()
+}
+
+fn id_of(v: &cri::Int64Value, what: &str) -> Result<u32, Status> {
+    u32::try_from(v.value).map_err(|_| invalid(format!("{what} {} is out of range", v.value)))
+}
+
+/// Validates a RunPodSandbox request and turns it into a [`PodConfig`].
+pub(crate) fn pod_config(req: cri::RunPodSandboxRequest) -> Result<PodConfig, Status> {
+    let c = req.config.ok_or_else(|| invalid("config is required"))?;
+    let m = c
+        .metadata
+        .ok_or_else(|| invalid("config.metadata is required"))?;
+    for (what, v) in [
+        ("name", &m.name),
+        ("namespace", &m.namespace),
+        ("uid", &m.uid),
+    ] {
+        if v.is_empty() {
+            return Err(invalid(format!("config.metadata.{what} is empty")));
+        }
+        if v.len() > 253 || v.chars().any(|c| c.is_control() || c == '/') {
+            return Err(invalid(format!(
+                "config.metadata.{what} {v:?} is not a valid name"
+            )));
+        }
+    }
+    if c.hostname.len() > 253
+        || c.hostname
+            .chars()
+            .any(|ch| ch.is_control() || ch.is_whitespace())
+    {
+        return Err(invalid(format!("hostname {:?} is not valid", c.hostname)));
+    }
+    let mut port_mappings = Vec::new();
+    for p in &c.port_mappings {
+        let protocol = match cri::Protocol::try_from(p.protocol) {
+            Ok(cri::Protocol::Tcp) => "tcp",
+            Ok(cri::Protocol::Udp) => "udp",
+            Ok(cri::Protocol::Sctp) => "sctp",
+            Err(_) => {
+                return Err(invalid(format!(
+                    "unknown port mapping protocol {}",
+                    p.protocol
+                )));
+            }
+        };
+        if !(0..=65535).contains(&p.host_port) || !(0..=65535).contains(&p.container_port) {
+            return Err(invalid(format!(
+                "port mapping {}:{} out of range",
+                p.host_port, p.container_port
+            )));
+        }
+        port_mappings.push(PortMapping {
+            protocol: protocol.into(),
+            container_port: p.container_port,
+            host_port: p.host_port,
+            host_ip: p.host_ip.clone(),
+        });
+    }
+    let linux = c.linux.unwrap_or_default();
+    let sc = linux.security_context.unwrap_or_default();
+    let ns = sc.namespace_options.unwrap_or_default();
+    let node = cri::NamespaceMode::Node as i32;
+    #[allow(deprecated)]
+    let seccomp = match (&sc.seccomp, sc.seccomp_profile_path.as_str()) {
+        (Some(p), _) => match cri::security_profile::ProfileType::try_from(p.profile_type) {
+            Ok(cri::security_profile::ProfileType::Unconfined) => None,
+            Ok(cri::security_profile::ProfileType::Localhost) => {
+                Some(load_seccomp(&p.localhost_ref)?)
+            }
+            Ok(cri::security_profile::ProfileType::RuntimeDefault) => {
+                return Err(Status::failed_precondition(
+                    "seccomp RuntimeDefault for pod sandboxes is not implemented yet; use Unconfined or a Localhost profile",
+                ));
+            }
+            Err(_) => {
+                return Err(invalid(format!(
+                    "unknown seccomp profile type {}",
+                    p.profile_type
+                )));
+            }
+        },
+        (None, "" | "unconfined") => None,
+        (None, path) if path.starts_with("localhost/") => {
+            Some(load_seccomp(&path["localhost/".len()..])?)
+        }
+        (None, other) => {
+            return Err(Status::failed_precondition(format!(
+                "seccomp profile {other:?} for pod sandboxes is not supported yet"
+            )));
+        }
+    };
+    Ok(PodConfig {
+        meta: PodMeta {
+            name: m.name,
+            namespace: m.namespace,
+            uid: m.uid,
+            attempt: m.attempt,
+        },
+        hostname: c.hostname,
+        log_directory: c.log_directory,
+        dns: c.dns_config.map(|d| Dns {
+            servers: d.servers,
+            searches: d.searches,
+            options: d.options,
+        }),
+        port_mappings,
+        labels: to_btree(c.labels),
+        annotations: to_btree(c.annotations),
+        host_network: ns.network == node,
+        host_ipc: ns.ipc == node,
+        host_pid: ns.pid == node,
+        cgroup_parent: linux.cgroup_parent,
+        sysctls: to_btree(linux.sysctls),
+        privileged: sc.privileged,
+        readonly_rootfs: sc.readonly_rootfs,
+        run_as_user: sc
+            .run_as_user
+            .as_ref()
+            .map(|v| id_of(v, "run_as_user"))
+            .transpose()?,
+        run_as_group: sc
+            .run_as_group
+            .as_ref()
+            .map(|v| id_of(v, "run_as_group"))
+            .transpose()?,
+        supplemental_groups: sc
+            .supplemental_groups
+            .iter()
+            .map(|g| {
+                u32::try_from(*g)
+                    .map_err(|_| invalid(format!("supplemental group {g} out of range")))
+            })
+            .collect::<Result<_, _>>()?,
+        seccomp,
+        runtime_handler: req.runtime_handler,
+    })
+}
+
+fn load_seccomp(path: &str) -> Result<serde_json::Value, Status> {
+    if !path.starts_with('/') {
+        return Err(invalid(format!(
+            "seccomp localhost profile {path:?} must be an absolute path"
+        )));
+    }
+    let text = std::fs::read(path)
+        .map_err(|e| Status::failed_precondition(format!("read seccomp profile {path}: {e}")))?;
+    serde_json::from_slice(&text).map_err(|e| invalid(format!("seccomp profile {path}: {e}")))
+}
+
+fn meta(r: &PodRecord) -> cri::PodSandboxMetadata {
+    let m = &r.config.meta;
+    cri::PodSandboxMetadata {
+        name: m.name.clone(),
+        uid: m.uid.clone(),
+        namespace: m.namespace.clone(),
+        attempt: m.attempt,
+    }
+}
+
+fn state(s: PodState) -> i32 {
+    match s {
+        PodState::Ready => cri::PodSandboxState::SandboxReady as i32,
+        PodState::NotReady => cri::PodSandboxState::SandboxNotready as i32,
+    }
+}
+
+/// A pod for ListPodSandbox.
+pub(crate) fn to_pod(r: &PodRecord) -> cri::PodSandbox {
+    cri::PodSandbox {
+        id: r.id.clone(),
+        metadata: Some(meta(r)),
+        state: state(r.state),
+        created_at: r.created_ns,
+        labels: r.config.labels.clone().into_iter().collect(),
+        annotations: r.config.annotations.clone().into_iter().collect(),
+        runtime_handler: r.handler.clone(),
+    }
+}
+
+/// A pod's status for PodSandboxStatus.
+pub(crate) fn to_status(r: &PodRecord) -> cri::PodSandboxStatus {
+    let mode = |host: bool, own: cri::NamespaceMode| {
+        if host {
+            cri::NamespaceMode::Node as i32
+        } else {
+            own as i32
+        }
+    };
+    let mut ips = r.ips.iter();
+    cri::PodSandboxStatus {
+        id: r.id.clone(),
+        metadata: Some(meta(r)),
+        state: state(r.state),
+        created_at: r.created_ns,
+        network: Some(cri::PodSandboxNetworkStatus {
+            ip: ips.next().cloned().unwrap_or_default(),
+            additional_ips: ips.map(|ip| cri::PodIp { ip: ip.clone() }).collect(),
+        }),
+        linux: Some(cri::LinuxPodSandboxStatus {
+            namespaces: Some(cri::Namespace {
+                options: Some(cri::NamespaceOption {
+                    network: mode(r.config.host_network, cri::NamespaceMode::Pod),
+                    pid: mode(r.config.host_pid, cri::NamespaceMode::Container),
+                    ipc: mode(r.config.host_ipc, cri::NamespaceMode::Pod),
+                    ..Default::default()
+                }),
+            }),
+        }),
+        labels: r.config.labels.clone().into_iter().collect(),
+        annotations: r.config.annotations.clone().into_iter().collect(),
+        runtime_handler: r.handler.clone(),
+    }
+}
+
+/// The `verbose` info map, like containerd's.
+pub(crate) fn verbose_info(r: &PodRecord) -> HashMap<String, String> {
+    let info = serde_json::json!({
+        "pid": r.pid,
+        "processStatus": if r.state == PodState::Ready { "running" } else { "stopped" },
+        "netNamespacePath": r.netns,
+        "runtimeHandler": r.handler,
+        "shimBinary": r.shim_binary,
+        "cniResult": r.cni_result,
+        "config": r.config,
+        "runtimeSpec": r.spec,
+    });
+    HashMap::from([("info".to_string(), info.to_string())])
+}
+
+/// ListPodSandbox's filter.
+pub(crate) fn filter(f: Option<cri::PodSandboxFilter>) -> PodFilter {
+    let Some(f) = f else {
+        return PodFilter::default();
+    };
+    PodFilter {
+        id: Some(f.id).filter(|i| !i.is_empty()),
+        state: f.state.map(|s| {
+            if s.state == cri::PodSandboxState::SandboxReady as i32 {
+                PodState::Ready
+            } else {
+                PodState::NotReady
+            }
+        }),
+        labels: to_btree(f.label_selector),
+    }
+}

@@ -1,0 +1,971 @@
+//! Pod sandboxes: the pause container under a shim v2, its network namespace and CNI
+//! attachment, its files (`hostname`, `resolv.conf`, `hosts`, `/dev/shm`), its snapshot.
+//!
+//! State machine (persisted in the `sandboxes` table; CRI state in brackets):
+//!
+//! ```text
+//!   RunPodSandbox ──► NotReady (recorded first, so a crash leaves a record to clean up)
+//!        │  netns, CNI ADD, files, shm, snapshot, shim, task start
+//!        ▼
+//!      Ready [SANDBOX_READY] ──pause exits (event) / StopPodSandbox──► NotReady [SANDBOX_NOTREADY]
+//!                                                                        │ RemovePodSandbox
+//!                                                                        ▼
+//!                                                                     (gone)
+//! ```
+//!
+//! Every step of RunPodSandbox registers its undo; a failure runs them in reverse and, if an
+//! undo itself fails, keeps the pod as NotReady so a later Stop/Remove finishes the job.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use berth_image::ImageService;
+use berth_image::store::Store;
+use berth_network::cni::{Attachment, Cni, CniPaths};
+use berth_network::netns::NetnsDir;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+use crate::registrar::Registrar;
+use crate::shim::events::{EventHub, TaskEvent};
+use crate::shim::{self, RuncOptions, Shim, ShimEnv};
+use crate::spec::{SandboxSpec, own_oom_score_adj};
+
+const TABLE: &str = "sandboxes";
+const SIGKILL: u32 = 9;
+
+/// A RuntimeClass handler, resolved from the config.
+#[derive(Debug, Clone)]
+pub struct Handler {
+    /// `io.containerd.runc.v2`, …
+    pub runtime_type: String,
+    /// The shim binary name it implies (`containerd-shim-runc-v2`).
+    pub shim: String,
+    /// An explicit shim path.
+    pub runtime_path: Option<PathBuf>,
+    /// runc shim options.
+    pub options: RuncOptions,
+}
+
+/// How the pod manager is set up.
+#[derive(Debug, Clone)]
+pub struct PodManagerConfig {
+    /// berth's runtime state directory.
+    pub state_dir: PathBuf,
+    /// The pause image.
+    pub sandbox_image: String,
+    /// The handler for pods that name none.
+    pub default_handler: String,
+    /// Handlers by name.
+    pub handlers: BTreeMap<String, Handler>,
+    /// What shims are told about berth.
+    pub shim_env: ShimEnv,
+    /// CNI directories.
+    pub cni: CniPaths,
+}
+
+/// Pod metadata, as the kubelet names a pod.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PodMeta {
+    /// Pod name.
+    pub name: String,
+    /// Pod namespace.
+    pub namespace: String,
+    /// Pod UID.
+    pub uid: String,
+    /// Attempt number.
+    pub attempt: u32,
+}
+
+/// DNS settings for the pod's resolv.conf.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Dns {
+    /// Name servers.
+    pub servers: Vec<String>,
+    /// Search domains.
+    pub searches: Vec<String>,
+    /// Resolver options.
+    pub options: Vec<String>,
+}
+
+/// A host port mapping.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PortMapping {
+    /// `tcp`, `udp` or `sctp`.
+    pub protocol: String,
+    /// Port in the pod.
+    pub container_port: i32,
+    /// Port on the host.
+    pub host_port: i32,
+    /// Host address to bind, empty for all.
+    pub host_ip: String,
+}
+
+/// What RunPodSandbox asked for (validated by the agent).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct PodConfig {
+    /// Metadata.
+    pub meta: PodMeta,
+    /// Hostname.
+    pub hostname: String,
+    /// Where container logs go.
+    pub log_directory: String,
+    /// DNS, or `None` for the host's resolv.conf.
+    pub dns: Option<Dns>,
+    /// Port mappings.
+    pub port_mappings: Vec<PortMapping>,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+    /// Annotations.
+    pub annotations: BTreeMap<String, String>,
+    /// Use the host's network namespace.
+    pub host_network: bool,
+    /// Use the host's IPC namespace.
+    pub host_ipc: bool,
+    /// Use the host's pid namespace.
+    pub host_pid: bool,
+    /// Cgroup parent.
+    pub cgroup_parent: String,
+    /// Sysctls.
+    pub sysctls: BTreeMap<String, String>,
+    /// Privileged.
+    pub privileged: bool,
+    /// Read-only root filesystem for the pause container.
+    pub readonly_rootfs: bool,
+    /// uid override.
+    pub run_as_user: Option<u32>,
+    /// gid override.
+    pub run_as_group: Option<u32>,
+    /// Supplemental groups.
+    pub supplemental_groups: Vec<u32>,
+    /// A seccomp profile (OCI JSON), `None` for unconfined.
+    pub seccomp: Option<Value>,
+    /// RuntimeClass handler.
+    pub runtime_handler: String,
+}
+
+/// Ready or not.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub enum PodState {
+    /// The pause container runs.
+    Ready,
+    /// Stopped, failed half-way, or its pause container died.
+    NotReady,
+}
+
+/// A pod as berth keeps it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PodRecord {
+    /// The sandbox id.
+    pub id: String,
+    /// What was asked for.
+    pub config: PodConfig,
+    /// Creation time (Unix ns).
+    pub created_ns: i64,
+    /// State.
+    pub state: PodState,
+    /// The pinned netns, unless host network.
+    pub netns: Option<PathBuf>,
+    /// IPs from CNI, primary first.
+    pub ips: Vec<String>,
+    /// The pause process.
+    pub pid: u32,
+    /// The handler used.
+    pub handler: String,
+    /// The shim binary used.
+    pub shim_binary: PathBuf,
+    /// The CNI result.
+    pub cni_result: Option<Value>,
+    /// The pause container's OCI spec.
+    pub spec: Value,
+}
+
+impl PodRecord {
+    /// `<name>_<namespace>_<uid>_<attempt>`, the name the registrar holds.
+    pub fn name(&self) -> String {
+        pod_name(&self.config.meta)
+    }
+}
+
+fn pod_name(m: &PodMeta) -> String {
+    format!("{}_{}_{}_{}", m.name, m.namespace, m.uid, m.attempt)
+}
+
+fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+/// Filters for ListPodSandbox.
+#[derive(Debug, Clone, Default)]
+pub struct PodFilter {
+    /// Id or id prefix.
+    pub id: Option<String>,
+    /// State.
+    pub state: Option<PodState>,
+    /// Labels that must all match.
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Runs, stops, removes and reports pod sandboxes.
+pub struct PodManager {
+    cfg: PodManagerConfig,
+    store: Store,
+    images: Arc<ImageService>,
+    cni: Cni,
+    netns: NetnsDir,
+    registrar: Registrar,
+    pods: RwLock<HashMap<String, PodRecord>>,
+    shims: RwLock<HashMap<String, Shim>>,
+    logs: std::sync::Mutex<HashMap<String, shim::ShimLog>>,
+    locks: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    hub: EventHub,
+}
+
+impl std::fmt::Debug for PodManager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PodManager").finish_non_exhaustive()
+    }
+}
+
+enum Undo {
+    Record,
+    Netns(String),
+    Cni(Attachment),
+    Dir(PathBuf),
+    Shm(PathBuf),
+    Snapshot(String),
+    Shim(Shim),
+}
+
+impl PodManager {
+    /// Loads pods, reconnects to their shims (a pod whose shim is gone becomes NotReady), and
+    /// starts following shim events.
+    pub async fn open(
+        cfg: PodManagerConfig,
+        store: Store,
+        images: Arc<ImageService>,
+        hub: EventHub,
+    ) -> Result<Arc<Self>> {
+        let netns = NetnsDir::new(cfg.state_dir.join("netns"));
+        let cni = Cni::new(cfg.cni.clone());
+        let mgr = Arc::new(PodManager {
+            cfg,
+            store,
+            images,
+            cni,
+            netns,
+            registrar: Registrar::default(),
+            pods: RwLock::new(HashMap::new()),
+            shims: RwLock::new(HashMap::new()),
+            logs: Default::default(),
+            locks: Default::default(),
+            hub,
+        });
+        mgr.recover().await?;
+        let weak = Arc::downgrade(&mgr);
+        let mut events = mgr.hub.subscribe();
+        tokio::spawn(async move {
+            loop {
+                let ev = match events.recv().await {
+                    Ok(e) => e,
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        tracing::warn!(missed = n, "shim events were dropped");
+                        continue;
+                    }
+                    Err(_) => return,
+                };
+                let Some(m) = weak.upgrade() else { return };
+                if let TaskEvent::Exit {
+                    container_id,
+                    id,
+                    exit_status,
+                    ..
+                } = ev
+                    && container_id == id
+                {
+                    m.on_pause_exit(&container_id, exit_status);
+                }
+            }
+        });
+        Ok(mgr)
+    }
+
+    async fn recover(&self) -> Result<()> {
+        let records: Vec<(String, PodRecord)> = self.store.list(TABLE).map_err(store_err)?;
+        for (_, mut rec) in records {
+            self.registrar.reserve(&rec.name(), &rec.id)?.commit();
+            if rec.state == PodState::Ready {
+                let bundle = self.bundle(&rec.id);
+                let alive = match std::fs::read_to_string(bundle.join("address")) {
+                    Ok(addr) => match Shim::connect(addr.trim()).await {
+                        Ok(s) => match s.state(&rec.id).await {
+                            Ok(st) if st.status.value() == 2 => Some(s),
+                            _ => None,
+                        },
+                        Err(_) => None,
+                    },
+                    Err(_) => None,
+                };
+                match alive {
+                    Some(s) => {
+                        if let Ok(log) = shim::open_log(&bundle, &rec.id) {
+                            self.logs
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .insert(rec.id.clone(), log);
+                        }
+                        self.shims
+                            .write()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .insert(rec.id.clone(), s);
+                        tracing::info!(pod = rec.id, "reconnected to the pod's shim");
+                    }
+                    None => {
+                        tracing::warn!(
+                            pod = rec.id,
+                            "the pod's shim or pause process is gone; pod is NotReady"
+                        );
+                        rec.state = PodState::NotReady;
+                        self.store.put(TABLE, &rec.id, &rec).map_err(store_err)?;
+                    }
+                }
+            }
+            self.pods
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(rec.id.clone(), rec);
+        }
+        Ok(())
+    }
+
+    fn on_pause_exit(&self, id: &str, status: u32) {
+        let mut pods = self.pods.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(rec) = pods.get_mut(id)
+            && rec.state == PodState::Ready
+        {
+            tracing::info!(
+                pod = id,
+                exit_status = status,
+                "pause container exited; pod is NotReady"
+            );
+            rec.state = PodState::NotReady;
+            if let Err(e) = self.store.put(TABLE, id, rec) {
+                tracing::error!(pod = id, err = %e, "failed to persist pod state");
+            }
+        }
+    }
+
+    fn lock(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.locks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(id.to_string())
+            .or_default()
+            .clone()
+    }
+
+    fn dir(&self, id: &str) -> PathBuf {
+        self.cfg.state_dir.join("sandboxes").join(id)
+    }
+
+    fn bundle(&self, id: &str) -> PathBuf {
+        self.dir(id).join("bundle")
+    }
+
+    /// The handlers and whether each one's shim binary is installed.
+    pub fn handlers(&self) -> &BTreeMap<String, Handler> {
+        &self.cfg.handlers
+    }
+
+    /// Resolves a handler name to its shim binary.
+    pub fn resolve_handler(&self, name: &str) -> Result<(String, &Handler, PathBuf)> {
+        let name = if name.is_empty() {
+            self.cfg.default_handler.as_str()
+        } else {
+            name
+        };
+        let h = self.cfg.handlers.get(name).ok_or_else(|| {
+            Error::Invalid(format!(
+                "no runtime handler {name:?} is configured (configured: {})",
+                self.cfg
+                    .handlers
+                    .keys()
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+        })?;
+        let bin = shim::find_shim(&h.shim, h.runtime_path.as_deref())?;
+        Ok((name.to_string(), h, bin))
+    }
+
+    /// RunPodSandbox.
+    pub async fn run(&self, config: PodConfig) -> Result<String> {
+        let (handler_name, handler, shim_binary) = self.resolve_handler(&config.runtime_handler)?;
+        let handler = handler.clone();
+        let id = hex::encode(rand::random::<[u8; 32]>());
+        let name = pod_name(&config.meta);
+        let reservation = self.registrar.reserve(&name, &id)?;
+        let lock = self.lock(&id);
+        let _g = lock.lock().await;
+
+        let image = match self.images.resolve(&self.cfg.sandbox_image) {
+            Ok(r) => r,
+            Err(_) => self
+                .images
+                .pull(&self.cfg.sandbox_image, None)
+                .await
+                .map_err(|e| {
+                    Error::Image(format!(
+                        "pull sandbox image {}: {e}",
+                        self.cfg.sandbox_image
+                    ))
+                })?,
+        };
+        let image_config = self
+            .images
+            .config(&image)
+            .map_err(|e| Error::Image(e.to_string()))?;
+
+        let mut rec = PodRecord {
+            id: id.clone(),
+            config: config.clone(),
+            created_ns: now_ns(),
+            state: PodState::NotReady,
+            netns: None,
+            ips: vec![],
+            pid: 0,
+            handler: handler_name,
+            shim_binary: shim_binary.clone(),
+            cni_result: None,
+            spec: Value::Null,
+        };
+        let mut undo: Vec<Undo> = Vec::new();
+        let res = self
+            .run_steps(&mut rec, &handler, &image, &image_config, &mut undo)
+            .await;
+        match res {
+            Ok(()) => {
+                rec.state = PodState::Ready;
+                self.store.put(TABLE, &id, &rec).map_err(store_err)?;
+                self.pods
+                    .write()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(id.clone(), rec);
+                reservation.commit();
+                Ok(id)
+            }
+            Err(e) => {
+                let mut failed_undo = false;
+                for step in undo.into_iter().rev() {
+                    if let Err(ue) = self.undo(&id, step).await {
+                        tracing::error!(pod = id, err = %ue, "rollback step failed; pod kept as NotReady for a later Stop/Remove");
+                        failed_undo = true;
+                    }
+                }
+                if failed_undo {
+                    self.pods
+                        .write()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(id.clone(), rec);
+                    reservation.commit();
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn run_steps(
+        &self,
+        rec: &mut PodRecord,
+        handler: &Handler,
+        image: &berth_image::ImageRecord,
+        image_config: &berth_image::manifest::ImageConfig,
+        undo: &mut Vec<Undo>,
+    ) -> Result<()> {
+        let id = rec.id.clone();
+        let cfg = rec.config.clone();
+        // Recorded before any network work: whatever happens next, a record exists that a
+        // later Stop/Remove (or the rollback) uses to release the IP.
+        self.store.put(TABLE, &id, rec).map_err(store_err)?;
+        undo.push(Undo::Record);
+
+        let dir = self.dir(&id);
+        std::fs::create_dir_all(dir.join("bundle/rootfs"))
+            .map_err(|e| Error::io(format!("create {}", dir.display()), e))?;
+        undo.push(Undo::Dir(dir.clone()));
+
+        if !cfg.host_network {
+            let path = self.netns.create(&netns_name(&id)).map_err(net_err)?;
+            undo.push(Undo::Netns(netns_name(&id)));
+            rec.netns = Some(path.clone());
+            self.store.put(TABLE, &id, rec).map_err(store_err)?;
+            let a = self.attachment(rec);
+            let net = self.cni.network().map_err(net_err)?;
+            undo.push(Undo::Cni(a.clone()));
+            let result = self.cni.add(&net, &a).await.map_err(net_err)?;
+            rec.ips = result.ips.iter().map(|i| i.ip().to_string()).collect();
+            rec.cni_result = Some(result.raw);
+            self.store.put(TABLE, &id, rec).map_err(store_err)?;
+        }
+
+        write_pod_files(&dir, &cfg)?;
+        let shm = if cfg.host_ipc {
+            None
+        } else {
+            let shm = dir.join("shm");
+            mount_shm(&shm)?;
+            undo.push(Undo::Shm(shm.clone()));
+            Some(shm)
+        };
+
+        let mounts = self
+            .images
+            .snapshots()
+            .prepare(&id, image.top_chain())
+            .map_err(|e| Error::Image(e.to_string()))?;
+        undo.push(Undo::Snapshot(id.clone()));
+
+        let cc = image_config.config.clone().unwrap_or_default();
+        let mut args = cc.entrypoint.clone().unwrap_or_default();
+        args.extend(cc.cmd.clone().unwrap_or_default());
+        let (img_uid, img_gid) = numeric_user(&cc.user);
+        let uid = cfg.run_as_user.unwrap_or(img_uid);
+        let gid = cfg.run_as_group.unwrap_or(img_gid);
+        let mut annotations = cfg.annotations.clone();
+        annotations.insert("io.kubernetes.cri.container-type".into(), "sandbox".into());
+        annotations.insert("io.kubernetes.cri.sandbox-id".into(), id.clone());
+        annotations.insert(
+            "io.kubernetes.cri.sandbox-name".into(),
+            cfg.meta.name.clone(),
+        );
+        annotations.insert(
+            "io.kubernetes.cri.sandbox-namespace".into(),
+            cfg.meta.namespace.clone(),
+        );
+        annotations.insert("io.kubernetes.cri.sandbox-uid".into(), cfg.meta.uid.clone());
+        annotations.insert(
+            "io.kubernetes.cri.sandbox-log-directory".into(),
+            cfg.log_directory.clone(),
+        );
+        let spec = SandboxSpec {
+            id: id.clone(),
+            args,
+            env: cc.env.clone().unwrap_or_default(),
+            user: (uid, gid, cfg.supplemental_groups.clone()),
+            hostname: cfg.hostname.clone(),
+            netns: rec.netns.clone(),
+            host_ipc: cfg.host_ipc,
+            host_pid: cfg.host_pid,
+            shm,
+            cgroup_parent: cfg.cgroup_parent.clone(),
+            sysctls: cfg.sysctls.clone(),
+            readonly_rootfs: cfg.readonly_rootfs,
+            privileged: cfg.privileged,
+            seccomp: cfg.seccomp.clone(),
+            annotations,
+            daemon_oom_score_adj: own_oom_score_adj(),
+        }
+        .build("rootfs")?;
+        let bundle = dir.join("bundle");
+        std::fs::write(
+            bundle.join("config.json"),
+            serde_json::to_vec(&spec).unwrap_or_default(),
+        )
+        .map_err(|e| Error::io("write config.json", e))?;
+        rec.spec = spec;
+
+        let log = shim::open_log(&bundle, &id)?;
+        self.logs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.clone(), log);
+        let address = shim::start(&rec.shim_binary, &self.cfg.shim_env, &id, &bundle, &[]).await?;
+        let s = Shim::connect(&address).await?;
+        undo.push(Undo::Shim(s.clone()));
+        let rootfs: Vec<containerd_shim_protos::api::Mount> = mounts
+            .into_iter()
+            .map(|m| containerd_shim_protos::api::Mount {
+                type_: m.kind,
+                source: m.source,
+                options: m.options,
+                ..Default::default()
+            })
+            .collect();
+        rec.pid = s
+            .create(
+                &id,
+                &bundle,
+                rootfs,
+                ["", "", ""],
+                false,
+                Some(handler.options.clone()),
+            )
+            .await?;
+        s.start(&id).await?;
+        self.shims
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.clone(), s);
+        Ok(())
+    }
+
+    fn attachment(&self, rec: &PodRecord) -> Attachment {
+        let m = &rec.config.meta;
+        let mut caps = serde_json::Map::new();
+        if !rec.config.port_mappings.is_empty() {
+            let pm: Vec<Value> = rec
+                .config
+                .port_mappings
+                .iter()
+                .filter(|p| p.host_port > 0)
+                .map(|p| serde_json::json!({"hostPort": p.host_port, "containerPort": p.container_port, "protocol": p.protocol, "hostIP": p.host_ip}))
+                .collect();
+            caps.insert("portMappings".into(), Value::Array(pm));
+        }
+        Attachment {
+            container_id: rec.id.clone(),
+            netns: rec.netns.clone().unwrap_or_default(),
+            ifname: "eth0".into(),
+            args: vec![
+                ("IgnoreUnknown".into(), "1".into()),
+                ("K8S_POD_NAMESPACE".into(), m.namespace.clone()),
+                ("K8S_POD_NAME".into(), m.name.clone()),
+                ("K8S_POD_INFRA_CONTAINER_ID".into(), rec.id.clone()),
+                ("K8S_POD_UID".into(), m.uid.clone()),
+            ],
+            capabilities: caps,
+        }
+    }
+
+    async fn undo(&self, id: &str, step: Undo) -> Result<()> {
+        match step {
+            Undo::Record => {
+                self.pods
+                    .write()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(id);
+                self.store.delete(TABLE, id).map_err(store_err)
+            }
+            Undo::Netns(name) => self.netns.remove(&name).map_err(net_err),
+            Undo::Cni(a) => self.cni.del(None, &a).await.map_err(net_err),
+            Undo::Dir(d) => match std::fs::remove_dir_all(&d) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    Err(Error::io(format!("remove {}", d.display()), e))
+                }
+                _ => Ok(()),
+            },
+            Undo::Shm(p) => unmount(&p),
+            Undo::Snapshot(key) => self
+                .images
+                .snapshots()
+                .remove_active(&key)
+                .map_err(|e| Error::Image(e.to_string())),
+            Undo::Shim(s) => {
+                let _ = s.kill(id, SIGKILL, true).await;
+                let _ = tokio::time::timeout(std::time::Duration::from_secs(10), s.wait(id)).await;
+                let _ = s.delete(id).await;
+                let _ = s.shutdown(id).await;
+                self.shims
+                    .write()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(id);
+                self.logs
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(id);
+                Ok(())
+            }
+        }
+    }
+
+    /// StopPodSandbox: stops the pause container, tears down the network, unmounts shm.
+    /// Idempotent; an unknown id is NotFound.
+    pub async fn stop(&self, id: &str) -> Result<()> {
+        let id = self.resolve(id)?;
+        let lock = self.lock(&id);
+        let _g = lock.lock().await;
+        let rec = self.get(&id)?;
+        self.stop_task(&rec).await?;
+        if let Some(ns) = &rec.netns {
+            if ns.exists() {
+                let a = self.attachment(&rec);
+                self.cni.del(None, &a).await.map_err(net_err)?;
+            }
+            self.netns.remove(&netns_name(&id)).map_err(net_err)?;
+        }
+        unmount(&self.dir(&id).join("shm"))?;
+        let mut pods = self.pods.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(r) = pods.get_mut(&id) {
+            r.state = PodState::NotReady;
+            self.store.put(TABLE, &id, r).map_err(store_err)?;
+        }
+        Ok(())
+    }
+
+    async fn stop_task(&self, rec: &PodRecord) -> Result<()> {
+        let id = &rec.id;
+        let s = self
+            .shims
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .cloned();
+        match s {
+            Some(s) => {
+                match s.kill(id, SIGKILL, true).await {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == crate::ErrorKind::NotFound => {}
+                    Err(e) => tracing::debug!(pod = id, err = %e, "kill failed (already stopped?)"),
+                }
+                let _ = tokio::time::timeout(std::time::Duration::from_secs(10), s.wait(id)).await;
+                match s.delete(id).await {
+                    Ok(_) => {}
+                    Err(e) if e.kind() == crate::ErrorKind::NotFound => {}
+                    Err(e) => return Err(e),
+                }
+                s.shutdown(id).await?;
+                self.shims
+                    .write()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(id);
+                self.logs
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(id);
+            }
+            None => {
+                // No live shim (it died, or berth restarted after it did): let the shim binary
+                // clean up what runc left, if anything.
+                let bundle = self.bundle(id);
+                if bundle.join("config.json").exists() && bundle.join("address").exists() {
+                    if let Err(e) =
+                        shim::delete_dead(&rec.shim_binary, &self.cfg.shim_env, id, &bundle).await
+                    {
+                        tracing::debug!(pod = id, err = %e, "shim delete of a dead task");
+                    }
+                    let _ = std::fs::remove_file(bundle.join("address"));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// RemovePodSandbox: stops the pod if needed and removes everything it had. An unknown id
+    /// is not an error (CRI: idempotent).
+    pub async fn remove(&self, id: &str) -> Result<()> {
+        let id = match self.resolve(id) {
+            Ok(i) => i,
+            Err(Error::NotFound(_)) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        self.stop(&id).await?;
+        let lock = self.lock(&id);
+        let _g = lock.lock().await;
+        let rec = self.get(&id)?;
+        unmount(&self.bundle(&id).join("rootfs"))?;
+        self.images
+            .snapshots()
+            .remove_active(&id)
+            .map_err(|e| Error::Image(e.to_string()))?;
+        let dir = self.dir(&id);
+        if let Err(e) = std::fs::remove_dir_all(&dir)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            return Err(Error::io(format!("remove {}", dir.display()), e));
+        }
+        self.store.delete(TABLE, &id).map_err(store_err)?;
+        self.pods
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
+        self.registrar.release(&rec.name());
+        self.locks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
+        Ok(())
+    }
+
+    /// Finds a pod by id or unique id prefix.
+    pub fn resolve(&self, id: &str) -> Result<String> {
+        if id.is_empty() {
+            return Err(Error::Invalid("pod sandbox id is empty".into()));
+        }
+        let pods = self.pods.read().unwrap_or_else(|p| p.into_inner());
+        if pods.contains_key(id) {
+            return Ok(id.to_string());
+        }
+        let mut m = pods.keys().filter(|k| k.starts_with(id));
+        match (m.next(), m.next()) {
+            (Some(one), None) => Ok(one.clone()),
+            (Some(_), Some(_)) => Err(Error::Invalid(format!(
+                "pod sandbox id prefix {id:?} is ambiguous"
+            ))),
+            _ => Err(Error::NotFound(format!("pod sandbox {id:?} not found"))),
+        }
+    }
+
+    /// The record of pod `id` (exact).
+    pub fn get(&self, id: &str) -> Result<PodRecord> {
+        self.pods
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .cloned()
+            .ok_or_else(|| Error::NotFound(format!("pod sandbox {id:?} not found")))
+    }
+
+    /// ListPodSandbox.
+    pub fn list(&self, f: &PodFilter) -> Vec<PodRecord> {
+        let pods = self.pods.read().unwrap_or_else(|p| p.into_inner());
+        let mut out: Vec<PodRecord> = pods
+            .values()
+            .filter(|r| f.id.as_ref().is_none_or(|i| r.id.starts_with(i.as_str())))
+            .filter(|r| f.state.is_none_or(|s| r.state == s))
+            .filter(|r| {
+                f.labels
+                    .iter()
+                    .all(|(k, v)| r.config.labels.get(k) == Some(v))
+            })
+            .cloned()
+            .collect();
+        out.sort_by_key(|r| r.created_ns);
+        out
+    }
+}
+
+fn netns_name(id: &str) -> String {
+    format!("cni-{}", &id[..id.len().min(32)])
+}
+
+fn numeric_user(user: &str) -> (u32, u32) {
+    let mut it = user.split(':');
+    let uid = it.next().and_then(|u| u.parse().ok()).unwrap_or(0);
+    let gid = it.next().and_then(|g| g.parse().ok()).unwrap_or(uid);
+    (uid, gid)
+}
+
+fn store_err(e: berth_image::Error) -> Error {
+    Error::Image(format!("metadata store: {e}"))
+}
+
+fn net_err(e: berth_network::Error) -> Error {
+    Error::Network(e)
+}
+
+/// Writes `hostname`, `resolv.conf` and `hosts` for the pod's containers.
+fn write_pod_files(dir: &Path, cfg: &PodConfig) -> Result<()> {
+    let w = |name: &str, data: &str| {
+        std::fs::write(dir.join(name), data).map_err(|e| Error::io(format!("write {name}"), e))
+    };
+    let hostname = if cfg.host_network {
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .unwrap_or_default()
+            .trim()
+            .to_string()
+    } else {
+        cfg.hostname.clone()
+    };
+    w("hostname", &format!("{hostname}\n"))?;
+    let resolv = match &cfg.dns {
+        Some(d) if !(d.servers.is_empty() && d.searches.is_empty() && d.options.is_empty()) => {
+            let mut s = String::new();
+            if !d.searches.is_empty() {
+                s.push_str(&format!("search {}\n", d.searches.join(" ")));
+            }
+            for n in &d.servers {
+                s.push_str(&format!("nameserver {n}\n"));
+            }
+            if !d.options.is_empty() {
+                s.push_str(&format!("options {}\n", d.options.join(" ")));
+            }
+            s
+        }
+        _ => std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
+    };
+    w("resolv.conf", &resolv)?;
+    let hosts = if cfg.host_network {
+        std::fs::read_to_string("/etc/hosts").unwrap_or_default()
+    } else {
+        "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\nfe00::0\tip6-localnet\nfe00::0\tip6-mcastprefix\nfe00::1\tip6-allnodes\nfe00::2\tip6-allrouters\n".to_string()
+    };
+    w("hosts", &hosts)
+}
+
+fn mount_shm(path: &Path) -> Result<()> {
+    std::fs::create_dir_all(path)
+        .map_err(|e| Error::io(format!("create {}", path.display()), e))?;
+    use rustix::mount::{MountFlags, mount};
+    mount(
+        "shm",
+        path,
+        "tmpfs",
+        MountFlags::NODEV | MountFlags::NOEXEC | MountFlags::NOSUID,
+        c"mode=1777,size=65536k",
+    )
+    .map_err(|e| Error::io(format!("mount shm at {}", path.display()), e.into()))
+}
+
+/// Unmounts `path` if it is a mount point; anything else is success.
+fn unmount(path: &Path) -> Result<()> {
+    match rustix::mount::unmount(path, rustix::mount::UnmountFlags::DETACH) {
+        Ok(()) | Err(rustix::io::Errno::INVAL) | Err(rustix::io::Errno::NOENT) => Ok(()),
+        Err(e) => Err(Error::io(format!("unmount {}", path.display()), e.into())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolv_conf_and_hosts() {
+        let d = tempfile::tempdir().unwrap();
+        let cfg = PodConfig {
+            hostname: "web-0".into(),
+            dns: Some(Dns {
+                servers: vec!["10.96.0.10".into()],
+                searches: vec!["ns.svc.cluster.local".into(), "svc.cluster.local".into()],
+                options: vec!["ndots:5".into()],
+            }),
+            ..Default::default()
+        };
+        write_pod_files(d.path(), &cfg).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(d.path().join("hostname")).unwrap(),
+            "web-0\n"
+        );
+        assert_eq!(
+            std::fs::read_to_string(d.path().join("resolv.conf")).unwrap(),
+            "search ns.svc.cluster.local svc.cluster.local\nnameserver 10.96.0.10\noptions ndots:5\n"
+        );
+        assert!(
+            std::fs::read_to_string(d.path().join("hosts"))
+                .unwrap()
+                .starts_with("127.0.0.1\tlocalhost\n")
+        );
+    }
+
+    #[test]
+    fn users_and_names() {
+        assert_eq!(numeric_user("65535:65535"), (65535, 65535));
+        assert_eq!(numeric_user("1000"), (1000, 1000));
+        assert_eq!(numeric_user(""), (0, 0));
+        assert_eq!(
+            pod_name(&PodMeta {
+                name: "a".into(),
+                namespace: "b".into(),
+                uid: "c".into(),
+                attempt: 1
+            }),
+            "a_b_c_1"
+        );
+        assert_eq!(netns_name(&"f".repeat(64)).len(), 36);
+    }
+}
