@@ -47,7 +47,7 @@ impl Berth {
         Self::start_with_config("")
     }
 
-    /// Starts berth; `extra` is appended to the generated config.
+    /// Starts berth; `extra` (top-level keys first, then tables) leads the generated config.
     pub fn start_with_config(extra: &str) -> anyhow::Result<Self> {
         let bin = berth_bin();
         if !bin.exists() {
@@ -63,7 +63,7 @@ impl Berth {
         std::fs::write(
             &config,
             format!(
-                "[registry]\nconfig_path = \"{}\"\n{extra}",
+                "{extra}\n[registry]\nconfig_path = \"{}\"\n",
                 certs_d.display()
             ),
         )?;
@@ -195,9 +195,110 @@ impl Drop for Berth {
                 );
             }
         }
+        self.remove_all_pods();
         if self.child.is_some() && self.stop().is_err() {
             self.kill();
         }
+        // Whatever a failed test left behind: shims started for this berth (matched by the
+        // socket they were given), then every mount under the temp dir (netns, shm, rootfs).
+        kill_shims_of(&self.socket);
+        crate::unmount_under(self.dir.path());
+    }
+}
+
+impl Berth {
+    /// Stops and removes every pod over CRI, as the kubelet would, so that CNI DEL runs
+    /// (leases, veths and portmap rules are released) even when a test failed half-way.
+    pub fn remove_all_pods(&mut self) {
+        if !self.running() {
+            return;
+        }
+        let socket = self.socket.clone();
+        // Drop may run inside a test's runtime: use a thread with its own.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
+            rt.block_on(async {
+                let mut cri = connect(&socket).await.ok()?;
+                let pods = cri
+                    .runtime
+                    .list_pod_sandbox(berth_cri_api::v1::ListPodSandboxRequest { filter: None })
+                    .await
+                    .ok()?
+                    .into_inner()
+                    .items;
+                for p in pods {
+                    let id = p.id;
+                    let _ = cri
+                        .runtime
+                        .stop_pod_sandbox(berth_cri_api::v1::StopPodSandboxRequest {
+                            pod_sandbox_id: id.clone(),
+                        })
+                        .await;
+                    let _ = cri
+                        .runtime
+                        .remove_pod_sandbox(berth_cri_api::v1::RemovePodSandboxRequest {
+                            pod_sandbox_id: id,
+                        })
+                        .await;
+                }
+                Some(())
+            })
+        })
+        .join();
+    }
+
+    /// Pids of live shim processes started with `-address <this berth's socket>`.
+    pub fn shim_pids(&self) -> Vec<u32> {
+        shims_of(&self.socket)
+    }
+
+    /// The berth temp directory (root, state, socket and config live under it).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+fn shims_of(socket: &Path) -> Vec<u32> {
+    let want = socket.as_os_str().as_encoded_bytes();
+    let mut out = Vec::new();
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for e in rd.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        let args: Vec<&[u8]> = cmd.split(|b| *b == 0).collect();
+        if args
+            .first()
+            .is_some_and(|a| a.ends_with(b"containerd-shim-runc-v2"))
+            && args.windows(2).any(|w| w[0] == b"-address" && w[1] == want)
+        {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+fn kill_shims_of(socket: &Path) {
+    for pid in shims_of(socket) {
+        // The shim's children (runc's container processes) are in the shim's process group
+        // only sometimes; kill the shim's direct children first, then the shim.
+        if let Ok(children) = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")) {
+            for c in children
+                .split_whitespace()
+                .filter_map(|c| c.parse::<u32>().ok())
+            {
+                crate::signal(c, libc::SIGKILL);
+            }
+        }
+        crate::signal(pid, libc::SIGKILL);
     }
 }
 

@@ -226,6 +226,12 @@ impl ImageBuilder {
         self
     }
 
+    /// Sets the config `Cmd`.
+    pub fn cmd(mut self, cmd: &[&str]) -> Self {
+        self.cmd = cmd.iter().map(|s| s.to_string()).collect();
+        self
+    }
+
     /// Sets the architecture.
     pub fn arch(mut self, a: &str) -> Self {
         self.arch = a.into();

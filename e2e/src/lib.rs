@@ -8,10 +8,14 @@
 pub mod berth;
 pub mod containerd;
 pub mod image;
+pub mod net;
+pub mod pods;
 pub mod registry;
 
 pub use berth::{Berth, Cri};
 pub use image::{Compression, ImageBuilder, Layer};
+pub use net::TestNet;
+pub use pods::PodEnv;
 pub use registry::Registry;
 
 /// A free TCP port on 127.0.0.1 (the small race before the user binds it is accepted).

@@ -299,20 +299,16 @@ impl PodManager {
         let records: Vec<(String, PodRecord)> = self.store.list(TABLE).map_err(store_err)?;
         for (_, mut rec) in records {
             self.registrar.reserve(&rec.name(), &rec.id)?.commit();
-            if rec.state == PodState::Ready {
-                let bundle = self.bundle(&rec.id);
-                let alive = match std::fs::read_to_string(bundle.join("address")) {
-                    Ok(addr) => match Shim::connect(addr.trim()).await {
-                        Ok(s) => match s.state(&rec.id).await {
-                            Ok(st) if st.status.value() == 2 => Some(s),
-                            _ => None,
-                        },
-                        Err(_) => None,
-                    },
-                    Err(_) => None,
-                };
-                match alive {
-                    Some(s) => {
+            // Reconnect to every shim still serving a pod, ready or not: a NotReady pod's shim
+            // still holds its dead task until Stop deletes it and shuts the shim down.
+            let bundle = self.bundle(&rec.id);
+            let mut running = false;
+            if let Ok(addr) = std::fs::read_to_string(bundle.join("address"))
+                && let Ok(s) = Shim::connect(addr.trim()).await
+            {
+                match s.state(&rec.id).await {
+                    Ok(st) => {
+                        running = st.status.value() == 2;
                         if let Ok(log) = shim::open_log(&bundle, &rec.id) {
                             self.logs
                                 .lock()
@@ -323,17 +319,20 @@ impl PodManager {
                             .write()
                             .unwrap_or_else(|p| p.into_inner())
                             .insert(rec.id.clone(), s);
-                        tracing::info!(pod = rec.id, "reconnected to the pod's shim");
+                        tracing::info!(pod = rec.id, running, "reconnected to the pod's shim");
                     }
-                    None => {
-                        tracing::warn!(
-                            pod = rec.id,
-                            "the pod's shim or pause process is gone; pod is NotReady"
-                        );
-                        rec.state = PodState::NotReady;
-                        self.store.put(TABLE, &rec.id, &rec).map_err(store_err)?;
+                    Err(e) => {
+                        tracing::warn!(pod = rec.id, err = %e, "the pod's shim does not know its task")
                     }
                 }
+            }
+            if rec.state == PodState::Ready && !running {
+                tracing::warn!(
+                    pod = rec.id,
+                    "the pod's shim or pause process is gone; pod is NotReady"
+                );
+                rec.state = PodState::NotReady;
+                self.store.put(TABLE, &rec.id, &rec).map_err(store_err)?;
             }
             self.pods
                 .write()
@@ -730,6 +729,7 @@ impl PodManager {
                     Err(e) => return Err(e),
                 }
                 s.shutdown(id).await?;
+                let _ = std::fs::remove_file(self.bundle(id).join("address"));
                 self.shims
                     .write()
                     .unwrap_or_else(|p| p.into_inner())

@@ -1,0 +1,202 @@
+//! Everything a pod test needs: a registry holding a pause image built here, a private CNI
+//! network, and a berth configured for both. Dropped in that order's reverse: berth first (its
+//! drop stops and removes every pod over CRI, so CNI DEL runs), then the network, then the
+//! registry.
+
+use std::collections::HashMap;
+
+use berth_cri_api::v1 as cri;
+
+use crate::{Berth, Cri, ImageBuilder, Layer, Registry, TestNet};
+
+/// The sandbox image reference berth is configured with. Its registry host does not exist: a
+/// hosts.toml mirrors it to the test registry, as a node mirrors registry.k8s.io.
+pub const PAUSE_IMAGE: &str = "pause.invalid/berth-e2e/pause:1";
+
+/// A berth ready to run pods.
+pub struct PodEnv {
+    /// The daemon.
+    pub berth: Berth,
+    /// Its CNI network.
+    pub net: TestNet,
+    /// The registry with the pause image.
+    pub registry: Registry,
+    /// CRI clients.
+    pub cri: Cri,
+}
+
+/// A pause stand-in from Debian's static busybox: sleeps as uid 65535, as the real pause does.
+pub fn pause_image() -> anyhow::Result<ImageBuilder> {
+    Ok(ImageBuilder::new(vec![Layer::busybox()?])
+        .cmd(&["/bin/sleep", "2147483647"])
+        .user("65535:65535"))
+}
+
+impl PodEnv {
+    /// A berth on a fresh network.
+    pub async fn start() -> anyhow::Result<Self> {
+        Self::start_with(TestNet::new()?, "").await
+    }
+
+    /// A berth on `net`, with `extra` appended to its config.
+    pub async fn start_with(net: TestNet, extra: &str) -> anyhow::Result<Self> {
+        let registry = Registry::start()?;
+        pause_image()?
+            .push(&registry, "berth-e2e/pause", Some("1"))
+            .await?;
+        let berth = Berth::start_with_config(&format!(
+            "sandbox_image = \"{PAUSE_IMAGE}\"\n{extra}\n{}",
+            net.config_toml()
+        ))?;
+        berth.hosts_toml(
+            "pause.invalid",
+            &format!(
+                "server = \"https://pause.invalid\"\n[host.\"http://{}\"]\ncapabilities = [\"pull\", \"resolve\"]\n",
+                registry.addr
+            ),
+        )?;
+        let cri = berth.cri().await?;
+        Ok(PodEnv {
+            berth,
+            net,
+            registry,
+            cri,
+        })
+    }
+
+    /// RunPodSandbox.
+    pub async fn run(&self, config: cri::PodSandboxConfig) -> Result<String, tonic::Status> {
+        self.run_with_handler(config, "").await
+    }
+
+    /// RunPodSandbox with a RuntimeClass handler.
+    pub async fn run_with_handler(
+        &self,
+        config: cri::PodSandboxConfig,
+        handler: &str,
+    ) -> Result<String, tonic::Status> {
+        let mut c = self.cri.runtime.clone();
+        c.run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(config),
+            runtime_handler: handler.into(),
+        })
+        .await
+        .map(|r| r.into_inner().pod_sandbox_id)
+    }
+
+    /// StopPodSandbox.
+    pub async fn stop(&self, id: &str) -> Result<(), tonic::Status> {
+        let mut c = self.cri.runtime.clone();
+        c.stop_pod_sandbox(cri::StopPodSandboxRequest {
+            pod_sandbox_id: id.into(),
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// RemovePodSandbox.
+    pub async fn remove(&self, id: &str) -> Result<(), tonic::Status> {
+        let mut c = self.cri.runtime.clone();
+        c.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+            pod_sandbox_id: id.into(),
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// PodSandboxStatus (verbose): the status and the info map.
+    pub async fn status(
+        &self,
+        id: &str,
+    ) -> Result<(cri::PodSandboxStatus, HashMap<String, String>), tonic::Status> {
+        let mut c = self.cri.runtime.clone();
+        let r = c
+            .pod_sandbox_status(cri::PodSandboxStatusRequest {
+                pod_sandbox_id: id.into(),
+                verbose: true,
+            })
+            .await?
+            .into_inner();
+        Ok((r.status.unwrap_or_default(), r.info))
+    }
+
+    /// The pause process's pid, from the verbose status.
+    pub async fn pid(&self, id: &str) -> anyhow::Result<u32> {
+        let (_, info) = self.status(id).await?;
+        let v: serde_json::Value = serde_json::from_str(info.get("info").map_or("{}", |s| s))?;
+        v["pid"]
+            .as_u64()
+            .map(|p| p as u32)
+            .ok_or_else(|| anyhow::anyhow!("no pid in verbose status: {v}"))
+    }
+
+    /// ListPodSandbox.
+    pub async fn list(&self, filter: Option<cri::PodSandboxFilter>) -> Vec<cri::PodSandbox> {
+        let mut c = self.cri.runtime.clone();
+        c.list_pod_sandbox(cri::ListPodSandboxRequest { filter })
+            .await
+            .expect("ListPodSandbox")
+            .into_inner()
+            .items
+    }
+
+    /// Reconnects the CRI clients (after a berth restart).
+    pub async fn reconnect(&mut self) -> anyhow::Result<()> {
+        self.cri = self.berth.cri().await?;
+        Ok(())
+    }
+
+    /// Asserts that nothing of any pod is left: no netns, no sandbox dirs, no mounts under the
+    /// state dir, no shims, no leases, no veths.
+    pub fn assert_clean(&self) {
+        let state = &self.berth.state;
+        let netns: Vec<_> = std::fs::read_dir(state.join("netns"))
+            .map(|rd| rd.flatten().map(|e| e.file_name()).collect())
+            .unwrap_or_default();
+        assert!(netns.is_empty(), "netns left: {netns:?}");
+        let dirs: Vec<_> = std::fs::read_dir(state.join("sandboxes"))
+            .map(|rd| rd.flatten().map(|e| e.file_name()).collect())
+            .unwrap_or_default();
+        assert!(dirs.is_empty(), "sandbox dirs left: {dirs:?}");
+        let mounts: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(4).map(str::to_string))
+            .filter(|p| {
+                let p = std::path::Path::new(p);
+                p.starts_with(state) && p != state.join("netns")
+            })
+            .collect();
+        assert!(mounts.is_empty(), "mounts left: {mounts:?}");
+        let ok = crate::wait_until(std::time::Duration::from_secs(5), || {
+            self.berth.shim_pids().is_empty()
+        });
+        assert!(ok, "shims left: {:?}", self.berth.shim_pids());
+        assert!(
+            self.net.leases().is_empty(),
+            "leases left: {:?}",
+            self.net.leases()
+        );
+        assert!(
+            self.net.veths().is_empty(),
+            "veths left: {:?}",
+            self.net.veths()
+        );
+    }
+}
+
+/// A pod config with the given name (uid derived from it) and nothing else.
+pub fn pod_config(name: &str) -> cri::PodSandboxConfig {
+    cri::PodSandboxConfig {
+        metadata: Some(cri::PodSandboxMetadata {
+            name: name.into(),
+            namespace: "e2e".into(),
+            uid: format!("uid-{name}"),
+            attempt: 0,
+        }),
+        hostname: name.into(),
+        log_directory: String::new(),
+        linux: Some(cri::LinuxPodSandboxConfig::default()),
+        ..Default::default()
+    }
+}
