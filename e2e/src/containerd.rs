@@ -18,6 +18,16 @@ pub struct Containerd {
 impl Containerd {
     /// Starts containerd under `dir` with `certs_d` as its registry config_path.
     pub fn start(dir: &Path, certs_d: &Path) -> anyhow::Result<Self> {
+        Self::start_with(dir, certs_d, "registry.k8s.io/pause:3.9", &dir.join("cni"))
+    }
+
+    /// As [`Self::start`], with a sandbox image and a CNI conf dir.
+    pub fn start_with(
+        dir: &Path,
+        certs_d: &Path,
+        sandbox_image: &str,
+        cni_conf_dir: &Path,
+    ) -> anyhow::Result<Self> {
         std::fs::create_dir_all(dir)?;
         let socket = dir.join("containerd.sock");
         let config = format!(
@@ -38,13 +48,13 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
   [plugins."io.containerd.internal.v1.opt"]
     path = "{dir}/opt"
   [plugins."io.containerd.grpc.v1.cri"]
-    sandbox_image = "registry.k8s.io/pause:3.9"
+    sandbox_image = "{sandbox_image}"
     stream_server_address = "127.0.0.1"
     stream_server_port = "0"
     restrict_oom_score_adj = true
     [plugins."io.containerd.grpc.v1.cri".cni]
       bin_dir = "/usr/lib/cni"
-      conf_dir = "{dir}/cni"
+      conf_dir = "{cni}"
     [plugins."io.containerd.grpc.v1.cri".containerd]
       snapshotter = "overlayfs"
     [plugins."io.containerd.grpc.v1.cri".registry]
@@ -55,6 +65,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
             sock = socket.display(),
             dir = dir.display(),
             certs = certs_d.display(),
+            cni = cni_conf_dir.display(),
         );
         let cfg = dir.join("config.toml");
         std::fs::write(&cfg, config)?;

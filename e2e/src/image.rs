@@ -134,8 +134,18 @@ impl Layer {
                 Entry::Symlink { path, target } => {
                     (path, tar::EntryType::Symlink, 0o777, target, &[])
                 }
+                // Real tar writers record the linked inode's mode in a hard link's header,
+                // and containerd applies it: do the same.
                 Entry::Hardlink { path, target } => {
-                    (path, tar::EntryType::Link, 0o644, target, &[])
+                    let mode = self
+                        .entries
+                        .iter()
+                        .find_map(|e| match e {
+                            Entry::File { path, mode, .. } if path == target => Some(*mode),
+                            _ => None,
+                        })
+                        .unwrap_or(0o644);
+                    (path, tar::EntryType::Link, mode, target, &[])
                 }
             };
             let mut h = tar::Header::new_ustar();

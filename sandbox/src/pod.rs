@@ -504,13 +504,6 @@ impl PodManager {
             undo.push(Undo::Netns(netns_name(&id)));
             rec.netns = Some(path.clone());
             self.store.put(TABLE, &id, rec).map_err(store_err)?;
-            let a = self.attachment(rec);
-            let net = self.cni.network().map_err(net_err)?;
-            undo.push(Undo::Cni(a.clone()));
-            let result = self.cni.add(&net, &a).await.map_err(net_err)?;
-            rec.ips = result.ips.iter().map(|i| i.ip().to_string()).collect();
-            rec.cni_result = Some(result.raw);
-            self.store.put(TABLE, &id, rec).map_err(store_err)?;
         }
 
         write_pod_files(&dir, &cfg)?;
@@ -579,14 +572,9 @@ impl PodManager {
         .map_err(|e| Error::io("write config.json", e))?;
         rec.spec = spec;
 
-        let log = shim::open_log(&bundle, &id)?;
-        self.logs
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(id.clone(), log);
-        let address = shim::start(&rec.shim_binary, &self.cfg.shim_env, &id, &bundle, &[]).await?;
-        let s = Shim::connect(&address).await?;
-        undo.push(Undo::Shim(s.clone()));
+        // The network and the pause container are independent until the pod is reported
+        // ready: runc only needs the (empty) netns to exist. CNI ADD runs while the shim starts
+        // and runc creates the task; both must succeed, and both are undone on failure.
         let rootfs: Vec<containerd_shim_protos::api::Mount> = mounts
             .into_iter()
             .map(|m| containerd_shim_protos::api::Mount {
@@ -596,17 +584,64 @@ impl PodManager {
                 ..Default::default()
             })
             .collect();
-        rec.pid = s
-            .create(
-                &id,
-                &bundle,
-                rootfs,
-                ["", "", ""],
-                false,
-                Some(handler.options.clone()),
-            )
-            .await?;
-        s.start(&id).await?;
+        let network = async {
+            if cfg.host_network {
+                return (None, Ok(None));
+            }
+            let a = self.attachment(rec);
+            let net = match self.cni.network() {
+                Ok(n) => n,
+                Err(e) => return (None, Err(net_err(e))),
+            };
+            let r = self.cni.add(&net, &a).await.map_err(net_err).map(Some);
+            (Some(Undo::Cni(a)), r)
+        };
+        let task = async {
+            let log = match shim::open_log(&bundle, &id) {
+                Ok(l) => l,
+                Err(e) => return (None, Err(e)),
+            };
+            self.logs
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(id.clone(), log);
+            let address =
+                match shim::start(&rec.shim_binary, &self.cfg.shim_env, &id, &bundle, &[]).await {
+                    Ok(a) => a,
+                    Err(e) => return (None, Err(e)),
+                };
+            let s = match Shim::connect(&address).await {
+                Ok(s) => s,
+                Err(e) => return (None, Err(e)),
+            };
+            let started = async {
+                let pid = s
+                    .create(
+                        &id,
+                        &bundle,
+                        rootfs,
+                        ["", "", ""],
+                        false,
+                        Some(handler.options.clone()),
+                    )
+                    .await?;
+                s.start(&id).await?;
+                Ok(pid)
+            }
+            .await;
+            (Some(Undo::Shim(s.clone())), started.map(|pid| (s, pid)))
+        };
+        let ((net_undo, net_res), (task_undo, task_res)) = tokio::join!(network, task);
+        undo.extend(net_undo);
+        undo.extend(task_undo);
+        // When both fail, the network's error is the one to report: it is usually the cause.
+        let net = net_res?;
+        let (s, pid) = task_res?;
+        if let Some(result) = net {
+            rec.ips = result.ips.iter().map(|i| i.ip().to_string()).collect();
+            rec.cni_result = Some(result.raw);
+        }
+        rec.pid = pid;
         self.shims
             .write()
             .unwrap_or_else(|p| p.into_inner())

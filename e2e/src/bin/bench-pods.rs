@@ -1,0 +1,185 @@
+//! Pod sandbox benchmark: 20 pods created and destroyed through berth and through containerd
+//! 1.6 (Debian's package, own root/state/socket) in one run, on the same CNI conflist
+//! (bridge + host-local + portmap + loopback) and the same pause image from a local registry.
+//! Prints RunPodSandbox median and p90 for each, their ratio, and each daemon's RSS with 10
+//! pods running.
+//!
+//! `cargo build --release -p berth -p berth-e2e && BERTH_BIN=target/release/berth target/release/bench-pods`
+
+#![allow(clippy::print_stdout)]
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use berth_cri_api::v1 as cri;
+use berth_e2e::containerd::Containerd;
+use berth_e2e::pods::{PAUSE_IMAGE, pause_image, pod_config};
+use berth_e2e::{Berth, Cri, Registry, TestNet};
+
+const PODS: usize = 20;
+const ROUNDS: usize = 2;
+const RSS_AT: usize = 10;
+
+struct Round {
+    run: Vec<Duration>,
+    stop_remove: Vec<Duration>,
+    rss_kib: u64,
+}
+
+async fn round(cri: &Cri, tag: &str, rss: impl Fn() -> Option<u64>) -> anyhow::Result<Round> {
+    let mut c = cri.runtime.clone();
+    let mut ids = Vec::new();
+    let mut run = Vec::new();
+    let mut rss_kib = 0;
+    for i in 0..PODS {
+        let cfg = pod_config(&format!("bench-{tag}-{i}"));
+        let t = Instant::now();
+        let id = c
+            .run_pod_sandbox(cri::RunPodSandboxRequest {
+                config: Some(cfg),
+                runtime_handler: String::new(),
+            })
+            .await
+            .context("RunPodSandbox")?
+            .into_inner()
+            .pod_sandbox_id;
+        run.push(t.elapsed());
+        ids.push(id);
+        if ids.len() == RSS_AT {
+            rss_kib = rss().unwrap_or(0);
+        }
+    }
+    let mut stop_remove = Vec::new();
+    for id in ids {
+        let t = Instant::now();
+        c.stop_pod_sandbox(cri::StopPodSandboxRequest {
+            pod_sandbox_id: id.clone(),
+        })
+        .await
+        .context("StopPodSandbox")?;
+        c.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: id })
+            .await
+            .context("RemovePodSandbox")?;
+        stop_remove.push(t.elapsed());
+    }
+    Ok(Round {
+        run,
+        stop_remove,
+        rss_kib,
+    })
+}
+
+fn pct(v: &[Duration], p: usize) -> f64 {
+    let mut v = v.to_vec();
+    v.sort();
+    v[(v.len() * p / 100).min(v.len() - 1)].as_secs_f64() * 1e3
+}
+
+async fn pull(cri: &Cri) -> anyhow::Result<()> {
+    cri.image
+        .clone()
+        .pull_image(cri::PullImageRequest {
+            image: Some(cri::ImageSpec {
+                image: PAUSE_IMAGE.into(),
+                ..Default::default()
+            }),
+            auth: None,
+            sandbox_config: None,
+        })
+        .await
+        .context("pull the pause image")?;
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let reg = Registry::start()?;
+    pause_image()?
+        .push(&reg, "berth-e2e/pause", Some("1"))
+        .await?;
+    let net = TestNet::new()?;
+    let hosts = format!(
+        "server = \"https://pause.invalid\"\n[host.\"http://{}\"]\ncapabilities = [\"pull\", \"resolve\"]\n",
+        reg.addr
+    );
+
+    let berth = Berth::start_with_config(&format!(
+        "sandbox_image = \"{PAUSE_IMAGE}\"\n[log]\nlevel = \"warn\"\n{}",
+        net.config_toml()
+    ))?;
+    berth.hosts_toml("pause.invalid", &hosts)?;
+    let work = tempfile::Builder::new()
+        .prefix("berth-bench-containerd-")
+        .tempdir_in("/var/tmp")?;
+    let certs = work.path().join("certs.d");
+    std::fs::create_dir_all(certs.join("pause.invalid"))?;
+    std::fs::write(certs.join("pause.invalid").join("hosts.toml"), &hosts)?;
+    let containerd = Containerd::start_with(
+        &work.path().join("containerd"),
+        &certs,
+        PAUSE_IMAGE,
+        &net.conf_dir,
+    )?;
+    let (b, c) = (berth.cri().await?, containerd.cri().await?);
+    pull(&b).await?;
+    pull(&c).await?;
+
+    // Warm-up: one pod each (first CNI/iptables setup, page cache).
+    round1(&b, "warm-b").await?;
+    round1(&c, "warm-c").await?;
+    let (mut rb, mut rc) = (Vec::new(), Vec::new());
+    for r in 0..ROUNDS {
+        rb.push(round(&b, &format!("b{r}"), || berth.rss_kib()).await?);
+        rc.push(round(&c, &format!("c{r}"), || containerd.rss_kib()).await?);
+    }
+    let all = |v: &[Round], f: fn(&Round) -> &Vec<Duration>| -> Vec<Duration> {
+        v.iter().flat_map(|r| f(r).iter().copied()).collect()
+    };
+    let (brun, crun) = (all(&rb, |r| &r.run), all(&rc, |r| &r.run));
+    let (bsr, csr) = (all(&rb, |r| &r.stop_remove), all(&rc, |r| &r.stop_remove));
+    let brss = rb.iter().map(|r| r.rss_kib).max().unwrap_or(0);
+    let crss = rc.iter().map(|r| r.rss_kib).max().unwrap_or(0);
+    println!(
+        "{PODS} pods x {ROUNDS} rounds per daemon, alternating; same conflist and pause image"
+    );
+    let rows = [
+        ("berth", &brun, &bsr, brss),
+        ("containerd", &crun, &csr, crss),
+    ];
+    for (name, run, sr, rss) in rows {
+        println!(
+            "{name:<11} RunPodSandbox median {:>6.1} ms  p90 {:>6.1} ms | Stop+Remove median {:>6.1} ms | RSS with {RSS_AT} pods {:>6.1} MiB",
+            pct(run, 50),
+            pct(run, 90),
+            pct(sr, 50),
+            rss as f64 / 1024.0
+        );
+    }
+    println!(
+        "ratio berth/containerd: RunPodSandbox median {:.2}x (goal <= 0.60x), p90 {:.2}x, RSS {:.2}x (goal <= 0.25x)",
+        pct(&brun, 50) / pct(&crun, 50),
+        pct(&brun, 90) / pct(&crun, 90),
+        brss as f64 / crss.max(1) as f64
+    );
+    Ok(())
+}
+
+async fn round1(cri: &Cri, tag: &str) -> anyhow::Result<()> {
+    let mut c = cri.runtime.clone();
+    let id = c
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(pod_config(tag)),
+            runtime_handler: String::new(),
+        })
+        .await
+        .context("RunPodSandbox")?
+        .into_inner()
+        .pod_sandbox_id;
+    c.stop_pod_sandbox(cri::StopPodSandboxRequest {
+        pod_sandbox_id: id.clone(),
+    })
+    .await?;
+    c.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: id })
+        .await?;
+    Ok(())
+}
