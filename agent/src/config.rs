@@ -58,6 +58,8 @@ pub struct CniConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct RuntimeConfig {
     pub default_handler: String,
+    pub container_log_max_size: u64,
+    pub container_log_max_files: u32,
     pub handlers: BTreeMap<String, Handler>,
 }
 
@@ -143,6 +145,8 @@ impl Default for Config {
             cni: CniConfig::default(),
             runtime: RuntimeConfig {
                 default_handler: "runc".into(),
+                container_log_max_size: 10 * 1024 * 1024,
+                container_log_max_files: 5,
                 handlers,
             },
         }
@@ -229,6 +233,9 @@ impl Config {
                 "max_concurrent_downloads: {} is out of range (1 to 64)",
                 self.max_concurrent_downloads
             );
+        }
+        if self.runtime.container_log_max_files == 0 {
+            bail!("runtime.container_log_max_files: must be at least 1");
         }
         tracing_subscriber::EnvFilter::try_new(&self.log.level)
             .map_err(|e| anyhow::anyhow!("log.level: {:?}: {e}", self.log.level))?;

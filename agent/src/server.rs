@@ -140,6 +140,10 @@ fn pod_manager_config(
             bin_dirs: cfg.cni.bin_dirs.clone(),
             cache_dir: cfg.state.join("cni"),
         },
+        log_rotation: berth_sandbox::logs::Rotation {
+            max_size: cfg.runtime.container_log_max_size,
+            max_files: cfg.runtime.container_log_max_files,
+        },
     })
 }
 

@@ -11,6 +11,8 @@ pub enum ErrorKind {
     AlreadyExists,
     /// Not possible in the present state.
     FailedPrecondition,
+    /// A deadline passed.
+    DeadlineExceeded,
     /// A shim or runtime failed.
     Failed,
     /// A local failure.
@@ -35,6 +37,12 @@ pub enum Error {
     /// A name or id is already taken.
     #[error("{0}")]
     AlreadyExists(String),
+    /// The object is not in a state that allows the call.
+    #[error("{0}")]
+    Precondition(String),
+    /// A deadline passed.
+    #[error("{0}")]
+    Timeout(String),
     /// The shim binary is not installed.
     #[error("shim binary {binary} not found (looked in {searched})")]
     ShimNotFound {
@@ -96,6 +104,8 @@ impl Error {
                 berth_network::ErrorKind::Internal => ErrorKind::Internal,
             },
             Error::AlreadyExists(_) => ErrorKind::AlreadyExists,
+            Error::Precondition(_) => ErrorKind::FailedPrecondition,
+            Error::Timeout(_) => ErrorKind::DeadlineExceeded,
             Error::ShimNotFound { .. } | Error::UnsupportedShim { .. } => {
                 ErrorKind::FailedPrecondition
             }

@@ -2,10 +2,15 @@
 //! service shims publish to. Sandbox and container lifecycles build on these.
 #![warn(missing_docs)]
 
+pub mod container;
 pub mod error;
+pub mod logs;
 pub mod pod;
 pub mod registrar;
+pub mod seccomp;
 pub mod shim;
 pub mod spec;
+pub mod stats;
+pub mod users;
 
 pub use error::{Error, ErrorKind, Result};

@@ -64,6 +64,8 @@ pub struct PodManagerConfig {
     pub shim_env: ShimEnv,
     /// CNI directories.
     pub cni: CniPaths,
+    /// Container log rotation.
+    pub log_rotation: crate::logs::Rotation,
 }
 
 /// Pod metadata, as the kubelet names a pod.
@@ -224,6 +226,10 @@ pub struct PodManager {
     logs: std::sync::Mutex<HashMap<String, shim::ShimLog>>,
     locks: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     hub: EventHub,
+    containers: RwLock<HashMap<String, crate::container::ContainerRecord>>,
+    container_names: Registrar,
+    container_logs: std::sync::Mutex<HashMap<String, crate::logs::ContainerLog>>,
+    container_events: tokio::sync::broadcast::Sender<crate::container::ContainerEvent>,
 }
 
 impl std::fmt::Debug for PodManager {
@@ -265,8 +271,13 @@ impl PodManager {
             logs: Default::default(),
             locks: Default::default(),
             hub,
+            containers: RwLock::new(HashMap::new()),
+            container_names: Registrar::default(),
+            container_logs: Default::default(),
+            container_events: tokio::sync::broadcast::channel(1024).0,
         });
         mgr.recover().await?;
+        mgr.recover_containers().await?;
         let weak = Arc::downgrade(&mgr);
         let mut events = mgr.hub.subscribe();
         tokio::spawn(async move {
@@ -280,15 +291,27 @@ impl PodManager {
                     Err(_) => return,
                 };
                 let Some(m) = weak.upgrade() else { return };
-                if let TaskEvent::Exit {
-                    container_id,
-                    id,
-                    exit_status,
-                    ..
-                } = ev
-                    && container_id == id
-                {
-                    m.on_pause_exit(&container_id, exit_status);
+                match ev {
+                    TaskEvent::Exit {
+                        container_id,
+                        id,
+                        exit_status,
+                        exited_at_ns,
+                        ..
+                    } if container_id == id
+                        && !m.on_pause_exit(&container_id, exit_status)
+                        && m.on_container_exit(&container_id, exit_status, exited_at_ns) =>
+                    {
+                        // Delete the task (the shim unmounts its rootfs) off this loop.
+                        let m = m.clone();
+                        tokio::spawn(async move {
+                            let lock = m.lock(&container_id);
+                            let _g = lock.lock().await;
+                            m.reap_container(&container_id).await;
+                        });
+                    }
+                    TaskEvent::Oom { container_id } => m.on_container_oom(&container_id),
+                    _ => {}
                 }
             }
         });
@@ -342,11 +365,13 @@ impl PodManager {
         Ok(())
     }
 
-    fn on_pause_exit(&self, id: &str, status: u32) {
+    /// Handles an exit that may be a pause container's; false if `id` is no pod.
+    fn on_pause_exit(&self, id: &str, status: u32) -> bool {
         let mut pods = self.pods.write().unwrap_or_else(|p| p.into_inner());
-        if let Some(rec) = pods.get_mut(id)
-            && rec.state == PodState::Ready
-        {
+        let Some(rec) = pods.get_mut(id) else {
+            return false;
+        };
+        if rec.state == PodState::Ready {
             tracing::info!(
                 pod = id,
                 exit_status = status,
@@ -357,15 +382,90 @@ impl PodManager {
                 tracing::error!(pod = id, err = %e, "failed to persist pod state");
             }
         }
+        true
     }
 
-    fn lock(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
+    pub(crate) fn lock(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
         self.locks
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .entry(id.to_string())
             .or_default()
             .clone()
+    }
+
+    pub(crate) fn state_dir(&self) -> &Path {
+        &self.cfg.state_dir
+    }
+
+    pub(crate) fn pod_dir(&self, id: &str) -> PathBuf {
+        self.dir(id)
+    }
+
+    pub(crate) fn images(&self) -> &ImageService {
+        &self.images
+    }
+
+    pub(crate) fn shim_of(&self, pod_id: &str) -> Option<Shim> {
+        self.shims
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(pod_id)
+            .cloned()
+    }
+
+    pub(crate) fn handler_options(&self, handler: &str) -> Option<RuncOptions> {
+        self.cfg.handlers.get(handler).map(|h| h.options.clone())
+    }
+
+    pub(crate) fn log_rotation(&self) -> crate::logs::Rotation {
+        self.cfg.log_rotation
+    }
+
+    pub(crate) fn containers_read(
+        &self,
+    ) -> std::sync::RwLockReadGuard<'_, HashMap<String, crate::container::ContainerRecord>> {
+        self.containers.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn containers_write(
+        &self,
+    ) -> std::sync::RwLockWriteGuard<'_, HashMap<String, crate::container::ContainerRecord>> {
+        self.containers.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn container_names(&self) -> &Registrar {
+        &self.container_names
+    }
+
+    pub(crate) fn container_logs(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<String, crate::logs::ContainerLog>> {
+        self.container_logs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Container lifecycle events, for GetContainerEvents.
+    pub fn container_events(
+        &self,
+    ) -> &tokio::sync::broadcast::Sender<crate::container::ContainerEvent> {
+        &self.container_events
+    }
+
+    pub(crate) fn store_put<T: Serialize>(&self, table: &str, key: &str, v: &T) -> Result<()> {
+        self.store.put(table, key, v).map_err(store_err)
+    }
+
+    pub(crate) fn store_delete(&self, table: &str, key: &str) -> Result<()> {
+        self.store.delete(table, key).map_err(store_err)
+    }
+
+    pub(crate) fn store_list<T: serde::de::DeserializeOwned>(
+        &self,
+        table: &str,
+    ) -> Result<Vec<(String, T)>> {
+        self.store.list(table).map_err(store_err)
     }
 
     fn dir(&self, id: &str) -> PathBuf {
@@ -725,6 +825,7 @@ impl PodManager {
         let lock = self.lock(&id);
         let _g = lock.lock().await;
         let rec = self.get(&id)?;
+        self.stop_pod_containers(&id).await?;
         self.stop_task(&rec).await?;
         if let Some(ns) = &rec.netns {
             if ns.exists() {
@@ -800,6 +901,7 @@ impl PodManager {
             Err(e) => return Err(e),
         };
         self.stop(&id).await?;
+        self.remove_pod_containers(&id).await?;
         let lock = self.lock(&id);
         let _g = lock.lock().await;
         let rec = self.get(&id)?;
@@ -948,7 +1050,7 @@ fn mount_shm(path: &Path) -> Result<()> {
 }
 
 /// Unmounts `path` if it is a mount point; anything else is success.
-fn unmount(path: &Path) -> Result<()> {
+pub(crate) fn unmount(path: &Path) -> Result<()> {
     match rustix::mount::unmount(path, rustix::mount::UnmountFlags::DETACH) {
         Ok(()) | Err(rustix::io::Errno::INVAL) | Err(rustix::io::Errno::NOENT) => Ok(()),
         Err(e) => Err(Error::io(format!("unmount {}", path.display()), e.into())),

@@ -54,6 +54,14 @@ impl Registrar {
             .remove(name);
     }
 
+    /// Releases whatever name `key` holds.
+    pub fn release_key(&self, key: &str) {
+        self.names
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|_, k| k != key);
+    }
+
     /// The key holding `name`.
     pub fn holder(&self, name: &str) -> Option<String> {
         self.names

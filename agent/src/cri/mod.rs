@@ -1,6 +1,7 @@
 //! The CRI gRPC services. This is the one place where library errors become gRPC statuses
 //! and where every call gets its span and its log line.
 
+mod container;
 mod image;
 mod runtime;
 mod sandbox;

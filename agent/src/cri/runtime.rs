@@ -12,6 +12,7 @@ use berth_cri_api::v1 as cri;
 use berth_cri_api::v1::runtime_service_server::RuntimeService;
 use tonic::{Request, Response, Status};
 
+use super::container as ctr;
 use super::sandbox::{filter, pod_config, sandbox_status, to_pod, to_status, verbose_info};
 use super::{Kind, call, detached};
 use crate::config::Config;
@@ -21,11 +22,17 @@ use crate::config::Config;
 pub struct RuntimeCri {
     config: Arc<Config>,
     pods: Arc<berth_sandbox::pod::PodManager>,
+    /// The last CPU sample per container (time ns, cpu ns), for usage_nano_cores.
+    cpu_samples: Arc<std::sync::Mutex<HashMap<String, (i64, u64)>>>,
 }
 
 impl RuntimeCri {
     pub fn new(config: Arc<Config>, pods: Arc<berth_sandbox::pod::PodManager>) -> Self {
-        RuntimeCri { config, pods }
+        RuntimeCri {
+            config,
+            pods,
+            cpu_samples: Default::default(),
+        }
     }
 
     fn network_condition(&self) -> cri::RuntimeCondition {
@@ -223,7 +230,7 @@ impl RuntimeService for RuntimeCri {
                 status: Some(to_status(&rec)),
                 info,
                 containers_statuses: vec![],
-                timestamp: 0,
+                timestamp: now_ns(),
             })
         })
         .await
@@ -243,23 +250,9 @@ impl RuntimeService for RuntimeCri {
     }
 
     not_yet! {
-        create_container(CreateContainerRequest) -> CreateContainerResponse, "CreateContainer", "containers are not built yet";
-        start_container(StartContainerRequest) -> StartContainerResponse, "StartContainer", "containers are not built yet";
-        stop_container(StopContainerRequest) -> StopContainerResponse, "StopContainer", "containers are not built yet";
-        remove_container(RemoveContainerRequest) -> RemoveContainerResponse, "RemoveContainer", "containers are not built yet";
-        list_containers(ListContainersRequest) -> ListContainersResponse, "ListContainers", "containers are not built yet";
-        container_status(ContainerStatusRequest) -> ContainerStatusResponse, "ContainerStatus", "containers are not built yet";
-        update_container_resources(UpdateContainerResourcesRequest) -> UpdateContainerResourcesResponse, "UpdateContainerResources", "containers are not built yet";
-        reopen_container_log(ReopenContainerLogRequest) -> ReopenContainerLogResponse, "ReopenContainerLog", "containers are not built yet";
-        exec_sync(ExecSyncRequest) -> ExecSyncResponse, "ExecSync", "containers are not built yet";
         exec(ExecRequest) -> ExecResponse, "Exec", "the streaming server is not built yet";
         attach(AttachRequest) -> AttachResponse, "Attach", "the streaming server is not built yet";
         port_forward(PortForwardRequest) -> PortForwardResponse, "PortForward", "the streaming server is not built yet";
-        container_stats(ContainerStatsRequest) -> ContainerStatsResponse, "ContainerStats", "containers are not built yet";
-        list_container_stats(ListContainerStatsRequest) -> ListContainerStatsResponse, "ListContainerStats", "containers are not built yet";
-        pod_sandbox_stats(PodSandboxStatsRequest) -> PodSandboxStatsResponse, "PodSandboxStats", "pod sandboxes are not built yet";
-        list_pod_sandbox_stats(ListPodSandboxStatsRequest) -> ListPodSandboxStatsResponse, "ListPodSandboxStats", "pod sandboxes are not built yet";
-        update_runtime_config(UpdateRuntimeConfigRequest) -> UpdateRuntimeConfigResponse, "UpdateRuntimeConfig", "pod networking is not built yet";
         checkpoint_container(CheckpointContainerRequest) -> CheckpointContainerResponse, "CheckpointContainer", "checkpointing is not supported";
         list_metric_descriptors(ListMetricDescriptorsRequest) -> ListMetricDescriptorsResponse, "ListMetricDescriptors", "pod metrics are not supported";
         list_pod_sandbox_metrics(ListPodSandboxMetricsRequest) -> ListPodSandboxMetricsResponse, "ListPodSandboxMetrics", "pod metrics are not supported";
@@ -271,8 +264,419 @@ impl RuntimeService for RuntimeCri {
         &self,
         _req: Request<cri::GetEventsRequest>,
     ) -> Result<Response<Self::GetContainerEventsStream>, Status> {
-        Err(Status::unimplemented(
-            "berth does not implement GetContainerEvents yet: containers are not built yet",
-        ))
+        let mut rx = self.pods.container_events().subscribe();
+        let pods = self.pods.clone();
+        let stream = async_stream::stream! {
+            loop {
+                match rx.recv().await {
+                    Ok(e) => {
+                        let status = pods.container(&e.container_id).ok().map(|r| ctr::to_container_status(&r));
+                        let pod = pods.get(&e.pod_id).ok().map(|p| to_status(&p));
+                        yield Ok(ctr::to_event(&e, status, pod));
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        tracing::warn!(missed = n, "a container event subscriber fell behind");
+                    }
+                    Err(_) => break,
+                }
+            }
+        };
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn create_container(
+        &self,
+        req: Request<cri::CreateContainerRequest>,
+    ) -> Result<Response<cri::CreateContainerResponse>, Status> {
+        let (pod_id, cfg) = ctr::container_config(req.into_inner())?;
+        let span = tracing::info_span!("CreateContainer", pod_sandbox_id = %pod_id, name = %cfg.name, image = %cfg.image);
+        let pods = self.pods.clone();
+        call(
+            span,
+            Kind::Mutation,
+            detached(async move {
+                let id = pods
+                    .create_container(&pod_id, cfg)
+                    .await
+                    .map_err(sandbox_status)?;
+                tracing::info!(container_id = %id, "container created");
+                Ok(cri::CreateContainerResponse { container_id: id })
+            }),
+        )
+        .await
+    }
+
+    async fn start_container(
+        &self,
+        req: Request<cri::StartContainerRequest>,
+    ) -> Result<Response<cri::StartContainerResponse>, Status> {
+        let id = req.into_inner().container_id;
+        let span = tracing::info_span!("StartContainer", container_id = %id);
+        let pods = self.pods.clone();
+        call(
+            span,
+            Kind::Mutation,
+            detached(async move {
+                pods.start_container(&id).await.map_err(sandbox_status)?;
+                Ok(cri::StartContainerResponse {})
+            }),
+        )
+        .await
+    }
+
+    async fn stop_container(
+        &self,
+        req: Request<cri::StopContainerRequest>,
+    ) -> Result<Response<cri::StopContainerResponse>, Status> {
+        let req = req.into_inner();
+        let span = tracing::info_span!("StopContainer", container_id = %req.container_id, timeout = req.timeout);
+        let pods = self.pods.clone();
+        call(
+            span,
+            Kind::Mutation,
+            detached(async move {
+                let timeout = std::time::Duration::from_secs(req.timeout.max(0) as u64);
+                pods.stop_container(&req.container_id, timeout)
+                    .await
+                    .map_err(sandbox_status)?;
+                Ok(cri::StopContainerResponse {})
+            }),
+        )
+        .await
+    }
+
+    async fn remove_container(
+        &self,
+        req: Request<cri::RemoveContainerRequest>,
+    ) -> Result<Response<cri::RemoveContainerResponse>, Status> {
+        let id = req.into_inner().container_id;
+        let span = tracing::info_span!("RemoveContainer", container_id = %id);
+        let pods = self.pods.clone();
+        let samples = self.cpu_samples.clone();
+        call(
+            span,
+            Kind::Mutation,
+            detached(async move {
+                if id.is_empty() {
+                    return Err(Status::invalid_argument("container_id is empty"));
+                }
+                pods.remove_container(&id).await.map_err(sandbox_status)?;
+                samples
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&id);
+                Ok(cri::RemoveContainerResponse {})
+            }),
+        )
+        .await
+    }
+
+    async fn list_containers(
+        &self,
+        req: Request<cri::ListContainersRequest>,
+    ) -> Result<Response<cri::ListContainersResponse>, Status> {
+        let f = ctr::filter(req.into_inner().filter);
+        call(tracing::trace_span!("ListContainers"), Kind::Read, async {
+            Ok(cri::ListContainersResponse {
+                containers: self
+                    .pods
+                    .list_containers(&f)
+                    .iter()
+                    .map(ctr::to_container)
+                    .collect(),
+            })
+        })
+        .await
+    }
+
+    async fn container_status(
+        &self,
+        req: Request<cri::ContainerStatusRequest>,
+    ) -> Result<Response<cri::ContainerStatusResponse>, Status> {
+        let req = req.into_inner();
+        let span = tracing::trace_span!("ContainerStatus", container_id = %req.container_id);
+        call(span, Kind::Read, async {
+            let id = self
+                .pods
+                .resolve_container(&req.container_id)
+                .map_err(sandbox_status)?;
+            let rec = self.pods.container(&id).map_err(sandbox_status)?;
+            Ok(cri::ContainerStatusResponse {
+                status: Some(ctr::to_container_status(&rec)),
+                info: if req.verbose {
+                    ctr::verbose_info(&rec)
+                } else {
+                    Default::default()
+                },
+            })
+        })
+        .await
+    }
+
+    async fn update_container_resources(
+        &self,
+        req: Request<cri::UpdateContainerResourcesRequest>,
+    ) -> Result<Response<cri::UpdateContainerResourcesResponse>, Status> {
+        let req = req.into_inner();
+        let span =
+            tracing::info_span!("UpdateContainerResources", container_id = %req.container_id);
+        let pods = self.pods.clone();
+        call(
+            span,
+            Kind::Mutation,
+            detached(async move {
+                let r = ctr::resources(req.linux);
+                pods.update_container_resources(&req.container_id, &r)
+                    .await
+                    .map_err(sandbox_status)?;
+                Ok(cri::UpdateContainerResourcesResponse {})
+            }),
+        )
+        .await
+    }
+
+    async fn reopen_container_log(
+        &self,
+        req: Request<cri::ReopenContainerLogRequest>,
+    ) -> Result<Response<cri::ReopenContainerLogResponse>, Status> {
+        let id = req.into_inner().container_id;
+        let span = tracing::info_span!("ReopenContainerLog", container_id = %id);
+        call(span, Kind::Mutation, async {
+            self.pods
+                .reopen_container_log(&id)
+                .map_err(sandbox_status)?;
+            Ok(cri::ReopenContainerLogResponse {})
+        })
+        .await
+    }
+
+    async fn exec_sync(
+        &self,
+        req: Request<cri::ExecSyncRequest>,
+    ) -> Result<Response<cri::ExecSyncResponse>, Status> {
+        let req = req.into_inner();
+        let span = tracing::info_span!("ExecSync", container_id = %req.container_id, timeout = req.timeout);
+        let pods = self.pods.clone();
+        call(
+            span,
+            Kind::Mutation,
+            detached(async move {
+                let timeout = std::time::Duration::from_secs(req.timeout.max(0) as u64);
+                let out = pods
+                    .exec_sync(&req.container_id, req.cmd, timeout)
+                    .await
+                    .map_err(sandbox_status)?;
+                Ok(cri::ExecSyncResponse {
+                    stdout: out.stdout,
+                    stderr: out.stderr,
+                    exit_code: out.exit_code,
+                })
+            }),
+        )
+        .await
+    }
+
+    async fn container_stats(
+        &self,
+        req: Request<cri::ContainerStatsRequest>,
+    ) -> Result<Response<cri::ContainerStatsResponse>, Status> {
+        let id = req.into_inner().container_id;
+        let span = tracing::trace_span!("ContainerStats", container_id = %id);
+        call(span, Kind::Read, async {
+            let id = self.pods.resolve_container(&id).map_err(sandbox_status)?;
+            let rec = self.pods.container(&id).map_err(sandbox_status)?;
+            Ok(cri::ContainerStatsResponse {
+                stats: Some(self.stats_of(&rec)),
+            })
+        })
+        .await
+    }
+
+    async fn list_container_stats(
+        &self,
+        req: Request<cri::ListContainerStatsRequest>,
+    ) -> Result<Response<cri::ListContainerStatsResponse>, Status> {
+        let f = req.into_inner().filter.unwrap_or_default();
+        call(
+            tracing::trace_span!("ListContainerStats"),
+            Kind::Read,
+            async {
+                let filter = berth_sandbox::container::ContainerFilter {
+                    id: (!f.id.is_empty()).then_some(f.id),
+                    pod_id: (!f.pod_sandbox_id.is_empty()).then_some(f.pod_sandbox_id),
+                    labels: f.label_selector.into_iter().collect(),
+                    state: None,
+                };
+                Ok(cri::ListContainerStatsResponse {
+                    stats: self
+                        .pods
+                        .list_containers(&filter)
+                        .iter()
+                        .map(|r| self.stats_of(r))
+                        .collect(),
+                })
+            },
+        )
+        .await
+    }
+
+    async fn pod_sandbox_stats(
+        &self,
+        req: Request<cri::PodSandboxStatsRequest>,
+    ) -> Result<Response<cri::PodSandboxStatsResponse>, Status> {
+        let id = req.into_inner().pod_sandbox_id;
+        let span = tracing::trace_span!("PodSandboxStats", pod_sandbox_id = %id);
+        call(span, Kind::Read, async {
+            let id = self.pods.resolve(&id).map_err(sandbox_status)?;
+            let rec = self.pods.get(&id).map_err(sandbox_status)?;
+            Ok(cri::PodSandboxStatsResponse {
+                stats: Some(self.pod_stats_of(&rec)),
+            })
+        })
+        .await
+    }
+
+    async fn list_pod_sandbox_stats(
+        &self,
+        req: Request<cri::ListPodSandboxStatsRequest>,
+    ) -> Result<Response<cri::ListPodSandboxStatsResponse>, Status> {
+        let f = req.into_inner().filter.unwrap_or_default();
+        call(
+            tracing::trace_span!("ListPodSandboxStats"),
+            Kind::Read,
+            async {
+                let filter = berth_sandbox::pod::PodFilter {
+                    id: (!f.id.is_empty()).then_some(f.id),
+                    state: None,
+                    labels: f.label_selector.into_iter().collect(),
+                };
+                Ok(cri::ListPodSandboxStatsResponse {
+                    stats: self
+                        .pods
+                        .list(&filter)
+                        .iter()
+                        .map(|p| self.pod_stats_of(p))
+                        .collect(),
+                })
+            },
+        )
+        .await
+    }
+
+    async fn update_runtime_config(
+        &self,
+        req: Request<cri::UpdateRuntimeConfigRequest>,
+    ) -> Result<Response<cri::UpdateRuntimeConfigResponse>, Status> {
+        let cidr = req
+            .into_inner()
+            .runtime_config
+            .and_then(|c| c.network_config)
+            .map(|n| n.pod_cidr)
+            .unwrap_or_default();
+        call(
+            tracing::info_span!("UpdateRuntimeConfig", pod_cidr = %cidr),
+            Kind::Mutation,
+            async {
+                // The pod CIDR matters to CNI configs templated from it; berth uses the conflist
+                // as written, as containerd does without a conf template.
+                Ok(cri::UpdateRuntimeConfigResponse {})
+            },
+        )
+        .await
+    }
+}
+
+fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+impl RuntimeCri {
+    fn stats_of(&self, r: &berth_sandbox::container::ContainerRecord) -> cri::ContainerStats {
+        let (usage, layer) = self.pods.container_usage(&r.id).unwrap_or((None, (0, 0)));
+        let now = now_ns();
+        let prev = {
+            let mut m = self.cpu_samples.lock().unwrap_or_else(|p| p.into_inner());
+            match usage {
+                Some(u) => m.insert(r.id.clone(), (now, u.cpu_ns)),
+                None => m.get(&r.id).copied(),
+            }
+        };
+        ctr::to_stats(r, usage, layer, now, prev)
+    }
+
+    fn pod_stats_of(&self, p: &berth_sandbox::pod::PodRecord) -> cri::PodSandboxStats {
+        let containers: Vec<cri::ContainerStats> = self
+            .pods
+            .list_containers(&berth_sandbox::container::ContainerFilter {
+                pod_id: Some(p.id.clone()),
+                ..Default::default()
+            })
+            .iter()
+            .filter(|r| r.state == berth_sandbox::container::ContainerState::Running)
+            .map(|r| self.stats_of(r))
+            .collect();
+        let now = now_ns();
+        let sum = |f: &dyn Fn(&cri::ContainerStats) -> Option<u64>| -> Option<cri::UInt64Value> {
+            Some(cri::UInt64Value {
+                value: containers.iter().filter_map(f).sum(),
+            })
+        };
+        let cpu = cri::CpuUsage {
+            timestamp: now,
+            usage_core_nano_seconds: sum(&|c| {
+                c.cpu
+                    .as_ref()?
+                    .usage_core_nano_seconds
+                    .as_ref()
+                    .map(|v| v.value)
+            }),
+            usage_nano_cores: sum(&|c| c.cpu.as_ref()?.usage_nano_cores.as_ref().map(|v| v.value)),
+        };
+        let memory = cri::MemoryUsage {
+            timestamp: now,
+            working_set_bytes: sum(&|c| {
+                c.memory
+                    .as_ref()?
+                    .working_set_bytes
+                    .as_ref()
+                    .map(|v| v.value)
+            }),
+            usage_bytes: sum(&|c| c.memory.as_ref()?.usage_bytes.as_ref().map(|v| v.value)),
+            rss_bytes: sum(&|c| c.memory.as_ref()?.rss_bytes.as_ref().map(|v| v.value)),
+            page_faults: sum(&|c| c.memory.as_ref()?.page_faults.as_ref().map(|v| v.value)),
+            major_page_faults: sum(&|c| {
+                c.memory
+                    .as_ref()?
+                    .major_page_faults
+                    .as_ref()
+                    .map(|v| v.value)
+            }),
+            available_bytes: None,
+        };
+        let m = &p.config.meta;
+        cri::PodSandboxStats {
+            attributes: Some(cri::PodSandboxAttributes {
+                id: p.id.clone(),
+                metadata: Some(cri::PodSandboxMetadata {
+                    name: m.name.clone(),
+                    uid: m.uid.clone(),
+                    namespace: m.namespace.clone(),
+                    attempt: m.attempt,
+                }),
+                labels: p.config.labels.clone().into_iter().collect(),
+                annotations: p.config.annotations.clone().into_iter().collect(),
+            }),
+            linux: Some(cri::LinuxPodSandboxStats {
+                cpu: Some(cpu),
+                memory: Some(memory),
+                network: None,
+                process: None,
+                containers,
+            }),
+            windows: None,
+        }
     }
 }

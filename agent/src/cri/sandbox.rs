@@ -16,6 +16,7 @@ pub(crate) fn sandbox_status(e: berth_sandbox::Error) -> Status {
         K::FailedPrecondition => tonic::Code::FailedPrecondition,
         K::Failed => tonic::Code::Unknown,
         K::Internal => tonic::Code::Internal,
+        K::DeadlineExceeded => tonic::Code::DeadlineExceeded,
     };
     Status::new(code, super::chain(&e))
 }
@@ -96,11 +97,7 @@ pub(crate) fn pod_config(req: cri::RunPodSandboxRequest) -> Result<PodConfig, St
             Ok(cri::security_profile::ProfileType::Localhost) => {
                 Some(load_seccomp(&p.localhost_ref)?)
             }
-            Ok(cri::security_profile::ProfileType::RuntimeDefault) => {
-                return Err(Status::failed_precondition(
-                    "seccomp RuntimeDefault for pod sandboxes is not implemented yet; use Unconfined or a Localhost profile",
-                ));
-            }
+            Ok(cri::security_profile::ProfileType::RuntimeDefault) => Some(default_seccomp()),
             Err(_) => {
                 return Err(invalid(format!(
                     "unknown seccomp profile type {}",
@@ -112,9 +109,10 @@ pub(crate) fn pod_config(req: cri::RunPodSandboxRequest) -> Result<PodConfig, St
         (None, path) if path.starts_with("localhost/") => {
             Some(load_seccomp(&path["localhost/".len()..])?)
         }
+        (None, "runtime/default" | "docker/default") => Some(default_seccomp()),
         (None, other) => {
-            return Err(Status::failed_precondition(format!(
-                "seccomp profile {other:?} for pod sandboxes is not supported yet"
+            return Err(invalid(format!(
+                "seccomp profile {other:?} is not supported: use runtime/default, unconfined or localhost/<absolute path>"
             )));
         }
     };
@@ -163,6 +161,15 @@ pub(crate) fn pod_config(req: cri::RunPodSandboxRequest) -> Result<PodConfig, St
         seccomp,
         runtime_handler: req.runtime_handler,
     })
+}
+
+/// The RuntimeDefault profile for the pause container (default capabilities).
+fn default_seccomp() -> serde_json::Value {
+    let caps: Vec<String> = berth_sandbox::spec::DEFAULT_CAPABILITIES
+        .iter()
+        .map(|c| c.to_string())
+        .collect();
+    berth_sandbox::seccomp::default_profile(&caps)
 }
 
 fn load_seccomp(path: &str) -> Result<serde_json::Value, Status> {

@@ -342,8 +342,14 @@ impl Shim {
 
     /// Starts the created task.
     pub async fn start(&self, id: &str) -> Result<u32> {
+        self.start_process(id, "").await
+    }
+
+    /// Starts the task's init process (`exec_id` empty) or one of its execs.
+    pub async fn start_process(&self, id: &str, exec_id: &str) -> Result<u32> {
         let req = api::StartRequest {
             id: id.into(),
+            exec_id: exec_id.into(),
             ..Default::default()
         };
         Ok(self
@@ -356,8 +362,20 @@ impl Shim {
 
     /// Sends `signal` to the task (`all`: to every process in it).
     pub async fn kill(&self, id: &str, signal: u32, all: bool) -> Result<()> {
+        self.kill_process(id, "", signal, all).await
+    }
+
+    /// Sends `signal` to the task's init process or one of its execs.
+    pub async fn kill_process(
+        &self,
+        id: &str,
+        exec_id: &str,
+        signal: u32,
+        all: bool,
+    ) -> Result<()> {
         let req = api::KillRequest {
             id: id.into(),
+            exec_id: exec_id.into(),
             signal,
             all,
             ..Default::default()
@@ -371,8 +389,14 @@ impl Shim {
 
     /// Waits for the task to exit; returns its exit status.
     pub async fn wait(&self, id: &str) -> Result<u32> {
+        self.wait_process(id, "").await
+    }
+
+    /// Waits for the task's init process or one of its execs to exit.
+    pub async fn wait_process(&self, id: &str, exec_id: &str) -> Result<u32> {
         let req = api::WaitRequest {
             id: id.into(),
+            exec_id: exec_id.into(),
             ..Default::default()
         };
         Ok(self
@@ -397,8 +421,14 @@ impl Shim {
 
     /// Deletes the (exited) task; returns its exit status.
     pub async fn delete(&self, id: &str) -> Result<u32> {
+        self.delete_process(id, "").await
+    }
+
+    /// Deletes the exited task (`exec_id` empty) or one of its exited execs.
+    pub async fn delete_process(&self, id: &str, exec_id: &str) -> Result<u32> {
         let req = api::DeleteRequest {
             id: id.into(),
+            exec_id: exec_id.into(),
             ..Default::default()
         };
         Ok(self
@@ -421,6 +451,87 @@ impl Shim {
             .await
             .map_err(|e| task_err("Connect", id, e))?;
         Ok((r.shim_pid, r.task_pid))
+    }
+
+    /// Adds an exec process to task `id`; `process` is its OCI process spec (JSON).
+    pub async fn exec(
+        &self,
+        id: &str,
+        exec_id: &str,
+        process: &serde_json::Value,
+        stdio: [&str; 3],
+        terminal: bool,
+    ) -> Result<()> {
+        let any = containerd_shim_protos::protobuf::well_known_types::any::Any {
+            type_url: "types.containerd.io/opencontainers/runtime-spec/1/Process".into(),
+            value: serde_json::to_vec(process).unwrap_or_default(),
+            ..Default::default()
+        };
+        let req = api::ExecProcessRequest {
+            id: id.into(),
+            exec_id: exec_id.into(),
+            terminal,
+            stdin: stdio[0].into(),
+            stdout: stdio[1].into(),
+            stderr: stdio[2].into(),
+            spec: containerd_shim_protos::protobuf::MessageField::some(any),
+            ..Default::default()
+        };
+        self.task
+            .exec(ctx(CALL_TIMEOUT), &req)
+            .await
+            .map_err(|e| task_err("Exec", id, e))?;
+        Ok(())
+    }
+
+    /// Closes the stdin of the task's init process or of one of its execs.
+    pub async fn close_stdin(&self, id: &str, exec_id: &str) -> Result<()> {
+        let req = api::CloseIORequest {
+            id: id.into(),
+            exec_id: exec_id.into(),
+            stdin: true,
+            ..Default::default()
+        };
+        self.task
+            .close_io(ctx(CALL_TIMEOUT), &req)
+            .await
+            .map_err(|e| task_err("CloseIO", id, e))?;
+        Ok(())
+    }
+
+    /// Resizes a process's terminal.
+    pub async fn resize_pty(&self, id: &str, exec_id: &str, width: u32, height: u32) -> Result<()> {
+        let req = api::ResizePtyRequest {
+            id: id.into(),
+            exec_id: exec_id.into(),
+            width,
+            height,
+            ..Default::default()
+        };
+        self.task
+            .resize_pty(ctx(CALL_TIMEOUT), &req)
+            .await
+            .map_err(|e| task_err("ResizePty", id, e))?;
+        Ok(())
+    }
+
+    /// Applies new Linux resources (OCI `LinuxResources` JSON) to the task.
+    pub async fn update(&self, id: &str, resources: &serde_json::Value) -> Result<()> {
+        let any = containerd_shim_protos::protobuf::well_known_types::any::Any {
+            type_url: "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources".into(),
+            value: serde_json::to_vec(resources).unwrap_or_default(),
+            ..Default::default()
+        };
+        let req = api::UpdateTaskRequest {
+            id: id.into(),
+            resources: containerd_shim_protos::protobuf::MessageField::some(any),
+            ..Default::default()
+        };
+        self.task
+            .update(ctx(CALL_TIMEOUT), &req)
+            .await
+            .map_err(|e| task_err("Update", id, e))?;
+        Ok(())
     }
 
     /// Asks the shim to exit (it does once it has no tasks left).

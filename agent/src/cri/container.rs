@@ -1,0 +1,465 @@
+//! CRI container calls: conversions between CRI messages and the sandbox crate's types.
+
+use std::collections::{BTreeMap, HashMap};
+
+use berth_cri_api::v1 as cri;
+use berth_sandbox::container::{
+    ContainerConfig, ContainerEvent, ContainerEventKind, ContainerFilter, ContainerRecord,
+    ContainerState, Device, Mount, PidMode, Propagation, Resources, Seccomp, Security,
+};
+use tonic::Status;
+
+fn invalid(msg: impl Into<String>) -> Status {
+    Status::invalid_argument(msg.into())
+}
+
+fn id_of(v: &cri::Int64Value, what: &str) -> Result<u32, Status> {
+    u32::try_from(v.value).map_err(|_| invalid(format!("{what} {} is out of range", v.value)))
+}
+
+/// CRI resources → berth's.
+pub(crate) fn resources(r: Option<cri::LinuxContainerResources>) -> Resources {
+    let r = r.unwrap_or_default();
+    Resources {
+        cpu_period: r.cpu_period,
+        cpu_quota: r.cpu_quota,
+        cpu_shares: r.cpu_shares,
+        memory_limit: r.memory_limit_in_bytes,
+        memory_swap_limit: r.memory_swap_limit_in_bytes,
+        oom_score_adj: r.oom_score_adj,
+        cpuset_cpus: r.cpuset_cpus,
+        cpuset_mems: r.cpuset_mems,
+        hugepage_limits: r
+            .hugepage_limits
+            .into_iter()
+            .map(|h| (h.page_size, h.limit))
+            .collect(),
+        unified: r.unified.into_iter().collect(),
+    }
+}
+
+fn to_cri_resources(r: &Resources) -> cri::LinuxContainerResources {
+    cri::LinuxContainerResources {
+        cpu_period: r.cpu_period,
+        cpu_quota: r.cpu_quota,
+        cpu_shares: r.cpu_shares,
+        memory_limit_in_bytes: r.memory_limit,
+        oom_score_adj: r.oom_score_adj,
+        cpuset_cpus: r.cpuset_cpus.clone(),
+        cpuset_mems: r.cpuset_mems.clone(),
+        hugepage_limits: r
+            .hugepage_limits
+            .iter()
+            .map(|(s, l)| cri::HugepageLimit {
+                page_size: s.clone(),
+                limit: *l,
+            })
+            .collect(),
+        unified: r.unified.clone().into_iter().collect(),
+        memory_swap_limit_in_bytes: r.memory_swap_limit,
+    }
+}
+
+fn load_profile(path: &str) -> Result<serde_json::Value, Status> {
+    if !path.starts_with('/') {
+        return Err(invalid(format!(
+            "seccomp localhost profile {path:?} must be an absolute path"
+        )));
+    }
+    let text =
+        std::fs::read(path).map_err(|e| invalid(format!("read seccomp profile {path}: {e}")))?;
+    serde_json::from_slice(&text).map_err(|e| invalid(format!("seccomp profile {path}: {e}")))
+}
+
+/// The container's seccomp from the CRI field, or the deprecated path form.
+#[allow(deprecated)]
+fn seccomp(sc: &cri::LinuxContainerSecurityContext) -> Result<Seccomp, Status> {
+    use cri::security_profile::ProfileType as P;
+    if let Some(p) = &sc.seccomp {
+        return match P::try_from(p.profile_type) {
+            Ok(P::Unconfined) => Ok(Seccomp::Unconfined),
+            Ok(P::RuntimeDefault) => Ok(Seccomp::RuntimeDefault),
+            Ok(P::Localhost) => Ok(Seccomp::Profile(load_profile(&p.localhost_ref)?)),
+            Err(_) => Err(invalid(format!(
+                "unknown seccomp profile type {}",
+                p.profile_type
+            ))),
+        };
+    }
+    match sc.seccomp_profile_path.as_str() {
+        // containerd 1.6 leaves an unset profile unconfined.
+        "" | "unconfined" => Ok(Seccomp::Unconfined),
+        "runtime/default" | "docker/default" => Ok(Seccomp::RuntimeDefault),
+        p if p.starts_with("localhost/") => {
+            Ok(Seccomp::Profile(load_profile(&p["localhost/".len()..])?))
+        }
+        other => Err(invalid(format!(
+            "seccomp profile {other:?} is not supported: use runtime/default, unconfined or localhost/<absolute path>"
+        ))),
+    }
+}
+
+/// Validates a CreateContainer request: (pod id, config).
+pub(crate) fn container_config(
+    req: cri::CreateContainerRequest,
+) -> Result<(String, ContainerConfig), Status> {
+    if req.pod_sandbox_id.is_empty() {
+        return Err(invalid("pod_sandbox_id is required"));
+    }
+    let c = req.config.ok_or_else(|| invalid("config is required"))?;
+    let m = c
+        .metadata
+        .ok_or_else(|| invalid("config.metadata is required"))?;
+    if m.name.is_empty() {
+        return Err(invalid("config.metadata.name is required"));
+    }
+    if m.name.contains(['/', '\0', '_']) || m.name.len() > 253 {
+        return Err(invalid(format!(
+            "container name {:?} is invalid: no '/', '_' or NUL, at most 253 bytes",
+            m.name
+        )));
+    }
+    let image = c.image.map(|i| i.image).unwrap_or_default();
+    if image.is_empty() {
+        return Err(invalid("config.image.image is required"));
+    }
+    if c.log_path.starts_with('/') || c.log_path.split('/').any(|p| p == "..") {
+        return Err(invalid(format!(
+            "log_path {:?} must be relative to the pod's log directory, without '..'",
+            c.log_path
+        )));
+    }
+    let linux = c.linux.unwrap_or_default();
+    let sc = linux.security_context.unwrap_or_default();
+    if sc.run_as_group.is_some() && sc.run_as_user.is_none() && sc.run_as_username.is_empty() {
+        return Err(invalid(
+            "run_as_group is set without run_as_user or run_as_username",
+        ));
+    }
+    let ns = sc.namespace_options.clone().unwrap_or_default();
+    let pid = match cri::NamespaceMode::try_from(ns.pid) {
+        Ok(cri::NamespaceMode::Container) => PidMode::Container,
+        Ok(cri::NamespaceMode::Pod) => PidMode::Pod,
+        Ok(cri::NamespaceMode::Node) => PidMode::Node,
+        Ok(cri::NamespaceMode::Target) => {
+            if ns.target_id.is_empty() {
+                return Err(invalid("pid namespace TARGET needs a target_id"));
+            }
+            PidMode::Target(ns.target_id.clone())
+        }
+        Err(_) => return Err(invalid(format!("unknown pid namespace mode {}", ns.pid))),
+    };
+    let caps = sc.capabilities.clone().unwrap_or_default();
+    let mut envs = Vec::new();
+    for kv in c.envs {
+        if kv.key.is_empty() || kv.key.contains(['=', '\0']) {
+            return Err(invalid(format!(
+                "environment variable name {:?} is invalid",
+                kv.key
+            )));
+        }
+        envs.push((kv.key, kv.value));
+    }
+    let mut mounts = Vec::new();
+    for mt in c.mounts {
+        if mt.container_path.is_empty() || mt.host_path.is_empty() {
+            return Err(invalid("a mount needs container_path and host_path"));
+        }
+        let propagation = match cri::MountPropagation::try_from(mt.propagation) {
+            Ok(cri::MountPropagation::PropagationPrivate) => Propagation::Private,
+            Ok(cri::MountPropagation::PropagationHostToContainer) => Propagation::HostToContainer,
+            Ok(cri::MountPropagation::PropagationBidirectional) => Propagation::Bidirectional,
+            Err(_) => {
+                return Err(invalid(format!(
+                    "unknown mount propagation {}",
+                    mt.propagation
+                )));
+            }
+        };
+        mounts.push(Mount {
+            container_path: mt.container_path,
+            host_path: mt.host_path,
+            readonly: mt.readonly,
+            propagation,
+        });
+    }
+    let security = Security {
+        privileged: sc.privileged,
+        add_capabilities: caps.add_capabilities,
+        drop_capabilities: caps.drop_capabilities,
+        readonly_rootfs: sc.readonly_rootfs,
+        no_new_privs: sc.no_new_privs,
+        run_as_user: sc
+            .run_as_user
+            .as_ref()
+            .map(|v| id_of(v, "run_as_user"))
+            .transpose()?,
+        run_as_username: sc.run_as_username.clone(),
+        run_as_group: sc
+            .run_as_group
+            .as_ref()
+            .map(|v| id_of(v, "run_as_group"))
+            .transpose()?,
+        supplemental_groups: sc
+            .supplemental_groups
+            .iter()
+            .map(|g| {
+                u32::try_from(*g)
+                    .map_err(|_| invalid(format!("supplemental group {g} out of range")))
+            })
+            .collect::<Result<_, _>>()?,
+        masked_paths: (!sc.masked_paths.is_empty()).then(|| sc.masked_paths.clone()),
+        readonly_paths: (!sc.readonly_paths.is_empty()).then(|| sc.readonly_paths.clone()),
+        seccomp: seccomp(&sc)?,
+        pid,
+    };
+    Ok((
+        req.pod_sandbox_id,
+        ContainerConfig {
+            name: m.name,
+            attempt: m.attempt,
+            image,
+            command: c.command,
+            args: c.args,
+            working_dir: c.working_dir,
+            envs,
+            mounts,
+            devices: c
+                .devices
+                .into_iter()
+                .map(|d| Device {
+                    container_path: d.container_path,
+                    host_path: d.host_path,
+                    permissions: d.permissions,
+                })
+                .collect(),
+            labels: c.labels.into_iter().collect(),
+            annotations: c.annotations.into_iter().collect(),
+            log_path: c.log_path,
+            stdin: c.stdin,
+            stdin_once: c.stdin_once,
+            tty: c.tty,
+            resources: resources(linux.resources),
+            security,
+        },
+    ))
+}
+
+fn state(s: ContainerState) -> i32 {
+    (match s {
+        ContainerState::Created => cri::ContainerState::ContainerCreated,
+        ContainerState::Running => cri::ContainerState::ContainerRunning,
+        ContainerState::Exited => cri::ContainerState::ContainerExited,
+        ContainerState::Unknown => cri::ContainerState::ContainerUnknown,
+    }) as i32
+}
+
+fn meta(r: &ContainerRecord) -> cri::ContainerMetadata {
+    cri::ContainerMetadata {
+        name: r.config.name.clone(),
+        attempt: r.config.attempt,
+    }
+}
+
+fn image(r: &ContainerRecord) -> cri::ImageSpec {
+    cri::ImageSpec {
+        image: r.image_id.clone(),
+        user_specified_image: r.config.image.clone(),
+        ..Default::default()
+    }
+}
+
+fn map(m: &BTreeMap<String, String>) -> HashMap<String, String> {
+    m.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+}
+
+/// A ListContainers item.
+pub(crate) fn to_container(r: &ContainerRecord) -> cri::Container {
+    cri::Container {
+        id: r.id.clone(),
+        pod_sandbox_id: r.pod_id.clone(),
+        metadata: Some(meta(r)),
+        image: Some(image(r)),
+        image_ref: r.image_ref.clone(),
+        state: state(r.state),
+        created_at: r.created_ns,
+        labels: map(&r.config.labels),
+        annotations: map(&r.config.annotations),
+        ..Default::default()
+    }
+}
+
+/// ContainerStatus.
+pub(crate) fn to_container_status(r: &ContainerRecord) -> cri::ContainerStatus {
+    cri::ContainerStatus {
+        id: r.id.clone(),
+        metadata: Some(meta(r)),
+        state: state(r.state),
+        created_at: r.created_ns,
+        started_at: r.started_ns,
+        finished_at: r.finished_ns,
+        exit_code: r.exit_code,
+        image: Some(image(r)),
+        image_ref: r.image_ref.clone(),
+        reason: r.reason.clone(),
+        message: r.message.clone(),
+        labels: map(&r.config.labels),
+        annotations: map(&r.config.annotations),
+        mounts: r
+            .config
+            .mounts
+            .iter()
+            .map(|m| cri::Mount {
+                container_path: m.container_path.clone(),
+                host_path: m.host_path.clone(),
+                readonly: m.readonly,
+                propagation: match m.propagation {
+                    Propagation::Private => cri::MountPropagation::PropagationPrivate,
+                    Propagation::HostToContainer => {
+                        cri::MountPropagation::PropagationHostToContainer
+                    }
+                    Propagation::Bidirectional => cri::MountPropagation::PropagationBidirectional,
+                } as i32,
+                ..Default::default()
+            })
+            .collect(),
+        log_path: r
+            .log_path
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default(),
+        resources: Some(cri::ContainerResources {
+            linux: Some(to_cri_resources(&r.config.resources)),
+            windows: None,
+        }),
+        image_id: r.image_id.clone(),
+        user: Some(cri::ContainerUser {
+            linux: Some(cri::LinuxContainerUser {
+                uid: r.spec["process"]["user"]["uid"].as_i64().unwrap_or(0),
+                gid: r.spec["process"]["user"]["gid"].as_i64().unwrap_or(0),
+                supplemental_groups: r.spec["process"]["user"]["additionalGids"]
+                    .as_array()
+                    .map(|a| a.iter().filter_map(|g| g.as_i64()).collect())
+                    .unwrap_or_default(),
+            }),
+        }),
+    }
+}
+
+/// Verbose ContainerStatus info, shaped like containerd's.
+pub(crate) fn verbose_info(r: &ContainerRecord) -> HashMap<String, String> {
+    let info = serde_json::json!({
+        "sandboxID": r.pod_id,
+        "pid": r.pid,
+        "removing": false,
+        "snapshotKey": r.id,
+        "snapshotter": "overlayfs",
+        "runtimeSpec": r.spec,
+        "config": {
+            "metadata": {"name": r.config.name, "attempt": r.config.attempt},
+            "image": {"image": r.config.image},
+            "command": r.config.command,
+            "args": r.config.args,
+            "log_path": r.config.log_path,
+            "tty": r.config.tty,
+            "stdin": r.config.stdin,
+        },
+    });
+    HashMap::from([("info".to_string(), info.to_string())])
+}
+
+/// ListContainers filter.
+pub(crate) fn filter(f: Option<cri::ContainerFilter>) -> ContainerFilter {
+    let Some(f) = f else {
+        return ContainerFilter::default();
+    };
+    ContainerFilter {
+        id: (!f.id.is_empty()).then_some(f.id),
+        state: f.state.and_then(|s| {
+            Some(match cri::ContainerState::try_from(s.state).ok()? {
+                cri::ContainerState::ContainerCreated => ContainerState::Created,
+                cri::ContainerState::ContainerRunning => ContainerState::Running,
+                cri::ContainerState::ContainerExited => ContainerState::Exited,
+                cri::ContainerState::ContainerUnknown => ContainerState::Unknown,
+            })
+        }),
+        pod_id: (!f.pod_sandbox_id.is_empty()).then_some(f.pod_sandbox_id),
+        labels: f.label_selector.into_iter().collect(),
+    }
+}
+
+/// A GetContainerEvents message.
+pub(crate) fn to_event(
+    e: &ContainerEvent,
+    status: Option<cri::ContainerStatus>,
+    pod: Option<cri::PodSandboxStatus>,
+) -> cri::ContainerEventResponse {
+    cri::ContainerEventResponse {
+        container_id: e.container_id.clone(),
+        container_event_type: (match e.kind {
+            ContainerEventKind::Created => cri::ContainerEventType::ContainerCreatedEvent,
+            ContainerEventKind::Started => cri::ContainerEventType::ContainerStartedEvent,
+            ContainerEventKind::Stopped => cri::ContainerEventType::ContainerStoppedEvent,
+            ContainerEventKind::Deleted => cri::ContainerEventType::ContainerDeletedEvent,
+        }) as i32,
+        created_at: e.at_ns,
+        pod_sandbox_status: pod,
+        containers_statuses: status.into_iter().collect(),
+    }
+}
+
+/// Stats of one container; `prev` is the last (time ns, cpu ns) sample for a rate.
+pub(crate) fn to_stats(
+    r: &ContainerRecord,
+    usage: Option<berth_sandbox::stats::Usage>,
+    layer: (u64, u64),
+    now_ns: i64,
+    prev: Option<(i64, u64)>,
+) -> cri::ContainerStats {
+    let u64v = |v: u64| Some(cri::UInt64Value { value: v });
+    let (cpu, memory) = match usage {
+        Some(u) => {
+            let rate = prev.and_then(|(t, c)| {
+                let dt = now_ns.checked_sub(t).filter(|d| *d > 0)? as u128;
+                let dc = u.cpu_ns.checked_sub(c)? as u128;
+                Some((dc * 1_000_000_000 / dt) as u64)
+            });
+            (
+                Some(cri::CpuUsage {
+                    timestamp: now_ns,
+                    usage_core_nano_seconds: u64v(u.cpu_ns),
+                    usage_nano_cores: rate.and_then(u64v).or(u64v(0)),
+                }),
+                Some(cri::MemoryUsage {
+                    timestamp: now_ns,
+                    working_set_bytes: u64v(u.working_set),
+                    usage_bytes: u64v(u.memory_usage),
+                    rss_bytes: u64v(u.rss),
+                    page_faults: u64v(u.page_faults),
+                    major_page_faults: u64v(u.major_page_faults),
+                    available_bytes: None,
+                }),
+            )
+        }
+        None => (None, None),
+    };
+    cri::ContainerStats {
+        attributes: Some(cri::ContainerAttributes {
+            id: r.id.clone(),
+            metadata: Some(meta(r)),
+            labels: map(&r.config.labels),
+            annotations: map(&r.config.annotations),
+        }),
+        cpu,
+        memory,
+        writable_layer: Some(cri::FilesystemUsage {
+            timestamp: now_ns,
+            fs_id: Some(cri::FilesystemIdentifier {
+                mountpoint: String::new(),
+            }),
+            used_bytes: u64v(layer.0),
+            inodes_used: u64v(layer.1),
+        }),
+        swap: None,
+    }
+}

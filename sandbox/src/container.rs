@@ -1,0 +1,1618 @@
+//! Containers inside pods: a second (third, …) task in the pod's shim, joining the pause
+//! container's namespaces, on its own writable snapshot over the image's layers.
+//!
+//! ```text
+//!   CreateContainer ──► Created ──StartContainer──► Running ──exit (event)──► Exited
+//!                          │                                                   │
+//!                          └──────────────── RemoveContainer ◄─────────────────┘
+//! ```
+//!
+//! The shim writes the container's stdout/stderr to fifos in the container's directory;
+//! berth copies them into the CRI log ([`crate::logs`]). When the init process exits the
+//! shim's exit event records exit code, time and reason (`OOMKilled` after an OOM event), and
+//! the task is deleted from the shim so the shim unmounts the rootfs.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::error::{Error, Result};
+use crate::logs::{ContainerLog, mkfifo, open_fifo_reader};
+use crate::pod::{PodManager, PodRecord, PodState};
+use crate::shim::Shim;
+use crate::spec::{DEFAULT_CAPABILITIES, MASKED_PATHS, READONLY_PATHS, clamp_oom_score_adj};
+use crate::users::{Accounts, layers_of};
+
+pub(crate) const TABLE: &str = "containers";
+const SIGKILL: u32 = 9;
+
+/// How a host path's mount propagates.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub enum Propagation {
+    /// `rprivate`.
+    #[default]
+    Private,
+    /// `rslave`: host mounts appear in the container.
+    HostToContainer,
+    /// `rshared`: both ways.
+    Bidirectional,
+}
+
+/// A CRI mount.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Mount {
+    /// Path in the container.
+    pub container_path: String,
+    /// Path on the host.
+    pub host_path: String,
+    /// Read-only.
+    pub readonly: bool,
+    /// Propagation.
+    pub propagation: Propagation,
+}
+
+/// A CRI device.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Device {
+    /// Path in the container.
+    pub container_path: String,
+    /// Path on the host.
+    pub host_path: String,
+    /// Cgroup permissions (`rwm`).
+    pub permissions: String,
+}
+
+/// Linux resources (CRI `LinuxContainerResources`; zero means unset).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Resources {
+    /// CFS period (µs).
+    pub cpu_period: i64,
+    /// CFS quota (µs).
+    pub cpu_quota: i64,
+    /// CPU shares.
+    pub cpu_shares: i64,
+    /// Memory limit (bytes).
+    pub memory_limit: i64,
+    /// Memory + swap limit (bytes).
+    pub memory_swap_limit: i64,
+    /// oom_score_adj.
+    pub oom_score_adj: i64,
+    /// cpuset.cpus.
+    pub cpuset_cpus: String,
+    /// cpuset.mems.
+    pub cpuset_mems: String,
+    /// Hugepage limits: page size (`2MB`) → bytes.
+    pub hugepage_limits: Vec<(String, u64)>,
+    /// cgroup v2 unified settings.
+    pub unified: BTreeMap<String, String>,
+}
+
+/// How the container's pid namespace is chosen.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub enum PidMode {
+    /// Its own.
+    #[default]
+    Container,
+    /// The pod's (the pause container's).
+    Pod,
+    /// The host's.
+    Node,
+    /// Another container's.
+    Target(String),
+}
+
+/// Seccomp for a container.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub enum Seccomp {
+    /// No filter.
+    #[default]
+    Unconfined,
+    /// berth's default profile.
+    RuntimeDefault,
+    /// A profile (OCI JSON) from a file.
+    Profile(Value),
+}
+
+/// The container's security context.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Security {
+    /// Privileged.
+    pub privileged: bool,
+    /// Capabilities to add (`CAP_` prefix optional, `ALL`).
+    pub add_capabilities: Vec<String>,
+    /// Capabilities to drop (`ALL`).
+    pub drop_capabilities: Vec<String>,
+    /// Read-only rootfs.
+    pub readonly_rootfs: bool,
+    /// no_new_privs.
+    pub no_new_privs: bool,
+    /// uid.
+    pub run_as_user: Option<u32>,
+    /// User name from the image's passwd.
+    pub run_as_username: String,
+    /// gid.
+    pub run_as_group: Option<u32>,
+    /// Supplemental groups.
+    pub supplemental_groups: Vec<u32>,
+    /// Masked paths (`None`: the default set).
+    pub masked_paths: Option<Vec<String>>,
+    /// Read-only paths (`None`: the default set).
+    pub readonly_paths: Option<Vec<String>>,
+    /// Seccomp.
+    pub seccomp: Seccomp,
+    /// Pid namespace.
+    pub pid: PidMode,
+}
+
+/// What CreateContainer asked for (validated by the agent).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct ContainerConfig {
+    /// Name.
+    pub name: String,
+    /// Attempt.
+    pub attempt: u32,
+    /// The image as the caller named it.
+    pub image: String,
+    /// Replaces the image's entrypoint.
+    pub command: Vec<String>,
+    /// Replaces the image's cmd.
+    pub args: Vec<String>,
+    /// Working directory.
+    pub working_dir: String,
+    /// Environment, in order.
+    pub envs: Vec<(String, String)>,
+    /// Mounts.
+    pub mounts: Vec<Mount>,
+    /// Devices.
+    pub devices: Vec<Device>,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+    /// Annotations.
+    pub annotations: BTreeMap<String, String>,
+    /// Log path relative to the pod's log directory.
+    pub log_path: String,
+    /// Keep stdin open.
+    pub stdin: bool,
+    /// Close stdin after the first attach ends.
+    pub stdin_once: bool,
+    /// Allocate a terminal.
+    pub tty: bool,
+    /// Resources.
+    pub resources: Resources,
+    /// Security.
+    pub security: Security,
+}
+
+/// Container state.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub enum ContainerState {
+    /// Created, not started.
+    Created,
+    /// Running.
+    Running,
+    /// Exited (or failed to start).
+    Exited,
+    /// Unknown (its shim is gone and its fate was not heard).
+    Unknown,
+}
+
+/// A container as berth keeps it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ContainerRecord {
+    /// Id.
+    pub id: String,
+    /// Its pod.
+    pub pod_id: String,
+    /// What was asked for.
+    pub config: ContainerConfig,
+    /// The image id (`sha256:…`).
+    pub image_id: String,
+    /// A repo digest of the image, else its first tag.
+    pub image_ref: String,
+    /// State.
+    pub state: ContainerState,
+    /// Created (Unix ns).
+    pub created_ns: i64,
+    /// Started (Unix ns), 0 if never.
+    pub started_ns: i64,
+    /// Finished (Unix ns), 0 if not.
+    pub finished_ns: i64,
+    /// Exit code.
+    pub exit_code: i32,
+    /// `Completed`, `Error`, `OOMKilled`, `StartError`.
+    pub reason: String,
+    /// A human message (start errors).
+    pub message: String,
+    /// The init process's pid.
+    pub pid: u32,
+    /// The full log path, if any.
+    pub log_path: Option<PathBuf>,
+    /// The image's stop signal.
+    pub stop_signal: String,
+    /// The OCI spec.
+    pub spec: Value,
+    /// An OOM event was seen for it.
+    #[serde(default)]
+    pub oom: bool,
+}
+
+/// A container lifecycle event (for GetContainerEvents).
+#[derive(Debug, Clone)]
+pub struct ContainerEvent {
+    /// Container id.
+    pub container_id: String,
+    /// Its pod.
+    pub pod_id: String,
+    /// What happened.
+    pub kind: ContainerEventKind,
+    /// When (Unix ns).
+    pub at_ns: i64,
+}
+
+/// The kinds of [`ContainerEvent`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ContainerEventKind {
+    /// Created.
+    Created,
+    /// Started.
+    Started,
+    /// Stopped (exited).
+    Stopped,
+    /// Removed.
+    Deleted,
+}
+
+/// Filters for ListContainers.
+#[derive(Debug, Clone, Default)]
+pub struct ContainerFilter {
+    /// Id or prefix.
+    pub id: Option<String>,
+    /// State.
+    pub state: Option<ContainerState>,
+    /// Pod id or prefix.
+    pub pod_id: Option<String>,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+}
+
+/// What ExecSync returns.
+#[derive(Debug, Clone, Default)]
+pub struct ExecOutput {
+    /// stdout.
+    pub stdout: Vec<u8>,
+    /// stderr.
+    pub stderr: Vec<u8>,
+    /// Exit code.
+    pub exit_code: i32,
+}
+
+/// Most output ExecSync keeps of each stream (the kubelet's limit).
+pub const EXEC_OUTPUT_LIMIT: usize = 16 * 1024 * 1024;
+
+fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+/// Every capability the kernel knows, by OCI name.
+pub const ALL_CAPABILITIES: &[&str] = &[
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_DAC_READ_SEARCH",
+    "CAP_FOWNER",
+    "CAP_FSETID",
+    "CAP_KILL",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETPCAP",
+    "CAP_LINUX_IMMUTABLE",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_NET_BROADCAST",
+    "CAP_NET_ADMIN",
+    "CAP_NET_RAW",
+    "CAP_IPC_LOCK",
+    "CAP_IPC_OWNER",
+    "CAP_SYS_MODULE",
+    "CAP_SYS_RAWIO",
+    "CAP_SYS_CHROOT",
+    "CAP_SYS_PTRACE",
+    "CAP_SYS_PACCT",
+    "CAP_SYS_ADMIN",
+    "CAP_SYS_BOOT",
+    "CAP_SYS_NICE",
+    "CAP_SYS_RESOURCE",
+    "CAP_SYS_TIME",
+    "CAP_SYS_TTY_CONFIG",
+    "CAP_MKNOD",
+    "CAP_LEASE",
+    "CAP_AUDIT_WRITE",
+    "CAP_AUDIT_CONTROL",
+    "CAP_SETFCAP",
+    "CAP_MAC_OVERRIDE",
+    "CAP_MAC_ADMIN",
+    "CAP_SYSLOG",
+    "CAP_WAKE_ALARM",
+    "CAP_BLOCK_SUSPEND",
+    "CAP_AUDIT_READ",
+    "CAP_PERFMON",
+    "CAP_BPF",
+    "CAP_CHECKPOINT_RESTORE",
+];
+
+/// `SYS_ADMIN` / `cap_sys_admin` → `CAP_SYS_ADMIN`; unknown names are refused.
+pub fn cap_name(c: &str) -> Result<String> {
+    let up = c.to_ascii_uppercase();
+    let full = if up.starts_with("CAP_") {
+        up
+    } else {
+        format!("CAP_{up}")
+    };
+    if ALL_CAPABILITIES.contains(&full.as_str()) {
+        Ok(full)
+    } else {
+        Err(Error::Invalid(format!("unknown capability {c:?}")))
+    }
+}
+
+/// The capabilities berth's own bounding set holds, by OCI name: what "all" can mean, as
+/// containerd's privileged containers get the daemon's own set (root here may lack some, such
+/// as CAP_SYS_RESOURCE, and runc cannot grant what it does not have).
+pub fn own_capabilities() -> Vec<String> {
+    let bnd = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapBnd:"))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        })
+        .unwrap_or(u64::MAX);
+    ALL_CAPABILITIES
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| bnd & (1u64 << i) != 0)
+        .map(|(_, c)| c.to_string())
+        .collect()
+}
+
+/// The effective capability set for a security context.
+pub fn capabilities(sec: &Security) -> Result<Vec<String>> {
+    if sec.privileged {
+        return Ok(own_capabilities());
+    }
+    let is_all = |v: &[String]| v.iter().any(|c| c.eq_ignore_ascii_case("ALL"));
+    let mut caps: Vec<String> = if is_all(&sec.add_capabilities) {
+        own_capabilities()
+    } else {
+        DEFAULT_CAPABILITIES.iter().map(|s| s.to_string()).collect()
+    };
+    if is_all(&sec.drop_capabilities) {
+        caps.clear();
+    } else {
+        for d in &sec.drop_capabilities {
+            let d = cap_name(d)?;
+            caps.retain(|c| *c != d);
+        }
+    }
+    if !is_all(&sec.add_capabilities) {
+        for a in &sec.add_capabilities {
+            let a = cap_name(a)?;
+            if !caps.contains(&a) {
+                caps.push(a);
+            }
+        }
+    }
+    Ok(caps)
+}
+
+/// What a container spec is built from.
+#[derive(Debug, Clone)]
+pub struct ContainerSpec<'a> {
+    /// Container id.
+    pub id: &'a str,
+    /// The CRI config.
+    pub config: &'a ContainerConfig,
+    /// The pod.
+    pub pod: &'a PodRecord,
+    /// The pod's directory (hostname, hosts, resolv.conf, shm).
+    pub pod_dir: &'a Path,
+    /// The image's config.
+    pub image: &'a berth_image::manifest::ContainerConfig,
+    /// Who it runs as.
+    pub ids: crate::users::Ids,
+    /// The pid of a TARGET container's init, for `PidMode::Target`.
+    pub target_pid: Option<u32>,
+    /// berth's own oom_score_adj.
+    pub daemon_oom_score_adj: i64,
+}
+
+fn host_devices() -> Vec<Value> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let mut out = Vec::new();
+    let Ok(rd) = std::fs::read_dir("/dev") else {
+        return out;
+    };
+    for e in rd.flatten() {
+        let p = e.path();
+        let Ok(m) = std::fs::metadata(&p) else {
+            continue;
+        };
+        let ft = m.file_type();
+        let kind = if ft.is_char_device() {
+            "c"
+        } else if ft.is_block_device() {
+            "b"
+        } else {
+            continue;
+        };
+        // The container's own terminal devices come from its /dev/pts and console.
+        if matches!(p.to_str(), Some("/dev/console" | "/dev/ptmx" | "/dev/tty")) {
+            continue;
+        }
+        let rdev = m.rdev();
+        out.push(json!({
+            "path": p, "type": kind,
+            "major": rustix::fs::major(rdev), "minor": rustix::fs::minor(rdev),
+            "fileMode": m.mode() & 0o777, "uid": m.uid(), "gid": m.gid(),
+        }));
+    }
+    out
+}
+
+fn device(d: &Device) -> Result<(Value, Value)> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let m = std::fs::metadata(&d.host_path)
+        .map_err(|e| Error::Invalid(format!("device {}: {e}", d.host_path)))?;
+    let kind = if m.file_type().is_char_device() {
+        "c"
+    } else if m.file_type().is_block_device() {
+        "b"
+    } else {
+        return Err(Error::Invalid(format!(
+            "device {} is not a character or block device",
+            d.host_path
+        )));
+    };
+    let perms = if d.permissions.is_empty() {
+        "rwm"
+    } else {
+        d.permissions.as_str()
+    };
+    if !perms.chars().all(|c| "rwm".contains(c)) {
+        return Err(Error::Invalid(format!(
+            "device {} permissions {perms:?}: only r, w and m",
+            d.host_path
+        )));
+    }
+    let (major, minor) = (rustix::fs::major(m.rdev()), rustix::fs::minor(m.rdev()));
+    Ok((
+        json!({"path": d.container_path, "type": kind, "major": major, "minor": minor,
+               "fileMode": m.mode() & 0o777, "uid": m.uid(), "gid": m.gid()}),
+        json!({"allow": true, "type": kind, "major": major, "minor": minor, "access": perms}),
+    ))
+}
+
+/// OCI `LinuxResources` for CRI resources.
+pub fn linux_resources(r: &Resources) -> Value {
+    let mut cpu = serde_json::Map::new();
+    if r.cpu_shares > 0 {
+        cpu.insert("shares".into(), json!(r.cpu_shares));
+    }
+    if r.cpu_quota != 0 {
+        cpu.insert("quota".into(), json!(r.cpu_quota));
+    }
+    if r.cpu_period > 0 {
+        cpu.insert("period".into(), json!(r.cpu_period));
+    }
+    if !r.cpuset_cpus.is_empty() {
+        cpu.insert("cpus".into(), json!(r.cpuset_cpus));
+    }
+    if !r.cpuset_mems.is_empty() {
+        cpu.insert("mems".into(), json!(r.cpuset_mems));
+    }
+    let mut mem = serde_json::Map::new();
+    if r.memory_limit > 0 {
+        mem.insert("limit".into(), json!(r.memory_limit));
+    }
+    if r.memory_swap_limit > 0 {
+        mem.insert("swap".into(), json!(r.memory_swap_limit));
+    }
+    let mut out = json!({"cpu": cpu, "memory": mem});
+    if !r.hugepage_limits.is_empty() {
+        out["hugepageLimits"] = Value::Array(
+            r.hugepage_limits
+                .iter()
+                .map(|(size, limit)| json!({"pageSize": size, "limit": limit}))
+                .collect(),
+        );
+    }
+    if !r.unified.is_empty() {
+        out["unified"] = json!(r.unified);
+    }
+    out
+}
+
+impl ContainerSpec<'_> {
+    /// The OCI `config.json`.
+    pub fn build(&self) -> Result<Value> {
+        let c = self.config;
+        let sec = &c.security;
+        // Entrypoint and cmd, as the kubelet documents them: command replaces ENTRYPOINT
+        // (and drops CMD), args replace CMD.
+        let entry = if c.command.is_empty() {
+            self.image.entrypoint.clone().unwrap_or_default()
+        } else {
+            c.command.clone()
+        };
+        let cmd = if !c.args.is_empty() {
+            c.args.clone()
+        } else if c.command.is_empty() {
+            self.image.cmd.clone().unwrap_or_default()
+        } else {
+            vec![]
+        };
+        let args: Vec<String> = entry.into_iter().chain(cmd).collect();
+        if args.is_empty() {
+            return Err(Error::Invalid(
+                "no command: neither the container config nor the image has one".into(),
+            ));
+        }
+        // Env: the image's, then the config's (a later value for a name replaces an earlier).
+        let mut env: Vec<String> = Vec::new();
+        let mut set = |k: &str, v: &str| {
+            let prefix = format!("{k}=");
+            env.retain(|e| !e.starts_with(&prefix));
+            env.push(format!("{k}={v}"));
+        };
+        if !self
+            .image
+            .env
+            .as_ref()
+            .is_some_and(|e| e.iter().any(|v| v.starts_with("PATH=")))
+        {
+            set(
+                "PATH",
+                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            );
+        }
+        for e in self.image.env.clone().unwrap_or_default() {
+            match e.split_once('=') {
+                Some((k, v)) => set(k, v),
+                None => set(&e, ""),
+            }
+        }
+        if !self.pod.config.hostname.is_empty() && !self.pod.config.host_network {
+            set("HOSTNAME", &self.pod.config.hostname);
+        }
+        for (k, v) in &c.envs {
+            set(k, v);
+        }
+        let cwd = if !c.working_dir.is_empty() {
+            c.working_dir.clone()
+        } else if !self.image.working_dir.is_empty() {
+            self.image.working_dir.clone()
+        } else {
+            "/".into()
+        };
+        if !cwd.starts_with('/') {
+            return Err(Error::Invalid(format!(
+                "working directory {cwd:?} must be absolute"
+            )));
+        }
+        let caps = capabilities(sec)?;
+
+        // Mounts: defaults, then the pod's files, then the CRI's (a CRI mount at a path
+        // replaces the default there, as the kubelet's /etc/hosts replaces ours).
+        let user_dests: Vec<&str> = c.mounts.iter().map(|m| m.container_path.as_str()).collect();
+        let mut mounts: Vec<Value> = Vec::new();
+        let mut add = |dest: &str, m: Value| {
+            if !user_dests.contains(&dest) {
+                mounts.push(m);
+            }
+        };
+        add(
+            "/proc",
+            json!({"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"]}),
+        );
+        add(
+            "/dev",
+            json!({"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]}),
+        );
+        add(
+            "/dev/pts",
+            json!({"destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]}),
+        );
+        add(
+            "/dev/mqueue",
+            json!({"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]}),
+        );
+        let ro = if sec.privileged { "rw" } else { "ro" };
+        add(
+            "/sys",
+            json!({"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", ro]}),
+        );
+        add(
+            "/sys/fs/cgroup",
+            json!({"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup", "options": ["nosuid", "noexec", "nodev", "relatime", ro]}),
+        );
+        let file_mode = if sec.readonly_rootfs { "ro" } else { "rw" };
+        for f in ["hostname", "hosts", "resolv.conf"] {
+            let dest = format!("/etc/{f}");
+            add(
+                &dest,
+                json!({"destination": dest, "type": "bind", "source": self.pod_dir.join(f), "options": ["rbind", "rprivate", file_mode]}),
+            );
+        }
+        if self.pod.config.host_ipc {
+            add(
+                "/dev/shm",
+                json!({"destination": "/dev/shm", "type": "bind", "source": "/dev/shm", "options": ["rbind", "rprivate", "rw"]}),
+            );
+        } else {
+            add(
+                "/dev/shm",
+                json!({"destination": "/dev/shm", "type": "bind", "source": self.pod_dir.join("shm"), "options": ["rbind", "rprivate", "rw"]}),
+            );
+        }
+        let mut user_mounts: Vec<&Mount> = c.mounts.iter().collect();
+        // Parents before children.
+        user_mounts.sort_by_key(|m| Path::new(&m.container_path).components().count());
+        for m in user_mounts {
+            if !m.container_path.starts_with('/') {
+                return Err(Error::Invalid(format!(
+                    "mount destination {:?} must be absolute",
+                    m.container_path
+                )));
+            }
+            let src = Path::new(&m.host_path);
+            if !src.exists() {
+                // containerd creates a missing host path as a directory.
+                std::fs::create_dir_all(src)
+                    .map_err(|e| Error::Invalid(format!("mount source {}: {e}", m.host_path)))?;
+            }
+            let src = std::fs::canonicalize(src)
+                .map_err(|e| Error::Invalid(format!("mount source {}: {e}", m.host_path)))?;
+            let prop = match m.propagation {
+                Propagation::Private => "rprivate",
+                Propagation::HostToContainer => "rslave",
+                Propagation::Bidirectional => "rshared",
+            };
+            let mode = if m.readonly { "ro" } else { "rw" };
+            mounts.push(json!({"destination": m.container_path, "type": "bind", "source": src, "options": ["rbind", prop, mode]}));
+        }
+
+        // Namespaces: the pause container's network, IPC and UTS; pid as asked.
+        let pause = self.pod.pid;
+        let nsp = |t: &str| format!("/proc/{pause}/ns/{t}");
+        let mut namespaces = vec![json!({"type": "mount"})];
+        if !self.pod.config.host_network {
+            namespaces.push(json!({"type": "network", "path": nsp("net")}));
+            namespaces.push(json!({"type": "uts", "path": nsp("uts")}));
+        }
+        if !self.pod.config.host_ipc {
+            namespaces.push(json!({"type": "ipc", "path": nsp("ipc")}));
+        }
+        match &sec.pid {
+            PidMode::Node => {}
+            PidMode::Container => namespaces.push(json!({"type": "pid"})),
+            PidMode::Pod if self.pod.config.host_pid => {}
+            PidMode::Pod => namespaces.push(json!({"type": "pid", "path": nsp("pid")})),
+            PidMode::Target(_) => match self.target_pid {
+                Some(p) => {
+                    namespaces.push(json!({"type": "pid", "path": format!("/proc/{p}/ns/pid")}))
+                }
+                None => {
+                    return Err(Error::Precondition(
+                        "the target container of the pid namespace is not running".into(),
+                    ));
+                }
+            },
+        }
+
+        let mut devices = Vec::new();
+        let mut dev_rules = vec![json!({"allow": false, "access": "rwm"})];
+        if sec.privileged {
+            devices = host_devices();
+            dev_rules = vec![json!({"allow": true, "access": "rwm"})];
+        }
+        for d in &c.devices {
+            let (dev, rule) = device(d)?;
+            devices.push(dev);
+            dev_rules.push(rule);
+        }
+        let mut resources = linux_resources(&c.resources);
+        resources["devices"] = Value::Array(dev_rules);
+
+        let parent = if self.pod.config.cgroup_parent.is_empty() {
+            "/k8s.io"
+        } else {
+            self.pod.config.cgroup_parent.trim_end_matches('/')
+        };
+        let mut linux = json!({
+            "cgroupsPath": format!("{parent}/{}", self.id),
+            "namespaces": namespaces,
+            "resources": resources,
+            "devices": devices,
+        });
+        if !sec.privileged {
+            linux["maskedPaths"] = json!(
+                sec.masked_paths
+                    .clone()
+                    .unwrap_or_else(|| MASKED_PATHS.iter().map(|s| s.to_string()).collect())
+            );
+            linux["readonlyPaths"] = json!(
+                sec.readonly_paths
+                    .clone()
+                    .unwrap_or_else(|| READONLY_PATHS.iter().map(|s| s.to_string()).collect())
+            );
+            match &sec.seccomp {
+                Seccomp::Unconfined => {}
+                Seccomp::RuntimeDefault => {
+                    linux["seccomp"] = crate::seccomp::default_profile(&caps);
+                }
+                Seccomp::Profile(p) => linux["seccomp"] = p.clone(),
+            }
+        }
+
+        let mut annotations = c.annotations.clone();
+        let pm = &self.pod.config.meta;
+        for (k, v) in [
+            ("io.kubernetes.cri.container-type", "container"),
+            ("io.kubernetes.cri.container-name", c.name.as_str()),
+            ("io.kubernetes.cri.sandbox-id", self.pod.id.as_str()),
+            ("io.kubernetes.cri.sandbox-name", pm.name.as_str()),
+            ("io.kubernetes.cri.sandbox-namespace", pm.namespace.as_str()),
+            ("io.kubernetes.cri.sandbox-uid", pm.uid.as_str()),
+            ("io.kubernetes.cri.image-name", c.image.as_str()),
+        ] {
+            annotations.insert(k.into(), v.into());
+        }
+        let ids = &self.ids;
+        let oom = clamp_oom_score_adj(c.resources.oom_score_adj, self.daemon_oom_score_adj);
+        Ok(json!({
+            "ociVersion": "1.0.2",
+            "process": {
+                "terminal": c.tty,
+                "user": {"uid": ids.uid, "gid": ids.gid, "additionalGids": ids.additional},
+                "args": args,
+                "env": env,
+                "cwd": cwd,
+                "capabilities": {"bounding": caps, "effective": caps, "permitted": caps},
+                "noNewPrivileges": c.security.no_new_privs,
+                "oomScoreAdj": oom,
+            },
+            "root": {"path": "rootfs", "readonly": sec.readonly_rootfs},
+            "mounts": mounts,
+            "annotations": annotations,
+            "linux": linux,
+        }))
+    }
+}
+
+fn container_name(c: &ContainerConfig, pod: &PodRecord) -> String {
+    let m = &pod.config.meta;
+    format!(
+        "{}_{}_{}_{}_{}",
+        c.name, m.name, m.namespace, m.uid, c.attempt
+    )
+}
+
+fn img_err(e: impl std::fmt::Display) -> Error {
+    Error::Image(e.to_string())
+}
+
+fn signal_number(name: &str) -> Option<u32> {
+    let n = name.trim().to_ascii_uppercase();
+    let n = n.strip_prefix("SIG").unwrap_or(&n);
+    if let Ok(v) = n.parse::<u32>() {
+        return (1..=64).contains(&v).then_some(v);
+    }
+    Some(match n {
+        "HUP" => 1,
+        "INT" => 2,
+        "QUIT" => 3,
+        "ILL" => 4,
+        "TRAP" => 5,
+        "ABRT" | "IOT" => 6,
+        "BUS" => 7,
+        "FPE" => 8,
+        "KILL" => 9,
+        "USR1" => 10,
+        "SEGV" => 11,
+        "USR2" => 12,
+        "PIPE" => 13,
+        "ALRM" => 14,
+        "TERM" => 15,
+        "STKFLT" => 16,
+        "CHLD" => 17,
+        "CONT" => 18,
+        "STOP" => 19,
+        "TSTP" => 20,
+        "TTIN" => 21,
+        "TTOU" => 22,
+        "URG" => 23,
+        "XCPU" => 24,
+        "XFSZ" => 25,
+        "VTALRM" => 26,
+        "PROF" => 27,
+        "WINCH" => 28,
+        "IO" | "POLL" => 29,
+        "PWR" => 30,
+        "SYS" => 31,
+        _ => return None,
+    })
+}
+
+impl PodManager {
+    fn ctr_dir(&self, id: &str) -> PathBuf {
+        self.state_dir().join("containers").join(id)
+    }
+
+    /// The record of container `id` (exact).
+    pub fn container(&self, id: &str) -> Result<ContainerRecord> {
+        self.containers_read()
+            .get(id)
+            .cloned()
+            .ok_or_else(|| Error::NotFound(format!("container {id:?} not found")))
+    }
+
+    /// Finds a container by id or unique prefix.
+    pub fn resolve_container(&self, id: &str) -> Result<String> {
+        if id.is_empty() {
+            return Err(Error::Invalid("container id is empty".into()));
+        }
+        let all = self.containers_read();
+        if all.contains_key(id) {
+            return Ok(id.to_string());
+        }
+        let mut m = all.keys().filter(|k| k.starts_with(id));
+        match (m.next(), m.next()) {
+            (Some(one), None) => Ok(one.clone()),
+            (Some(_), Some(_)) => Err(Error::Invalid(format!(
+                "container id prefix {id:?} is ambiguous"
+            ))),
+            _ => Err(Error::NotFound(format!("container {id:?} not found"))),
+        }
+    }
+
+    fn put_container(&self, rec: &ContainerRecord) -> Result<()> {
+        self.store_put(TABLE, &rec.id, rec)?;
+        self.containers_write().insert(rec.id.clone(), rec.clone());
+        Ok(())
+    }
+
+    fn emit(&self, rec: &ContainerRecord, kind: ContainerEventKind) {
+        let _ = self.container_events().send(ContainerEvent {
+            container_id: rec.id.clone(),
+            pod_id: rec.pod_id.clone(),
+            kind,
+            at_ns: now_ns(),
+        });
+    }
+
+    /// CreateContainer.
+    pub async fn create_container(&self, pod_id: &str, config: ContainerConfig) -> Result<String> {
+        let pod_id = self.resolve(pod_id)?;
+        let lock = self.lock(&pod_id);
+        let _g = lock.lock().await;
+        let pod = self.get(&pod_id)?;
+        if pod.state != PodState::Ready {
+            return Err(Error::Precondition(format!(
+                "pod sandbox {pod_id} is not ready; containers can only be created in a ready pod"
+            )));
+        }
+        let shim = self.shim_of(&pod_id).ok_or_else(|| {
+            Error::Precondition(format!("pod sandbox {pod_id} has no running shim"))
+        })?;
+        let image = self.images().resolve(&config.image).map_err(|e| {
+            Error::NotFound(format!(
+                "image {:?} is not present on this node (pull it first): {e}",
+                config.image
+            ))
+        })?;
+        let image_config = self.images().config(&image).map_err(img_err)?;
+        let id = hex::encode(rand::random::<[u8; 32]>());
+        let name = container_name(&config, &pod);
+        let reservation = self.container_names().reserve(&name, &id)?;
+
+        let dir = self.ctr_dir(&id);
+        let bundle = dir.join("bundle");
+        let mut rec = ContainerRecord {
+            id: id.clone(),
+            pod_id: pod_id.clone(),
+            config: config.clone(),
+            image_id: image.id.to_string(),
+            image_ref: image
+                .repo_digests
+                .first()
+                .or(image.repo_tags.first())
+                .cloned()
+                .unwrap_or_else(|| image.id.to_string()),
+            state: ContainerState::Created,
+            created_ns: now_ns(),
+            started_ns: 0,
+            finished_ns: 0,
+            exit_code: 0,
+            reason: String::new(),
+            message: String::new(),
+            pid: 0,
+            log_path: (!pod.config.log_directory.is_empty() && !config.log_path.is_empty())
+                .then(|| Path::new(&pod.config.log_directory).join(&config.log_path)),
+            stop_signal: image_config
+                .config
+                .as_ref()
+                .map(|c| c.stop_signal.clone())
+                .unwrap_or_default(),
+            spec: Value::Null,
+            oom: false,
+        };
+
+        let res: Result<()> = async {
+            std::fs::create_dir_all(bundle.join("rootfs"))
+                .map_err(|e| Error::io(format!("create {}", bundle.display()), e))?;
+            let mounts = self
+                .images()
+                .snapshots()
+                .prepare(&id, image.top_chain())
+                .map_err(img_err)?;
+            let tuples: Vec<(String, String, Vec<String>)> = mounts
+                .iter()
+                .map(|m| (m.kind.clone(), m.source.clone(), m.options.clone()))
+                .collect();
+            let accounts = Accounts::from_layers(&layers_of(&tuples));
+            let icfg = image_config.config.clone().unwrap_or_default();
+            let sec = &config.security;
+            let ids = accounts.resolve(
+                &icfg.user,
+                sec.run_as_user,
+                &sec.run_as_username,
+                sec.run_as_group,
+                &sec.supplemental_groups,
+            )?;
+            let target_pid = match &sec.pid {
+                PidMode::Target(t) => {
+                    let t = self.resolve_container(t)?;
+                    let tr = self.container(&t)?;
+                    (tr.state == ContainerState::Running && tr.pod_id == pod_id).then_some(tr.pid)
+                }
+                _ => None,
+            };
+            let spec = ContainerSpec {
+                id: &id,
+                config: &config,
+                pod: &pod,
+                pod_dir: &self.pod_dir(&pod_id),
+                image: &icfg,
+                ids,
+                target_pid,
+                daemon_oom_score_adj: crate::spec::own_oom_score_adj(),
+            }
+            .build()?;
+            std::fs::write(
+                bundle.join("config.json"),
+                serde_json::to_vec(&spec).unwrap_or_default(),
+            )
+            .map_err(|e| Error::io("write config.json", e))?;
+            rec.spec = spec;
+
+            // Recorded before the shim holds anything, so a crash leaves a record to clean.
+            self.put_container(&rec)?;
+            let (stdin, stdout, stderr) =
+                (dir.join("stdin"), dir.join("stdout"), dir.join("stderr"));
+            mkfifo(&stdout)?;
+            let out_rx = open_fifo_reader(&stdout)?;
+            let err_rx = if config.tty {
+                None
+            } else {
+                mkfifo(&stderr)?;
+                Some(open_fifo_reader(&stderr)?)
+            };
+            if config.stdin {
+                mkfifo(&stdin)?;
+            }
+            let rootfs: Vec<containerd_shim_protos::api::Mount> = mounts
+                .into_iter()
+                .map(|m| containerd_shim_protos::api::Mount {
+                    type_: m.kind,
+                    source: m.source,
+                    options: m.options,
+                    ..Default::default()
+                })
+                .collect();
+            let s = |p: &Path, on: bool| {
+                if on {
+                    p.display().to_string()
+                } else {
+                    String::new()
+                }
+            };
+            let stdio = [
+                s(&stdin, config.stdin),
+                s(&stdout, true),
+                s(&stderr, !config.tty),
+            ];
+            let handler = self.handler_options(&pod.handler);
+            rec.pid = shim
+                .create(
+                    &id,
+                    &bundle,
+                    rootfs,
+                    [&stdio[0], &stdio[1], &stdio[2]],
+                    config.tty,
+                    handler,
+                )
+                .await?;
+            let log = ContainerLog::start(
+                rec.log_path.as_deref(),
+                self.log_rotation(),
+                Some(out_rx),
+                err_rx,
+            )?;
+            self.container_logs().insert(id.clone(), log);
+            self.put_container(&rec)?;
+            Ok(())
+        }
+        .await;
+        match res {
+            Ok(()) => {
+                reservation.commit();
+                self.emit(&rec, ContainerEventKind::Created);
+                Ok(id)
+            }
+            Err(e) => {
+                let _ = shim.delete(&id).await;
+                self.container_logs().remove(&id);
+                let _ = self.images().snapshots().remove_active(&id);
+                let _ = std::fs::remove_dir_all(&dir);
+                let _ = self.store_delete(TABLE, &id);
+                self.containers_write().remove(&id);
+                Err(e)
+            }
+        }
+    }
+
+    /// StartContainer.
+    pub async fn start_container(&self, id: &str) -> Result<()> {
+        let id = self.resolve_container(id)?;
+        let lock = self.lock(&id);
+        let _g = lock.lock().await;
+        let mut rec = self.container(&id)?;
+        if rec.state != ContainerState::Created {
+            return Err(Error::Precondition(format!(
+                "container {id} is {:?}, not Created: only a created container can be started",
+                rec.state
+            )));
+        }
+        let shim = self.shim_of(&rec.pod_id).ok_or_else(|| {
+            Error::Precondition(format!(
+                "the pod {} of container {id} has no running shim",
+                rec.pod_id
+            ))
+        })?;
+        match shim.start(&id).await {
+            Ok(pid) => {
+                rec.pid = pid;
+                rec.started_ns = now_ns();
+                // The exit event may already have been handled while we waited.
+                let cur = self.container(&id)?;
+                if cur.state == ContainerState::Exited {
+                    rec = ContainerRecord {
+                        started_ns: rec.started_ns,
+                        ..cur
+                    };
+                } else {
+                    rec.state = ContainerState::Running;
+                }
+                self.put_container(&rec)?;
+                self.emit(&rec, ContainerEventKind::Started);
+                Ok(())
+            }
+            Err(e) => {
+                rec.state = ContainerState::Exited;
+                rec.finished_ns = now_ns();
+                rec.exit_code = 128;
+                rec.reason = "StartError".into();
+                rec.message = e.to_string();
+                self.put_container(&rec)?;
+                let _ = shim.delete(&id).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Called on a `/tasks/exit` event of a container's init process.
+    pub(crate) fn on_container_exit(&self, id: &str, status: u32, at_ns: i64) -> bool {
+        let Ok(mut rec) = self.container(id) else {
+            return false;
+        };
+        if rec.state == ContainerState::Exited {
+            return true;
+        }
+        rec.state = ContainerState::Exited;
+        rec.exit_code = status as i32;
+        rec.finished_ns = if at_ns > 0 { at_ns } else { now_ns() };
+        rec.reason = if rec.oom || (status == 137 && self.oom_killed(&rec)) {
+            "OOMKilled".into()
+        } else if status == 0 {
+            "Completed".into()
+        } else {
+            "Error".into()
+        };
+        if let Err(e) = self.put_container(&rec) {
+            tracing::error!(container = id, err = %e, "failed to persist container exit");
+        }
+        self.emit(&rec, ContainerEventKind::Stopped);
+        true
+    }
+
+    pub(crate) fn on_container_oom(&self, id: &str) {
+        if let Ok(mut rec) = self.container(id) {
+            rec.oom = true;
+            if rec.state == ContainerState::Exited && rec.exit_code == 137 {
+                rec.reason = "OOMKilled".into();
+            }
+            let _ = self.put_container(&rec);
+        }
+    }
+
+    /// cgroup v1: the memory controller counted an OOM kill in the container's cgroup.
+    fn oom_killed(&self, rec: &ContainerRecord) -> bool {
+        let Some(path) = rec.spec["linux"]["cgroupsPath"].as_str() else {
+            return false;
+        };
+        let v1 = format!("/sys/fs/cgroup/memory{path}/memory.oom_control");
+        let v2 = format!("/sys/fs/cgroup{path}/memory.events");
+        for f in [v1, v2] {
+            if let Ok(s) = std::fs::read_to_string(&f)
+                && s.lines().any(|l| {
+                    l.strip_prefix("oom_kill ")
+                        .and_then(|n| n.trim().parse::<u64>().ok())
+                        .is_some_and(|n| n > 0)
+                })
+            {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Deletes an exited container's task from its shim (the shim unmounts the rootfs) and
+    /// waits for its output to drain into the log.
+    pub(crate) async fn reap_container(&self, id: &str) {
+        let Ok(rec) = self.container(id) else { return };
+        if let Some(s) = self.shim_of(&rec.pod_id) {
+            match s.delete(id).await {
+                Ok(_) => {}
+                Err(e) if e.kind() == crate::ErrorKind::NotFound => {}
+                Err(e) => tracing::debug!(container = id, err = %e, "delete exited task"),
+            }
+        }
+        let log = self.container_logs().remove(id);
+        if let Some(mut l) = log {
+            l.drained(Duration::from_secs(2)).await;
+        }
+    }
+
+    /// StopContainer: the stop signal, `timeout` to exit, then SIGKILL. Idempotent.
+    pub async fn stop_container(&self, id: &str, timeout: Duration) -> Result<()> {
+        let id = self.resolve_container(id)?;
+        let lock = self.lock(&id);
+        let _g = lock.lock().await;
+        let rec = self.container(&id)?;
+        match rec.state {
+            ContainerState::Exited => return Ok(()),
+            ContainerState::Created => {
+                // Never started: nothing runs; mark it exited so it can be removed.
+                if let Some(s) = self.shim_of(&rec.pod_id) {
+                    let _ = s.kill(&id, SIGKILL, false).await;
+                }
+                self.on_container_exit(&id, 0, 0);
+                self.reap_container(&id).await;
+                return Ok(());
+            }
+            _ => {}
+        }
+        let Some(s) = self.shim_of(&rec.pod_id) else {
+            self.on_container_exit(&id, 255, 0);
+            return Ok(());
+        };
+        let sig = signal_number(&rec.stop_signal).unwrap_or(15);
+        if !timeout.is_zero() {
+            match s.kill(&id, sig, false).await {
+                Ok(()) => {}
+                Err(e) if e.kind() == crate::ErrorKind::NotFound => {}
+                Err(e) => tracing::debug!(container = id, err = %e, "stop signal"),
+            }
+            if tokio::time::timeout(timeout, s.wait(&id)).await.is_ok() {
+                self.finish_stop(&s, &id).await;
+                return Ok(());
+            }
+        }
+        match s.kill(&id, SIGKILL, true).await {
+            Ok(()) => {}
+            Err(e) if e.kind() == crate::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(30), s.wait(&id)).await;
+        self.finish_stop(&s, &id).await;
+        Ok(())
+    }
+
+    async fn finish_stop(&self, s: &Shim, id: &str) {
+        // The exit event normally lands first; if it was missed, ask the shim.
+        if self.container(id).ok().map(|r| r.state) != Some(ContainerState::Exited) {
+            let status = s.state(id).await.map(|st| st.exit_status).unwrap_or(137);
+            self.on_container_exit(id, status, 0);
+        }
+        self.reap_container(id).await;
+    }
+
+    /// RemoveContainer: stops it if it runs (as containerd does), then removes its task,
+    /// snapshot, directory and record. An unknown id is not an error.
+    pub async fn remove_container(&self, id: &str) -> Result<()> {
+        let id = match self.resolve_container(id) {
+            Ok(i) => i,
+            Err(Error::NotFound(_)) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let rec = self.container(&id)?;
+        if rec.state != ContainerState::Exited {
+            self.stop_container(&id, Duration::ZERO).await?;
+        }
+        let lock = self.lock(&id);
+        let _g = lock.lock().await;
+        self.reap_container(&id).await;
+        let bundle = self.ctr_dir(&id).join("bundle");
+        crate::pod::unmount(&bundle.join("rootfs"))?;
+        self.images()
+            .snapshots()
+            .remove_active(&id)
+            .map_err(img_err)?;
+        let dir = self.ctr_dir(&id);
+        if let Err(e) = std::fs::remove_dir_all(&dir)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            return Err(Error::io(format!("remove {}", dir.display()), e));
+        }
+        self.store_delete(TABLE, &id)?;
+        self.containers_write().remove(&id);
+        if let Ok(pod) = self.get(&rec.pod_id) {
+            self.container_names()
+                .release(&container_name(&rec.config, &pod));
+        } else {
+            self.container_names().release_key(&id);
+        }
+        self.emit(&rec, ContainerEventKind::Deleted);
+        Ok(())
+    }
+
+    /// ListContainers.
+    pub fn list_containers(&self, f: &ContainerFilter) -> Vec<ContainerRecord> {
+        let all = self.containers_read();
+        let mut out: Vec<ContainerRecord> = all
+            .values()
+            .filter(|r| f.id.as_ref().is_none_or(|i| r.id.starts_with(i.as_str())))
+            .filter(|r| f.state.is_none_or(|s| r.state == s))
+            .filter(|r| {
+                f.pod_id
+                    .as_ref()
+                    .is_none_or(|p| r.pod_id.starts_with(p.as_str()))
+            })
+            .filter(|r| {
+                f.labels
+                    .iter()
+                    .all(|(k, v)| r.config.labels.get(k) == Some(v))
+            })
+            .cloned()
+            .collect();
+        out.sort_by_key(|r| r.created_ns);
+        out
+    }
+
+    /// The ids of a pod's containers.
+    pub(crate) fn containers_of(&self, pod_id: &str) -> Vec<String> {
+        self.containers_read()
+            .values()
+            .filter(|r| r.pod_id == pod_id)
+            .map(|r| r.id.clone())
+            .collect()
+    }
+
+    /// ReopenContainerLog.
+    pub fn reopen_container_log(&self, id: &str) -> Result<()> {
+        let id = self.resolve_container(id)?;
+        let rec = self.container(&id)?;
+        if rec.state != ContainerState::Running {
+            return Err(Error::Precondition(format!(
+                "container {id} is not running; its log cannot be reopened"
+            )));
+        }
+        match self.container_logs().get(&id) {
+            Some(l) => l.reopen(),
+            None => Err(Error::Precondition(format!(
+                "container {id} has no log being written"
+            ))),
+        }
+    }
+
+    /// UpdateContainerResources.
+    pub async fn update_container_resources(&self, id: &str, r: &Resources) -> Result<()> {
+        let id = self.resolve_container(id)?;
+        let lock = self.lock(&id);
+        let _g = lock.lock().await;
+        let mut rec = self.container(&id)?;
+        if !matches!(rec.state, ContainerState::Created | ContainerState::Running) {
+            return Err(Error::Precondition(format!(
+                "container {id} is not running or created; its resources cannot change"
+            )));
+        }
+        let s = self.shim_of(&rec.pod_id).ok_or_else(|| {
+            Error::Precondition(format!("the pod of container {id} has no running shim"))
+        })?;
+        let mut res = linux_resources(r);
+        // Keep the device rules the container was created with.
+        res["devices"] = rec.spec["linux"]["resources"]["devices"].clone();
+        s.update(&id, &res).await?;
+        rec.config.resources = r.clone();
+        rec.spec["linux"]["resources"] = res;
+        self.put_container(&rec)
+    }
+
+    /// ExecSync: runs `cmd` in the container, returns its output and exit code; after
+    /// `timeout` (zero: none) the process is killed and the call fails.
+    pub async fn exec_sync(
+        &self,
+        id: &str,
+        cmd: Vec<String>,
+        timeout: Duration,
+    ) -> Result<ExecOutput> {
+        let id = self.resolve_container(id)?;
+        let rec = self.container(&id)?;
+        if rec.state != ContainerState::Running {
+            return Err(Error::Precondition(format!(
+                "container {id} is not running; exec needs a running container"
+            )));
+        }
+        if cmd.is_empty() {
+            return Err(Error::Invalid("exec command is empty".into()));
+        }
+        let s = self.shim_of(&rec.pod_id).ok_or_else(|| {
+            Error::Precondition(format!("the pod of container {id} has no running shim"))
+        })?;
+        let exec_id = hex::encode(rand::random::<[u8; 8]>());
+        let dir = self.ctr_dir(&id).join("exec");
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io("create exec dir", e))?;
+        let out_p = dir.join(format!("{exec_id}-stdout"));
+        let err_p = dir.join(format!("{exec_id}-stderr"));
+        mkfifo(&out_p)?;
+        mkfifo(&err_p)?;
+        let cleanup = || {
+            let _ = std::fs::remove_file(&out_p);
+            let _ = std::fs::remove_file(&err_p);
+        };
+        let out_rx = open_fifo_reader(&out_p)?;
+        let err_rx = open_fifo_reader(&err_p)?;
+        let mut process = rec.spec["process"].clone();
+        process["args"] = json!(cmd);
+        process["terminal"] = json!(false);
+        let res = async {
+            s.exec(
+                &id,
+                &exec_id,
+                &process,
+                [
+                    "",
+                    &out_p.display().to_string(),
+                    &err_p.display().to_string(),
+                ],
+                false,
+            )
+            .await?;
+            let read = |rx: tokio::net::unix::pipe::Receiver| {
+                tokio::spawn(async move {
+                    use tokio::io::AsyncReadExt;
+                    let mut buf = Vec::new();
+                    let _ = rx
+                        .take(EXEC_OUTPUT_LIMIT as u64)
+                        .read_to_end(&mut buf)
+                        .await;
+                    buf
+                })
+            };
+            let (out_t, err_t) = (read(out_rx), read(err_rx));
+            if let Err(e) = s.start_process(&id, &exec_id).await {
+                let _ = s.delete_process(&id, &exec_id).await;
+                out_t.abort();
+                err_t.abort();
+                return Err(e);
+            }
+            let waited = if timeout.is_zero() {
+                Ok(s.wait_process(&id, &exec_id).await)
+            } else {
+                tokio::time::timeout(timeout, s.wait_process(&id, &exec_id)).await
+            };
+            let code = match waited {
+                Ok(r) => r?,
+                Err(_) => {
+                    let _ = s.kill_process(&id, &exec_id, SIGKILL, false).await;
+                    let _ =
+                        tokio::time::timeout(Duration::from_secs(5), s.wait_process(&id, &exec_id))
+                            .await;
+                    let _ = s.delete_process(&id, &exec_id).await;
+                    out_t.abort();
+                    err_t.abort();
+                    return Err(Error::Timeout(format!(
+                        "command {cmd:?} in container {id} timed out after {timeout:?}"
+                    )));
+                }
+            };
+            let _ = s.delete_process(&id, &exec_id).await;
+            let stdout = tokio::time::timeout(Duration::from_secs(5), out_t)
+                .await
+                .ok()
+                .and_then(|r| r.ok())
+                .unwrap_or_default();
+            let stderr = tokio::time::timeout(Duration::from_secs(5), err_t)
+                .await
+                .ok()
+                .and_then(|r| r.ok())
+                .unwrap_or_default();
+            Ok(ExecOutput {
+                stdout,
+                stderr,
+                exit_code: code as i32,
+            })
+        }
+        .await;
+        cleanup();
+        res
+    }
+
+    /// Removes every container of a pod (its stop already killed them).
+    pub(crate) async fn remove_pod_containers(&self, pod_id: &str) -> Result<()> {
+        for c in self.containers_of(pod_id) {
+            self.remove_container(&c).await?;
+        }
+        Ok(())
+    }
+
+    /// Stops every container of a pod, at once (SIGKILL): the pod is going away.
+    pub(crate) async fn stop_pod_containers(&self, pod_id: &str) -> Result<()> {
+        for c in self.containers_of(pod_id) {
+            self.stop_container(&c, Duration::ZERO).await?;
+        }
+        Ok(())
+    }
+
+    /// Recovers containers after a restart: reattaches logs of running ones; a container
+    /// whose task is gone is marked exited (status unknown: 255).
+    pub(crate) async fn recover_containers(&self) -> Result<()> {
+        let records: Vec<(String, ContainerRecord)> = self.store_list(TABLE)?;
+        for (_, rec) in records {
+            let id = rec.id.clone();
+            let pod = self.get(&rec.pod_id).ok();
+            if let Some(p) = &pod {
+                let _ = self
+                    .container_names()
+                    .reserve(&container_name(&rec.config, p), &id)
+                    .map(|r| r.commit());
+            }
+            self.containers_write().insert(id.clone(), rec.clone());
+            if rec.state == ContainerState::Exited {
+                continue;
+            }
+            let state = match self.shim_of(&rec.pod_id) {
+                Some(s) => s.state(&id).await.ok(),
+                None => None,
+            };
+            match state {
+                Some(st) if st.status.value() == 2 || st.status.value() == 1 => {
+                    // Running (2) or created (1): reattach to the output.
+                    let dir = self.ctr_dir(&id);
+                    let out = open_fifo_reader(&dir.join("stdout")).ok();
+                    let err = if rec.config.tty {
+                        None
+                    } else {
+                        open_fifo_reader(&dir.join("stderr")).ok()
+                    };
+                    match ContainerLog::start(
+                        rec.log_path.as_deref(),
+                        self.log_rotation(),
+                        out,
+                        err,
+                    ) {
+                        Ok(l) => {
+                            self.container_logs().insert(id.clone(), l);
+                        }
+                        Err(e) => tracing::warn!(container = id, err = %e, "reattach log"),
+                    }
+                    tracing::info!(container = id, "recovered container");
+                }
+                Some(st) if st.status.value() == 3 => {
+                    // Stopped while berth was away.
+                    let at = st
+                        .exited_at
+                        .as_ref()
+                        .map(|t| t.seconds * 1_000_000_000 + i64::from(t.nanos))
+                        .unwrap_or(0);
+                    self.on_container_exit(&id, st.exit_status, at);
+                    self.reap_container(&id).await;
+                }
+                _ => {
+                    let mut r = rec.clone();
+                    r.state = ContainerState::Exited;
+                    r.exit_code = 255;
+                    r.reason = "Unknown".into();
+                    r.message = "the container's task was gone when berth restarted".into();
+                    r.finished_ns = now_ns();
+                    self.put_container(&r)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl PodManager {
+    /// The container's cgroup usage and its writable layer's (bytes, inodes).
+    pub fn container_usage(&self, id: &str) -> Result<(Option<crate::stats::Usage>, (u64, u64))> {
+        let rec = self.container(id)?;
+        let cg = rec.spec["linux"]["cgroupsPath"]
+            .as_str()
+            .and_then(|p| crate::stats::cgroup_usage(Path::new("/sys/fs/cgroup"), p));
+        let upper = self.images().snapshots().mounts(id).ok().and_then(|ms| {
+            ms.into_iter().find_map(|m| {
+                if m.kind == "bind" {
+                    return Some(PathBuf::from(m.source));
+                }
+                m.options
+                    .iter()
+                    .find_map(|o| o.strip_prefix("upperdir=").map(PathBuf::from))
+            })
+        });
+        let layer = upper.map(|u| crate::stats::dir_usage(&u)).unwrap_or((0, 0));
+        Ok((cg, layer))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn capability_sets() {
+        let s = |add: &[&str], drop: &[&str]| Security {
+            add_capabilities: add.iter().map(|s| s.to_string()).collect(),
+            drop_capabilities: drop.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        };
+        let d = capabilities(&s(&[], &[])).unwrap();
+        assert_eq!(d.len(), DEFAULT_CAPABILITIES.len());
+        let c = capabilities(&s(&["SYS_ADMIN"], &["CHOWN"])).unwrap();
+        assert!(c.contains(&"CAP_SYS_ADMIN".to_string()));
+        assert!(!c.contains(&"CAP_CHOWN".to_string()));
+        assert_eq!(
+            capabilities(&s(&["ALL"], &[])).unwrap().len(),
+            ALL_CAPABILITIES.len()
+        );
+        assert!(capabilities(&s(&[], &["ALL"])).unwrap().is_empty());
+        assert_eq!(
+            capabilities(&s(&["NET_ADMIN"], &["ALL"])).unwrap(),
+            vec!["CAP_NET_ADMIN"]
+        );
+        assert!(capabilities(&s(&["BOGUS"], &[])).is_err());
+    }
+
+    #[test]
+    fn signals() {
+        assert_eq!(signal_number(""), None);
+        assert_eq!(signal_number("SIGTERM"), Some(15));
+        assert_eq!(signal_number("sigquit"), Some(3));
+        assert_eq!(signal_number("9"), Some(9));
+        assert_eq!(signal_number("SIGRTMIN+3"), None);
+    }
+}

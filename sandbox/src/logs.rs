@@ -1,0 +1,401 @@
+//! Container logs in the CRI format the kubelet and `crictl logs` read:
+//!
+//! ```text
+//! 2026-11-26T02:36:22.924544123Z stdout F a whole line
+//! 2026-11-26T02:36:22.924544999Z stderr P the first 16 KiB of a longer line…
+//! ```
+//!
+//! The shim writes the container's stdout and stderr to two fifos; berth reads them, splits
+//! lines (a line longer than [`MAX_LINE`] is cut into `P`artial records), stamps them and
+//! appends them to the log file, rotating it by size (`<path>.1` … `<path>.<n>`).
+//! [`ContainerLog::reopen`] opens the path anew after the kubelet moved the file away.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::net::unix::pipe;
+
+use crate::error::{Error, Result};
+
+/// Longest line written as one record; longer lines become partial records.
+pub const MAX_LINE: usize = 16 * 1024;
+
+/// Size-based rotation.
+#[derive(Debug, Clone, Copy)]
+pub struct Rotation {
+    /// Rotate once the file is this large (0: never).
+    pub max_size: u64,
+    /// Files kept, the live one included (at least 1).
+    pub max_files: u32,
+}
+
+impl Default for Rotation {
+    fn default() -> Self {
+        Rotation {
+            max_size: 10 * 1024 * 1024,
+            max_files: 5,
+        }
+    }
+}
+
+struct LogFile {
+    path: PathBuf,
+    file: Option<std::fs::File>,
+    size: u64,
+    rotation: Rotation,
+}
+
+impl LogFile {
+    fn open(path: &Path, rotation: Rotation) -> Result<Self> {
+        let mut f = LogFile {
+            path: path.to_path_buf(),
+            file: None,
+            size: 0,
+            rotation,
+        };
+        f.reopen()?;
+        Ok(f)
+    }
+
+    fn reopen(&mut self) -> Result<()> {
+        if let Some(dir) = self.path.parent() {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| Error::io(format!("create {}", dir.display()), e))?;
+        }
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)
+            .map_err(|e| Error::io(format!("open log {}", self.path.display()), e))?;
+        self.size = file.metadata().map(|m| m.len()).unwrap_or(0);
+        self.file = Some(file);
+        Ok(())
+    }
+
+    fn rotate(&mut self) {
+        let keep = self.rotation.max_files.max(1);
+        let name = |n: u32| PathBuf::from(format!("{}.{n}", self.path.display()));
+        if keep == 1 {
+            let _ = std::fs::remove_file(&self.path);
+        } else {
+            let _ = std::fs::remove_file(name(keep - 1));
+            for n in (1..keep - 1).rev() {
+                let _ = std::fs::rename(name(n), name(n + 1));
+            }
+            let _ = std::fs::rename(&self.path, name(1));
+        }
+        if let Err(e) = self.reopen() {
+            tracing::warn!(path = %self.path.display(), err = %e, "container log rotation failed");
+            self.file = None;
+        }
+    }
+
+    fn write(&mut self, stream: &str, partial: bool, line: &[u8]) {
+        let mut rec = Vec::with_capacity(line.len() + 48);
+        rec.extend_from_slice(rfc3339_nano(now()).as_bytes());
+        rec.push(b' ');
+        rec.extend_from_slice(stream.as_bytes());
+        rec.extend_from_slice(if partial { b" P " } else { b" F " });
+        rec.extend_from_slice(line);
+        rec.push(b'\n');
+        if self.rotation.max_size > 0
+            && self.size > 0
+            && self.size + rec.len() as u64 > self.rotation.max_size
+        {
+            self.rotate();
+        }
+        if let Some(f) = self.file.as_mut() {
+            match f.write_all(&rec) {
+                Ok(()) => self.size += rec.len() as u64,
+                Err(e) => {
+                    tracing::warn!(path = %self.path.display(), err = %e, "container log write failed")
+                }
+            }
+        }
+    }
+}
+
+fn now() -> std::time::Duration {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+}
+
+/// `2026-11-26T02:36:22.924544123Z` for a time since the Unix epoch (UTC).
+pub fn rfc3339_nano(t: std::time::Duration) -> String {
+    let secs = t.as_secs() as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:09}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        t.subsec_nanos()
+    )
+}
+
+/// Creates the fifo at `path` (mode 0600) unless it exists.
+pub fn mkfifo(path: &Path) -> Result<()> {
+    match rustix::fs::mknodat(
+        rustix::fs::CWD,
+        path,
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o600),
+        0,
+    ) {
+        Ok(()) | Err(rustix::io::Errno::EXIST) => Ok(()),
+        Err(e) => Err(Error::io(
+            format!("create fifo {}", path.display()),
+            e.into(),
+        )),
+    }
+}
+
+/// Opens the read side of a fifo without waiting for a writer. Read from it only once the
+/// writer (the shim) has opened it: before that a read sees end-of-file.
+pub fn open_fifo_reader(path: &Path) -> Result<pipe::Receiver> {
+    pipe::OpenOptions::new()
+        .open_receiver(path)
+        .map_err(|e| Error::io(format!("open fifo {}", path.display()), e))
+}
+
+/// A container's log: the file and the tasks copying the container's output into it.
+pub struct ContainerLog {
+    file: Option<Arc<Mutex<LogFile>>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for ContainerLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ContainerLog").finish_non_exhaustive()
+    }
+}
+
+impl Drop for ContainerLog {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+impl ContainerLog {
+    /// Starts copying `stdout` and `stderr` (fifo read sides whose writer is open) into the
+    /// log at `path` (`None`: the output is read and discarded, so the container never blocks
+    /// on a full pipe).
+    pub fn start(
+        path: Option<&Path>,
+        rotation: Rotation,
+        stdout: Option<pipe::Receiver>,
+        stderr: Option<pipe::Receiver>,
+    ) -> Result<Self> {
+        let file = match path {
+            Some(p) => Some(Arc::new(Mutex::new(LogFile::open(p, rotation)?))),
+            None => None,
+        };
+        let mut tasks = Vec::new();
+        for (name, rx) in [("stdout", stdout), ("stderr", stderr)] {
+            if let Some(rx) = rx {
+                tasks.push(tokio::spawn(copy_lines(rx, name, file.clone())));
+            }
+        }
+        Ok(ContainerLog { file, tasks })
+    }
+
+    /// Reopens the log path (after the kubelet rotated the file away).
+    pub fn reopen(&self) -> Result<()> {
+        match &self.file {
+            Some(f) => f.lock().unwrap_or_else(|p| p.into_inner()).reopen(),
+            None => Ok(()),
+        }
+    }
+
+    /// Waits until both streams reached end-of-file (the writer closed), at most `timeout`.
+    pub async fn drained(&mut self, timeout: std::time::Duration) {
+        let tasks = std::mem::take(&mut self.tasks);
+        let _ = tokio::time::timeout(timeout, futures_join_all(tasks)).await;
+    }
+}
+
+async fn futures_join_all(tasks: Vec<tokio::task::JoinHandle<()>>) {
+    for t in tasks {
+        let _ = t.await;
+    }
+}
+
+/// Reads `rx` up to end-of-file, writing each line (or [`MAX_LINE`] piece of one) as a record.
+async fn copy_lines(rx: pipe::Receiver, stream: &'static str, out: Option<Arc<Mutex<LogFile>>>) {
+    let mut r = BufReader::with_capacity(64 * 1024, rx);
+    let mut line: Vec<u8> = Vec::with_capacity(1024);
+    loop {
+        let (done, used, eof) = match r.fill_buf().await {
+            Ok([]) => (false, 0, true),
+            Ok(buf) => match buf.iter().position(|b| *b == b'\n') {
+                Some(i) if line.len() + i <= MAX_LINE => {
+                    line.extend_from_slice(&buf[..i]);
+                    (true, i + 1, false)
+                }
+                _ => {
+                    let take = buf.len().min(MAX_LINE - line.len());
+                    line.extend_from_slice(&buf[..take]);
+                    (false, take, false)
+                }
+            },
+            Err(e) => {
+                tracing::debug!(stream, err = %e, "container output read failed");
+                (false, 0, true)
+            }
+        };
+        r.consume(used);
+        let full = line.len() >= MAX_LINE;
+        if done || full || (eof && !line.is_empty()) {
+            if let Some(f) = &out {
+                f.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .write(stream, !done, &line);
+            }
+            line.clear();
+        }
+        if eof {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps() {
+        assert_eq!(
+            rfc3339_nano(std::time::Duration::new(0, 5)),
+            "1970-01-01T00:00:00.000000005Z"
+        );
+        assert_eq!(
+            rfc3339_nano(std::time::Duration::new(1_795_659_667, 540_066_722)),
+            "2026-11-26T02:21:07.540066722Z"
+        );
+        assert_eq!(
+            rfc3339_nano(std::time::Duration::new(951_782_400, 0)),
+            "2000-02-29T00:00:00.000000000Z"
+        );
+    }
+
+    fn records(path: &Path) -> Vec<(String, String, String)> {
+        std::fs::read_to_string(path)
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let mut it = l.splitn(4, ' ');
+                let _ts = it.next().unwrap();
+                (
+                    it.next().unwrap().to_string(),
+                    it.next().unwrap().to_string(),
+                    it.next().unwrap_or("").to_string(),
+                )
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn lines_partials_and_rotation() {
+        let d = tempfile::tempdir().unwrap();
+        let fifo = d.path().join("out");
+        mkfifo(&fifo).unwrap();
+        let rx = open_fifo_reader(&fifo).unwrap();
+        let mut tx = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
+        let log = d.path().join("logs/c.log");
+        let mut cl = ContainerLog::start(
+            Some(&log),
+            Rotation {
+                max_size: 40 * 1024,
+                max_files: 3,
+            },
+            Some(rx),
+            None,
+        )
+        .unwrap();
+        tx.write_all(b"hello\n\nworld").unwrap();
+        tx.write_all(&vec![b'x'; MAX_LINE + 10]).unwrap();
+        tx.write_all(b"\n").unwrap();
+        drop(tx);
+        cl.drained(std::time::Duration::from_secs(5)).await;
+        let r = records(&log);
+        assert_eq!(r[0], ("stdout".into(), "F".into(), "hello".into()));
+        assert_eq!(r[1], ("stdout".into(), "F".into(), "".into()));
+        assert_eq!(r[2].1, "P");
+        assert_eq!(r[2].2.len(), MAX_LINE);
+        assert!(r[2].2.starts_with("worldxxx"));
+        assert_eq!(r[3], ("stdout".into(), "F".into(), "x".repeat(15)));
+        assert_eq!(r.len(), 4);
+
+        // Rotation: past 40 KiB the file moves to .1, then .2; never more than 3 files.
+        let fifo2 = d.path().join("out2");
+        mkfifo(&fifo2).unwrap();
+        let rx = open_fifo_reader(&fifo2).unwrap();
+        let mut tx = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&fifo2)
+            .unwrap();
+        let mut cl = ContainerLog::start(
+            Some(&log),
+            Rotation {
+                max_size: 40 * 1024,
+                max_files: 3,
+            },
+            Some(rx),
+            None,
+        )
+        .unwrap();
+        let line = format!("{}\n", "y".repeat(1000));
+        for _ in 0..200 {
+            tx.write_all(line.as_bytes()).unwrap();
+        }
+        drop(tx);
+        cl.drained(std::time::Duration::from_secs(5)).await;
+        let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+        assert!(size(&log) <= 40 * 1024, "{}", size(&log));
+        assert!(size(&d.path().join("logs/c.log.1")) > 30 * 1024);
+        assert!(d.path().join("logs/c.log.2").exists());
+        assert!(!d.path().join("logs/c.log.3").exists());
+
+        // Reopen: after the file is moved away, new lines go to a new file at the path.
+        let fifo3 = d.path().join("out3");
+        mkfifo(&fifo3).unwrap();
+        let rx = open_fifo_reader(&fifo3).unwrap();
+        let mut tx = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&fifo3)
+            .unwrap();
+        let mut cl = ContainerLog::start(Some(&log), Rotation::default(), Some(rx), None).unwrap();
+        tx.write_all(b"before\n").unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        std::fs::rename(&log, d.path().join("moved.log")).unwrap();
+        cl.reopen().unwrap();
+        tx.write_all(b"after\n").unwrap();
+        drop(tx);
+        cl.drained(std::time::Duration::from_secs(5)).await;
+        assert_eq!(
+            records(&log),
+            vec![("stdout".into(), "F".into(), "after".into())]
+        );
+        assert!(
+            std::fs::read_to_string(d.path().join("moved.log"))
+                .unwrap()
+                .contains("stdout F before")
+        );
+    }
+}

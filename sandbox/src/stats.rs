@@ -1,0 +1,140 @@
+//! Resource usage from a container's cgroup (v1 controllers, or the v2 unified hierarchy)
+//! and its writable layer.
+
+use std::path::Path;
+
+/// One sample.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// Cumulative CPU time (ns).
+    pub cpu_ns: u64,
+    /// Memory usage (bytes).
+    pub memory_usage: u64,
+    /// Working set: usage minus inactive file pages.
+    pub working_set: u64,
+    /// Anonymous + swap-cache RSS.
+    pub rss: u64,
+    /// Page faults.
+    pub page_faults: u64,
+    /// Major page faults.
+    pub major_page_faults: u64,
+}
+
+fn read_u64(p: &Path) -> Option<u64> {
+    std::fs::read_to_string(p).ok()?.trim().parse().ok()
+}
+
+fn stat_field(text: &str, key: &str) -> Option<u64> {
+    text.lines().find_map(|l| {
+        let (k, v) = l.split_once(' ')?;
+        (k == key).then(|| v.trim().parse().ok()).flatten()
+    })
+}
+
+/// Reads the usage of the cgroup at `cgroups_path` (as in the OCI spec, e.g.
+/// `/k8s.io/<id>`), under `root` (normally `/sys/fs/cgroup`).
+pub fn cgroup_usage(root: &Path, cgroups_path: &str) -> Option<Usage> {
+    let rel = cgroups_path.trim_start_matches('/');
+    let v2 = root.join(rel);
+    if v2.join("cgroup.controllers").exists() && !root.join("memory").exists() {
+        let cpu = std::fs::read_to_string(v2.join("cpu.stat")).ok()?;
+        let mem = std::fs::read_to_string(v2.join("memory.stat")).unwrap_or_default();
+        let usage = read_u64(&v2.join("memory.current")).unwrap_or(0);
+        let inactive = stat_field(&mem, "inactive_file").unwrap_or(0);
+        return Some(Usage {
+            cpu_ns: stat_field(&cpu, "usage_usec").unwrap_or(0) * 1000,
+            memory_usage: usage,
+            working_set: usage.saturating_sub(inactive),
+            rss: stat_field(&mem, "anon").unwrap_or(0),
+            page_faults: stat_field(&mem, "pgfault").unwrap_or(0),
+            major_page_faults: stat_field(&mem, "pgmajfault").unwrap_or(0),
+        });
+    }
+    let cpu_ns = read_u64(&root.join("cpuacct").join(rel).join("cpuacct.usage"))?;
+    let mdir = root.join("memory").join(rel);
+    let mem = std::fs::read_to_string(mdir.join("memory.stat")).unwrap_or_default();
+    let usage = read_u64(&mdir.join("memory.usage_in_bytes")).unwrap_or(0);
+    let inactive = stat_field(&mem, "total_inactive_file").unwrap_or(0);
+    Some(Usage {
+        cpu_ns,
+        memory_usage: usage,
+        working_set: usage.saturating_sub(inactive),
+        rss: stat_field(&mem, "total_rss").unwrap_or(0),
+        page_faults: stat_field(&mem, "total_pgfault").unwrap_or(0),
+        major_page_faults: stat_field(&mem, "total_pgmajfault").unwrap_or(0),
+    })
+}
+
+/// Bytes and inodes used under `dir` (not following symlinks, not crossing mounts).
+pub fn dir_usage(dir: &Path) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(root) = std::fs::symlink_metadata(dir) else {
+        return (0, 0);
+    };
+    let dev = root.dev();
+    let (mut bytes, mut inodes) = (0u64, 0u64);
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let Ok(m) = e.metadata() else { continue };
+            if m.dev() != dev {
+                continue;
+            }
+            inodes += 1;
+            bytes += m.blocks() * 512;
+            if m.is_dir() {
+                stack.push(e.path());
+            }
+        }
+    }
+    (bytes, inodes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn v1_and_v2_layouts() {
+        let d = tempfile::tempdir().unwrap();
+        let r = d.path();
+        std::fs::create_dir_all(r.join("cpuacct/k8s.io/c1")).unwrap();
+        std::fs::create_dir_all(r.join("memory/k8s.io/c1")).unwrap();
+        std::fs::write(r.join("cpuacct/k8s.io/c1/cpuacct.usage"), "12345\n").unwrap();
+        std::fs::write(r.join("memory/k8s.io/c1/memory.usage_in_bytes"), "1000\n").unwrap();
+        std::fs::write(
+            r.join("memory/k8s.io/c1/memory.stat"),
+            "cache 1\ntotal_inactive_file 300\ntotal_rss 600\ntotal_pgfault 7\n",
+        )
+        .unwrap();
+        let u = cgroup_usage(r, "/k8s.io/c1").unwrap();
+        assert_eq!(
+            (
+                u.cpu_ns,
+                u.memory_usage,
+                u.working_set,
+                u.rss,
+                u.page_faults
+            ),
+            (12345, 1000, 700, 600, 7)
+        );
+        assert!(cgroup_usage(r, "/k8s.io/none").is_none());
+
+        let d2 = tempfile::tempdir().unwrap();
+        let r2 = d2.path();
+        std::fs::create_dir_all(r2.join("k8s.io/c1")).unwrap();
+        std::fs::write(r2.join("k8s.io/c1/cgroup.controllers"), "cpu memory\n").unwrap();
+        std::fs::write(r2.join("k8s.io/c1/cpu.stat"), "usage_usec 5\nuser_usec 3\n").unwrap();
+        std::fs::write(r2.join("k8s.io/c1/memory.current"), "2000\n").unwrap();
+        std::fs::write(
+            r2.join("k8s.io/c1/memory.stat"),
+            "anon 900\ninactive_file 500\n",
+        )
+        .unwrap();
+        let u = cgroup_usage(r2, "/k8s.io/c1").unwrap();
+        assert_eq!((u.cpu_ns, u.working_set, u.rss), (5000, 1500, 900));
+    }
+}

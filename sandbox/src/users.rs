@@ -1,0 +1,283 @@
+//! Users and groups as the image defines them: `/etc/passwd` and `/etc/group` read from the
+//! image's layers (topmost first, each resolved inside its own layer so a symlink cannot point
+//! out of it), and the image's `User` or the CRI's `run_as_*` turned into uid, gid and groups
+//! as containerd does.
+
+use std::path::PathBuf;
+
+use crate::error::{Error, Result};
+
+/// A user's ids.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Ids {
+    /// uid.
+    pub uid: u32,
+    /// Primary gid.
+    pub gid: u32,
+    /// Additional gids (the user's groups in the image, then supplemental groups).
+    pub additional: Vec<u32>,
+}
+
+/// The image's account files.
+#[derive(Debug, Clone, Default)]
+pub struct Accounts {
+    passwd: String,
+    group: String,
+}
+
+/// Reads `rel` from the first layer (topmost first) that has it, resolving it inside that layer.
+fn layer_file(layers: &[PathBuf], rel: &str) -> Option<String> {
+    use rustix::fs::{Mode, OFlags, ResolveFlags};
+    for l in layers {
+        let Ok(root) = rustix::fs::open(l, OFlags::PATH | OFlags::DIRECTORY, Mode::empty()) else {
+            continue;
+        };
+        match rustix::fs::openat2(
+            &root,
+            rel,
+            OFlags::RDONLY | OFlags::CLOEXEC,
+            Mode::empty(),
+            ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
+        ) {
+            Ok(fd) => {
+                let mut f = std::fs::File::from(fd);
+                let mut s = String::new();
+                use std::io::Read;
+                // Account files are small; a huge one is not worth reading.
+                let _ = (&mut f).take(4 << 20).read_to_string(&mut s);
+                return Some(s);
+            }
+            Err(_) => continue,
+        }
+    }
+    None
+}
+
+impl Accounts {
+    /// Reads the account files from the layer directories of a rootfs (topmost first).
+    pub fn from_layers(layers: &[PathBuf]) -> Self {
+        Accounts {
+            passwd: layer_file(layers, "etc/passwd").unwrap_or_default(),
+            group: layer_file(layers, "etc/group").unwrap_or_default(),
+        }
+    }
+
+    /// From file contents (tests).
+    pub fn from_text(passwd: &str, group: &str) -> Self {
+        Accounts {
+            passwd: passwd.into(),
+            group: group.into(),
+        }
+    }
+
+    fn user_by<F: Fn(&[&str]) -> bool>(&self, f: F) -> Option<(String, u32, u32)> {
+        self.passwd.lines().find_map(|l| {
+            let p: Vec<&str> = l.split(':').collect();
+            if p.len() >= 4 && f(&p) {
+                Some((p[0].to_string(), p[2].parse().ok()?, p[3].parse().ok()?))
+            } else {
+                None
+            }
+        })
+    }
+
+    fn group_gid(&self, name: &str) -> Option<u32> {
+        self.group.lines().find_map(|l| {
+            let p: Vec<&str> = l.split(':').collect();
+            (p.len() >= 3 && p[0] == name)
+                .then(|| p[2].parse().ok())
+                .flatten()
+        })
+    }
+
+    /// The gids of the groups listing `user` as a member.
+    fn member_of(&self, user: &str) -> Vec<u32> {
+        self.group
+            .lines()
+            .filter_map(|l| {
+                let p: Vec<&str> = l.split(':').collect();
+                (p.len() >= 4 && p[3].split(',').any(|m| m.trim() == user))
+                    .then(|| p[2].parse().ok())
+                    .flatten()
+            })
+            .collect()
+    }
+
+    /// Resolves who the container runs as.
+    ///
+    /// * `run_as_username` or `run_as_user` (CRI) win over the image's `User`;
+    /// * a uid without a passwd entry gets gid 0; a name without one is an error;
+    /// * `run_as_group` replaces the primary gid (the agent refuses it without a user);
+    /// * additional gids: the user's groups in the image, then `supplemental`.
+    pub fn resolve(
+        &self,
+        image_user: &str,
+        run_as_user: Option<u32>,
+        run_as_username: &str,
+        run_as_group: Option<u32>,
+        supplemental: &[u32],
+    ) -> Result<Ids> {
+        let (user_part, group_part) = match image_user.split_once(':') {
+            Some((u, g)) => (u, Some(g)),
+            None => (image_user, None),
+        };
+        let (name, uid, mut gid) = if !run_as_username.is_empty() {
+            self.user_by(|p| p[0] == run_as_username).ok_or_else(|| {
+                Error::Invalid(format!(
+                    "user {run_as_username:?} is not in the image's /etc/passwd"
+                ))
+            })?
+        } else if let Some(uid) = run_as_user {
+            let s = uid.to_string();
+            self.user_by(|p| p[2] == s)
+                .unwrap_or((String::new(), uid, 0))
+        } else if user_part.is_empty() {
+            self.user_by(|p| p[2] == "0")
+                .unwrap_or(("root".into(), 0, 0))
+        } else if let Ok(uid) = user_part.parse::<u32>() {
+            let s = uid.to_string();
+            self.user_by(|p| p[2] == s)
+                .unwrap_or((String::new(), uid, 0))
+        } else {
+            self.user_by(|p| p[0] == user_part).ok_or_else(|| {
+                Error::Invalid(format!(
+                    "the image's user {user_part:?} is not in its /etc/passwd"
+                ))
+            })?
+        };
+        // The image's group applies only when the CRI did not name a user.
+        if run_as_user.is_none()
+            && run_as_username.is_empty()
+            && let Some(g) = group_part
+        {
+            gid = match g.parse::<u32>() {
+                Ok(n) => n,
+                Err(_) => self.group_gid(g).ok_or_else(|| {
+                    Error::Invalid(format!("the image's group {g:?} is not in its /etc/group"))
+                })?,
+            };
+        }
+        if let Some(g) = run_as_group {
+            gid = g;
+        }
+        let mut additional = Vec::new();
+        if !name.is_empty() {
+            additional.extend(self.member_of(&name));
+        }
+        for g in supplemental {
+            if !additional.contains(g) {
+                additional.push(*g);
+            }
+        }
+        Ok(Ids {
+            uid,
+            gid,
+            additional,
+        })
+    }
+}
+
+/// The layer directories (topmost first) of a rootfs given as snapshot mounts.
+pub fn layers_of(mounts: &[(String, String, Vec<String>)]) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for (kind, source, options) in mounts {
+        if kind == "bind" {
+            out.push(PathBuf::from(source));
+        }
+        for o in options {
+            if let Some(u) = o.strip_prefix("upperdir=") {
+                out.insert(0, PathBuf::from(u));
+            }
+            if let Some(l) = o.strip_prefix("lowerdir=") {
+                out.extend(l.split(':').map(PathBuf::from));
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PASSWD: &str = "root:x:0:0:root:/root:/bin/sh\nwww-data:x:33:33::/var/www:/bin/sh\ndefault-user:x:1000:1000::/home:/bin/sh\n";
+    const GROUP: &str = "root:x:0:\nwww-data:x:33:\ngroup-defined-in-image:x:50000:default-user\nusers:x:100:a,default-user\n";
+
+    #[test]
+    fn resolution_follows_containerd() {
+        let a = Accounts::from_text(PASSWD, GROUP);
+        let r = |img: &str, u: Option<u32>, n: &str, g: Option<u32>| {
+            a.resolve(img, u, n, g, &[]).unwrap()
+        };
+        assert_eq!(
+            r("", None, "", None),
+            Ids {
+                uid: 0,
+                gid: 0,
+                additional: vec![]
+            }
+        );
+        assert_eq!(r("www-data", None, "", None).uid, 33);
+        assert_eq!(
+            r("1003:1004", None, "", None),
+            Ids {
+                uid: 1003,
+                gid: 1004,
+                additional: vec![]
+            }
+        );
+        assert_eq!(r("www-data:1004", None, "", None).gid, 1004);
+        assert_eq!(r("www-data:www-data", None, "", None).gid, 33);
+        assert_eq!(r("", Some(1000), "", None).additional, vec![50000, 100]);
+        assert_eq!(r("", Some(1000), "", None).gid, 1000);
+        assert_eq!(
+            r("", Some(4242), "", None),
+            Ids {
+                uid: 4242,
+                gid: 0,
+                additional: vec![]
+            }
+        );
+        assert_eq!(
+            r("www-data", Some(1), "", Some(7)),
+            Ids {
+                uid: 1,
+                gid: 7,
+                additional: vec![]
+            }
+        );
+        assert_eq!(r("", None, "www-data", None).uid, 33);
+        assert!(a.resolve("", None, "nobody-here", None, &[]).is_err());
+        assert!(a.resolve("ghost", None, "", None, &[]).is_err());
+        let s = a.resolve("", Some(1000), "", None, &[100, 5]).unwrap();
+        assert_eq!(s.additional, vec![50000, 100, 5]);
+    }
+
+    #[test]
+    fn files_are_read_inside_their_layer() {
+        let d = tempfile::tempdir().unwrap();
+        let top = d.path().join("top");
+        let low = d.path().join("low");
+        std::fs::create_dir_all(top.join("etc")).unwrap();
+        std::fs::create_dir_all(low.join("etc")).unwrap();
+        std::fs::write(low.join("etc/passwd"), PASSWD).unwrap();
+        // A hostile symlink in the top layer resolves inside that layer, not on the host.
+        std::os::unix::fs::symlink("/etc/shadow", top.join("etc/group")).unwrap();
+        let a = Accounts::from_layers(&[top, low]);
+        assert!(a.passwd.contains("www-data"));
+        assert_eq!(a.group, "");
+        let mounts = vec![(
+            "overlay".to_string(),
+            "overlay".to_string(),
+            vec!["lowerdir=/a:/b".to_string(), "upperdir=/u".to_string()],
+        )];
+        assert_eq!(
+            layers_of(&mounts),
+            vec![
+                PathBuf::from("/u"),
+                PathBuf::from("/a"),
+                PathBuf::from("/b")
+            ]
+        );
+    }
+}
