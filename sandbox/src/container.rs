@@ -463,6 +463,41 @@ fn host_devices() -> Vec<Value> {
     out
 }
 
+/// The propagation of the mount holding a host path.
+#[derive(Debug, Clone, Copy)]
+struct HostPropagation {
+    shared: bool,
+    slave: bool,
+}
+
+/// Finds the mount point containing `path` in /proc/self/mountinfo (the longest matching
+/// mount point, the last one mounted there) and reads its propagation fields.
+fn host_propagation(path: &Path) -> Option<HostPropagation> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let mut best: Option<(usize, HostPropagation)> = None;
+    for line in info.lines() {
+        let f: Vec<&str> = line.split(' ').collect();
+        let Some(point) = f.get(4) else { continue };
+        let point = point.replace("\\040", " ");
+        if !path.starts_with(&point) {
+            continue;
+        }
+        let opt = f.iter().skip(6).take_while(|x| **x != "-");
+        let mut p = HostPropagation {
+            shared: false,
+            slave: false,
+        };
+        for o in opt {
+            p.shared |= o.starts_with("shared:");
+            p.slave |= o.starts_with("master:");
+        }
+        if best.as_ref().is_none_or(|(len, _)| point.len() >= *len) {
+            best = Some((point.len(), p));
+        }
+    }
+    best.map(|(_, p)| p)
+}
+
 fn device(d: &Device) -> Result<(Value, Value)> {
     use std::os::unix::fs::{FileTypeExt, MetadataExt};
     let m = std::fs::metadata(&d.host_path)
@@ -658,6 +693,7 @@ impl ContainerSpec<'_> {
                 json!({"destination": "/dev/shm", "type": "bind", "source": self.pod_dir.join("shm"), "options": ["rbind", "rprivate", "rw"]}),
             );
         }
+        let mut rootfs_propagation: Option<&str> = None;
         let mut user_mounts: Vec<&Mount> = c.mounts.iter().collect();
         // Parents before children.
         user_mounts.sort_by_key(|m| Path::new(&m.container_path).components().count());
@@ -678,8 +714,28 @@ impl ContainerSpec<'_> {
                 .map_err(|e| Error::Invalid(format!("mount source {}: {e}", m.host_path)))?;
             let prop = match m.propagation {
                 Propagation::Private => "rprivate",
-                Propagation::HostToContainer => "rslave",
-                Propagation::Bidirectional => "rshared",
+                Propagation::HostToContainer => {
+                    if !host_propagation(&src).is_some_and(|p| p.shared || p.slave) {
+                        return Err(Error::Invalid(format!(
+                            "mount {} asks for host-to-container propagation but {} is on a private mount (make it shared or slave)",
+                            m.container_path, m.host_path
+                        )));
+                    }
+                    if rootfs_propagation != Some("rshared") {
+                        rootfs_propagation = Some("rslave");
+                    }
+                    "rslave"
+                }
+                Propagation::Bidirectional => {
+                    if !host_propagation(&src).is_some_and(|p| p.shared) {
+                        return Err(Error::Invalid(format!(
+                            "mount {} asks for bidirectional propagation but {} is not on a shared mount",
+                            m.container_path, m.host_path
+                        )));
+                    }
+                    rootfs_propagation = Some("rshared");
+                    "rshared"
+                }
             };
             let mode = if m.readonly { "ro" } else { "rw" };
             mounts.push(json!({"destination": m.container_path, "type": "bind", "source": src, "options": ["rbind", prop, mode]}));
@@ -738,6 +794,9 @@ impl ContainerSpec<'_> {
             "resources": resources,
             "devices": devices,
         });
+        if let Some(p) = rootfs_propagation {
+            linux["rootfsPropagation"] = json!(p);
+        }
         if !sec.privileged {
             linux["maskedPaths"] = json!(
                 sec.masked_paths
