@@ -1,0 +1,479 @@
+//! Containers end to end: real pods under Debian's runc shim, images built here from Debian's
+//! static busybox, driven over CRI as the kubelet drives them.
+
+use std::time::Duration;
+
+use berth_cri_api::v1 as cri;
+use berth_e2e::pods::pod_config;
+use berth_e2e::{ImageBuilder, Layer, PodEnv, TestNet, wait_until};
+use tonic::Code;
+
+const APP: &str = "app.invalid/berth-e2e/app:1";
+
+/// busybox with the applets these tests use and a page to serve.
+fn app_image() -> ImageBuilder {
+    let mut l = Layer::busybox().unwrap();
+    for a in [
+        "httpd", "wget", "head", "tr", "kill", "touch", "hostname", "cut",
+    ] {
+        l = l.hardlink(&format!("bin/{a}"), "bin/busybox");
+    }
+    ImageBuilder::new(vec![
+        l.dir("www/")
+            .file("www/index.html", "hello over localhost\n"),
+    ])
+    .cmd(&["/bin/sh"])
+}
+
+async fn env_with(extra: &str) -> PodEnv {
+    let env = PodEnv::start_with(TestNet::new().unwrap(), extra)
+        .await
+        .unwrap();
+    app_image()
+        .push(&env.registry, "berth-e2e/app", Some("1"))
+        .await
+        .unwrap();
+    env.berth
+        .hosts_toml(
+            "app.invalid",
+            &format!(
+                "server = \"https://app.invalid\"\n[host.\"http://{}\"]\ncapabilities = [\"pull\", \"resolve\"]\n",
+                env.registry.addr
+            ),
+        )
+        .unwrap();
+    env.cri
+        .image
+        .clone()
+        .pull_image(cri::PullImageRequest {
+            image: Some(cri::ImageSpec {
+                image: APP.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    env
+}
+
+fn ctr(name: &str, cmd: &[&str]) -> cri::ContainerConfig {
+    cri::ContainerConfig {
+        metadata: Some(cri::ContainerMetadata {
+            name: name.into(),
+            attempt: 0,
+        }),
+        image: Some(cri::ImageSpec {
+            image: APP.into(),
+            ..Default::default()
+        }),
+        command: cmd.iter().map(|s| s.to_string()).collect(),
+        log_path: format!("{name}.log"),
+        linux: Some(cri::LinuxContainerConfig::default()),
+        ..Default::default()
+    }
+}
+
+async fn create(
+    env: &PodEnv,
+    pod: &str,
+    pod_cfg: &cri::PodSandboxConfig,
+    c: cri::ContainerConfig,
+) -> Result<String, tonic::Status> {
+    env.cri
+        .runtime
+        .clone()
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: pod.into(),
+            config: Some(c),
+            sandbox_config: Some(pod_cfg.clone()),
+        })
+        .await
+        .map(|r| r.into_inner().container_id)
+}
+
+async fn start(env: &PodEnv, id: &str) {
+    env.cri
+        .runtime
+        .clone()
+        .start_container(cri::StartContainerRequest {
+            container_id: id.into(),
+        })
+        .await
+        .unwrap();
+}
+
+async fn status(env: &PodEnv, id: &str) -> cri::ContainerStatus {
+    env.cri
+        .runtime
+        .clone()
+        .container_status(cri::ContainerStatusRequest {
+            container_id: id.into(),
+            verbose: false,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status
+        .unwrap()
+}
+
+async fn exec(
+    env: &PodEnv,
+    id: &str,
+    cmd: &[&str],
+    timeout: i64,
+) -> Result<cri::ExecSyncResponse, tonic::Status> {
+    env.cri
+        .runtime
+        .clone()
+        .exec_sync(cri::ExecSyncRequest {
+            container_id: id.into(),
+            cmd: cmd.iter().map(|s| s.to_string()).collect(),
+            timeout,
+        })
+        .await
+        .map(|r| r.into_inner())
+}
+
+fn block_on<T>(f: impl std::future::Future<Output = T>) -> T {
+    tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(f))
+}
+
+fn log_lines(path: &std::path::Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+fn pod_with_logs(name: &str, dir: &std::path::Path) -> cri::PodSandboxConfig {
+    let mut p = pod_config(name);
+    p.log_directory = dir.display().to_string();
+    p
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_containers_share_localhost_and_exec_sync_reports_output_and_codes() {
+    let env = env_with("").await;
+    let logs = tempfile::tempdir().unwrap();
+    let pcfg = pod_with_logs("web", logs.path());
+    let pod = env.run(pcfg.clone()).await.unwrap();
+    let server = create(
+        &env,
+        &pod,
+        &pcfg,
+        ctr("server", &["httpd", "-f", "-p", "8080", "-h", "/www"]),
+    )
+    .await
+    .unwrap();
+    let client = create(
+        &env,
+        &pod,
+        &pcfg,
+        ctr(
+            "client",
+            &["sh", "-c", "trap '' TERM; while true; do sleep 1; done"],
+        ),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        status(&env, &server).await.state,
+        cri::ContainerState::ContainerCreated as i32
+    );
+    start(&env, &server).await;
+    start(&env, &client).await;
+    let st = status(&env, &server).await;
+    assert_eq!(st.state, cri::ContainerState::ContainerRunning as i32);
+    assert!(st.started_at > 0);
+
+    // The client reaches the server over the pod's shared loopback.
+    let mut got = String::new();
+    let ok = wait_until(Duration::from_secs(10), || {
+        got = block_on(exec(
+            &env,
+            &client,
+            &["wget", "-qO-", "http://127.0.0.1:8080/"],
+            5,
+        ))
+        .map(|r| String::from_utf8_lossy(&r.stdout).into_owned())
+        .unwrap_or_default();
+        got == "hello over localhost\n"
+    });
+    assert!(ok, "client got {got:?}");
+    // Both see the pod's hostname (shared UTS namespace).
+    let h = exec(&env, &client, &["hostname"], 5).await.unwrap();
+    assert_eq!(String::from_utf8_lossy(&h.stdout), "web\n");
+
+    let r = exec(
+        &env,
+        &client,
+        &["sh", "-c", "echo out; echo err >&2; exit 3"],
+        5,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (r.stdout.as_slice(), r.stderr.as_slice(), r.exit_code),
+        (&b"out\n"[..], &b"err\n"[..], 3)
+    );
+    let t = std::time::Instant::now();
+    let e = exec(&env, &client, &["sleep", "30"], 1).await.unwrap_err();
+    assert_eq!(e.code(), Code::DeadlineExceeded, "{e:?}");
+    assert!(t.elapsed() < Duration::from_secs(10));
+
+    // Filters.
+    let mut rt = env.cri.runtime.clone();
+    let list = rt
+        .list_containers(cri::ListContainersRequest {
+            filter: Some(cri::ContainerFilter {
+                pod_sandbox_id: pod.clone(),
+                state: Some(cri::ContainerStateValue {
+                    state: cri::ContainerState::ContainerRunning as i32,
+                }),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .containers;
+    assert_eq!(list.len(), 2);
+
+    // A duplicate name is refused; bad input is InvalidArgument; unknown ids NotFound.
+    let e = create(&env, &pod, &pcfg, ctr("server", &["true"]))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::AlreadyExists, "{e:?}");
+    let mut bad = ctr("bad", &["true"]);
+    bad.log_path = "../escape.log".into();
+    assert_eq!(
+        create(&env, &pod, &pcfg, bad).await.unwrap_err().code(),
+        Code::InvalidArgument
+    );
+    let mut nouser = ctr("nouser", &["true"]);
+    nouser.linux.as_mut().unwrap().security_context = Some(cri::LinuxContainerSecurityContext {
+        run_as_group: Some(cri::Int64Value { value: 5 }),
+        ..Default::default()
+    });
+    assert_eq!(
+        create(&env, &pod, &pcfg, nouser).await.unwrap_err().code(),
+        Code::InvalidArgument
+    );
+    let mut noimg = ctr("noimg", &["true"]);
+    noimg.image = Some(cri::ImageSpec {
+        image: "absent.invalid/x:1".into(),
+        ..Default::default()
+    });
+    assert_eq!(
+        create(&env, &pod, &pcfg, noimg).await.unwrap_err().code(),
+        Code::NotFound
+    );
+    assert_eq!(
+        exec(&env, "nope", &["true"], 1).await.unwrap_err().code(),
+        Code::NotFound
+    );
+
+    // Stop: the container ignores SIGTERM, so SIGKILL follows the 1 s timeout.
+    rt.stop_container(cri::StopContainerRequest {
+        container_id: client.clone(),
+        timeout: 1,
+    })
+    .await
+    .unwrap();
+    let st = status(&env, &client).await;
+    assert_eq!(st.state, cri::ContainerState::ContainerExited as i32);
+    assert_eq!((st.exit_code, st.reason.as_str()), (137, "Error"));
+    // Removing a running container stops it first, as containerd does.
+    rt.remove_container(cri::RemoveContainerRequest {
+        container_id: server.clone(),
+    })
+    .await
+    .unwrap();
+    rt.remove_container(cri::RemoveContainerRequest {
+        container_id: client.clone(),
+    })
+    .await
+    .unwrap();
+    rt.remove_container(cri::RemoveContainerRequest {
+        container_id: client.clone(),
+    })
+    .await
+    .unwrap();
+    env.stop(&pod).await.unwrap();
+    env.remove(&pod).await.unwrap();
+    env.assert_clean();
+    assert!(
+        std::fs::read_dir(env.berth.state.join("containers"))
+            .map_or(true, |mut d| d.next().is_none())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn memory_limit_kills_are_reported_as_oom_killed() {
+    let env = env_with("").await;
+    let logs = tempfile::tempdir().unwrap();
+    let pcfg = pod_with_logs("oom", logs.path());
+    let pod = env.run(pcfg.clone()).await.unwrap();
+    let mut c = ctr(
+        "hog",
+        &[
+            "sh",
+            "-c",
+            "x=$(head -c 200000000 /dev/zero | tr '\\0' a); echo survived",
+        ],
+    );
+    c.linux.as_mut().unwrap().resources = Some(cri::LinuxContainerResources {
+        memory_limit_in_bytes: 32 << 20,
+        memory_swap_limit_in_bytes: 32 << 20,
+        ..Default::default()
+    });
+    let id = create(&env, &pod, &pcfg, c).await.unwrap();
+    start(&env, &id).await;
+    let done = wait_until(Duration::from_secs(30), || {
+        block_on(status(&env, &id)).state == cri::ContainerState::ContainerExited as i32
+    });
+    assert!(done);
+    let st = status(&env, &id).await;
+    assert_eq!(
+        (st.reason.as_str(), st.exit_code),
+        ("OOMKilled", 137),
+        "{st:?}"
+    );
+    assert!(
+        !log_lines(&logs.path().join("hog.log"))
+            .iter()
+            .any(|l| l.contains("survived"))
+    );
+
+    // A clean exit is Completed, a failing one Error.
+    let ok = create(&env, &pod, &pcfg, ctr("ok", &["sh", "-c", "exit 0"]))
+        .await
+        .unwrap();
+    let bad = create(&env, &pod, &pcfg, ctr("bad", &["sh", "-c", "exit 7"]))
+        .await
+        .unwrap();
+    start(&env, &ok).await;
+    start(&env, &bad).await;
+    assert!(wait_until(Duration::from_secs(10), || {
+        block_on(status(&env, &bad)).state == cri::ContainerState::ContainerExited as i32
+            && block_on(status(&env, &ok)).state == cri::ContainerState::ContainerExited as i32
+    }));
+    let (o, b) = (status(&env, &ok).await, status(&env, &bad).await);
+    assert_eq!((o.reason.as_str(), o.exit_code), ("Completed", 0));
+    assert_eq!((b.reason.as_str(), b.exit_code), ("Error", 7));
+    assert!(b.finished_at >= b.started_at && b.started_at > 0);
+    env.stop(&pod).await.unwrap();
+    env.remove(&pod).await.unwrap();
+    env.assert_clean();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn logs_rotate_reopen_and_keep_flowing_across_a_berth_crash() {
+    let mut env =
+        env_with("[runtime]\ncontainer_log_max_size = 8192\ncontainer_log_max_files = 3\n").await;
+    let logs = tempfile::tempdir().unwrap();
+    let pcfg = pod_with_logs("logs", logs.path());
+    let pod = env.run(pcfg.clone()).await.unwrap();
+    let id = create(
+        &env,
+        &pod,
+        &pcfg,
+        ctr(
+            "ticker",
+            &[
+                "sh",
+                "-c",
+                "i=0; while true; do echo tick $i; echo warn $i >&2; i=$((i+1)); sleep 0.05; done",
+            ],
+        ),
+    )
+    .await
+    .unwrap();
+    start(&env, &id).await;
+    let log = logs.path().join("ticker.log");
+    assert!(
+        wait_until(Duration::from_secs(20), || logs
+            .path()
+            .join("ticker.log.2")
+            .exists()),
+        "no rotation"
+    );
+    let size = std::fs::metadata(&log).unwrap().len();
+    assert!(size <= 8192, "live log {size} bytes");
+    assert!(!logs.path().join("ticker.log.3").exists());
+    let lines = log_lines(&logs.path().join("ticker.log.1"));
+    let re_ok = lines.iter().all(|l| {
+        let f: Vec<&str> = l.splitn(4, ' ').collect();
+        f.len() == 4 && f[0].ends_with('Z') && (f[1] == "stdout" || f[1] == "stderr") && f[2] == "F"
+    });
+    assert!(re_ok, "not CRI format: {lines:?}");
+    assert!(lines.iter().any(|l| l.contains(" stderr F warn ")));
+
+    // ReopenContainerLog after the kubelet moved the file away.
+    std::fs::rename(&log, logs.path().join("moved")).unwrap();
+    std::fs::remove_file(logs.path().join("ticker.log.1")).unwrap();
+    std::fs::remove_file(logs.path().join("ticker.log.2")).unwrap();
+    env.cri
+        .runtime
+        .clone()
+        .reopen_container_log(cri::ReopenContainerLogRequest {
+            container_id: id.clone(),
+        })
+        .await
+        .unwrap();
+    assert!(wait_until(Duration::from_secs(5), || log_lines(&log).len() > 2));
+
+    // berth crashes and comes back: the container kept running, its log keeps growing.
+    let pid = {
+        let info = env
+            .cri
+            .runtime
+            .clone()
+            .container_status(cri::ContainerStatusRequest {
+                container_id: id.clone(),
+                verbose: true,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .info;
+        let v: serde_json::Value = serde_json::from_str(&info["info"]).unwrap();
+        v["pid"].as_u64().unwrap() as u32
+    };
+    env.berth.kill();
+    std::thread::sleep(Duration::from_millis(300));
+    env.berth.restart().unwrap();
+    env.reconnect().await.unwrap();
+    assert_eq!(
+        status(&env, &id).await.state,
+        cri::ContainerState::ContainerRunning as i32
+    );
+    let last = |p: &std::path::Path| {
+        log_lines(p)
+            .iter()
+            .rev()
+            .find_map(|l| {
+                l.rsplit_once("tick ")
+                    .and_then(|(_, n)| n.parse::<u64>().ok())
+            })
+            .unwrap_or(0)
+    };
+    let before = last(&log);
+    assert!(
+        wait_until(Duration::from_secs(10), || last(&log) > before + 10),
+        "the log stopped after the restart"
+    );
+
+    // Its exit after the restart is heard.
+    berth_e2e::signal(pid, libc::SIGKILL);
+    assert!(wait_until(Duration::from_secs(10), || {
+        block_on(status(&env, &id)).state == cri::ContainerState::ContainerExited as i32
+    }));
+    assert_eq!(status(&env, &id).await.exit_code, 137);
+    env.stop(&pod).await.unwrap();
+    env.remove(&pod).await.unwrap();
+    env.assert_clean();
+}
