@@ -19,7 +19,7 @@ echo "== tests"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 set +e
-BERTH_BIN="$PWD/target/debug/berth" cargo test --workspace --all-targets --locked -- --test-threads 2 2>&1 | tee "$log"
+BERTH_BIN="$PWD/target/debug/berth" cargo test --workspace --all-targets --locked --no-fail-fast -- --test-threads 2 2>&1 | tee "$log"
 rc=${PIPESTATUS[0]}
 set -e
 passed=$(grep -Eo '^test result: .* ([0-9]+) passed' "$log" | grep -Eo '[0-9]+ passed' | awk '{s+=$1} END {print s+0}')

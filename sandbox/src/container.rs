@@ -1152,15 +1152,19 @@ impl PodManager {
                 rec.pod_id
             ))
         })?;
+        // Stamped before the call: a process that exits at once must not look as if it
+        // finished before it started.
+        let started = now_ns();
         match shim.start(&id).await {
             Ok(pid) => {
                 rec.pid = pid;
-                rec.started_ns = now_ns();
+                rec.started_ns = started;
                 // The exit event may already have been handled while we waited.
                 let cur = self.container(&id)?;
                 if cur.state == ContainerState::Exited {
                     rec = ContainerRecord {
-                        started_ns: rec.started_ns,
+                        started_ns: rec.started_ns.min(cur.finished_ns),
+                        pid,
                         ..cur
                     };
                 } else {
