@@ -310,7 +310,9 @@ mod tests {
             .collect()
     }
 
-    #[tokio::test]
+    // Multi-threaded: the test writes to the fifos with blocking calls while the copier tasks
+    // drain them on the runtime's workers (a single thread would deadlock on a full pipe).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn lines_partials_and_rotation() {
         let d = tempfile::tempdir().unwrap();
         let fifo = d.path().join("out");
