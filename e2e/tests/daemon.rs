@@ -56,12 +56,13 @@ async fn version_status_runtime_config() {
         berth_cri_api::v1::CgroupDriver::Cgroupfs as i32
     );
 
+    // A request without a config is refused as such, never half-run.
     let e = rt
         .run_pod_sandbox(RunPodSandboxRequest::default())
         .await
         .unwrap_err();
-    assert_eq!(e.code(), Code::Unimplemented);
-    assert!(e.message().contains("RunPodSandbox"));
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().contains("config"), "{e:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
