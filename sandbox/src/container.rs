@@ -12,6 +12,7 @@
 //! shim's exit event records exit code, time and reason (`OOMKilled` after an OOM event), and
 //! the task is deleted from the shim so the shim unmounts the rootfs.
 
+use crate::now_ns;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -27,6 +28,8 @@ use crate::spec::{DEFAULT_CAPABILITIES, MASKED_PATHS, READONLY_PATHS, clamp_oom_
 use crate::users::{Accounts, layers_of};
 
 pub(crate) const TABLE: &str = "containers";
+/// How long a measured writable-layer usage is reused.
+pub const LAYER_USAGE_TTL: Duration = Duration::from_secs(10);
 const SIGKILL: u32 = 9;
 
 /// How a host path's mount propagates.
@@ -291,13 +294,6 @@ pub struct ExecOutput {
 
 /// Most output ExecSync keeps of each stream (the kubelet's limit).
 pub const EXEC_OUTPUT_LIMIT: usize = 16 * 1024 * 1024;
-
-fn now_ns() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i64)
-        .unwrap_or(0)
-}
 
 /// Every capability the kernel knows, by OCI name.
 pub const ALL_CAPABILITIES: &[&str] = &[
@@ -1073,15 +1069,7 @@ impl PodManager {
             if config.stdin {
                 mkfifo(&stdin)?;
             }
-            let rootfs: Vec<containerd_shim_protos::api::Mount> = mounts
-                .into_iter()
-                .map(|m| containerd_shim_protos::api::Mount {
-                    type_: m.kind,
-                    source: m.source,
-                    options: m.options,
-                    ..Default::default()
-                })
-                .collect();
+            let rootfs = crate::shim::rootfs_mounts(mounts);
             let s = |p: &Path, on: bool| {
                 if on {
                     p.display().to_string()
@@ -1343,6 +1331,7 @@ impl PodManager {
         }
         self.store_delete(TABLE, &id)?;
         self.containers_write().remove(&id);
+        self.layer_usage().remove(&id);
         if let Ok(pod) = self.get(&rec.pod_id) {
             self.container_names()
                 .release(&container_name(&rec.config, &pod));
@@ -1621,12 +1610,18 @@ impl PodManager {
 }
 
 impl PodManager {
-    /// The container's cgroup usage and its writable layer's (bytes, inodes).
+    /// The container's cgroup usage and its writable layer's (bytes, inodes); the layer is
+    /// measured at most once per [`LAYER_USAGE_TTL`] (the kubelet asks every few seconds).
     pub fn container_usage(&self, id: &str) -> Result<(Option<crate::stats::Usage>, (u64, u64))> {
         let rec = self.container(id)?;
         let cg = rec.spec["linux"]["cgroupsPath"]
             .as_str()
             .and_then(|p| crate::stats::cgroup_usage(Path::new("/sys/fs/cgroup"), p));
+        if let Some((at, layer)) = self.layer_usage().get(id)
+            && at.elapsed() < LAYER_USAGE_TTL
+        {
+            return Ok((cg, *layer));
+        }
         let upper = self.images().snapshots().mounts(id).ok().and_then(|ms| {
             ms.into_iter().find_map(|m| {
                 if m.kind == "bind" {
@@ -1638,6 +1633,8 @@ impl PodManager {
             })
         });
         let layer = upper.map(|u| crate::stats::dir_usage(&u)).unwrap_or((0, 0));
+        self.layer_usage()
+            .insert(id.to_string(), (std::time::Instant::now(), layer));
         Ok((cg, layer))
     }
 }

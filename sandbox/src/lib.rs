@@ -14,3 +14,11 @@ pub mod stats;
 pub mod users;
 
 pub use error::{Error, ErrorKind, Result};
+
+/// Now, in nanoseconds since the Unix epoch (the unit of every CRI timestamp).
+pub fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}

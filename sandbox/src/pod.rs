@@ -16,6 +16,7 @@
 //! Every step of RunPodSandbox registers its undo; a failure runs them in reverse and, if an
 //! undo itself fails, keeps the pod as NotReady so a later Stop/Remove finishes the job.
 
+use crate::now_ns;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
@@ -195,13 +196,6 @@ fn pod_name(m: &PodMeta) -> String {
     format!("{}_{}_{}_{}", m.name, m.namespace, m.uid, m.attempt)
 }
 
-fn now_ns() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i64)
-        .unwrap_or(0)
-}
-
 /// Filters for ListPodSandbox.
 #[derive(Debug, Clone, Default)]
 pub struct PodFilter {
@@ -212,6 +206,9 @@ pub struct PodFilter {
     /// Labels that must all match.
     pub labels: BTreeMap<String, String>,
 }
+
+/// Container id → (when measured, (bytes, inodes)) of its writable layer.
+type LayerUsageCache = HashMap<String, (std::time::Instant, (u64, u64))>;
 
 /// Runs, stops, removes and reports pod sandboxes.
 pub struct PodManager {
@@ -230,6 +227,9 @@ pub struct PodManager {
     container_names: Registrar,
     container_logs: std::sync::Mutex<HashMap<String, crate::logs::ContainerLog>>,
     container_events: tokio::sync::broadcast::Sender<crate::container::ContainerEvent>,
+    /// Writable-layer usage per container, with when it was measured: walking a layer is
+    /// too slow to repeat on every stats call.
+    layer_usage: std::sync::Mutex<LayerUsageCache>,
 }
 
 impl std::fmt::Debug for PodManager {
@@ -275,6 +275,7 @@ impl PodManager {
             container_names: Registrar::default(),
             container_logs: Default::default(),
             container_events: tokio::sync::broadcast::channel(1024).0,
+            layer_usage: Default::default(),
         });
         mgr.recover().await?;
         mgr.recover_containers().await?;
@@ -451,6 +452,10 @@ impl PodManager {
         &self,
     ) -> &tokio::sync::broadcast::Sender<crate::container::ContainerEvent> {
         &self.container_events
+    }
+
+    pub(crate) fn layer_usage(&self) -> std::sync::MutexGuard<'_, LayerUsageCache> {
+        self.layer_usage.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub(crate) fn store_put<T: Serialize>(&self, table: &str, key: &str, v: &T) -> Result<()> {
@@ -675,15 +680,7 @@ impl PodManager {
         // The network and the pause container are independent until the pod is reported
         // ready: runc only needs the (empty) netns to exist. CNI ADD runs while the shim starts
         // and runc creates the task; both must succeed, and both are undone on failure.
-        let rootfs: Vec<containerd_shim_protos::api::Mount> = mounts
-            .into_iter()
-            .map(|m| containerd_shim_protos::api::Mount {
-                type_: m.kind,
-                source: m.source,
-                options: m.options,
-                ..Default::default()
-            })
-            .collect();
+        let rootfs = crate::shim::rootfs_mounts(mounts);
         let network = async {
             if cfg.host_network {
                 return (None, Ok(None));
@@ -800,21 +797,7 @@ impl PodManager {
                 .snapshots()
                 .remove_active(&key)
                 .map_err(|e| Error::Image(e.to_string())),
-            Undo::Shim(s) => {
-                let _ = s.kill(id, SIGKILL, true).await;
-                let _ = tokio::time::timeout(std::time::Duration::from_secs(10), s.wait(id)).await;
-                let _ = s.delete(id).await;
-                let _ = s.shutdown(id).await;
-                self.shims
-                    .write()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(id);
-                self.logs
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(id);
-                Ok(())
-            }
+            Undo::Shim(s) => self.shut_down_pause(&s, id).await,
         }
     }
 
@@ -843,38 +826,37 @@ impl PodManager {
         Ok(())
     }
 
+    /// Kills the pause task, waits for it (at most 10 s), deletes it and shuts the shim down;
+    /// then forgets the shim. Tasks that are already gone are fine.
+    async fn shut_down_pause(&self, s: &Shim, id: &str) -> Result<()> {
+        match s.kill(id, SIGKILL, true).await {
+            Ok(()) => {}
+            Err(e) if e.kind() == crate::ErrorKind::NotFound => {}
+            Err(e) => tracing::debug!(pod = id, err = %e, "kill failed (already stopped?)"),
+        }
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(10), s.wait(id)).await;
+        match s.delete(id).await {
+            Ok(_) => {}
+            Err(e) if e.kind() == crate::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        s.shutdown(id).await?;
+        let _ = std::fs::remove_file(self.bundle(id).join("address"));
+        self.shims
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
+        self.logs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
+        Ok(())
+    }
+
     async fn stop_task(&self, rec: &PodRecord) -> Result<()> {
         let id = &rec.id;
-        let s = self
-            .shims
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(id)
-            .cloned();
-        match s {
-            Some(s) => {
-                match s.kill(id, SIGKILL, true).await {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == crate::ErrorKind::NotFound => {}
-                    Err(e) => tracing::debug!(pod = id, err = %e, "kill failed (already stopped?)"),
-                }
-                let _ = tokio::time::timeout(std::time::Duration::from_secs(10), s.wait(id)).await;
-                match s.delete(id).await {
-                    Ok(_) => {}
-                    Err(e) if e.kind() == crate::ErrorKind::NotFound => {}
-                    Err(e) => return Err(e),
-                }
-                s.shutdown(id).await?;
-                let _ = std::fs::remove_file(self.bundle(id).join("address"));
-                self.shims
-                    .write()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(id);
-                self.logs
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(id);
-            }
+        match self.shim_of(id) {
+            Some(s) => self.shut_down_pause(&s, id).await?,
             None => {
                 // No live shim (it died, or berth restarted after it did): let the shim binary
                 // clean up what runc left, if anything.

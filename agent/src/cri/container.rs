@@ -13,8 +13,29 @@ fn invalid(msg: impl Into<String>) -> Status {
     Status::invalid_argument(msg.into())
 }
 
-fn id_of(v: &cri::Int64Value, what: &str) -> Result<u32, Status> {
-    u32::try_from(v.value).map_err(|_| invalid(format!("{what} {} is out of range", v.value)))
+/// (run_as_user, run_as_group, supplemental groups).
+pub(crate) type UserIds = (Option<u32>, Option<u32>, Vec<u32>);
+
+/// run_as_user, run_as_group and supplemental groups as ids, for pods and containers alike.
+pub(crate) fn user_ids(
+    user: Option<&cri::Int64Value>,
+    group: Option<&cri::Int64Value>,
+    groups: &[i64],
+) -> Result<UserIds, Status> {
+    let id = |v: &cri::Int64Value, what: &str| {
+        u32::try_from(v.value).map_err(|_| invalid(format!("{what} {} is out of range", v.value)))
+    };
+    Ok((
+        user.map(|v| id(v, "run_as_user")).transpose()?,
+        group.map(|v| id(v, "run_as_group")).transpose()?,
+        groups
+            .iter()
+            .map(|g| {
+                u32::try_from(*g)
+                    .map_err(|_| invalid(format!("supplemental group {g} out of range")))
+            })
+            .collect::<Result<_, _>>()?,
+    ))
 }
 
 /// CRI resources → berth's.
@@ -71,11 +92,10 @@ fn load_profile(path: &str) -> Result<serde_json::Value, Status> {
     serde_json::from_slice(&text).map_err(|e| invalid(format!("seccomp profile {path}: {e}")))
 }
 
-/// The container's seccomp from the CRI field, or the deprecated path form.
-#[allow(deprecated)]
-fn seccomp(sc: &cri::LinuxContainerSecurityContext) -> Result<Seccomp, Status> {
+/// Seccomp from the CRI field, or else from the deprecated path form (pods and containers).
+pub(crate) fn seccomp(field: Option<&cri::SecurityProfile>, path: &str) -> Result<Seccomp, Status> {
     use cri::security_profile::ProfileType as P;
-    if let Some(p) = &sc.seccomp {
+    if let Some(p) = field {
         return match P::try_from(p.profile_type) {
             Ok(P::Unconfined) => Ok(Seccomp::Unconfined),
             Ok(P::RuntimeDefault) => Ok(Seccomp::RuntimeDefault),
@@ -86,7 +106,7 @@ fn seccomp(sc: &cri::LinuxContainerSecurityContext) -> Result<Seccomp, Status> {
             ))),
         };
     }
-    match sc.seccomp_profile_path.as_str() {
+    match path {
         // containerd 1.6 leaves an unset profile unconfined.
         "" | "unconfined" => Ok(Seccomp::Unconfined),
         "runtime/default" | "docker/default" => Ok(Seccomp::RuntimeDefault),
@@ -183,34 +203,27 @@ pub(crate) fn container_config(
             propagation,
         });
     }
+    let (run_as_user, run_as_group, supplemental_groups) = user_ids(
+        sc.run_as_user.as_ref(),
+        sc.run_as_group.as_ref(),
+        &sc.supplemental_groups,
+    )?;
     let security = Security {
         privileged: sc.privileged,
         add_capabilities: caps.add_capabilities,
         drop_capabilities: caps.drop_capabilities,
         readonly_rootfs: sc.readonly_rootfs,
         no_new_privs: sc.no_new_privs,
-        run_as_user: sc
-            .run_as_user
-            .as_ref()
-            .map(|v| id_of(v, "run_as_user"))
-            .transpose()?,
+        run_as_user,
         run_as_username: sc.run_as_username.clone(),
-        run_as_group: sc
-            .run_as_group
-            .as_ref()
-            .map(|v| id_of(v, "run_as_group"))
-            .transpose()?,
-        supplemental_groups: sc
-            .supplemental_groups
-            .iter()
-            .map(|g| {
-                u32::try_from(*g)
-                    .map_err(|_| invalid(format!("supplemental group {g} out of range")))
-            })
-            .collect::<Result<_, _>>()?,
+        run_as_group,
+        supplemental_groups,
         masked_paths: (!sc.masked_paths.is_empty()).then(|| sc.masked_paths.clone()),
         readonly_paths: (!sc.readonly_paths.is_empty()).then(|| sc.readonly_paths.clone()),
-        seccomp: seccomp(&sc)?,
+        seccomp: {
+            #[allow(deprecated)]
+            seccomp(sc.seccomp.as_ref(), &sc.seccomp_profile_path)?
+        },
         pid,
     };
     Ok((

@@ -4,6 +4,7 @@
 //! streaming arrive in later work; until then those calls answer `Unimplemented` saying so,
 //! never a fake success.
 
+use berth_sandbox::now_ns;
 use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -455,11 +456,11 @@ impl RuntimeService for RuntimeCri {
         req: Request<cri::ExecSyncRequest>,
     ) -> Result<Response<cri::ExecSyncResponse>, Status> {
         let req = req.into_inner();
-        let span = tracing::info_span!("ExecSync", container_id = %req.container_id, timeout = req.timeout);
+        let span = tracing::debug_span!("ExecSync", container_id = %req.container_id, timeout = req.timeout);
         let pods = self.pods.clone();
         call(
             span,
-            Kind::Mutation,
+            Kind::Read,
             detached(async move {
                 let timeout = std::time::Duration::from_secs(req.timeout.max(0) as u64);
                 let out = pods
@@ -584,13 +585,6 @@ impl RuntimeService for RuntimeCri {
         )
         .await
     }
-}
-
-fn now_ns() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i64)
-        .unwrap_or(0)
 }
 
 impl RuntimeCri {

@@ -3,6 +3,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use berth_cri_api::v1 as cri;
+use berth_sandbox::container::Seccomp;
 use berth_sandbox::pod::{Dns, PodConfig, PodFilter, PodMeta, PodRecord, PodState, PortMapping};
 use tonic::Status;
 
@@ -27,10 +28,6 @@ fn invalid(msg: impl Into<String>) -> Status {
 
 fn to_btree(m: HashMap<String, String>) -> BTreeMap<String, String> {
     m.into_iter().collect()
-}
-
-fn id_of(v: &cri::Int64Value, what: &str) -> Result<u32, Status> {
-    u32::try_from(v.value).map_err(|_| invalid(format!("{what} {} is out of range", v.value)))
 }
 
 /// Validates a RunPodSandbox request and turns it into a [`PodConfig`].
@@ -91,31 +88,16 @@ pub(crate) fn pod_config(req: cri::RunPodSandboxRequest) -> Result<PodConfig, St
     let ns = sc.namespace_options.unwrap_or_default();
     let node = cri::NamespaceMode::Node as i32;
     #[allow(deprecated)]
-    let seccomp = match (&sc.seccomp, sc.seccomp_profile_path.as_str()) {
-        (Some(p), _) => match cri::security_profile::ProfileType::try_from(p.profile_type) {
-            Ok(cri::security_profile::ProfileType::Unconfined) => None,
-            Ok(cri::security_profile::ProfileType::Localhost) => {
-                Some(load_seccomp(&p.localhost_ref)?)
-            }
-            Ok(cri::security_profile::ProfileType::RuntimeDefault) => Some(default_seccomp()),
-            Err(_) => {
-                return Err(invalid(format!(
-                    "unknown seccomp profile type {}",
-                    p.profile_type
-                )));
-            }
-        },
-        (None, "" | "unconfined") => None,
-        (None, path) if path.starts_with("localhost/") => {
-            Some(load_seccomp(&path["localhost/".len()..])?)
-        }
-        (None, "runtime/default" | "docker/default") => Some(default_seccomp()),
-        (None, other) => {
-            return Err(invalid(format!(
-                "seccomp profile {other:?} is not supported: use runtime/default, unconfined or localhost/<absolute path>"
-            )));
-        }
+    let seccomp = match super::container::seccomp(sc.seccomp.as_ref(), &sc.seccomp_profile_path)? {
+        Seccomp::Unconfined => None,
+        Seccomp::RuntimeDefault => Some(default_seccomp()),
+        Seccomp::Profile(p) => Some(p),
     };
+    let (run_as_user, run_as_group, supplemental_groups) = super::container::user_ids(
+        sc.run_as_user.as_ref(),
+        sc.run_as_group.as_ref(),
+        &sc.supplemental_groups,
+    )?;
     Ok(PodConfig {
         meta: PodMeta {
             name: m.name,
@@ -140,24 +122,9 @@ pub(crate) fn pod_config(req: cri::RunPodSandboxRequest) -> Result<PodConfig, St
         sysctls: to_btree(linux.sysctls),
         privileged: sc.privileged,
         readonly_rootfs: sc.readonly_rootfs,
-        run_as_user: sc
-            .run_as_user
-            .as_ref()
-            .map(|v| id_of(v, "run_as_user"))
-            .transpose()?,
-        run_as_group: sc
-            .run_as_group
-            .as_ref()
-            .map(|v| id_of(v, "run_as_group"))
-            .transpose()?,
-        supplemental_groups: sc
-            .supplemental_groups
-            .iter()
-            .map(|g| {
-                u32::try_from(*g)
-                    .map_err(|_| invalid(format!("supplemental group {g} out of range")))
-            })
-            .collect::<Result<_, _>>()?,
+        run_as_user,
+        run_as_group,
+        supplemental_groups,
         seccomp,
         runtime_handler: req.runtime_handler,
     })
@@ -170,17 +137,6 @@ fn default_seccomp() -> serde_json::Value {
         .map(|c| c.to_string())
         .collect();
     berth_sandbox::seccomp::default_profile(&caps)
-}
-
-fn load_seccomp(path: &str) -> Result<serde_json::Value, Status> {
-    if !path.starts_with('/') {
-        return Err(invalid(format!(
-            "seccomp localhost profile {path:?} must be an absolute path"
-        )));
-    }
-    let text = std::fs::read(path)
-        .map_err(|e| Status::failed_precondition(format!("read seccomp profile {path}: {e}")))?;
-    serde_json::from_slice(&text).map_err(|e| invalid(format!("seccomp profile {path}: {e}")))
 }
 
 fn meta(r: &PodRecord) -> cri::PodSandboxMetadata {

@@ -227,6 +227,19 @@ pub async fn delete_dead(binary: &Path, env: &ShimEnv, id: &str, bundle: &Path) 
     Ok(())
 }
 
+/// Snapshot mounts as the task API's rootfs mounts.
+pub fn rootfs_mounts(mounts: Vec<berth_image::snapshot::MountSpec>) -> Vec<api::Mount> {
+    mounts
+        .into_iter()
+        .map(|m| api::Mount {
+            type_: m.kind,
+            source: m.source,
+            options: m.options,
+            ..Default::default()
+        })
+        .collect()
+}
+
 /// runc shim options (`containerd.runc.v1.Options`), as a handler's `options` table sets them.
 #[derive(Debug, Clone, Default)]
 pub struct RuncOptions {
