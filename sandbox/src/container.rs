@@ -934,6 +934,22 @@ impl PodManager {
         }
     }
 
+    /// Changes container `id`'s record in place and persists it, under the map's lock, so
+    /// that concurrent changes (an exit event racing StartContainer) never undo each other.
+    fn update_container(
+        &self,
+        id: &str,
+        f: impl FnOnce(&mut ContainerRecord),
+    ) -> Result<ContainerRecord> {
+        let mut all = self.containers_write();
+        let rec = all
+            .get_mut(id)
+            .ok_or_else(|| Error::NotFound(format!("container {id:?} not found")))?;
+        f(rec);
+        self.store_put(TABLE, id, rec)?;
+        Ok(rec.clone())
+    }
+
     fn put_container(&self, rec: &ContainerRecord) -> Result<()> {
         self.store_put(TABLE, &rec.id, rec)?;
         self.containers_write().insert(rec.id.clone(), rec.clone());
@@ -1127,7 +1143,7 @@ impl PodManager {
         let id = self.resolve_container(id)?;
         let lock = self.lock(&id);
         let _g = lock.lock().await;
-        let mut rec = self.container(&id)?;
+        let rec = self.container(&id)?;
         if rec.state != ContainerState::Created {
             return Err(Error::Precondition(format!(
                 "container {id} is {:?}, not Created: only a created container can be started",
@@ -1145,30 +1161,28 @@ impl PodManager {
         let started = now_ns();
         match shim.start(&id).await {
             Ok(pid) => {
-                rec.pid = pid;
-                rec.started_ns = started;
-                // The exit event may already have been handled while we waited.
-                let cur = self.container(&id)?;
-                if cur.state == ContainerState::Exited {
-                    rec = ContainerRecord {
-                        started_ns: rec.started_ns.min(cur.finished_ns),
-                        pid,
-                        ..cur
-                    };
-                } else {
-                    rec.state = ContainerState::Running;
-                }
-                self.put_container(&rec)?;
+                // The exit event may be handled while (or before) this runs: the record is
+                // changed in one step, never from a stale copy.
+                let rec = self.update_container(&id, |r| {
+                    r.pid = pid;
+                    if r.state == ContainerState::Exited {
+                        r.started_ns = started.min(r.finished_ns);
+                    } else {
+                        r.started_ns = started;
+                        r.state = ContainerState::Running;
+                    }
+                })?;
                 self.emit(&rec, ContainerEventKind::Started);
                 Ok(())
             }
             Err(e) => {
-                rec.state = ContainerState::Exited;
-                rec.finished_ns = now_ns();
-                rec.exit_code = 128;
-                rec.reason = "StartError".into();
-                rec.message = e.to_string();
-                self.put_container(&rec)?;
+                self.update_container(&id, |r| {
+                    r.state = ContainerState::Exited;
+                    r.finished_ns = now_ns();
+                    r.exit_code = 128;
+                    r.reason = "StartError".into();
+                    r.message = e.to_string();
+                })?;
                 let _ = shim.delete(&id).await;
                 Err(e)
             }
@@ -1177,37 +1191,45 @@ impl PodManager {
 
     /// Called on a `/tasks/exit` event of a container's init process.
     pub(crate) fn on_container_exit(&self, id: &str, status: u32, at_ns: i64) -> bool {
-        let Ok(mut rec) = self.container(id) else {
+        let Ok(rec) = self.container(id) else {
             return false;
         };
         if rec.state == ContainerState::Exited {
             return true;
         }
-        rec.state = ContainerState::Exited;
-        rec.exit_code = status as i32;
-        rec.finished_ns = if at_ns > 0 { at_ns } else { now_ns() };
-        rec.reason = if rec.oom || (status == 137 && self.oom_killed(&rec)) {
-            "OOMKilled".into()
-        } else if status == 0 {
-            "Completed".into()
-        } else {
-            "Error".into()
-        };
-        if let Err(e) = self.put_container(&rec) {
-            tracing::error!(container = id, err = %e, "failed to persist container exit");
+        let cgroup_oom = status == 137 && self.oom_killed(&rec);
+        let mut changed = false;
+        let res = self.update_container(id, |r| {
+            if r.state == ContainerState::Exited {
+                return;
+            }
+            changed = true;
+            r.state = ContainerState::Exited;
+            r.exit_code = status as i32;
+            r.finished_ns = if at_ns > 0 { at_ns } else { now_ns() };
+            r.reason = if r.oom || cgroup_oom {
+                "OOMKilled".into()
+            } else if status == 0 {
+                "Completed".into()
+            } else {
+                "Error".into()
+            };
+        });
+        match res {
+            Ok(rec) if changed => self.emit(&rec, ContainerEventKind::Stopped),
+            Ok(_) => {}
+            Err(e) => tracing::error!(container = id, err = %e, "failed to persist container exit"),
         }
-        self.emit(&rec, ContainerEventKind::Stopped);
         true
     }
 
     pub(crate) fn on_container_oom(&self, id: &str) {
-        if let Ok(mut rec) = self.container(id) {
-            rec.oom = true;
-            if rec.state == ContainerState::Exited && rec.exit_code == 137 {
-                rec.reason = "OOMKilled".into();
+        let _ = self.update_container(id, |r| {
+            r.oom = true;
+            if r.state == ContainerState::Exited && r.exit_code == 137 {
+                r.reason = "OOMKilled".into();
             }
-            let _ = self.put_container(&rec);
-        }
+        });
     }
 
     /// cgroup v1: the memory controller counted an OOM kill in the container's cgroup.
@@ -1332,12 +1354,7 @@ impl PodManager {
         self.store_delete(TABLE, &id)?;
         self.containers_write().remove(&id);
         self.layer_usage().remove(&id);
-        if let Ok(pod) = self.get(&rec.pod_id) {
-            self.container_names()
-                .release(&container_name(&rec.config, &pod));
-        } else {
-            self.container_names().release_key(&id);
-        }
+        self.container_names().release_key(&id);
         self.emit(&rec, ContainerEventKind::Deleted);
         Ok(())
     }
@@ -1396,7 +1413,7 @@ impl PodManager {
         let id = self.resolve_container(id)?;
         let lock = self.lock(&id);
         let _g = lock.lock().await;
-        let mut rec = self.container(&id)?;
+        let rec = self.container(&id)?;
         if !matches!(rec.state, ContainerState::Created | ContainerState::Running) {
             return Err(Error::Precondition(format!(
                 "container {id} is not running or created; its resources cannot change"
@@ -1409,9 +1426,11 @@ impl PodManager {
         // Keep the device rules the container was created with.
         res["devices"] = rec.spec["linux"]["resources"]["devices"].clone();
         s.update(&id, &res).await?;
-        rec.config.resources = r.clone();
-        rec.spec["linux"]["resources"] = res;
-        self.put_container(&rec)
+        self.update_container(&id, |rec| {
+            rec.config.resources = r.clone();
+            rec.spec["linux"]["resources"] = res;
+        })?;
+        Ok(())
     }
 
     /// ExecSync: runs `cmd` in the container, returns its output and exit code; after

@@ -277,10 +277,12 @@ impl PodManager {
             container_events: tokio::sync::broadcast::channel(1024).0,
             layer_usage: Default::default(),
         });
+        // Subscribed before recovery: an exit published while berth reconnects is buffered,
+        // not lost.
+        let mut events = mgr.hub.subscribe();
         mgr.recover().await?;
         mgr.recover_containers().await?;
         let weak = Arc::downgrade(&mgr);
-        let mut events = mgr.hub.subscribe();
         tokio::spawn(async move {
             loop {
                 let ev = match events.recv().await {

@@ -1,0 +1,270 @@
+//! Container benchmark: in one pod per daemon, 20 rounds of CreateContainer + StartContainer
+//! (timed), then StopContainer + RemoveContainer (timed), through berth and through containerd
+//! 1.6 (Debian's package, own root/state/socket), alternating; and the floor: `runc create` +
+//! `runc start` of the same busybox rootfs from a plain directory, with no daemon at all.
+//!
+//! `cargo build --release -p berth -p berth-e2e && BERTH_BIN=target/release/berth target/release/bench-containers`
+
+#![allow(clippy::print_stdout)]
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use berth_cri_api::v1 as cri;
+use berth_e2e::containerd::Containerd;
+use berth_e2e::pods::{PAUSE_IMAGE, pause_image, pod_config};
+use berth_e2e::{Berth, Cri, ImageBuilder, Layer, Registry, TestNet};
+
+const ROUNDS: usize = 20;
+const APP: &str = "pause.invalid/berth-e2e/app:1";
+
+fn pct(v: &[Duration], p: usize) -> f64 {
+    let mut v = v.to_vec();
+    v.sort();
+    v[(v.len() * p / 100).min(v.len() - 1)].as_secs_f64() * 1e3
+}
+
+async fn pull(cri: &Cri, image: &str) -> anyhow::Result<()> {
+    cri.image
+        .clone()
+        .pull_image(cri::PullImageRequest {
+            image: Some(cri::ImageSpec {
+                image: image.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .with_context(|| format!("pull {image}"))?;
+    Ok(())
+}
+
+struct Daemon {
+    cri: Cri,
+    pod: String,
+    pod_cfg: cri::PodSandboxConfig,
+}
+
+impl Daemon {
+    async fn new(cri: Cri, tag: &str) -> anyhow::Result<Self> {
+        pull(&cri, PAUSE_IMAGE).await?;
+        pull(&cri, APP).await?;
+        let pod_cfg = pod_config(&format!("bench-{tag}"));
+        let pod = cri
+            .runtime
+            .clone()
+            .run_pod_sandbox(cri::RunPodSandboxRequest {
+                config: Some(pod_cfg.clone()),
+                runtime_handler: String::new(),
+            })
+            .await?
+            .into_inner()
+            .pod_sandbox_id;
+        Ok(Daemon { cri, pod, pod_cfg })
+    }
+
+    /// (create + start, stop + remove)
+    async fn round(&self, i: usize) -> anyhow::Result<(Duration, Duration)> {
+        let mut rt = self.cri.runtime.clone();
+        let cfg = cri::ContainerConfig {
+            metadata: Some(cri::ContainerMetadata {
+                name: format!("c{i}"),
+                attempt: 0,
+            }),
+            image: Some(cri::ImageSpec {
+                image: APP.into(),
+                ..Default::default()
+            }),
+            command: vec!["sleep".into(), "3600".into()],
+            linux: Some(cri::LinuxContainerConfig::default()),
+            ..Default::default()
+        };
+        let t = Instant::now();
+        let id = rt
+            .create_container(cri::CreateContainerRequest {
+                pod_sandbox_id: self.pod.clone(),
+                config: Some(cfg),
+                sandbox_config: Some(self.pod_cfg.clone()),
+            })
+            .await
+            .context("CreateContainer")?
+            .into_inner()
+            .container_id;
+        rt.start_container(cri::StartContainerRequest {
+            container_id: id.clone(),
+        })
+        .await
+        .context("StartContainer")?;
+        let up = t.elapsed();
+        let t = Instant::now();
+        rt.stop_container(cri::StopContainerRequest {
+            container_id: id.clone(),
+            timeout: 0,
+        })
+        .await
+        .context("StopContainer")?;
+        rt.remove_container(cri::RemoveContainerRequest { container_id: id })
+            .await
+            .context("RemoveContainer")?;
+        Ok((up, t.elapsed()))
+    }
+
+    async fn close(self) -> anyhow::Result<()> {
+        let mut rt = self.cri.runtime.clone();
+        rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
+            pod_sandbox_id: self.pod.clone(),
+        })
+        .await?;
+        rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+            pod_sandbox_id: self.pod,
+        })
+        .await?;
+        Ok(())
+    }
+}
+
+/// runc create + start of `bundle` (timed), then kill and delete (not timed).
+fn runc_round(
+    root: &std::path::Path,
+    bundle: &std::path::Path,
+    id: &str,
+) -> anyhow::Result<Duration> {
+    let run = |args: &[&str]| -> anyhow::Result<()> {
+        let out = Command::new("runc")
+            .arg("--root")
+            .arg(root)
+            .args(args)
+            .output()?;
+        if !out.status.success() {
+            bail!("runc {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(())
+    };
+    let t = Instant::now();
+    run(&[
+        "create",
+        "--bundle",
+        bundle.to_str().unwrap_or_default(),
+        id,
+    ])?;
+    run(&["start", id])?;
+    let took = t.elapsed();
+    run(&["kill", id, "KILL"])?;
+    for _ in 0..100 {
+        if run(&["delete", id]).is_ok() {
+            return Ok(took);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    run(&["delete", "--force", id])?;
+    Ok(took)
+}
+
+/// A bundle: the busybox layer unpacked into `rootfs`, a minimal spec running `sleep 3600`.
+fn runc_bundle(dir: &std::path::Path, layer: &Layer) -> anyhow::Result<()> {
+    let rootfs = dir.join("rootfs");
+    std::fs::create_dir_all(&rootfs)?;
+    tar::Archive::new(layer.tar().as_slice()).unpack(&rootfs)?;
+    for d in ["proc", "dev", "sys"] {
+        std::fs::create_dir_all(rootfs.join(d))?;
+    }
+    let spec = serde_json::json!({
+        "ociVersion": "1.0.2",
+        "process": {"terminal": false, "user": {"uid": 0, "gid": 0}, "args": ["sleep", "3600"],
+                    "env": ["PATH=/bin"], "cwd": "/",
+                    "capabilities": {"bounding": ["CAP_KILL"], "effective": ["CAP_KILL"], "permitted": ["CAP_KILL"]},
+                    "noNewPrivileges": true},
+        "root": {"path": "rootfs", "readonly": false},
+        "mounts": [
+            {"destination": "/proc", "type": "proc", "source": "proc"},
+            {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
+            {"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]}
+        ],
+        "linux": {"namespaces": [{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}, {"type": "network"}],
+                  "cgroupsPath": "/berth-bench-runc/c"}
+    });
+    std::fs::write(dir.join("config.json"), serde_json::to_vec(&spec)?)?;
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let reg = Registry::start()?;
+    pause_image()?
+        .push(&reg, "berth-e2e/pause", Some("1"))
+        .await?;
+    let busybox = Layer::busybox()?;
+    ImageBuilder::new(vec![Layer::busybox()?])
+        .push(&reg, "berth-e2e/app", Some("1"))
+        .await?;
+    let net = TestNet::new()?;
+    let hosts = format!(
+        "server = \"https://pause.invalid\"\n[host.\"http://{}\"]\ncapabilities = [\"pull\", \"resolve\"]\n",
+        reg.addr
+    );
+    let berth = Berth::start_with_config(&format!(
+        "sandbox_image = \"{PAUSE_IMAGE}\"\n[log]\nlevel = \"warn\"\n{}",
+        net.config_toml()
+    ))?;
+    berth.hosts_toml("pause.invalid", &hosts)?;
+    let work = tempfile::Builder::new()
+        .prefix("berth-bench-containers-")
+        .tempdir_in("/var/tmp")?;
+    let certs = work.path().join("certs.d");
+    std::fs::create_dir_all(certs.join("pause.invalid"))?;
+    std::fs::write(certs.join("pause.invalid").join("hosts.toml"), &hosts)?;
+    let containerd = Containerd::start_with(
+        &work.path().join("containerd"),
+        &certs,
+        PAUSE_IMAGE,
+        &net.conf_dir,
+    )?;
+    let b = Daemon::new(berth.cri().await?, "b").await?;
+    let c = Daemon::new(containerd.cri().await?, "c").await?;
+    let bundle = work.path().join("bundle");
+    runc_bundle(&bundle, &busybox)?;
+    let runc_root = work.path().join("runc");
+
+    // Warm-up, then alternate.
+    b.round(1000).await?;
+    c.round(1000).await?;
+    runc_round(&runc_root, &bundle, "warm")?;
+    let (mut bu, mut bd, mut cu, mut cd, mut ru) = (vec![], vec![], vec![], vec![], vec![]);
+    for i in 0..ROUNDS {
+        let (u, d) = b.round(i).await?;
+        bu.push(u);
+        bd.push(d);
+        let (u, d) = c.round(i).await?;
+        cu.push(u);
+        cd.push(d);
+        ru.push(runc_round(&runc_root, &bundle, &format!("r{i}"))?);
+    }
+    b.close().await?;
+    c.close().await?;
+    let _ = std::fs::remove_dir("/sys/fs/cgroup/cpu/berth-bench-runc");
+
+    println!("{ROUNDS} rounds each, alternating; one pod per daemon; busybox `sleep 3600`");
+    for (name, up, down) in [
+        ("berth", &bu, Some(&bd)),
+        ("containerd", &cu, Some(&cd)),
+        ("runc alone", &ru, None),
+    ] {
+        print!(
+            "{name:<11} create+start median {:>6.1} ms  p90 {:>6.1} ms",
+            pct(up, 50),
+            pct(up, 90)
+        );
+        match down {
+            Some(d) => println!(" | stop+remove median {:>6.1} ms", pct(d, 50)),
+            None => println!(),
+        }
+    }
+    println!(
+        "ratio create+start: berth/runc {:.2}x (goal <= 1.30x), berth/containerd {:.2}x; stop+remove berth/containerd {:.2}x",
+        pct(&bu, 50) / pct(&ru, 50),
+        pct(&bu, 50) / pct(&cu, 50),
+        pct(&bd, 50) / pct(&cd, 50)
+    );
+    Ok(())
+}
