@@ -130,14 +130,24 @@ fn runc_round(
     bundle: &std::path::Path,
     id: &str,
 ) -> anyhow::Result<Duration> {
+    // The container inherits runc's stdio: pipes would never reach end-of-file while it
+    // runs, so its output goes to /dev/null and runc's errors to a file.
+    let errs = root.with_extension("stderr");
     let run = |args: &[&str]| -> anyhow::Result<()> {
-        let out = Command::new("runc")
+        std::fs::create_dir_all(root)?;
+        let status = Command::new("runc")
             .arg("--root")
             .arg(root)
             .args(args)
-            .output()?;
-        if !out.status.success() {
-            bail!("runc {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&errs)?)
+            .status()?;
+        if !status.success() {
+            bail!(
+                "runc {args:?}: {}",
+                std::fs::read_to_string(&errs).unwrap_or_default()
+            );
         }
         Ok(())
     };
