@@ -252,7 +252,12 @@ async fn main() -> anyhow::Result<()> {
     }
     b.close().await?;
     c.close().await?;
-    let _ = std::fs::remove_dir("/sys/fs/cgroup/cpu/berth-bench-runc");
+    // runc removed each container's cgroup; the parent it made is ours to remove, in every
+    // hierarchy (v1) or the unified one (v2).
+    for h in std::fs::read_dir("/sys/fs/cgroup")?.flatten() {
+        let _ = std::fs::remove_dir(h.path().join("berth-bench-runc"));
+    }
+    let _ = std::fs::remove_dir("/sys/fs/cgroup/berth-bench-runc");
 
     println!("{ROUNDS} rounds each, alternating; one pod per daemon; busybox `sleep 3600`");
     for (name, up, down) in [
