@@ -25,6 +25,34 @@ pub struct Config {
     pub registry: RegistryConfig,
     pub cni: CniConfig,
     pub runtime: RuntimeConfig,
+    pub stream: StreamConfig,
+}
+
+/// The streaming server behind Exec, Attach and PortForward.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct StreamConfig {
+    /// The IP to listen on.
+    pub address: String,
+    /// The TCP port (0: a free one, chosen at start-up).
+    pub port: u16,
+    /// How long an Exec/Attach/PortForward URL stays valid, in seconds.
+    pub token_ttl_seconds: u64,
+    /// TLS certificate chain and key (PEM); both empty: plain HTTP.
+    pub tls_cert: PathBuf,
+    pub tls_key: PathBuf,
+}
+
+impl Default for StreamConfig {
+    fn default() -> Self {
+        StreamConfig {
+            address: "127.0.0.1".into(),
+            port: 0,
+            token_ttl_seconds: 60,
+            tls_cert: PathBuf::new(),
+            tls_key: PathBuf::new(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -149,6 +177,7 @@ impl Default for Config {
                 container_log_max_files: 5,
                 handlers,
             },
+            stream: StreamConfig::default(),
         }
     }
 }
@@ -233,6 +262,22 @@ impl Config {
                 "max_concurrent_downloads: {} is out of range (1 to 64)",
                 self.max_concurrent_downloads
             );
+        }
+        if self.stream.address.parse::<std::net::IpAddr>().is_err() {
+            bail!(
+                "stream.address: {:?} is not an IP address",
+                self.stream.address
+            );
+        }
+        if self.stream.token_ttl_seconds == 0 || self.stream.token_ttl_seconds > 3600 {
+            bail!(
+                "stream.token_ttl_seconds: {} is out of range (1 to 3600)",
+                self.stream.token_ttl_seconds
+            );
+        }
+        if self.stream.tls_cert.as_os_str().is_empty() != self.stream.tls_key.as_os_str().is_empty()
+        {
+            bail!("stream.tls_cert and stream.tls_key: set both, or neither");
         }
         if self.runtime.container_log_max_files == 0 {
             bail!("runtime.container_log_max_files: must be at least 1");

@@ -61,9 +61,21 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         "pod sandboxes recovered"
     );
 
+    let stream = berth_stream::StreamServer::start(
+        stream_config(&cfg)?,
+        Arc::new(crate::cri::StreamBackend { pods: pods.clone() }),
+    )
+    .await
+    .with_context(|| {
+        format!(
+            "start the streaming server on {}:{}",
+            cfg.stream.address, cfg.stream.port
+        )
+    })?;
+
     let listener = bind(&cfg.address)?;
     let cfg = Arc::new(cfg);
-    let runtime = RuntimeServiceServer::new(RuntimeCri::new(cfg.clone(), pods))
+    let runtime = RuntimeServiceServer::new(RuntimeCri::new(cfg.clone(), pods, stream))
         .max_decoding_message_size(MAX_MESSAGE)
         .max_encoding_message_size(MAX_MESSAGE);
     let image = ImageServiceServer::new(ImageCri::new(images))
@@ -83,6 +95,21 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     res.context("serve CRI")?;
     tracing::info!("berth stopped");
     Ok(())
+}
+
+fn stream_config(cfg: &Config) -> anyhow::Result<berth_stream::StreamConfig> {
+    let ip: std::net::IpAddr = cfg
+        .stream
+        .address
+        .parse()
+        .with_context(|| format!("stream.address {:?}", cfg.stream.address))?;
+    Ok(berth_stream::StreamConfig {
+        listen: std::net::SocketAddr::new(ip, cfg.stream.port),
+        token_ttl: std::time::Duration::from_secs(cfg.stream.token_ttl_seconds),
+        tls: (!cfg.stream.tls_cert.as_os_str().is_empty())
+            .then(|| (cfg.stream.tls_cert.clone(), cfg.stream.tls_key.clone())),
+        ..Default::default()
+    })
 }
 
 fn pod_manager_config(

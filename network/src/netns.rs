@@ -86,6 +86,49 @@ pub fn remove_path(path: &Path) -> Result<()> {
     }
 }
 
+/// Connects to `port` on the loopback of the network namespace pinned at `netns` (the
+/// host's when `None`): 127.0.0.1 first, then ::1. The socket is made on a dedicated thread
+/// that enters the namespace and then exits; a socket keeps the namespace it was made in.
+pub async fn connect_loopback(
+    netns: Option<&Path>,
+    port: u16,
+) -> std::io::Result<tokio::net::TcpStream> {
+    use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
+    use std::time::Duration;
+    let netns = netns.map(Path::to_path_buf);
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("netns-connect".into())
+        .spawn(move || {
+            let res = (|| {
+                if let Some(ns) = &netns {
+                    let f = std::fs::File::open(ns)?;
+                    use std::os::fd::AsRawFd;
+                    // SAFETY: setns on an fd we own, affecting only this thread, which exits
+                    // right after making the socket.
+                    if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                let timeout = Duration::from_secs(10);
+                let v4 = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+                match TcpStream::connect_timeout(&v4, timeout) {
+                    Ok(s) => Ok(s),
+                    Err(e4) => {
+                        let v6 = SocketAddr::from((Ipv6Addr::LOCALHOST, port));
+                        TcpStream::connect_timeout(&v6, timeout).map_err(|_| e4)
+                    }
+                }
+            })();
+            let _ = tx.send(res);
+        })?;
+    let s = rx
+        .await
+        .map_err(|_| std::io::Error::other("netns connect thread died"))??;
+    s.set_nonblocking(true)?;
+    tokio::net::TcpStream::from_std(s)
+}
+
 fn validate_name(name: &str) -> Result<()> {
     if name.is_empty()
         || name.len() > 200

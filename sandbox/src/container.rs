@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::error::{Error, Result};
-use crate::logs::{ContainerLog, mkfifo, open_fifo_reader};
+use crate::logs::{ContainerLog, mkfifo, open_fifo_reader, open_fifo_writer};
 use crate::pod::{PodManager, PodRecord, PodState};
 use crate::shim::Shim;
 use crate::spec::{DEFAULT_CAPABILITIES, MASKED_PATHS, READONLY_PATHS, clamp_oom_score_adj};
@@ -1082,9 +1082,14 @@ impl PodManager {
                 mkfifo(&stderr)?;
                 Some(open_fifo_reader(&stderr)?)
             };
-            if config.stdin {
+            // berth holds the write side of stdin (read-write, so opening never blocks)
+            // for Attach; the container reads end-of-file once it is closed.
+            let stdin_tx = if config.stdin {
                 mkfifo(&stdin)?;
-            }
+                Some(open_fifo_writer(&stdin)?)
+            } else {
+                None
+            };
             let rootfs = crate::shim::rootfs_mounts(mounts);
             let s = |p: &Path, on: bool| {
                 if on {
@@ -1114,6 +1119,7 @@ impl PodManager {
                 self.log_rotation(),
                 Some(out_rx),
                 err_rx,
+                stdin_tx,
             )?;
             self.container_logs().insert(id.clone(), log);
             self.put_container(&rec)?;
@@ -1543,6 +1549,238 @@ impl PodManager {
         res
     }
 
+    /// Exec with a client attached (the streaming server's `/exec`): runs `cmd` with the
+    /// session's stdio (a terminal when `io.tty`), passes resizes on, and returns the exit
+    /// code once the process exited and its output was delivered. A client that goes away
+    /// kills the process.
+    pub async fn exec_stream(
+        &self,
+        id: &str,
+        cmd: Vec<String>,
+        io: berth_stream::Io,
+    ) -> Result<u32> {
+        let id = self.resolve_container(id)?;
+        let rec = self.container(&id)?;
+        if rec.state != ContainerState::Running {
+            return Err(Error::Precondition(format!(
+                "container {id} is not running; exec needs a running container"
+            )));
+        }
+        if cmd.is_empty() {
+            return Err(Error::Invalid("exec command is empty".into()));
+        }
+        let s = self.shim_of(&rec.pod_id).ok_or_else(|| {
+            Error::Precondition(format!("the pod of container {id} has no running shim"))
+        })?;
+        let berth_stream::Io {
+            stdin,
+            stdout,
+            stderr,
+            tty,
+            resize,
+            disconnected,
+        } = io;
+        let exec_id = hex::encode(rand::random::<[u8; 8]>());
+        let dir = self.ctr_dir(&id).join("exec");
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io("create exec dir", e))?;
+        let path = |name: &str, on: bool| on.then(|| dir.join(format!("{exec_id}-{name}")));
+        let in_p = path("stdin", stdin.is_some());
+        let out_p = path("stdout", stdout.is_some());
+        let err_p = path("stderr", stderr.is_some() && !tty);
+        let paths: Vec<PathBuf> = [&in_p, &out_p, &err_p]
+            .into_iter()
+            .flatten()
+            .cloned()
+            .collect();
+        let cleanup = || {
+            for p in &paths {
+                let _ = std::fs::remove_file(p);
+            }
+        };
+        let res = async {
+            for p in &paths {
+                mkfifo(p)?;
+            }
+            let out_rx = out_p.as_deref().map(open_fifo_reader).transpose()?;
+            let err_rx = err_p.as_deref().map(open_fifo_reader).transpose()?;
+            let in_tx = in_p.as_deref().map(open_fifo_writer).transpose()?;
+            let mut process = rec.spec["process"].clone();
+            process["args"] = json!(cmd);
+            process["terminal"] = json!(tty);
+            let show = |p: &Option<PathBuf>| p.as_ref().map(|p| p.display().to_string()).unwrap_or_default();
+            let stdio = [show(&in_p), show(&out_p), show(&err_p)];
+            s.exec(&id, &exec_id, &process, [&stdio[0], &stdio[1], &stdio[2]], tty)
+                .await?;
+            let pump = |rx: Option<tokio::net::unix::pipe::Receiver>,
+                        tx: Option<tokio::sync::mpsc::Sender<bytes::Bytes>>| {
+                let (Some(mut rx), Some(tx)) = (rx, tx) else {
+                    return None;
+                };
+                Some(tokio::spawn(async move {
+                    use tokio::io::AsyncReadExt;
+                    let mut buf = vec![0u8; 32 * 1024];
+                    while let Ok(n) = rx.read(&mut buf).await {
+                        if n == 0 || tx.send(bytes::Bytes::copy_from_slice(&buf[..n])).await.is_err() {
+                            break;
+                        }
+                    }
+                }))
+            };
+            let outputs: Vec<_> = [pump(out_rx, stdout), pump(err_rx, stderr)]
+                .into_iter()
+                .flatten()
+                .collect();
+            if let Err(e) = s.start_process(&id, &exec_id).await {
+                let _ = s.delete_process(&id, &exec_id).await;
+                outputs.iter().for_each(|t| t.abort());
+                return Err(e);
+            }
+            let feeder = match (stdin, in_tx) {
+                (Some(mut rx), Some(mut w)) => {
+                    let (s, id, exec_id) = (s.clone(), id.clone(), exec_id.clone());
+                    Some(tokio::spawn(async move {
+                        use tokio::io::AsyncWriteExt;
+                        while let Some(b) = rx.recv().await {
+                            if w.write_all(&b).await.is_err() {
+                                break;
+                            }
+                        }
+                        drop(w);
+                        // End-of-file for the process, through the shim's copy.
+                        let _ = s.close_stdin(&id, &exec_id).await;
+                    }))
+                }
+                _ => None,
+            };
+            let resizer = resize.filter(|_| tty).map(|mut rx| {
+                let (s, id, exec_id) = (s.clone(), id.clone(), exec_id.clone());
+                tokio::spawn(async move {
+                    while let Some(sz) = rx.recv().await {
+                        if let Err(e) = s
+                            .resize_pty(&id, &exec_id, u32::from(sz.width), u32::from(sz.height))
+                            .await
+                        {
+                            tracing::debug!(container = id, err = %e, "resize exec terminal");
+                        }
+                    }
+                })
+            });
+            let waited = tokio::select! {
+                r = s.wait_process(&id, &exec_id) => r,
+                _ = disconnected.cancelled() => {
+                    tracing::info!(container = id, exec_id, "exec client went away; killing the process");
+                    let _ = s.kill_process(&id, &exec_id, SIGKILL, false).await;
+                    tokio::time::timeout(Duration::from_secs(10), s.wait_process(&id, &exec_id))
+                        .await
+                        .unwrap_or_else(|_| Err(Error::Timeout("exec process did not die".into())))
+                }
+            };
+            for t in feeder.iter().chain(resizer.iter()) {
+                t.abort();
+            }
+            // The output ends once the shim has copied the last of it; a background child
+            // that inherited it could hold it open, so the wait is bounded.
+            for t in outputs {
+                let abort = t.abort_handle();
+                if tokio::time::timeout(Duration::from_secs(2), t).await.is_err() {
+                    abort.abort();
+                }
+            }
+            let _ = s.delete_process(&id, &exec_id).await;
+            waited
+        }
+        .await;
+        cleanup();
+        res
+    }
+
+    /// Attach (the streaming server's `/attach`): connects the session to the container's
+    /// own stdio until the container's output ends, the client closes its stdin (closing
+    /// the container's stdin too when `stdin_once`), or the client goes away.
+    pub async fn attach(&self, id: &str, io: berth_stream::Io) -> Result<()> {
+        let id = self.resolve_container(id)?;
+        let rec = self.container(&id)?;
+        if rec.state != ContainerState::Running {
+            return Err(Error::Precondition(format!(
+                "container {id} is not running; attach needs a running container"
+            )));
+        }
+        let points = self
+            .container_logs()
+            .get(&id)
+            .map(|l| l.stdio.clone())
+            .ok_or_else(|| {
+                Error::Precondition(format!("container {id} has no output to attach to"))
+            })?;
+        let berth_stream::Io {
+            stdin,
+            stdout,
+            stderr,
+            resize,
+            disconnected,
+            ..
+        } = io;
+        let tty = rec.config.tty;
+        let follow = |rx: tokio::sync::mpsc::Receiver<bytes::Bytes>,
+                      tx: Option<tokio::sync::mpsc::Sender<bytes::Bytes>>| {
+            let mut rx = rx;
+            tokio::spawn(async move {
+                while let Some(b) = rx.recv().await {
+                    // Output the client did not ask for is read and dropped.
+                    if let Some(tx) = &tx {
+                        if tx.send(b).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            })
+        };
+        let out = follow(points.stdout.subscribe(), stdout);
+        let err = follow(points.stderr.subscribe(), stderr.filter(|_| !tty));
+        let resizer = resize.filter(|_| tty).and_then(|mut rx| {
+            let s = self.shim_of(&rec.pod_id)?;
+            let id = id.clone();
+            Some(tokio::spawn(async move {
+                while let Some(sz) = rx.recv().await {
+                    let _ = s
+                        .resize_pty(&id, "", u32::from(sz.width), u32::from(sz.height))
+                        .await;
+                }
+            }))
+        });
+        let stdin_once = rec.config.stdin_once;
+        let feed = async {
+            let Some(mut rx) = stdin else {
+                return std::future::pending::<()>().await;
+            };
+            while let Some(b) = rx.recv().await {
+                if !points.write_stdin(&b).await {
+                    // No stdin (or it was closed): what the client types goes nowhere.
+                    continue;
+                }
+            }
+            if stdin_once && !tty {
+                points.close_stdin().await;
+            }
+        };
+        let (out_abort, err_abort) = (out.abort_handle(), err.abort_handle());
+        let outputs = async {
+            let _ = out.await;
+            let _ = err.await;
+        };
+        tokio::select! {
+            _ = outputs => {}
+            _ = feed => {}
+            _ = disconnected.cancelled() => {}
+        }
+        out_abort.abort();
+        err_abort.abort();
+        if let Some(r) = resizer {
+            r.abort();
+        }
+        Ok(())
+    }
+
     /// Removes every container of a pod (its stop already killed them).
     pub(crate) async fn remove_pod_containers(&self, pod_id: &str) -> Result<()> {
         for c in self.containers_of(pod_id) {
@@ -1590,11 +1828,17 @@ impl PodManager {
                     } else {
                         open_fifo_reader(&dir.join("stderr")).ok()
                     };
+                    let stdin = if rec.config.stdin {
+                        open_fifo_writer(&dir.join("stdin")).ok()
+                    } else {
+                        None
+                    };
                     match ContainerLog::start(
                         rec.log_path.as_deref(),
                         self.log_rotation(),
                         out,
                         err,
+                        stdin,
                     ) {
                         Ok(l) => {
                             self.container_logs().insert(id.clone(), l);

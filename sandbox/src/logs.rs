@@ -9,13 +9,18 @@
 //! lines (a line longer than [`MAX_LINE`] is cut into `P`artial records), stamps them and
 //! appends them to the log file, rotating it by size (`<path>.1` … `<path>.<n>`).
 //! [`ContainerLog::reopen`] opens the path anew after the kubelet moved the file away.
+//!
+//! The same copier fans the raw output out to attached clients ([`Fanout`]), and the
+//! container's stdin fifo, when it has one, stays open here for `Attach` to write into.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use tokio::io::{AsyncBufReadExt, BufReader};
+use bytes::Bytes;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::pipe;
+use tokio::sync::mpsc;
 
 use crate::error::{Error, Result};
 
@@ -171,10 +176,101 @@ pub fn open_fifo_reader(path: &Path) -> Result<pipe::Receiver> {
         .map_err(|e| Error::io(format!("open fifo {}", path.display()), e))
 }
 
+/// Opens the write side of a fifo without waiting for a reader (read-write, which Linux
+/// allows on a fifo).
+pub fn open_fifo_writer(path: &Path) -> Result<pipe::Sender> {
+    pipe::OpenOptions::new()
+        .read_write(true)
+        .open_sender(path)
+        .map_err(|e| Error::io(format!("open fifo {} for writing", path.display()), e))
+}
+
 /// A container's log: the file and the tasks copying the container's output into it.
 pub struct ContainerLog {
     file: Option<Arc<Mutex<LogFile>>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// Where attached clients connect.
+    pub stdio: Arc<AttachPoints>,
+}
+
+/// A container's live stdio for `Attach`.
+#[derive(Debug, Default)]
+pub struct AttachPoints {
+    /// The container's stdout (its terminal, with a tty).
+    pub stdout: Fanout,
+    /// The container's stderr (never, with a tty).
+    pub stderr: Fanout,
+    /// The write side of the container's stdin fifo (`None`: no stdin, or closed).
+    stdin: tokio::sync::Mutex<Option<pipe::Sender>>,
+}
+
+impl AttachPoints {
+    /// Writes to the container's stdin; false when it has none (or it was closed).
+    pub async fn write_stdin(&self, data: &[u8]) -> bool {
+        let mut g = self.stdin.lock().await;
+        match g.as_mut() {
+            Some(w) => {
+                if w.write_all(data).await.is_err() {
+                    *g = None;
+                    return false;
+                }
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Closes the container's stdin: it reads end-of-file.
+    pub async fn close_stdin(&self) {
+        self.stdin.lock().await.take();
+    }
+
+    /// Whether the container's stdin is open here.
+    pub async fn has_stdin(&self) -> bool {
+        self.stdin.lock().await.is_some()
+    }
+}
+
+/// Copies one output stream to every attached client. A slow client slows the container's
+/// output (as with containerd); one that went away is dropped.
+#[derive(Debug, Default)]
+pub struct Fanout {
+    subs: Mutex<(bool, Vec<mpsc::Sender<Bytes>>)>,
+}
+
+impl Fanout {
+    /// A new subscriber; it ends (`None`) when the stream does. A stream that already
+    /// ended gives a receiver that ends at once.
+    pub fn subscribe(&self) -> mpsc::Receiver<Bytes> {
+        let (tx, rx) = mpsc::channel(64);
+        let mut g = self.subs.lock().unwrap_or_else(|p| p.into_inner());
+        if !g.0 {
+            g.1.push(tx);
+        }
+        rx
+    }
+
+    async fn send(&self, data: &[u8]) {
+        let subs: Vec<_> = {
+            let g = self.subs.lock().unwrap_or_else(|p| p.into_inner());
+            if g.1.is_empty() {
+                return;
+            }
+            g.1.clone()
+        };
+        let b = Bytes::copy_from_slice(data);
+        for s in subs {
+            let _ = s.send(b.clone()).await;
+        }
+        let mut g = self.subs.lock().unwrap_or_else(|p| p.into_inner());
+        g.1.retain(|s| !s.is_closed());
+    }
+
+    fn close(&self) {
+        let mut g = self.subs.lock().unwrap_or_else(|p| p.into_inner());
+        g.0 = true;
+        g.1.clear();
+    }
 }
 
 impl std::fmt::Debug for ContainerLog {
@@ -195,23 +291,42 @@ impl ContainerLog {
     /// Starts copying `stdout` and `stderr` (fifo read sides whose writer is open) into the
     /// log at `path` (`None`: the output is read and discarded, so the container never blocks
     /// on a full pipe).
+    ///
+    /// `stdin`, the write side of the container's stdin fifo, is kept for `Attach`.
     pub fn start(
         path: Option<&Path>,
         rotation: Rotation,
         stdout: Option<pipe::Receiver>,
         stderr: Option<pipe::Receiver>,
+        stdin: Option<pipe::Sender>,
     ) -> Result<Self> {
         let file = match path {
             Some(p) => Some(Arc::new(Mutex::new(LogFile::open(p, rotation)?))),
             None => None,
         };
+        let stdio = Arc::new(AttachPoints {
+            stdin: tokio::sync::Mutex::new(stdin),
+            ..Default::default()
+        });
         let mut tasks = Vec::new();
         for (name, rx) in [("stdout", stdout), ("stderr", stderr)] {
-            if let Some(rx) = rx {
-                tasks.push(tokio::spawn(copy_lines(rx, name, file.clone())));
+            let stdio = stdio.clone();
+            let file = file.clone();
+            match rx {
+                Some(rx) => tasks.push(tokio::spawn(async move {
+                    let fan = if name == "stdout" {
+                        &stdio.stdout
+                    } else {
+                        &stdio.stderr
+                    };
+                    copy_lines(rx, name, file, fan).await;
+                    fan.close();
+                })),
+                None if name == "stdout" => stdio.stdout.close(),
+                None => stdio.stderr.close(),
             }
         }
-        Ok(ContainerLog { file, tasks })
+        Ok(ContainerLog { file, tasks, stdio })
     }
 
     /// Reopens the log path (after the kubelet rotated the file away).
@@ -235,41 +350,57 @@ async fn futures_join_all(tasks: Vec<tokio::task::JoinHandle<()>>) {
     }
 }
 
-/// Reads `rx` up to end-of-file, writing each line (or [`MAX_LINE`] piece of one) as a record.
-async fn copy_lines(rx: pipe::Receiver, stream: &'static str, out: Option<Arc<Mutex<LogFile>>>) {
-    let mut r = BufReader::with_capacity(64 * 1024, rx);
+/// Reads `rx` up to end-of-file, handing each chunk to `fan` and writing each line (or
+/// [`MAX_LINE`] piece of one) as a record.
+async fn copy_lines(
+    mut rx: pipe::Receiver,
+    stream: &'static str,
+    out: Option<Arc<Mutex<LogFile>>>,
+    fan: &Fanout,
+) {
+    let mut buf = vec![0u8; 64 * 1024];
     let mut line: Vec<u8> = Vec::with_capacity(1024);
+    let write = |line: &[u8], partial: bool| {
+        if let Some(f) = &out {
+            f.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .write(stream, partial, line);
+        }
+    };
     loop {
-        let (done, used, eof) = match r.fill_buf().await {
-            Ok([]) => (false, 0, true),
-            Ok(buf) => match buf.iter().position(|b| *b == b'\n') {
-                Some(i) if line.len() + i <= MAX_LINE => {
-                    line.extend_from_slice(&buf[..i]);
-                    (true, i + 1, false)
-                }
-                _ => {
-                    let take = buf.len().min(MAX_LINE - line.len());
-                    line.extend_from_slice(&buf[..take]);
-                    (false, take, false)
-                }
-            },
+        let n = match rx.read(&mut buf).await {
+            Ok(n) => n,
             Err(e) => {
                 tracing::debug!(stream, err = %e, "container output read failed");
-                (false, 0, true)
+                0
             }
         };
-        r.consume(used);
-        let full = line.len() >= MAX_LINE;
-        if done || full || (eof && !line.is_empty()) {
-            if let Some(f) = &out {
-                f.lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .write(stream, !done, &line);
+        if n == 0 {
+            if !line.is_empty() {
+                write(&line, true);
             }
-            line.clear();
-        }
-        if eof {
             return;
+        }
+        fan.send(&buf[..n]).await;
+        let mut rest = &buf[..n];
+        while !rest.is_empty() {
+            match rest.iter().position(|b| *b == b'\n') {
+                Some(i) if line.len() + i <= MAX_LINE => {
+                    line.extend_from_slice(&rest[..i]);
+                    write(&line, false);
+                    line.clear();
+                    rest = &rest[i + 1..];
+                }
+                _ => {
+                    let take = rest.len().min(MAX_LINE - line.len());
+                    line.extend_from_slice(&rest[..take]);
+                    rest = &rest[take..];
+                    if line.len() >= MAX_LINE {
+                        write(&line, true);
+                        line.clear();
+                    }
+                }
+            }
         }
     }
 }
@@ -328,6 +459,7 @@ mod tests {
             },
             Some(rx),
             None,
+            None,
         )
         .unwrap();
         tx.write_all(b"hello\n\nworld").unwrap();
@@ -360,6 +492,7 @@ mod tests {
             },
             Some(rx),
             None,
+            None,
         )
         .unwrap();
         let line = format!("{}\n", "y".repeat(1000));
@@ -382,7 +515,8 @@ mod tests {
             .write(true)
             .open(&fifo3)
             .unwrap();
-        let mut cl = ContainerLog::start(Some(&log), Rotation::default(), Some(rx), None).unwrap();
+        let mut cl =
+            ContainerLog::start(Some(&log), Rotation::default(), Some(rx), None, None).unwrap();
         tx.write_all(b"before\n").unwrap();
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
         std::fs::rename(&log, d.path().join("moved.log")).unwrap();

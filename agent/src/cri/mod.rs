@@ -5,6 +5,7 @@ mod container;
 mod image;
 mod runtime;
 mod sandbox;
+mod stream;
 
 use std::future::Future;
 use std::time::Instant;
@@ -15,6 +16,7 @@ use tracing::Instrument;
 
 pub use image::ImageCri;
 pub use runtime::RuntimeCri;
+pub use stream::StreamBackend;
 
 /// The gRPC code for an image error. Every kind is named: adding one is a compile error here.
 fn image_code(kind: ErrorKind) -> Code {

@@ -1,8 +1,7 @@
 //! CRI `RuntimeService`.
 //!
-//! `Version`, `Status` and `RuntimeConfig` are served now. Pod sandboxes, containers and
-//! streaming arrive in later work; until then those calls answer `Unimplemented` saying so,
-//! never a fake success.
+//! Every call is served except checkpointing and pod metrics, which answer `Unimplemented`
+//! saying so, never a fake success.
 
 use berth_sandbox::now_ns;
 use std::collections::HashMap;
@@ -23,15 +22,21 @@ use crate::config::Config;
 pub struct RuntimeCri {
     config: Arc<Config>,
     pods: Arc<berth_sandbox::pod::PodManager>,
+    stream: berth_stream::StreamServer,
     /// The last CPU sample per container (time ns, cpu ns), for usage_nano_cores.
     cpu_samples: Arc<std::sync::Mutex<HashMap<String, (i64, u64)>>>,
 }
 
 impl RuntimeCri {
-    pub fn new(config: Arc<Config>, pods: Arc<berth_sandbox::pod::PodManager>) -> Self {
+    pub fn new(
+        config: Arc<Config>,
+        pods: Arc<berth_sandbox::pod::PodManager>,
+        stream: berth_stream::StreamServer,
+    ) -> Self {
         RuntimeCri {
             config,
             pods,
+            stream,
             cpu_samples: Default::default(),
         }
     }
@@ -251,9 +256,6 @@ impl RuntimeService for RuntimeCri {
     }
 
     not_yet! {
-        exec(ExecRequest) -> ExecResponse, "Exec", "the streaming server is not built yet";
-        attach(AttachRequest) -> AttachResponse, "Attach", "the streaming server is not built yet";
-        port_forward(PortForwardRequest) -> PortForwardResponse, "PortForward", "the streaming server is not built yet";
         checkpoint_container(CheckpointContainerRequest) -> CheckpointContainerResponse, "CheckpointContainer", "checkpointing is not supported";
         list_metric_descriptors(ListMetricDescriptorsRequest) -> ListMetricDescriptorsResponse, "ListMetricDescriptors", "pod metrics are not supported";
         list_pod_sandbox_metrics(ListPodSandboxMetricsRequest) -> ListPodSandboxMetricsResponse, "ListPodSandboxMetrics", "pod metrics are not supported";
@@ -447,6 +449,42 @@ impl RuntimeService for RuntimeCri {
                 .reopen_container_log(&id)
                 .map_err(sandbox_status)?;
             Ok(cri::ReopenContainerLogResponse {})
+        })
+        .await
+    }
+
+    async fn exec(
+        &self,
+        req: Request<cri::ExecRequest>,
+    ) -> Result<Response<cri::ExecResponse>, Status> {
+        let req = req.into_inner();
+        let span = tracing::info_span!("Exec", container_id = %req.container_id, tty = req.tty, stdin = req.stdin);
+        call(span, Kind::Mutation, async {
+            super::stream::exec_url(&self.pods, &self.stream, req)
+        })
+        .await
+    }
+
+    async fn attach(
+        &self,
+        req: Request<cri::AttachRequest>,
+    ) -> Result<Response<cri::AttachResponse>, Status> {
+        let req = req.into_inner();
+        let span = tracing::info_span!("Attach", container_id = %req.container_id, tty = req.tty, stdin = req.stdin);
+        call(span, Kind::Mutation, async {
+            super::stream::attach_url(&self.pods, &self.stream, req)
+        })
+        .await
+    }
+
+    async fn port_forward(
+        &self,
+        req: Request<cri::PortForwardRequest>,
+    ) -> Result<Response<cri::PortForwardResponse>, Status> {
+        let req = req.into_inner();
+        let span = tracing::info_span!("PortForward", pod_sandbox_id = %req.pod_sandbox_id, ports = ?req.port);
+        call(span, Kind::Mutation, async {
+            super::stream::port_forward_url(&self.pods, &self.stream, req)
         })
         .await
     }
