@@ -5,6 +5,7 @@
 //! Every fixture owns what it started (by PID, never by name) and tears it down in `Drop`,
 //! also when the test panics.
 
+pub mod apps;
 pub mod berth;
 pub mod containerd;
 pub mod image;
@@ -36,6 +37,20 @@ pub fn wait_until(timeout: std::time::Duration, mut f: impl FnMut() -> bool) -> 
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     f()
+}
+
+/// Processes on this machine whose command line is exactly `argv`.
+pub fn processes(argv: &[&str]) -> Vec<u32> {
+    let want: Vec<u8> = argv.iter().flat_map(|a| a.bytes().chain([0])).collect();
+    std::fs::read_dir("/proc")
+        .map(|d| {
+            d.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+                .filter(|pid| {
+                    std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c == want)
+                })
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// Sends `sig` to `pid` (a process this fixture started).

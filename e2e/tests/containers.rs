@@ -4,137 +4,10 @@
 use std::time::Duration;
 
 use berth_cri_api::v1 as cri;
+use berth_e2e::apps::{create, ctr, env_with, exec, start, status};
 use berth_e2e::pods::pod_config;
-use berth_e2e::{ImageBuilder, Layer, PodEnv, TestNet, wait_until};
+use berth_e2e::wait_until;
 use tonic::Code;
-
-const APP: &str = "app.invalid/berth-e2e/app:1";
-
-/// busybox with the applets these tests use and a page to serve.
-fn app_image() -> ImageBuilder {
-    let mut l = Layer::busybox().unwrap();
-    for a in [
-        "httpd", "wget", "head", "tr", "kill", "touch", "hostname", "cut",
-    ] {
-        l = l.hardlink(&format!("bin/{a}"), "bin/busybox");
-    }
-    ImageBuilder::new(vec![
-        l.dir("www/")
-            .file("www/index.html", "hello over localhost\n"),
-    ])
-    .cmd(&["/bin/sh"])
-}
-
-async fn env_with(extra: &str) -> PodEnv {
-    let env = PodEnv::start_with(TestNet::new().unwrap(), extra)
-        .await
-        .unwrap();
-    app_image()
-        .push(&env.registry, "berth-e2e/app", Some("1"))
-        .await
-        .unwrap();
-    env.berth
-        .hosts_toml(
-            "app.invalid",
-            &format!(
-                "server = \"https://app.invalid\"\n[host.\"http://{}\"]\ncapabilities = [\"pull\", \"resolve\"]\n",
-                env.registry.addr
-            ),
-        )
-        .unwrap();
-    env.cri
-        .image
-        .clone()
-        .pull_image(cri::PullImageRequest {
-            image: Some(cri::ImageSpec {
-                image: APP.into(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    env
-}
-
-fn ctr(name: &str, cmd: &[&str]) -> cri::ContainerConfig {
-    cri::ContainerConfig {
-        metadata: Some(cri::ContainerMetadata {
-            name: name.into(),
-            attempt: 0,
-        }),
-        image: Some(cri::ImageSpec {
-            image: APP.into(),
-            ..Default::default()
-        }),
-        command: cmd.iter().map(|s| s.to_string()).collect(),
-        log_path: format!("{name}.log"),
-        linux: Some(cri::LinuxContainerConfig::default()),
-        ..Default::default()
-    }
-}
-
-async fn create(
-    env: &PodEnv,
-    pod: &str,
-    pod_cfg: &cri::PodSandboxConfig,
-    c: cri::ContainerConfig,
-) -> Result<String, tonic::Status> {
-    env.cri
-        .runtime
-        .clone()
-        .create_container(cri::CreateContainerRequest {
-            pod_sandbox_id: pod.into(),
-            config: Some(c),
-            sandbox_config: Some(pod_cfg.clone()),
-        })
-        .await
-        .map(|r| r.into_inner().container_id)
-}
-
-async fn start(env: &PodEnv, id: &str) {
-    env.cri
-        .runtime
-        .clone()
-        .start_container(cri::StartContainerRequest {
-            container_id: id.into(),
-        })
-        .await
-        .unwrap();
-}
-
-async fn status(env: &PodEnv, id: &str) -> cri::ContainerStatus {
-    env.cri
-        .runtime
-        .clone()
-        .container_status(cri::ContainerStatusRequest {
-            container_id: id.into(),
-            verbose: false,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .status
-        .unwrap()
-}
-
-async fn exec(
-    env: &PodEnv,
-    id: &str,
-    cmd: &[&str],
-    timeout: i64,
-) -> Result<cri::ExecSyncResponse, tonic::Status> {
-    env.cri
-        .runtime
-        .clone()
-        .exec_sync(cri::ExecSyncRequest {
-            container_id: id.into(),
-            cmd: cmd.iter().map(|s| s.to_string()).collect(),
-            timeout,
-        })
-        .await
-        .map(|r| r.into_inner())
-}
 
 fn block_on<T>(f: impl std::future::Future<Output = T>) -> T {
     tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(f))
@@ -475,5 +348,43 @@ async fn logs_rotate_reopen_and_keep_flowing_across_a_berth_crash() {
     assert_eq!(status(&env, &id).await.exit_code, 137);
     env.stop(&pod).await.unwrap();
     env.remove(&pod).await.unwrap();
+    env.assert_clean();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dead_shim_leaves_no_container_behind() {
+    let env = env_with("").await;
+    let pcfg = pod_config("orphans");
+    let pod = env.run(pcfg.clone()).await.unwrap();
+    let id = create(
+        &env,
+        &pod,
+        &pcfg,
+        ctr("orphan", &["sh", "-c", "exec sleep 7654"]),
+    )
+    .await
+    .unwrap();
+    start(&env, &id).await;
+    let sleeping = || berth_e2e::processes(&["sleep", "7654"]).len();
+    assert!(wait_until(Duration::from_secs(5), || sleeping() == 1));
+    // The shim dies; the pause and app processes live on, reparented.
+    for pid in env.berth.shim_pids() {
+        berth_e2e::signal(pid, libc::SIGKILL);
+    }
+    assert!(wait_until(Duration::from_secs(5), || env
+        .berth
+        .shim_pids()
+        .is_empty()));
+    assert_eq!(sleeping(), 1);
+    env.stop(&pod).await.unwrap();
+    assert_eq!(sleeping(), 0, "the container outlived StopPodSandbox");
+    let st = status(&env, &id).await;
+    assert_eq!(st.state, cri::ContainerState::ContainerExited as i32);
+    env.remove(&pod).await.unwrap();
+    let runc_root = env.berth.state.join("runtime/runc/k8s.io");
+    let left: Vec<_> = std::fs::read_dir(&runc_root)
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "runc containers left: {left:?}");
     env.assert_clean();
 }

@@ -1304,6 +1304,10 @@ impl PodManager {
             match s.kill(&id, sig, false).await {
                 Ok(()) => {}
                 Err(e) if e.kind() == crate::ErrorKind::NotFound => {}
+                Err(e) if e.shim_gone() => {
+                    self.shim_died(&rec, &e).await;
+                    return Ok(());
+                }
                 Err(e) => tracing::debug!(container = id, err = %e, "stop signal"),
             }
             if tokio::time::timeout(timeout, s.wait(&id)).await.is_ok() {
@@ -1314,11 +1318,30 @@ impl PodManager {
         match s.kill(&id, SIGKILL, true).await {
             Ok(()) => {}
             Err(e) if e.kind() == crate::ErrorKind::NotFound => {}
+            Err(e) if e.shim_gone() => {
+                self.shim_died(&rec, &e).await;
+                return Ok(());
+            }
             Err(e) => return Err(e),
         }
         let _ = tokio::time::timeout(Duration::from_secs(30), s.wait(&id)).await;
         self.finish_stop(&s, &id).await;
         Ok(())
+    }
+
+    /// The pod's shim died under a running container: the container's processes live on
+    /// without it, so the shim binary's `delete` kills them and removes the runc container.
+    async fn shim_died(&self, rec: &ContainerRecord, e: &Error) {
+        tracing::warn!(container = rec.id, err = %e, "the pod's shim is gone; deleting the container's task without it");
+        if let Ok(pod) = self.get(&rec.pod_id) {
+            let bundle = self.ctr_dir(&rec.id).join("bundle");
+            if let Err(e) =
+                crate::shim::delete_dead(&pod.shim_binary, self.shim_env(), &rec.id, &bundle).await
+            {
+                tracing::warn!(container = rec.id, err = %e, "shim delete of a dead container task");
+            }
+        }
+        self.on_container_exit(&rec.id, 255, 0);
     }
 
     async fn finish_stop(&self, s: &Shim, id: &str) {
@@ -1477,6 +1500,7 @@ impl PodManager {
         process["args"] = json!(cmd);
         process["terminal"] = json!(false);
         let res = async {
+            let permit = s.exec_permit().await;
             s.exec(
                 &id,
                 &exec_id,
@@ -1501,7 +1525,9 @@ impl PodManager {
                 })
             };
             let (out_t, err_t) = (read(out_rx), read(err_rx));
-            if let Err(e) = s.start_process(&id, &exec_id).await {
+            let started = s.start_process(&id, &exec_id).await;
+            drop(permit);
+            if let Err(e) = started {
                 let _ = s.delete_process(&id, &exec_id).await;
                 out_t.abort();
                 err_t.abort();
@@ -1609,6 +1635,7 @@ impl PodManager {
             process["terminal"] = json!(tty);
             let show = |p: &Option<PathBuf>| p.as_ref().map(|p| p.display().to_string()).unwrap_or_default();
             let stdio = [show(&in_p), show(&out_p), show(&err_p)];
+            let permit = s.exec_permit().await;
             s.exec(&id, &exec_id, &process, [&stdio[0], &stdio[1], &stdio[2]], tty)
                 .await?;
             let pump = |rx: Option<tokio::net::unix::pipe::Receiver>,
@@ -1630,7 +1657,9 @@ impl PodManager {
                 .into_iter()
                 .flatten()
                 .collect();
-            if let Err(e) = s.start_process(&id, &exec_id).await {
+            let started = s.start_process(&id, &exec_id).await;
+            drop(permit);
+            if let Err(e) = started {
                 let _ = s.delete_process(&id, &exec_id).await;
                 outputs.iter().for_each(|t| t.abort());
                 return Err(e);
@@ -1644,6 +1673,11 @@ impl PodManager {
                             if w.write_all(&b).await.is_err() {
                                 break;
                             }
+                        }
+                        if tty {
+                            // A terminal's end is a hangup, not end-of-file: keep it open
+                            // (as containerd does) until the process exits.
+                            std::future::pending::<()>().await;
                         }
                         drop(w);
                         // End-of-file for the process, through the shim's copy.
@@ -1727,10 +1761,10 @@ impl PodManager {
             tokio::spawn(async move {
                 while let Some(b) = rx.recv().await {
                     // Output the client did not ask for is read and dropped.
-                    if let Some(tx) = &tx {
-                        if tx.send(b).await.is_err() {
-                            return;
-                        }
+                    if let Some(tx) = &tx
+                        && tx.send(b).await.is_err()
+                    {
+                        return;
                     }
                 }
             })
@@ -1760,7 +1794,14 @@ impl PodManager {
                 }
             }
             if stdin_once && !tty {
+                // The shim holds a writer too (so a berth restart is no EOF): closing ours
+                // and then the shim's gives the container its end-of-file.
                 points.close_stdin().await;
+                if let Some(s) = self.shim_of(&rec.pod_id)
+                    && let Err(e) = s.close_stdin(&id, "").await
+                {
+                    tracing::warn!(container = id, err = %e, "close the container's stdin");
+                }
             }
         };
         let (out_abort, err_abort) = (out.abort_handle(), err.abort_handle());

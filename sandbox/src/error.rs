@@ -78,6 +78,8 @@ pub enum Error {
         reason: String,
         /// Whether the shim said "not found".
         not_found: bool,
+        /// Whether the connection to the shim is gone (the shim died).
+        gone: bool,
     },
     /// A file operation failed.
     #[error("{context}: {source}")]
@@ -115,6 +117,11 @@ impl Error {
             Error::ShimStart { .. } | Error::Task { .. } => ErrorKind::Failed,
             Error::Io { .. } => ErrorKind::Internal,
         }
+    }
+
+    /// Whether this is a task call that failed because the shim is gone.
+    pub fn shim_gone(&self) -> bool {
+        matches!(self, Error::Task { gone: true, .. })
     }
 
     pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {

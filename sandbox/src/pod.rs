@@ -834,6 +834,7 @@ impl PodManager {
         match s.kill(id, SIGKILL, true).await {
             Ok(()) => {}
             Err(e) if e.kind() == crate::ErrorKind::NotFound => {}
+            Err(e) if e.shim_gone() => return Err(e),
             Err(e) => tracing::debug!(pod = id, err = %e, "kill failed (already stopped?)"),
         }
         let _ = tokio::time::timeout(std::time::Duration::from_secs(10), s.wait(id)).await;
@@ -844,6 +845,15 @@ impl PodManager {
         }
         s.shutdown(id).await?;
         let _ = std::fs::remove_file(self.bundle(id).join("address"));
+        self.forget_shim(id);
+        Ok(())
+    }
+
+    pub(crate) fn shim_env(&self) -> &shim::ShimEnv {
+        &self.cfg.shim_env
+    }
+
+    fn forget_shim(&self, id: &str) {
         self.shims
             .write()
             .unwrap_or_else(|p| p.into_inner())
@@ -852,25 +862,35 @@ impl PodManager {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(id);
-        Ok(())
     }
 
     async fn stop_task(&self, rec: &PodRecord) -> Result<()> {
         let id = &rec.id;
-        match self.shim_of(id) {
-            Some(s) => self.shut_down_pause(&s, id).await?,
-            None => {
-                // No live shim (it died, or berth restarted after it did): let the shim binary
-                // clean up what runc left, if anything.
-                let bundle = self.bundle(id);
-                if bundle.join("config.json").exists() && bundle.join("address").exists() {
-                    if let Err(e) =
-                        shim::delete_dead(&rec.shim_binary, &self.cfg.shim_env, id, &bundle).await
-                    {
-                        tracing::debug!(pod = id, err = %e, "shim delete of a dead task");
-                    }
-                    let _ = std::fs::remove_file(bundle.join("address"));
+        let dead = match self.shim_of(id) {
+            Some(s) => match self.shut_down_pause(&s, id).await {
+                Err(e) if e.shim_gone() => {
+                    tracing::warn!(pod = id, err = %e, "the pod's shim died; cleaning up after it");
+                    self.forget_shim(id);
+                    true
                 }
+                other => {
+                    other?;
+                    false
+                }
+            },
+            None => true,
+        };
+        if dead {
+            // No live shim (it died, or berth restarted after it did): let the shim binary
+            // clean up what runc left, if anything.
+            let bundle = self.bundle(id);
+            if bundle.join("config.json").exists() && bundle.join("address").exists() {
+                if let Err(e) =
+                    shim::delete_dead(&rec.shim_binary, &self.cfg.shim_env, id, &bundle).await
+                {
+                    tracing::debug!(pod = id, err = %e, "shim delete of a dead task");
+                }
+                let _ = std::fs::remove_file(bundle.join("address"));
             }
         }
         Ok(())

@@ -277,13 +277,13 @@ impl RemoteCommand {
                     CH_ERROR => Some(&status_tx),
                     _ => None,
                 };
-                if let Some(s) = sink {
-                    if s.send(data).await.is_err() {
-                        if ch == CH_STDOUT {
-                            out = None;
-                        } else if ch == CH_STDERR {
-                            err = None;
-                        }
+                if let Some(s) = sink
+                    && s.send(data).await.is_err()
+                {
+                    if ch == CH_STDOUT {
+                        out = None;
+                    } else if ch == CH_STDERR {
+                        err = None;
                     }
                 }
             }

@@ -678,13 +678,12 @@ impl Session {
     pub async fn close(&self) {
         let _ = self.out.send(Out::Close).await;
         let w = self.writer.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some(w) = w {
-            if tokio::time::timeout(Duration::from_secs(5), w)
+        if let Some(w) = w
+            && tokio::time::timeout(Duration::from_secs(5), w)
                 .await
                 .is_err()
-            {
-                tracing::debug!("spdy writer did not finish in time");
-            }
+        {
+            tracing::debug!("spdy writer did not finish in time");
         }
     }
 }

@@ -280,10 +280,11 @@ async fn remote_command(
                 };
                 match ch {
                     CH_STDIN => {
-                        if let Some(tx) = &stdin_tx {
-                            if !data.is_empty() && tx.send(data).await.is_err() {
-                                stdin_tx = None;
-                            }
+                        if let Some(tx) = &stdin_tx
+                            && !data.is_empty()
+                            && tx.send(data).await.is_err()
+                        {
+                            stdin_tx = None;
                         }
                     }
                     CH_RESIZE => {
@@ -393,10 +394,10 @@ async fn port_forward(
                     continue;
                 };
                 // Data channels are even; what clients send on error channels is ignored.
-                if ch % 2 == 0 {
-                    if let Some(tx) = inputs.get(usize::from(ch / 2)) {
-                        let _ = tx.send(data).await;
-                    }
+                if ch % 2 == 0
+                    && let Some(tx) = inputs.get(usize::from(ch / 2))
+                {
+                    let _ = tx.send(data).await;
                 }
             }
             gone.cancel();

@@ -209,19 +209,34 @@ pub fn parse_start_output(binary: &str, stdout: &str) -> Result<String> {
 /// Runs `<shim> -bundle <bundle> delete` for a task whose shim is gone: the shim binary
 /// cleans up what its runtime left (runc state, mounts) and reports the exit.
 pub async fn delete_dead(binary: &Path, env: &ShimEnv, id: &str, bundle: &Path) -> Result<()> {
+    // The 1.6 runc shim finds the task's files at `dirname($PWD)/<id>` (containerd's layout,
+    // where the bundle directory is named after the task). berth's bundles are not, so it
+    // runs the shim from a link named `<id>` to the bundle, and says so in $PWD (which Go's
+    // os.Getwd trusts when it names the same directory).
+    let parent = bundle.parent().unwrap_or(bundle);
+    let links = parent.join(".shim-delete");
+    let link = links.join(id);
+    let _ = std::fs::remove_dir_all(&links);
+    std::fs::create_dir_all(&links).map_err(|e| Error::io("create shim-delete dir", e))?;
+    std::os::unix::fs::symlink(bundle, &link)
+        .map_err(|e| Error::io(format!("link {}", link.display()), e))?;
     let out = base_command(binary, env, id, bundle)
+        .current_dir(&link)
+        .env("PWD", &link)
         .arg("-bundle")
         .arg(bundle)
         .arg("delete")
         .output()
-        .await
-        .map_err(|e| Error::io(format!("run {} delete", binary.display()), e))?;
+        .await;
+    let _ = std::fs::remove_dir_all(&links);
+    let out = out.map_err(|e| Error::io(format!("run {} delete", binary.display()), e))?;
     if !out.status.success() {
         return Err(Error::Task {
             call: "delete (shim binary)",
             id: id.into(),
             reason: String::from_utf8_lossy(&out.stderr).trim().to_string(),
             not_found: false,
+            gone: false,
         });
     }
     Ok(())
@@ -257,7 +272,14 @@ pub struct Shim {
     task: TaskClient,
     /// The shim's ttrpc address.
     pub address: String,
+    /// Bounds exec set-ups (Exec + Start) in flight on this shim; see [`Shim::exec_permit`].
+    exec_gate: std::sync::Arc<tokio::sync::Semaphore>,
 }
+
+/// Exec set-ups in flight per shim. Debian's containerd 1.6 runc shim stalls for seconds
+/// (its exit reaper, task lock and event lock wait on each other until a timeout) once
+/// some 27 execs start at once; a few at a time keeps it out of that.
+const EXEC_SETUPS_IN_FLIGHT: usize = 4;
 
 impl std::fmt::Debug for Shim {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -276,11 +298,19 @@ fn task_err(call: &'static str, id: &str, e: ttrpc::Error) -> Error {
         ttrpc::Error::RpcStatus(s) => (s.message.clone(), s.code() == ttrpc::Code::NOT_FOUND),
         other => (other.to_string(), false),
     };
+    let gone = matches!(
+        e,
+        ttrpc::Error::LocalClosed
+            | ttrpc::Error::RemoteClosed
+            | ttrpc::Error::Eof
+            | ttrpc::Error::Socket(_)
+    );
     Error::Task {
         call,
         id: id.to_string(),
         reason,
         not_found,
+        gone,
     }
 }
 
@@ -292,10 +322,12 @@ impl Shim {
             id: address.into(),
             reason: e.to_string(),
             not_found: false,
+            gone: false,
         })?;
         Ok(Shim {
             task: TaskClient::new(client),
             address: address.to_string(),
+            exec_gate: std::sync::Arc::new(tokio::sync::Semaphore::new(EXEC_SETUPS_IN_FLIGHT)),
         })
     }
 
@@ -324,6 +356,7 @@ impl Shim {
                     id: id.into(),
                     reason: format!("encode options: {e}"),
                     not_found: false,
+                    gone: false,
                 })?;
                 let any = containerd_shim_protos::protobuf::well_known_types::any::Any {
                     type_url: "containerd.runc.v1.Options".into(),
@@ -464,6 +497,16 @@ impl Shim {
             .await
             .map_err(|e| task_err("Connect", id, e))?;
         Ok((r.shim_pid, r.task_pid))
+    }
+
+    /// Waits for a turn to set an exec up (Exec, then Start); hold the permit until Start
+    /// returned.
+    pub async fn exec_permit(&self) -> tokio::sync::OwnedSemaphorePermit {
+        loop {
+            if let Ok(p) = self.exec_gate.clone().acquire_owned().await {
+                return p;
+            }
+        }
     }
 
     /// Adds an exec process to task `id`; `process` is its OCI process spec (JSON).

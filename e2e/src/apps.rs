@@ -1,0 +1,152 @@
+//! The app image and container helpers the container and streaming tests share: busybox
+//! with the applets they use, and thin wrappers over the CRI calls.
+
+use berth_cri_api::v1 as cri;
+
+use crate::{ImageBuilder, Layer, PodEnv, TestNet};
+
+/// The app image's reference (mirrored to the test registry by hosts.toml).
+pub const APP: &str = "app.invalid/berth-e2e/app:1";
+
+/// busybox with the applets these tests use and a page to serve.
+pub fn app_image() -> ImageBuilder {
+    let mut l = Layer::busybox().unwrap();
+    for a in [
+        "httpd",
+        "wget",
+        "head",
+        "tr",
+        "kill",
+        "touch",
+        "hostname",
+        "cut",
+        "sha256sum",
+        "stty",
+        "tty",
+        "ps",
+    ] {
+        l = l.hardlink(&format!("bin/{a}"), "bin/busybox");
+    }
+    ImageBuilder::new(vec![
+        l.dir("www/")
+            .file("www/index.html", "hello over localhost\n"),
+    ])
+    .cmd(&["/bin/sh"])
+}
+
+/// A [`PodEnv`] with `extra` in berth's config and the app image pulled.
+pub async fn env_with(extra: &str) -> PodEnv {
+    let env = PodEnv::start_with(TestNet::new().unwrap(), extra)
+        .await
+        .unwrap();
+    app_image()
+        .push(&env.registry, "berth-e2e/app", Some("1"))
+        .await
+        .unwrap();
+    env.berth
+        .hosts_toml(
+            "app.invalid",
+            &format!(
+                "server = \"https://app.invalid\"\n[host.\"http://{}\"]\ncapabilities = [\"pull\", \"resolve\"]\n",
+                env.registry.addr
+            ),
+        )
+        .unwrap();
+    env.cri
+        .image
+        .clone()
+        .pull_image(cri::PullImageRequest {
+            image: Some(cri::ImageSpec {
+                image: APP.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    env
+}
+
+/// A container of the app image running `cmd`, logging to `<name>.log`.
+pub fn ctr(name: &str, cmd: &[&str]) -> cri::ContainerConfig {
+    cri::ContainerConfig {
+        metadata: Some(cri::ContainerMetadata {
+            name: name.into(),
+            attempt: 0,
+        }),
+        image: Some(cri::ImageSpec {
+            image: APP.into(),
+            ..Default::default()
+        }),
+        command: cmd.iter().map(|s| s.to_string()).collect(),
+        log_path: format!("{name}.log"),
+        linux: Some(cri::LinuxContainerConfig::default()),
+        ..Default::default()
+    }
+}
+
+/// CreateContainer.
+pub async fn create(
+    env: &PodEnv,
+    pod: &str,
+    pod_cfg: &cri::PodSandboxConfig,
+    c: cri::ContainerConfig,
+) -> Result<String, tonic::Status> {
+    env.cri
+        .runtime
+        .clone()
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: pod.into(),
+            config: Some(c),
+            sandbox_config: Some(pod_cfg.clone()),
+        })
+        .await
+        .map(|r| r.into_inner().container_id)
+}
+
+/// StartContainer (which must succeed).
+pub async fn start(env: &PodEnv, id: &str) {
+    env.cri
+        .runtime
+        .clone()
+        .start_container(cri::StartContainerRequest {
+            container_id: id.into(),
+        })
+        .await
+        .unwrap();
+}
+
+/// ContainerStatus (which must succeed).
+pub async fn status(env: &PodEnv, id: &str) -> cri::ContainerStatus {
+    env.cri
+        .runtime
+        .clone()
+        .container_status(cri::ContainerStatusRequest {
+            container_id: id.into(),
+            verbose: false,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status
+        .unwrap()
+}
+
+/// ExecSync.
+pub async fn exec(
+    env: &PodEnv,
+    id: &str,
+    cmd: &[&str],
+    timeout: i64,
+) -> Result<cri::ExecSyncResponse, tonic::Status> {
+    env.cri
+        .runtime
+        .clone()
+        .exec_sync(cri::ExecSyncRequest {
+            container_id: id.into(),
+            cmd: cmd.iter().map(|s| s.to_string()).collect(),
+            timeout,
+        })
+        .await
+        .map(|r| r.into_inner())
+}
