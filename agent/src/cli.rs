@@ -38,6 +38,33 @@ pub enum Command {
         #[command(subcommand)]
         what: ConfigCommand,
     },
+    /// Install berth on a host: binaries and shims to <host-root>/opt/berth/bin, the config
+    /// (kept if one exists), the systemd unit. What the DaemonSet runs.
+    Install {
+        /// The host's root: /host in the DaemonSet pod, / by hand.
+        #[arg(long)]
+        host_root: PathBuf,
+        /// Only print the node labels this host should carry (key=value, one per line).
+        #[arg(long)]
+        print_labels: bool,
+    },
+    /// Remove exactly what `berth install` wrote (files changed since are kept).
+    Uninstall {
+        #[arg(long)]
+        host_root: PathBuf,
+    },
+    /// Check this node: kernel, runtime handlers, CNI, certs.d, the daemon.
+    Doctor {
+        /// table | json
+        #[arg(long, default_value = "table")]
+        output: DoctorOutput,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DoctorOutput {
+    Table,
+    Json,
 }
 
 #[derive(Debug, Clone, Subcommand)]

@@ -3,7 +3,9 @@
 pub mod cli;
 pub mod config;
 pub mod cri;
+pub mod doctor;
 pub mod h2fix;
+pub mod install;
 pub mod logging;
 pub mod server;
 
@@ -30,6 +32,49 @@ pub fn run(cli: cli::Cli) -> anyhow::Result<()> {
         } => {
             let cfg = cli.effective_config()?;
             write_stdout(&toml::to_string_pretty(&cfg).context("render config")?)
+        }
+        cli::Command::Install {
+            host_root,
+            print_labels,
+        } => {
+            let exe = std::env::current_exe().context("find berth's own path")?;
+            if print_labels {
+                let found = install::discover(&exe, &host_root);
+                return write_stdout(&(install::labels(&found).join("\n") + "\n"));
+            }
+            let report = install::install(&exe, &host_root)?;
+            let found = install::discover(&exe, &host_root);
+            let mut out: Vec<String> = report.iter().map(|a| a.to_string()).collect();
+            out.push(format!("handlers: {}", found.handlers.join(", ")));
+            out.push(format!(
+                "node labels: {}",
+                install::labels(&found).join(" ")
+            ));
+            write_stdout(&(out.join("\n") + "\n"))
+        }
+        cli::Command::Uninstall { host_root } => {
+            let report = install::uninstall(&host_root)?;
+            let out: Vec<String> = report.iter().map(|a| a.to_string()).collect();
+            if out.is_empty() {
+                return write_stdout("nothing installed\n");
+            }
+            write_stdout(&(out.join("\n") + "\n"))
+        }
+        cli::Command::Doctor { output } => {
+            let cfg = cli.effective_config()?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("start the async runtime")?;
+            let checks = rt.block_on(doctor::run(&cfg));
+            match output {
+                cli::DoctorOutput::Table => write_stdout(&doctor::render(&checks))?,
+                cli::DoctorOutput::Json => write_stdout(
+                    &(serde_json::to_string_pretty(&checks).context("render checks")? + "\n"),
+                )?,
+            }
+            anyhow::ensure!(doctor::healthy(&checks), "the node is not ready for berth");
+            Ok(())
         }
     }
 }

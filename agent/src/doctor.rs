@@ -1,0 +1,592 @@
+//! `berth doctor`: checks a node the way an operator would and says, for each problem, how
+//! to fix it. Exit status 1 when something berth needs is missing.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::config::Config;
+
+/// One check's outcome.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Check {
+    /// kernel, runtime, cni, registry, daemon.
+    pub area: &'static str,
+    pub name: String,
+    pub ok: bool,
+    /// A failed required check makes the node unfit; an optional one is a warning.
+    pub required: bool,
+    pub detail: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fix: Option<String>,
+}
+
+fn pass(area: &'static str, name: impl Into<String>, detail: impl Into<String>) -> Check {
+    Check {
+        area,
+        name: name.into(),
+        ok: true,
+        required: true,
+        detail: detail.into(),
+        fix: None,
+    }
+}
+
+fn fail(
+    area: &'static str,
+    name: impl Into<String>,
+    detail: impl Into<String>,
+    fix: impl Into<String>,
+) -> Check {
+    Check {
+        area,
+        name: name.into(),
+        ok: false,
+        required: true,
+        detail: detail.into(),
+        fix: Some(fix.into()),
+    }
+}
+
+/// Runs every check.
+pub async fn run(cfg: &Config) -> Vec<Check> {
+    let mut c = kernel();
+    c.extend(handlers(cfg).await);
+    c.extend(cni(cfg));
+    c.extend(registry(cfg));
+    c.extend(daemon(cfg).await);
+    c
+}
+
+/// Whether every required check passed.
+pub fn healthy(checks: &[Check]) -> bool {
+    checks.iter().all(|c| c.ok || !c.required)
+}
+
+/// The table: one line per check, ✔ / ✘ (⚠ for an optional miss), the fix under each miss.
+pub fn render(checks: &[Check]) -> String {
+    let w = checks.iter().map(|c| c.name.len()).max().unwrap_or(0);
+    let mut s = String::new();
+    for c in checks {
+        let mark = match (c.ok, c.required) {
+            (true, _) => "✔",
+            (false, true) => "✘",
+            (false, false) => "⚠",
+        };
+        s.push_str(&format!(
+            "{mark} {:<8} {:<w$}  {}\n",
+            c.area, c.name, c.detail
+        ));
+        if let Some(f) = &c.fix {
+            s.push_str(&format!("  {:<8} {:<w$}  fix: {f}\n", "", ""));
+        }
+    }
+    let bad = checks.iter().filter(|c| !c.ok && c.required).count();
+    let warn = checks.iter().filter(|c| !c.ok && !c.required).count();
+    s.push_str(&match (bad, warn) {
+        (0, 0) => "node is ready for berth\n".to_string(),
+        (0, w) => format!("node is ready for berth ({w} optional item(s) missing)\n"),
+        (b, _) => format!("{b} problem(s) keep berth from working here\n"),
+    });
+    s
+}
+
+fn kernel() -> Vec<Check> {
+    let mut out = Vec::new();
+    let fs = std::fs::read_to_string("/proc/filesystems").unwrap_or_default();
+    out.push(
+        if fs
+            .lines()
+            .any(|l| l.trim_end().ends_with("\toverlay") || l.trim() == "nodev\toverlay")
+        {
+            pass("kernel", "overlayfs", "supported")
+        } else {
+            fail(
+                "kernel",
+                "overlayfs",
+                "not in /proc/filesystems",
+                "modprobe overlay (and add it to /etc/modules-load.d)",
+            )
+        },
+    );
+    let missing: Vec<&str> = ["mnt", "uts", "ipc", "net", "pid", "user", "cgroup"]
+        .into_iter()
+        .filter(|n| !Path::new("/proc/self/ns").join(n).exists())
+        .collect();
+    out.push(if missing.is_empty() {
+        pass("kernel", "namespaces", "mnt uts ipc net pid user cgroup")
+    } else {
+        fail(
+            "kernel",
+            "namespaces",
+            format!("missing: {}", missing.join(" ")),
+            "use a kernel built with CONFIG_NAMESPACES and the missing namespace options",
+        )
+    });
+    let v2 = Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+    let have = |c: &str| {
+        if v2 {
+            std::fs::read_to_string("/sys/fs/cgroup/cgroup.controllers")
+                .unwrap_or_default()
+                .split_whitespace()
+                .any(|x| x == c)
+        } else {
+            Path::new("/sys/fs/cgroup").join(c).is_dir()
+        }
+    };
+    let lacking: Vec<&str> = ["cpu", "memory", "pids"]
+        .into_iter()
+        .filter(|c| !have(c))
+        .collect();
+    out.push(if lacking.is_empty() {
+        pass("kernel", "cgroups", format!("{} (cpu memory pids)", if v2 { "v2" } else { "v1" }))
+    } else {
+        fail("kernel", "cgroups", format!("{}: no {}", if v2 { "v2" } else { "v1" }, lacking.join(" ")), "enable the missing controllers (kernel command line cgroup_enable=..., or delegate them on v2)")
+    });
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    out.push(if status.lines().any(|l| l.starts_with("Seccomp:")) {
+        pass(
+            "kernel",
+            "seccomp",
+            "available (RuntimeDefault profiles apply)",
+        )
+    } else {
+        fail(
+            "kernel",
+            "seccomp",
+            "not available",
+            "use a kernel with CONFIG_SECCOMP_FILTER",
+        )
+    });
+    let apparmor = std::fs::read_to_string("/sys/module/apparmor/parameters/enabled")
+        .map(|s| s.trim() == "Y")
+        .unwrap_or(false);
+    let selinux = std::fs::read_to_string("/sys/fs/selinux/enforce").ok();
+    out.push(pass(
+        "kernel",
+        "lsm",
+        format!(
+            "AppArmor {}, SELinux {}",
+            if apparmor { "enabled" } else { "off" },
+            match selinux.as_deref().map(str::trim) {
+                Some("1") => "enforcing",
+                Some(_) => "permissive",
+                None => "off",
+            }
+        ),
+    ));
+    out
+}
+
+/// The first line `binary args` prints, within 5 s.
+async fn version(binary: &Path, args: &[&str]) -> Result<String, String> {
+    let out = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio::process::Command::new(binary)
+            .args(args)
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .map_err(|_| "did not answer within 5 s".to_string())?
+    .map_err(|e| e.to_string())?;
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    // containerd shims print their name, then `Version: ...`; others put it first.
+    let line = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("Version:"))
+        .or_else(|| text.lines().find(|l| !l.trim().is_empty()))
+        .unwrap_or("");
+    Ok(line.trim().to_string())
+}
+
+fn executable(p: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+fn on_path(name: &str) -> Option<PathBuf> {
+    if name.contains('/') {
+        return Some(PathBuf::from(name));
+    }
+    std::env::var_os("PATH").and_then(|p| {
+        std::env::split_paths(&p)
+            .map(|d| d.join(name))
+            .find(|c| executable(c))
+    })
+}
+
+async fn handlers(cfg: &Config) -> Vec<Check> {
+    let mut out = Vec::new();
+    for (name, h) in &cfg.runtime.handlers {
+        let required = name == &cfg.runtime.default_handler;
+        let label = format!("handler {name}");
+        let mut push = |mut c: Check| {
+            c.required = required;
+            out.push(c);
+        };
+        let shim = match crate::config::shim_binary_name(&h.runtime_type) {
+            Ok(s) => s,
+            Err(e) => {
+                push(fail(
+                    "runtime",
+                    label,
+                    e.to_string(),
+                    "fix runtime_type in the config",
+                ));
+                continue;
+            }
+        };
+        let path = match berth_sandbox::shim::find_shim(&shim, h.runtime_path.as_deref()) {
+            Ok(p) if executable(&p) => p,
+            Ok(p) => {
+                push(fail(
+                    "runtime",
+                    label,
+                    format!("{} is not executable", p.display()),
+                    format!("chmod +x {}", p.display()),
+                ));
+                continue;
+            }
+            Err(e) => {
+                let fix = match shim.as_str() {
+                    "containerd-shim-runc-v2" => "apt-get install containerd (only its shim is used), or copy the shim beside berth".to_string(),
+                    "containerd-shim-kata-v2" => "install Kata Containers (kata-deploy), or remove this handler".to_string(),
+                    other => format!("install {other}, or remove this handler from the config"),
+                };
+                push(fail("runtime", label, e.to_string(), fix));
+                continue;
+            }
+        };
+        let shim_version = version(&path, &["-v"]).await.unwrap_or_else(|e| e);
+        let mut detail = format!("{} ({shim_version})", path.display());
+        if h.runtime_type == "io.containerd.runc.v2" {
+            let engine = h
+                .options
+                .binary_name
+                .clone()
+                .unwrap_or_else(|| "runc".into());
+            match on_path(&engine).filter(|p| executable(p)) {
+                Some(p) => {
+                    let v = version(&p, &["--version"]).await.unwrap_or_else(|e| e);
+                    detail.push_str(&format!("; {} ({v})", p.display()));
+                }
+                None => {
+                    push(fail(
+                        "runtime",
+                        label,
+                        format!("{detail}; {engine} not found"),
+                        format!(
+                            "install {engine} (apt-get install {})",
+                            if engine.contains("runsc") {
+                                "runsc"
+                            } else {
+                                "runc"
+                            }
+                        ),
+                    ));
+                    continue;
+                }
+            }
+        }
+        if let Some(cp) = &h.options.config_path
+            && !cp.exists()
+        {
+            push(fail(
+                "runtime",
+                label,
+                format!("{detail}; {} is missing", cp.display()),
+                "install the runtime's configuration, or fix ConfigPath",
+            ));
+            continue;
+        }
+        push(pass("runtime", label, detail));
+    }
+    out
+}
+
+fn cni(cfg: &Config) -> Vec<Check> {
+    let dir = &cfg.cni.conf_dir;
+    let net = match berth_network::cni::NetworkList::load_first(dir) {
+        Ok(n) => n,
+        Err(e) => {
+            return vec![fail(
+                "cni",
+                "network config",
+                e.to_string(),
+                format!(
+                    "put a CNI conflist in {} (e.g. bridge + host-local + portmap)",
+                    dir.display()
+                ),
+            )];
+        }
+    };
+    let mut out = vec![pass(
+        "cni",
+        "network config",
+        format!("{:?} from {}", net.name, net.source.display()),
+    )];
+    for p in &net.plugins {
+        let ty = p.get("type").and_then(|t| t.as_str()).unwrap_or("");
+        let found = cfg
+            .cni
+            .bin_dirs
+            .iter()
+            .map(|d| d.join(ty))
+            .find(|c| executable(c));
+        out.push(match found {
+            Some(f) => pass("cni", format!("plugin {ty}"), f.display().to_string()),
+            None => fail(
+                "cni",
+                format!("plugin {ty}"),
+                format!("not in {:?}", cfg.cni.bin_dirs),
+                "apt-get install containernetworking-plugins, or add its directory to cni.bin_dirs",
+            ),
+        });
+    }
+    out
+}
+
+fn registry(cfg: &Config) -> Vec<Check> {
+    let Some(dir) = cfg.registry_config_path() else {
+        return vec![pass(
+            "registry",
+            "certs.d",
+            "disabled: every registry is reached directly",
+        )];
+    };
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return vec![pass(
+            "registry",
+            "certs.d",
+            format!(
+                "{} absent: every registry is reached directly",
+                dir.display()
+            ),
+        )];
+    };
+    let mut out = Vec::new();
+    let mut hosts: Vec<_> = entries.flatten().map(|e| e.path()).collect();
+    hosts.sort();
+    for h in hosts {
+        let file = h.join("hosts.toml");
+        let Ok(text) = std::fs::read_to_string(&file) else {
+            continue;
+        };
+        let domain = h
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
+        out.push(
+            match berth_image::hosts::parse_hosts(&file, &text, &domain) {
+                Ok(list) => pass(
+                    "registry",
+                    format!("hosts {domain}"),
+                    format!("{} host(s) in {}", list.len(), file.display()),
+                ),
+                Err(e) => fail(
+                    "registry",
+                    format!("hosts {domain}"),
+                    e.to_string(),
+                    format!("fix {} (containerd's hosts.toml format)", file.display()),
+                ),
+            },
+        );
+    }
+    if out.is_empty() {
+        out.push(pass(
+            "registry",
+            "certs.d",
+            format!("{}: no hosts.toml", dir.display()),
+        ));
+    }
+    out
+}
+
+async fn daemon(cfg: &Config) -> Vec<Check> {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    let sock = &cfg.address;
+    let meta = match std::fs::symlink_metadata(sock) {
+        Ok(m) if m.file_type().is_socket() => m,
+        Ok(_) => {
+            return vec![fail(
+                "daemon",
+                "socket",
+                format!("{} is not a socket", sock.display()),
+                format!("remove {} and start berth", sock.display()),
+            )];
+        }
+        Err(_) => {
+            return vec![fail(
+                "daemon",
+                "socket",
+                format!("{} does not exist: berth is not running", sock.display()),
+                "systemctl start berth (journalctl -u berth says why it stopped)",
+            )];
+        }
+    };
+    let mode = meta.permissions().mode() & 0o777;
+    let channel = match connect(sock).await {
+        Ok(c) => c,
+        Err(e) => {
+            return vec![fail(
+                "daemon",
+                "socket",
+                format!(
+                    "{} (mode {mode:o}) refuses connections: {e}",
+                    sock.display()
+                ),
+                "systemctl restart berth; a stale socket is replaced at start",
+            )];
+        }
+    };
+    let mut out = Vec::new();
+    let mut rt =
+        berth_cri_api::v1::runtime_service_client::RuntimeServiceClient::new(channel.clone());
+    match rt
+        .version(berth_cri_api::v1::VersionRequest::default())
+        .await
+    {
+        Ok(v) => {
+            let v = v.into_inner();
+            out.push(pass(
+                "daemon",
+                "socket",
+                format!(
+                    "{} (mode {mode:o}): {} {} CRI {}",
+                    sock.display(),
+                    v.runtime_name,
+                    v.runtime_version,
+                    v.runtime_api_version
+                ),
+            ));
+        }
+        Err(e) => out.push(fail(
+            "daemon",
+            "socket",
+            format!("Version failed: {}", e.message()),
+            "check berth's log",
+        )),
+    }
+    match rt.status(berth_cri_api::v1::StatusRequest::default()).await {
+        Ok(s) => {
+            for c in s
+                .into_inner()
+                .status
+                .map(|s| s.conditions)
+                .unwrap_or_default()
+            {
+                out.push(if c.status {
+                    pass("daemon", c.r#type.clone(), "true")
+                } else {
+                    fail(
+                        "daemon",
+                        c.r#type.clone(),
+                        format!("{}: {}", c.reason, c.message),
+                        if c.r#type == "NetworkReady" {
+                            "see the cni checks above"
+                        } else {
+                            "check berth's log"
+                        },
+                    )
+                });
+            }
+        }
+        Err(e) => out.push(fail(
+            "daemon",
+            "Status",
+            e.message().to_string(),
+            "check berth's log",
+        )),
+    }
+    let mut img = berth_cri_api::v1::image_service_client::ImageServiceClient::new(channel);
+    let spec = berth_cri_api::v1::ImageSpec {
+        image: cfg.sandbox_image.clone(),
+        ..Default::default()
+    };
+    match img
+        .image_status(berth_cri_api::v1::ImageStatusRequest {
+            image: Some(spec),
+            verbose: false,
+        })
+        .await
+    {
+        Ok(r) if r.get_ref().image.is_some() => out.push(pass(
+            "daemon",
+            "sandbox image",
+            format!("{} present", cfg.sandbox_image),
+        )),
+        Ok(_) => {
+            let mut c = fail(
+                "daemon",
+                "sandbox image",
+                format!(
+                    "{} not pulled yet (the first pod pulls it)",
+                    cfg.sandbox_image
+                ),
+                format!("crictl pull {}", cfg.sandbox_image),
+            );
+            c.required = false;
+            out.push(c);
+        }
+        Err(e) => out.push(fail(
+            "daemon",
+            "sandbox image",
+            e.message().to_string(),
+            "check berth's log",
+        )),
+    }
+    out
+}
+
+async fn connect(path: &Path) -> anyhow::Result<tonic::transport::Channel> {
+    let path = path.to_path_buf();
+    let ch = tonic::transport::Endpoint::try_from("http://[::]:50051")?
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(10))
+        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+            let p = path.clone();
+            async move {
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                    tokio::net::UnixStream::connect(p).await?,
+                ))
+            }
+        }))
+        .await?;
+    Ok(ch)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_table_marks_and_fixes() {
+        let mut opt = fail("daemon", "sandbox image", "not pulled", "crictl pull x");
+        opt.required = false;
+        let checks = vec![
+            pass("kernel", "overlayfs", "supported"),
+            fail(
+                "cni",
+                "network config",
+                "no conflist",
+                "put one in /etc/cni/net.d",
+            ),
+            opt,
+        ];
+        let t = render(&checks);
+        assert!(t.contains("✔ kernel   overlayfs"), "{t}");
+        assert!(t.contains("✘ cni      network config"), "{t}");
+        assert!(t.contains("fix: put one in /etc/cni/net.d"), "{t}");
+        assert!(t.contains("⚠ daemon"), "{t}");
+        assert!(
+            t.ends_with("1 problem(s) keep berth from working here\n"),
+            "{t}"
+        );
+        assert!(!healthy(&checks));
+        assert!(healthy(&checks[..1]));
+    }
+}
