@@ -5,12 +5,12 @@
 # the containerd daemon itself), CNI plugins, iptables, iproute2.
 # Build: protobuf-compiler (the CRI protos are compiled at build time), pkg-config, gcc.
 # Tests: docker-registry (started by the tests on 127.0.0.1 only), busybox-static (test images),
-# apache2-utils (htpasswd for the auth tests).
+# apache2-utils (htpasswd for the auth tests), openssl (certificates for the streaming TLS test).
 set -euo pipefail
 
 PACKAGES=(runc containerd containernetworking-plugins iptables iproute2 util-linux
           protobuf-compiler pkg-config gcc libc6-dev
-          docker-registry busybox-static apache2-utils curl ca-certificates)
+          docker-registry busybox-static apache2-utils openssl curl ca-certificates)
 
 [ "$(id -u)" = 0 ] || { echo "install-deps.sh: run as root" >&2; exit 1; }
 

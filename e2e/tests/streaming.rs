@@ -510,7 +510,7 @@ async fn port_forward_over_spdy_and_websocket() {
     env.assert_clean();
 }
 
-async fn ws_http_get(ws: tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>) -> String {
+async fn ws_http_get(ws: tokio_tungstenite::WebSocketStream<client::BoxConn>) -> String {
     use futures::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::Message;
     let (mut sink, mut stream) = ws.split();
@@ -586,6 +586,114 @@ async fn streaming_requests_are_checked_and_tokens_expire() {
     let e = exec_url(&env, &done, &["true"], OUT_ERR).await.unwrap_err();
     assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
 
+    env.stop(&pod).await.unwrap();
+    env.remove(&pod).await.unwrap();
+    env.assert_clean();
+}
+
+/// A CA and a server certificate for 127.0.0.1 signed by it (PEM files in `dir`).
+fn tls_files(
+    dir: &std::path::Path,
+) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    let p = |n: &str| dir.join(n);
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl (apt-get install openssl)");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    run(&[
+        &["req", "-x509"][..],
+        &ec,
+        &[
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=berth-e2e-ca",
+        ],
+    ]
+    .concat());
+    run(&[
+        &["req"][..],
+        &ec,
+        &[
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=127.0.0.1",
+        ],
+    ]
+    .concat());
+    std::fs::write(
+        p("ext.cnf"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+    ]);
+    (p("ca.pem"), p("server.pem"), p("server.key"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn exec_over_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = tls_files(dir.path());
+    let env = env_with(&format!(
+        "[stream]\ntls_cert = \"{}\"\ntls_key = \"{}\"\n",
+        cert.display(),
+        key.display()
+    ))
+    .await;
+    client::trust_ca(&std::fs::read(&ca).unwrap()).unwrap();
+    let (pod, id) = running(&env, "tls", idle("box")).await;
+    let url = exec_url(&env, &id, &["sh", "-c", "echo secret; exit 4"], OUT_ERR)
+        .await
+        .unwrap();
+    assert!(url.starts_with("https://127.0.0.1:"), "{url}");
+    let mut rc = RemoteCommand::spdy(&url, OUT_ERR).await.unwrap();
+    assert_eq!(read_until(&mut rc, "\n").await, "secret\n");
+    assert_eq!(exit_code(&rc.status().await), Some(4));
+    // Plain HTTP to the TLS port gets nowhere.
+    let url = exec_url(&env, &id, &["true"], OUT_ERR).await.unwrap();
+    assert!(
+        RemoteCommand::spdy(&url.replace("https://", "http://"), OUT_ERR)
+            .await
+            .is_err()
+    );
     env.stop(&pod).await.unwrap();
     env.remove(&pod).await.unwrap();
     env.assert_clean();

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_tungstenite::WebSocketStream;
@@ -23,16 +23,64 @@ fn other(msg: String) -> io::Error {
     io::Error::other(msg)
 }
 
-/// `http://host:port/path` → (`host:port`, `/path`).
-fn split_url(url: &str) -> io::Result<(String, String)> {
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or_else(|| other(format!("{url}: only http:// URLs are supported here")))?;
+/// A connection to the streaming server, plain or TLS.
+pub trait Conn: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Conn for T {}
+/// A boxed [`Conn`].
+pub type BoxConn = Box<dyn Conn>;
+
+static TLS: std::sync::OnceLock<tokio_rustls::TlsConnector> = std::sync::OnceLock::new();
+
+/// Trusts the CA certificate(s) in `pem` for `https://` URLs (once per process).
+pub fn trust_ca(pem: &[u8]) -> io::Result<()> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(pem) {
+        let c = c.map_err(|e| other(format!("CA certificate: {e}")))?;
+        roots
+            .add(c)
+            .map_err(|e| other(format!("CA certificate: {e}")))?;
+    }
+    let cfg = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| other(e.to_string()))?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let _ = TLS.set(tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg)));
+    Ok(())
+}
+
+/// `http(s)://host:port/path` → (tls, `host:port`, `/path`).
+fn split_url(url: &str) -> io::Result<(bool, String, String)> {
+    let (tls, rest) = match (url.strip_prefix("http://"), url.strip_prefix("https://")) {
+        (Some(r), _) => (false, r),
+        (_, Some(r)) => (true, r),
+        _ => return Err(other(format!("{url}: not an http:// or https:// URL"))),
+    };
     let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
     Ok((
+        tls,
         host.to_string(),
         if path.is_empty() { "/" } else { path }.to_string(),
     ))
+}
+
+async fn dial(tls: bool, host: &str) -> io::Result<BoxConn> {
+    let tcp = TcpStream::connect(host).await?;
+    tcp.set_nodelay(true)?;
+    if !tls {
+        return Ok(Box::new(tcp));
+    }
+    let connector = TLS
+        .get()
+        .ok_or_else(|| other("https URL but no CA trusted (client::trust_ca)".into()))?;
+    let name = host.rsplit_once(':').map(|(h, _)| h).unwrap_or(host);
+    let name = rustls::pki_types::ServerName::try_from(name.trim_matches(['[', ']']).to_string())
+        .map_err(|e| other(format!("{name}: {e}")))?;
+    Ok(Box::new(connector.connect(name, tcp).await?))
 }
 
 /// A refused upgrade: the HTTP status and body.
@@ -60,10 +108,9 @@ impl std::error::Error for Refused {}
 async fn upgrade_request(
     url: &str,
     headers: &[(&str, String)],
-) -> io::Result<(TcpStream, u16, Vec<(String, String)>)> {
-    let (host, path) = split_url(url)?;
-    let mut tcp = TcpStream::connect(&host).await?;
-    tcp.set_nodelay(true)?;
+) -> io::Result<(BoxConn, u16, Vec<(String, String)>)> {
+    let (tls, host, path) = split_url(url)?;
+    let mut tcp = dial(tls, &host).await?;
     let mut req = format!("POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\n");
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
@@ -93,7 +140,7 @@ async fn upgrade_request(
     Ok((tcp, status, hdrs))
 }
 
-async fn refused(mut tcp: TcpStream, status: u16, headers: &[(String, String)]) -> io::Error {
+async fn refused(mut tcp: BoxConn, status: u16, headers: &[(String, String)]) -> io::Error {
     let len = headers
         .iter()
         .find(|(k, _)| k == "content-length")
@@ -357,7 +404,7 @@ pub fn exit_code(status: &serde_json::Value) -> Option<i32> {
 pub async fn ws_connect(
     url: &str,
     protocols: &[&str],
-) -> io::Result<(String, WebSocketStream<TcpStream>)> {
+) -> io::Result<(String, WebSocketStream<BoxConn>)> {
     use base64::Engine;
     let key = base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 16]>());
     let mut h = vec![

@@ -216,6 +216,15 @@ async fn accept_loop(
             }
         };
         let _ = tcp.set_nodelay(true);
+        // A client that vanished without closing (a dead laptop, a cut link) is noticed
+        // within about a minute, and its session torn down like a closed one.
+        let ka = socket2::TcpKeepalive::new()
+            .with_time(Duration::from_secs(30))
+            .with_interval(Duration::from_secs(10))
+            .with_retries(3);
+        if let Err(e) = socket2::SockRef::from(&tcp).set_tcp_keepalive(&ka) {
+            tracing::debug!(%peer, err = %e, "streaming: TCP keepalive not set");
+        }
         let inner = inner.clone();
         let tls = tls.clone();
         tokio::spawn(async move {
