@@ -8,7 +8,7 @@
 # apache2-utils (htpasswd for the auth tests), openssl (certificates for the streaming TLS test).
 set -euo pipefail
 
-PACKAGES=(runc containerd containernetworking-plugins iptables iproute2 util-linux
+PACKAGES=(runc runsc containerd containernetworking-plugins iptables iproute2 util-linux
           protobuf-compiler pkg-config gcc libc6-dev
           docker-registry busybox-static apache2-utils openssl curl ca-certificates)
 

@@ -102,8 +102,24 @@ pub struct Handler {
     pub pod_annotations: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub container_annotations: Vec<String>,
+    /// Global flags for the engine, for a runsc `BinaryName` only (berth runs runsc through
+    /// its own adapter, which adds them: see `berth_sandbox::runsc`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub engine_args: Vec<String>,
     #[serde(default)]
     pub options: HandlerOptions,
+}
+
+impl Handler {
+    /// Whether this handler runs runsc through the runc shim.
+    pub fn is_runsc(&self) -> bool {
+        self.runtime_type == "io.containerd.runc.v2"
+            && self
+                .options
+                .binary_name
+                .as_deref()
+                .is_some_and(|b| Path::new(b).file_name().is_some_and(|n| n == "runsc"))
+    }
 }
 
 /// Options handed to the shim, named as containerd names them.
@@ -146,6 +162,7 @@ impl Default for Config {
                     binary_name: Some("/usr/bin/runsc".into()),
                     ..Default::default()
                 },
+                engine_args: vec!["--network=host".into()],
                 ..Default::default()
             },
         );
@@ -312,6 +329,14 @@ impl Config {
             }
             shim_binary_name(&h.runtime_type)
                 .map_err(|e| anyhow::anyhow!("runtime.handlers.{name}.runtime_type: {e}"))?;
+            if !h.engine_args.is_empty() && !h.is_runsc() {
+                bail!(
+                    "runtime.handlers.{name}.engine_args: only for io.containerd.runc.v2 with a runsc BinaryName"
+                );
+            }
+            if let Some(a) = h.engine_args.iter().find(|a| !a.starts_with("--")) {
+                bail!("runtime.handlers.{name}.engine_args: {a:?} is not a --flag");
+            }
         }
         Ok(())
     }

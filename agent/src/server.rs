@@ -123,8 +123,24 @@ fn pod_manager_config(
         let shim = crate::config::shim_binary_name(&h.runtime_type)
             .map_err(|e| anyhow::anyhow!("runtime.handlers.{name}: {e}"))?;
         let is_runc_shim = h.runtime_type == "io.containerd.runc.v2";
+        // runsc runs through berth's adapter (berth_sandbox::runsc): the shim's engine is a
+        // link to berth, which runs the real runsc.
+        let binary_name = match &h.options.binary_name {
+            Some(b) if h.is_runsc() => {
+                let engine = berth_sandbox::runsc::Engine {
+                    binary: b.into(),
+                    args: h.engine_args.clone(),
+                };
+                let dir = cfg.state.join("runtime").join(name).join("bin");
+                let me = std::env::current_exe().context("find berth's own path")?;
+                let link = berth_sandbox::runsc::install_wrapper(&dir, &me, &engine)
+                    .with_context(|| format!("set up the runsc adapter in {}", dir.display()))?;
+                Some(link.display().to_string())
+            }
+            other => other.clone(),
+        };
         let options = RuncOptions {
-            binary_name: h.options.binary_name.clone(),
+            binary_name,
             // Each handler's runtime keeps its state under berth's state dir.
             root: Some(
                 h.options

@@ -24,6 +24,10 @@ pub fn app_image() -> ImageBuilder {
         "stty",
         "tty",
         "ps",
+        "dmesg",
+        "uname",
+        "true",
+        "ip",
     ] {
         l = l.hardlink(&format!("bin/{a}"), "bin/busybox");
     }

@@ -7,6 +7,7 @@ pub mod error;
 pub mod logs;
 pub mod pod;
 pub mod registrar;
+pub mod runsc;
 pub mod seccomp;
 pub mod shim;
 pub mod spec;
