@@ -45,6 +45,17 @@ async fn version_status_runtime_config() {
     assert!(s.info.contains_key("config"));
     let handlers: Vec<_> = s.runtime_handlers.iter().map(|h| h.name.as_str()).collect();
     assert_eq!(handlers, ["kata", "runc", "runsc"]);
+    // Which handlers can run here: kata's shim is not on this machine.
+    let h: serde_json::Value = serde_json::from_str(&s.info["handlers"]).unwrap();
+    assert_eq!(h["runc"]["available"], true, "{h}");
+    assert_eq!(h["kata"]["available"], false, "{h}");
+    assert!(
+        h["kata"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("containerd-shim-kata-v2"),
+        "{h}"
+    );
 
     let rc = rt
         .runtime_config(RuntimeConfigRequest {})

@@ -41,6 +41,35 @@ impl RuntimeCri {
         }
     }
 
+    /// Each handler, its shim and whether that shim is here (Status, verbose).
+    fn handler_report(&self) -> serde_json::Value {
+        let mut out = serde_json::Map::new();
+        for (name, h) in &self.config.runtime.handlers {
+            let v = match crate::config::shim_binary_name(&h.runtime_type) {
+                Ok(shim) => {
+                    match berth_sandbox::shim::find_shim(&shim, h.runtime_path.as_deref()) {
+                        Ok(p) => serde_json::json!({
+                            "runtimeType": h.runtime_type,
+                            "shim": p,
+                            "available": true,
+                        }),
+                        Err(e) => serde_json::json!({
+                            "runtimeType": h.runtime_type,
+                            "shim": shim,
+                            "available": false,
+                            "message": e.to_string(),
+                        }),
+                    }
+                }
+                Err(e) => {
+                    serde_json::json!({"runtimeType": h.runtime_type, "available": false, "message": e})
+                }
+            };
+            out.insert(name.clone(), v);
+        }
+        serde_json::Value::Object(out)
+    }
+
     fn network_condition(&self) -> cri::RuntimeCondition {
         // Read anew on every call, so a conflist dropped in later is picked up.
         let (ok, reason, message) =
@@ -115,6 +144,16 @@ impl RuntimeService for RuntimeCri {
                 let cfg = serde_json::to_string(&*self.config)
                     .map_err(|e| Status::internal(e.to_string()))?;
                 info.insert("config".to_string(), cfg);
+                info.insert("handlers".to_string(), self.handler_report().to_string());
+                info.insert(
+                    "apparmor".to_string(),
+                    if std::path::Path::new("/sys/kernel/security/apparmor").exists() {
+                        "available"
+                    } else {
+                        "not available on this kernel: AppArmor profiles in pod specs are not applied"
+                    }
+                    .to_string(),
+                );
             }
             let runtime_handlers = self
                 .config
