@@ -88,6 +88,8 @@ pub struct RuntimeConfig {
     pub default_handler: String,
     pub container_log_max_size: u64,
     pub container_log_max_files: u32,
+    /// Keep one shim started ahead of time for the default handler's shim binary.
+    pub warm_shim: bool,
     pub handlers: BTreeMap<String, Handler>,
 }
 
@@ -192,6 +194,7 @@ impl Default for Config {
                 default_handler: "runc".into(),
                 container_log_max_size: 10 * 1024 * 1024,
                 container_log_max_files: 5,
+                warm_shim: true,
                 handlers,
             },
             stream: StreamConfig::default(),

@@ -187,6 +187,7 @@ fn pod_manager_config(
             max_size: cfg.runtime.container_log_max_size,
             max_files: cfg.runtime.container_log_max_files,
         },
+        warm_shim: cfg.runtime.warm_shim,
     })
 }
 

@@ -250,9 +250,27 @@ impl Berth {
         .join();
     }
 
-    /// Pids of live shim processes started with `-address <this berth's socket>`.
+    /// Pids of live pod shims started with `-address <this berth's socket>` (the spare
+    /// shim berth keeps ready is not one of them; a spare a pod took is).
     pub fn shim_pids(&self) -> Vec<u32> {
+        let spares = self.spare_shim_pids();
         shims_of(&self.socket)
+            .into_iter()
+            .filter(|(p, _)| !spares.contains(p))
+            .map(|(p, _)| p)
+            .collect()
+    }
+
+    /// Pids of the spare shims berth keeps ready: `-id spare-…` with its directory still
+    /// under `<state>/spare/`.
+    pub fn spare_shim_pids(&self) -> Vec<u32> {
+        shims_of(&self.socket)
+            .into_iter()
+            .filter(|(_, id)| {
+                id.starts_with("spare-") && self.state.join("spare").join(id).exists()
+            })
+            .map(|(p, _)| p)
+            .collect()
     }
 
     /// The berth temp directory (root, state, socket and config live under it).
@@ -261,7 +279,8 @@ impl Berth {
     }
 }
 
-fn shims_of(socket: &Path) -> Vec<u32> {
+/// (pid, task id) of the shims serving berth at `socket`.
+fn shims_of(socket: &Path) -> Vec<(u32, String)> {
     let want = socket.as_os_str().as_encoded_bytes();
     let mut out = Vec::new();
     let Ok(rd) = std::fs::read_dir("/proc") else {
@@ -280,14 +299,19 @@ fn shims_of(socket: &Path) -> Vec<u32> {
             .is_some_and(|a| a.ends_with(b"containerd-shim-runc-v2"))
             && args.windows(2).any(|w| w[0] == b"-address" && w[1] == want)
         {
-            out.push(pid);
+            let id = args
+                .windows(2)
+                .find(|w| w[0] == b"-id")
+                .map(|w| String::from_utf8_lossy(w[1]).into_owned())
+                .unwrap_or_default();
+            out.push((pid, id));
         }
     }
     out
 }
 
 fn kill_shims_of(socket: &Path) {
-    for pid in shims_of(socket) {
+    for (pid, _) in shims_of(socket) {
         // The shim's children (runc's container processes) are in the shim's process group
         // only sometimes; kill the shim's direct children first, then the shim.
         if let Ok(children) = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")) {

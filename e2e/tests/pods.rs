@@ -382,3 +382,58 @@ async fn pods_survive_a_berth_crash_and_exits_are_heard_after_it() {
     }
     env.assert_clean();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_spare_shim_is_ready_for_the_next_pod() {
+    let mut env = PodEnv::start().await.unwrap();
+    assert!(berth_e2e::wait_until(Duration::from_secs(10), || env
+        .berth
+        .spare_shim_pids()
+        .len()
+        == 1));
+    let first = env.berth.spare_shim_pids()[0];
+    // The pod takes the spare: its shim is the former spare, and a new spare follows.
+    let pod = env.run(pod_config("warm")).await.unwrap();
+    assert_eq!(
+        env.berth.shim_pids().len() + env.berth.spare_shim_pids().len(),
+        2
+    );
+    assert!(berth_e2e::wait_until(Duration::from_secs(10), || env
+        .berth
+        .spare_shim_pids()
+        .len()
+        == 1
+        && env.berth.spare_shim_pids()[0] != first));
+    let shim_cmd = std::fs::read(format!("/proc/{first}/cmdline")).unwrap_or_default();
+    assert!(
+        !shim_cmd.is_empty(),
+        "the spare taken by the pod is its shim now"
+    );
+    let bundle = env.berth.state.join("sandboxes").join(&pod).join("bundle");
+    assert!(bundle.join("config.json").exists() && bundle.join("address").exists());
+    // A restart replaces the spare a previous berth left.
+    let second = env.berth.spare_shim_pids()[0];
+    env.berth.stop().unwrap();
+    env.berth.restart().unwrap();
+    env.reconnect().await.unwrap();
+    assert!(berth_e2e::wait_until(Duration::from_secs(10), || env
+        .berth
+        .spare_shim_pids()
+        .len()
+        == 1
+        && env.berth.spare_shim_pids()[0] != second));
+    assert!(berth_e2e::wait_until(Duration::from_secs(5), || {
+        std::fs::read_to_string(format!("/proc/{second}/stat"))
+            .map(|st| st.contains(") Z "))
+            .unwrap_or(true)
+    }));
+    let spare_dirs: Vec<_> = std::fs::read_dir(env.berth.state.join("spare"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(spare_dirs.len(), 1, "{spare_dirs:?}");
+    env.stop(&pod).await.unwrap();
+    env.remove(&pod).await.unwrap();
+    env.assert_clean();
+}

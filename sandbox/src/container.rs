@@ -1022,6 +1022,15 @@ impl PodManager {
             oom: false,
         };
 
+        let t0 = std::time::Instant::now();
+        let lap = |step: &str| {
+            tracing::trace!(
+                container = id,
+                step,
+                us = t0.elapsed().as_micros() as u64,
+                "create step"
+            )
+        };
         let res: Result<()> = async {
             std::fs::create_dir_all(bundle.join("rootfs"))
                 .map_err(|e| Error::io(format!("create {}", bundle.display()), e))?;
@@ -1030,6 +1039,7 @@ impl PodManager {
                 .snapshots()
                 .prepare(&id, image.top_chain())
                 .map_err(img_err)?;
+            lap("snapshot");
             let tuples: Vec<(String, String, Vec<String>)> = mounts
                 .iter()
                 .map(|m| (m.kind.clone(), m.source.clone(), m.options.clone()))
@@ -1069,9 +1079,11 @@ impl PodManager {
             )
             .map_err(|e| Error::io("write config.json", e))?;
             rec.spec = spec;
+            lap("spec");
 
             // Recorded before the shim holds anything, so a crash leaves a record to clean.
             self.put_container(&rec)?;
+            lap("record");
             let (stdin, stdout, stderr) =
                 (dir.join("stdin"), dir.join("stdout"), dir.join("stderr"));
             mkfifo(&stdout)?;
@@ -1114,6 +1126,7 @@ impl PodManager {
                     handler,
                 )
                 .await?;
+            lap("shim create");
             let log = ContainerLog::start(
                 rec.log_path.as_deref(),
                 self.log_rotation(),
@@ -1123,6 +1136,7 @@ impl PodManager {
             )?;
             self.container_logs().insert(id.clone(), log);
             self.put_container(&rec)?;
+            lap("log+record");
             Ok(())
         }
         .await;

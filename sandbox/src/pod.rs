@@ -67,6 +67,8 @@ pub struct PodManagerConfig {
     pub cni: CniPaths,
     /// Container log rotation.
     pub log_rotation: crate::logs::Rotation,
+    /// Keep one shim started ahead of time, so RunPodSandbox skips `shim start`.
+    pub warm_shim: bool,
 }
 
 /// Pod metadata, as the kubelet names a pod.
@@ -230,6 +232,68 @@ pub struct PodManager {
     /// Writable-layer usage per container, with when it was measured: walking a layer is
     /// too slow to repeat on every stats call.
     layer_usage: std::sync::Mutex<LayerUsageCache>,
+    /// A shim started ahead of time (see [`Spare`]).
+    spare: Arc<tokio::sync::Mutex<Option<Spare>>>,
+}
+
+/// A runc shim started before any pod asked for it, in a bundle directory of its own under
+/// `<state>/spare/`. RunPodSandbox renames that directory to the pod's (the shim's working
+/// directory moves with it) and sends the task there: `shim start` (~10 ms of a pod's
+/// start-up) is then off the pod's path. The shim binary takes the runtime's options with
+/// each task, so one spare serves every handler that uses the same shim binary.
+struct Spare {
+    /// `<state>/spare/<spare id>`: holds `bundle/` (the shim's working directory).
+    dir: PathBuf,
+    binary: PathBuf,
+    shim: Shim,
+    log: shim::ShimLog,
+}
+
+/// Spare shim ids start with this (tests and operators tell them from pods' shims by it).
+pub const SPARE_PREFIX: &str = "spare-";
+
+/// Starts a spare shim for `binary` unless one is there.
+async fn fill_spare(
+    slot: Arc<tokio::sync::Mutex<Option<Spare>>>,
+    state_dir: PathBuf,
+    env: ShimEnv,
+    binary: PathBuf,
+) {
+    let mut g = slot.lock().await;
+    if g.is_some() {
+        return;
+    }
+    let id = format!("{SPARE_PREFIX}{}", hex::encode(rand::random::<[u8; 8]>()));
+    let dir = state_dir.join("spare").join(&id);
+    let bundle = dir.join("bundle");
+    let res = async {
+        std::fs::create_dir_all(bundle.join("rootfs"))
+            .map_err(|e| Error::io(format!("create {}", bundle.display()), e))?;
+        // `shim start` reads the bundle's spec for the pod grouping annotation.
+        let spec = serde_json::json!({
+            "ociVersion": "1.0.2",
+            "annotations": {"io.kubernetes.cri.sandbox-id": id},
+        });
+        std::fs::write(bundle.join("config.json"), spec.to_string())
+            .map_err(|e| Error::io("write spare config.json", e))?;
+        let log = shim::open_log(&bundle, &id)?;
+        let address = shim::start(&binary, &env, &id, &bundle, &[]).await?;
+        let shim = Shim::connect(&address).await?;
+        Ok::<_, Error>(Spare {
+            dir: dir.clone(),
+            binary: binary.clone(),
+            shim,
+            log,
+        })
+    }
+    .await;
+    match res {
+        Ok(sp) => *g = Some(sp),
+        Err(e) => {
+            tracing::warn!(err = %e, "could not start a spare shim; pods start their own");
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+    }
 }
 
 impl std::fmt::Debug for PodManager {
@@ -276,12 +340,15 @@ impl PodManager {
             container_logs: Default::default(),
             container_events: tokio::sync::broadcast::channel(1024).0,
             layer_usage: Default::default(),
+            spare: Default::default(),
         });
         // Subscribed before recovery: an exit published while berth reconnects is buffered,
         // not lost.
         let mut events = mgr.hub.subscribe();
         mgr.recover().await?;
         mgr.recover_containers().await?;
+        mgr.clean_spares().await;
+        mgr.refill_spare();
         let weak = Arc::downgrade(&mgr);
         tokio::spawn(async move {
             loop {
@@ -510,6 +577,64 @@ impl PodManager {
         Ok((name.to_string(), h, bin))
     }
 
+    /// Shuts down spare shims a previous berth left and removes their directories.
+    async fn clean_spares(&self) {
+        let Ok(entries) = std::fs::read_dir(self.cfg.state_dir.join("spare")) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let dir = e.path();
+            let id = e.file_name().to_string_lossy().into_owned();
+            let bundle = dir.join("bundle");
+            if let Ok(address) = std::fs::read_to_string(bundle.join("address"))
+                && let Ok(s) = Shim::connect(address.trim()).await
+            {
+                let _ = s.shutdown(&id).await;
+            }
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+    }
+
+    /// Starts a spare shim in the background for the default handler's shim binary.
+    fn refill_spare(&self) {
+        if !self.cfg.warm_shim {
+            return;
+        }
+        let Ok((_, _, binary)) = self.resolve_handler("") else {
+            return;
+        };
+        tokio::spawn(fill_spare(
+            self.spare.clone(),
+            self.cfg.state_dir.clone(),
+            self.cfg.shim_env.clone(),
+            binary,
+        ));
+    }
+
+    /// Takes the spare shim for `binary`, if there is one, moving its directory to `dir`.
+    async fn take_spare(&self, binary: &Path, dir: &Path) -> Option<(Shim, shim::ShimLog)> {
+        let sp = {
+            let mut g = self.spare.lock().await;
+            match g.as_ref() {
+                Some(sp) if sp.binary == binary => g.take(),
+                _ => None,
+            }
+        }?;
+        if let Err(e) = std::fs::rename(&sp.dir, dir) {
+            tracing::warn!(err = %e, "could not move the spare shim's directory; shutting it down");
+            let id = sp
+                .dir
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned();
+            let _ = sp.shim.shutdown(&id).await;
+            let _ = std::fs::remove_dir_all(&sp.dir);
+            return None;
+        }
+        Some((sp.shim, sp.log))
+    }
+
     /// RunPodSandbox.
     pub async fn run(&self, config: PodConfig) -> Result<String> {
         let (handler_name, handler, shim_binary) = self.resolve_handler(&config.runtime_handler)?;
@@ -596,15 +721,43 @@ impl PodManager {
     ) -> Result<()> {
         let id = rec.id.clone();
         let cfg = rec.config.clone();
+        let t0 = std::time::Instant::now();
+        let lap = |step: &str| {
+            tracing::trace!(
+                pod = id,
+                step,
+                us = t0.elapsed().as_micros() as u64,
+                "run step"
+            )
+        };
         // Recorded before any network work: whatever happens next, a record exists that a
         // later Stop/Remove (or the rollback) uses to release the IP.
         self.store.put(TABLE, &id, rec).map_err(store_err)?;
         undo.push(Undo::Record);
 
         let dir = self.dir(&id);
+        let spare = if self.cfg.warm_shim {
+            if let Some(parent) = dir.parent() {
+                std::fs::create_dir_all(parent)
+                    .map_err(|e| Error::io(format!("create {}", parent.display()), e))?;
+            }
+            self.take_spare(&rec.shim_binary, &dir).await
+        } else {
+            None
+        };
+        if spare.is_some() {
+            self.refill_spare();
+        }
         std::fs::create_dir_all(dir.join("bundle/rootfs"))
             .map_err(|e| Error::io(format!("create {}", dir.display()), e))?;
         undo.push(Undo::Dir(dir.clone()));
+        // A spare taken is a shim to shut down on failure from here on.
+        let spare = spare.map(|(s, log)| {
+            undo.push(Undo::Shim(s.clone()));
+            (s, log)
+        });
+        let shim_undo_pushed = spare.is_some();
+        lap("record+dir");
 
         if !cfg.host_network {
             let path = self.netns.create(&netns_name(&id)).map_err(net_err)?;
@@ -613,6 +766,7 @@ impl PodManager {
             self.store.put(TABLE, &id, rec).map_err(store_err)?;
         }
 
+        lap("netns");
         write_pod_files(&dir, &cfg)?;
         let shm = if cfg.host_ipc {
             None
@@ -629,6 +783,7 @@ impl PodManager {
             .prepare(&id, image.top_chain())
             .map_err(|e| Error::Image(e.to_string()))?;
         undo.push(Undo::Snapshot(id.clone()));
+        lap("files+shm+snapshot");
 
         let cc = image_config.config.clone().unwrap_or_default();
         let mut args = cc.entrypoint.clone().unwrap_or_default();
@@ -678,6 +833,7 @@ impl PodManager {
         )
         .map_err(|e| Error::io("write config.json", e))?;
         rec.spec = spec;
+        lap("spec");
 
         // The network and the pause container are independent until the pod is reported
         // ready: runc only needs the (empty) netns to exist. CNI ADD runs while the shim starts
@@ -693,26 +849,41 @@ impl PodManager {
                 Err(e) => return (None, Err(net_err(e))),
             };
             let r = self.cni.add(&net, &a).await.map_err(net_err).map(Some);
+            lap("cni add");
             (Some(Undo::Cni(a)), r)
         };
         let task = async {
-            let log = match shim::open_log(&bundle, &id) {
-                Ok(l) => l,
-                Err(e) => return (None, Err(e)),
+            let s = match spare {
+                Some((s, log)) => {
+                    self.logs
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(id.clone(), log);
+                    s
+                }
+                None => {
+                    let log = match shim::open_log(&bundle, &id) {
+                        Ok(l) => l,
+                        Err(e) => return (None, Err(e)),
+                    };
+                    self.logs
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(id.clone(), log);
+                    let address =
+                        match shim::start(&rec.shim_binary, &self.cfg.shim_env, &id, &bundle, &[])
+                            .await
+                        {
+                            Ok(a) => a,
+                            Err(e) => return (None, Err(e)),
+                        };
+                    match Shim::connect(&address).await {
+                        Ok(s) => s,
+                        Err(e) => return (None, Err(e)),
+                    }
+                }
             };
-            self.logs
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(id.clone(), log);
-            let address =
-                match shim::start(&rec.shim_binary, &self.cfg.shim_env, &id, &bundle, &[]).await {
-                    Ok(a) => a,
-                    Err(e) => return (None, Err(e)),
-                };
-            let s = match Shim::connect(&address).await {
-                Ok(s) => s,
-                Err(e) => return (None, Err(e)),
-            };
+            lap("shim started");
             let started = async {
                 let pid = s
                     .create(
@@ -724,11 +895,14 @@ impl PodManager {
                         Some(handler.options.clone()),
                     )
                     .await?;
+                lap("task created");
                 s.start(&id).await?;
+                lap("task started");
                 Ok(pid)
             }
             .await;
-            (Some(Undo::Shim(s.clone())), started.map(|pid| (s, pid)))
+            let undo = (!shim_undo_pushed).then(|| Undo::Shim(s.clone()));
+            (undo, started.map(|pid| (s, pid)))
         };
         let ((net_undo, net_res), (task_undo, task_res)) = tokio::join!(network, task);
         undo.extend(net_undo);
