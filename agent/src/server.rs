@@ -75,7 +75,7 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
 
     let listener = bind(&cfg.address)?;
     let cfg = Arc::new(cfg);
-    let runtime = RuntimeServiceServer::new(RuntimeCri::new(cfg.clone(), pods, stream))
+    let runtime = RuntimeServiceServer::new(RuntimeCri::new(cfg.clone(), pods.clone(), stream))
         .max_decoding_message_size(MAX_MESSAGE)
         .max_encoding_message_size(MAX_MESSAGE);
     let image = ImageServiceServer::new(ImageCri::new(images))
@@ -90,6 +90,7 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
             shutdown_signal(),
         )
         .await;
+    pods.release_spare().await;
     let _ = std::fs::remove_file(&cfg.address);
     let _ = std::fs::remove_file(&ttrpc_address);
     res.context("serve CRI")?;

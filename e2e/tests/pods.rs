@@ -411,9 +411,21 @@ async fn a_spare_shim_is_ready_for_the_next_pod() {
     );
     let bundle = env.berth.state.join("sandboxes").join(&pod).join("bundle");
     assert!(bundle.join("config.json").exists() && bundle.join("address").exists());
-    // A restart replaces the spare a previous berth left.
-    let second = env.berth.spare_shim_pids()[0];
+    // A clean stop shuts the spare down; a crash leaves it, and the next berth replaces it.
     env.berth.stop().unwrap();
+    assert!(berth_e2e::wait_until(Duration::from_secs(5), || env
+        .berth
+        .spare_shim_pids()
+        .is_empty()));
+    env.berth.restart().unwrap();
+    env.reconnect().await.unwrap();
+    assert!(berth_e2e::wait_until(Duration::from_secs(10), || env
+        .berth
+        .spare_shim_pids()
+        .len()
+        == 1));
+    let second = env.berth.spare_shim_pids()[0];
+    env.berth.kill();
     env.berth.restart().unwrap();
     env.reconnect().await.unwrap();
     assert!(berth_e2e::wait_until(Duration::from_secs(10), || env

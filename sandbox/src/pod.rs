@@ -595,6 +595,21 @@ impl PodManager {
         }
     }
 
+    /// Shuts the spare shim down (berth is stopping: a spare is of use to no one else).
+    pub async fn release_spare(&self) {
+        let sp = self.spare.lock().await.take();
+        if let Some(sp) = sp {
+            let id = sp
+                .dir
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned();
+            let _ = sp.shim.shutdown(&id).await;
+            let _ = std::fs::remove_dir_all(&sp.dir);
+        }
+    }
+
     /// Starts a spare shim in the background for the default handler's shim binary.
     fn refill_spare(&self) {
         if !self.cfg.warm_shim {
