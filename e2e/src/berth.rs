@@ -143,6 +143,12 @@ impl Berth {
         connect(&self.socket).await
     }
 
+    /// Open file descriptors of the daemon.
+    pub fn fd_count(&self) -> Option<usize> {
+        let pid = self.child.as_ref()?.id();
+        Some(std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count())
+    }
+
     /// RSS of the daemon in KiB.
     pub fn rss_kib(&self) -> Option<u64> {
         self.child.as_ref().and_then(|c| crate::rss_kib(c.id()))

@@ -226,6 +226,8 @@ async fn exec_over_spdy_carries_output_exit_codes_terminals_and_100_mb_of_stdin(
         .unwrap();
     assert!(e.to_string().contains("HTTP 404"), "{e}");
 
+    let fds_before = env.berth.fd_count().unwrap();
+
     // A client that goes away: its process is killed and its fifos removed.
     let url = exec_url(
         &env,
@@ -278,6 +280,15 @@ async fn exec_over_spdy_carries_output_exit_codes_terminals_and_100_mb_of_stdin(
         &env, &id
     )
     .is_empty()));
+    // Every session's sockets, fifos and pipes are closed again.
+    let mut fds = 0;
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            fds = env.berth.fd_count().unwrap();
+            fds <= fds_before
+        }),
+        "berth holds {fds} fds after the sessions, {fds_before} before"
+    );
 
     env.stop(&pod).await.unwrap();
     env.remove(&pod).await.unwrap();
