@@ -40,10 +40,17 @@ impl PodEnv {
 
     /// A berth on `net`, with `extra` appended to its config.
     pub async fn start_with(net: TestNet, extra: &str) -> anyhow::Result<Self> {
+        Self::start_with_pause(net, extra, pause_image()?).await
+    }
+
+    /// A berth on `net` with `extra` in its config, whose sandbox image is `pause`.
+    pub async fn start_with_pause(
+        net: TestNet,
+        extra: &str,
+        pause: ImageBuilder,
+    ) -> anyhow::Result<Self> {
         let registry = Registry::start()?;
-        pause_image()?
-            .push(&registry, "berth-e2e/pause", Some("1"))
-            .await?;
+        pause.push(&registry, "berth-e2e/pause", Some("1")).await?;
         let berth = Berth::start_with_config(&format!(
             "sandbox_image = \"{PAUSE_IMAGE}\"\n{extra}\n{}",
             net.config_toml()

@@ -449,3 +449,38 @@ async fn a_spare_shim_is_ready_for_the_next_pod() {
     env.remove(&pod).await.unwrap();
     env.assert_clean();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_named_pause_user_is_resolved_through_the_images_passwd() {
+    let pause = berth_e2e::ImageBuilder::new(vec![
+        berth_e2e::Layer::busybox()
+            .unwrap()
+            .file(
+                "etc/passwd",
+                "root:x:0:0:root:/root:/bin/sh\npauser:x:4242:4343::/:/bin/sh\n",
+            )
+            .file(
+                "etc/group",
+                "root:x:0:\npausers:x:4343:\nextra:x:4444:pauser\n",
+            ),
+    ])
+    .cmd(&["/bin/sleep", "2147483647"])
+    .user("pauser");
+    let env = PodEnv::start_with_pause(TestNet::new().unwrap(), "", pause)
+        .await
+        .unwrap();
+    let pod = env.run(pod_config("named")).await.unwrap();
+    let pid = env.pid(&pod).await.unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    assert!(status.contains("Uid:\t4242\t"), "{status}");
+    assert!(status.contains("Gid:\t4343\t"), "{status}");
+    assert!(
+        status
+            .lines()
+            .any(|l| l.starts_with("Groups:") && l.contains("4444")),
+        "{status}"
+    );
+    env.stop(&pod).await.unwrap();
+    env.remove(&pod).await.unwrap();
+    env.assert_clean();
+}

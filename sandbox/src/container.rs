@@ -25,7 +25,7 @@ use crate::logs::{ContainerLog, mkfifo, open_fifo_reader, open_fifo_writer};
 use crate::pod::{PodManager, PodRecord, PodState};
 use crate::shim::Shim;
 use crate::spec::{DEFAULT_CAPABILITIES, MASKED_PATHS, READONLY_PATHS, clamp_oom_score_adj};
-use crate::users::{Accounts, layers_of};
+use crate::users::Accounts;
 
 pub(crate) const TABLE: &str = "containers";
 /// How long a measured writable-layer usage is reused.
@@ -1040,11 +1040,7 @@ impl PodManager {
                 .prepare(&id, image.top_chain())
                 .map_err(img_err)?;
             lap("snapshot");
-            let tuples: Vec<(String, String, Vec<String>)> = mounts
-                .iter()
-                .map(|m| (m.kind.clone(), m.source.clone(), m.options.clone()))
-                .collect();
-            let accounts = Accounts::from_layers(&layers_of(&tuples));
+            let accounts = Accounts::from_mounts(&mounts);
             let icfg = image_config.config.clone().unwrap_or_default();
             let sec = &config.security;
             let ids = accounts.resolve(

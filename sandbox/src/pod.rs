@@ -803,9 +803,15 @@ impl PodManager {
         let cc = image_config.config.clone().unwrap_or_default();
         let mut args = cc.entrypoint.clone().unwrap_or_default();
         args.extend(cc.cmd.clone().unwrap_or_default());
-        let (img_uid, img_gid) = numeric_user(&cc.user);
-        let uid = cfg.run_as_user.unwrap_or(img_uid);
-        let gid = cfg.run_as_group.unwrap_or(img_gid);
+        // The pause user is resolved as a container's is: through the image's own
+        // /etc/passwd and /etc/group, so a named USER works.
+        let ids = crate::users::Accounts::from_mounts(&mounts).resolve(
+            &cc.user,
+            cfg.run_as_user,
+            "",
+            cfg.run_as_group,
+            &cfg.supplemental_groups,
+        )?;
         let mut annotations = cfg.annotations.clone();
         annotations.insert("io.kubernetes.cri.container-type".into(), "sandbox".into());
         annotations.insert("io.kubernetes.cri.sandbox-id".into(), id.clone());
@@ -826,7 +832,7 @@ impl PodManager {
             id: id.clone(),
             args,
             env: cc.env.clone().unwrap_or_default(),
-            user: (uid, gid, cfg.supplemental_groups.clone()),
+            user: (ids.uid, ids.gid, ids.additional),
             hostname: cfg.hostname.clone(),
             netns: rec.netns.clone(),
             host_ipc: cfg.host_ipc,
@@ -1189,13 +1195,6 @@ fn netns_name(id: &str) -> String {
     format!("cni-{}", &id[..id.len().min(32)])
 }
 
-fn numeric_user(user: &str) -> (u32, u32) {
-    let mut it = user.split(':');
-    let uid = it.next().and_then(|u| u.parse().ok()).unwrap_or(0);
-    let gid = it.next().and_then(|g| g.parse().ok()).unwrap_or(uid);
-    (uid, gid)
-}
-
 fn store_err(e: berth_image::Error) -> Error {
     Error::Image(format!("metadata store: {e}"))
 }
@@ -1298,10 +1297,7 @@ mod tests {
     }
 
     #[test]
-    fn users_and_names() {
-        assert_eq!(numeric_user("65535:65535"), (65535, 65535));
-        assert_eq!(numeric_user("1000"), (1000, 1000));
-        assert_eq!(numeric_user(""), (0, 0));
+    fn names() {
         assert_eq!(
             pod_name(&PodMeta {
                 name: "a".into(),

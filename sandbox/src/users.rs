@@ -62,6 +62,15 @@ impl Accounts {
         }
     }
 
+    /// Reads the account files of the rootfs that snapshot `mounts` make up.
+    pub fn from_mounts(mounts: &[berth_image::snapshot::MountSpec]) -> Self {
+        let tuples: Vec<(String, String, Vec<String>)> = mounts
+            .iter()
+            .map(|m| (m.kind.clone(), m.source.clone(), m.options.clone()))
+            .collect();
+        Self::from_layers(&layers_of(&tuples))
+    }
+
     /// From file contents (tests).
     pub fn from_text(passwd: &str, group: &str) -> Self {
         Accounts {
