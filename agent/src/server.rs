@@ -182,7 +182,9 @@ fn pod_manager_config(
         cni: berth_network::cni::CniPaths {
             conf_dir: cfg.cni.conf_dir.clone(),
             bin_dirs: cfg.cni.bin_dirs.clone(),
-            cache_dir: cfg.state.join("cni"),
+            // Persistent, as containerd's /var/lib/cni: after a reboot the cached results
+            // let DEL release what each pod's plugins hold.
+            cache_dir: cfg.root.join("cni"),
         },
         log_rotation: berth_sandbox::logs::Rotation {
             max_size: cfg.runtime.container_log_max_size,

@@ -484,3 +484,30 @@ async fn a_named_pause_user_is_resolved_through_the_images_passwd() {
     env.remove(&pod).await.unwrap();
     env.assert_clean();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pod_whose_network_namespace_vanished_still_releases_its_ip() {
+    let mut env = PodEnv::start().await.unwrap();
+    let pod = env.run(pod_config("rebooted")).await.unwrap();
+    assert_eq!(env.net.leases().len(), 1);
+    let pause = env.pid(&pod).await.unwrap();
+    // What a reboot does to a pod: berth, its shim and the pause process die, and the
+    // state directory (with the pinned netns) is emptied.
+    env.berth.kill();
+    for pid in env.berth.shim_pids() {
+        berth_e2e::signal(pid, libc::SIGKILL);
+    }
+    berth_e2e::signal(pause, libc::SIGKILL);
+    let netns_dir = env.berth.state.join("netns");
+    for e in std::fs::read_dir(&netns_dir).unwrap().flatten() {
+        let st = Command::new("umount").arg(e.path()).status().unwrap();
+        assert!(st.success());
+        std::fs::remove_file(e.path()).unwrap();
+    }
+    env.berth.restart().unwrap();
+    env.reconnect().await.unwrap();
+    env.stop(&pod).await.unwrap();
+    assert!(env.net.leases().is_empty(), "{:?}", env.net.leases());
+    env.remove(&pod).await.unwrap();
+    env.assert_clean();
+}

@@ -1008,9 +1008,18 @@ impl PodManager {
         self.stop_pod_containers(&id).await?;
         self.stop_task(&rec).await?;
         if let Some(ns) = &rec.netns {
+            let a = self.attachment(&rec);
             if ns.exists() {
-                let a = self.attachment(&rec);
                 self.cni.del(None, &a).await.map_err(net_err)?;
+            } else {
+                // The namespace is gone (a reboot emptied the state dir, or someone removed
+                // it). DEL still releases what plugins hold outside it (IPAM leases, port
+                // mappings); a plugin that insists on the namespace must not keep the pod
+                // from stopping.
+                let current = self.cni.network().ok();
+                if let Err(e) = self.cni.del(current.as_ref(), &a).await {
+                    tracing::warn!(pod = id, err = %e, "CNI DEL without the pod's network namespace failed");
+                }
             }
             self.netns.remove(&netns_name(&id)).map_err(net_err)?;
         }
