@@ -486,24 +486,26 @@ async fn a_named_pause_user_is_resolved_through_the_images_passwd() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_pod_whose_network_namespace_vanished_still_releases_its_ip() {
+async fn after_a_reboot_a_pod_is_stopped_and_its_ip_released() {
     let mut env = PodEnv::start().await.unwrap();
     let pod = env.run(pod_config("rebooted")).await.unwrap();
     assert_eq!(env.net.leases().len(), 1);
     let pause = env.pid(&pod).await.unwrap();
     // What a reboot does to a pod: berth, its shim and the pause process die, and the
-    // state directory (with the pinned netns) is emptied.
+    // state directory (a tmpfs: bundles, mounts, the pinned netns) is gone. The records
+    // under root remain.
     env.berth.kill();
-    for pid in env.berth.shim_pids() {
+    for pid in env
+        .berth
+        .shim_pids()
+        .into_iter()
+        .chain(env.berth.spare_shim_pids())
+    {
         berth_e2e::signal(pid, libc::SIGKILL);
     }
     berth_e2e::signal(pause, libc::SIGKILL);
-    let netns_dir = env.berth.state.join("netns");
-    for e in std::fs::read_dir(&netns_dir).unwrap().flatten() {
-        let st = Command::new("umount").arg(e.path()).status().unwrap();
-        assert!(st.success());
-        std::fs::remove_file(e.path()).unwrap();
-    }
+    berth_e2e::unmount_under(&env.berth.state);
+    std::fs::remove_dir_all(&env.berth.state).unwrap();
     env.berth.restart().unwrap();
     env.reconnect().await.unwrap();
     env.stop(&pod).await.unwrap();
