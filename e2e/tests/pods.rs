@@ -506,10 +506,32 @@ async fn after_a_reboot_a_pod_is_stopped_and_its_ip_released() {
     berth_e2e::signal(pause, libc::SIGKILL);
     berth_e2e::unmount_under(&env.berth.state);
     std::fs::remove_dir_all(&env.berth.state).unwrap();
+    // cgroups do not outlive a reboot either.
+    assert!(wait_until(Duration::from_secs(5), || {
+        cgroup_dirs(&pod)
+            .iter()
+            .all(|d| std::fs::remove_dir(d).is_ok() || !d.exists())
+    }));
     env.berth.restart().unwrap();
     env.reconnect().await.unwrap();
     env.stop(&pod).await.unwrap();
     assert!(env.net.leases().is_empty(), "{:?}", env.net.leases());
     env.remove(&pod).await.unwrap();
     env.assert_clean();
+    let left: Vec<_> = cgroup_dirs(&pod)
+        .into_iter()
+        .filter(|d| d.exists())
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+/// The pod's cgroup directories (cgroupfs driver, parent `k8s.io`), in every hierarchy.
+fn cgroup_dirs(pod: &str) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir("/sys/fs/cgroup")
+        .map(|d| {
+            d.flatten()
+                .map(|h| h.path().join("k8s.io").join(pod))
+                .collect()
+        })
+        .unwrap_or_default()
 }
