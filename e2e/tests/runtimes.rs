@@ -74,6 +74,58 @@ async fn a_gvisor_pod_runs_its_containers_in_the_sentry() {
     });
     assert!(exited && s.exit_code == 3 && s.reason == "Error", "{s:?}");
 
+    // Attach: the container's stdin reaches the sandbox, and stdin_once ends it.
+    let mut c = ctr("shell", &["sh"]);
+    c.stdin = true;
+    c.stdin_once = true;
+    let shell = create(&env, &pod, &pcfg, c).await.unwrap();
+    start(&env, &shell).await;
+    let opts = berth_stream::StdioOptions {
+        stdin: true,
+        stdout: true,
+        stderr: true,
+        tty: false,
+    };
+    let url = env
+        .cri
+        .runtime
+        .clone()
+        .attach(cri::AttachRequest {
+            container_id: shell.clone(),
+            stdin: true,
+            tty: false,
+            stdout: true,
+            stderr: true,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .url;
+    let mut rc = berth_stream::client::RemoteCommand::spdy(&url, opts)
+        .await
+        .unwrap();
+    let stdin = rc.stdin.take().unwrap();
+    stdin
+        .send(bytes::Bytes::from_static(b"echo in-$(uname -r)\n"))
+        .await
+        .unwrap();
+    let out = rc.stdout.as_mut().unwrap();
+    let mut got = String::new();
+    while !got.contains("in-4.4.0\n") {
+        match tokio::time::timeout(Duration::from_secs(20), out.recv()).await {
+            Ok(Some(b)) => got.push_str(&String::from_utf8_lossy(&b)),
+            other => panic!("no echo from the sandboxed shell ({other:?}); got {got:?}"),
+        }
+    }
+    drop(stdin);
+    rc.status().await;
+    let mut s = cri::ContainerStatus::default();
+    let exited = wait_until(Duration::from_secs(20), || {
+        s = block_on(status(&env, &shell));
+        s.state == cri::ContainerState::ContainerExited as i32
+    });
+    assert!(exited && s.exit_code == 0, "{s:?}");
+
     // Stop delivers SIGTERM inside the sandbox.
     env.cri
         .runtime

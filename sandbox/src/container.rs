@@ -1106,12 +1106,22 @@ impl PodManager {
                     String::new()
                 }
             };
+            let handler = self.handler_options(&pod.handler);
+            // Under the runsc adapter the sandbox reads the stdin fifo itself (from
+            // `runsc start`); the shim must not read it too, or it takes the input.
+            let runsc = handler
+                .as_ref()
+                .and_then(|h| h.binary_name.as_deref())
+                .is_some_and(|b| {
+                    Path::new(b)
+                        .file_name()
+                        .is_some_and(|n| n == crate::runsc::WRAPPER_NAME)
+                });
             let stdio = [
-                s(&stdin, config.stdin),
+                s(&stdin, config.stdin && !runsc),
                 s(&stdout, true),
                 s(&stderr, !config.tty),
             ];
-            let handler = self.handler_options(&pod.handler);
             rec.pid = shim
                 .create(
                     &id,

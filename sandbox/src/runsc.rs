@@ -16,7 +16,8 @@
 //!   container's output fifos open, waits for the container with `runsc wait`, and exits with
 //!   its exit code; its pid replaces the sandbox's in the pid file. The waiter outlives the
 //!   wrapper, so the shim (a child subreaper) reaps it: that is the container's exit.
-//! - `start`: runs `runsc start` with the container's fifos as its stdio.
+//! - `start`: runs `runsc start` with the container's fifos as its stdio. (berth gives the
+//!   shim no stdin for such containers, so that the sandbox alone reads that fifo.)
 
 use std::fs::File;
 use std::os::unix::fs::FileTypeExt;
