@@ -1482,117 +1482,64 @@ impl PodManager {
         Ok(())
     }
 
-    /// ExecSync: runs `cmd` in the container, returns its output and exit code; after
-    /// `timeout` (zero: none) the process is killed and the call fails.
+    /// ExecSync: runs `cmd` in the container, returns its output (each stream cut at
+    /// [`EXEC_OUTPUT_LIMIT`]) and exit code; after `timeout` (zero: none) the process is
+    /// killed and the call fails. The streaming exec with no stdin and no client.
     pub async fn exec_sync(
         &self,
         id: &str,
         cmd: Vec<String>,
         timeout: Duration,
     ) -> Result<ExecOutput> {
-        let id = self.resolve_container(id)?;
-        let rec = self.container(&id)?;
-        if rec.state != ContainerState::Running {
-            return Err(Error::Precondition(format!(
-                "container {id} is not running; exec needs a running container"
+        let collect = |mut rx: tokio::sync::mpsc::Receiver<bytes::Bytes>| {
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                // Read to the end, keeping the first EXEC_OUTPUT_LIMIT bytes: the process
+                // never blocks on a full pipe.
+                while let Some(b) = rx.recv().await {
+                    let room = EXEC_OUTPUT_LIMIT.saturating_sub(buf.len());
+                    buf.extend_from_slice(&b[..b.len().min(room)]);
+                }
+                buf
+            })
+        };
+        let (out_tx, out_rx) = tokio::sync::mpsc::channel(16);
+        let (err_tx, err_rx) = tokio::sync::mpsc::channel(16);
+        let (out_t, err_t) = (collect(out_rx), collect(err_rx));
+        let stop = tokio_util::sync::CancellationToken::new();
+        let timer = (!timeout.is_zero()).then(|| {
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(timeout).await;
+                stop.cancel();
+            })
+        });
+        let io = berth_stream::Io {
+            stdin: None,
+            stdout: Some(out_tx),
+            stderr: Some(err_tx),
+            tty: false,
+            resize: None,
+            disconnected: stop.clone(),
+        };
+        let res = self.exec_stream(id, cmd.clone(), io).await;
+        if let Some(t) = timer {
+            t.abort();
+        }
+        let (stdout, stderr) = (
+            out_t.await.unwrap_or_default(),
+            err_t.await.unwrap_or_default(),
+        );
+        if stop.is_cancelled() {
+            return Err(Error::Timeout(format!(
+                "command {cmd:?} in container {id} timed out after {timeout:?}"
             )));
         }
-        if cmd.is_empty() {
-            return Err(Error::Invalid("exec command is empty".into()));
-        }
-        let s = self.shim_of(&rec.pod_id).ok_or_else(|| {
-            Error::Precondition(format!("the pod of container {id} has no running shim"))
-        })?;
-        let exec_id = hex::encode(rand::random::<[u8; 8]>());
-        let dir = self.ctr_dir(&id).join("exec");
-        std::fs::create_dir_all(&dir).map_err(|e| Error::io("create exec dir", e))?;
-        let out_p = dir.join(format!("{exec_id}-stdout"));
-        let err_p = dir.join(format!("{exec_id}-stderr"));
-        mkfifo(&out_p)?;
-        mkfifo(&err_p)?;
-        let cleanup = || {
-            let _ = std::fs::remove_file(&out_p);
-            let _ = std::fs::remove_file(&err_p);
-        };
-        let out_rx = open_fifo_reader(&out_p)?;
-        let err_rx = open_fifo_reader(&err_p)?;
-        let mut process = rec.spec["process"].clone();
-        process["args"] = json!(cmd);
-        process["terminal"] = json!(false);
-        let res = async {
-            let permit = s.exec_permit().await;
-            s.exec(
-                &id,
-                &exec_id,
-                &process,
-                [
-                    "",
-                    &out_p.display().to_string(),
-                    &err_p.display().to_string(),
-                ],
-                false,
-            )
-            .await?;
-            let read = |rx: tokio::net::unix::pipe::Receiver| {
-                tokio::spawn(async move {
-                    use tokio::io::AsyncReadExt;
-                    let mut buf = Vec::new();
-                    let _ = rx
-                        .take(EXEC_OUTPUT_LIMIT as u64)
-                        .read_to_end(&mut buf)
-                        .await;
-                    buf
-                })
-            };
-            let (out_t, err_t) = (read(out_rx), read(err_rx));
-            let started = s.start_process(&id, &exec_id).await;
-            drop(permit);
-            if let Err(e) = started {
-                let _ = s.delete_process(&id, &exec_id).await;
-                out_t.abort();
-                err_t.abort();
-                return Err(e);
-            }
-            let waited = if timeout.is_zero() {
-                Ok(s.wait_process(&id, &exec_id).await)
-            } else {
-                tokio::time::timeout(timeout, s.wait_process(&id, &exec_id)).await
-            };
-            let code = match waited {
-                Ok(r) => r?,
-                Err(_) => {
-                    let _ = s.kill_process(&id, &exec_id, SIGKILL, false).await;
-                    let _ =
-                        tokio::time::timeout(Duration::from_secs(5), s.wait_process(&id, &exec_id))
-                            .await;
-                    let _ = s.delete_process(&id, &exec_id).await;
-                    out_t.abort();
-                    err_t.abort();
-                    return Err(Error::Timeout(format!(
-                        "command {cmd:?} in container {id} timed out after {timeout:?}"
-                    )));
-                }
-            };
-            let _ = s.delete_process(&id, &exec_id).await;
-            let stdout = tokio::time::timeout(Duration::from_secs(5), out_t)
-                .await
-                .ok()
-                .and_then(|r| r.ok())
-                .unwrap_or_default();
-            let stderr = tokio::time::timeout(Duration::from_secs(5), err_t)
-                .await
-                .ok()
-                .and_then(|r| r.ok())
-                .unwrap_or_default();
-            Ok(ExecOutput {
-                stdout,
-                stderr,
-                exit_code: code as i32,
-            })
-        }
-        .await;
-        cleanup();
-        res
+        Ok(ExecOutput {
+            stdout,
+            stderr,
+            exit_code: res? as i32,
+        })
     }
 
     /// Exec with a client attached (the streaming server's `/exec`): runs `cmd` with the
@@ -1722,7 +1669,7 @@ impl PodManager {
             let waited = tokio::select! {
                 r = s.wait_process(&id, &exec_id) => r,
                 _ = disconnected.cancelled() => {
-                    tracing::info!(container = id, exec_id, "exec client went away; killing the process");
+                    tracing::info!(container = id, exec_id, "exec cancelled (its client went away, or its time is up); killing the process");
                     let _ = s.kill_process(&id, &exec_id, SIGKILL, false).await;
                     tokio::time::timeout(Duration::from_secs(10), s.wait_process(&id, &exec_id))
                         .await
