@@ -115,6 +115,15 @@ impl Outcome {
         Bytes::from(serde_json::to_vec(&v).unwrap_or_default())
     }
 
+    /// The error-stream message: JSON for v4 and later, text (none on success) before.
+    pub fn status(&self, json: bool) -> Option<Bytes> {
+        if json {
+            Some(self.v4_status())
+        } else {
+            self.text_status()
+        }
+    }
+
     /// The v1-v3 error-stream message: plain text, and nothing at all on success.
     pub fn text_status(&self) -> Option<Bytes> {
         match self {

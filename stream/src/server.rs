@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::proto::{self, Outcome, ResizeDecoder};
 use crate::spdy::{self, Role, Session, Stream};
-use crate::{Backend, ExecError, Io, Request, StdioOptions};
+use crate::{Backend, ExecError, Io, Request};
 
 /// Tokens waiting for their client at once; more is `ResourceExhausted`, as the kubelet's.
 const MAX_IN_FLIGHT: usize = 1000;
@@ -115,29 +115,8 @@ impl StreamServer {
 
     /// Checks `req` and returns the one-time URL that serves it.
     pub fn url(&self, req: Request) -> Result<String, UrlError> {
-        let kind = match &req {
-            Request::Exec {
-                container_id,
-                cmd,
-                opts,
-            } => {
-                check_stdio(container_id, opts)?;
-                if cmd.is_empty() {
-                    return Err(UrlError::Invalid("cmd is empty".into()));
-                }
-                "exec"
-            }
-            Request::Attach { container_id, opts } => {
-                check_stdio(container_id, opts)?;
-                "attach"
-            }
-            Request::PortForward { pod_id, .. } => {
-                if pod_id.is_empty() {
-                    return Err(UrlError::Invalid("pod_sandbox_id is empty".into()));
-                }
-                "portforward"
-            }
-        };
+        req.validate()?;
+        let kind = req.kind();
         let token =
             base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(rand::random::<[u8; 18]>());
         let now = Instant::now();
@@ -157,21 +136,50 @@ impl StreamServer {
     }
 }
 
-fn check_stdio(container_id: &str, o: &StdioOptions) -> Result<(), UrlError> {
-    if container_id.is_empty() {
-        return Err(UrlError::Invalid("container_id is empty".into()));
+impl Request {
+    /// The URL path segment that serves it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Request::Exec { .. } => "exec",
+            Request::Attach { .. } => "attach",
+            Request::PortForward { .. } => "portforward",
+        }
     }
-    if !(o.stdin || o.stdout || o.stderr) {
-        return Err(UrlError::Invalid(
-            "one of stdin, stdout and stderr must be set".into(),
-        ));
+
+    /// Checks what a client could get wrong: ids, the command, the stdio combination.
+    pub fn validate(&self) -> Result<(), UrlError> {
+        let bad = |m: &str| Err(UrlError::Invalid(m.into()));
+        let (id, opts) = match self {
+            Request::Exec {
+                container_id,
+                cmd,
+                opts,
+            } => {
+                if cmd.is_empty() {
+                    return bad("cmd is empty");
+                }
+                (container_id, opts)
+            }
+            Request::Attach { container_id, opts } => (container_id, opts),
+            Request::PortForward { pod_id, .. } => {
+                return if pod_id.is_empty() {
+                    bad("pod_sandbox_id is empty")
+                } else {
+                    Ok(())
+                };
+            }
+        };
+        if id.is_empty() {
+            return bad("container_id is empty");
+        }
+        if !(opts.stdin || opts.stdout || opts.stderr) {
+            return bad("one of stdin, stdout and stderr must be set");
+        }
+        if opts.tty && opts.stderr {
+            return bad("tty and stderr cannot both be set: a terminal has one output stream");
+        }
+        Ok(())
     }
-    if o.tty && o.stderr {
-        return Err(UrlError::Invalid(
-            "tty and stderr cannot both be set: a terminal has one output stream".into(),
-        ));
-    }
-    Ok(())
 }
 
 fn tls_acceptor(
@@ -302,15 +310,8 @@ fn route(inner: Arc<Inner>, mut req: HttpRequest<Incoming>) -> Response<Full<Byt
         let mut t = inner.tokens.lock().unwrap_or_else(|p| p.into_inner());
         t.remove(token)
     };
-    let req_kind = match &pending {
-        Some(p) if p.expires > Instant::now() => match &p.req {
-            Request::Exec { .. } => "exec",
-            Request::Attach { .. } => "attach",
-            Request::PortForward { .. } => "portforward",
-        },
-        _ => "",
-    };
-    let Some(pending) = pending.filter(|_| !req_kind.is_empty() && req_kind == kind) else {
+    let Some(pending) = pending.filter(|p| p.expires > Instant::now() && p.req.kind() == kind)
+    else {
         return plain(StatusCode::NOT_FOUND, "unknown or expired streaming token");
     };
     let request = pending.req;
@@ -527,12 +528,7 @@ async fn spdy_remote_command(
         }
     };
     drain(pumps).await;
-    let msg = if protocol == proto::V4 {
-        Some(outcome.v4_status())
-    } else {
-        outcome.text_status()
-    };
-    if let Some(m) = msg {
+    if let Some(m) = outcome.status(protocol == proto::V4) {
         let _ = error.tx.write(m).await;
     }
     let _ = error.tx.close().await;

@@ -6,7 +6,6 @@
 //! `2i+1`, each opened by a message holding the port (little-endian u16).
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use base64::Engine;
 use bytes::{BufMut, Bytes, BytesMut};
@@ -231,13 +230,7 @@ fn spawn_writer(
 
 async fn finish(out: mpsc::Sender<Message>, writer: tokio::task::JoinHandle<()>) {
     drop(out);
-    let abort = writer.abort_handle();
-    if tokio::time::timeout(Duration::from_secs(10), writer)
-        .await
-        .is_err()
-    {
-        abort.abort();
-    }
+    drain(vec![writer]).await;
 }
 
 async fn remote_command(
@@ -320,12 +313,7 @@ async fn remote_command(
     };
     let outcome = run_remote_command(backend.as_ref(), request, io).await;
     drain(pumps).await;
-    let msg = if status_json {
-        Some(outcome.v4_status())
-    } else {
-        outcome.text_status()
-    };
-    if let Some(m) = msg {
+    if let Some(m) = outcome.status(status_json) {
         let _ = out.send(framing.encode(CH_ERROR, &m)).await;
     }
     finish(out, writer).await;

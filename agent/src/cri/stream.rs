@@ -61,33 +61,44 @@ fn running_container(pods: &PodManager, id: &str) -> Result<String, Status> {
     Ok(id)
 }
 
+fn stdio(stdin: bool, stdout: bool, stderr: bool, tty: bool) -> StdioOptions {
+    StdioOptions {
+        stdin,
+        stdout,
+        stderr,
+        tty,
+    }
+}
+
+/// Checks `req` (InvalidArgument first, whatever the container's state), that its
+/// container runs, and hands out its URL.
+fn container_url(
+    pods: &PodManager,
+    server: &StreamServer,
+    mut req: Request,
+) -> Result<String, Status> {
+    req.validate().map_err(url_status)?;
+    if let Request::Exec { container_id, .. } | Request::Attach { container_id, .. } = &mut req {
+        *container_id = running_container(pods, container_id)?;
+    }
+    server.url(req).map_err(url_status)
+}
+
 pub(crate) fn exec_url(
     pods: &PodManager,
     server: &StreamServer,
     req: cri::ExecRequest,
 ) -> Result<cri::ExecResponse, Status> {
-    let opts = StdioOptions {
-        stdin: req.stdin,
-        stdout: req.stdout,
-        stderr: req.stderr,
-        tty: req.tty,
-    };
-    // Options first: a bad request is InvalidArgument whatever the container's state.
-    if req.cmd.is_empty() {
-        return Err(Status::invalid_argument("cmd is empty"));
-    }
-    if req.container_id.is_empty() {
-        return Err(Status::invalid_argument("container_id is empty"));
-    }
-    check(opts)?;
-    let container_id = running_container(pods, &req.container_id)?;
-    let url = server
-        .url(Request::Exec {
-            container_id,
+    let opts = stdio(req.stdin, req.stdout, req.stderr, req.tty);
+    let url = container_url(
+        pods,
+        server,
+        Request::Exec {
+            container_id: req.container_id,
             cmd: req.cmd,
             opts,
-        })
-        .map_err(url_status)?;
+        },
+    )?;
     Ok(cri::ExecResponse { url })
 }
 
@@ -96,20 +107,15 @@ pub(crate) fn attach_url(
     server: &StreamServer,
     req: cri::AttachRequest,
 ) -> Result<cri::AttachResponse, Status> {
-    let opts = StdioOptions {
-        stdin: req.stdin,
-        stdout: req.stdout,
-        stderr: req.stderr,
-        tty: req.tty,
-    };
-    if req.container_id.is_empty() {
-        return Err(Status::invalid_argument("container_id is empty"));
-    }
-    check(opts)?;
-    let container_id = running_container(pods, &req.container_id)?;
-    let url = server
-        .url(Request::Attach { container_id, opts })
-        .map_err(url_status)?;
+    let opts = stdio(req.stdin, req.stdout, req.stderr, req.tty);
+    let url = container_url(
+        pods,
+        server,
+        Request::Attach {
+            container_id: req.container_id,
+            opts,
+        },
+    )?;
     Ok(cri::AttachResponse { url })
 }
 
@@ -140,18 +146,4 @@ pub(crate) fn port_forward_url(
         .url(Request::PortForward { pod_id: id, ports })
         .map_err(url_status)?;
     Ok(cri::PortForwardResponse { url })
-}
-
-fn check(o: StdioOptions) -> Result<(), Status> {
-    if !(o.stdin || o.stdout || o.stderr) {
-        return Err(Status::invalid_argument(
-            "one of stdin, stdout and stderr must be set",
-        ));
-    }
-    if o.tty && o.stderr {
-        return Err(Status::invalid_argument(
-            "tty and stderr cannot both be set: a terminal has one output stream",
-        ));
-    }
-    Ok(())
 }
