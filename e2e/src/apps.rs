@@ -50,10 +50,7 @@ pub async fn env_with(extra: &str) -> PodEnv {
     env.berth
         .hosts_toml(
             "app.invalid",
-            &format!(
-                "server = \"https://app.invalid\"\n[host.\"http://{}\"]\ncapabilities = [\"pull\", \"resolve\"]\n",
-                env.registry.addr
-            ),
+            &crate::pods::mirror_hosts("app.invalid", &env.registry.addr),
         )
         .unwrap();
     env.cri

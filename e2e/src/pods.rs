@@ -13,6 +13,65 @@ use crate::{Berth, Cri, ImageBuilder, Layer, Registry, TestNet};
 /// hosts.toml mirrors it to the test registry, as a node mirrors registry.k8s.io.
 pub const PAUSE_IMAGE: &str = "pause.invalid/berth-e2e/pause:1";
 
+/// A hosts.toml for `host` that pulls and resolves through the test registry at `addr`.
+pub fn mirror_hosts(host: &str, addr: &impl std::fmt::Display) -> String {
+    format!(
+        "server = \"https://{host}\"\n[host.\"http://{addr}\"]\ncapabilities = [\"pull\", \"resolve\"]\n"
+    )
+}
+
+/// berth and containerd 1.6 side by side for the benchmarks: one registry with the pause
+/// image (and whatever the caller pushes), one CNI network, both daemons pulling through the
+/// same mirror. Dropped daemons first, then the network and the registry.
+pub struct SideBySide {
+    /// berth (log level warn).
+    pub berth: Berth,
+    /// containerd, with its own root, state and socket under `work`.
+    pub containerd: crate::containerd::Containerd,
+    /// The shared network.
+    pub net: TestNet,
+    /// The registry.
+    pub registry: Registry,
+    /// Scratch space under /var/tmp (containerd's directories, the caller's files).
+    pub work: tempfile::TempDir,
+}
+
+impl SideBySide {
+    /// Starts both daemons; `prefix` names the scratch directory.
+    pub async fn start(prefix: &str) -> anyhow::Result<Self> {
+        let registry = Registry::start()?;
+        pause_image()?
+            .push(&registry, "berth-e2e/pause", Some("1"))
+            .await?;
+        let net = TestNet::new()?;
+        let hosts = mirror_hosts("pause.invalid", &registry.addr);
+        let berth = Berth::start_with_config(&format!(
+            "sandbox_image = \"{PAUSE_IMAGE}\"\n[log]\nlevel = \"warn\"\n{}",
+            net.config_toml()
+        ))?;
+        berth.hosts_toml("pause.invalid", &hosts)?;
+        let work = tempfile::Builder::new()
+            .prefix(prefix)
+            .tempdir_in("/var/tmp")?;
+        let certs = work.path().join("certs.d");
+        std::fs::create_dir_all(certs.join("pause.invalid"))?;
+        std::fs::write(certs.join("pause.invalid").join("hosts.toml"), &hosts)?;
+        let containerd = crate::containerd::Containerd::start_with(
+            &work.path().join("containerd"),
+            &certs,
+            PAUSE_IMAGE,
+            &net.conf_dir,
+        )?;
+        Ok(SideBySide {
+            berth,
+            containerd,
+            net,
+            registry,
+            work,
+        })
+    }
+}
+
 /// A berth ready to run pods.
 pub struct PodEnv {
     /// The daemon.
@@ -57,10 +116,7 @@ impl PodEnv {
         ))?;
         berth.hosts_toml(
             "pause.invalid",
-            &format!(
-                "server = \"https://pause.invalid\"\n[host.\"http://{}\"]\ncapabilities = [\"pull\", \"resolve\"]\n",
-                registry.addr
-            ),
+            &mirror_hosts("pause.invalid", &registry.addr),
         )?;
         let cri = berth.cri().await?;
         Ok(PodEnv {

@@ -12,9 +12,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use berth_cri_api::v1 as cri;
-use berth_e2e::containerd::Containerd;
-use berth_e2e::pods::{PAUSE_IMAGE, pause_image, pod_config};
-use berth_e2e::{Berth, Cri, ImageBuilder, Layer, Registry, TestNet};
+use berth_e2e::pods::{PAUSE_IMAGE, SideBySide, pod_config};
+use berth_e2e::{Cri, ImageBuilder, Layer};
 
 const ROUNDS: usize = 20;
 const APP: &str = "pause.invalid/berth-e2e/app:1";
@@ -200,36 +199,12 @@ fn runc_bundle(dir: &std::path::Path, layer: &Layer) -> anyhow::Result<()> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let reg = Registry::start()?;
-    pause_image()?
-        .push(&reg, "berth-e2e/pause", Some("1"))
-        .await?;
+    let side = SideBySide::start("berth-bench-containers-").await?;
     let busybox = Layer::busybox()?;
     ImageBuilder::new(vec![Layer::busybox()?])
-        .push(&reg, "berth-e2e/app", Some("1"))
+        .push(&side.registry, "berth-e2e/app", Some("1"))
         .await?;
-    let net = TestNet::new()?;
-    let hosts = format!(
-        "server = \"https://pause.invalid\"\n[host.\"http://{}\"]\ncapabilities = [\"pull\", \"resolve\"]\n",
-        reg.addr
-    );
-    let berth = Berth::start_with_config(&format!(
-        "sandbox_image = \"{PAUSE_IMAGE}\"\n[log]\nlevel = \"warn\"\n{}",
-        net.config_toml()
-    ))?;
-    berth.hosts_toml("pause.invalid", &hosts)?;
-    let work = tempfile::Builder::new()
-        .prefix("berth-bench-containers-")
-        .tempdir_in("/var/tmp")?;
-    let certs = work.path().join("certs.d");
-    std::fs::create_dir_all(certs.join("pause.invalid"))?;
-    std::fs::write(certs.join("pause.invalid").join("hosts.toml"), &hosts)?;
-    let containerd = Containerd::start_with(
-        &work.path().join("containerd"),
-        &certs,
-        PAUSE_IMAGE,
-        &net.conf_dir,
-    )?;
+    let (berth, containerd, work) = (&side.berth, &side.containerd, &side.work);
     let b = Daemon::new(berth.cri().await?, "b").await?;
     let c = Daemon::new(containerd.cri().await?, "c").await?;
     let bundle = work.path().join("bundle");

@@ -12,9 +12,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use berth_cri_api::v1 as cri;
-use berth_e2e::containerd::Containerd;
-use berth_e2e::pods::{PAUSE_IMAGE, pause_image, pod_config};
-use berth_e2e::{Berth, Cri, Registry, TestNet};
+use berth_e2e::Cri;
+use berth_e2e::pods::{PAUSE_IMAGE, SideBySide, pod_config};
 
 const PODS: usize = 20;
 const ROUNDS: usize = 2;
@@ -93,33 +92,8 @@ async fn pull(cri: &Cri) -> anyhow::Result<()> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let reg = Registry::start()?;
-    pause_image()?
-        .push(&reg, "berth-e2e/pause", Some("1"))
-        .await?;
-    let net = TestNet::new()?;
-    let hosts = format!(
-        "server = \"https://pause.invalid\"\n[host.\"http://{}\"]\ncapabilities = [\"pull\", \"resolve\"]\n",
-        reg.addr
-    );
-
-    let berth = Berth::start_with_config(&format!(
-        "sandbox_image = \"{PAUSE_IMAGE}\"\n[log]\nlevel = \"warn\"\n{}",
-        net.config_toml()
-    ))?;
-    berth.hosts_toml("pause.invalid", &hosts)?;
-    let work = tempfile::Builder::new()
-        .prefix("berth-bench-containerd-")
-        .tempdir_in("/var/tmp")?;
-    let certs = work.path().join("certs.d");
-    std::fs::create_dir_all(certs.join("pause.invalid"))?;
-    std::fs::write(certs.join("pause.invalid").join("hosts.toml"), &hosts)?;
-    let containerd = Containerd::start_with(
-        &work.path().join("containerd"),
-        &certs,
-        PAUSE_IMAGE,
-        &net.conf_dir,
-    )?;
+    let side = SideBySide::start("berth-bench-containerd-").await?;
+    let (berth, containerd) = (&side.berth, &side.containerd);
     let (b, c) = (berth.cri().await?, containerd.cri().await?);
     pull(&b).await?;
     pull(&c).await?;
