@@ -249,6 +249,20 @@ struct Spare {
     log: shim::ShimLog,
 }
 
+impl Spare {
+    /// Shuts the shim down and removes its directory.
+    async fn discard(self) {
+        let id = self
+            .dir
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
+        let _ = self.shim.shutdown(&id).await;
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 /// Spare shim ids start with this (tests and operators tell them from pods' shims by it).
 pub const SPARE_PREFIX: &str = "spare-";
 
@@ -599,14 +613,7 @@ impl PodManager {
     pub async fn release_spare(&self) {
         let sp = self.spare.lock().await.take();
         if let Some(sp) = sp {
-            let id = sp
-                .dir
-                .file_name()
-                .unwrap_or_default()
-                .to_string_lossy()
-                .into_owned();
-            let _ = sp.shim.shutdown(&id).await;
-            let _ = std::fs::remove_dir_all(&sp.dir);
+            sp.discard().await;
         }
     }
 
@@ -637,14 +644,7 @@ impl PodManager {
         }?;
         if let Err(e) = std::fs::rename(&sp.dir, dir) {
             tracing::warn!(err = %e, "could not move the spare shim's directory; shutting it down");
-            let id = sp
-                .dir
-                .file_name()
-                .unwrap_or_default()
-                .to_string_lossy()
-                .into_owned();
-            let _ = sp.shim.shutdown(&id).await;
-            let _ = std::fs::remove_dir_all(&sp.dir);
+            sp.discard().await;
             return None;
         }
         Some((sp.shim, sp.log))

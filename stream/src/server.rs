@@ -270,6 +270,19 @@ where
     }
 }
 
+/// A 101 response switching the connection to `upgrade`.
+pub(crate) fn switching_protocols(upgrade: &'static str) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::new()));
+    *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = r.headers_mut();
+    h.insert(
+        header::CONNECTION,
+        header::HeaderValue::from_static("Upgrade"),
+    );
+    h.insert(header::UPGRADE, header::HeaderValue::from_static(upgrade));
+    r
+}
+
 fn plain(status: StatusCode, msg: impl Into<String>) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::from(msg.into() + "\n")));
     *r.status_mut() = status;
@@ -371,18 +384,8 @@ fn route(inner: Arc<Inner>, mut req: HttpRequest<Incoming>) -> Response<Full<Byt
         }
         session.close().await;
     });
-    let mut r = Response::new(Full::new(Bytes::new()));
-    *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-    let h = r.headers_mut();
-    h.insert(
-        header::CONNECTION,
-        header::HeaderValue::from_static("Upgrade"),
-    );
-    h.insert(
-        header::UPGRADE,
-        header::HeaderValue::from_static("SPDY/3.1"),
-    );
-    h.insert(
+    let mut r = switching_protocols("SPDY/3.1");
+    r.headers_mut().insert(
         proto::PROTOCOL_HEADER,
         header::HeaderValue::from_static(protocol),
     );

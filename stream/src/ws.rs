@@ -185,17 +185,8 @@ pub(crate) fn upgrade(
             other => remote_command(ws, framing, v5, status_json, backend, other).await,
         }
     });
-    let mut r = Response::new(Full::new(Bytes::new()));
-    *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let mut r = crate::server::switching_protocols("websocket");
     let h = r.headers_mut();
-    h.insert(
-        header::CONNECTION,
-        header::HeaderValue::from_static("Upgrade"),
-    );
-    h.insert(
-        header::UPGRADE,
-        header::HeaderValue::from_static("websocket"),
-    );
     let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
     if let Ok(v) = header::HeaderValue::from_str(&accept) {
         h.insert("sec-websocket-accept", v);
