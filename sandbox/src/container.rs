@@ -1112,11 +1112,7 @@ impl PodManager {
             let runsc = handler
                 .as_ref()
                 .and_then(|h| h.binary_name.as_deref())
-                .is_some_and(|b| {
-                    Path::new(b)
-                        .file_name()
-                        .is_some_and(|n| n == crate::runsc::WRAPPER_NAME)
-                });
+                .is_some_and(crate::runsc::is_adapter);
             let stdio = [
                 s(&stdin, config.stdin && !runsc),
                 s(&stdout, true),

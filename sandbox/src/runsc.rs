@@ -56,6 +56,14 @@ pub fn install_wrapper(dir: &Path, berth: &Path, engine: &Engine) -> std::io::Re
     Ok(link)
 }
 
+/// Whether a shim's engine `binary` is the adapter's link (the shim then runs runsc
+/// through berth).
+pub fn is_adapter(binary: &str) -> bool {
+    Path::new(binary)
+        .file_name()
+        .is_some_and(|n| n == WRAPPER_NAME)
+}
+
 /// Whether this process was invoked as the wrapper (through a `runsc` link with an
 /// `engine.json` beside it).
 pub fn invoked_as_wrapper(argv0: &Path) -> bool {
