@@ -30,6 +30,9 @@ pub struct Berth {
     /// The certs.d directory in the config.
     pub certs_d: PathBuf,
     config: PathBuf,
+    /// `--log-level`: debug for tests (their failure shows the log), warn for benchmarks (as
+    /// their containerd runs); `BERTH_E2E_LOG_LEVEL` overrides either.
+    log_level: &'static str,
 }
 
 /// CRI clients over berth's socket.
@@ -49,6 +52,15 @@ impl Berth {
 
     /// Starts berth; `extra` (top-level keys first, then tables) leads the generated config.
     pub fn start_with_config(extra: &str) -> anyhow::Result<Self> {
+        Self::start_at_level(extra, "debug")
+    }
+
+    /// Starts berth for a benchmark: as [`Berth::start_with_config`], logging at warn.
+    pub fn start_for_bench(extra: &str) -> anyhow::Result<Self> {
+        Self::start_at_level(extra, "warn")
+    }
+
+    fn start_at_level(extra: &str, log_level: &'static str) -> anyhow::Result<Self> {
         let bin = berth_bin();
         if !bin.exists() {
             bail!(
@@ -75,6 +87,7 @@ impl Berth {
             certs_d,
             config,
             dir,
+            log_level,
         };
         b.spawn()?;
         Ok(b)
@@ -95,7 +108,7 @@ impl Berth {
             .arg("--address")
             .arg(&self.socket)
             .arg("--log-level")
-            .arg("debug")
+            .arg(std::env::var("BERTH_E2E_LOG_LEVEL").unwrap_or_else(|_| self.log_level.into()))
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -191,6 +204,11 @@ impl Berth {
 
 impl Drop for Berth {
     fn drop(&mut self) {
+        // For benchmark analysis: `BERTH_E2E_KEEP_LOG=<file>` (with `BERTH_E2E_LOG_LEVEL=trace`
+        // for berth's step timings) keeps the daemon's log after its scratch directory goes.
+        if let Some(keep) = std::env::var_os("BERTH_E2E_KEEP_LOG") {
+            let _ = std::fs::copy(self.dir.path().join("berth.log"), keep);
+        }
         if std::thread::panicking() {
             #[allow(clippy::print_stderr)]
             {

@@ -39,6 +39,25 @@ pub fn wait_until(timeout: std::time::Duration, mut f: impl FnMut() -> bool) -> 
     f()
 }
 
+/// The distinct niceness values of the threads of process `pid` (field 19 of
+/// `/proc/<pid>/task/<tid>/stat`), sorted.
+pub fn thread_nices(pid: u32) -> Vec<i64> {
+    let mut v: Vec<i64> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|rd| rd.flatten().collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("stat")).ok())
+        .filter_map(|st| {
+            // After the ")" that closes the command name, the state is field 3; nice is 19.
+            let rest = &st[st.rfind(')')? + 2..];
+            rest.split(' ').nth(16)?.parse().ok()
+        })
+        .collect();
+    v.sort();
+    v.dedup();
+    v
+}
+
 /// Processes on this machine whose command line is exactly `argv`.
 pub fn processes(argv: &[&str]) -> Vec<u32> {
     let want: Vec<u8> = argv.iter().flat_map(|a| a.bytes().chain([0])).collect();

@@ -45,8 +45,8 @@ impl SideBySide {
             .await?;
         let net = TestNet::new()?;
         let hosts = mirror_hosts("pause.invalid", &registry.addr);
-        let berth = Berth::start_with_config(&format!(
-            "sandbox_image = \"{PAUSE_IMAGE}\"\n[log]\nlevel = \"warn\"\n{}",
+        let berth = Berth::start_for_bench(&format!(
+            "sandbox_image = \"{PAUSE_IMAGE}\"\n{}",
             net.config_toml()
         ))?;
         berth.hosts_toml("pause.invalid", &hosts)?;

@@ -160,6 +160,14 @@ async fn a_pod_gets_its_network_namespace_ip_port_mapping_hostname_and_sysctls()
     let e = env.status(&id).await.unwrap_err();
     assert_eq!(e.code(), Code::NotFound, "{e:?}");
     assert!(env.list(None).await.is_empty());
+    // The network was torn down once: the second Stop and Remove's own Stop ran no plugin.
+    let dels = env
+        .berth
+        .log()
+        .lines()
+        .filter(|l| l.contains("CNI plugin ran") && l.contains("DEL") && l.contains(&id))
+        .count();
+    assert_eq!(dels, 3, "one DEL per plugin (bridge, portmap, loopback)");
     env.assert_clean();
 }
 
@@ -392,8 +400,15 @@ async fn a_spare_shim_is_ready_for_the_next_pod() {
         .len()
         == 1));
     let first = env.berth.spare_shim_pids()[0];
+    // A spare waits at the lowest CPU priority, so that starting it never slows pods.
+    assert_eq!(berth_e2e::thread_nices(first), vec![19]);
     // The pod takes the spare: its shim is the former spare, and a new spare follows.
     let pod = env.run(pod_config("warm")).await.unwrap();
+    // Taken, it and what it starts (the pause process) run at normal priority.
+    assert_eq!(berth_e2e::thread_nices(first), vec![0]);
+    let (_, map) = env.status(&pod).await.unwrap();
+    let pause = info(&map)["pid"].as_u64().unwrap() as u32;
+    assert_eq!(berth_e2e::thread_nices(pause), vec![0]);
     assert_eq!(
         env.berth.shim_pids().len() + env.berth.spare_shim_pids().len(),
         2

@@ -173,6 +173,9 @@ pub struct PodRecord {
     pub state: PodState,
     /// The pinned netns, unless host network.
     pub netns: Option<PathBuf>,
+    /// Stop has run CNI DEL and removed the netns: a later Stop (Remove stops first) need not.
+    #[serde(default)]
+    pub network_down: bool,
     /// IPs from CNI, primary first.
     pub ips: Vec<String>,
     /// The pause process.
@@ -246,6 +249,8 @@ struct Spare {
     dir: PathBuf,
     binary: PathBuf,
     shim: Shim,
+    /// The shim process, running at background priority until taken.
+    pid: u32,
     log: shim::ShimLog,
 }
 
@@ -291,12 +296,14 @@ async fn fill_spare(
         std::fs::write(bundle.join("config.json"), spec.to_string())
             .map_err(|e| Error::io("write spare config.json", e))?;
         let log = shim::open_log(&bundle, &id)?;
-        let address = shim::start(&binary, &env, &id, &bundle, &[]).await?;
+        let address = shim::start(&binary, &env, &id, &bundle, &[], true).await?;
         let shim = Shim::connect(&address).await?;
+        let (pid, _) = shim.connect_info(&id).await?;
         Ok::<_, Error>(Spare {
             dir: dir.clone(),
             binary: binary.clone(),
             shim,
+            pid,
             log,
         })
     }
@@ -642,6 +649,11 @@ impl PodManager {
                 _ => None,
             }
         }?;
+        if let Err(e) = shim::foreground(sp.pid) {
+            tracing::warn!(err = %e, "could not give the spare shim normal priority; shutting it down");
+            sp.discard().await;
+            return None;
+        }
         if let Err(e) = std::fs::rename(&sp.dir, dir) {
             tracing::warn!(err = %e, "could not move the spare shim's directory; shutting it down");
             sp.discard().await;
@@ -684,6 +696,7 @@ impl PodManager {
             created_ns: now_ns(),
             state: PodState::NotReady,
             netns: None,
+            network_down: false,
             ips: vec![],
             pid: 0,
             handler: handler_name,
@@ -783,6 +796,7 @@ impl PodManager {
 
         lap("netns");
         write_pod_files(&dir, &cfg)?;
+        lap("files");
         let shm = if cfg.host_ipc {
             None
         } else {
@@ -791,6 +805,7 @@ impl PodManager {
             undo.push(Undo::Shm(shm.clone()));
             Some(shm)
         };
+        lap("shm");
 
         let mounts = self
             .images
@@ -798,7 +813,7 @@ impl PodManager {
             .prepare(&id, image.top_chain())
             .map_err(|e| Error::Image(e.to_string()))?;
         undo.push(Undo::Snapshot(id.clone()));
-        lap("files+shm+snapshot");
+        lap("snapshot");
 
         let cc = image_config.config.clone().unwrap_or_default();
         let mut args = cc.entrypoint.clone().unwrap_or_default();
@@ -891,13 +906,19 @@ impl PodManager {
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
                         .insert(id.clone(), log);
-                    let address =
-                        match shim::start(&rec.shim_binary, &self.cfg.shim_env, &id, &bundle, &[])
-                            .await
-                        {
-                            Ok(a) => a,
-                            Err(e) => return (None, Err(e)),
-                        };
+                    let address = match shim::start(
+                        &rec.shim_binary,
+                        &self.cfg.shim_env,
+                        &id,
+                        &bundle,
+                        &[],
+                        false,
+                    )
+                    .await
+                    {
+                        Ok(a) => a,
+                        Err(e) => return (None, Err(e)),
+                    };
                     match Shim::connect(&address).await {
                         Ok(s) => s,
                         Err(e) => return (None, Err(e)),
@@ -1007,7 +1028,8 @@ impl PodManager {
         let rec = self.get(&id)?;
         self.stop_pod_containers(&id).await?;
         self.stop_task(&rec).await?;
-        if let Some(ns) = &rec.netns {
+        let network = rec.netns.as_ref().filter(|_| !rec.network_down);
+        if let Some(ns) = network {
             let a = self.attachment(&rec);
             if ns.exists() {
                 self.cni.del(None, &a).await.map_err(net_err)?;
@@ -1027,6 +1049,7 @@ impl PodManager {
         let mut pods = self.pods.write().unwrap_or_else(|p| p.into_inner());
         if let Some(r) = pods.get_mut(&id) {
             r.state = PodState::NotReady;
+            r.network_down = r.netns.is_some();
             self.store.put(TABLE, &id, r).map_err(store_err)?;
         }
         Ok(())

@@ -108,12 +108,20 @@ async fn runs_a_task_under_the_runc_shim_and_hears_its_exit() {
     };
 
     let _log = shim::open_log(&bundle, &id).unwrap();
-    let address = shim::start(&bin, &env, &id, &bundle, &[]).await.unwrap();
+    // Started as a spare is: in the background, then given normal priority before use.
+    let address = shim::start(&bin, &env, &id, &bundle, &[], true)
+        .await
+        .unwrap();
     assert_eq!(
         std::fs::read_to_string(bundle.join("address")).unwrap(),
         address
     );
     let s = Shim::connect(&address).await.unwrap();
+    let (daemon, _) = s.connect_info(&id).await.unwrap();
+    cleanup.shim_pid = Some(daemon);
+    assert_eq!(thread_nices(daemon), vec![19], "the shim daemon runs niced");
+    shim::foreground(daemon).unwrap();
+    assert_eq!(thread_nices(daemon), vec![0], "every shim thread back at 0");
     let pid = s
         .create(&id, &bundle, vec![], ["", "", ""], false, None)
         .await
@@ -178,4 +186,19 @@ async fn runs_a_task_under_the_runc_shim_and_hears_its_exit() {
     });
     assert!(gone, "the shim exited after Shutdown");
     cleanup.shim_pid = None;
+}
+
+/// The distinct niceness values of the threads of `pid`.
+fn thread_nices(pid: u32) -> Vec<i32> {
+    let mut v: Vec<i32> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+        .filter_map(|t| t.file_name().to_str()?.parse::<i32>().ok())
+        .filter_map(|tid| {
+            rustix::process::getpriority_process(rustix::process::Pid::from_raw(tid)).ok()
+        })
+        .collect();
+    v.sort();
+    v.dedup();
+    v
 }

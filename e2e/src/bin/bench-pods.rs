@@ -16,7 +16,7 @@ use berth_e2e::Cri;
 use berth_e2e::pods::{PAUSE_IMAGE, SideBySide, pod_config};
 
 const PODS: usize = 20;
-const ROUNDS: usize = 2;
+const ROUNDS: usize = 4;
 const RSS_AT: usize = 10;
 
 struct Round {

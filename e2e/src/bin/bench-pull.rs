@@ -70,7 +70,7 @@ async fn main() -> anyhow::Result<()> {
     let pushed = img.push(&reg, "bench/pull", Some("1")).await?;
     let image = format!("{}/bench/pull:1", reg.addr);
 
-    let berth = Berth::start()?;
+    let berth = Berth::start_for_bench("")?;
     berth.hosts_toml(&reg.addr, &format!("server = \"http://{}\"\n", reg.addr))?;
     let work = tempfile::Builder::new()
         .prefix("berth-bench-containerd-")

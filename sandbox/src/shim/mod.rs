@@ -129,24 +129,39 @@ pub fn open_log(bundle: &Path, id: &str) -> Result<ShimLog> {
     Ok(ShimLog(task.abort_handle()))
 }
 
+/// How a shim started ahead of need runs until it is given work: at the lowest CPU priority,
+/// so that starting it never slows the pods being created meanwhile. [`Shim::foreground`]
+/// gives it back the normal priority.
+const BACKGROUND_NICE: i32 = 19;
+
 /// Runs `<shim> start` for task `id` in `bundle` and returns the shim's ttrpc address.
 /// `options` (a protobuf `Any`, e.g. runc options) go to the shim's stdin. Open the bundle's
-/// log fifo with [`open_log`] first.
+/// log fifo with [`open_log`] first. A `background` shim (a spare) runs at the lowest CPU
+/// priority, as does the shim daemon it forks, until [`Shim::foreground`].
 pub async fn start(
     binary: &Path,
     env: &ShimEnv,
     id: &str,
     bundle: &Path,
     options: &[u8],
+    background: bool,
 ) -> Result<String> {
     let shown = binary.display().to_string();
-    let mut child = base_command(binary, env, id, bundle)
-        .arg("start")
-        .spawn()
-        .map_err(|e| Error::ShimStart {
-            binary: shown.clone(),
-            reason: e.to_string(),
-        })?;
+    let mut cmd = base_command(binary, env, id, bundle);
+    cmd.arg("start");
+    if background {
+        // SAFETY: between fork and exec the child only makes one async-signal-safe syscall.
+        unsafe {
+            cmd.pre_exec(|| {
+                rustix::process::setpriority_process(None, BACKGROUND_NICE)
+                    .map_err(std::io::Error::from)
+            });
+        }
+    }
+    let mut child = cmd.spawn().map_err(|e| Error::ShimStart {
+        binary: shown.clone(),
+        reason: e.to_string(),
+    })?;
     if let Some(mut stdin) = child.stdin.take() {
         stdin
             .write_all(options)
@@ -312,6 +327,36 @@ fn task_err(call: &'static str, id: &str, e: ttrpc::Error) -> Error {
         not_found,
         gone,
     }
+}
+
+/// Gives the shim process `pid`, started in the background, the normal CPU priority: every
+/// thread of it (niceness is per thread on Linux, and new threads inherit their creator's),
+/// twice over, so that a thread created during the first pass is caught by the second.
+pub fn foreground(pid: u32) -> Result<()> {
+    for _ in 0..2 {
+        let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
+            .map_err(|e| Error::io(format!("list the threads of shim {pid}"), e))?;
+        for t in tasks.flatten() {
+            let Some(tid) = t
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<i32>().ok())
+                .and_then(rustix::process::Pid::from_raw)
+            else {
+                continue;
+            };
+            match rustix::process::setpriority_process(Some(tid), 0) {
+                Ok(()) | Err(rustix::io::Errno::SRCH) => {}
+                Err(e) => {
+                    return Err(Error::io(
+                        format!("renice thread {tid:?} of shim {pid}"),
+                        e.into(),
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 impl Shim {
