@@ -302,8 +302,8 @@ impl Config {
         if self.runtime.container_log_max_files == 0 {
             bail!("runtime.container_log_max_files: must be at least 1");
         }
-        tracing_subscriber::EnvFilter::try_new(&self.log.level)
-            .map_err(|e| anyhow::anyhow!("log.level: {:?}: {e}", self.log.level))?;
+        crate::logging::parse_filter(&self.log.level)
+            .map_err(|e| anyhow::anyhow!("log.level: {e:#}"))?;
         if !self
             .runtime
             .handlers
