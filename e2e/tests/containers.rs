@@ -367,6 +367,16 @@ async fn a_dead_shim_leaves_no_container_behind() {
     start(&env, &id).await;
     let sleeping = || berth_e2e::processes(&["sleep", "7654"]).len();
     assert!(wait_until(Duration::from_secs(5), || sleeping() == 1));
+    let address = std::fs::read_to_string(
+        env.berth
+            .state
+            .join("sandboxes")
+            .join(&pod)
+            .join("bundle/address"),
+    )
+    .unwrap();
+    let socket = std::path::PathBuf::from(address.trim().trim_start_matches("unix://"));
+    assert!(socket.exists());
     // The shim dies; the pause and app processes live on, reparented.
     for pid in env.berth.shim_pids() {
         berth_e2e::signal(pid, libc::SIGKILL);
@@ -386,5 +396,9 @@ async fn a_dead_shim_leaves_no_container_behind() {
         .map(|d| d.flatten().map(|e| e.file_name()).collect())
         .unwrap_or_default();
     assert!(left.is_empty(), "runc containers left: {left:?}");
+    assert!(
+        !socket.exists(),
+        "the dead shim's socket {socket:?} was left"
+    );
     env.assert_clean();
 }

@@ -296,9 +296,17 @@ async fn fill_spare(
         std::fs::write(bundle.join("config.json"), spec.to_string())
             .map_err(|e| Error::io("write spare config.json", e))?;
         let log = shim::open_log(&bundle, &id)?;
-        let address = shim::start(&binary, &env, &id, &bundle, &[], true).await?;
-        let shim = Shim::connect(&address).await?;
-        let (pid, _) = shim.connect_info(&id).await?;
+        let shim = shim::start_and_connect(&binary, &env, &id, &bundle, &[], true).await?;
+        let pid = match shim.connect_info(&id).await {
+            Ok((pid, _)) => pid,
+            Err(e) => {
+                let _ = shim.shutdown(&id).await;
+                if let Ok(address) = std::fs::read_to_string(bundle.join("address")) {
+                    shim::kill_unreachable(&env, &id, address.trim());
+                }
+                return Err(e);
+            }
+        };
         Ok::<_, Error>(Spare {
             dir: dir.clone(),
             binary: binary.clone(),
@@ -607,10 +615,13 @@ impl PodManager {
             let dir = e.path();
             let id = e.file_name().to_string_lossy().into_owned();
             let bundle = dir.join("bundle");
-            if let Ok(address) = std::fs::read_to_string(bundle.join("address"))
-                && let Ok(s) = Shim::connect(address.trim()).await
-            {
-                let _ = s.shutdown(&id).await;
+            if let Ok(address) = std::fs::read_to_string(bundle.join("address")) {
+                match Shim::connect(address.trim()).await {
+                    Ok(s) => {
+                        let _ = s.shutdown(&id).await;
+                    }
+                    Err(_) => shim::kill_unreachable(&self.cfg.shim_env, &id, address.trim()),
+                }
             }
             let _ = std::fs::remove_dir_all(&dir);
         }
@@ -906,7 +917,7 @@ impl PodManager {
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
                         .insert(id.clone(), log);
-                    let address = match shim::start(
+                    match shim::start_and_connect(
                         &rec.shim_binary,
                         &self.cfg.shim_env,
                         &id,
@@ -916,10 +927,6 @@ impl PodManager {
                     )
                     .await
                     {
-                        Ok(a) => a,
-                        Err(e) => return (None, Err(e)),
-                    };
-                    match Shim::connect(&address).await {
                         Ok(s) => s,
                         Err(e) => return (None, Err(e)),
                     }
@@ -1116,6 +1123,9 @@ impl PodManager {
                     shim::delete_dead(&rec.shim_binary, &self.cfg.shim_env, id, &bundle).await
                 {
                     tracing::debug!(pod = id, err = %e, "shim delete of a dead task");
+                }
+                if let Ok(address) = std::fs::read_to_string(bundle.join("address")) {
+                    shim::remove_dead_socket(address.trim());
                 }
                 let _ = std::fs::remove_file(bundle.join("address"));
             }

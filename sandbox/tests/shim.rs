@@ -202,3 +202,54 @@ fn thread_nices(pid: u32) -> Vec<i32> {
     v.dedup();
     v
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unreachable_shim_is_killed_and_its_socket_removed() {
+    let bin = shim::find_shim(SHIM, None).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let id = format!("berth-unreachable-{}", std::process::id());
+    let bundle = dir.path().join("bundle");
+    std::fs::create_dir_all(bundle.join("rootfs")).unwrap();
+    std::fs::write(
+        bundle.join("config.json"),
+        serde_json::to_vec(&spec(&bundle.join("rootfs"), &id, &["/bin/true"])).unwrap(),
+    )
+    .unwrap();
+    let env = ShimEnv {
+        namespace: "berth-test".into(),
+        grpc_address: dir.path().join("berth.sock"),
+        ttrpc_address: dir.path().join("berth.sock.ttrpc"),
+        publish_binary: "/bin/true".into(),
+    };
+    let _log = shim::open_log(&bundle, &id).unwrap();
+    let s = shim::start_and_connect(&bin, &env, &id, &bundle, &[], false)
+        .await
+        .unwrap();
+    let (pid, _) = s.connect_info(&id).await.unwrap();
+    let mut cleanup = Cleanup {
+        env: env.clone(),
+        id: id.clone(),
+        bundle: bundle.clone(),
+        shim_pid: Some(pid),
+    };
+    drop(s);
+    let address = std::fs::read_to_string(bundle.join("address")).unwrap();
+    let socket = PathBuf::from(address.strip_prefix("unix://").unwrap());
+    assert!(socket.exists());
+    // A live socket is never removed.
+    shim::remove_dead_socket(&address);
+    assert!(socket.exists(), "a listening shim's socket must stay");
+
+    shim::kill_unreachable(&env, &id, &address);
+    let gone = (0..200).any(|_| {
+        let st = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        if st.is_empty() || st.contains(") Z ") {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+        false
+    });
+    assert!(gone, "shim {pid} still runs");
+    assert!(!socket.exists(), "{} left behind", socket.display());
+    cleanup.shim_pid = None;
+}

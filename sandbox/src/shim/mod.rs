@@ -199,6 +199,108 @@ pub async fn start(
     Ok(address)
 }
 
+/// Runs `<shim> start` (see [`start`]) and connects to the shim. A shim that started but
+/// cannot be reached is killed and its socket removed: no shim outlives the failure unseen.
+pub async fn start_and_connect(
+    binary: &Path,
+    env: &ShimEnv,
+    id: &str,
+    bundle: &Path,
+    options: &[u8],
+    background: bool,
+) -> Result<Shim> {
+    let address = start(binary, env, id, bundle, options, background).await?;
+    match Shim::connect(&address).await {
+        Ok(s) => Ok(s),
+        Err(e) => {
+            kill_unreachable(env, id, &address);
+            Err(e)
+        }
+    }
+}
+
+/// Kills the daemon of shim `id` that berth cannot talk to, found by its command line
+/// (`-namespace <ns>` and `-id <id>`, as [`start`] gave them; ids are unique random hex), and
+/// removes its socket. The kill goes through a pidfd, so a recycled pid is never hit.
+pub fn kill_unreachable(env: &ShimEnv, id: &str, address: &str) {
+    for pid in daemons_of(env, id) {
+        let Some(p) = rustix::process::Pid::from_raw(pid) else {
+            continue;
+        };
+        let Ok(fd) = rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty()) else {
+            continue;
+        };
+        // Checked again through the pidfd's process: still the same shim?
+        if daemons_of(env, id).contains(&pid) {
+            match rustix::process::pidfd_send_signal(&fd, rustix::process::Signal::KILL) {
+                Ok(()) => {
+                    tracing::warn!(id, pid, "killed a shim berth could not connect to");
+                    // The pidfd turns readable when the process is gone; until then its
+                    // socket may still accept connections.
+                    let mut fds = [rustix::event::PollFd::new(
+                        &fd,
+                        rustix::event::PollFlags::IN,
+                    )];
+                    let _ = rustix::event::poll(
+                        &mut fds,
+                        Some(&rustix::event::Timespec {
+                            tv_sec: 2,
+                            tv_nsec: 0,
+                        }),
+                    );
+                }
+                Err(e) => tracing::warn!(id, pid, err = %e, "could not kill an unreachable shim"),
+            }
+        }
+    }
+    remove_dead_socket(address);
+}
+
+/// The pids of shim daemons started for task `id` under `env`'s namespace.
+fn daemons_of(env: &ShimEnv, id: &str) -> Vec<i32> {
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    procs
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+                return false;
+            };
+            let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+            let has = |flag: &str, value: &str| {
+                args.windows(2)
+                    .any(|w| w[0] == flag.as_bytes() && w[1] == value.as_bytes())
+            };
+            has("-id", id)
+                && has("-namespace", &env.namespace)
+                && !args.iter().any(|a| *a == b"start" || *a == b"delete")
+        })
+        .collect()
+}
+
+/// Removes the socket file a shim listened on at `address` (`unix://<path>`), if nothing
+/// listens there any more: a shim that dies, or is killed, leaves it behind.
+pub fn remove_dead_socket(address: &str) {
+    use std::os::unix::fs::FileTypeExt;
+    let Some(path) = address.strip_prefix("unix://") else {
+        return;
+    };
+    let path = Path::new(path);
+    let is_socket = std::fs::symlink_metadata(path)
+        .map(|m| m.file_type().is_socket())
+        .unwrap_or(false);
+    if is_socket
+        && matches!(
+            std::os::unix::net::UnixStream::connect(path),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused
+        )
+    {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
 /// Interprets what `<shim> start` printed.
 pub fn parse_start_output(binary: &str, stdout: &str) -> Result<String> {
     if stdout.starts_with('{') {
