@@ -38,6 +38,8 @@ pub struct StreamConfig {
     pub port: u16,
     /// How long an Exec/Attach/PortForward URL stays valid, in seconds.
     pub token_ttl_seconds: u64,
+    /// A session in which nothing moved for this long is closed, in seconds (0: never).
+    pub idle_timeout_seconds: u64,
     /// TLS certificate chain and key (PEM); both empty: plain HTTP.
     pub tls_cert: PathBuf,
     pub tls_key: PathBuf,
@@ -49,6 +51,7 @@ impl Default for StreamConfig {
             address: "127.0.0.1".into(),
             port: 0,
             token_ttl_seconds: 60,
+            idle_timeout_seconds: 4 * 3600,
             tls_cert: PathBuf::new(),
             tls_key: PathBuf::new(),
         }

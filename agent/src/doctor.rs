@@ -543,20 +543,7 @@ async fn daemon(cfg: &Config) -> Vec<Check> {
 }
 
 async fn connect(path: &Path) -> anyhow::Result<tonic::transport::Channel> {
-    let path = path.to_path_buf();
-    let ch = tonic::transport::Endpoint::try_from("http://[::]:50051")?
-        .connect_timeout(Duration::from_secs(5))
-        .timeout(Duration::from_secs(10))
-        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
-            let p = path.clone();
-            async move {
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
-                    tokio::net::UnixStream::connect(p).await?,
-                ))
-            }
-        }))
-        .await?;
-    Ok(ch)
+    Ok(berth_cri_api::unix_channel(path, Some(Duration::from_secs(5))).await?)
 }
 
 #[cfg(test)]

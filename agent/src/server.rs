@@ -107,6 +107,8 @@ fn stream_config(cfg: &Config) -> anyhow::Result<berth_stream::StreamConfig> {
     Ok(berth_stream::StreamConfig {
         listen: std::net::SocketAddr::new(ip, cfg.stream.port),
         token_ttl: std::time::Duration::from_secs(cfg.stream.token_ttl_seconds),
+        idle_timeout: (cfg.stream.idle_timeout_seconds > 0)
+            .then(|| std::time::Duration::from_secs(cfg.stream.idle_timeout_seconds)),
         tls: (!cfg.stream.tls_cert.as_os_str().is_empty())
             .then(|| (cfg.stream.tls_cert.clone(), cfg.stream.tls_key.clone())),
         ..Default::default()

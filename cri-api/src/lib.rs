@@ -12,3 +12,26 @@ pub use k8s_cri::v1;
 
 /// The CRI API version berth reports in `Version`.
 pub const CRI_API_VERSION: &str = "v1";
+
+/// A gRPC channel to a CRI server on the unix socket at `path`, as crictl and the kubelet
+/// connect (`unix://<path>`). `timeout` bounds the connect and each call.
+pub async fn unix_channel(
+    path: &std::path::Path,
+    timeout: Option<std::time::Duration>,
+) -> Result<tonic::transport::Channel, tonic::transport::Error> {
+    let path = path.to_path_buf();
+    // The URI is a placeholder: the connector below ignores it and dials the socket.
+    let mut ep = tonic::transport::Endpoint::from_static("http://[::]:50051");
+    if let Some(t) = timeout {
+        ep = ep.connect_timeout(t).timeout(t);
+    }
+    ep.connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+        let p = path.clone();
+        async move {
+            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                tokio::net::UnixStream::connect(p).await?,
+            ))
+        }
+    }))
+    .await
+}

@@ -352,17 +352,7 @@ fn kill_shims_of(socket: &Path) {
 
 /// CRI clients over the unix socket at `path`.
 pub async fn connect(path: &Path) -> anyhow::Result<Cri> {
-    let path = path.to_path_buf();
-    let channel = tonic::transport::Endpoint::try_from("http://[::]:50051")?
-        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
-            let p = path.clone();
-            async move {
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
-                    tokio::net::UnixStream::connect(p).await?,
-                ))
-            }
-        }))
-        .await?;
+    let channel = berth_cri_api::unix_channel(path, None).await?;
     Ok(Cri {
         runtime: RuntimeServiceClient::new(channel.clone()),
         image: ImageServiceClient::new(channel),

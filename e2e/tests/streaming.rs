@@ -701,3 +701,50 @@ async fn exec_over_tls() {
     env.remove(&pod).await.unwrap();
     env.assert_clean();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_idle_session_is_closed_and_its_process_killed() {
+    let env = env_with("[stream]\nidle_timeout_seconds = 2\n").await;
+    let (pod, id) = running(&env, "idle", idle("box")).await;
+    let sleeping = |tag: &str| processes(&["sleep", tag]).len();
+    for (proto, tag) in [("spdy", "4321"), ("websocket", "4322")] {
+        let cmd = format!("echo ready; exec sleep {tag}");
+        let url = exec_url(&env, &id, &["sh", "-c", &cmd], OUT_ERR)
+            .await
+            .unwrap();
+        let mut rc = if proto == "spdy" {
+            RemoteCommand::spdy(&url, OUT_ERR).await.unwrap()
+        } else {
+            RemoteCommand::websocket(&url, &["v5.channel.k8s.io"], OUT_ERR)
+                .await
+                .unwrap()
+        };
+        assert_eq!(read_until(&mut rc, "\n").await, "ready\n");
+        assert!(wait_until(Duration::from_secs(5), || sleeping(tag) == 1));
+        // Nothing moves from here on: two seconds later berth ends the session (the
+        // output channel closes) and kills what the session ran.
+        let t = Instant::now();
+        let rx = rc.stdout.as_mut().unwrap();
+        let end = tokio::time::timeout(Duration::from_secs(10), rx.recv()).await;
+        assert!(
+            matches!(end, Ok(None)),
+            "{proto}: session still open: {end:?}"
+        );
+        assert!(
+            t.elapsed() >= Duration::from_millis(1500),
+            "{proto}: {:?}",
+            t.elapsed()
+        );
+        assert!(
+            wait_until(Duration::from_secs(5), || sleeping(tag) == 0),
+            "{proto}: the exec outlived its session"
+        );
+    }
+    assert!(wait_until(Duration::from_secs(5), || exec_leftovers(
+        &env, &id
+    )
+    .is_empty()));
+    env.stop(&pod).await.unwrap();
+    env.remove(&pod).await.unwrap();
+    env.assert_clean();
+}

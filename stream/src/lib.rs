@@ -8,6 +8,7 @@
 //! hands the runtime plain channels through [`Backend`]; it knows nothing of containers.
 
 pub mod client;
+pub mod idle;
 pub mod proto;
 pub mod server;
 pub mod spdy;

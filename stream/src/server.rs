@@ -14,6 +14,7 @@ use hyper_util::rt::TokioIo;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::idle::IdleIo;
 use crate::proto::{self, Outcome, ResizeDecoder};
 use crate::spdy::{self, Role, Session, Stream};
 use crate::{Backend, ExecError, Io, Request};
@@ -32,6 +33,8 @@ pub struct StreamConfig {
     pub stream_creation_timeout: Duration,
     /// TLS (certificate chain, private key), both PEM; `None` serves plain HTTP.
     pub tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    /// A session in which nothing moves for this long ends; `None`: never.
+    pub idle_timeout: Option<Duration>,
 }
 
 impl Default for StreamConfig {
@@ -41,6 +44,7 @@ impl Default for StreamConfig {
             token_ttl: Duration::from_secs(60),
             stream_creation_timeout: Duration::from_secs(30),
             tls: None,
+            idle_timeout: Some(Duration::from_secs(4 * 3600)),
         }
     }
 }
@@ -330,7 +334,7 @@ fn route(inner: Arc<Inner>, mut req: HttpRequest<Incoming>) -> Response<Full<Byt
     let request = pending.req;
     let websocket = has_token(&req, "upgrade", "websocket");
     if websocket {
-        return crate::ws::upgrade(inner.backend.clone(), request, req);
+        return crate::ws::upgrade(inner.backend.clone(), request, req, inner.cfg.idle_timeout);
     }
     // SPDY: negotiate the protocol version, then switch.
     let clients = header_values(&req, proto::PROTOCOL_HEADER);
@@ -369,7 +373,7 @@ fn route(inner: Arc<Inner>, mut req: HttpRequest<Incoming>) -> Response<Full<Byt
     let backend = inner.backend.clone();
     tokio::spawn(async move {
         let io = match on_upgrade.await {
-            Ok(u) => TokioIo::new(u),
+            Ok(u) => IdleIo::new(TokioIo::new(u), cfg.idle_timeout),
             Err(e) => {
                 tracing::debug!(err = %e, "streaming upgrade failed");
                 return;

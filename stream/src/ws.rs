@@ -20,6 +20,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_util::sync::CancellationToken;
 
+use crate::idle::IdleIo;
 use crate::proto::{self, CH_CLOSE, CH_ERROR, CH_RESIZE, CH_STDERR, CH_STDIN, CH_STDOUT};
 use crate::server::{drain, resize_channel, run_remote_command};
 use crate::{Backend, Io, Request};
@@ -84,6 +85,7 @@ pub(crate) fn upgrade(
     backend: Arc<dyn Backend>,
     request: Request,
     mut req: HttpRequest<Incoming>,
+    idle_timeout: Option<std::time::Duration>,
 ) -> Response<Full<Bytes>> {
     let hv = |n: &str| {
         req.headers()
@@ -171,7 +173,7 @@ pub(crate) fn upgrade(
     let status_json = matches!(protocol, proto::V5 | proto::V4 | BASE64_V4);
     tokio::spawn(async move {
         let io = match on_upgrade.await {
-            Ok(u) => TokioIo::new(u),
+            Ok(u) => IdleIo::new(TokioIo::new(u), idle_timeout),
             Err(e) => {
                 tracing::debug!(err = %e, "websocket upgrade failed");
                 return;
@@ -200,7 +202,7 @@ pub(crate) fn upgrade(
     r
 }
 
-type Ws = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
+type Ws = WebSocketStream<IdleIo<TokioIo<hyper::upgrade::Upgraded>>>;
 
 /// Sends queued messages; a Close frame once every sender is gone.
 fn spawn_writer(
