@@ -150,6 +150,12 @@ async fn a_pod_gets_its_network_namespace_ip_port_mapping_hostname_and_sysctls()
     env.stop(&id).await.unwrap();
     let (st, _) = env.status(&id).await.unwrap();
     assert_eq!(st.state, cri::PodSandboxState::SandboxNotready as i32);
+    // The released IP is no longer reported (containerd reports none once the netns is closed).
+    let net = st.network.unwrap_or_default();
+    assert!(
+        net.ip.is_empty() && net.additional_ips.is_empty(),
+        "{net:?}"
+    );
     assert!(env.net.leases().is_empty(), "{:?}", env.net.leases());
     assert!(env.net.veths().is_empty(), "{:?}", env.net.veths());
     let nat = sh(&["iptables", "-t", "nat", "-S"]);

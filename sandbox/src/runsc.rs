@@ -197,6 +197,19 @@ fn create(
     let Some(pid_file) = pid_file else {
         std::process::exit(0)
     };
+    // From here a failure fails the shim's Create, which then forgets the container: runsc's
+    // own must go too, or its sandbox would outlive the pod.
+    let undo = |msg: String| -> ! {
+        let _ = Command::new(&engine.binary)
+            .args(&engine.args)
+            .args(globals)
+            .args(["delete", "--force", id])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        fail(&msg)
+    };
     let me = std::env::args_os()
         .next()
         .map(PathBuf::from)
@@ -209,11 +222,13 @@ fn create(
         .stdin(Stdio::null())
         .stdout(out.map(Stdio::from).unwrap_or_else(Stdio::null))
         .stderr(err.map(Stdio::from).unwrap_or_else(Stdio::null));
-    let child = waiter
+    let mut child = waiter
         .spawn()
-        .unwrap_or_else(|e| fail(&format!("start the waiter: {e}")));
+        .unwrap_or_else(|e| undo(format!("start the waiter: {e}")));
     if let Err(e) = std::fs::write(&pid_file, child.id().to_string()) {
-        fail(&format!("write {}: {e}", pid_file.display()));
+        let _ = child.kill();
+        let _ = child.wait();
+        undo(format!("write {}: {e}", pid_file.display()));
     }
     // Not waited for: it is the container's stand-in, reaped by the shim.
     drop(child);

@@ -178,7 +178,10 @@ pub(crate) fn to_status(r: &PodRecord) -> cri::PodSandboxStatus {
             own as i32
         }
     };
-    let mut ips = r.ips.iter();
+    // Once Stop has torn the network down the IPs are released (and may be another pod's):
+    // none is reported, as containerd reports none for a closed netns.
+    let released: &[String] = &[];
+    let mut ips = if r.network_down { released } else { &r.ips[..] }.iter();
     cri::PodSandboxStatus {
         id: r.id.clone(),
         metadata: Some(meta(r)),
