@@ -513,8 +513,24 @@ async fn after_a_reboot_a_pod_is_stopped_and_its_ip_released() {
     assert_eq!(env.net.leases().len(), 1);
     let pause = env.pid(&pod).await.unwrap();
     // What a reboot does to a pod: berth, its shim and the pause process die, and the
-    // state directory (a tmpfs: bundles, mounts, the pinned netns) is gone. The records
-    // under root remain.
+    // state directory (a tmpfs: bundles, mounts, the pinned netns) is gone, and so are the
+    // shims' sockets (/run). The records under root remain.
+    let sockets: Vec<std::path::PathBuf> = ["sandboxes", "spare"]
+        .iter()
+        .flat_map(|d| {
+            std::fs::read_dir(env.berth.state.join(d))
+                .into_iter()
+                .flatten()
+        })
+        .flatten()
+        .filter_map(|e| std::fs::read_to_string(e.path().join("bundle/address")).ok())
+        .map(|a| a.trim().trim_start_matches("unix://").into())
+        .collect();
+    assert_eq!(
+        sockets.len(),
+        2,
+        "the pod's shim and the spare: {sockets:?}"
+    );
     env.berth.kill();
     for pid in env
         .berth
@@ -527,6 +543,9 @@ async fn after_a_reboot_a_pod_is_stopped_and_its_ip_released() {
     berth_e2e::signal(pause, libc::SIGKILL);
     berth_e2e::unmount_under(&env.berth.state);
     std::fs::remove_dir_all(&env.berth.state).unwrap();
+    for s in &sockets {
+        std::fs::remove_file(s).unwrap();
+    }
     // cgroups do not outlive a reboot either.
     assert!(wait_until(Duration::from_secs(5), || {
         cgroup_dirs(&pod)
