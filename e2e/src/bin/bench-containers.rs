@@ -63,12 +63,35 @@ impl Daemon {
         Ok(Daemon { cri, pod, pod_cfg })
     }
 
-    /// (create + start, stop + remove)
-    async fn round(&self, i: usize) -> anyhow::Result<(Duration, Duration)> {
+    /// The OCI spec berth writes for the benchmark's container: created (not started) as
+    /// `round` creates it, read from its bundle under `state`, removed.
+    async fn berth_spec(&self, state: &std::path::Path) -> anyhow::Result<serde_json::Value> {
         let mut rt = self.cri.runtime.clone();
-        let cfg = cri::ContainerConfig {
+        let id = rt
+            .create_container(cri::CreateContainerRequest {
+                pod_sandbox_id: self.pod.clone(),
+                config: Some(Self::config("spec")),
+                sandbox_config: Some(self.pod_cfg.clone()),
+            })
+            .await
+            .context("CreateContainer")?
+            .into_inner()
+            .container_id;
+        let path = state
+            .join("containers")
+            .join(&id)
+            .join("bundle/config.json");
+        let spec = serde_json::from_slice(&std::fs::read(&path).context("read berth's spec")?)?;
+        rt.remove_container(cri::RemoveContainerRequest { container_id: id })
+            .await
+            .context("RemoveContainer")?;
+        Ok(spec)
+    }
+
+    fn config(name: &str) -> cri::ContainerConfig {
+        cri::ContainerConfig {
             metadata: Some(cri::ContainerMetadata {
-                name: format!("c{i}"),
+                name: name.into(),
                 attempt: 0,
             }),
             image: Some(cri::ImageSpec {
@@ -78,7 +101,13 @@ impl Daemon {
             command: vec!["sleep".into(), "3600".into()],
             linux: Some(cri::LinuxContainerConfig::default()),
             ..Default::default()
-        };
+        }
+    }
+
+    /// (create + start, stop + remove)
+    async fn round(&self, i: usize) -> anyhow::Result<(Duration, Duration)> {
+        let mut rt = self.cri.runtime.clone();
+        let cfg = Self::config(&format!("c{i}"));
         let t = Instant::now();
         let id = rt
             .create_container(cri::CreateContainerRequest {
@@ -170,14 +199,28 @@ fn runc_round(
     Ok(took)
 }
 
-/// A bundle: the busybox layer unpacked into `rootfs`, a minimal spec running `sleep 3600`.
-fn runc_bundle(dir: &std::path::Path, layer: &Layer) -> anyhow::Result<()> {
+/// A bundle: the busybox layer unpacked into `rootfs`, and `spec` with its root there and
+/// its cgroup under `/berth-bench-runc/<cgroup>`.
+fn runc_bundle_with(
+    dir: &std::path::Path,
+    layer: &Layer,
+    mut spec: serde_json::Value,
+    cgroup: &str,
+) -> anyhow::Result<()> {
     let rootfs = dir.join("rootfs");
     std::fs::create_dir_all(&rootfs)?;
     tar::Archive::new(layer.tar().as_slice()).unpack(&rootfs)?;
     for d in ["proc", "dev", "sys"] {
         std::fs::create_dir_all(rootfs.join(d))?;
     }
+    spec["root"]["path"] = "rootfs".into();
+    spec["linux"]["cgroupsPath"] = format!("/berth-bench-runc/{cgroup}").into();
+    std::fs::write(dir.join("config.json"), serde_json::to_vec(&spec)?)?;
+    Ok(())
+}
+
+/// A bundle: the busybox layer unpacked into `rootfs`, a minimal spec running `sleep 3600`.
+fn runc_bundle(dir: &std::path::Path, layer: &Layer) -> anyhow::Result<()> {
     let spec = serde_json::json!({
         "ociVersion": "1.0.2",
         "process": {"terminal": false, "user": {"uid": 0, "gid": 0}, "args": ["sleep", "3600"],
@@ -190,11 +233,9 @@ fn runc_bundle(dir: &std::path::Path, layer: &Layer) -> anyhow::Result<()> {
             {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
             {"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]}
         ],
-        "linux": {"namespaces": [{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}, {"type": "network"}],
-                  "cgroupsPath": "/berth-bench-runc/c"}
+        "linux": {"namespaces": [{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}, {"type": "network"}]}
     });
-    std::fs::write(dir.join("config.json"), serde_json::to_vec(&spec)?)?;
-    Ok(())
+    runc_bundle_with(dir, layer, spec, "c")
 }
 
 #[tokio::main]
@@ -210,12 +251,18 @@ async fn main() -> anyhow::Result<()> {
     let bundle = work.path().join("bundle");
     runc_bundle(&bundle, &busybox)?;
     let runc_root = work.path().join("runc");
+    // The same runc, given the very spec berth writes (the pod's namespaces, /sys/fs/cgroup,
+    // the pod's hosts and resolv.conf, masked paths…): what is left is the daemon's own cost.
+    let same = work.path().join("bundle-berth-spec");
+    runc_bundle_with(&same, &busybox, b.berth_spec(&berth.state).await?, "s")?;
 
     // Warm-up, then alternate.
     b.round(1000).await?;
     c.round(1000).await?;
     runc_round(&runc_root, &bundle, "warm")?;
+    runc_round(&runc_root, &same, "warm-s")?;
     let (mut bu, mut bd, mut cu, mut cd, mut ru) = (vec![], vec![], vec![], vec![], vec![]);
+    let mut rs = vec![];
     for i in 0..ROUNDS {
         let (u, d) = b.round(i).await?;
         bu.push(u);
@@ -224,6 +271,7 @@ async fn main() -> anyhow::Result<()> {
         cu.push(u);
         cd.push(d);
         ru.push(runc_round(&runc_root, &bundle, &format!("r{i}"))?);
+        rs.push(runc_round(&runc_root, &same, &format!("s{i}"))?);
     }
     b.close().await?;
     c.close().await?;
@@ -239,9 +287,10 @@ async fn main() -> anyhow::Result<()> {
         ("berth", &bu, Some(&bd)),
         ("containerd", &cu, Some(&cd)),
         ("runc alone", &ru, None),
+        ("runc, berth's spec", &rs, None),
     ] {
         print!(
-            "{name:<11} create+start median {:>6.1} ms  p90 {:>6.1} ms",
+            "{name:<18} create+start median {:>6.1} ms  p90 {:>6.1} ms",
             pct(up, 50),
             pct(up, 90)
         );
@@ -255,6 +304,11 @@ async fn main() -> anyhow::Result<()> {
         pct(&bu, 50) / pct(&ru, 50),
         pct(&bu, 50) / pct(&cu, 50),
         pct(&bd, 50) / pct(&cd, 50)
+    );
+    println!(
+        "runc with berth's spec / runc alone {:.2}x; berth / runc with berth's spec {:.2}x",
+        pct(&rs, 50) / pct(&ru, 50),
+        pct(&bu, 50) / pct(&rs, 50)
     );
     Ok(())
 }
