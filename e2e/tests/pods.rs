@@ -408,6 +408,8 @@ async fn a_spare_shim_is_ready_for_the_next_pod() {
     let first = env.berth.spare_shim_pids()[0];
     // A spare waits at the lowest CPU priority, so that starting it never slows pods.
     assert_eq!(berth_e2e::thread_nices(first), vec![19]);
+    // (A spare still connecting is not waited for: give it the moment that takes.)
+    tokio::time::sleep(Duration::from_millis(300)).await;
     // The pod takes the spare: its shim is the former spare, and a new spare follows.
     let pod = env.run(pod_config("warm")).await.unwrap();
     // Taken, it and what it starts (the pause process) run at normal priority.
@@ -415,6 +417,14 @@ async fn a_spare_shim_is_ready_for_the_next_pod() {
     let (_, map) = env.status(&pod).await.unwrap();
     let pause = info(&map)["pid"].as_u64().unwrap() as u32;
     assert_eq!(berth_e2e::thread_nices(pause), vec![0]);
+    let stat = std::fs::read_to_string(format!("/proc/{pause}/stat")).unwrap();
+    let ppid: u32 = stat[stat.rfind(')').unwrap() + 2..]
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(ppid, first, "the pause process is the former spare's child");
     assert_eq!(
         env.berth.shim_pids().len() + env.berth.spare_shim_pids().len(),
         2

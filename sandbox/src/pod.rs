@@ -651,10 +651,15 @@ impl PodManager {
         ));
     }
 
-    /// Takes the spare shim for `binary`, if there is one, moving its directory to `dir`.
+    /// Takes the spare shim for `binary`, if one is ready, moving its directory to `dir`. A
+    /// spare still starting is not waited for: it starts at the lowest priority, which on a
+    /// busy node may take long, so the pod starts its own shim and the spare serves a later one.
     async fn take_spare(&self, binary: &Path, dir: &Path) -> Option<(Shim, shim::ShimLog)> {
         let sp = {
-            let mut g = self.spare.lock().await;
+            let Ok(mut g) = self.spare.try_lock() else {
+                tracing::debug!("the spare shim is still starting; the pod starts its own");
+                return None;
+            };
             match g.as_ref() {
                 Some(sp) if sp.binary == binary => g.take(),
                 _ => None,
