@@ -64,6 +64,27 @@ async fn doctor_finds_what_is_broken_and_says_how_to_fix_it() {
         assert_eq!(check(&checks, name)["ok"], true, "{name}: {checks:#?}");
     }
 
+    // The sandbox image is not pulled yet, but its registry (through certs.d) serves it: a
+    // warning only. One that no registry has fails, naming the image.
+    let c = check(&checks, "sandbox image");
+    assert_eq!(c["required"], false, "{c}");
+    assert!(c["detail"].as_str().unwrap().contains("sha256:"), "{c}");
+    let (ok, checks) = doctor(
+        &env,
+        &good.replace(
+            berth_e2e::pods::PAUSE_IMAGE,
+            "pause.invalid/berth-e2e/no-such-pause:1",
+        ),
+    );
+    assert!(!ok);
+    let c = check(&checks, "sandbox image");
+    assert_eq!(c["ok"], false);
+    assert_eq!(c["required"], true);
+    assert!(
+        c["detail"].as_str().unwrap().contains("no-such-pause"),
+        "{c}"
+    );
+
     // An empty CNI directory.
     let empty = tempfile::tempdir().unwrap();
     let (ok, checks) = doctor(
