@@ -412,11 +412,12 @@ async fn a_spare_shim_is_ready_for_the_next_pod() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     // The pod takes the spare: its shim is the former spare, and a new spare follows.
     let pod = env.run(pod_config("warm")).await.unwrap();
-    // Taken, it and what it starts (the pause process) run at normal priority.
-    assert_eq!(berth_e2e::thread_nices(first), vec![0]);
+    // Taken, it and what it starts (the pause process) run at berth's priority (the test's).
+    let own = berth_e2e::thread_nices(std::process::id())[0];
+    assert_eq!(berth_e2e::thread_nices(first), vec![own]);
     let (_, map) = env.status(&pod).await.unwrap();
     let pause = info(&map)["pid"].as_u64().unwrap() as u32;
-    assert_eq!(berth_e2e::thread_nices(pause), vec![0]);
+    assert_eq!(berth_e2e::thread_nices(pause), vec![own]);
     let stat = std::fs::read_to_string(format!("/proc/{pause}/stat")).unwrap();
     let ppid: u32 = stat[stat.rfind(')').unwrap() + 2..]
         .split(' ')

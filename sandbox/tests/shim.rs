@@ -121,7 +121,12 @@ async fn runs_a_task_under_the_runc_shim_and_hears_its_exit() {
     cleanup.shim_pid = Some(daemon);
     assert_eq!(thread_nices(daemon), vec![19], "the shim daemon runs niced");
     shim::foreground(daemon).unwrap();
-    assert_eq!(thread_nices(daemon), vec![0], "every shim thread back at 0");
+    let own = rustix::process::getpriority_process(None).unwrap();
+    assert_eq!(
+        thread_nices(daemon),
+        vec![own],
+        "every shim thread at berth's priority"
+    );
     let pid = s
         .create(&id, &bundle, vec![], ["", "", ""], false, None)
         .await

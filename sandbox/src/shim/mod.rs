@@ -431,10 +431,13 @@ fn task_err(call: &'static str, id: &str, e: ttrpc::Error) -> Error {
     }
 }
 
-/// Gives the shim process `pid`, started in the background, the normal CPU priority: every
-/// thread of it (niceness is per thread on Linux, and new threads inherit their creator's),
-/// twice over, so that a thread created during the first pass is caught by the second.
+/// Gives the shim process `pid`, started in the background, berth's own CPU priority (what a
+/// shim started in the foreground inherits): every thread of it (niceness is per thread on
+/// Linux, and new threads inherit their creator's), twice over, so that a thread created
+/// during the first pass is caught by the second.
 pub fn foreground(pid: u32) -> Result<()> {
+    let nice = rustix::process::getpriority_process(None)
+        .map_err(|e| Error::io("read berth's own priority", e.into()))?;
     for _ in 0..2 {
         let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
             .map_err(|e| Error::io(format!("list the threads of shim {pid}"), e))?;
@@ -447,7 +450,7 @@ pub fn foreground(pid: u32) -> Result<()> {
             else {
                 continue;
             };
-            match rustix::process::setpriority_process(Some(tid), 0) {
+            match rustix::process::setpriority_process(Some(tid), nice) {
                 Ok(()) | Err(rustix::io::Errno::SRCH) => {}
                 Err(e) => {
                     return Err(Error::io(
