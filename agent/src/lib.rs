@@ -17,7 +17,6 @@ pub fn run(cli: cli::Cli) -> anyhow::Result<()> {
         cli::Command::Serve => {
             let cfg = cli.effective_config()?;
             logging::init(&cfg.log, cli.log_level.as_deref())?;
-            one_malloc_arena();
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .thread_name("berth")
@@ -86,15 +85,4 @@ fn write_stdout(s: &str) -> anyhow::Result<()> {
     out.write_all(s.as_bytes())
         .and_then(|()| out.flush())
         .context("write to stdout")
-}
-
-/// glibc gives each thread that allocates its own arena (up to 8 per core), each holding on to
-/// freed memory of its own. berth's threads allocate little and rarely contend, so one arena
-/// keeps the daemon's heap compact.
-fn one_malloc_arena() {
-    #[cfg(target_env = "gnu")]
-    // SAFETY: called before the runtime starts any thread; mallopt only tunes the allocator.
-    unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, 1);
-    }
 }
