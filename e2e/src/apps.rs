@@ -53,18 +53,7 @@ pub async fn env_with(extra: &str) -> PodEnv {
             &crate::pods::mirror_hosts("app.invalid", &env.registry.addr),
         )
         .unwrap();
-    env.cri
-        .image
-        .clone()
-        .pull_image(cri::PullImageRequest {
-            image: Some(cri::ImageSpec {
-                image: APP.into(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    env.cri.pull(APP).await.unwrap();
     env
 }
 

@@ -44,6 +44,25 @@ pub struct Cri {
     pub image: ImageServiceClient<Channel>,
 }
 
+impl Cri {
+    /// PullImage `image` with no credentials; the image ref on success.
+    pub async fn pull(&self, image: &str) -> anyhow::Result<String> {
+        let r = self
+            .image
+            .clone()
+            .pull_image(berth_cri_api::v1::PullImageRequest {
+                image: Some(berth_cri_api::v1::ImageSpec {
+                    image: image.into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+            .await
+            .with_context(|| format!("pull {image}"))?;
+        Ok(r.into_inner().image_ref)
+    }
+}
+
 impl Berth {
     /// Starts berth with a config that points `registry.config_path` at a fresh certs.d.
     pub fn start() -> anyhow::Result<Self> {

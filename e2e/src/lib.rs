@@ -58,6 +58,13 @@ pub fn thread_nices(pid: u32) -> Vec<i64> {
     v
 }
 
+/// The `p`th percentile of `v`, in milliseconds (benchmarks).
+pub fn percentile_ms(v: &[std::time::Duration], p: usize) -> f64 {
+    let mut v = v.to_vec();
+    v.sort();
+    v[(v.len() * p / 100).min(v.len() - 1)].as_secs_f64() * 1e3
+}
+
 /// Processes on this machine whose command line is exactly `argv`.
 pub fn processes(argv: &[&str]) -> Vec<u32> {
     let want: Vec<u8> = argv.iter().flat_map(|a| a.bytes().chain([0])).collect();

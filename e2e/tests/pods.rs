@@ -397,15 +397,21 @@ async fn pods_survive_a_berth_crash_and_exits_are_heard_after_it() {
     env.assert_clean();
 }
 
+/// Waits (10 s at most) until berth has exactly one spare shim, other than `replaced`; its pid.
+fn one_spare(env: &PodEnv, replaced: Option<u32>) -> u32 {
+    let mut pids = Vec::new();
+    let ok = berth_e2e::wait_until(Duration::from_secs(10), || {
+        pids = env.berth.spare_shim_pids();
+        pids.len() == 1 && Some(pids[0]) != replaced
+    });
+    assert!(ok, "spare shims {pids:?} (replacing {replaced:?})");
+    pids[0]
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_spare_shim_is_ready_for_the_next_pod() {
     let mut env = PodEnv::start().await.unwrap();
-    assert!(berth_e2e::wait_until(Duration::from_secs(10), || env
-        .berth
-        .spare_shim_pids()
-        .len()
-        == 1));
-    let first = env.berth.spare_shim_pids()[0];
+    let first = one_spare(&env, None);
     // A spare waits at the lowest CPU priority, so that starting it never slows pods.
     assert_eq!(berth_e2e::thread_nices(first), vec![19]);
     // (A spare still connecting is not waited for: give it the moment that takes.)
@@ -430,12 +436,7 @@ async fn a_spare_shim_is_ready_for_the_next_pod() {
         env.berth.shim_pids().len() + env.berth.spare_shim_pids().len(),
         2
     );
-    assert!(berth_e2e::wait_until(Duration::from_secs(10), || env
-        .berth
-        .spare_shim_pids()
-        .len()
-        == 1
-        && env.berth.spare_shim_pids()[0] != first));
+    one_spare(&env, Some(first));
     let shim_cmd = std::fs::read(format!("/proc/{first}/cmdline")).unwrap_or_default();
     assert!(
         !shim_cmd.is_empty(),
@@ -451,21 +452,11 @@ async fn a_spare_shim_is_ready_for_the_next_pod() {
         .is_empty()));
     env.berth.restart().unwrap();
     env.reconnect().await.unwrap();
-    assert!(berth_e2e::wait_until(Duration::from_secs(10), || env
-        .berth
-        .spare_shim_pids()
-        .len()
-        == 1));
-    let second = env.berth.spare_shim_pids()[0];
+    let second = one_spare(&env, None);
     env.berth.kill();
     env.berth.restart().unwrap();
     env.reconnect().await.unwrap();
-    assert!(berth_e2e::wait_until(Duration::from_secs(10), || env
-        .berth
-        .spare_shim_pids()
-        .len()
-        == 1
-        && env.berth.spare_shim_pids()[0] != second));
+    one_spare(&env, Some(second));
     assert!(berth_e2e::wait_until(Duration::from_secs(5), || {
         std::fs::read_to_string(format!("/proc/{second}/stat"))
             .map(|st| st.contains(") Z "))

@@ -302,7 +302,7 @@ async fn fill_spare(
             Err(e) => {
                 let _ = shim.shutdown(&id).await;
                 if let Ok(address) = std::fs::read_to_string(bundle.join("address")) {
-                    shim::kill_unreachable(&env, &id, address.trim());
+                    shim::kill_unreachable(&env, &id, address.trim()).await;
                 }
                 return Err(e);
             }
@@ -620,7 +620,7 @@ impl PodManager {
                     Ok(s) => {
                         let _ = s.shutdown(&id).await;
                     }
-                    Err(_) => shim::kill_unreachable(&self.cfg.shim_env, &id, address.trim()),
+                    Err(_) => shim::kill_unreachable(&self.cfg.shim_env, &id, address.trim()).await,
                 }
             }
             let _ = std::fs::remove_dir_all(&dir);

@@ -25,6 +25,16 @@ fn spec(rootfs: &Path, id: &str, args: &[&str]) -> serde_json::Value {
     s.build(rootfs.to_str().unwrap()).unwrap()
 }
 
+/// A shim environment whose sockets live in `dir`, in namespace `berth-test`.
+fn test_env(dir: &Path) -> ShimEnv {
+    ShimEnv {
+        namespace: "berth-test".into(),
+        grpc_address: dir.join("berth.sock"),
+        ttrpc_address: dir.join("berth.sock.ttrpc"),
+        publish_binary: "/bin/true".into(),
+    }
+}
+
 /// Deletes the task and stops its shim, whatever state the test left them in.
 struct Cleanup {
     env: ShimEnv,
@@ -89,12 +99,7 @@ async fn runs_a_task_under_the_runc_shim_and_hears_its_exit() {
     )
     .unwrap();
 
-    let env = ShimEnv {
-        namespace: "berth-test".into(),
-        grpc_address: dir.path().join("berth.sock"),
-        ttrpc_address: dir.path().join("berth.sock.ttrpc"),
-        publish_binary: "/bin/true".into(),
-    };
+    let env = test_env(dir.path());
     let hub = EventHub::default();
     let mut exits = hub.subscribe();
     let _server = events::serve(&env.ttrpc_address, hub.clone())
@@ -220,12 +225,7 @@ async fn an_unreachable_shim_is_killed_and_its_socket_removed() {
         serde_json::to_vec(&spec(&bundle.join("rootfs"), &id, &["/bin/true"])).unwrap(),
     )
     .unwrap();
-    let env = ShimEnv {
-        namespace: "berth-test".into(),
-        grpc_address: dir.path().join("berth.sock"),
-        ttrpc_address: dir.path().join("berth.sock.ttrpc"),
-        publish_binary: "/bin/true".into(),
-    };
+    let env = test_env(dir.path());
     let _log = shim::open_log(&bundle, &id).unwrap();
     let s = shim::start_and_connect(&bin, &env, &id, &bundle, &[], false)
         .await
@@ -245,7 +245,7 @@ async fn an_unreachable_shim_is_killed_and_its_socket_removed() {
     shim::remove_dead_socket(&address);
     assert!(socket.exists(), "a listening shim's socket must stay");
 
-    shim::kill_unreachable(&env, &id, &address);
+    shim::kill_unreachable(&env, &id, &address).await;
     let gone = (0..200).any(|_| {
         let st = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
         if st.is_empty() || st.contains(") Z ") {

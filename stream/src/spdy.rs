@@ -505,6 +505,21 @@ pub struct Stream {
     pub tx: StreamWriter,
 }
 
+impl Stream {
+    /// Stream `id`, fed by `rx`, written through the session's queue `out`.
+    fn new(id: u32, headers: Headers, rx: mpsc::Receiver<Bytes>, out: &mpsc::Sender<Out>) -> Self {
+        Stream {
+            id,
+            headers,
+            rx,
+            tx: StreamWriter {
+                id,
+                out: out.clone(),
+            },
+        }
+    }
+}
+
 impl std::fmt::Debug for Stream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Stream")
@@ -647,15 +662,7 @@ impl Session {
             .map_err(|_| gone())?;
         drop(next);
         match tokio::time::timeout(timeout, reply_rx).await {
-            Ok(Ok(())) => Ok(Stream {
-                id,
-                headers,
-                rx,
-                tx: StreamWriter {
-                    id,
-                    out: self.out.clone(),
-                },
-            }),
+            Ok(Ok(())) => Ok(Stream::new(id, headers, rx, &self.out)),
             Ok(Err(_)) => Err(io::Error::new(
                 io::ErrorKind::ConnectionReset,
                 format!("stream {id} was refused"),
@@ -793,15 +800,7 @@ impl Reader {
             .send(Out::SynReply { id })
             .await
             .map_err(|_| gone())?;
-        let s = Stream {
-            id,
-            headers,
-            rx,
-            tx: StreamWriter {
-                id,
-                out: self.out.clone(),
-            },
-        };
+        let s = Stream::new(id, headers, rx, &self.out);
         if self.incoming.send(s).await.is_err() {
             // Nobody accepts streams on this connection any more.
             let _ = self.out.send(Out::Rst { id, status: CANCEL }).await;

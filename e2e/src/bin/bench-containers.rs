@@ -13,31 +13,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use berth_cri_api::v1 as cri;
 use berth_e2e::pods::{PAUSE_IMAGE, SideBySide, pod_config};
-use berth_e2e::{Cri, ImageBuilder, Layer};
+use berth_e2e::{Cri, ImageBuilder, Layer, percentile_ms};
 
 const ROUNDS: usize = 20;
 const APP: &str = "pause.invalid/berth-e2e/app:1";
-
-fn pct(v: &[Duration], p: usize) -> f64 {
-    let mut v = v.to_vec();
-    v.sort();
-    v[(v.len() * p / 100).min(v.len() - 1)].as_secs_f64() * 1e3
-}
-
-async fn pull(cri: &Cri, image: &str) -> anyhow::Result<()> {
-    cri.image
-        .clone()
-        .pull_image(cri::PullImageRequest {
-            image: Some(cri::ImageSpec {
-                image: image.into(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-        .with_context(|| format!("pull {image}"))?;
-    Ok(())
-}
 
 struct Daemon {
     cri: Cri,
@@ -47,8 +26,8 @@ struct Daemon {
 
 impl Daemon {
     async fn new(cri: Cri, tag: &str) -> anyhow::Result<Self> {
-        pull(&cri, PAUSE_IMAGE).await?;
-        pull(&cri, APP).await?;
+        cri.pull(PAUSE_IMAGE).await?;
+        cri.pull(APP).await?;
         let pod_cfg = pod_config(&format!("bench-{tag}"));
         let pod = cri
             .runtime
@@ -291,24 +270,24 @@ async fn main() -> anyhow::Result<()> {
     ] {
         print!(
             "{name:<18} create+start median {:>6.1} ms  p90 {:>6.1} ms",
-            pct(up, 50),
-            pct(up, 90)
+            percentile_ms(up, 50),
+            percentile_ms(up, 90)
         );
         match down {
-            Some(d) => println!(" | stop+remove median {:>6.1} ms", pct(d, 50)),
+            Some(d) => println!(" | stop+remove median {:>6.1} ms", percentile_ms(d, 50)),
             None => println!(),
         }
     }
     println!(
         "ratio create+start: berth/runc {:.2}x (goal <= 1.30x), berth/containerd {:.2}x; stop+remove berth/containerd {:.2}x",
-        pct(&bu, 50) / pct(&ru, 50),
-        pct(&bu, 50) / pct(&cu, 50),
-        pct(&bd, 50) / pct(&cd, 50)
+        percentile_ms(&bu, 50) / percentile_ms(&ru, 50),
+        percentile_ms(&bu, 50) / percentile_ms(&cu, 50),
+        percentile_ms(&bd, 50) / percentile_ms(&cd, 50)
     );
     println!(
         "runc with berth's spec / runc alone {:.2}x; berth / runc with berth's spec {:.2}x",
-        pct(&rs, 50) / pct(&ru, 50),
-        pct(&bu, 50) / pct(&rs, 50)
+        percentile_ms(&rs, 50) / percentile_ms(&ru, 50),
+        percentile_ms(&bu, 50) / percentile_ms(&rs, 50)
     );
     Ok(())
 }

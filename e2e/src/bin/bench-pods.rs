@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use berth_cri_api::v1 as cri;
-use berth_e2e::Cri;
 use berth_e2e::pods::{PAUSE_IMAGE, SideBySide, pod_config};
+use berth_e2e::{Cri, percentile_ms};
 
 const PODS: usize = 20;
 const ROUNDS: usize = 4;
@@ -68,35 +68,13 @@ async fn round(cri: &Cri, tag: &str, rss: impl Fn() -> Option<u64>) -> anyhow::R
     })
 }
 
-fn pct(v: &[Duration], p: usize) -> f64 {
-    let mut v = v.to_vec();
-    v.sort();
-    v[(v.len() * p / 100).min(v.len() - 1)].as_secs_f64() * 1e3
-}
-
-async fn pull(cri: &Cri) -> anyhow::Result<()> {
-    cri.image
-        .clone()
-        .pull_image(cri::PullImageRequest {
-            image: Some(cri::ImageSpec {
-                image: PAUSE_IMAGE.into(),
-                ..Default::default()
-            }),
-            auth: None,
-            sandbox_config: None,
-        })
-        .await
-        .context("pull the pause image")?;
-    Ok(())
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let side = SideBySide::start("berth-bench-containerd-").await?;
     let (berth, containerd) = (&side.berth, &side.containerd);
     let (b, c) = (berth.cri().await?, containerd.cri().await?);
-    pull(&b).await?;
-    pull(&c).await?;
+    b.pull(PAUSE_IMAGE).await?;
+    c.pull(PAUSE_IMAGE).await?;
 
     // Warm-up: one pod each (first CNI/iptables setup, page cache).
     round1(&b, "warm-b").await?;
@@ -123,16 +101,16 @@ async fn main() -> anyhow::Result<()> {
     for (name, run, sr, rss) in rows {
         println!(
             "{name:<11} RunPodSandbox median {:>6.1} ms  p90 {:>6.1} ms | Stop+Remove median {:>6.1} ms | RSS with {RSS_AT} pods {:>6.1} MiB",
-            pct(run, 50),
-            pct(run, 90),
-            pct(sr, 50),
+            percentile_ms(run, 50),
+            percentile_ms(run, 90),
+            percentile_ms(sr, 50),
             rss as f64 / 1024.0
         );
     }
     println!(
         "ratio berth/containerd: RunPodSandbox median {:.2}x (goal <= 0.60x), p90 {:.2}x, RSS {:.2}x (goal <= 0.25x)",
-        pct(&brun, 50) / pct(&crun, 50),
-        pct(&brun, 90) / pct(&crun, 90),
+        percentile_ms(&brun, 50) / percentile_ms(&crun, 50),
+        percentile_ms(&brun, 90) / percentile_ms(&crun, 90),
         brss as f64 / crss.max(1) as f64
     );
     Ok(())

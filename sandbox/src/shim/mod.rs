@@ -130,14 +130,14 @@ pub fn open_log(bundle: &Path, id: &str) -> Result<ShimLog> {
 }
 
 /// How a shim started ahead of need runs until it is given work: at the lowest CPU priority,
-/// so that starting it never slows the pods being created meanwhile. [`Shim::foreground`]
-/// gives it back the normal priority.
+/// so that starting it never slows the pods being created meanwhile. [`foreground`] gives it
+/// berth's own priority back.
 const BACKGROUND_NICE: i32 = 19;
 
 /// Runs `<shim> start` for task `id` in `bundle` and returns the shim's ttrpc address.
 /// `options` (a protobuf `Any`, e.g. runc options) go to the shim's stdin. Open the bundle's
 /// log fifo with [`open_log`] first. A `background` shim (a spare) runs at the lowest CPU
-/// priority, as does the shim daemon it forks, until [`Shim::foreground`].
+/// priority, as does the shim daemon it forks, until [`foreground`].
 pub async fn start(
     binary: &Path,
     env: &ShimEnv,
@@ -213,7 +213,7 @@ pub async fn start_and_connect(
     match Shim::connect(&address).await {
         Ok(s) => Ok(s),
         Err(e) => {
-            kill_unreachable(env, id, &address);
+            kill_unreachable(env, id, &address).await;
             Err(e)
         }
     }
@@ -221,9 +221,15 @@ pub async fn start_and_connect(
 
 /// Kills the daemon of shim `id` that berth cannot talk to, found by its command line
 /// (`-namespace <ns>` and `-id <id>`, as [`start`] gave them; ids are unique random hex), and
-/// removes its socket. The kill goes through a pidfd, so a recycled pid is never hit.
-pub fn kill_unreachable(env: &ShimEnv, id: &str, address: &str) {
-    for pid in daemons_of(env, id) {
+/// removes its socket. The kill goes through a pidfd, so a recycled pid is never hit. The
+/// /proc scan and the wait for the exit run on a blocking thread.
+pub async fn kill_unreachable(env: &ShimEnv, id: &str, address: &str) {
+    let (namespace, id, address) = (env.namespace.clone(), id.to_string(), address.to_string());
+    let _ = tokio::task::spawn_blocking(move || kill_daemons(&namespace, &id, &address)).await;
+}
+
+fn kill_daemons(namespace: &str, id: &str, address: &str) {
+    for pid in daemons_of(namespace, id) {
         let Some(p) = rustix::process::Pid::from_raw(pid) else {
             continue;
         };
@@ -231,7 +237,7 @@ pub fn kill_unreachable(env: &ShimEnv, id: &str, address: &str) {
             continue;
         };
         // Checked again through the pidfd's process: still the same shim?
-        if daemons_of(env, id).contains(&pid) {
+        if daemons_of(namespace, id).contains(&pid) {
             match rustix::process::pidfd_send_signal(&fd, rustix::process::Signal::KILL) {
                 Ok(()) => {
                     tracing::warn!(id, pid, "killed a shim berth could not connect to");
@@ -256,8 +262,8 @@ pub fn kill_unreachable(env: &ShimEnv, id: &str, address: &str) {
     remove_dead_socket(address);
 }
 
-/// The pids of shim daemons started for task `id` under `env`'s namespace.
-fn daemons_of(env: &ShimEnv, id: &str) -> Vec<i32> {
+/// The pids of shim daemons started for task `id` in `namespace`.
+fn daemons_of(namespace: &str, id: &str) -> Vec<i32> {
     let Ok(procs) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
@@ -274,7 +280,7 @@ fn daemons_of(env: &ShimEnv, id: &str) -> Vec<i32> {
                     .any(|w| w[0] == flag.as_bytes() && w[1] == value.as_bytes())
             };
             has("-id", id)
-                && has("-namespace", &env.namespace)
+                && has("-namespace", namespace)
                 && !args.iter().any(|a| *a == b"start" || *a == b"delete")
         })
         .collect()
