@@ -1129,9 +1129,6 @@ impl PodManager {
                 {
                     tracing::debug!(pod = id, err = %e, "shim delete of a dead task");
                 }
-                if let Ok(address) = std::fs::read_to_string(bundle.join("address")) {
-                    shim::remove_dead_socket(address.trim());
-                }
                 let _ = std::fs::remove_file(bundle.join("address"));
             }
         }

@@ -330,8 +330,12 @@ pub fn parse_start_output(binary: &str, stdout: &str) -> Result<String> {
 }
 
 /// Runs `<shim> -bundle <bundle> delete` for a task whose shim is gone: the shim binary
-/// cleans up what its runtime left (runc state, mounts) and reports the exit.
+/// cleans up what its runtime left (runc state, mounts) and reports the exit. The dead shim's
+/// socket (named in the bundle's `address`, when the task had a shim of its own) goes too.
 pub async fn delete_dead(binary: &Path, env: &ShimEnv, id: &str, bundle: &Path) -> Result<()> {
+    if let Ok(address) = std::fs::read_to_string(bundle.join("address")) {
+        remove_dead_socket(address.trim());
+    }
     // The 1.6 runc shim finds the task's files at `dirname($PWD)/<id>` (containerd's layout,
     // where the bundle directory is named after the task). berth's bundles are not, so it
     // runs the shim from a link named `<id>` to the bundle, and says so in $PWD (which Go's
