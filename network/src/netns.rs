@@ -102,13 +102,10 @@ pub async fn connect_loopback(
         .spawn(move || {
             let res = (|| {
                 if let Some(ns) = &netns {
-                    let f = std::fs::File::open(ns)?;
-                    use std::os::fd::AsRawFd;
-                    // SAFETY: setns on an fd we own, affecting only this thread, which exits
-                    // right after making the socket.
-                    if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
+                    // Only this thread enters it, and it exits right after making the socket.
+                    netns_rs::get_from_path(ns)
+                        .and_then(|ns| ns.enter())
+                        .map_err(|e| std::io::Error::other(format!("{}: {e}", ns.display())))?;
                 }
                 let timeout = Duration::from_secs(10);
                 let v4 = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
