@@ -224,11 +224,6 @@ impl AttachPoints {
     pub async fn close_stdin(&self) {
         self.stdin.lock().await.take();
     }
-
-    /// Whether the container's stdin is open here.
-    pub async fn has_stdin(&self) -> bool {
-        self.stdin.lock().await.is_some()
-    }
 }
 
 /// Copies one output stream to every attached client. A slow client slows the container's
