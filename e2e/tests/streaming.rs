@@ -707,7 +707,8 @@ async fn an_idle_session_is_closed_and_its_process_killed() {
     let env = env_with("[stream]\nidle_timeout_seconds = 2\n").await;
     let (pod, id) = running(&env, "idle", idle("box")).await;
     let sleeping = |tag: &str| processes(&["sleep", tag]).len();
-    for (proto, tag) in [("spdy", "4321"), ("websocket", "4322")] {
+    // (Tags of their own: the other tests here run at the same time and count their sleeps.)
+    for (proto, tag) in [("spdy", "4331"), ("websocket", "4332")] {
         let cmd = format!("echo ready; exec sleep {tag}");
         let url = exec_url(&env, &id, &["sh", "-c", &cmd], OUT_ERR)
             .await
