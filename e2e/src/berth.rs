@@ -239,12 +239,18 @@ impl Drop for Berth {
             }
         }
         self.remove_all_pods();
+        let sockets = self.shim_sockets();
         if self.child.is_some() && self.stop().is_err() {
             self.kill();
         }
         // Whatever a failed test left behind: shims started for this berth (matched by the
-        // socket they were given), then every mount under the temp dir (netns, shm, rootfs).
+        // socket they were given) and their sockets, then every mount under the temp dir
+        // (netns, shm, rootfs).
         kill_shims_of(&self.socket);
+        crate::wait_until(Duration::from_secs(2), || shims_of(&self.socket).is_empty());
+        for s in sockets {
+            berth_sandbox::shim::remove_dead_socket(&format!("unix://{}", s.display()));
+        }
         crate::unmount_under(self.dir.path());
     }
 }
@@ -313,6 +319,18 @@ impl Berth {
                 id.starts_with("spare-") && self.state.join("spare").join(id).exists()
             })
             .map(|(p, _)| p)
+            .collect()
+    }
+
+    /// The sockets of the shims this berth runs, pods' and the spare's, as their bundles'
+    /// `address` files name them.
+    pub fn shim_sockets(&self) -> Vec<PathBuf> {
+        ["sandboxes", "spare"]
+            .iter()
+            .flat_map(|d| std::fs::read_dir(self.state.join(d)).into_iter().flatten())
+            .flatten()
+            .filter_map(|e| std::fs::read_to_string(e.path().join("bundle/address")).ok())
+            .map(|a| a.trim().trim_start_matches("unix://").into())
             .collect()
     }
 

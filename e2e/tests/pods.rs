@@ -517,17 +517,7 @@ async fn after_a_reboot_a_pod_is_stopped_and_its_ip_released() {
     // What a reboot does to a pod: berth, its shim and the pause process die, and the
     // state directory (a tmpfs: bundles, mounts, the pinned netns) is gone, and so are the
     // shims' sockets (/run). The records under root remain.
-    let sockets: Vec<std::path::PathBuf> = ["sandboxes", "spare"]
-        .iter()
-        .flat_map(|d| {
-            std::fs::read_dir(env.berth.state.join(d))
-                .into_iter()
-                .flatten()
-        })
-        .flatten()
-        .filter_map(|e| std::fs::read_to_string(e.path().join("bundle/address")).ok())
-        .map(|a| a.trim().trim_start_matches("unix://").into())
-        .collect();
+    let sockets = env.berth.shim_sockets();
     assert_eq!(
         sockets.len(),
         2,
