@@ -7,6 +7,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
 
+# A CI run starts from a clean clone and builds everything once: incremental state would only
+# cost disk (it was most of the target directory).
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
+
 echo "== cargo fmt --check"
 cargo fmt --all --check
 echo "== cargo clippy"
