@@ -80,6 +80,65 @@ async fn two_containers_share_localhost_and_exec_sync_reports_output_and_codes()
     let h = exec(&env, &client, &["hostname"], 5).await.unwrap();
     assert_eq!(String::from_utf8_lossy(&h.stdout), "web\n");
 
+    // Stats. The image has no /proc, /sys, /dev or /etc/hostname: their mount points come
+    // from the image's mount-point layer, so a container that wrote nothing has an empty
+    // writable layer; one that wrote a file has it there.
+    let mut rt = env.cri.runtime.clone();
+    exec(&env, &client, &["sh", "-c", "echo data > /tmp/written"], 5)
+        .await
+        .unwrap();
+    let stats = |id: &str| {
+        let mut rt = rt.clone();
+        let id = id.to_string();
+        async move {
+            rt.container_stats(cri::ContainerStatsRequest { container_id: id })
+                .await
+                .unwrap()
+                .into_inner()
+                .stats
+                .unwrap()
+        }
+    };
+    let layer = |s: &cri::ContainerStats| {
+        let w = s.writable_layer.clone().unwrap();
+        (w.used_bytes.unwrap().value, w.inodes_used.unwrap().value)
+    };
+    let s = stats(&server).await;
+    assert_eq!(layer(&s), (0, 0), "server's writable layer: {s:?}");
+    // The filesystem the kubelet looks the layer up by is the one ImageFsInfo reports.
+    let image_fs = env
+        .cri
+        .image
+        .clone()
+        .image_fs_info(cri::ImageFsInfoRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .image_filesystems;
+    assert_eq!(
+        s.writable_layer.as_ref().unwrap().fs_id,
+        image_fs[0].fs_id,
+        "{image_fs:?}"
+    );
+    assert!(s.memory.unwrap().working_set_bytes.unwrap().value > 0);
+    assert!(s.cpu.unwrap().usage_core_nano_seconds.unwrap().value > 0);
+    let s = stats(&client).await;
+    // /tmp (copied up) and the file.
+    assert_eq!(layer(&s).1, 2, "client's writable layer: {s:?}");
+    assert!(layer(&s).0 > 0);
+    let all = rt
+        .list_container_stats(cri::ListContainerStatsRequest {
+            filter: Some(cri::ContainerStatsFilter {
+                pod_sandbox_id: pod.clone(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .stats;
+    assert_eq!(all.len(), 2);
+
     let r = exec(
         &env,
         &client,
@@ -98,7 +157,6 @@ async fn two_containers_share_localhost_and_exec_sync_reports_output_and_codes()
     assert!(t.elapsed() < Duration::from_secs(10));
 
     // Filters.
-    let mut rt = env.cri.runtime.clone();
     let list = rt
         .list_containers(cri::ListContainersRequest {
             filter: Some(cri::ContainerFilter {
@@ -243,6 +301,24 @@ async fn memory_limit_kills_are_reported_as_oom_killed() {
     env.assert_clean();
 }
 
+/// The pid ContainerStatus reports in its verbose info.
+async fn verbose_pid(env: &berth_e2e::pods::PodEnv, id: &str) -> u32 {
+    let info = env
+        .cri
+        .runtime
+        .clone()
+        .container_status(cri::ContainerStatusRequest {
+            container_id: id.to_string(),
+            verbose: true,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .info;
+    let v: serde_json::Value = serde_json::from_str(&info["info"]).unwrap();
+    v["pid"].as_u64().unwrap() as u32
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn logs_rotate_reopen_and_keep_flowing_across_a_berth_crash() {
     let mut env =
@@ -299,29 +375,40 @@ async fn logs_rotate_reopen_and_keep_flowing_across_a_berth_crash() {
         .unwrap();
     assert!(wait_until(Duration::from_secs(5), || log_lines(&log).len() > 2));
 
+    // A second container, created but not started when berth goes down.
+    let waiting = create(
+        &env,
+        &pod,
+        &pcfg,
+        ctr("waiting", &["sh", "-c", "echo started; exec sleep 3600"]),
+    )
+    .await
+    .unwrap();
+    let waiting_pid = verbose_pid(&env, &waiting).await;
+    assert!(waiting_pid > 0);
+
     // berth crashes and comes back: the container kept running, its log keeps growing.
-    let pid = {
-        let info = env
-            .cri
-            .runtime
-            .clone()
-            .container_status(cri::ContainerStatusRequest {
-                container_id: id.clone(),
-                verbose: true,
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .info;
-        let v: serde_json::Value = serde_json::from_str(&info["info"]).unwrap();
-        v["pid"].as_u64().unwrap() as u32
-    };
+    let pid = verbose_pid(&env, &id).await;
+    let started_at = status(&env, &id).await.started_at;
     env.berth.kill();
     std::thread::sleep(Duration::from_millis(300));
     env.berth.restart().unwrap();
     env.reconnect().await.unwrap();
+    let st = status(&env, &id).await;
+    assert_eq!(st.state, cri::ContainerState::ContainerRunning as i32);
     assert_eq!(
-        status(&env, &id).await.state,
+        (verbose_pid(&env, &id).await, st.started_at),
+        (pid, started_at)
+    );
+    // The created one's pid is not on disk: its shim tells the restarted berth.
+    assert_eq!(verbose_pid(&env, &waiting).await, waiting_pid);
+    assert_eq!(
+        status(&env, &waiting).await.state,
+        cri::ContainerState::ContainerCreated as i32
+    );
+    start(&env, &waiting).await;
+    assert_eq!(
+        status(&env, &waiting).await.state,
         cri::ContainerState::ContainerRunning as i32
     );
     let last = |p: &std::path::Path| {

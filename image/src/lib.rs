@@ -7,6 +7,7 @@ pub mod content;
 pub mod error;
 pub mod hosts;
 pub mod manifest;
+pub mod mountpoints;
 pub mod reference;
 pub mod registry;
 pub mod service;

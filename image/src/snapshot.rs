@@ -5,6 +5,9 @@
 //! unpacked into `<root>/snapshots/tmp-<random>/fs` and renamed into place only after its
 //! digests were verified; the record is written after the rename, and on open any directory
 //! without a record (a crash in between, an interrupted unpack) is removed.
+//!
+//! A writable snapshot over a chain also stacks that chain's mount-point layer (see
+//! [`crate::mountpoints`]), made on first use and removed with the chain.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,6 +21,7 @@ use crate::unpack::LayerStats;
 
 const TABLE: &str = "snapshots";
 const ACTIVE: &str = "active_snapshots";
+const INIT: &str = "mountpoint_layers";
 const TMP_PREFIX: &str = "tmp-";
 
 /// A committed layer snapshot.
@@ -40,6 +44,17 @@ pub struct ActiveRecord {
     pub id: u64,
     /// The chain it sits on (the image's top layer).
     pub parent: Option<Digest>,
+    /// The directory number of the mount-point layer between the chain and this snapshot
+    /// (none: the image has every mount point, or the snapshot predates these layers).
+    #[serde(default)]
+    pub init: Option<u64>,
+}
+
+/// The mount-point layer of a chain.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct InitRecord {
+    /// Its directory number; none when the image has every mount point.
+    pub id: Option<u64>,
 }
 
 /// A mount that assembles a root filesystem (what the shim's Create takes).
@@ -59,6 +74,8 @@ pub struct Snapshotter {
     dir: PathBuf,
     store: Store,
     next: AtomicU64,
+    /// Serialises making mount-point layers, so two containers of one image make one.
+    init_lock: std::sync::Mutex<()>,
 }
 
 /// A snapshot being unpacked; removed on drop unless committed.
@@ -93,10 +110,12 @@ impl Snapshotter {
             .map_err(|e| Error::io(format!("create {}", dir.display()), e))?;
         let records: Vec<(String, SnapshotRecord)> = store.list(TABLE)?;
         let active: Vec<(String, ActiveRecord)> = store.list(ACTIVE)?;
+        let inits: Vec<(String, InitRecord)> = store.list(INIT)?;
         let ids = records
             .iter()
             .map(|(_, r)| r.id)
-            .chain(active.iter().map(|(_, a)| a.id));
+            .chain(active.iter().map(|(_, a)| a.id))
+            .chain(inits.iter().filter_map(|(_, i)| i.id));
         let known: std::collections::HashSet<String> = ids.clone().map(|i| i.to_string()).collect();
         let mut max = ids.max().unwrap_or(0);
         for entry in std::fs::read_dir(&dir).map_err(|e| Error::io("list snapshots", e))? {
@@ -115,6 +134,7 @@ impl Snapshotter {
             dir,
             store,
             next: AtomicU64::new(max + 1),
+            init_lock: std::sync::Mutex::new(()),
         })
     }
 
@@ -152,7 +172,8 @@ impl Snapshotter {
     }
 
     /// Creates the writable snapshot `key` over `parent` and returns the mounts that assemble
-    /// it. Preparing an existing key returns its mounts again.
+    /// it. Preparing an existing key returns its mounts again. Its record is made durable by
+    /// the next durable write to the store: the caller's record of what uses it.
     pub fn prepare(&self, key: &str, parent: Option<&Digest>) -> Result<Vec<MountSpec>> {
         if key.is_empty() || key.contains('/') {
             return Err(Error::Store(format!("invalid snapshot key {key:?}")));
@@ -169,11 +190,24 @@ impl Snapshotter {
                 std::fs::create_dir_all(dir.join(sub))
                     .map_err(|e| Error::io(format!("create {}", dir.display()), e))?;
             }
+            let init = match parent {
+                Some(p) => self.init_layer(p).unwrap_or_else(|e| {
+                    // runc creates the mount points in the upper layer instead, as it would
+                    // without these layers: slower, never wrong.
+                    tracing::warn!(chain = %p, err = %e, "cannot make the mount-point layer");
+                    None
+                }),
+                None => None,
+            };
             let rec = ActiveRecord {
                 id,
                 parent: parent.cloned(),
+                init,
             };
-            if let Err(e) = self.store.put(ACTIVE, key, &rec) {
+            // Deferred: the caller's own record of the container or pod, written durably
+            // next, carries it to disk. A crash in between leaves a directory without a
+            // record, which `open` removes, and no caller record that would refer to it.
+            if let Err(e) = self.store.put_deferred(ACTIVE, key, &rec) {
                 let _ = std::fs::remove_dir_all(&dir);
                 return Err(e);
             }
@@ -196,9 +230,11 @@ impl Snapshotter {
                 options: vec!["rbind".into(), "rw".into()],
             }],
             Some(p) => {
-                let lowers: Vec<String> = self
-                    .lower_dirs(p)?
-                    .iter()
+                let lowers: Vec<String> = rec
+                    .init
+                    .map(|i| self.fs_path(i))
+                    .into_iter()
+                    .chain(self.lower_dirs(p)?)
                     .map(|d| d.display().to_string())
                     .collect();
                 vec![MountSpec {
@@ -212,6 +248,36 @@ impl Snapshotter {
                 }]
             }
         })
+    }
+
+    /// The mount-point layer of `chain`, made on first use.
+    fn init_layer(&self, chain: &Digest) -> Result<Option<u64>> {
+        let _g = self.init_lock.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(r) = self.store.get::<InitRecord>(INIT, chain.as_str())? {
+            return Ok(r.id);
+        }
+        let entries = crate::mountpoints::plan(&self.lower_dirs(chain)?)?;
+        if entries.is_empty() {
+            self.store
+                .put(INIT, chain.as_str(), &InitRecord { id: None })?;
+            return Ok(None);
+        }
+        let mut tmp = self.tmp()?;
+        crate::mountpoints::build(&tmp.fs(), &entries)?;
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let dest = self.dir.join(id.to_string());
+        std::fs::rename(&tmp.dir, &dest)
+            .map_err(|e| Error::io(format!("commit the mount-point layer of {chain}"), e))?;
+        tmp.committed = true;
+        if let Err(e) = self
+            .store
+            .put(INIT, chain.as_str(), &InitRecord { id: Some(id) })
+        {
+            let _ = std::fs::remove_dir_all(&dest);
+            return Err(e);
+        }
+        tracing::debug!(%chain, layer = id, ?entries, "made the mount-point layer");
+        Ok(Some(id))
     }
 
     /// Every writable snapshot.
@@ -290,6 +356,17 @@ impl Snapshotter {
     /// Removes the snapshot for `chain` (record first, so a crash leaves an orphan directory
     /// that the next open removes, never a record without its directory).
     pub fn remove(&self, chain: &Digest) -> Result<()> {
+        if let Some(init) = self.store.get::<InitRecord>(INIT, chain.as_str())? {
+            self.store.delete(INIT, chain.as_str())?;
+            if let Some(id) = init.id {
+                let dir = self.dir.join(id.to_string());
+                if let Err(e) = std::fs::remove_dir_all(&dir)
+                    && e.kind() != std::io::ErrorKind::NotFound
+                {
+                    return Err(Error::io(format!("remove {}", dir.display()), e));
+                }
+            }
+        }
         let Some(rec) = self.get(chain)? else {
             return Ok(());
         };
@@ -377,12 +454,21 @@ mod tests {
         let m = snaps.prepare("ctr1", Some(&b)).unwrap();
         assert_eq!(m.len(), 1);
         assert_eq!(m[0].kind, "overlay");
+        // The chain's layers are empty: its mount-point layer is stacked on top of them.
+        let init: InitRecord = store.get(INIT, b.as_str()).unwrap().unwrap();
+        let init = init.id.expect("an empty image lacks every mount point");
+        assert!(snaps.fs_path(init).join("etc/resolv.conf").is_file());
         let lower = format!(
-            "lowerdir={}:{}",
+            "lowerdir={}:{}:{}",
+            snaps.fs_path(init).display(),
             snaps.fs_path(rb.id).display(),
             snaps.fs_path(ra.id).display()
         );
         assert!(m[0].options.contains(&lower), "{:?}", m[0].options);
+        // A second container of the image shares it.
+        let m2 = snaps.prepare("ctr2", Some(&b)).unwrap();
+        assert!(m2[0].options.contains(&lower), "{:?}", m2[0].options);
+        snaps.remove_active("ctr2").unwrap();
         assert_eq!(
             snaps.prepare("ctr1", Some(&b)).unwrap(),
             m,
@@ -394,13 +480,18 @@ mod tests {
             snaps.active_chains().unwrap(),
             [a.clone(), b.clone()].into_iter().collect()
         );
-        // Survives reopen (its directory has a record).
+        // Survives reopen (its directory has a record), the mount-point layer too.
         drop(snaps);
-        let snaps = Snapshotter::open(dir.path(), store).unwrap();
+        let snaps = Snapshotter::open(dir.path(), store.clone()).unwrap();
         assert_eq!(snaps.mounts("ctr1").unwrap(), m);
+        assert!(snaps.fs_path(init).is_dir());
         snaps.remove_active("ctr1").unwrap();
         snaps.remove_active("ctr1").unwrap();
         assert!(snaps.active_chains().unwrap().is_empty());
+        // The chain's removal takes its mount-point layer along.
+        snaps.remove(&b).unwrap();
+        assert!(!snaps.fs_path(init).exists());
+        assert!(store.get::<InitRecord>(INIT, b.as_str()).unwrap().is_none());
         assert_eq!(snaps.prepare("plain", None).unwrap()[0].kind, "bind");
     }
 

@@ -80,6 +80,22 @@ impl Store {
         Ok(())
     }
 
+    /// Writes `value` under `key` without waiting for the disk: the record is visible at once
+    /// and is made durable by the next [`put`](Self::put) (or other durable commit) of this
+    /// process; a crash before then loses it. For records written just before a durable one
+    /// that covers them, whose loss in a crash leaves nothing a restart cannot clean.
+    pub fn put_deferred<T: Serialize>(&self, table_name: &str, key: &str, value: &T) -> Result<()> {
+        let bytes = serde_json::to_vec(value)
+            .map_err(|e| Error::Store(format!("encode {table_name}/{key}: {e}")))?;
+        let mut tx = self.db.begin_write()?;
+        tx.set_durability(redb::Durability::None)
+            .map_err(|e| Error::Store(format!("write {table_name}/{key}: {e}")))?;
+        tx.open_table(table(table_name))?
+            .insert(key, bytes.as_slice())?;
+        tx.commit()?;
+        Ok(())
+    }
+
     /// Applies several puts and deletes in one transaction.
     pub fn batch(
         &self,
@@ -167,10 +183,22 @@ mod tests {
                 &["a".into()],
             )
             .unwrap();
+            // A deferred write is visible at once, and durable after the next durable one.
+            s.put_deferred("t", "d", &vec![5]).unwrap();
+            assert_eq!(s.get::<Vec<i32>>("t", "d").unwrap(), Some(vec![5]));
+            s.put("t", "e", &vec![6]).unwrap();
         }
         let s = Store::open(&path).unwrap();
         let all: Vec<(String, Vec<i32>)> = s.list("t").unwrap();
-        assert_eq!(all, vec![("b".into(), vec![3]), ("c".into(), vec![4])]);
+        assert_eq!(
+            all,
+            vec![
+                ("b".into(), vec![3]),
+                ("c".into(), vec![4]),
+                ("d".into(), vec![5]),
+                ("e".into(), vec![6])
+            ]
+        );
         assert_eq!(s.get::<Vec<i32>>("t", "a").unwrap(), None);
         assert_eq!(s.get::<Vec<i32>>("missing", "a").unwrap(), None);
         assert!(s.list::<i32>("missing").unwrap().is_empty());

@@ -1137,8 +1137,10 @@ impl PodManager {
                 stdin_tx,
             )?;
             self.container_logs().insert(id.clone(), log);
-            self.put_container(&rec)?;
-            lap("log+record");
+            // Only the pid changed since the record was written, and the shim keeps that:
+            // a restarted berth asks it (recover_containers), so no second disk write here.
+            self.containers_write().insert(id.clone(), rec.clone());
+            lap("log");
             Ok(())
         }
         .await;
@@ -1824,7 +1826,21 @@ impl PodManager {
             };
             match state {
                 Some(st) if st.status.value() == 2 || st.status.value() == 1 => {
-                    // Running (2) or created (1): reattach to the output.
+                    // Running (2) or created (1). The record may lag the shim: its pid is
+                    // not written after Create, and berth may have stopped between the
+                    // shim's Start and the record of it.
+                    let running = st.status.value() == 2;
+                    if rec.pid != st.pid || (running && rec.state == ContainerState::Created) {
+                        self.update_container(&id, |r| {
+                            r.pid = st.pid;
+                            if running && r.state == ContainerState::Created {
+                                r.state = ContainerState::Running;
+                                r.started_ns =
+                                    crate::stats::process_start_ns(st.pid).unwrap_or_else(now_ns);
+                            }
+                        })?;
+                    }
+                    // Reattach to the output.
                     let dir = self.ctr_dir(&id);
                     let out = open_fifo_reader(&dir.join("stdout")).ok();
                     let err = if rec.config.tty {

@@ -505,6 +505,11 @@ impl PodManager {
         &self.images
     }
 
+    /// Where containers' writable layers live: the filesystem their stats report.
+    pub fn writable_layer_fs(&self) -> PathBuf {
+        self.images.snapshots_dir()
+    }
+
     pub(crate) fn shim_of(&self, pod_id: &str) -> Option<Shim> {
         self.shims
             .read()
@@ -775,7 +780,11 @@ impl PodManager {
             )
         };
         // Recorded before any network work: whatever happens next, a record exists that a
-        // later Stop/Remove (or the rollback) uses to release the IP.
+        // later Stop/Remove (or the rollback) uses to release the IP and the namespace (whose
+        // path is known before it exists; removing a namespace never made is not an error).
+        if !cfg.host_network {
+            rec.netns = Some(self.netns.path(&netns_name(&id)));
+        }
         self.store.put(TABLE, &id, rec).map_err(store_err)?;
         undo.push(Undo::Record);
 
@@ -806,8 +815,10 @@ impl PodManager {
         if !cfg.host_network {
             let path = self.netns.create(&netns_name(&id)).map_err(net_err)?;
             undo.push(Undo::Netns(netns_name(&id)));
-            rec.netns = Some(path.clone());
-            self.store.put(TABLE, &id, rec).map_err(store_err)?;
+            if rec.netns.as_ref() != Some(&path) {
+                rec.netns = Some(path);
+                self.store.put(TABLE, &id, rec).map_err(store_err)?;
+            }
         }
 
         lap("netns");

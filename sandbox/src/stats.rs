@@ -31,6 +31,20 @@ fn stat_field(text: &str, key: &str) -> Option<u64> {
     })
 }
 
+/// When process `pid` started (ns since the epoch), from `/proc` (to the clock tick).
+pub fn process_start_ns(pid: u32) -> Option<i64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces and parentheses: fields resume after its last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    // Field 22 (starttime), the 20th after the name.
+    let ticks: u64 = rest.split_whitespace().nth(19)?.parse().ok()?;
+    let boot = std::fs::read_to_string("/proc/stat").ok()?;
+    let btime: i64 = stat_field(&boot, "btime")?.try_into().ok()?;
+    let hz = rustix::param::clock_ticks_per_second().max(1);
+    let since_boot_ns = i64::try_from(ticks.checked_mul(1_000_000_000)? / hz).ok()?;
+    btime.checked_mul(1_000_000_000)?.checked_add(since_boot_ns)
+}
+
 /// Reads the usage of the cgroup at `cgroups_path` (as in the OCI spec, e.g.
 /// `/k8s.io/<id>`), under `root` (normally `/sys/fs/cgroup`).
 pub fn cgroup_usage(root: &Path, cgroups_path: &str) -> Option<Usage> {
@@ -96,6 +110,28 @@ pub fn dir_usage(dir: &Path) -> (u64, u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_process_start_time_is_when_it_started() {
+        let before = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as i64;
+        let mut child = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .unwrap();
+        let at = process_start_ns(child.id());
+        let _ = child.kill();
+        let _ = child.wait();
+        let at = at.expect("a live process has a start time");
+        // btime is whole seconds and starttime whole ticks: allow a second either way.
+        assert!(
+            (at - before).abs() < 1_000_000_000,
+            "started {at}, spawned after {before}"
+        );
+        assert_eq!(process_start_ns(u32::MAX), None);
+    }
 
     #[test]
     fn v1_and_v2_layouts() {

@@ -421,11 +421,13 @@ pub(crate) fn to_event(
     }
 }
 
-/// Stats of one container; `prev` is the last (time ns, cpu ns) sample for a rate.
+/// Stats of one container; `layer` is the writable layer's filesystem (the kubelet looks it
+/// up by that mount point, as ImageFsInfo reports it) and its (bytes, inodes); `prev` is the
+/// last (time ns, cpu ns) sample for a rate.
 pub(crate) fn to_stats(
     r: &ContainerRecord,
     usage: Option<berth_sandbox::stats::Usage>,
-    layer: (u64, u64),
+    (layer_fs, layer): (&std::path::Path, (u64, u64)),
     now_ns: i64,
     prev: Option<(i64, u64)>,
 ) -> cri::ContainerStats {
@@ -468,7 +470,7 @@ pub(crate) fn to_stats(
         writable_layer: Some(cri::FilesystemUsage {
             timestamp: now_ns,
             fs_id: Some(cri::FilesystemIdentifier {
-                mountpoint: String::new(),
+                mountpoint: layer_fs.display().to_string(),
             }),
             used_bytes: u64v(layer.0),
             inodes_used: u64v(layer.1),

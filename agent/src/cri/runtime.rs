@@ -675,7 +675,8 @@ impl RuntimeCri {
                 None => m.get(&r.id).copied(),
             }
         };
-        ctr::to_stats(r, usage, layer, now, prev)
+        let fs = self.pods.writable_layer_fs();
+        ctr::to_stats(r, usage, (&fs, layer), now, prev)
     }
 
     fn pod_stats_of(&self, p: &berth_sandbox::pod::PodRecord) -> cri::PodSandboxStats {
