@@ -50,7 +50,7 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         .context("serve shim events")?;
     let pods = berth_sandbox::pod::PodManager::open(
         pod_manager_config(&cfg, &ttrpc_address)?,
-        store,
+        store.clone(),
         images.clone(),
         hub,
     )
@@ -91,6 +91,9 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         )
         .await;
     pods.release_spare().await;
+    if let Err(e) = store.flush() {
+        tracing::warn!(err = %e, "cannot make the last record writes durable");
+    }
     let _ = std::fs::remove_file(&cfg.address);
     let _ = std::fs::remove_file(&ttrpc_address);
     res.context("serve CRI")?;

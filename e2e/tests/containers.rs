@@ -387,9 +387,19 @@ async fn logs_rotate_reopen_and_keep_flowing_across_a_berth_crash() {
     let waiting_pid = verbose_pid(&env, &waiting).await;
     assert!(waiting_pid > 0);
 
+    // A third, started just before: its Running record is not on disk yet (written with the
+    // next durable write, and none comes); the restarted berth learns it from the shim and
+    // /proc.
+    let late = create(&env, &pod, &pcfg, ctr("late", &["sleep", "3600"]))
+        .await
+        .unwrap();
+    start(&env, &late).await;
+    let late_st = status(&env, &late).await;
+
     // berth crashes and comes back: the container kept running, its log keeps growing.
     let pid = verbose_pid(&env, &id).await;
     let started_at = status(&env, &id).await.started_at;
+    let late_pid = verbose_pid(&env, &late).await;
     env.berth.kill();
     std::thread::sleep(Duration::from_millis(300));
     env.berth.restart().unwrap();
@@ -399,6 +409,15 @@ async fn logs_rotate_reopen_and_keep_flowing_across_a_berth_crash() {
     assert_eq!(
         (verbose_pid(&env, &id).await, st.started_at),
         (pid, started_at)
+    );
+    let st = status(&env, &late).await;
+    assert_eq!(st.state, cri::ContainerState::ContainerRunning as i32);
+    assert_eq!(verbose_pid(&env, &late).await, late_pid);
+    assert!(
+        (st.started_at - late_st.started_at).abs() < 1_000_000_000,
+        "started at {} before the crash, {} after",
+        late_st.started_at,
+        st.started_at
     );
     // The created one's pid is not on disk: its shim tells the restarted berth.
     assert_eq!(verbose_pid(&env, &waiting).await, waiting_pid);

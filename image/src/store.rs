@@ -96,6 +96,12 @@ impl Store {
         Ok(())
     }
 
+    /// Makes every deferred write durable (an empty durable commit). For shutdown.
+    pub fn flush(&self) -> Result<()> {
+        self.db.begin_write()?.commit()?;
+        Ok(())
+    }
+
     /// Applies several puts and deletes in one transaction.
     pub fn batch(
         &self,
@@ -187,6 +193,8 @@ mod tests {
             s.put_deferred("t", "d", &vec![5]).unwrap();
             assert_eq!(s.get::<Vec<i32>>("t", "d").unwrap(), Some(vec![5]));
             s.put("t", "e", &vec![6]).unwrap();
+            s.put_deferred("t", "f", &vec![7]).unwrap();
+            s.flush().unwrap();
         }
         let s = Store::open(&path).unwrap();
         let all: Vec<(String, Vec<i32>)> = s.list("t").unwrap();
@@ -196,7 +204,8 @@ mod tests {
                 ("b".into(), vec![3]),
                 ("c".into(), vec![4]),
                 ("d".into(), vec![5]),
-                ("e".into(), vec![6])
+                ("e".into(), vec![6]),
+                ("f".into(), vec![7])
             ]
         );
         assert_eq!(s.get::<Vec<i32>>("t", "a").unwrap(), None);

@@ -950,6 +950,23 @@ impl PodManager {
         Ok(rec.clone())
     }
 
+    /// As [`update_container`](Self::update_container), but the record reaches the disk
+    /// with the next durable write: for what a restarted berth can learn again from the shim
+    /// and `/proc` (recover_containers) if it crashed first.
+    fn update_container_deferred(
+        &self,
+        id: &str,
+        f: impl FnOnce(&mut ContainerRecord),
+    ) -> Result<ContainerRecord> {
+        let mut all = self.containers_write();
+        let rec = all
+            .get_mut(id)
+            .ok_or_else(|| Error::NotFound(format!("container {id:?} not found")))?;
+        f(rec);
+        self.store_put_deferred(TABLE, id, rec)?;
+        Ok(rec.clone())
+    }
+
     fn put_container(&self, rec: &ContainerRecord) -> Result<()> {
         self.store_put(TABLE, &rec.id, rec)?;
         self.containers_write().insert(rec.id.clone(), rec.clone());
@@ -1186,8 +1203,9 @@ impl PodManager {
         match shim.start(&id).await {
             Ok(pid) => {
                 // The exit event may be handled while (or before) this runs: the record is
-                // changed in one step, never from a stale copy.
-                let rec = self.update_container(&id, |r| {
+                // changed in one step, never from a stale copy. Deferred: after a crash the
+                // shim still says the task runs, and /proc when it started.
+                let rec = self.update_container_deferred(&id, |r| {
                     r.pid = pid;
                     if r.state == ContainerState::Exited {
                         r.started_ns = started.min(r.finished_ns);

@@ -565,6 +565,15 @@ impl PodManager {
         self.store.put(table, key, v).map_err(store_err)
     }
 
+    pub(crate) fn store_put_deferred<T: Serialize>(
+        &self,
+        table: &str,
+        key: &str,
+        v: &T,
+    ) -> Result<()> {
+        self.store.put_deferred(table, key, v).map_err(store_err)
+    }
+
     pub(crate) fn store_delete(&self, table: &str, key: &str) -> Result<()> {
         self.store.delete(table, key).map_err(store_err)
     }
