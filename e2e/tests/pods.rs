@@ -236,7 +236,8 @@ async fn bad_requests_get_the_right_codes_and_leave_nothing_behind() {
     assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
     assert!(e.message().contains("no-such-handler"), "{e:?}");
 
-    // A sysctl that is not namespaced is refused before anything is set up.
+    // A sysctl that is not namespaced is refused while berth writes the pause container's
+    // spec, as the pod's network namespace is being made alongside: nothing is left.
     let mut bad = pod_config("sysctl");
     bad.linux.as_mut().unwrap().sysctls = HashMap::from([("vm.swappiness".into(), "10".into())]);
     let e = env.run(bad).await.unwrap_err();

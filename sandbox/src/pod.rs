@@ -298,7 +298,12 @@ async fn fill_spare(
         let log = shim::open_log(&bundle, &id)?;
         let shim = shim::start_and_connect(&binary, &env, &id, &bundle, &[], true).await?;
         let pid = match shim.connect_info(&id).await {
-            Ok((pid, _)) => pid,
+            Ok((pid, _)) => {
+                if let Err(e) = shim::background(pid) {
+                    tracing::debug!(err = %e, "could not lower the spare shim's priority");
+                }
+                pid
+            }
             Err(e) => {
                 let _ = shim.shutdown(&id).await;
                 if let Ok(address) = std::fs::read_to_string(bundle.join("address")) {
@@ -821,91 +826,107 @@ impl PodManager {
         let shim_undo_pushed = spare.is_some();
         lap("record+dir");
 
-        if !cfg.host_network {
-            let path = self.netns.create(&netns_name(&id)).map_err(net_err)?;
-            undo.push(Undo::Netns(netns_name(&id)));
+        // The namespace is made on a blocking thread (netns-rs makes it on a thread of its own,
+        // whose exit costs ~1 ms) while the pod's files, shm, snapshot and spec are prepared:
+        // its path is known already, and only CNI and runc need it to exist.
+        let netns_job = (!cfg.host_network).then(|| {
+            let (dir, name) = (self.netns.clone(), netns_name(&id));
+            tokio::task::spawn_blocking(move || dir.create(&name))
+        });
+        let prepared = (|| {
+            write_pod_files(&dir, &cfg)?;
+            lap("files");
+            let shm = if cfg.host_ipc {
+                None
+            } else {
+                let shm = dir.join("shm");
+                mount_shm(&shm)?;
+                undo.push(Undo::Shm(shm.clone()));
+                Some(shm)
+            };
+            lap("shm");
+
+            let mounts = self
+                .images
+                .snapshots()
+                .prepare(&id, image.top_chain())
+                .map_err(|e| Error::Image(e.to_string()))?;
+            undo.push(Undo::Snapshot(id.clone()));
+            lap("snapshot");
+
+            let cc = image_config.config.clone().unwrap_or_default();
+            let mut args = cc.entrypoint.clone().unwrap_or_default();
+            args.extend(cc.cmd.clone().unwrap_or_default());
+            // The pause user is resolved as a container's is: through the image's own
+            // /etc/passwd and /etc/group, so a named USER works.
+            let ids = crate::users::Accounts::from_mounts(&mounts).resolve(
+                &cc.user,
+                cfg.run_as_user,
+                "",
+                cfg.run_as_group,
+                &cfg.supplemental_groups,
+            )?;
+            let mut annotations = cfg.annotations.clone();
+            annotations.insert("io.kubernetes.cri.container-type".into(), "sandbox".into());
+            annotations.insert("io.kubernetes.cri.sandbox-id".into(), id.clone());
+            annotations.insert(
+                "io.kubernetes.cri.sandbox-name".into(),
+                cfg.meta.name.clone(),
+            );
+            annotations.insert(
+                "io.kubernetes.cri.sandbox-namespace".into(),
+                cfg.meta.namespace.clone(),
+            );
+            annotations.insert("io.kubernetes.cri.sandbox-uid".into(), cfg.meta.uid.clone());
+            annotations.insert(
+                "io.kubernetes.cri.sandbox-log-directory".into(),
+                cfg.log_directory.clone(),
+            );
+            let spec = SandboxSpec {
+                id: id.clone(),
+                args,
+                env: cc.env.clone().unwrap_or_default(),
+                user: (ids.uid, ids.gid, ids.additional),
+                hostname: cfg.hostname.clone(),
+                netns: rec.netns.clone(),
+                host_ipc: cfg.host_ipc,
+                host_pid: cfg.host_pid,
+                shm,
+                cgroup_parent: cfg.cgroup_parent.clone(),
+                sysctls: cfg.sysctls.clone(),
+                readonly_rootfs: cfg.readonly_rootfs,
+                privileged: cfg.privileged,
+                seccomp: cfg.seccomp.clone(),
+                annotations,
+                daemon_oom_score_adj: own_oom_score_adj(),
+            }
+            .build("rootfs")?;
+            let bundle = dir.join("bundle");
+            std::fs::write(
+                bundle.join("config.json"),
+                serde_json::to_vec(&spec).unwrap_or_default(),
+            )
+            .map_err(|e| Error::io("write config.json", e))?;
+            lap("spec");
+            Ok::<_, Error>((mounts, spec, bundle))
+        })();
+        if let Some(job) = netns_job {
+            let made = job.await;
+            // Also when preparing failed: the rollback must remove a namespace that was made.
+            if !matches!(made, Ok(Err(_))) {
+                undo.push(Undo::Netns(netns_name(&id)));
+            }
+            let path = made
+                .map_err(|e| Error::io("create the pod's network namespace", e.into()))?
+                .map_err(net_err)?;
             if rec.netns.as_ref() != Some(&path) {
                 rec.netns = Some(path);
                 self.store.put(TABLE, &id, rec).map_err(store_err)?;
             }
+            lap("netns");
         }
-
-        lap("netns");
-        write_pod_files(&dir, &cfg)?;
-        lap("files");
-        let shm = if cfg.host_ipc {
-            None
-        } else {
-            let shm = dir.join("shm");
-            mount_shm(&shm)?;
-            undo.push(Undo::Shm(shm.clone()));
-            Some(shm)
-        };
-        lap("shm");
-
-        let mounts = self
-            .images
-            .snapshots()
-            .prepare(&id, image.top_chain())
-            .map_err(|e| Error::Image(e.to_string()))?;
-        undo.push(Undo::Snapshot(id.clone()));
-        lap("snapshot");
-
-        let cc = image_config.config.clone().unwrap_or_default();
-        let mut args = cc.entrypoint.clone().unwrap_or_default();
-        args.extend(cc.cmd.clone().unwrap_or_default());
-        // The pause user is resolved as a container's is: through the image's own
-        // /etc/passwd and /etc/group, so a named USER works.
-        let ids = crate::users::Accounts::from_mounts(&mounts).resolve(
-            &cc.user,
-            cfg.run_as_user,
-            "",
-            cfg.run_as_group,
-            &cfg.supplemental_groups,
-        )?;
-        let mut annotations = cfg.annotations.clone();
-        annotations.insert("io.kubernetes.cri.container-type".into(), "sandbox".into());
-        annotations.insert("io.kubernetes.cri.sandbox-id".into(), id.clone());
-        annotations.insert(
-            "io.kubernetes.cri.sandbox-name".into(),
-            cfg.meta.name.clone(),
-        );
-        annotations.insert(
-            "io.kubernetes.cri.sandbox-namespace".into(),
-            cfg.meta.namespace.clone(),
-        );
-        annotations.insert("io.kubernetes.cri.sandbox-uid".into(), cfg.meta.uid.clone());
-        annotations.insert(
-            "io.kubernetes.cri.sandbox-log-directory".into(),
-            cfg.log_directory.clone(),
-        );
-        let spec = SandboxSpec {
-            id: id.clone(),
-            args,
-            env: cc.env.clone().unwrap_or_default(),
-            user: (ids.uid, ids.gid, ids.additional),
-            hostname: cfg.hostname.clone(),
-            netns: rec.netns.clone(),
-            host_ipc: cfg.host_ipc,
-            host_pid: cfg.host_pid,
-            shm,
-            cgroup_parent: cfg.cgroup_parent.clone(),
-            sysctls: cfg.sysctls.clone(),
-            readonly_rootfs: cfg.readonly_rootfs,
-            privileged: cfg.privileged,
-            seccomp: cfg.seccomp.clone(),
-            annotations,
-            daemon_oom_score_adj: own_oom_score_adj(),
-        }
-        .build("rootfs")?;
-        let bundle = dir.join("bundle");
-        std::fs::write(
-            bundle.join("config.json"),
-            serde_json::to_vec(&spec).unwrap_or_default(),
-        )
-        .map_err(|e| Error::io("write config.json", e))?;
+        let (mounts, spec, bundle) = prepared?;
         rec.spec = spec;
-        lap("spec");
 
         // The network and the pause container are independent until the pod is reported
         // ready: runc only needs the (empty) netns to exist. CNI ADD runs while the shim starts

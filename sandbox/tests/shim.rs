@@ -124,6 +124,9 @@ async fn runs_a_task_under_the_runc_shim_and_hears_its_exit() {
     let s = Shim::connect(&address).await.unwrap();
     let (daemon, _) = s.connect_info(&id).await.unwrap();
     cleanup.shim_pid = Some(daemon);
+    // As the spare path does: a thread the Go runtime started before `start` reniced the
+    // process would still be at 0.
+    shim::background(daemon).unwrap();
     assert_eq!(thread_nices(daemon), vec![19], "the shim daemon runs niced");
     shim::foreground(daemon).unwrap();
     let own = rustix::process::getpriority_process(None).unwrap();

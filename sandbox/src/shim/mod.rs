@@ -149,19 +149,20 @@ pub async fn start(
     let shown = binary.display().to_string();
     let mut cmd = base_command(binary, env, id, bundle);
     cmd.arg("start");
-    if background {
-        // SAFETY: between fork and exec the child only makes one async-signal-safe syscall.
-        unsafe {
-            cmd.pre_exec(|| {
-                rustix::process::setpriority_process(None, BACKGROUND_NICE)
-                    .map_err(std::io::Error::from)
-            });
-        }
-    }
-    let mut child = cmd.spawn().map_err(|e| Error::ShimStart {
+    // No pre_exec hook: with none, the process is spawned with vfork semantics (no copy of
+    // berth's page tables), and off the async workers, which wait for the exec.
+    let mut child = spawn_off_runtime(cmd).await.map_err(|e| Error::ShimStart {
         binary: shown.clone(),
         reason: e.to_string(),
     })?;
+    if background && let Some(pid) = child.id() {
+        // At once, before the Go runtime starts its threads (they inherit the niceness of
+        // the thread that makes them); `background` sweeps up any it missed.
+        let _ = rustix::process::setpriority_process(
+            rustix::process::Pid::from_raw(pid as i32),
+            BACKGROUND_NICE,
+        );
+    }
     if let Some(mut stdin) = child.stdin.take() {
         stdin
             .write_all(options)
@@ -441,13 +442,34 @@ fn task_err(call: &'static str, id: &str, e: ttrpc::Error) -> Error {
     }
 }
 
+/// Spawns `cmd` on a blocking thread: spawning waits for the child's exec, which must not
+/// hold up an async worker (the `tokio::process` child is still reaped by the runtime).
+pub async fn spawn_off_runtime(
+    mut cmd: tokio::process::Command,
+) -> std::io::Result<tokio::process::Child> {
+    tokio::task::spawn_blocking(move || cmd.spawn())
+        .await
+        .map_err(std::io::Error::other)?
+}
+
 /// Gives the shim process `pid`, started in the background, berth's own CPU priority (what a
-/// shim started in the foreground inherits): every thread of it (niceness is per thread on
-/// Linux, and new threads inherit their creator's), twice over, so that a thread created
-/// during the first pass is caught by the second.
+/// shim started in the foreground inherits): see [`set_nice`].
 pub fn foreground(pid: u32) -> Result<()> {
     let nice = rustix::process::getpriority_process(None)
         .map_err(|e| Error::io("read berth's own priority", e.into()))?;
+    set_nice(pid, nice)
+}
+
+/// Puts every thread of the shim process `pid` at the lowest CPU priority, as [`start`]
+/// in the background began to: threads it started before that took effect are caught here.
+pub fn background(pid: u32) -> Result<()> {
+    set_nice(pid, BACKGROUND_NICE)
+}
+
+/// Sets the niceness of every thread of `pid` (niceness is per thread on Linux, and new
+/// threads inherit their creator's), twice over, so that a thread created during the first
+/// pass is caught by the second.
+fn set_nice(pid: u32, nice: i32) -> Result<()> {
     for _ in 0..2 {
         let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
             .map_err(|e| Error::io(format!("list the threads of shim {pid}"), e))?;
