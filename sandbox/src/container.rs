@@ -941,13 +941,7 @@ impl PodManager {
         id: &str,
         f: impl FnOnce(&mut ContainerRecord),
     ) -> Result<ContainerRecord> {
-        let mut all = self.containers_write();
-        let rec = all
-            .get_mut(id)
-            .ok_or_else(|| Error::NotFound(format!("container {id:?} not found")))?;
-        f(rec);
-        self.store_put(TABLE, id, rec)?;
-        Ok(rec.clone())
+        self.change_container(id, true, f)
     }
 
     /// As [`update_container`](Self::update_container), but the record reaches the disk
@@ -958,12 +952,25 @@ impl PodManager {
         id: &str,
         f: impl FnOnce(&mut ContainerRecord),
     ) -> Result<ContainerRecord> {
+        self.change_container(id, false, f)
+    }
+
+    fn change_container(
+        &self,
+        id: &str,
+        durable: bool,
+        f: impl FnOnce(&mut ContainerRecord),
+    ) -> Result<ContainerRecord> {
         let mut all = self.containers_write();
         let rec = all
             .get_mut(id)
             .ok_or_else(|| Error::NotFound(format!("container {id:?} not found")))?;
         f(rec);
-        self.store_put_deferred(TABLE, id, rec)?;
+        if durable {
+            self.store_put(TABLE, id, rec)?;
+        } else {
+            self.store_put_deferred(TABLE, id, rec)?;
+        }
         Ok(rec.clone())
     }
 
