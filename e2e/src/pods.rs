@@ -82,6 +82,9 @@ pub struct PodEnv {
     pub registry: Registry,
     /// CRI clients.
     pub cri: Cri,
+    /// The sockets of the shims of the pods run through [`run`](Self::run): all must be
+    /// gone once the pods are.
+    shim_sockets: std::sync::Mutex<Vec<std::path::PathBuf>>,
 }
 
 /// A pause stand-in from Debian's static busybox: sleeps as uid 65535, as the real pause does.
@@ -124,6 +127,7 @@ impl PodEnv {
             net,
             registry,
             cri,
+            shim_sockets: Default::default(),
         })
     }
 
@@ -139,12 +143,27 @@ impl PodEnv {
         handler: &str,
     ) -> Result<String, tonic::Status> {
         let mut c = self.cri.runtime.clone();
-        c.run_pod_sandbox(cri::RunPodSandboxRequest {
-            config: Some(config),
-            runtime_handler: handler.into(),
-        })
-        .await
-        .map(|r| r.into_inner().pod_sandbox_id)
+        let id = c
+            .run_pod_sandbox(cri::RunPodSandboxRequest {
+                config: Some(config),
+                runtime_handler: handler.into(),
+            })
+            .await?
+            .into_inner()
+            .pod_sandbox_id;
+        let address = self
+            .berth
+            .state
+            .join("sandboxes")
+            .join(&id)
+            .join("bundle/address");
+        if let Ok(a) = std::fs::read_to_string(address) {
+            self.shim_sockets
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(a.trim().trim_start_matches("unix://").into());
+        }
+        Ok(id)
     }
 
     /// StopPodSandbox.
@@ -235,6 +254,14 @@ impl PodEnv {
             self.berth.shim_pids().is_empty()
         });
         assert!(ok, "shims left: {:?}", self.berth.shim_pids());
+        let sockets = self
+            .shim_sockets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let left = || -> Vec<_> { sockets.iter().filter(|s| s.exists()).collect() };
+        let ok = crate::wait_until(std::time::Duration::from_secs(6), || left().is_empty());
+        assert!(ok, "shim sockets left: {:?}", left());
         assert!(
             self.net.leases().is_empty(),
             "leases left: {:?}",

@@ -650,7 +650,10 @@ impl PodManager {
     pub async fn release_spare(&self) {
         let sp = self.spare.lock().await.take();
         if let Some(sp) = sp {
+            let address = sp.shim.address.clone();
             sp.discard().await;
+            // berth is about to exit: the watch Shutdown started would die with it.
+            shim::remove_socket_when_closed(address, shim::SOCKET_LINGER).await;
         }
     }
 

@@ -308,6 +308,27 @@ pub fn remove_dead_socket(address: &str) {
     }
 }
 
+/// How long after Shutdown berth watches for a shim's socket to close.
+pub const SOCKET_LINGER: Duration = Duration::from_secs(5);
+
+/// After a shim's Shutdown: the shim removes its socket as it exits, but Debian's 1.6 runc
+/// shim does so in a shutdown callback that its exit can outrun (about one pod in a hundred
+/// under critest), leaving a socket nothing listens on. Waits up to `within` for the socket
+/// to stop answering, then removes it; one that is already gone is left so.
+pub async fn remove_socket_when_closed(address: String, within: Duration) {
+    let Some(path) = address.strip_prefix("unix://").map(PathBuf::from) else {
+        return;
+    };
+    let deadline = tokio::time::Instant::now() + within;
+    while std::fs::symlink_metadata(&path).is_ok() {
+        remove_dead_socket(&address);
+        if tokio::time::Instant::now() >= deadline {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Interprets what `<shim> start` printed.
 pub fn parse_start_output(binary: &str, stdout: &str) -> Result<String> {
     if stdout.starts_with('{') {
@@ -784,7 +805,13 @@ impl Shim {
             Ok(_)
             | Err(ttrpc::Error::Socket(_))
             | Err(ttrpc::Error::LocalClosed)
-            | Err(ttrpc::Error::RemoteClosed) => Ok(()),
+            | Err(ttrpc::Error::RemoteClosed) => {
+                tokio::spawn(remove_socket_when_closed(
+                    self.address.clone(),
+                    SOCKET_LINGER,
+                ));
+                Ok(())
+            }
             Err(e) => Err(task_err("Shutdown", id, e)),
         }
     }
