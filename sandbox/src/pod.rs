@@ -777,6 +777,96 @@ impl PodManager {
         }
     }
 
+    /// The pause container's bundle: the pod's files (hostname, hosts, resolv.conf), its shm
+    /// mount, its root filesystem snapshot and its spec (written to `config.json`). Returns
+    /// the rootfs mounts, the spec and the bundle directory; what it made is in `undo`.
+    fn prepare_pause_bundle(
+        &self,
+        rec: &PodRecord,
+        dir: &Path,
+        image: &berth_image::ImageRecord,
+        image_config: &berth_image::manifest::ImageConfig,
+        undo: &mut Vec<Undo>,
+        lap: &dyn Fn(&str),
+    ) -> Result<(Vec<berth_image::snapshot::MountSpec>, Value, PathBuf)> {
+        let (id, cfg) = (&rec.id, &rec.config);
+        write_pod_files(dir, cfg)?;
+        lap("files");
+        let shm = if cfg.host_ipc {
+            None
+        } else {
+            let shm = dir.join("shm");
+            mount_shm(&shm)?;
+            undo.push(Undo::Shm(shm.clone()));
+            Some(shm)
+        };
+        lap("shm");
+
+        let mounts = self
+            .images
+            .snapshots()
+            .prepare(id, image.top_chain())
+            .map_err(|e| Error::Image(e.to_string()))?;
+        undo.push(Undo::Snapshot(id.clone()));
+        lap("snapshot");
+
+        let cc = image_config.config.clone().unwrap_or_default();
+        let mut args = cc.entrypoint.clone().unwrap_or_default();
+        args.extend(cc.cmd.clone().unwrap_or_default());
+        // The pause user is resolved as a container's is: through the image's own
+        // /etc/passwd and /etc/group, so a named USER works.
+        let ids = crate::users::Accounts::from_mounts(&mounts).resolve(
+            &cc.user,
+            cfg.run_as_user,
+            "",
+            cfg.run_as_group,
+            &cfg.supplemental_groups,
+        )?;
+        let mut annotations = cfg.annotations.clone();
+        annotations.insert("io.kubernetes.cri.container-type".into(), "sandbox".into());
+        annotations.insert("io.kubernetes.cri.sandbox-id".into(), id.clone());
+        annotations.insert(
+            "io.kubernetes.cri.sandbox-name".into(),
+            cfg.meta.name.clone(),
+        );
+        annotations.insert(
+            "io.kubernetes.cri.sandbox-namespace".into(),
+            cfg.meta.namespace.clone(),
+        );
+        annotations.insert("io.kubernetes.cri.sandbox-uid".into(), cfg.meta.uid.clone());
+        annotations.insert(
+            "io.kubernetes.cri.sandbox-log-directory".into(),
+            cfg.log_directory.clone(),
+        );
+        let spec = SandboxSpec {
+            id: id.clone(),
+            args,
+            env: cc.env.clone().unwrap_or_default(),
+            user: (ids.uid, ids.gid, ids.additional),
+            hostname: cfg.hostname.clone(),
+            netns: rec.netns.clone(),
+            host_ipc: cfg.host_ipc,
+            host_pid: cfg.host_pid,
+            shm,
+            cgroup_parent: cfg.cgroup_parent.clone(),
+            sysctls: cfg.sysctls.clone(),
+            readonly_rootfs: cfg.readonly_rootfs,
+            privileged: cfg.privileged,
+            seccomp: cfg.seccomp.clone(),
+            annotations,
+            daemon_oom_score_adj: own_oom_score_adj(),
+        }
+        .build("rootfs")?;
+        let bundle = dir.join("bundle");
+        std::fs::write(
+            bundle.join("config.json"),
+            serde_json::to_vec(&spec).unwrap_or_default(),
+        )
+        .map_err(|e| Error::io("write config.json", e))?;
+        lap("spec");
+        Ok((mounts, spec, bundle))
+    }
+
     async fn run_steps(
         &self,
         rec: &mut PodRecord,
@@ -836,83 +926,7 @@ impl PodManager {
             let (dir, name) = (self.netns.clone(), netns_name(&id));
             tokio::task::spawn_blocking(move || dir.create(&name))
         });
-        let prepared = (|| {
-            write_pod_files(&dir, &cfg)?;
-            lap("files");
-            let shm = if cfg.host_ipc {
-                None
-            } else {
-                let shm = dir.join("shm");
-                mount_shm(&shm)?;
-                undo.push(Undo::Shm(shm.clone()));
-                Some(shm)
-            };
-            lap("shm");
-
-            let mounts = self
-                .images
-                .snapshots()
-                .prepare(&id, image.top_chain())
-                .map_err(|e| Error::Image(e.to_string()))?;
-            undo.push(Undo::Snapshot(id.clone()));
-            lap("snapshot");
-
-            let cc = image_config.config.clone().unwrap_or_default();
-            let mut args = cc.entrypoint.clone().unwrap_or_default();
-            args.extend(cc.cmd.clone().unwrap_or_default());
-            // The pause user is resolved as a container's is: through the image's own
-            // /etc/passwd and /etc/group, so a named USER works.
-            let ids = crate::users::Accounts::from_mounts(&mounts).resolve(
-                &cc.user,
-                cfg.run_as_user,
-                "",
-                cfg.run_as_group,
-                &cfg.supplemental_groups,
-            )?;
-            let mut annotations = cfg.annotations.clone();
-            annotations.insert("io.kubernetes.cri.container-type".into(), "sandbox".into());
-            annotations.insert("io.kubernetes.cri.sandbox-id".into(), id.clone());
-            annotations.insert(
-                "io.kubernetes.cri.sandbox-name".into(),
-                cfg.meta.name.clone(),
-            );
-            annotations.insert(
-                "io.kubernetes.cri.sandbox-namespace".into(),
-                cfg.meta.namespace.clone(),
-            );
-            annotations.insert("io.kubernetes.cri.sandbox-uid".into(), cfg.meta.uid.clone());
-            annotations.insert(
-                "io.kubernetes.cri.sandbox-log-directory".into(),
-                cfg.log_directory.clone(),
-            );
-            let spec = SandboxSpec {
-                id: id.clone(),
-                args,
-                env: cc.env.clone().unwrap_or_default(),
-                user: (ids.uid, ids.gid, ids.additional),
-                hostname: cfg.hostname.clone(),
-                netns: rec.netns.clone(),
-                host_ipc: cfg.host_ipc,
-                host_pid: cfg.host_pid,
-                shm,
-                cgroup_parent: cfg.cgroup_parent.clone(),
-                sysctls: cfg.sysctls.clone(),
-                readonly_rootfs: cfg.readonly_rootfs,
-                privileged: cfg.privileged,
-                seccomp: cfg.seccomp.clone(),
-                annotations,
-                daemon_oom_score_adj: own_oom_score_adj(),
-            }
-            .build("rootfs")?;
-            let bundle = dir.join("bundle");
-            std::fs::write(
-                bundle.join("config.json"),
-                serde_json::to_vec(&spec).unwrap_or_default(),
-            )
-            .map_err(|e| Error::io("write config.json", e))?;
-            lap("spec");
-            Ok::<_, Error>((mounts, spec, bundle))
-        })();
+        let prepared = self.prepare_pause_bundle(rec, &dir, image, image_config, undo, &lap);
         if let Some(job) = netns_job {
             let made = job.await;
             // Also when preparing failed: the rollback must remove a namespace that was made.
