@@ -400,8 +400,8 @@ impl Cni {
             .collect::<Vec<_>>()
             .join(";");
         let path = std::env::join_paths(&self.paths.bin_dirs).unwrap_or_default();
-        let mut cmd = tokio::process::Command::new(&bin);
-        cmd.env("CNI_COMMAND", command)
+        let mut child = tokio::process::Command::new(&bin)
+            .env("CNI_COMMAND", command)
             .env("CNI_CONTAINERID", &a.container_id)
             .env("CNI_NETNS", &a.netns)
             .env("CNI_IFNAME", &a.ifname)
@@ -410,13 +410,8 @@ impl Cni {
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
-            .kill_on_drop(true);
-        // On a blocking thread: spawning waits for the plugin's exec, which must not hold up
-        // an async worker.
-        let mut child = tokio::task::spawn_blocking(move || cmd.spawn())
-            .await
-            .map_err(std::io::Error::other)
-            .and_then(|r| r)
+            .kill_on_drop(true)
+            .spawn()
             .map_err(|e| Error::io(format!("run CNI plugin {}", bin.display()), e))?;
         if let Some(mut i) = child.stdin.take() {
             i.write_all(&stdin)

@@ -150,8 +150,8 @@ pub async fn start(
     let mut cmd = base_command(binary, env, id, bundle);
     cmd.arg("start");
     // No pre_exec hook: with none, the process is spawned with vfork semantics (no copy of
-    // berth's page tables), and off the async workers, which wait for the exec.
-    let mut child = spawn_off_runtime(cmd).await.map_err(|e| Error::ShimStart {
+    // berth's page tables, and the wait for its exec is short, not at the lowest priority).
+    let mut child = cmd.spawn().map_err(|e| Error::ShimStart {
         binary: shown.clone(),
         reason: e.to_string(),
     })?;
@@ -461,16 +461,6 @@ fn task_err(call: &'static str, id: &str, e: ttrpc::Error) -> Error {
         not_found,
         gone,
     }
-}
-
-/// Spawns `cmd` on a blocking thread: spawning waits for the child's exec, which must not
-/// hold up an async worker (the `tokio::process` child is still reaped by the runtime).
-pub async fn spawn_off_runtime(
-    mut cmd: tokio::process::Command,
-) -> std::io::Result<tokio::process::Child> {
-    tokio::task::spawn_blocking(move || cmd.spawn())
-        .await
-        .map_err(std::io::Error::other)?
 }
 
 /// Gives the shim process `pid`, started in the background, berth's own CPU priority (what a
