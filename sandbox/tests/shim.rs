@@ -199,6 +199,11 @@ async fn runs_a_task_under_the_runc_shim_and_hears_its_exit() {
     });
     assert!(gone, "the shim exited after Shutdown");
     cleanup.shim_pid = None;
+    // Its socket is gone too: the shim's own removal can lose the race with its exit, and
+    // berth's watch (started by Shutdown) removes it then.
+    shim::remove_socket_when_closed(s.address.clone(), shim::SOCKET_LINGER).await;
+    let socket = s.address.trim_start_matches("unix://").to_string();
+    assert!(!Path::new(&socket).exists(), "{socket} is left");
 }
 
 /// The distinct niceness values of the threads of `pid`.
