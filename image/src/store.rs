@@ -71,13 +71,7 @@ impl Store {
 
     /// Writes `value` under `key` in `table_name`, replacing what was there.
     pub fn put<T: Serialize>(&self, table_name: &str, key: &str, value: &T) -> Result<()> {
-        let bytes = serde_json::to_vec(value)
-            .map_err(|e| Error::Store(format!("encode {table_name}/{key}: {e}")))?;
-        let tx = self.db.begin_write()?;
-        tx.open_table(table(table_name))?
-            .insert(key, bytes.as_slice())?;
-        tx.commit()?;
-        Ok(())
+        self.write(table_name, key, value, redb::Durability::Immediate)
     }
 
     /// Writes `value` under `key` without waiting for the disk: the record is visible at once
@@ -85,10 +79,20 @@ impl Store {
     /// process; a crash before then loses it. For records written just before a durable one
     /// that covers them, whose loss in a crash leaves nothing a restart cannot clean.
     pub fn put_deferred<T: Serialize>(&self, table_name: &str, key: &str, value: &T) -> Result<()> {
+        self.write(table_name, key, value, redb::Durability::None)
+    }
+
+    fn write<T: Serialize>(
+        &self,
+        table_name: &str,
+        key: &str,
+        value: &T,
+        durability: redb::Durability,
+    ) -> Result<()> {
         let bytes = serde_json::to_vec(value)
             .map_err(|e| Error::Store(format!("encode {table_name}/{key}: {e}")))?;
         let mut tx = self.db.begin_write()?;
-        tx.set_durability(redb::Durability::None)
+        tx.set_durability(durability)
             .map_err(|e| Error::Store(format!("write {table_name}/{key}: {e}")))?;
         tx.open_table(table(table_name))?
             .insert(key, bytes.as_slice())?;

@@ -25,6 +25,8 @@ pub struct RuntimeCri {
     stream: berth_stream::StreamServer,
     /// The last CPU sample per container (time ns, cpu ns), for usage_nano_cores.
     cpu_samples: Arc<std::sync::Mutex<HashMap<String, (i64, u64)>>>,
+    /// The filesystem containers' writable layers are on (their stats name it).
+    layer_fs: std::path::PathBuf,
 }
 
 impl RuntimeCri {
@@ -35,6 +37,7 @@ impl RuntimeCri {
     ) -> Self {
         RuntimeCri {
             config,
+            layer_fs: pods.writable_layer_fs(),
             pods,
             stream,
             cpu_samples: Default::default(),
@@ -675,8 +678,7 @@ impl RuntimeCri {
                 None => m.get(&r.id).copied(),
             }
         };
-        let fs = self.pods.writable_layer_fs();
-        ctr::to_stats(r, usage, (&fs, layer), now, prev)
+        ctr::to_stats(r, usage, (&self.layer_fs, layer), now, prev)
     }
 
     fn pod_stats_of(&self, p: &berth_sandbox::pod::PodRecord) -> cri::PodSandboxStats {
