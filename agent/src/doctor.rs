@@ -52,6 +52,7 @@ fn fail(
 /// Runs every check.
 pub async fn run(cfg: &Config) -> Vec<Check> {
     let mut c = kernel();
+    c.push(state_dir(&cfg.state));
     c.extend(handlers(cfg).await);
     c.extend(cni(cfg));
     c.extend(registry(cfg));
@@ -177,6 +178,57 @@ fn kernel() -> Vec<Check> {
         ),
     ));
     out
+}
+
+/// tmpfs and ramfs, as `statfs(2)` names them.
+const MEMORY_FS: [rustix::fs::FsWord; 2] = [0x0102_1994, 0x8584_58f6];
+
+/// The state directory (bundles, fifos, pid files, netns and shm mounts) belongs on a
+/// tmpfs, as `/run` is on a systemd host: runc writes each container's pid file with
+/// `O_SYNC` there, and the shims write their bundle files, so on a disk every container
+/// start waits for the device. Optional: berth works either way.
+fn state_dir(state: &Path) -> Check {
+    let name = "state on tmpfs";
+    // The directory may not exist before berth's first start: its nearest ancestor decides.
+    let Some(probe) = state.ancestors().find(|p| p.exists()) else {
+        return pass(
+            "state",
+            name,
+            format!("{} (not created yet)", state.display()),
+        );
+    };
+    match rustix::fs::statfs(probe) {
+        Ok(fs) if MEMORY_FS.contains(&fs.f_type) => {
+            pass("state", name, format!("{} is on tmpfs", state.display()))
+        }
+        Ok(fs) => Check {
+            required: false,
+            ..fail(
+                "state",
+                name,
+                format!(
+                    "{} is on a disk filesystem (magic {:#x}): each container start waits for \
+                     synchronous writes there (runc's pid file)",
+                    state.display(),
+                    fs.f_type
+                ),
+                format!(
+                    "keep state under /run (a tmpfs on systemd hosts), or mount one: \
+                     mount -t tmpfs -o mode=0711 tmpfs {}",
+                    state.display()
+                ),
+            )
+        },
+        Err(e) => Check {
+            required: false,
+            ..fail(
+                "state",
+                name,
+                format!("statfs {}: {e}", probe.display()),
+                "check that the state directory is readable",
+            )
+        },
+    }
 }
 
 /// The first line `binary args` prints, within 5 s.
@@ -579,6 +631,24 @@ async fn connect(path: &Path) -> anyhow::Result<tonic::transport::Channel> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn state_on_tmpfs_or_a_warning() {
+        // /dev/shm is a tmpfs on every Linux host this runs on; the crate directory is not.
+        let shm = state_dir(Path::new("/dev/shm/berth-doctor-test/state"));
+        assert!(shm.ok, "{shm:?}");
+        let crate_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let on_disk = rustix::fs::statfs(crate_dir).is_ok_and(|fs| !MEMORY_FS.contains(&fs.f_type));
+        if on_disk {
+            let disk = state_dir(crate_dir);
+            assert!(!disk.ok && !disk.required, "{disk:?}");
+            assert!(
+                disk.fix
+                    .as_deref()
+                    .is_some_and(|f| f.contains("mount -t tmpfs"))
+            );
+        }
+    }
 
     #[test]
     fn the_table_marks_and_fixes() {

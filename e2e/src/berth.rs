@@ -74,12 +74,17 @@ impl Berth {
         Self::start_at_level(extra, "debug")
     }
 
-    /// Starts berth for a benchmark: as [`Berth::start_with_config`], logging at warn.
+    /// Starts berth for a benchmark: as [`Berth::start_with_config`], logging at warn, its
+    /// state on a tmpfs as on a node (see [`crate::bench_state_on_tmpfs`]).
     pub fn start_for_bench(extra: &str) -> anyhow::Result<Self> {
-        Self::start_at_level(extra, "warn")
+        Self::start_in(extra, "warn", crate::bench_state_on_tmpfs())
     }
 
     fn start_at_level(extra: &str, log_level: &'static str) -> anyhow::Result<Self> {
+        Self::start_in(extra, log_level, false)
+    }
+
+    fn start_in(extra: &str, log_level: &'static str, state_tmpfs: bool) -> anyhow::Result<Self> {
         let bin = berth_bin();
         if !bin.exists() {
             bail!(
@@ -108,6 +113,10 @@ impl Berth {
             dir,
             log_level,
         };
+        // Unmounted with the rest of the temp dir's mounts on drop.
+        if state_tmpfs {
+            crate::mount_tmpfs(&b.state)?;
+        }
         b.spawn()?;
         Ok(b)
     }

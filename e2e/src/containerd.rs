@@ -29,6 +29,10 @@ impl Containerd {
         cni_conf_dir: &Path,
     ) -> anyhow::Result<Self> {
         std::fs::create_dir_all(dir)?;
+        // Its state on a tmpfs, as `/run/containerd` is on a node (unmounted on drop).
+        if crate::bench_state_on_tmpfs() {
+            crate::mount_tmpfs(&dir.join("state"))?;
+        }
         let socket = dir.join("containerd.sock");
         let config = format!(
             r#"version = 2
@@ -70,14 +74,20 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
         let cfg = dir.join("config.toml");
         std::fs::write(&cfg, config)?;
         let log = std::fs::File::create(dir.join("containerd.log"))?;
-        let child = Command::new("containerd")
+        let child = match Command::new("containerd")
             .arg("--config")
             .arg(&cfg)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()
-            .context("start containerd (apt-get install containerd)")?;
+        {
+            Ok(c) => c,
+            Err(e) => {
+                crate::unmount_under(dir);
+                return Err(e).context("start containerd (apt-get install containerd)");
+            }
+        };
         let mut c = Containerd {
             child: Some(child),
             dir: dir.to_path_buf(),

@@ -96,6 +96,40 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
 }
 
+/// Whether benchmarks keep the daemons' state (and runc's) on a tmpfs, as a node does
+/// (`/run` is a tmpfs on systemd hosts): yes unless `BERTH_BENCH_STATE=disk`.
+pub fn bench_state_on_tmpfs() -> bool {
+    std::env::var("BERTH_BENCH_STATE").map_or(true, |v| v != "disk")
+}
+
+/// Mounts a fresh tmpfs on `dir` (created if missing). [`unmount_under`] removes it.
+pub fn mount_tmpfs(dir: &std::path::Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let status = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "mode=0711", "tmpfs"])
+        .arg(dir)
+        .status()?;
+    anyhow::ensure!(status.success(), "mount tmpfs on {}", dir.display());
+    Ok(())
+}
+
+/// A tmpfs on a directory for as long as this lives.
+pub struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    /// Mounts it ([`mount_tmpfs`]).
+    pub fn mount(dir: &std::path::Path) -> anyhow::Result<Self> {
+        mount_tmpfs(dir)?;
+        Ok(Tmpfs(dir.to_path_buf()))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        unmount_under(&self.0);
+    }
+}
+
 /// Lazily unmounts every mount point at or below `dir`, deepest first.
 pub fn unmount_under(dir: &std::path::Path) {
     let Ok(mounts) = std::fs::read_to_string("/proc/self/mountinfo") else {

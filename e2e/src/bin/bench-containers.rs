@@ -1,7 +1,11 @@
 //! Container benchmark: in one pod per daemon, 20 rounds of CreateContainer + StartContainer
 //! (timed), then StopContainer + RemoveContainer (timed), through berth and through containerd
 //! 1.6 (Debian's package, own root/state/socket), alternating; and the floor: `runc create` +
-//! `runc start` of the same busybox rootfs from a plain directory, with no daemon at all.
+//! `runc start` of the same busybox rootfs from a plain directory, with no daemon at all,
+//! then with berth's spec, on a fresh overlay, and through Debian's `containerd-shim-runc-v2`
+//! driven directly (the floor of any runtime built on that shim, berth and containerd alike).
+//! Every state directory (berth's, containerd's, runc's root) is on a tmpfs, as under `/run`
+//! on a node; `BERTH_BENCH_STATE=disk` keeps them on the scratch disk instead.
 //!
 //! `cargo build --release -p berth -p berth-e2e && BERTH_BIN=target/release/berth target/release/bench-containers`
 
@@ -15,7 +19,13 @@ use berth_cri_api::v1 as cri;
 use berth_e2e::pods::{PAUSE_IMAGE, SideBySide, pod_config};
 use berth_e2e::{Cri, ImageBuilder, Layer, percentile_ms};
 
-const ROUNDS: usize = 20;
+/// Rounds per daemon; `BERTH_BENCH_ROUNDS` overrides (more rounds, steadier medians).
+fn rounds() -> usize {
+    std::env::var("BERTH_BENCH_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(20)
+}
 const APP: &str = "pause.invalid/berth-e2e/app:1";
 
 struct Daemon {
@@ -237,6 +247,152 @@ fn runc_overlay_round(
     took
 }
 
+/// The shim floor: Debian's `containerd-shim-runc-v2`, started and driven over ttrpc with
+/// berth's own client and event server but no daemon, holding a placeholder task as a pod's
+/// shim holds the pause container. Each round asks it what berth's CreateContainer and
+/// StartContainer ask: a task from berth's spec, its rootfs a fresh overlay the shim mounts,
+/// stdout and stderr to fifos berth-style readers hold open.
+struct ShimFloor {
+    shim: berth_sandbox::shim::Shim,
+    address: String,
+    dir: std::path::PathBuf,
+    id: String,
+    daemon: u32,
+    _events: ttrpc::asynchronous::Server,
+    _log: berth_sandbox::shim::ShimLog,
+}
+
+const SHIM_NS: &str = "berth-bench";
+
+impl ShimFloor {
+    /// Starts the shim for a placeholder task in `placeholder` (a bundle) and starts it.
+    async fn start(dir: &std::path::Path, placeholder: &std::path::Path) -> anyhow::Result<Self> {
+        use berth_sandbox::shim;
+        std::fs::create_dir_all(dir)?;
+        let env = shim::ShimEnv {
+            namespace: SHIM_NS.into(),
+            grpc_address: dir.join("floor.sock"),
+            ttrpc_address: dir.join("floor.sock.ttrpc"),
+            publish_binary: "/bin/true".into(),
+        };
+        let events =
+            shim::events::serve(&env.ttrpc_address, shim::events::EventHub::default()).await?;
+        let bin = shim::find_shim("containerd-shim-runc-v2", None)?;
+        let id = format!("floor{}", std::process::id());
+        let log = shim::open_log(placeholder, &id)?;
+        let address = shim::start(&bin, &env, &id, placeholder, &[], false).await?;
+        let s = shim::Shim::connect(&address).await?;
+        let (daemon, _) = s.connect_info(&id).await.unwrap_or((0, 0));
+        let floor = ShimFloor {
+            shim: s,
+            address,
+            dir: dir.to_path_buf(),
+            id: id.clone(),
+            daemon,
+            _events: events,
+            _log: log,
+        };
+        floor
+            .shim
+            .create(&id, placeholder, vec![], ["", "", ""], false, None)
+            .await?;
+        floor.shim.start(&id).await?;
+        Ok(floor)
+    }
+
+    /// Create + start of a task from `spec` on a fresh overlay over `lower` (timed), then
+    /// kill, wait and delete (not timed).
+    async fn round(
+        &self,
+        lower: &std::path::Path,
+        spec: &serde_json::Value,
+        i: usize,
+    ) -> anyhow::Result<Duration> {
+        use berth_sandbox::logs::{mkfifo, open_fifo_reader};
+        let id = format!("{}-{i}", self.id);
+        let bundle = self.dir.join(&id);
+        let _ = std::fs::remove_dir_all(&bundle);
+        let (upper, work) = (bundle.join("upper"), bundle.join("work"));
+        for d in [&bundle.join("rootfs"), &upper, &work] {
+            std::fs::create_dir_all(d)?;
+        }
+        let mut spec = spec.clone();
+        spec["root"]["path"] = "rootfs".into();
+        spec["linux"]["cgroupsPath"] = "/berth-bench-runc/f".into();
+        std::fs::write(bundle.join("config.json"), serde_json::to_vec(&spec)?)?;
+        let (out, err) = (bundle.join("stdout"), bundle.join("stderr"));
+        mkfifo(&out)?;
+        mkfifo(&err)?;
+        let _readers = (open_fifo_reader(&out)?, open_fifo_reader(&err)?);
+        let rootfs = berth_sandbox::shim::rootfs_mounts(vec![berth_image::snapshot::MountSpec {
+            kind: "overlay".into(),
+            source: "overlay".into(),
+            options: vec![
+                format!("lowerdir={}", lower.display()),
+                format!("upperdir={}", upper.display()),
+                format!("workdir={}", work.display()),
+            ],
+        }]);
+        let stdio = [
+            String::new(),
+            out.display().to_string(),
+            err.display().to_string(),
+        ];
+        let t = Instant::now();
+        self.shim
+            .create(
+                &id,
+                &bundle,
+                rootfs,
+                [&stdio[0], &stdio[1], &stdio[2]],
+                false,
+                None,
+            )
+            .await?;
+        self.shim.start(&id).await?;
+        let took = t.elapsed();
+        self.shim.kill(&id, 9, false).await?;
+        self.shim.wait(&id).await?;
+        self.shim.delete(&id).await?;
+        std::fs::remove_dir_all(&bundle)?;
+        Ok(took)
+    }
+
+    async fn close(&self) -> anyhow::Result<()> {
+        self.shim.kill(&self.id, 9, false).await?;
+        self.shim.wait(&self.id).await?;
+        self.shim.delete(&self.id).await?;
+        self.shim.shutdown(&self.id).await?;
+        Ok(())
+    }
+}
+
+impl Drop for ShimFloor {
+    /// After a failure: the tasks go with runc, the shim with SIGKILL, the mounts with the
+    /// scratch directory's.
+    fn drop(&mut self) {
+        let root = format!("/run/containerd/runc/{SHIM_NS}");
+        let ids = Command::new("runc")
+            .args(["--root", &root, "list", "-q"])
+            .output();
+        for id in ids
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+            .lines()
+        {
+            let _ = Command::new("runc")
+                .args(["--root", &root, "delete", "--force", id])
+                .status();
+        }
+        if self.daemon > 0 && std::path::Path::new(&format!("/proc/{}", self.daemon)).exists() {
+            berth_e2e::signal(self.daemon, libc::SIGKILL);
+        }
+        berth_sandbox::shim::remove_dead_socket(&self.address);
+        berth_e2e::unmount_under(&self.dir);
+        let _ = std::fs::remove_dir(&root);
+    }
+}
+
 /// A bundle: the busybox layer unpacked into `rootfs`, a minimal spec running `sleep 3600`.
 fn runc_bundle(dir: &std::path::Path, layer: &Layer) -> anyhow::Result<()> {
     let spec = serde_json::json!({
@@ -269,6 +425,12 @@ async fn main() -> anyhow::Result<()> {
     let bundle = work.path().join("bundle");
     runc_bundle(&bundle, &busybox)?;
     let runc_root = work.path().join("runc");
+    // runc's own state where the daemons' is (`/run/runc` on a node).
+    let _runc_root = if berth_e2e::bench_state_on_tmpfs() {
+        Some(berth_e2e::Tmpfs::mount(&runc_root)?)
+    } else {
+        None
+    };
     // The same runc, given the very spec berth writes (the pod's namespaces, /sys/fs/cgroup,
     // the pod's hosts and resolv.conf, masked paths…): what is left is the daemon's own cost.
     let same = work.path().join("bundle-berth-spec");
@@ -279,6 +441,15 @@ async fn main() -> anyhow::Result<()> {
     std::fs::create_dir_all(&lower)?;
     tar::Archive::new(busybox.tar().as_slice()).unpack(&lower)?;
     let over = work.path().join("bundle-overlay");
+    // The shim floor's placeholder task: the minimal bundle's spec in its own cgroup.
+    let placeholder = work.path().join("shim-floor-placeholder");
+    runc_bundle_with(
+        &placeholder,
+        &busybox,
+        serde_json::from_slice(&std::fs::read(bundle.join("config.json"))?)?,
+        "p",
+    )?;
+    let floor = ShimFloor::start(&work.path().join("shim-floor"), &placeholder).await?;
 
     // Warm-up, then alternate.
     b.round(1000).await?;
@@ -286,9 +457,10 @@ async fn main() -> anyhow::Result<()> {
     runc_round(&runc_root, &bundle, "warm")?;
     runc_round(&runc_root, &same, "warm-s")?;
     runc_overlay_round(&runc_root, &lower, &spec, &over, "warm-o")?;
+    floor.round(&lower, &spec, 1000).await?;
     let (mut bu, mut bd, mut cu, mut cd, mut ru) = (vec![], vec![], vec![], vec![], vec![]);
-    let (mut rs, mut ro) = (vec![], vec![]);
-    for i in 0..ROUNDS {
+    let (mut rs, mut ro, mut rf) = (vec![], vec![], vec![]);
+    for i in 0..rounds() {
         let (u, d) = b.round(i).await?;
         bu.push(u);
         bd.push(d);
@@ -304,7 +476,9 @@ async fn main() -> anyhow::Result<()> {
             &over,
             &format!("o{i}"),
         )?);
+        rf.push(floor.round(&lower, &spec, i).await?);
     }
+    floor.close().await?;
     b.close().await?;
     c.close().await?;
     // runc removed each container's cgroup; the parent it made is ours to remove, in every
@@ -314,13 +488,22 @@ async fn main() -> anyhow::Result<()> {
     }
     let _ = std::fs::remove_dir("/sys/fs/cgroup/berth-bench-runc");
 
-    println!("{ROUNDS} rounds each, alternating; one pod per daemon; busybox `sleep 3600`");
+    println!(
+        "{} rounds each, alternating; one pod per daemon; busybox `sleep 3600`; state on {}",
+        rounds(),
+        if berth_e2e::bench_state_on_tmpfs() {
+            "tmpfs"
+        } else {
+            "disk"
+        }
+    );
     for (name, up, down) in [
         ("berth", &bu, Some(&bd)),
         ("containerd", &cu, Some(&cd)),
         ("runc alone", &ru, None),
         ("runc, berth's spec", &rs, None),
         ("  + fresh overlay", &ro, None),
+        ("  + runc shim", &rf, None),
     ] {
         print!(
             "{name:<18} create+start median {:>6.1} ms  p90 {:>6.1} ms",
@@ -347,6 +530,11 @@ async fn main() -> anyhow::Result<()> {
         "runc with berth's spec on a fresh overlay / runc alone {:.2}x; berth / that {:.2}x",
         percentile_ms(&ro, 50) / percentile_ms(&ru, 50),
         percentile_ms(&bu, 50) / percentile_ms(&ro, 50)
+    );
+    println!(
+        "the runc shim driven directly / runc alone {:.2}x; berth / that {:.2}x (berth's own share)",
+        percentile_ms(&rf, 50) / percentile_ms(&ru, 50),
+        percentile_ms(&bu, 50) / percentile_ms(&rf, 50)
     );
     Ok(())
 }
