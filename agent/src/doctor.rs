@@ -213,8 +213,9 @@ fn state_dir(state: &Path) -> Check {
                     fs.f_type
                 ),
                 format!(
-                    "keep state under /run (a tmpfs on systemd hosts), or mount one: \
-                     mount -t tmpfs -o mode=0711 tmpfs {}",
+                    "with berth stopped and no pods on the node, mount a tmpfs there \
+                     (mount -t tmpfs -o mode=0711 tmpfs {}, and in /etc/fstab); \
+                     a systemd host's /run is one already",
                     state.display()
                 ),
             )

@@ -300,11 +300,11 @@ impl ShimFloor {
         Ok(floor)
     }
 
-    /// Create + start of a task from `spec` on a fresh overlay over `lower` (timed), then
-    /// kill, wait and delete (not timed).
+    /// Create + start of a task from `spec` on a fresh overlay over `lower` (an overlay
+    /// `lowerdir` list) (timed), then kill, wait and delete (not timed).
     async fn round(
         &self,
-        lower: &std::path::Path,
+        lower: &str,
         spec: &serde_json::Value,
         i: usize,
     ) -> anyhow::Result<Duration> {
@@ -328,7 +328,7 @@ impl ShimFloor {
             kind: "overlay".into(),
             source: "overlay".into(),
             options: vec![
-                format!("lowerdir={}", lower.display()),
+                format!("lowerdir={}", lower),
                 format!("upperdir={}", upper.display()),
                 format!("workdir={}", work.display()),
             ],
@@ -457,7 +457,18 @@ async fn main() -> anyhow::Result<()> {
     runc_round(&runc_root, &bundle, "warm")?;
     runc_round(&runc_root, &same, "warm-s")?;
     runc_overlay_round(&runc_root, &lower, &spec, &over, "warm-o")?;
-    floor.round(&lower, &spec, 1000).await?;
+    // The shim floor's rootfs is layered as berth layers a container's: the image's layer
+    // under the mount-point layer berth makes for it (the mount points busybox lacks), so
+    // that runc creates nothing in the upper layer there either.
+    let points = work.path().join("mount-points");
+    for d in ["proc", "dev", "sys", "etc"] {
+        std::fs::create_dir_all(points.join(d))?;
+    }
+    for f in ["hosts", "hostname", "resolv.conf"] {
+        std::fs::write(points.join("etc").join(f), "")?;
+    }
+    let layered = format!("{}:{}", points.display(), lower.display());
+    floor.round(&layered, &spec, 1000).await?;
     let (mut bu, mut bd, mut cu, mut cd, mut ru) = (vec![], vec![], vec![], vec![], vec![]);
     let (mut rs, mut ro, mut rf) = (vec![], vec![], vec![]);
     for i in 0..rounds() {
@@ -476,7 +487,7 @@ async fn main() -> anyhow::Result<()> {
             &over,
             &format!("o{i}"),
         )?);
-        rf.push(floor.round(&lower, &spec, i).await?);
+        rf.push(floor.round(&layered, &spec, i).await?);
     }
     floor.close().await?;
     b.close().await?;
