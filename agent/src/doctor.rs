@@ -187,7 +187,7 @@ const MEMORY_FS: [rustix::fs::FsWord; 2] = [0x0102_1994, 0x8584_58f6];
 /// tmpfs, as `/run` is on a systemd host: runc writes each container's pid file with
 /// `O_SYNC` there, and the shims write their bundle files, so on a disk every container
 /// start waits for the device. Optional: berth works either way.
-fn state_dir(state: &Path) -> Check {
+pub(crate) fn state_dir(state: &Path) -> Check {
     let name = "state on tmpfs";
     // The directory may not exist before berth's first start: its nearest ancestor decides.
     let Some(probe) = state.ancestors().find(|p| p.exists()) else {

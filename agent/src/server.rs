@@ -27,6 +27,15 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o711))
             .with_context(|| format!("chmod {}", d.display()))?;
     }
+    // Said at every start, not only by `berth doctor`: on a disk every container start waits.
+    let state_fs = crate::doctor::state_dir(&cfg.state);
+    if !state_fs.ok {
+        tracing::warn!(
+            detail = %state_fs.detail,
+            fix = state_fs.fix.as_deref().unwrap_or_default(),
+            "the state directory is not on a tmpfs"
+        );
+    }
     let store = berth_image::store::Store::open(&cfg.root.join("meta.redb"))
         .context("open the metadata store (is another berth using this root?)")?;
     let images = ImageService::open(
