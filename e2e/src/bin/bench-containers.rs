@@ -471,23 +471,35 @@ async fn main() -> anyhow::Result<()> {
     floor.round(&layered, &spec, 1000).await?;
     let (mut bu, mut bd, mut cu, mut cd, mut ru) = (vec![], vec![], vec![], vec![], vec![]);
     let (mut rs, mut ro, mut rf) = (vec![], vec![], vec![]);
+    // Each round runs the six rows in a rotated order, so that every row follows every other
+    // row's teardown equally often: what one leaves running (unmounts, RCU callbacks, a
+    // daemon's own clean-up) must not weigh on the same row every time.
+    const ROWS: usize = 6;
     for i in 0..rounds() {
-        let (u, d) = b.round(i).await?;
-        bu.push(u);
-        bd.push(d);
-        let (u, d) = c.round(i).await?;
-        cu.push(u);
-        cd.push(d);
-        ru.push(runc_round(&runc_root, &bundle, &format!("r{i}"))?);
-        rs.push(runc_round(&runc_root, &same, &format!("s{i}"))?);
-        ro.push(runc_overlay_round(
-            &runc_root,
-            &lower,
-            &spec,
-            &over,
-            &format!("o{i}"),
-        )?);
-        rf.push(floor.round(&layered, &spec, i).await?);
+        for k in 0..ROWS {
+            match (i + k) % ROWS {
+                0 => {
+                    let (u, d) = b.round(i).await?;
+                    bu.push(u);
+                    bd.push(d);
+                }
+                1 => {
+                    let (u, d) = c.round(i).await?;
+                    cu.push(u);
+                    cd.push(d);
+                }
+                2 => ru.push(runc_round(&runc_root, &bundle, &format!("r{i}"))?),
+                3 => rs.push(runc_round(&runc_root, &same, &format!("s{i}"))?),
+                4 => ro.push(runc_overlay_round(
+                    &runc_root,
+                    &lower,
+                    &spec,
+                    &over,
+                    &format!("o{i}"),
+                )?),
+                _ => rf.push(floor.round(&layered, &spec, i).await?),
+            }
+        }
     }
     floor.close().await?;
     b.close().await?;
@@ -500,7 +512,7 @@ async fn main() -> anyhow::Result<()> {
     let _ = std::fs::remove_dir("/sys/fs/cgroup/berth-bench-runc");
 
     println!(
-        "{} rounds each, alternating; one pod per daemon; busybox `sleep 3600`; state on {}",
+        "{} rounds each, interleaved in rotating order; one pod per daemon; busybox `sleep 3600`; state on {}",
         rounds(),
         if berth_e2e::bench_state_on_tmpfs() {
             "tmpfs"
