@@ -363,10 +363,17 @@ fn shims_of(socket: &Path) -> Vec<(u32, String)> {
         let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
             continue;
         };
-        let args: Vec<&[u8]> = cmd.split(|b| *b == 0).collect();
-        if args
-            .first()
-            .is_some_and(|a| a.ends_with(b"containerd-shim-runc-v2"))
+        let args: Vec<&[u8]> = cmd.split(|b| *b == 0).filter(|a| !a.is_empty()).collect();
+        // The daemons only: `<shim> … start` (which forks the daemon and exits) and
+        // `<shim> … delete` are short-lived helpers with the same flags; a test that took one
+        // for the shim would find it gone a moment later.
+        let helper = args
+            .last()
+            .is_some_and(|a| *a == b"start" || *a == b"delete");
+        if !helper
+            && args
+                .first()
+                .is_some_and(|a| a.ends_with(b"containerd-shim-runc-v2"))
             && args.windows(2).any(|w| w[0] == b"-address" && w[1] == want)
         {
             let id = args

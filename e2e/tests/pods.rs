@@ -424,11 +424,6 @@ async fn a_spare_shim_is_ready_for_the_next_pod() {
     assert_eq!(berth_e2e::thread_nices(first), vec![own]);
     let (_, map) = env.status(&pod).await.unwrap();
     let pause = info(&map)["pid"].as_u64().unwrap() as u32;
-    // RunPodSandbox answers once runc has released the pause process, which may still be in
-    // execve (its other threads exiting, /proc/<pid>/task briefly unreadable): let it land.
-    berth_e2e::wait_until(Duration::from_secs(2), || {
-        !berth_e2e::thread_nices(pause).is_empty()
-    });
     assert_eq!(berth_e2e::thread_nices(pause), vec![own]);
     let stat = std::fs::read_to_string(format!("/proc/{pause}/stat")).unwrap();
     let ppid: u32 = stat[stat.rfind(')').unwrap() + 2..]

@@ -7,17 +7,19 @@ use berth_sandbox::shim::events::{self, EventHub, TaskEvent};
 use berth_sandbox::shim::{self, Shim, ShimEnv};
 
 const SHIM: &str = "containerd-shim-runc-v2";
+const NS_RUN: &str = "berth-test-run";
+const NS_UNREACHABLE: &str = "berth-test-unreachable";
 
 /// The sandbox spec berth generates, with busybox standing in for /pause: run by real runc,
 /// this also proves the oom_score_adj clamp (this machine's root cannot go below 0).
-fn spec(rootfs: &Path, id: &str, args: &[&str]) -> serde_json::Value {
+fn spec(rootfs: &Path, id: &str, ns: &str, args: &[&str]) -> serde_json::Value {
     let s = berth_sandbox::spec::SandboxSpec {
         id: id.into(),
         args: args.iter().map(|a| a.to_string()).collect(),
         env: vec!["PATH=/bin".into()],
         user: (0, 0, vec![]),
         hostname: "berth-test".into(),
-        cgroup_parent: "/berth-test".into(),
+        cgroup_parent: format!("/{ns}"),
         readonly_rootfs: true,
         daemon_oom_score_adj: berth_sandbox::spec::own_oom_score_adj(),
         ..Default::default()
@@ -25,10 +27,12 @@ fn spec(rootfs: &Path, id: &str, args: &[&str]) -> serde_json::Value {
     s.build(rootfs.to_str().unwrap()).unwrap()
 }
 
-/// A shim environment whose sockets live in `dir`, in namespace `berth-test`.
-fn test_env(dir: &Path) -> ShimEnv {
+/// A shim environment whose sockets live in `dir`, in namespace `ns`. Each test has its own
+/// namespace (so its own runc root) and cgroup parent of that name: one test's clean-up
+/// removing them must never pull them from under another test's runc.
+fn test_env(dir: &Path, ns: &str) -> ShimEnv {
     ShimEnv {
-        namespace: "berth-test".into(),
+        namespace: ns.into(),
         grpc_address: dir.join("berth.sock"),
         ttrpc_address: dir.join("berth.sock.ttrpc"),
         publish_binary: "/bin/true".into(),
@@ -62,9 +66,9 @@ impl Drop for Cleanup {
             .flatten()
             .flatten()
         {
-            let _ = std::fs::remove_dir(d.path().join("berth-test"));
+            let _ = std::fs::remove_dir(d.path().join(&self.env.namespace));
         }
-        let _ = std::fs::remove_dir("/run/containerd/runc/berth-test");
+        let _ = std::fs::remove_dir(format!("/run/containerd/runc/{}", self.env.namespace));
         if let Some(pid) = self.shim_pid {
             // SAFETY: kill(2) on the shim this test started.
             unsafe {
@@ -95,11 +99,17 @@ async fn runs_a_task_under_the_runc_shim_and_hears_its_exit() {
     std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).unwrap();
     std::fs::write(
         bundle.join("config.json"),
-        serde_json::to_vec(&spec(&rootfs, &id, &["/bin/busybox", "sleep", "600"])).unwrap(),
+        serde_json::to_vec(&spec(
+            &rootfs,
+            &id,
+            NS_RUN,
+            &["/bin/busybox", "sleep", "600"],
+        ))
+        .unwrap(),
     )
     .unwrap();
 
-    let env = test_env(dir.path());
+    let env = test_env(dir.path(), NS_RUN);
     let hub = EventHub::default();
     let mut exits = hub.subscribe();
     let _server = events::serve(&env.ttrpc_address, hub.clone())
@@ -230,10 +240,16 @@ async fn an_unreachable_shim_is_killed_and_its_socket_removed() {
     std::fs::create_dir_all(bundle.join("rootfs")).unwrap();
     std::fs::write(
         bundle.join("config.json"),
-        serde_json::to_vec(&spec(&bundle.join("rootfs"), &id, &["/bin/true"])).unwrap(),
+        serde_json::to_vec(&spec(
+            &bundle.join("rootfs"),
+            &id,
+            NS_UNREACHABLE,
+            &["/bin/true"],
+        ))
+        .unwrap(),
     )
     .unwrap();
-    let env = test_env(dir.path());
+    let env = test_env(dir.path(), NS_UNREACHABLE);
     let _log = shim::open_log(&bundle, &id).unwrap();
     let s = shim::start_and_connect(&bin, &env, &id, &bundle, &[], false)
         .await
