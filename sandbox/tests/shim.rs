@@ -74,6 +74,17 @@ impl Drop for Cleanup {
             unsafe {
                 libc_kill(pid as i32, 9);
             }
+            // A killed shim leaves its socket: remove it once nothing listens there.
+            for _ in 0..100 {
+                let st = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+                if st.is_empty() || st.contains(") Z ") {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if let Ok(address) = std::fs::read_to_string(self.bundle.join("address")) {
+                shim::remove_dead_socket(address.trim());
+            }
         }
     }
 }
