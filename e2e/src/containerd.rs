@@ -29,10 +29,6 @@ impl Containerd {
         cni_conf_dir: &Path,
     ) -> anyhow::Result<Self> {
         std::fs::create_dir_all(dir)?;
-        // Its state on a tmpfs, as `/run/containerd` is on a node (unmounted on drop).
-        if crate::bench_state_on_tmpfs() {
-            crate::mount_tmpfs(&dir.join("state"))?;
-        }
         let socket = dir.join("containerd.sock");
         let config = format!(
             r#"version = 2
@@ -74,6 +70,11 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
         let cfg = dir.join("config.toml");
         std::fs::write(&cfg, config)?;
         let log = std::fs::File::create(dir.join("containerd.log"))?;
+        // Its state on a tmpfs, as `/run/containerd` is on a node: mounted last, so that only
+        // a failed spawn (below) or drop has it to unmount.
+        if crate::bench_state_on_tmpfs() {
+            crate::mount_tmpfs(&dir.join("state"))?;
+        }
         let child = match Command::new("containerd")
             .arg("--config")
             .arg(&cfg)

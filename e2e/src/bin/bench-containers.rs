@@ -193,7 +193,7 @@ fn runc_round(
 fn runc_bundle_with(
     dir: &std::path::Path,
     layer: &Layer,
-    mut spec: serde_json::Value,
+    spec: serde_json::Value,
     cgroup: &str,
 ) -> anyhow::Result<()> {
     let rootfs = dir.join("rootfs");
@@ -202,10 +202,36 @@ fn runc_bundle_with(
     for d in ["proc", "dev", "sys"] {
         std::fs::create_dir_all(rootfs.join(d))?;
     }
+    write_spec(dir, spec, cgroup)
+}
+
+/// Writes `spec` as `dir`'s `config.json`, its root `rootfs` and its cgroup
+/// `/berth-bench-runc/<cgroup>`.
+fn write_spec(
+    dir: &std::path::Path,
+    mut spec: serde_json::Value,
+    cgroup: &str,
+) -> anyhow::Result<()> {
     spec["root"]["path"] = "rootfs".into();
     spec["linux"]["cgroupsPath"] = format!("/berth-bench-runc/{cgroup}").into();
     std::fs::write(dir.join("config.json"), serde_json::to_vec(&spec)?)?;
     Ok(())
+}
+
+/// A fresh bundle directory for an overlay rootfs: `dir` emptied, with `rootfs`, `upper`,
+/// `work` and `spec` written (see [`write_spec`]). Returns (rootfs, upper, work).
+fn overlay_bundle(
+    dir: &std::path::Path,
+    spec: &serde_json::Value,
+    cgroup: &str,
+) -> anyhow::Result<(std::path::PathBuf, std::path::PathBuf, std::path::PathBuf)> {
+    let _ = std::fs::remove_dir_all(dir);
+    let (rootfs, upper, work) = (dir.join("rootfs"), dir.join("upper"), dir.join("work"));
+    for d in [&rootfs, &upper, &work] {
+        std::fs::create_dir_all(d)?;
+    }
+    write_spec(dir, spec.clone(), cgroup)?;
+    Ok((rootfs, upper, work))
 }
 
 /// runc create + start of `spec` (timed) on a fresh overlay whose only lower layer is
@@ -219,15 +245,7 @@ fn runc_overlay_round(
     dir: &std::path::Path,
     id: &str,
 ) -> anyhow::Result<Duration> {
-    let _ = std::fs::remove_dir_all(dir);
-    let (rootfs, upper, work) = (dir.join("rootfs"), dir.join("upper"), dir.join("work"));
-    for d in [&rootfs, &upper, &work] {
-        std::fs::create_dir_all(d)?;
-    }
-    let mut spec = spec.clone();
-    spec["root"]["path"] = "rootfs".into();
-    spec["linux"]["cgroupsPath"] = "/berth-bench-runc/o".into();
-    std::fs::write(dir.join("config.json"), serde_json::to_vec(&spec)?)?;
+    let (rootfs, upper, work) = overlay_bundle(dir, spec, "o")?;
     let opts = format!(
         "lowerdir={},upperdir={},workdir={}",
         lower.display(),
@@ -254,7 +272,6 @@ fn runc_overlay_round(
 /// stdout and stderr to fifos berth-style readers hold open.
 struct ShimFloor {
     shim: berth_sandbox::shim::Shim,
-    address: String,
     dir: std::path::PathBuf,
     id: String,
     daemon: u32,
@@ -280,12 +297,11 @@ impl ShimFloor {
         let bin = shim::find_shim("containerd-shim-runc-v2", None)?;
         let id = format!("floor{}", std::process::id());
         let log = shim::open_log(placeholder, &id)?;
-        let address = shim::start(&bin, &env, &id, placeholder, &[], false).await?;
-        let s = shim::Shim::connect(&address).await?;
+        // A shim that started but cannot be reached is killed by start_and_connect.
+        let s = shim::start_and_connect(&bin, &env, &id, placeholder, &[], false).await?;
         let (daemon, _) = s.connect_info(&id).await.unwrap_or((0, 0));
         let floor = ShimFloor {
             shim: s,
-            address,
             dir: dir.to_path_buf(),
             id: id.clone(),
             daemon,
@@ -311,15 +327,7 @@ impl ShimFloor {
         use berth_sandbox::logs::{mkfifo, open_fifo_reader};
         let id = format!("{}-{i}", self.id);
         let bundle = self.dir.join(&id);
-        let _ = std::fs::remove_dir_all(&bundle);
-        let (upper, work) = (bundle.join("upper"), bundle.join("work"));
-        for d in [&bundle.join("rootfs"), &upper, &work] {
-            std::fs::create_dir_all(d)?;
-        }
-        let mut spec = spec.clone();
-        spec["root"]["path"] = "rootfs".into();
-        spec["linux"]["cgroupsPath"] = "/berth-bench-runc/f".into();
-        std::fs::write(bundle.join("config.json"), serde_json::to_vec(&spec)?)?;
+        let (_, upper, work) = overlay_bundle(&bundle, spec, "f")?;
         let (out, err) = (bundle.join("stdout"), bundle.join("stderr"));
         mkfifo(&out)?;
         mkfifo(&err)?;
@@ -387,7 +395,7 @@ impl Drop for ShimFloor {
         if self.daemon > 0 && std::path::Path::new(&format!("/proc/{}", self.daemon)).exists() {
             berth_e2e::signal(self.daemon, libc::SIGKILL);
         }
-        berth_sandbox::shim::remove_dead_socket(&self.address);
+        berth_sandbox::shim::remove_dead_socket(&self.shim.address);
         berth_e2e::unmount_under(&self.dir);
         let _ = std::fs::remove_dir(&root);
     }
@@ -544,20 +552,16 @@ async fn main() -> anyhow::Result<()> {
         percentile_ms(&bu, 50) / percentile_ms(&cu, 50),
         percentile_ms(&bd, 50) / percentile_ms(&cd, 50)
     );
-    println!(
-        "runc with berth's spec / runc alone {:.2}x; berth / runc with berth's spec {:.2}x",
-        percentile_ms(&rs, 50) / percentile_ms(&ru, 50),
-        percentile_ms(&bu, 50) / percentile_ms(&rs, 50)
-    );
-    println!(
-        "runc with berth's spec on a fresh overlay / runc alone {:.2}x; berth / that {:.2}x",
-        percentile_ms(&ro, 50) / percentile_ms(&ru, 50),
-        percentile_ms(&bu, 50) / percentile_ms(&ro, 50)
-    );
-    println!(
-        "the runc shim driven directly / runc alone {:.2}x; berth / that {:.2}x (berth's own share)",
-        percentile_ms(&rf, 50) / percentile_ms(&ru, 50),
-        percentile_ms(&bu, 50) / percentile_ms(&rf, 50)
-    );
+    for (floor, v) in [
+        ("runc with berth's spec", &rs),
+        ("that on a fresh overlay", &ro),
+        ("the runc shim driven directly", &rf),
+    ] {
+        println!(
+            "{floor} / runc alone {:.2}x; berth / that {:.2}x",
+            percentile_ms(v, 50) / percentile_ms(&ru, 50),
+            percentile_ms(&bu, 50) / percentile_ms(v, 50)
+        );
+    }
     Ok(())
 }
