@@ -413,7 +413,12 @@ fn one_spare(env: &PodEnv, replaced: Option<u32>) -> u32 {
 async fn a_spare_shim_is_ready_for_the_next_pod() {
     let mut env = PodEnv::start().await.unwrap();
     let first = one_spare(&env, None);
-    // A spare waits at the lowest CPU priority, so that starting it never slows pods.
+    // A spare waits at the lowest CPU priority, so that starting it never slows pods. Its
+    // daemon may be forked from a thread of `shim start` that the renice of that process did
+    // not reach; berth sweeps every thread of the daemon once it answers (shim::background).
+    berth_e2e::wait_until(Duration::from_secs(10), || {
+        berth_e2e::thread_nices(first) == vec![19]
+    });
     assert_eq!(berth_e2e::thread_nices(first), vec![19]);
     // (A spare still connecting is not waited for: give it the moment that takes.)
     tokio::time::sleep(Duration::from_millis(300)).await;
