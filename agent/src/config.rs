@@ -76,6 +76,14 @@ pub enum LogFormat {
 #[serde(deny_unknown_fields, default)]
 pub struct RegistryConfig {
     pub config_path: PathBuf,
+    /// How long connecting to a registry host may take (TCP and TLS), in seconds.
+    pub dial_timeout_seconds: u64,
+    /// How long a host may take to answer a request with its response headers, in seconds;
+    /// a host that does not is skipped for the rest of the pull.
+    pub response_header_timeout_seconds: u64,
+    /// How long a download may go without receiving a byte, in seconds (containerd's
+    /// `image_pull_progress_timeout`).
+    pub progress_timeout_seconds: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -83,6 +91,9 @@ pub struct RegistryConfig {
 pub struct CniConfig {
     pub conf_dir: PathBuf,
     pub bin_dirs: Vec<PathBuf>,
+    /// How long one plugin run (ADD, CHECK or DEL) may take, in seconds; a plugin still
+    /// running then is killed and the operation fails.
+    pub plugin_timeout_seconds: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -218,6 +229,9 @@ impl Default for RegistryConfig {
     fn default() -> Self {
         RegistryConfig {
             config_path: "/etc/berth/certs.d".into(),
+            dial_timeout_seconds: 10,
+            response_header_timeout_seconds: 30,
+            progress_timeout_seconds: 300,
         }
     }
 }
@@ -227,6 +241,7 @@ impl Default for CniConfig {
         CniConfig {
             conf_dir: "/etc/cni/net.d".into(),
             bin_dirs: vec!["/opt/cni/bin".into(), "/usr/lib/cni".into()],
+            plugin_timeout_seconds: 120,
         }
     }
 }
@@ -277,6 +292,28 @@ impl Config {
                 "registry.config_path: {} is not an absolute path",
                 self.registry.config_path.display()
             );
+        }
+        for (key, v) in [
+            (
+                "registry.dial_timeout_seconds",
+                self.registry.dial_timeout_seconds,
+            ),
+            (
+                "registry.response_header_timeout_seconds",
+                self.registry.response_header_timeout_seconds,
+            ),
+            (
+                "registry.progress_timeout_seconds",
+                self.registry.progress_timeout_seconds,
+            ),
+            (
+                "cni.plugin_timeout_seconds",
+                self.cni.plugin_timeout_seconds,
+            ),
+        ] {
+            if v == 0 || v > 24 * 3600 {
+                bail!("{key}: {v} is out of range (1 to 86400)");
+            }
         }
         berth_image::Reference::parse(&self.sandbox_image)
             .map_err(|e| anyhow::anyhow!("sandbox_image: {e}"))?;
@@ -348,6 +385,16 @@ impl Config {
     }
 
     /// The registry certs.d directory, unless disabled.
+    /// The registry client's timeouts.
+    pub fn registry_timeouts(&self) -> berth_image::registry::Timeouts {
+        use std::time::Duration;
+        berth_image::registry::Timeouts {
+            dial: Duration::from_secs(self.registry.dial_timeout_seconds),
+            response_header: Duration::from_secs(self.registry.response_header_timeout_seconds),
+            progress: Duration::from_secs(self.registry.progress_timeout_seconds),
+        }
+    }
+
     pub fn registry_config_path(&self) -> Option<PathBuf> {
         Some(self.registry.config_path.clone()).filter(|p| !p.as_os_str().is_empty())
     }

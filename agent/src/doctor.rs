@@ -590,7 +590,9 @@ async fn sandbox_image_pullable(cfg: &Config) -> Check {
     let resolved = async {
         let r = berth_image::reference::Reference::parse(image)?;
         let hosts = berth_image::hosts::resolve(cfg.registry_config_path().as_deref(), r.domain())?;
-        let client = std::sync::Arc::new(berth_image::registry::RegistryClient::new());
+        let client = std::sync::Arc::new(berth_image::registry::RegistryClient::new(
+            cfg.registry_timeouts(),
+        ));
         client.session(hosts, &r, None).resolve(&r).await
     };
     match tokio::time::timeout(Duration::from_secs(20), resolved).await {

@@ -44,6 +44,7 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
             registry_config_path: cfg.registry_config_path(),
             pinned: vec![cfg.sandbox_image.clone()],
             max_concurrent_downloads: cfg.max_concurrent_downloads,
+            timeouts: cfg.registry_timeouts(),
         },
         store.clone(),
     )
@@ -199,6 +200,7 @@ fn pod_manager_config(
             // Persistent, as containerd's /var/lib/cni: after a reboot the cached results
             // let DEL release what each pod's plugins hold.
             cache_dir: cfg.root.join("cni"),
+            plugin_timeout: std::time::Duration::from_secs(cfg.cni.plugin_timeout_seconds),
         },
         log_rotation: berth_sandbox::logs::Rotation {
             max_size: cfg.runtime.container_log_max_size,

@@ -121,13 +121,10 @@ impl Berth {
         Ok(b)
     }
 
-    fn spawn(&mut self) -> anyhow::Result<()> {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.path().join("berth.log"))?;
-        let child = Command::new(berth_bin())
-            .arg("--config")
+    /// The command line of this berth.
+    fn command(&self) -> Command {
+        let mut c = Command::new(berth_bin());
+        c.arg("--config")
             .arg(&self.config)
             .arg("--root")
             .arg(&self.root)
@@ -138,7 +135,22 @@ impl Berth {
             .arg("--log-level")
             .arg(std::env::var("BERTH_E2E_LOG_LEVEL").unwrap_or_else(|_| self.log_level.into()))
             .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
+            .stdin(Stdio::null());
+        c
+    }
+
+    /// The pid of the running daemon.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    fn spawn(&mut self) -> anyhow::Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("berth.log"))?;
+        let child = self
+            .command()
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()
@@ -156,7 +168,101 @@ impl Berth {
                 self.log()
             );
         }
-        Ok(())
+        self.wait_recovered()
+    }
+
+    /// Waits (60 s at most) until berth reports its recovery done: every pod reconciled with
+    /// its shim, and the orphan sweep over (`Status` verbose, `recovery.pending` 0).
+    pub fn wait_recovered(&self) -> anyhow::Result<()> {
+        let socket = self.socket.clone();
+        let done = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
+            rt.block_on(async {
+                let mut cri = connect(&socket).await.ok()?;
+                for _ in 0..1200 {
+                    let info = cri
+                        .runtime
+                        .status(berth_cri_api::v1::StatusRequest { verbose: true })
+                        .await
+                        .ok()?
+                        .into_inner()
+                        .info;
+                    // A berth without the key (an older build under test) recovers before
+                    // it serves.
+                    let Some(recovery) = info.get("recovery") else {
+                        return Some(());
+                    };
+                    let pending = serde_json::from_str::<serde_json::Value>(recovery)
+                        .ok()
+                        .and_then(|v| v["pending"].as_u64());
+                    if pending == Some(0) {
+                        return Some(());
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                None
+            })
+        })
+        .join()
+        .ok()
+        .flatten();
+        match done {
+            Some(()) => Ok(()),
+            None => bail!(
+                "berth did not finish its recovery within 60 s; log:\n{}",
+                self.log()
+            ),
+        }
+    }
+
+    /// Starts berth again on the same root, state and socket without waiting for its
+    /// recovery: it serves within a second, whatever its shims do.
+    pub fn spawn_only(&mut self) -> anyhow::Result<std::time::Duration> {
+        let t0 = std::time::Instant::now();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("berth.log"))?;
+        let child = self
+            .command()
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()?;
+        self.child = Some(child);
+        let sock = self.socket.clone();
+        let served = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
+            rt.block_on(async {
+                for _ in 0..600 {
+                    if let Ok(mut cri) = connect(&sock).await
+                        && cri
+                            .runtime
+                            .list_pod_sandbox(berth_cri_api::v1::ListPodSandboxRequest {
+                                filter: None,
+                            })
+                            .await
+                            .is_ok()
+                    {
+                        return Some(());
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                None
+            })
+        })
+        .join()
+        .ok()
+        .flatten();
+        match served {
+            Some(()) => Ok(t0.elapsed()),
+            None => bail!("berth did not serve within 3 s; log:\n{}", self.log()),
+        }
     }
 
     /// True while the process is alive.

@@ -33,6 +33,9 @@ enum Entry {
         path: String,
         target: String,
     },
+    Fifo {
+        path: String,
+    },
 }
 
 /// One layer: tar entries written exactly as given (no path cleaning: hostile names pass).
@@ -101,6 +104,12 @@ impl Layer {
         self
     }
 
+    /// Adds a FIFO (a hostile image's file that blocks whoever opens it to read).
+    pub fn fifo(mut self, path: &str) -> Self {
+        self.entries.push(Entry::Fifo { path: path.into() });
+        self
+    }
+
     /// A busybox root: `/bin/busybox` (Debian's static build) and `sh`, `ls`, `cat` links.
     pub fn busybox() -> anyhow::Result<Self> {
         let bin = std::fs::read("/bin/busybox").map_err(|e| {
@@ -131,6 +140,7 @@ impl Layer {
                     (path, tar::EntryType::Regular, *mode, "", data)
                 }
                 Entry::Dir { path } => (path, tar::EntryType::Directory, 0o755, "", &[]),
+                Entry::Fifo { path } => (path, tar::EntryType::Fifo, 0o644, "", &[]),
                 Entry::Symlink { path, target } => {
                     (path, tar::EntryType::Symlink, 0o777, target, &[])
                 }

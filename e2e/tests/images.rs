@@ -609,40 +609,62 @@ async fn removing_one_tag_keeps_the_others() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_cancelled_pull_still_completes() {
+async fn a_pull_whose_caller_gives_up_stops_unless_another_caller_waits() {
     let reg = Registry::start().unwrap();
     let berth = Berth::start().unwrap();
     let cri = berth.cri().await.unwrap();
     let pushed = ImageBuilder::new(vec![
         Layer::new()
             .compression(Compression::Gzip)
-            .file("big", noise(16 << 20, 7)),
+            .file("big", noise(48 << 20, 7)),
     ])
     .push(&reg, "e2e/cancel", Some("1"))
     .await
     .unwrap();
     let r = format!("{}/e2e/cancel:1", reg.addr);
-    let mut req = tonic::Request::new(PullImageRequest {
-        image: spec(&r),
-        auth: None,
-        sandbox_config: None,
-    });
-    req.set_timeout(Duration::from_millis(20));
-    let mut c = cri.image.clone();
-    let e = c.pull_image(req).await.unwrap_err();
+    let pull = |timeout: Option<Duration>| {
+        let mut c = cri.image.clone();
+        let r = r.clone();
+        async move {
+            let mut req = tonic::Request::new(PullImageRequest {
+                image: spec(&r),
+                auth: None,
+                sandbox_config: None,
+            });
+            if let Some(t) = timeout {
+                req.set_timeout(t);
+            }
+            c.pull_image(req).await
+        }
+    };
+    // Alone, a pull whose client gave up stops: the image never arrives, and nothing of it
+    // is left half written.
+    let e = pull(Some(Duration::from_millis(300))).await.unwrap_err();
     assert!(
         matches!(e.code(), Code::DeadlineExceeded | Code::Cancelled),
         "{e:?}"
     );
-    let mut done = false;
-    for _ in 0..200 {
-        if status(&cri, &r).await.is_some() {
-            done = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(done, "the pull went on after the client gave up");
+    let stopped = berth_e2e::wait_until(Duration::from_secs(1), || {
+        berth.log().contains("pull abandoned")
+    });
+    assert!(
+        stopped,
+        "the pull did not stop within 1 s of its caller leaving"
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        status(&cri, &r).await.is_none(),
+        "the pull went on after its only caller gave up"
+    );
+    let ingest: Vec<_> = std::fs::read_dir(berth.root.join("content/ingest"))
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(ingest.is_empty(), "partial downloads left: {ingest:?}");
+
+    // With a second caller pulling the same image, the first one's leaving costs it nothing.
+    let (gone, stays) = tokio::join!(pull(Some(Duration::from_millis(300))), pull(None));
+    assert!(gone.is_err());
+    assert_eq!(stays.unwrap().into_inner().image_ref, pushed.config);
     assert_eq!(status(&cri, &r).await.unwrap().id, pushed.config);
 }
 

@@ -24,6 +24,8 @@ pub enum ErrorKind {
     DataLoss,
     /// A local failure: the disk, the metadata store.
     Internal,
+    /// The caller gave up, and the work was abandoned.
+    Cancelled,
 }
 
 /// Errors of image references, registry access, pulls and the local stores.
@@ -122,6 +124,9 @@ pub enum Error {
     /// The metadata store failed.
     #[error("metadata store: {0}")]
     Store(String),
+    /// The pull's caller went away, and the pull stopped.
+    #[error("pull of {0} abandoned: its caller went away")]
+    Cancelled(String),
 }
 
 impl Error {
@@ -137,6 +142,7 @@ impl Error {
             Error::DigestMismatch { .. } => ErrorKind::DataLoss,
             Error::BadContent { .. } | Error::UnsafeLayer { .. } => ErrorKind::FailedPrecondition,
             Error::Io { .. } | Error::Store(_) => ErrorKind::Internal,
+            Error::Cancelled(_) => ErrorKind::Cancelled,
         }
     }
 

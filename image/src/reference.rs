@@ -26,8 +26,13 @@ pub struct Reference {
 impl Reference {
     /// Parses and normalises `input`; a missing tag becomes `latest`.
     pub fn parse(input: &str) -> Result<Self> {
+        // The reference is quoted back in the error: a hostile one is cut there (no valid
+        // reference comes near 512 bytes: a 255-byte name, a 128-byte tag, a digest).
         let bad = |reason: &str| Error::InvalidReference {
-            reference: input.to_string(),
+            reference: match input.char_indices().nth(512) {
+                Some((i, _)) => format!("{}… ({} bytes)", &input[..i], input.len()),
+                None => input.to_string(),
+            },
             reason: reason.to_string(),
         };
         if input.is_empty() {

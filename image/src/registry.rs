@@ -105,10 +105,33 @@ impl Credentials {
     }
 }
 
+/// How long a registry may take. Every request is bounded by these.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// Connecting: TCP and the TLS handshake.
+    pub dial: Duration,
+    /// From sending a request to its response headers. A host that misses it is skipped for
+    /// the rest of the pull (see [`Session`]).
+    pub response_header: Duration,
+    /// The longest a response body may go without a byte.
+    pub progress: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            dial: Duration::from_secs(10),
+            response_header: Duration::from_secs(30),
+            progress: Duration::from_secs(300),
+        }
+    }
+}
+
 /// Shares HTTP clients between pulls.
 #[derive(Default)]
 pub struct RegistryClient {
     clients: Mutex<HashMap<String, reqwest::Client>>,
+    timeouts: Timeouts,
 }
 
 impl std::fmt::Debug for RegistryClient {
@@ -119,11 +142,14 @@ impl std::fmt::Debug for RegistryClient {
 
 impl RegistryClient {
     /// A client with no cached connections.
-    pub fn new() -> Self {
+    pub fn new(timeouts: Timeouts) -> Self {
         // reqwest is built without a default crypto provider; ring is the one linked in. A
         // second install (tests, several clients) is harmless.
         let _ = rustls::crypto::ring::default_provider().install_default();
-        RegistryClient::default()
+        RegistryClient {
+            clients: Mutex::default(),
+            timeouts,
+        }
     }
 
     fn http_for(&self, host: &RegistryHost) -> Result<reqwest::Client> {
@@ -149,8 +175,10 @@ impl RegistryClient {
         };
         let mut b = reqwest::Client::builder()
             .user_agent(USER_AGENT)
-            .connect_timeout(Duration::from_secs(30))
-            .read_timeout(Duration::from_secs(120))
+            // The TLS handshake is part of connecting for reqwest's connector.
+            .connect_timeout(self.timeouts.dial)
+            // Each read of a response body; the wait for headers has its own bound (send).
+            .read_timeout(self.timeouts.progress)
             .pool_idle_timeout(Duration::from_secs(30))
             .redirect(reqwest::redirect::Policy::limited(10));
         if host.skip_verify {
@@ -205,6 +233,7 @@ impl RegistryClient {
             repo: reference.path().to_string(),
             creds,
             tokens: Mutex::new(HashMap::new()),
+            unresponsive: Mutex::new(HashMap::new()),
         }
     }
 }
@@ -220,13 +249,17 @@ pub struct FetchedManifest {
     pub body: Bytes,
 }
 
-/// Requests for one repository, with auth tokens cached per host.
+/// Requests for one repository, with auth tokens cached per host. A host that could not be
+/// reached or did not answer in time is remembered for the session (one pull): its later
+/// requests go straight to the next host instead of waiting out the same timeout again.
 pub struct Session {
     client: Arc<RegistryClient>,
     hosts: Vec<RegistryHost>,
     repo: String,
     creds: Option<Credentials>,
     tokens: Mutex<HashMap<String, String>>,
+    /// Host URL → why it was given up on.
+    unresponsive: Mutex<HashMap<String, String>>,
 }
 
 /// Why a host did not serve a request.
@@ -358,6 +391,26 @@ impl Session {
         let mut first_err = None;
         let mut tried = Vec::new();
         for h in self.hosts.iter().filter(|h| eligible(h)) {
+            let gave_up = self
+                .unresponsive
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(h.url.as_str())
+                .cloned();
+            if let Some(why) = gave_up {
+                tracing::debug!(host = %h.url, what, "skipping a host that failed earlier in this pull");
+                let e = Error::Registry {
+                    host: h.authority(),
+                    reason: format!("skipped: earlier in this pull, {why}"),
+                };
+                if first_err.is_none() {
+                    tried.push(format!("{} (the error above)", h.url));
+                    first_err = Some(e);
+                } else {
+                    tried.push(format!("{} ({e})", h.url));
+                }
+                continue;
+            }
             match attempt(h).await {
                 Ok(v) => return Ok(v),
                 Err(Miss::NotFound) => {
@@ -429,12 +482,19 @@ impl Session {
             {
                 req = req.header(AUTHORIZATION, tok.as_str());
             }
-            let resp = req.send().await.map_err(|e| {
-                Miss::Failed(Error::Registry {
-                    host: h.authority(),
-                    reason: transport_reason(&e),
-                })
-            })?;
+            let timeout = self.client.timeouts.response_header;
+            let sent = tokio::time::timeout(timeout, req.send()).await;
+            let resp = match sent {
+                Ok(Ok(r)) => r,
+                Ok(Err(e)) => {
+                    let reason = transport_reason(&e);
+                    return Err(self.give_up(h, reason));
+                }
+                Err(_) => {
+                    let reason = format!("no response within {timeout:?}");
+                    return Err(self.give_up(h, reason));
+                }
+            };
             match resp.status() {
                 s if s.is_success() => return Ok(resp),
                 StatusCode::NOT_FOUND => return Err(Miss::NotFound),
@@ -474,6 +534,18 @@ impl Session {
             host: h.authority(),
             reason: "still unauthorized after authenticating".into(),
         }))
+    }
+
+    /// Remembers that host `h` could not be reached or did not answer, and why.
+    fn give_up(&self, h: &RegistryHost, reason: String) -> Miss {
+        self.unresponsive
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(h.url.to_string(), reason.clone());
+        Miss::Failed(Error::Registry {
+            host: h.authority(),
+            reason,
+        })
     }
 
     /// Answers a `WWW-Authenticate` challenge with an `Authorization` header value.
@@ -522,7 +594,7 @@ impl Session {
                     ("scope", &scope),
                     ("client_id", "berth"),
                 ];
-                client.post(realm).form_urlencoded(&form).send().await
+                client.post(realm).form_urlencoded(&form).send()
             }
             _ => {
                 let mut realm = realm;
@@ -534,13 +606,20 @@ impl Session {
                 if let Some(c) = creds.filter(|c| !c.username.is_empty()) {
                     req = req.basic_auth(&c.username, Some(&c.password));
                 }
-                req.send().await
+                req.send()
             }
-        }
-        .map_err(|e| Error::Registry {
-            host: h.authority(),
-            reason: format!("token service: {}", transport_reason(&e)),
-        })?;
+        };
+        let timeout = self.client.timeouts.response_header;
+        let resp = tokio::time::timeout(timeout, resp)
+            .await
+            .map_err(|_| Error::Registry {
+                host: h.authority(),
+                reason: format!("token service: no response within {timeout:?}"),
+            })?
+            .map_err(|e| Error::Registry {
+                host: h.authority(),
+                reason: format!("token service: {}", transport_reason(&e)),
+            })?;
         if !resp.status().is_success() {
             let status = resp.status();
             return Err(unauthorized(format!(

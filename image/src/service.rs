@@ -14,6 +14,7 @@ use bytes::{Buf, Bytes};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
+use tokio_util::sync::CancellationToken;
 
 use crate::content::{ContentStore, Ingest};
 use crate::error::{Error, Result};
@@ -39,6 +40,8 @@ pub struct ImageServiceConfig {
     pub pinned: Vec<String>,
     /// Layers downloaded and unpacked at once per pull.
     pub max_concurrent_downloads: usize,
+    /// How long registries may take.
+    pub timeouts: crate::registry::Timeouts,
 }
 
 /// A local image.
@@ -147,12 +150,13 @@ impl ImageService {
             .filter_map(|p| Reference::parse(p).ok())
             .map(|r| r.to_string())
             .collect();
+        let registry = Arc::new(RegistryClient::new(cfg.timeouts));
         let svc = Arc::new(ImageService {
             cfg,
             store,
             content,
             snapshots,
-            registry: Arc::new(RegistryClient::new()),
+            registry,
             platform: Platform::host(),
             index: RwLock::new(index),
             pinned,
@@ -184,7 +188,29 @@ impl ImageService {
 
     /// Pulls `reference` and returns the local image.
     pub async fn pull(&self, reference: &str, creds: Option<Credentials>) -> Result<ImageRecord> {
-        let (rec, orphaned) = self.pull_inner(reference, creds).await?;
+        self.pull_cancellable(reference, creds, CancellationToken::new())
+            .await
+    }
+
+    /// Pulls `reference`, giving up as soon as `cancel` is cancelled (its caller went away):
+    /// requests in flight are dropped, layer downloads and unpacks stop at their next chunk,
+    /// and what was half written is removed. Layers other pulls wait for are fetched by them.
+    pub async fn pull_cancellable(
+        &self,
+        reference: &str,
+        creds: Option<Credentials>,
+        cancel: CancellationToken,
+    ) -> Result<ImageRecord> {
+        let (rec, orphaned) = match self.pull_inner(reference, creds, &cancel).await {
+            Ok(r) => r,
+            Err(e) if cancel.is_cancelled() => {
+                // Nobody waits for the answer: said here, or it is never said.
+                tracing::info!(image = reference, "pull abandoned: its caller went away");
+                drop(e);
+                return Err(Error::Cancelled(reference.to_string()));
+            }
+            Err(e) => return Err(e),
+        };
         if orphaned {
             self.gc().await?;
         }
@@ -195,14 +221,25 @@ impl ImageService {
         &self,
         reference: &str,
         creds: Option<Credentials>,
+        token: &CancellationToken,
     ) -> Result<(ImageRecord, bool)> {
         let r = Reference::parse(reference)?;
         // hosts.toml is read anew for every pull: edits apply without a restart.
         let hosts = hosts::resolve(self.cfg.registry_config_path.as_deref(), r.domain())?;
         let session = self.registry.session(hosts, &r, creds);
         let _gc = self.gc.read().await;
+        // The layer jobs' own flag: set on the first failure, or when the caller goes away.
+        let cancel = Arc::new(AtomicBool::new(false));
+        let relay = {
+            let (token, cancel) = (token.clone(), cancel.clone());
+            tokio::spawn(async move {
+                token.cancelled().await;
+                cancel.store(true, Ordering::Relaxed);
+            })
+        };
+        let _relay = AbortOnDrop(relay);
 
-        let top = session.resolve(&r).await?;
+        let top = unless_cancelled(token, &r, session.resolve(&r)).await?;
         let mut blobs = vec![(top.digest.clone(), top.body.len() as u64)];
         self.content.write_all(&top.digest, &top.body)?;
         let manifest_doc =
@@ -215,7 +252,7 @@ impl ImageService {
                                 platform: self.platform.to_string(),
                                 reference: r.to_string(),
                             })?;
-                    let m = session.manifest(&desc.digest).await?;
+                    let m = unless_cancelled(token, &r, session.manifest(&desc.digest)).await?;
                     self.content.write_all(&m.digest, &m.body)?;
                     blobs.push((m.digest.clone(), m.body.len() as u64));
                     match Document::parse(
@@ -236,7 +273,8 @@ impl ImageService {
         let (manifest_digest, manifest) = manifest_doc;
         let manifest_size = blobs.last().map_or(0, |b| b.1);
 
-        let config_bytes = self.fetch_config(&session, &manifest.config).await?;
+        let config_bytes =
+            unless_cancelled(token, &r, self.fetch_config(&session, &manifest.config)).await?;
         let config: ImageConfig = serde_json::from_slice(&config_bytes)
             .map_err(|e| Error::bad(format!("config {}", manifest.config.digest), e.to_string()))?;
         if config.rootfs.diff_ids.len() != manifest.layers.len() {
@@ -250,7 +288,6 @@ impl ImageService {
             ));
         }
         let chain_ids = manifest::chain_ids(&config.rootfs.diff_ids);
-        let cancel = Arc::new(AtomicBool::new(false));
         // Owned inputs per job: a closure over borrowed slice items trips the compiler's
         // higher-ranked lifetime check once the future must be Send.
         let jobs: Vec<_> = (0..manifest.layers.len())
@@ -262,8 +299,15 @@ impl ImageService {
                 let session = &session;
                 let cancel = cancel.clone();
                 async move {
-                    self.ensure_layer(session, &layer, &diff, &chain, parent.as_ref(), cancel)
-                        .await
+                    self.ensure_layer(
+                        session,
+                        &layer,
+                        &diff,
+                        &chain,
+                        parent.as_ref(),
+                        (cancel, token),
+                    )
+                    .await
                 }
             })
             .collect();
@@ -278,6 +322,9 @@ impl ImageService {
                 cancel.store(true, Ordering::Relaxed);
                 first_err.get_or_insert(e);
             }
+        }
+        if token.is_cancelled() {
+            return Err(Error::Cancelled(r.to_string()));
         }
         if let Some(e) = first_err {
             return Err(e);
@@ -336,7 +383,7 @@ impl ImageService {
         diff_id: &Digest,
         chain: &Digest,
         parent: Option<&Digest>,
-        cancel: Arc<AtomicBool>,
+        (cancel, token): (Arc<AtomicBool>, &CancellationToken),
     ) -> Result<()> {
         let lock = self.inflight_lock(chain);
         let _g = lock.lock().await;
@@ -360,7 +407,7 @@ impl ImageService {
             .await
             .map_err(|e| Error::io("unpack task", io::Error::other(e)))??
         } else {
-            self.download_and_unpack(session, desc, diff_id, dest, cancel)
+            self.download_and_unpack(session, desc, diff_id, dest, cancel, token)
                 .await?
         };
         self.snapshots.commit(tmp, chain, parent, stats)?;
@@ -375,8 +422,12 @@ impl ImageService {
         diff_id: &Digest,
         dest: PathBuf,
         cancel: Arc<AtomicBool>,
+        token: &CancellationToken,
     ) -> Result<LayerStats> {
-        let mut resp = session.blob(&desc.digest).await?;
+        let mut resp = tokio::select! {
+            r = session.blob(&desc.digest) => r?,
+            _ = token.cancelled() => return Err(cancelled(&desc.digest)),
+        };
         let ingest = self.content.writer()?;
         let (tx, rx) = tokio::sync::mpsc::channel::<std::result::Result<Bytes, String>>(64);
         let (layer, diff, size) = (desc.digest.clone(), diff_id.clone(), desc.size);
@@ -402,7 +453,12 @@ impl ImageService {
             Ok::<_, Error>(stats)
         });
         while !cancel.load(Ordering::Relaxed) {
-            match resp.chunk().await {
+            let chunk = tokio::select! {
+                c = resp.chunk() => c,
+                // The unpacker sees the flag (set by the relay) at its next read.
+                _ = token.cancelled() => break,
+            };
+            match chunk {
                 Ok(Some(c)) => {
                     if tx.send(Ok(c)).await.is_err() {
                         break; // the unpacker stopped: its error says why
@@ -654,6 +710,27 @@ fn now_ns() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as i64)
         .unwrap_or(0)
+}
+
+/// `fut`, unless `token` is cancelled first.
+async fn unless_cancelled<T>(
+    token: &CancellationToken,
+    r: &Reference,
+    fut: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
+    tokio::select! {
+        res = fut => res,
+        _ = token.cancelled() => Err(Error::Cancelled(r.to_string())),
+    }
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 fn cancelled(layer: &Digest) -> Error {

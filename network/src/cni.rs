@@ -11,8 +11,6 @@ use tokio::io::AsyncWriteExt;
 
 use crate::error::{Error, Result};
 
-const PLUGIN_TIMEOUT: Duration = Duration::from_secs(120);
-
 /// Where configs, plugins and the result cache are.
 #[derive(Debug, Clone)]
 pub struct CniPaths {
@@ -22,6 +20,8 @@ pub struct CniPaths {
     pub bin_dirs: Vec<PathBuf>,
     /// The result cache (`<cache_dir>/results/<network>-<container>-<ifname>`).
     pub cache_dir: PathBuf,
+    /// How long one plugin run may take before it is killed.
+    pub plugin_timeout: Duration,
 }
 
 /// A network list, as loaded from a `.conflist` (a `.conf` becomes a list of one).
@@ -137,7 +137,7 @@ impl NetworkList {
 }
 
 /// One attachment of a container to the network.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Attachment {
     /// `CNI_CONTAINERID` (the sandbox id).
     pub container_id: String,
@@ -304,6 +304,66 @@ impl Cni {
             .map(CniResult::from_json)
     }
 
+    /// The (container id, interface) of every cached ADD result: what DEL is owed for.
+    pub fn cached_attachments(&self) -> Vec<(String, String)> {
+        let dir = self.paths.cache_dir.join("results");
+        let Ok(rd) = std::fs::read_dir(&dir) else {
+            return Vec::new();
+        };
+        rd.flatten()
+            .filter_map(|e| {
+                let v: Value = serde_json::from_slice(&std::fs::read(e.path()).ok()?).ok()?;
+                Some((
+                    v.get("containerId")?.as_str()?.to_string(),
+                    v.get("ifName")?.as_str()?.to_string(),
+                ))
+            })
+            .collect()
+    }
+
+    /// DEL for a cached attachment whose owner berth no longer knows, with the netns, args
+    /// and capabilities ADD was given (all in the cache); then forgets the cache entry.
+    pub async fn del_cached(&self, container_id: &str, ifname: &str) -> Result<()> {
+        let probe = Attachment {
+            container_id: container_id.to_string(),
+            ifname: ifname.to_string(),
+            ..Default::default()
+        };
+        let Some((_, cache)) = self.find_cache(&probe) else {
+            return Ok(());
+        };
+        let args = cache
+            .get("cniArgs")
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(|kv| {
+                        let kv = kv.as_array()?;
+                        Some((
+                            kv.first()?.as_str()?.to_string(),
+                            kv.get(1)?.as_str()?.to_string(),
+                        ))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let a = Attachment {
+            netns: cache
+                .get("netns")
+                .and_then(Value::as_str)
+                .map(PathBuf::from)
+                .unwrap_or_default(),
+            args,
+            capabilities: cache
+                .get("capabilityArgs")
+                .and_then(Value::as_object)
+                .cloned()
+                .unwrap_or_default(),
+            ..probe
+        };
+        self.del(None, &a).await
+    }
+
     /// DEL with the config ADD used (from the cache), else `fallback`. Idempotent: a second
     /// DEL, or one for a container never added, succeeds.
     pub async fn del(&self, fallback: Option<&NetworkList>, a: &Attachment) -> Result<()> {
@@ -418,12 +478,13 @@ impl Cni {
                 .await
                 .map_err(|e| Error::io(format!("write config to {ty}"), e))?;
         }
-        let out = tokio::time::timeout(PLUGIN_TIMEOUT, child.wait_with_output())
+        let timeout = self.paths.plugin_timeout;
+        let out = tokio::time::timeout(timeout, child.wait_with_output())
             .await
             .map_err(|_| Error::Plugin {
                 plugin: ty.clone(),
                 command: command.into(),
-                message: format!("no answer within {PLUGIN_TIMEOUT:?}"),
+                message: format!("no answer within {timeout:?}; killed"),
             })?
             .map_err(|e| Error::io(format!("wait for CNI plugin {ty}"), e))?;
         tracing::debug!(plugin = ty, command, container = a.container_id, status = ?out.status, "CNI plugin ran");

@@ -292,8 +292,11 @@ pub struct ExecOutput {
     pub exit_code: i32,
 }
 
-/// Most output ExecSync keeps of each stream (the kubelet's limit).
-pub const EXEC_OUTPUT_LIMIT: usize = 16 * 1024 * 1024;
+/// Most output ExecSync keeps of each stream: both together, with the reply's framing, stay
+/// under the 16 MiB a gRPC message may carry to the kubelet, so a chatty command still gets
+/// its answer (the start of each stream) instead of failing the call. The rest is read and
+/// dropped, so the process never blocks on a full pipe.
+pub const EXEC_OUTPUT_LIMIT: usize = (16 * 1024 * 1024 - 4096) / 2;
 
 /// Every capability the kernel knows, by OCI name.
 pub const ALL_CAPABILITIES: &[&str] = &[
@@ -848,7 +851,7 @@ impl ContainerSpec<'_> {
     }
 }
 
-fn container_name(c: &ContainerConfig, pod: &PodRecord) -> String {
+pub(crate) fn container_name(c: &ContainerConfig, pod: &PodRecord) -> String {
     let m = &pod.config.meta;
     format!(
         "{}_{}_{}_{}_{}",
@@ -903,7 +906,7 @@ fn signal_number(name: &str) -> Option<u32> {
 }
 
 impl PodManager {
-    fn ctr_dir(&self, id: &str) -> PathBuf {
+    pub(crate) fn ctr_dir(&self, id: &str) -> PathBuf {
         self.state_dir().join("containers").join(id)
     }
 
@@ -912,7 +915,7 @@ impl PodManager {
         self.containers_read()
             .get(id)
             .cloned()
-            .ok_or_else(|| Error::NotFound(format!("container {id:?} not found")))
+            .ok_or_else(|| Error::NotFound(format!("container {} not found", crate::shown(id))))
     }
 
     /// Finds a container by id or unique prefix.
@@ -928,15 +931,19 @@ impl PodManager {
         match (m.next(), m.next()) {
             (Some(one), None) => Ok(one.clone()),
             (Some(_), Some(_)) => Err(Error::Invalid(format!(
-                "container id prefix {id:?} is ambiguous"
+                "container id prefix {} is ambiguous",
+                crate::shown(id)
             ))),
-            _ => Err(Error::NotFound(format!("container {id:?} not found"))),
+            _ => Err(Error::NotFound(format!(
+                "container {} not found",
+                crate::shown(id)
+            ))),
         }
     }
 
     /// Changes container `id`'s record in place and persists it, under the map's lock, so
     /// that concurrent changes (an exit event racing StartContainer) never undo each other.
-    fn update_container(
+    pub(crate) fn update_container(
         &self,
         id: &str,
         f: impl FnOnce(&mut ContainerRecord),
@@ -962,16 +969,19 @@ impl PodManager {
         f: impl FnOnce(&mut ContainerRecord),
     ) -> Result<ContainerRecord> {
         let mut all = self.containers_write();
-        let rec = all
-            .get_mut(id)
-            .ok_or_else(|| Error::NotFound(format!("container {id:?} not found")))?;
-        f(rec);
+        let mut rec = all
+            .get(id)
+            .cloned()
+            .ok_or_else(|| Error::NotFound(format!("container {} not found", crate::shown(id))))?;
+        f(&mut rec);
+        // The store first: a write that fails changes nothing, in memory either.
         if durable {
-            self.store_put(TABLE, id, rec)?;
+            self.store_put(TABLE, id, &rec)?;
         } else {
-            self.store_put_deferred(TABLE, id, rec)?;
+            self.store_put_deferred(TABLE, id, &rec)?;
         }
-        Ok(rec.clone())
+        all.insert(id.to_string(), rec.clone());
+        Ok(rec)
     }
 
     fn put_container(&self, rec: &ContainerRecord) -> Result<()> {
@@ -980,7 +990,7 @@ impl PodManager {
         Ok(())
     }
 
-    fn emit(&self, rec: &ContainerRecord, kind: ContainerEventKind) {
+    pub(crate) fn emit(&self, rec: &ContainerRecord, kind: ContainerEventKind) {
         let _ = self.container_events().send(ContainerEvent {
             container_id: rec.id.clone(),
             pod_id: rec.pod_id.clone(),
@@ -1064,7 +1074,12 @@ impl PodManager {
                 .prepare(&id, image.top_chain())
                 .map_err(img_err)?;
             lap("snapshot");
-            let accounts = Accounts::from_mounts(&mounts);
+            let accounts = {
+                let mounts = mounts.clone();
+                tokio::task::spawn_blocking(move || Accounts::from_mounts(&mounts))
+                    .await
+                    .map_err(|e| Error::io("read the image's accounts", e.into()))??
+            };
             let icfg = image_config.config.clone().unwrap_or_default();
             let sec = &config.security;
             let ids = accounts.resolve(
@@ -1507,12 +1522,14 @@ impl PodManager {
 
     /// ExecSync: runs `cmd` in the container, returns its output (each stream cut at
     /// [`EXEC_OUTPUT_LIMIT`]) and exit code; after `timeout` (zero: none) the process is
-    /// killed and the call fails. The streaming exec with no stdin and no client.
+    /// killed and the call fails. When `caller_gone` is cancelled (the client went away) the
+    /// process is killed too, timeout or not. The streaming exec with no stdin and no client.
     pub async fn exec_sync(
         &self,
         id: &str,
         cmd: Vec<String>,
         timeout: Duration,
+        caller_gone: tokio_util::sync::CancellationToken,
     ) -> Result<ExecOutput> {
         let collect = |mut rx: tokio::sync::mpsc::Receiver<bytes::Bytes>| {
             tokio::spawn(async move {
@@ -1529,7 +1546,7 @@ impl PodManager {
         let (out_tx, out_rx) = tokio::sync::mpsc::channel(16);
         let (err_tx, err_rx) = tokio::sync::mpsc::channel(16);
         let (out_t, err_t) = (collect(out_rx), collect(err_rx));
-        let stop = tokio_util::sync::CancellationToken::new();
+        let stop = caller_gone.child_token();
         let timer = (!timeout.is_zero()).then(|| {
             let stop = stop.clone();
             tokio::spawn(async move {
@@ -1553,6 +1570,11 @@ impl PodManager {
             out_t.await.unwrap_or_default(),
             err_t.await.unwrap_or_default(),
         );
+        if caller_gone.is_cancelled() {
+            return Err(Error::Timeout(format!(
+                "command {cmd:?} in container {id} was killed: its caller went away"
+            )));
+        }
         if stop.is_cancelled() {
             return Err(Error::Timeout(format!(
                 "command {cmd:?} in container {id} timed out after {timeout:?}"
@@ -1824,94 +1846,6 @@ impl PodManager {
     pub(crate) async fn stop_pod_containers(&self, pod_id: &str) -> Result<()> {
         for c in self.containers_of(pod_id) {
             self.stop_container(&c, Duration::ZERO).await?;
-        }
-        Ok(())
-    }
-
-    /// Recovers containers after a restart: reattaches logs of running ones; a container
-    /// whose task is gone is marked exited (status unknown: 255).
-    pub(crate) async fn recover_containers(&self) -> Result<()> {
-        let records: Vec<(String, ContainerRecord)> = self.store_list(TABLE)?;
-        for (_, rec) in records {
-            let id = rec.id.clone();
-            let pod = self.get(&rec.pod_id).ok();
-            if let Some(p) = &pod {
-                let _ = self
-                    .container_names()
-                    .reserve(&container_name(&rec.config, p), &id)
-                    .map(|r| r.commit());
-            }
-            self.containers_write().insert(id.clone(), rec.clone());
-            if rec.state == ContainerState::Exited {
-                continue;
-            }
-            let state = match self.shim_of(&rec.pod_id) {
-                Some(s) => s.state(&id).await.ok(),
-                None => None,
-            };
-            match state {
-                Some(st) if st.status.value() == 2 || st.status.value() == 1 => {
-                    // Running (2) or created (1). The record may lag the shim: its pid is
-                    // not written after Create, and berth may have stopped between the
-                    // shim's Start and the record of it.
-                    let running = st.status.value() == 2;
-                    if rec.pid != st.pid || (running && rec.state == ContainerState::Created) {
-                        self.update_container(&id, |r| {
-                            r.pid = st.pid;
-                            if running && r.state == ContainerState::Created {
-                                r.state = ContainerState::Running;
-                                r.started_ns =
-                                    crate::stats::process_start_ns(st.pid).unwrap_or_else(now_ns);
-                            }
-                        })?;
-                    }
-                    // Reattach to the output.
-                    let dir = self.ctr_dir(&id);
-                    let out = open_fifo_reader(&dir.join("stdout")).ok();
-                    let err = if rec.config.tty {
-                        None
-                    } else {
-                        open_fifo_reader(&dir.join("stderr")).ok()
-                    };
-                    let stdin = if rec.config.stdin {
-                        open_fifo_writer(&dir.join("stdin")).ok()
-                    } else {
-                        None
-                    };
-                    match ContainerLog::start(
-                        rec.log_path.as_deref(),
-                        self.log_rotation(),
-                        out,
-                        err,
-                        stdin,
-                    ) {
-                        Ok(l) => {
-                            self.container_logs().insert(id.clone(), l);
-                        }
-                        Err(e) => tracing::warn!(container = id, err = %e, "reattach log"),
-                    }
-                    tracing::info!(container = id, "recovered container");
-                }
-                Some(st) if st.status.value() == 3 => {
-                    // Stopped while berth was away.
-                    let at = st
-                        .exited_at
-                        .as_ref()
-                        .map(|t| t.seconds * 1_000_000_000 + i64::from(t.nanos))
-                        .unwrap_or(0);
-                    self.on_container_exit(&id, st.exit_status, at);
-                    self.reap_container(&id).await;
-                }
-                _ => {
-                    let mut r = rec.clone();
-                    r.state = ContainerState::Exited;
-                    r.exit_code = 255;
-                    r.reason = "Unknown".into();
-                    r.message = "the container's task was gone when berth restarted".into();
-                    r.finished_ns = now_ns();
-                    self.put_container(&r)?;
-                }
-            }
         }
         Ok(())
     }

@@ -6,8 +6,11 @@ pub mod container;
 pub mod error;
 pub mod logs;
 pub mod pod;
+mod reaper;
+mod recover;
 pub mod registrar;
 pub mod runsc;
+pub mod safefile;
 pub mod seccomp;
 pub mod shim;
 pub mod spec;
@@ -22,4 +25,20 @@ pub fn now_ns() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as i64)
         .unwrap_or(0)
+}
+
+/// How much of a caller's value an error message quotes.
+const SHOWN: usize = 64;
+
+/// `s` quoted for an error message, cut to a readable length with its full length said: an
+/// error must stay small whatever the caller sent (gRPC carries it in a trailer).
+pub fn shown(s: &str) -> String {
+    if s.len() <= SHOWN {
+        return format!("{s:?}");
+    }
+    let mut end = SHOWN;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{:?}… ({} bytes)", &s[..end], s.len())
 }

@@ -34,7 +34,7 @@ use crate::shim::events::{EventHub, TaskEvent};
 use crate::shim::{self, RuncOptions, Shim, ShimEnv};
 use crate::spec::{SandboxSpec, own_oom_score_adj};
 
-const TABLE: &str = "sandboxes";
+pub(crate) const TABLE: &str = "sandboxes";
 const SIGKILL: u32 = 9;
 
 /// A RuntimeClass handler, resolved from the config.
@@ -237,6 +237,10 @@ pub struct PodManager {
     layer_usage: std::sync::Mutex<LayerUsageCache>,
     /// A shim started ahead of time (see [`Spare`]).
     spare: Arc<tokio::sync::Mutex<Option<Spare>>>,
+    /// The manager itself, for tasks it starts (shim watches).
+    me: std::sync::Weak<PodManager>,
+    /// Pods still to reconcile after a restart, plus one for the orphan sweep that follows.
+    recovering: std::sync::atomic::AtomicUsize,
 }
 
 /// A runc shim started before any pod asked for it, in a bundle directory of its own under
@@ -244,9 +248,9 @@ pub struct PodManager {
 /// directory moves with it) and sends the task there: `shim start` (~10 ms of a pod's
 /// start-up) is then off the pod's path. The shim binary takes the runtime's options with
 /// each task, so one spare serves every handler that uses the same shim binary.
-struct Spare {
+pub(crate) struct Spare {
     /// `<state>/spare/<spare id>`: holds `bundle/` (the shim's working directory).
-    dir: PathBuf,
+    pub(crate) dir: PathBuf,
     binary: PathBuf,
     shim: Shim,
     /// The shim process, running at background priority until taken.
@@ -347,8 +351,9 @@ enum Undo {
 }
 
 impl PodManager {
-    /// Loads pods, reconnects to their shims (a pod whose shim is gone becomes NotReady), and
-    /// starts following shim events.
+    /// Loads pods and containers from their records and starts following shim events; then,
+    /// in the background, reconnects to their shims (see [`crate::recover`]), removes what no
+    /// record owns and starts the spare shim. Returns as soon as the records are loaded.
     pub async fn open(
         cfg: PodManagerConfig,
         store: Store,
@@ -357,7 +362,7 @@ impl PodManager {
     ) -> Result<Arc<Self>> {
         let netns = NetnsDir::new(cfg.state_dir.join("netns"));
         let cni = Cni::new(cfg.cni.clone());
-        let mgr = Arc::new(PodManager {
+        let mgr = Arc::new_cyclic(|me| PodManager {
             cfg,
             store,
             images,
@@ -375,14 +380,13 @@ impl PodManager {
             container_events: tokio::sync::broadcast::channel(1024).0,
             layer_usage: Default::default(),
             spare: Default::default(),
+            me: me.clone(),
+            recovering: Default::default(),
         });
         // Subscribed before recovery: an exit published while berth reconnects is buffered,
         // not lost.
         let mut events = mgr.hub.subscribe();
-        mgr.recover().await?;
-        mgr.recover_containers().await?;
-        mgr.clean_spares().await;
-        mgr.refill_spare();
+        let pending = mgr.load()?;
         let weak = Arc::downgrade(&mgr);
         tokio::spawn(async move {
             loop {
@@ -419,70 +423,93 @@ impl PodManager {
                 }
             }
         });
+        tokio::spawn(mgr.clone().reconcile(pending));
         Ok(mgr)
     }
 
-    async fn recover(&self) -> Result<()> {
-        let records: Vec<(String, PodRecord)> = self.store.list(TABLE).map_err(store_err)?;
-        for (_, mut rec) in records {
-            self.registrar.reserve(&rec.name(), &rec.id)?.commit();
-            // Reconnect to every shim still serving a pod, ready or not: a NotReady pod's shim
-            // still holds its dead task until Stop deletes it and shuts the shim down.
-            let bundle = self.bundle(&rec.id);
-            let mut running = false;
-            if let Ok(addr) = std::fs::read_to_string(bundle.join("address"))
-                && let Ok(s) = Shim::connect(addr.trim()).await
-            {
-                match s.state(&rec.id).await {
-                    Ok(st) => {
-                        running = st.status.value() == 2;
-                        if let Ok(log) = shim::open_log(&bundle, &rec.id) {
-                            self.logs
-                                .lock()
-                                .unwrap_or_else(|p| p.into_inner())
-                                .insert(rec.id.clone(), log);
-                        }
-                        self.shims
-                            .write()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .insert(rec.id.clone(), s);
-                        tracing::info!(pod = rec.id, running, "reconnected to the pod's shim");
-                    }
-                    Err(e) => {
-                        tracing::warn!(pod = rec.id, err = %e, "the pod's shim does not know its task")
-                    }
-                }
-            }
-            if rec.state == PodState::Ready && !running {
-                tracing::warn!(
-                    pod = rec.id,
-                    "the pod's shim or pause process is gone; pod is NotReady"
-                );
-                rec.state = PodState::NotReady;
-                self.store.put(TABLE, &rec.id, &rec).map_err(store_err)?;
-            }
-            self.pods
-                .write()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(rec.id.clone(), rec);
-        }
+    /// How much of the recovery after a restart is still to do: pods to reconcile, plus one
+    /// for the sweep of orphans that follows. 0 once berth is fully back.
+    pub fn recovering(&self) -> usize {
+        self.recovering.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_recovering(&self, pods: usize) {
+        self.recovering
+            .store(pods + 1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub(crate) fn recovered_one(&self) {
+        let _ = self.recovering.fetch_update(
+            std::sync::atomic::Ordering::Relaxed,
+            std::sync::atomic::Ordering::Relaxed,
+            |n| n.checked_sub(1),
+        );
+    }
+
+    pub(crate) fn me(&self) -> std::sync::Weak<PodManager> {
+        self.me.clone()
+    }
+
+    pub(crate) fn registrar(&self) -> &Registrar {
+        &self.registrar
+    }
+
+    pub(crate) fn insert_pod(&self, rec: PodRecord) {
+        self.pods
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(rec.id.clone(), rec);
+    }
+
+    pub(crate) fn keep_shim_log(&self, id: &str, log: shim::ShimLog) {
+        self.logs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.to_string(), log);
+    }
+
+    /// Makes `s` the shim of pod `id` and watches its process.
+    pub(crate) fn register_shim(&self, id: &str, s: Shim) {
+        let address = s.address.clone();
+        self.shims
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.to_string(), s);
+        self.watch_shim(id, &address);
+    }
+
+    /// Records pod `id` in `state`: the store first, then memory, so that a failed write
+    /// changes nothing.
+    pub(crate) fn set_pod_state(&self, id: &str, state: PodState) -> Result<()> {
+        self.change_pod(id, |r| r.state = state)
+    }
+
+    /// Changes pod `id`'s record, durably, then in memory.
+    fn change_pod(&self, id: &str, f: impl FnOnce(&mut PodRecord)) -> Result<()> {
+        let mut pods = self.pods.write().unwrap_or_else(|p| p.into_inner());
+        let Some(cur) = pods.get(id) else {
+            return Ok(());
+        };
+        let mut next = cur.clone();
+        f(&mut next);
+        self.store.put(TABLE, id, &next).map_err(store_err)?;
+        pods.insert(id.to_string(), next);
         Ok(())
     }
 
     /// Handles an exit that may be a pause container's; false if `id` is no pod.
     fn on_pause_exit(&self, id: &str, status: u32) -> bool {
-        let mut pods = self.pods.write().unwrap_or_else(|p| p.into_inner());
-        let Some(rec) = pods.get_mut(id) else {
-            return false;
+        let ready = match self.pods.read().unwrap_or_else(|p| p.into_inner()).get(id) {
+            None => return false,
+            Some(rec) => rec.state == PodState::Ready,
         };
-        if rec.state == PodState::Ready {
+        if ready {
             tracing::info!(
                 pod = id,
                 exit_status = status,
                 "pause container exited; pod is NotReady"
             );
-            rec.state = PodState::NotReady;
-            if let Err(e) = self.store.put(TABLE, id, rec) {
+            if let Err(e) = self.change_pod(id, |r| r.state = PodState::NotReady) {
                 tracing::error!(pod = id, err = %e, "failed to persist pod state");
             }
         }
@@ -594,7 +621,7 @@ impl PodManager {
         self.cfg.state_dir.join("sandboxes").join(id)
     }
 
-    fn bundle(&self, id: &str) -> PathBuf {
+    pub(crate) fn bundle(&self, id: &str) -> PathBuf {
         self.dir(id).join("bundle")
     }
 
@@ -625,25 +652,34 @@ impl PodManager {
         Ok((name.to_string(), h, bin))
     }
 
-    /// Shuts down spare shims a previous berth left and removes their directories.
-    async fn clean_spares(&self) {
-        let Ok(entries) = std::fs::read_dir(self.cfg.state_dir.join("spare")) else {
-            return;
-        };
-        for e in entries.flatten() {
-            let dir = e.path();
-            let id = e.file_name().to_string_lossy().into_owned();
-            let bundle = dir.join("bundle");
-            if let Ok(address) = std::fs::read_to_string(bundle.join("address")) {
-                match Shim::connect(address.trim()).await {
-                    Ok(s) => {
-                        let _ = s.shutdown(&id).await;
-                    }
-                    Err(_) => shim::kill_unreachable(&self.cfg.shim_env, &id, address.trim()).await,
-                }
-            }
-            let _ = std::fs::remove_dir_all(&dir);
-        }
+    /// The spare slot, unless a spare is being started right now.
+    pub(crate) fn spare_guard(&self) -> Option<tokio::sync::MutexGuard<'_, Option<Spare>>> {
+        self.spare.try_lock().ok()
+    }
+
+    /// The ids of every pod (records only).
+    pub(crate) fn pod_ids(&self) -> Vec<String> {
+        self.pods
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .cloned()
+            .collect()
+    }
+
+    /// The cgroup parents pods asked for.
+    pub(crate) fn pod_cgroup_parents(&self) -> Vec<String> {
+        self.pods
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .map(|r| r.config.cgroup_parent.clone())
+            .filter(|p| !p.is_empty())
+            .collect()
+    }
+
+    pub(crate) fn cni(&self) -> &Cni {
+        &self.cni
     }
 
     /// Shuts the spare shim down (berth is stopping: a spare is of use to no one else).
@@ -658,7 +694,7 @@ impl PodManager {
     }
 
     /// Starts a spare shim in the background for the default handler's shim binary.
-    fn refill_spare(&self) {
+    pub(crate) fn refill_spare(&self) {
         if !self.cfg.warm_shim {
             return;
         }
@@ -815,7 +851,7 @@ impl PodManager {
         args.extend(cc.cmd.clone().unwrap_or_default());
         // The pause user is resolved as a container's is: through the image's own
         // /etc/passwd and /etc/group, so a named USER works.
-        let ids = crate::users::Accounts::from_mounts(&mounts).resolve(
+        let ids = crate::users::Accounts::from_mounts(&mounts)?.resolve(
             &cc.user,
             cfg.run_as_user,
             "",
@@ -1027,10 +1063,7 @@ impl PodManager {
             rec.cni_result = Some(result.raw);
         }
         rec.pid = pid;
-        self.shims
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(id.clone(), s);
+        self.register_shim(&id, s);
         Ok(())
     }
 
@@ -1072,7 +1105,10 @@ impl PodManager {
                 self.store.delete(TABLE, id).map_err(store_err)
             }
             Undo::Netns(name) => self.netns.remove(&name).map_err(net_err),
-            Undo::Cni(a) => self.cni.del(None, &a).await.map_err(net_err),
+            Undo::Cni(a) => {
+                let current = self.cni.network().ok();
+                self.cni.del(current.as_ref(), &a).await.map_err(net_err)
+            }
             Undo::Dir(d) => match std::fs::remove_dir_all(&d) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                     Err(Error::io(format!("remove {}", d.display()), e))
@@ -1101,14 +1137,17 @@ impl PodManager {
         let network = rec.netns.as_ref().filter(|_| !rec.network_down);
         if let Some(ns) = network {
             let a = self.attachment(&rec);
+            // DEL with the config ADD used (cached with its result); without a cached result
+            // (berth died during ADD, or before it) with the network's config: the CNI spec
+            // makes DEL idempotent, and host-local releases the pod's lease by its id.
+            let current = self.cni.network().ok();
             if ns.exists() {
-                self.cni.del(None, &a).await.map_err(net_err)?;
+                self.cni.del(current.as_ref(), &a).await.map_err(net_err)?;
             } else {
                 // The namespace is gone (a reboot emptied the state dir, or someone removed
                 // it). DEL still releases what plugins hold outside it (IPAM leases, port
                 // mappings); a plugin that insists on the namespace must not keep the pod
                 // from stopping.
-                let current = self.cni.network().ok();
                 if let Err(e) = self.cni.del(current.as_ref(), &a).await {
                     tracing::warn!(pod = id, err = %e, "CNI DEL without the pod's network namespace failed");
                 }
@@ -1116,13 +1155,10 @@ impl PodManager {
             self.netns.remove(&netns_name(&id)).map_err(net_err)?;
         }
         unmount(&self.dir(&id).join("shm"))?;
-        let mut pods = self.pods.write().unwrap_or_else(|p| p.into_inner());
-        if let Some(r) = pods.get_mut(&id) {
+        self.change_pod(&id, |r| {
             r.state = PodState::NotReady;
             r.network_down = r.netns.is_some();
-            self.store.put(TABLE, &id, r).map_err(store_err)?;
-        }
-        Ok(())
+        })
     }
 
     /// Kills the pause task, waits for it (at most 10 s), deletes it and shuts the shim down;
@@ -1150,7 +1186,7 @@ impl PodManager {
         &self.cfg.shim_env
     }
 
-    fn forget_shim(&self, id: &str) {
+    pub(crate) fn forget_shim(&self, id: &str) {
         self.shims
             .write()
             .unwrap_or_else(|p| p.into_inner())
@@ -1243,9 +1279,13 @@ impl PodManager {
         match (m.next(), m.next()) {
             (Some(one), None) => Ok(one.clone()),
             (Some(_), Some(_)) => Err(Error::Invalid(format!(
-                "pod sandbox id prefix {id:?} is ambiguous"
+                "pod sandbox id prefix {} is ambiguous",
+                crate::shown(id)
             ))),
-            _ => Err(Error::NotFound(format!("pod sandbox {id:?} not found"))),
+            _ => Err(Error::NotFound(format!(
+                "pod sandbox {} not found",
+                crate::shown(id)
+            ))),
         }
     }
 
@@ -1256,7 +1296,7 @@ impl PodManager {
             .unwrap_or_else(|p| p.into_inner())
             .get(id)
             .cloned()
-            .ok_or_else(|| Error::NotFound(format!("pod sandbox {id:?} not found")))
+            .ok_or_else(|| Error::NotFound(format!("pod sandbox {} not found", crate::shown(id))))
     }
 
     /// PortForward: connects to `port` on the pod's loopback (the host's, for a

@@ -62,6 +62,16 @@ impl Registrar {
             .retain(|_, k| k != key);
     }
 
+    /// Every key holding a name: the ids of objects that exist or are being made.
+    pub fn keys(&self) -> std::collections::HashSet<String> {
+        self.names
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
     /// The key holding `name`.
     pub fn holder(&self, name: &str) -> Option<String> {
         self.names

@@ -25,45 +25,52 @@ pub struct Accounts {
     group: String,
 }
 
-/// Reads `rel` from the first layer (topmost first) that has it, resolving it inside that layer.
-fn layer_file(layers: &[PathBuf], rel: &str) -> Option<String> {
-    use rustix::fs::{Mode, OFlags, ResolveFlags};
+/// Account files larger than this are refused: real ones are a few KiB.
+pub const ACCOUNT_FILE_LIMIT: u64 = 4 << 20;
+
+/// Reads `rel` from the first layer (topmost first) that has it, resolving it inside that
+/// layer. A whiteout (the overlay character device 0/0) hides the file of the layers below.
+/// The file must be a regular one of at most [`ACCOUNT_FILE_LIMIT`] bytes: an image can make
+/// it anything, a FIFO included, and reading it must never block.
+fn layer_file(layers: &[PathBuf], rel: &str) -> Result<Option<String>> {
+    use crate::safefile::{ReadError, read_in_root};
     for l in layers {
-        let Ok(root) = rustix::fs::open(l, OFlags::PATH | OFlags::DIRECTORY, Mode::empty()) else {
-            continue;
-        };
-        match rustix::fs::openat2(
-            &root,
-            rel,
-            OFlags::RDONLY | OFlags::CLOEXEC,
-            Mode::empty(),
-            ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
-        ) {
-            Ok(fd) => {
-                let mut f = std::fs::File::from(fd);
-                let mut s = String::new();
-                use std::io::Read;
-                // Account files are small; a huge one is not worth reading.
-                let _ = (&mut f).take(4 << 20).read_to_string(&mut s);
-                return Some(s);
+        match read_in_root(l, rel, ACCOUNT_FILE_LIMIT) {
+            Ok(bytes) => return Ok(Some(String::from_utf8_lossy(&bytes).into_owned())),
+            Err(ReadError::Missing) => continue,
+            Err(ReadError::NotRegular("character device")) if is_whiteout(&l.join(rel)) => {
+                return Ok(None);
             }
-            Err(_) => continue,
+            Err(e) => {
+                return Err(Error::Invalid(format!(
+                    "the image's /{rel} {e}; berth reads it only as a regular file"
+                )));
+            }
         }
     }
-    None
+    Ok(None)
+}
+
+/// Whether `p` is an overlay whiteout (a character device with device number 0/0). Only
+/// called on a path `read_in_root` found to be a character device inside its layer.
+fn is_whiteout(p: &std::path::Path) -> bool {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    std::fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_char_device() && m.rdev() == 0)
 }
 
 impl Accounts {
     /// Reads the account files from the layer directories of a rootfs (topmost first).
-    pub fn from_layers(layers: &[PathBuf]) -> Self {
-        Accounts {
-            passwd: layer_file(layers, "etc/passwd").unwrap_or_default(),
-            group: layer_file(layers, "etc/group").unwrap_or_default(),
-        }
+    /// Blocking file I/O: call it off the async workers.
+    pub fn from_layers(layers: &[PathBuf]) -> Result<Self> {
+        Ok(Accounts {
+            passwd: layer_file(layers, "etc/passwd")?.unwrap_or_default(),
+            group: layer_file(layers, "etc/group")?.unwrap_or_default(),
+        })
     }
 
-    /// Reads the account files of the rootfs that snapshot `mounts` make up.
-    pub fn from_mounts(mounts: &[berth_image::snapshot::MountSpec]) -> Self {
+    /// Reads the account files of the rootfs that snapshot `mounts` make up. Blocking file
+    /// I/O: call it off the async workers.
+    pub fn from_mounts(mounts: &[berth_image::snapshot::MountSpec]) -> Result<Self> {
         let tuples: Vec<(String, String, Vec<String>)> = mounts
             .iter()
             .map(|m| (m.kind.clone(), m.source.clone(), m.options.clone()))
@@ -272,9 +279,34 @@ mod tests {
         std::fs::write(low.join("etc/passwd"), PASSWD).unwrap();
         // A hostile symlink in the top layer resolves inside that layer, not on the host.
         std::os::unix::fs::symlink("/etc/shadow", top.join("etc/group")).unwrap();
-        let a = Accounts::from_layers(&[top, low]);
+        let a = Accounts::from_layers(&[top.clone(), low.clone()]).unwrap();
         assert!(a.passwd.contains("www-data"));
         assert_eq!(a.group, "");
+
+        // A whiteout in the top layer hides the file below it.
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            top.join("etc/passwd"),
+            rustix::fs::FileType::CharacterDevice,
+            rustix::fs::Mode::empty(),
+            0,
+        )
+        .unwrap();
+        let a = Accounts::from_layers(&[top.clone(), low.clone()]).unwrap();
+        assert_eq!(a.passwd, "");
+
+        // A FIFO is refused at once (reading it would wait for a writer forever).
+        std::fs::remove_file(top.join("etc/passwd")).unwrap();
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            top.join("etc/passwd"),
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o644),
+            0,
+        )
+        .unwrap();
+        let e = Accounts::from_layers(&[top, low]).unwrap_err().to_string();
+        assert!(e.contains("/etc/passwd is a FIFO"), "{e}");
         let mounts = vec![(
             "overlay".to_string(),
             "overlay".to_string(),

@@ -81,15 +81,20 @@ fn to_cri_resources(r: &Resources) -> cri::LinuxContainerResources {
     }
 }
 
+/// Seccomp profiles larger than this are refused (Docker's default profile is ~20 KiB).
+const SECCOMP_PROFILE_LIMIT: u64 = 4 << 20;
+
+/// Reads a Localhost profile: a regular file (a FIFO or a device named here is refused
+/// without blocking), of bounded size. Blocking file I/O: the conversions that call it run
+/// off the async workers.
 fn load_profile(path: &str) -> Result<serde_json::Value, Status> {
-    if !path.starts_with('/') {
-        return Err(invalid(format!(
-            "seccomp localhost profile {path:?} must be an absolute path"
-        )));
-    }
+    use super::validate::shown;
+    super::validate::absolute_path("seccomp localhost profile", path)?;
     let text =
-        std::fs::read(path).map_err(|e| invalid(format!("read seccomp profile {path}: {e}")))?;
-    serde_json::from_slice(&text).map_err(|e| invalid(format!("seccomp profile {path}: {e}")))
+        berth_sandbox::safefile::read_host_file(std::path::Path::new(path), SECCOMP_PROFILE_LIMIT)
+            .map_err(|e| invalid(format!("seccomp profile {}: {e}", shown(path))))?;
+    serde_json::from_slice(&text)
+        .map_err(|e| invalid(format!("seccomp profile {}: {e}", shown(path))))
 }
 
 /// Seccomp from the CRI field, or else from the deprecated path form (pods and containers).
@@ -130,27 +135,41 @@ pub(crate) fn container_config(
     let m = c
         .metadata
         .ok_or_else(|| invalid("config.metadata is required"))?;
-    if m.name.is_empty() {
-        return Err(invalid("config.metadata.name is required"));
-    }
-    if m.name.contains(['/', '\0', '_']) || m.name.len() > 253 {
+    use super::validate as v;
+    v::name("config.metadata.name", &m.name, v::MAX_NAME)?;
+    if m.name.contains('_') {
         return Err(invalid(format!(
-            "container name {:?} is invalid: no '/', '_' or NUL, at most 253 bytes",
-            m.name
+            "container name {} may not contain '_' (berth joins names with it)",
+            v::shown(&m.name)
         )));
     }
     let image = c.image.map(|i| i.image).unwrap_or_default();
     if image.is_empty() {
         return Err(invalid("config.image.image is required"));
     }
-    if c.log_path.starts_with('/') || c.log_path.split('/').any(|p| p == "..") {
+    if c.log_path.starts_with('/')
+        || c.log_path.split('/').any(|p| p == "..")
+        || c.log_path.len() > v::MAX_PATH
+        || c.log_path.contains('\0')
+    {
         return Err(invalid(format!(
-            "log_path {:?} must be relative to the pod's log directory, without '..'",
-            c.log_path
+            "log_path {} must be relative to the pod's log directory, without '..'",
+            v::shown(&c.log_path)
         )));
     }
+    if !c.working_dir.is_empty() {
+        v::absolute_path("working_dir", &c.working_dir)?;
+    }
+    v::map("labels", &c.labels)?;
+    v::map("annotations", &c.annotations)?;
     let linux = c.linux.unwrap_or_default();
     let sc = linux.security_context.unwrap_or_default();
+    if !sc.run_as_username.is_empty() {
+        v::word("run_as_username", &sc.run_as_username, 256)?;
+    }
+    for p in sc.masked_paths.iter().chain(&sc.readonly_paths) {
+        v::absolute_path("masked or readonly path", p)?;
+    }
     if sc.run_as_group.is_some() && sc.run_as_user.is_none() && sc.run_as_username.is_empty() {
         return Err(invalid(
             "run_as_group is set without run_as_user or run_as_username",
@@ -172,19 +191,18 @@ pub(crate) fn container_config(
     let caps = sc.capabilities.clone().unwrap_or_default();
     let mut envs = Vec::new();
     for kv in c.envs {
-        if kv.key.is_empty() || kv.key.contains(['=', '\0']) {
+        if kv.key.is_empty() || kv.key.contains(['=', '\0']) || kv.value.contains('\0') {
             return Err(invalid(format!(
-                "environment variable name {:?} is invalid",
-                kv.key
+                "environment variable {} is invalid: a name without '=' or NUL, a value without NUL",
+                v::shown(&kv.key)
             )));
         }
         envs.push((kv.key, kv.value));
     }
     let mut mounts = Vec::new();
     for mt in c.mounts {
-        if mt.container_path.is_empty() || mt.host_path.is_empty() {
-            return Err(invalid("a mount needs container_path and host_path"));
-        }
+        v::absolute_path("mount container_path", &mt.container_path)?;
+        v::absolute_path("mount host_path", &mt.host_path)?;
         let propagation = match cri::MountPropagation::try_from(mt.propagation) {
             Ok(cri::MountPropagation::PropagationPrivate) => Propagation::Private,
             Ok(cri::MountPropagation::PropagationHostToContainer) => Propagation::HostToContainer,
@@ -237,15 +255,27 @@ pub(crate) fn container_config(
             working_dir: c.working_dir,
             envs,
             mounts,
-            devices: c
-                .devices
-                .into_iter()
-                .map(|d| Device {
-                    container_path: d.container_path,
-                    host_path: d.host_path,
-                    permissions: d.permissions,
-                })
-                .collect(),
+            devices: {
+                for d in &c.devices {
+                    v::absolute_path("device container_path", &d.container_path)?;
+                    v::absolute_path("device host_path", &d.host_path)?;
+                    if d.permissions.len() > 3 || !d.permissions.chars().all(|p| "rwm".contains(p))
+                    {
+                        return Err(invalid(format!(
+                            "device permissions {} may only combine r, w and m",
+                            v::shown(&d.permissions)
+                        )));
+                    }
+                }
+                c.devices
+            }
+            .into_iter()
+            .map(|d| Device {
+                container_path: d.container_path,
+                host_path: d.host_path,
+                permissions: d.permissions,
+            })
+            .collect(),
             labels: c.labels.into_iter().collect(),
             annotations: c.annotations.into_iter().collect(),
             log_path: c.log_path,

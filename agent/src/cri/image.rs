@@ -138,11 +138,18 @@ impl ImageService for ImageCri {
         };
         let span = tracing::info_span!("PullImage", image = %image);
         let images = self.images.clone();
+        // The pull runs on its own task, so that it stops cleanly; when this handler is
+        // dropped (the client went away or timed out), the guard tells the pull to stop.
+        let caller_gone = tokio_util::sync::CancellationToken::new();
+        let _stop_when_dropped = caller_gone.clone().drop_guard();
         call(
             span,
             Kind::Mutation,
             detached(async move {
-                let rec = images.pull(&image, creds).await.map_err(image_status)?;
+                let rec = images
+                    .pull_cancellable(&image, creds, caller_gone)
+                    .await
+                    .map_err(image_status)?;
                 tracing::info!(id = %rec.id, "image pulled");
                 Ok(PullImageResponse {
                     image_ref: rec.id.to_string(),

@@ -6,6 +6,7 @@ mod image;
 mod runtime;
 mod sandbox;
 mod stream;
+mod validate;
 
 use std::future::Future;
 use std::time::Instant;
@@ -28,6 +29,7 @@ fn image_code(kind: ErrorKind) -> Code {
         ErrorKind::FailedPrecondition => Code::FailedPrecondition,
         ErrorKind::DataLoss => Code::DataLoss,
         ErrorKind::Internal => Code::Internal,
+        ErrorKind::Cancelled => Code::Cancelled,
     }
 }
 
@@ -48,6 +50,38 @@ pub(crate) fn chain(e: &dyn std::error::Error) -> String {
         cur = inner.source();
     }
     s
+}
+
+/// Runs a request conversion off the async workers: converting may read a file the request
+/// names (a seccomp profile).
+pub(crate) async fn converted<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, Status> + Send + 'static,
+) -> Result<T, Status> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Status::internal(format!("request conversion failed: {e}")))?
+}
+
+/// The longest status message berth sends. gRPC carries it in a trailer, and clients refuse
+/// trailers over their header limit (8 KiB for grpc-go by default): a message built from a
+/// hostile request must not make the answer itself unreadable.
+const MAX_STATUS_MESSAGE: usize = 4096;
+
+/// `s` with its message cut to [`MAX_STATUS_MESSAGE`] bytes.
+fn bounded(s: Status) -> Status {
+    if s.message().len() <= MAX_STATUS_MESSAGE {
+        return s;
+    }
+    let mut end = MAX_STATUS_MESSAGE;
+    while !s.message().is_char_boundary(end) {
+        end -= 1;
+    }
+    let msg = format!(
+        "{}… (message cut at {MAX_STATUS_MESSAGE} of {} bytes)",
+        &s.message()[..end],
+        s.message().len()
+    );
+    Status::new(s.code(), msg)
 }
 
 /// Whether a call changes state (logged at info) or only reads it (logged at trace).
@@ -77,7 +111,7 @@ pub(crate) async fn call<T>(
             tracing::debug!(elapsed_ms = ms, code = ?s.code(), err = s.message(), "failed")
         }
     }
-    res.map(Response::new)
+    res.map(Response::new).map_err(bounded)
 }
 
 /// Runs a mutating call's body on its own task, so that it finishes even when the client

@@ -144,6 +144,12 @@ impl RuntimeService for RuntimeCri {
             };
             let mut info = HashMap::new();
             if verbose {
+                // Pods still being reconciled after a restart (plus the orphan sweep that
+                // follows): 0 once berth is fully back.
+                info.insert(
+                    "recovery".to_string(),
+                    serde_json::json!({ "pending": self.pods.recovering() }).to_string(),
+                );
                 let cfg = serde_json::to_string(&*self.config)
                     .map_err(|e| Status::internal(e.to_string()))?;
                 info.insert("config".to_string(), cfg);
@@ -203,7 +209,8 @@ impl RuntimeService for RuntimeCri {
         &self,
         req: Request<cri::RunPodSandboxRequest>,
     ) -> Result<Response<cri::RunPodSandboxResponse>, Status> {
-        let cfg = pod_config(req.into_inner())?;
+        let req = req.into_inner();
+        let cfg = super::converted(move || pod_config(req)).await?;
         let span = tracing::info_span!("RunPodSandbox", pod = %format!("{}/{}", cfg.meta.namespace, cfg.meta.name), handler = %cfg.runtime_handler);
         let pods = self.pods.clone();
         call(
@@ -333,7 +340,8 @@ impl RuntimeService for RuntimeCri {
         &self,
         req: Request<cri::CreateContainerRequest>,
     ) -> Result<Response<cri::CreateContainerResponse>, Status> {
-        let (pod_id, cfg) = ctr::container_config(req.into_inner())?;
+        let req = req.into_inner();
+        let (pod_id, cfg) = super::converted(move || ctr::container_config(req)).await?;
         let span = tracing::info_span!("CreateContainer", pod_sandbox_id = %pod_id, name = %cfg.name, image = %cfg.image);
         let pods = self.pods.clone();
         call(
@@ -538,13 +546,18 @@ impl RuntimeService for RuntimeCri {
         let req = req.into_inner();
         let span = tracing::debug_span!("ExecSync", container_id = %req.container_id, timeout = req.timeout);
         let pods = self.pods.clone();
+        // The exec runs on its own task (so the process is always waited for and its exec
+        // deleted); when this handler is dropped, its client went away and the guard tells
+        // that task to kill the process.
+        let caller_gone = tokio_util::sync::CancellationToken::new();
+        let _kill_when_dropped = caller_gone.clone().drop_guard();
         call(
             span,
             Kind::Read,
             detached(async move {
                 let timeout = std::time::Duration::from_secs(req.timeout.max(0) as u64);
                 let out = pods
-                    .exec_sync(&req.container_id, req.cmd, timeout)
+                    .exec_sync(&req.container_id, req.cmd, timeout, caller_gone)
                     .await
                     .map_err(sandbox_status)?;
                 Ok(cri::ExecSyncResponse {

@@ -36,26 +36,20 @@ pub(crate) fn pod_config(req: cri::RunPodSandboxRequest) -> Result<PodConfig, St
     let m = c
         .metadata
         .ok_or_else(|| invalid("config.metadata is required"))?;
-    for (what, v) in [
-        ("name", &m.name),
-        ("namespace", &m.namespace),
-        ("uid", &m.uid),
-    ] {
-        if v.is_empty() {
-            return Err(invalid(format!("config.metadata.{what} is empty")));
-        }
-        if v.len() > 253 || v.chars().any(|c| c.is_control() || c == '/') {
-            return Err(invalid(format!(
-                "config.metadata.{what} {v:?} is not a valid name"
-            )));
-        }
+    use super::validate as v;
+    v::name("config.metadata.name", &m.name, v::MAX_NAME)?;
+    v::name("config.metadata.namespace", &m.namespace, v::MAX_NAMESPACE)?;
+    v::name("config.metadata.uid", &m.uid, v::MAX_NAME)?;
+    if !c.hostname.is_empty() {
+        v::word("hostname", &c.hostname, v::MAX_HOSTNAME)?;
     }
-    if c.hostname.len() > 253
-        || c.hostname
-            .chars()
-            .any(|ch| ch.is_control() || ch.is_whitespace())
-    {
-        return Err(invalid(format!("hostname {:?} is not valid", c.hostname)));
+    if !c.log_directory.is_empty() {
+        v::absolute_path("log_directory", &c.log_directory)?;
+    }
+    v::map("labels", &c.labels)?;
+    v::map("annotations", &c.annotations)?;
+    if let Some(d) = &c.dns_config {
+        v::dns(&d.servers, &d.searches, &d.options)?;
     }
     let mut port_mappings = Vec::new();
     for p in &c.port_mappings {
@@ -70,6 +64,12 @@ pub(crate) fn pod_config(req: cri::RunPodSandboxRequest) -> Result<PodConfig, St
                 )));
             }
         };
+        if !p.host_ip.is_empty() && p.host_ip.parse::<std::net::IpAddr>().is_err() {
+            return Err(invalid(format!(
+                "port mapping host_ip {} is not an IP address",
+                v::shown(&p.host_ip)
+            )));
+        }
         if !(0..=65535).contains(&p.host_port) || !(0..=65535).contains(&p.container_port) {
             return Err(invalid(format!(
                 "port mapping {}:{} out of range",
@@ -84,6 +84,10 @@ pub(crate) fn pod_config(req: cri::RunPodSandboxRequest) -> Result<PodConfig, St
         });
     }
     let linux = c.linux.unwrap_or_default();
+    v::cgroup_parent(&linux.cgroup_parent)?;
+    for (k, val) in &linux.sysctls {
+        v::sysctl(k, val)?;
+    }
     let sc = linux.security_context.unwrap_or_default();
     let ns = sc.namespace_options.unwrap_or_default();
     let node = cri::NamespaceMode::Node as i32;

@@ -62,6 +62,7 @@ impl World {
             conf_dir: self.dir.path().join("net.d"),
             bin_dirs,
             cache_dir: self.dir.path().join("cache"),
+            plugin_timeout: std::time::Duration::from_secs(30),
         })
     }
 

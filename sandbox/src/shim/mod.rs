@@ -9,6 +9,7 @@
 //! The address is written to `<bundle>/address` so a restarted berth can reconnect.
 
 pub mod events;
+pub mod watch;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -19,9 +20,17 @@ use tokio::io::AsyncWriteExt;
 
 use crate::error::{Error, Result};
 
+/// Deadline of `<shim> start` and `<shim> delete` (each runs the shim binary, which exits).
 const START_TIMEOUT: Duration = Duration::from_secs(30);
-/// Deadline of a single task API call (Create and Start run runc and may take a while).
-const CALL_TIMEOUT: Duration = Duration::from_secs(60);
+/// Deadline of the task API calls that run the OCI runtime to create or start a process
+/// (Create, Start, Exec): runc can be slow on a loaded node.
+const RUNTIME_CALL_TIMEOUT: Duration = Duration::from_secs(60);
+/// Deadline of every other task API call (State, Kill, Delete, Connect, Update, CloseIO,
+/// ResizePty, Shutdown): a shim that cannot answer one of these in this long is broken.
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// Deadline of connecting to a shim's socket: a stopped shim's listen backlog fills up, and
+/// connecting then waits for as long as it stays stopped.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How shims are started: what berth tells them about itself.
 #[derive(Debug, Clone)]
@@ -369,16 +378,27 @@ pub async fn delete_dead(binary: &Path, env: &ShimEnv, id: &str, bundle: &Path) 
     std::fs::create_dir_all(&links).map_err(|e| Error::io("create shim-delete dir", e))?;
     std::os::unix::fs::symlink(bundle, &link)
         .map_err(|e| Error::io(format!("link {}", link.display()), e))?;
-    let out = base_command(binary, env, id, bundle)
-        .current_dir(&link)
-        .env("PWD", &link)
-        .arg("-bundle")
-        .arg(bundle)
-        .arg("delete")
-        .output()
-        .await;
+    // Bounded: a shim binary that hangs is killed (kill_on_drop) when the wait gives up.
+    let out = tokio::time::timeout(
+        START_TIMEOUT,
+        base_command(binary, env, id, bundle)
+            .current_dir(&link)
+            .env("PWD", &link)
+            .arg("-bundle")
+            .arg(bundle)
+            .arg("delete")
+            .output(),
+    )
+    .await;
     let _ = std::fs::remove_dir_all(&links);
-    let out = out.map_err(|e| Error::io(format!("run {} delete", binary.display()), e))?;
+    let out = out
+        .map_err(|_| {
+            Error::Timeout(format!(
+                "{} delete of {id}: no answer within {START_TIMEOUT:?}",
+                binary.display()
+            ))
+        })?
+        .map_err(|e| Error::io(format!("run {} delete", binary.display()), e))?;
     if !out.status.success() {
         return Err(Error::Task {
             call: "delete (shim binary)",
@@ -510,13 +530,17 @@ fn set_nice(pid: u32, nice: i32) -> Result<()> {
 impl Shim {
     /// Connects to a shim's ttrpc address.
     pub async fn connect(address: &str) -> Result<Self> {
-        let client = Client::connect(address).await.map_err(|e| Error::Task {
+        let failed = |reason: String| Error::Task {
             call: "connect",
             id: address.into(),
-            reason: e.to_string(),
+            reason,
             not_found: false,
             gone: false,
-        })?;
+        };
+        let client = tokio::time::timeout(CONNECT_TIMEOUT, Client::connect(address))
+            .await
+            .map_err(|_| failed(format!("no connection within {CONNECT_TIMEOUT:?}")))?
+            .map_err(|e| failed(e.to_string()))?;
         Ok(Shim {
             task: TaskClient::new(client),
             address: address.to_string(),
@@ -573,7 +597,7 @@ impl Shim {
         };
         Ok(self
             .task
-            .create(ctx(CALL_TIMEOUT), &req)
+            .create(ctx(RUNTIME_CALL_TIMEOUT), &req)
             .await
             .map_err(|e| task_err("Create", id, e))?
             .pid)
@@ -593,7 +617,7 @@ impl Shim {
         };
         Ok(self
             .task
-            .start(ctx(CALL_TIMEOUT), &req)
+            .start(ctx(RUNTIME_CALL_TIMEOUT), &req)
             .await
             .map_err(|e| task_err("Start", id, e))?
             .pid)
@@ -654,6 +678,19 @@ impl Shim {
         };
         self.task
             .state(ctx(CALL_TIMEOUT), &req)
+            .await
+            .map_err(|e| task_err("State", id, e))
+    }
+
+    /// The task's state, asked with a deadline of its own (recovery's, shorter than a
+    /// call's usual one).
+    pub async fn state_within(&self, id: &str, timeout: Duration) -> Result<api::StateResponse> {
+        let req = api::StateRequest {
+            id: id.into(),
+            ..Default::default()
+        };
+        self.task
+            .state(ctx(timeout), &req)
             .await
             .map_err(|e| task_err("State", id, e))
     }
@@ -727,7 +764,7 @@ impl Shim {
             ..Default::default()
         };
         self.task
-            .exec(ctx(CALL_TIMEOUT), &req)
+            .exec(ctx(RUNTIME_CALL_TIMEOUT), &req)
             .await
             .map_err(|e| task_err("Exec", id, e))?;
         Ok(())

@@ -1,0 +1,421 @@
+//! What berth does after a restart, and when a shim dies under it.
+//!
+//! **Restart.** [`PodManager::load`] reads every pod and container record into memory, reserves
+//! their names and takes each one's lock, all before berth serves: Lists answer at once with
+//! what the records say, and any call on a pod or container waits for that one object to be
+//! reconciled, never for the rest. [`PodManager::reconcile`] then runs in the background, a
+//! bounded number of pods at a time, every shim call bounded:
+//!
+//! ```text
+//!   pod record ──connect + State (bounded)──► shim answers:  task running   → Ready stays
+//!                                                            task stopped/unknown → NotReady
+//!                                           ► no shim / refused / no answer (killed) → NotReady
+//!   container record (not exited) ─State──►  created/running → pid and state from the shim,
+//!                                                              output reattached
+//!                                            stopped → exited, task deleted
+//!                                            unknown / shim gone → exited (255), and what runc
+//!                                              may still hold is deleted through the shim binary
+//! ```
+//!
+//! A container's output fifos are opened before any shim is asked anything: a shim that was
+//! creating a container when berth died waits for a reader on them.
+//!
+//! **A shim that dies** is noticed through a pidfd on its process ([`crate::shim::watch`]):
+//! the pod becomes NotReady, its containers exit with reason `ShimDied` (what runc still runs
+//! for them is killed and deleted through the shim binary), and the kubelet sees it all at its
+//! next relist.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::unix::pipe;
+use tokio::sync::OwnedMutexGuard;
+
+use crate::container::{ContainerEventKind, ContainerRecord, ContainerState, TABLE as CONTAINERS};
+use crate::error::Result;
+use crate::logs::{ContainerLog, open_fifo_reader, open_fifo_writer};
+use crate::now_ns;
+use crate::pod::{PodManager, PodRecord, PodState};
+use crate::shim::{self, Shim};
+
+/// Pods reconciled at once after a restart (kuasar's figure).
+const RECOVERY_CONCURRENCY: usize = 32;
+/// How long a shim gets to answer a recovery call; one that does not is killed.
+const RECOVERY_CALL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The task states a shim reports (containerd's `task.Status`).
+const TASK_CREATED: i32 = 1;
+const TASK_RUNNING: i32 = 2;
+const TASK_STOPPED: i32 = 3;
+
+/// A pod loaded from its record and not reconciled yet; its lock is held.
+pub(crate) struct PendingPod {
+    id: String,
+    _lock: OwnedMutexGuard<()>,
+    containers: Vec<PendingContainer>,
+}
+
+/// A container whose record says it was created or running; its lock is held and its output
+/// fifos are open.
+pub(crate) struct PendingContainer {
+    id: String,
+    _lock: OwnedMutexGuard<()>,
+    stdout: Option<pipe::Receiver>,
+    stderr: Option<pipe::Receiver>,
+    stdin: Option<pipe::Sender>,
+}
+
+/// What a pod's shim said when berth came back.
+enum ShimAnswer {
+    /// The shim serves, and knows the pause task in this state.
+    Task(Shim, i32),
+    /// The shim serves but does not know the pause task (berth died before creating it).
+    NoTask(Shim),
+    /// No shim, or none that answers (one that did not answer in time was killed).
+    Gone,
+}
+
+impl PodManager {
+    /// Loads every record, reserves names and takes every lock: what is left to reconcile.
+    /// Runs before berth serves, and does no I/O but the store's and opening fifos.
+    pub(crate) fn load(&self) -> Result<Vec<PendingPod>> {
+        let pods: Vec<(String, PodRecord)> = self.store_list(crate::pod::TABLE)?;
+        let containers: Vec<(String, ContainerRecord)> = self.store_list(CONTAINERS)?;
+        let mut pending = Vec::new();
+        for (_, rec) in pods {
+            self.registrar().reserve(&rec.name(), &rec.id)?.commit();
+            let Ok(guard) = self.lock(&rec.id).try_lock_owned() else {
+                continue; // nothing runs yet: every lock is free
+            };
+            pending.push(PendingPod {
+                id: rec.id.clone(),
+                _lock: guard,
+                containers: Vec::new(),
+            });
+            self.insert_pod(rec);
+        }
+        for (_, rec) in containers {
+            let id = rec.id.clone();
+            if let Ok(p) = self.get(&rec.pod_id) {
+                let _ = self
+                    .container_names()
+                    .reserve(&crate::container::container_name(&rec.config, &p), &id)
+                    .map(|r| r.commit());
+            }
+            let unfinished = rec.state != ContainerState::Exited;
+            let pod_id = rec.pod_id.clone();
+            let tty = rec.config.tty;
+            let stdin = rec.config.stdin;
+            self.containers_write().insert(id.clone(), rec);
+            if !unfinished {
+                continue;
+            }
+            let Ok(guard) = self.lock(&id).try_lock_owned() else {
+                continue;
+            };
+            let dir = self.ctr_dir(&id);
+            let c = PendingContainer {
+                _lock: guard,
+                stdout: open_fifo_reader(&dir.join("stdout")).ok(),
+                stderr: (!tty)
+                    .then(|| open_fifo_reader(&dir.join("stderr")).ok())
+                    .flatten(),
+                stdin: stdin
+                    .then(|| open_fifo_writer(&dir.join("stdin")).ok())
+                    .flatten(),
+                id,
+            };
+            match pending.iter_mut().find(|p| p.id == pod_id) {
+                Some(p) => p.containers.push(c),
+                None => {
+                    // A container whose pod record is gone: nothing can run it.
+                    tracing::warn!(
+                        container = c.id,
+                        pod = pod_id,
+                        "container of an unknown pod; marking it exited"
+                    );
+                    self.mark_gone(&c.id, "its pod was gone when berth restarted");
+                }
+            }
+        }
+        self.set_recovering(pending.len());
+        Ok(pending)
+    }
+
+    /// Reconciles what [`load`](Self::load) left, a few pods at a time, then cleans up what
+    /// no record owns and starts the spare shim.
+    pub(crate) async fn reconcile(self: Arc<Self>, pending: Vec<PendingPod>) {
+        let started = std::time::Instant::now();
+        let count = pending.len();
+        let gate = Arc::new(tokio::sync::Semaphore::new(RECOVERY_CONCURRENCY));
+        let mut tasks = tokio::task::JoinSet::new();
+        for p in pending {
+            let (m, gate) = (self.clone(), gate.clone());
+            tasks.spawn(async move {
+                let _turn = gate.acquire_owned().await;
+                m.reconcile_pod(p).await;
+                m.recovered_one();
+            });
+        }
+        while tasks.join_next().await.is_some() {}
+        tracing::info!(
+            pods = count,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "recovery finished"
+        );
+        self.reap_orphans().await;
+        self.refill_spare();
+    }
+
+    async fn reconcile_pod(self: &Arc<Self>, p: PendingPod) {
+        let Ok(rec) = self.get(&p.id) else { return };
+        let bundle = self.bundle(&p.id);
+        let answer = match std::fs::read_to_string(bundle.join("address")) {
+            Err(_) => ShimAnswer::Gone,
+            Ok(address) => self.ask_shim(&p.id, address.trim()).await,
+        };
+        let (shim, running) = match answer {
+            ShimAnswer::Task(s, status) => (Some(s), status == TASK_RUNNING),
+            ShimAnswer::NoTask(s) => (Some(s), false),
+            ShimAnswer::Gone => (None, false),
+        };
+        if let Some(s) = &shim {
+            // A NotReady pod's shim still holds its dead task until Stop deletes it.
+            match shim::open_log(&bundle, &p.id) {
+                Ok(log) => self.keep_shim_log(&p.id, log),
+                Err(e) => tracing::debug!(pod = p.id, err = %e, "reopen the shim's log"),
+            }
+            self.register_shim(&p.id, s.clone());
+            tracing::info!(pod = p.id, running, "reconnected to the pod's shim");
+        }
+        if rec.state == PodState::Ready && !running {
+            tracing::warn!(
+                pod = p.id,
+                "the pod's shim or pause process is gone; pod is NotReady"
+            );
+            if let Err(e) = self.set_pod_state(&p.id, PodState::NotReady) {
+                tracing::error!(pod = p.id, err = %e, "failed to record the pod as NotReady");
+            }
+        }
+        for c in p.containers {
+            self.reconcile_container(shim.as_ref(), &rec, c).await;
+        }
+    }
+
+    /// Connects to a pod's shim and asks it for the pause task, within
+    /// [`RECOVERY_CALL_TIMEOUT`] each. A shim that accepts but does not answer is killed.
+    async fn ask_shim(&self, pod_id: &str, address: &str) -> ShimAnswer {
+        let s = match Shim::connect(address).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(pod = pod_id, err = %e, "cannot connect to the pod's shim");
+                shim::kill_unreachable(self.shim_env(), pod_id, address).await;
+                shim::remove_dead_socket(address);
+                return ShimAnswer::Gone;
+            }
+        };
+        match s.state_within(pod_id, RECOVERY_CALL_TIMEOUT).await {
+            Ok(st) => ShimAnswer::Task(s, st.status.value()),
+            Err(e) if e.kind() == crate::ErrorKind::NotFound => {
+                tracing::warn!(pod = pod_id, "the pod's shim does not know its pause task");
+                ShimAnswer::NoTask(s)
+            }
+            Err(e) => {
+                tracing::warn!(pod = pod_id, err = %e, "the pod's shim does not answer; killing it");
+                self.kill_pod_shim(pod_id, address).await;
+                ShimAnswer::Gone
+            }
+        }
+    }
+
+    /// Kills a pod's shim daemon, which may have been started under a spare's id: it is
+    /// found by its working directory (the pod's bundle).
+    async fn kill_pod_shim(&self, pod_id: &str, address: &str) {
+        if let Some(pid) = shim::watch::daemon_pid(&self.bundle(pod_id))
+            && let Ok(w) = shim::watch::Watch::open(pid, &self.bundle(pod_id))
+        {
+            if let Some(p) = rustix::process::Pid::from_raw(pid as i32) {
+                let _ = rustix::process::kill_process(p, rustix::process::Signal::KILL);
+            }
+            let _ = tokio::time::timeout(Duration::from_secs(2), w.exited()).await;
+        }
+        shim::kill_unreachable(self.shim_env(), pod_id, address).await;
+    }
+
+    async fn reconcile_container(&self, s: Option<&Shim>, pod: &PodRecord, c: PendingContainer) {
+        let id = c.id.clone();
+        let Ok(rec) = self.container(&id) else { return };
+        let state = match s {
+            Some(s) => Some(s.state_within(&id, RECOVERY_CALL_TIMEOUT).await),
+            None => None,
+        };
+        match state {
+            Some(Ok(st))
+                if st.status.value() == TASK_RUNNING || st.status.value() == TASK_CREATED =>
+            {
+                // The record may lag the shim: its pid is not written after Create, and berth
+                // may have stopped between the shim's Start and the record of it.
+                let running = st.status.value() == TASK_RUNNING;
+                if rec.pid != st.pid || (running && rec.state == ContainerState::Created) {
+                    let res = self.update_container(&id, |r| {
+                        r.pid = st.pid;
+                        if running && r.state == ContainerState::Created {
+                            r.state = ContainerState::Running;
+                            r.started_ns =
+                                crate::stats::process_start_ns(st.pid).unwrap_or_else(now_ns);
+                        }
+                    });
+                    if let Err(e) = res {
+                        tracing::error!(container = id, err = %e, "failed to record the recovered state");
+                    }
+                }
+                match ContainerLog::start(
+                    rec.log_path.as_deref(),
+                    self.log_rotation(),
+                    c.stdout,
+                    c.stderr,
+                    c.stdin,
+                ) {
+                    Ok(l) => {
+                        self.container_logs().insert(id.clone(), l);
+                    }
+                    Err(e) => tracing::warn!(container = id, err = %e, "reattach log"),
+                }
+                tracing::info!(container = id, running, "recovered container");
+            }
+            Some(Ok(st)) if st.status.value() == TASK_STOPPED => {
+                let at = st
+                    .exited_at
+                    .as_ref()
+                    .map(|t| t.seconds * 1_000_000_000 + i64::from(t.nanos))
+                    .unwrap_or(0);
+                self.on_container_exit(&id, st.exit_status, at);
+                self.reap_container(&id).await;
+            }
+            other => {
+                if let Some(Err(e)) = &other {
+                    tracing::warn!(container = id, err = %e, "the shim does not know the container's task");
+                }
+                // The task may still exist in runc (berth died while the shim created it, and
+                // the shim lost it): the shim binary's delete kills and removes it.
+                self.delete_dead_task(&pod.shim_binary, &id, &self.ctr_dir(&id).join("bundle"))
+                    .await;
+                self.mark_gone(&id, "the container's task was gone when berth restarted");
+            }
+        }
+    }
+
+    /// Runs `<shim> delete` for a task whose shim cannot be asked, if its bundle is there.
+    pub(crate) async fn delete_dead_task(
+        &self,
+        binary: &std::path::Path,
+        id: &str,
+        bundle: &std::path::Path,
+    ) {
+        if !bundle.join("config.json").exists() {
+            return;
+        }
+        if let Err(e) = shim::delete_dead(binary, self.shim_env(), id, bundle).await {
+            tracing::debug!(task = id, err = %e, "shim delete of a task without a shim");
+        }
+    }
+
+    /// Marks a container exited with status 255 and `why`, unless it exited already.
+    fn mark_gone(&self, id: &str, why: &str) {
+        self.mark_exited_unknown(id, "Unknown", why);
+    }
+
+    fn mark_exited_unknown(&self, id: &str, reason: &str, why: &str) {
+        let mut changed = false;
+        let res = self.update_container(id, |r| {
+            if r.state == ContainerState::Exited {
+                return;
+            }
+            changed = true;
+            r.state = ContainerState::Exited;
+            r.exit_code = 255;
+            r.reason = reason.into();
+            r.message = why.into();
+            r.finished_ns = now_ns();
+        });
+        match res {
+            Ok(rec) if changed => {
+                self.container_logs().remove(id);
+                self.emit(&rec, ContainerEventKind::Stopped);
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::error!(container = id, err = %e, "failed to record the container as exited")
+            }
+        }
+    }
+
+    /// Starts watching the shim of pod `id` (at `address`): if its process dies while it is
+    /// still the pod's shim, [`on_shim_death`](Self::on_shim_death) cleans up after it.
+    pub(crate) fn watch_shim(&self, pod_id: &str, address: &str) {
+        let me = self.me();
+        let bundle = self.bundle(pod_id);
+        let (pod_id, address) = (pod_id.to_string(), address.to_string());
+        tokio::spawn(async move {
+            let Some(pid) = shim::watch::daemon_pid(&bundle) else {
+                tracing::debug!(
+                    pod = pod_id,
+                    "no shim.pid in the bundle; the shim is not watched"
+                );
+                return;
+            };
+            match shim::watch::Watch::open(pid, &bundle) {
+                Ok(w) => w.exited().await,
+                Err(shim::watch::NotWatched::Gone) => {}
+                Err(shim::watch::NotWatched::Unsupported(e)) => {
+                    tracing::warn!(pod = pod_id, err = e, "cannot watch the pod's shim");
+                    return;
+                }
+            }
+            // The manager may be gone (berth is stopping): then nothing is left to do.
+            if let Some(m) = me.upgrade() {
+                m.on_shim_death(&pod_id, &address, pid).await;
+            }
+        });
+    }
+
+    /// The shim of pod `pod_id` at `address` (pid `pid`) exited. Unless the pod let it go
+    /// (Stop shut it down and forgot it first), it died: the pod becomes NotReady, each of
+    /// its containers still running is killed and deleted through the shim binary and
+    /// recorded as exited with reason `ShimDied`, and the pause task goes the same way.
+    async fn on_shim_death(&self, pod_id: &str, address: &str, pid: u32) {
+        let lock = self.lock(pod_id);
+        let _g = lock.lock().await;
+        if self.shim_of(pod_id).is_none_or(|s| s.address != address) {
+            return; // shut down on purpose, or replaced
+        }
+        let Ok(rec) = self.get(pod_id) else { return };
+        tracing::warn!(
+            pod = pod_id,
+            shim_pid = pid,
+            "the pod's shim died; its pod is NotReady and its containers exited"
+        );
+        self.forget_shim(pod_id);
+        shim::remove_dead_socket(address);
+        if let Err(e) = self.set_pod_state(pod_id, PodState::NotReady) {
+            tracing::error!(pod = pod_id, err = %e, "failed to record the pod as NotReady");
+        }
+        let why =
+            format!("the pod's shim (pid {pid}) died; berth killed what was left of the container");
+        for c in self.containers_of(pod_id) {
+            let clock = self.lock(&c);
+            let _cg = clock.lock().await;
+            if self
+                .container(&c)
+                .is_ok_and(|r| r.state != ContainerState::Exited)
+            {
+                self.delete_dead_task(&rec.shim_binary, &c, &self.ctr_dir(&c).join("bundle"))
+                    .await;
+                self.mark_exited_unknown(&c, "ShimDied", &why);
+            }
+        }
+        self.delete_dead_task(&rec.shim_binary, pod_id, &self.bundle(pod_id))
+            .await;
+        let _ = std::fs::remove_file(self.bundle(pod_id).join("address"));
+    }
+}
