@@ -96,13 +96,14 @@ impl Berth {
         let certs_d = dir.path().join("certs.d");
         std::fs::create_dir_all(&certs_d)?;
         let config = dir.path().join("config.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "{extra}\n[registry]\nconfig_path = \"{}\"\n",
-                certs_d.display()
-            ),
-        )?;
+        // The certs.d path joins a `[registry]` table the caller wrote, or gets its own.
+        let path_line = format!("config_path = \"{}\"\n", certs_d.display());
+        let text = if extra.contains("[registry]\n") {
+            extra.replacen("[registry]\n", &format!("[registry]\n{path_line}"), 1)
+        } else {
+            format!("{extra}\n[registry]\n{path_line}")
+        };
+        std::fs::write(&config, text)?;
         let mut b = Berth {
             child: None,
             socket: dir.path().join("berth.sock"),

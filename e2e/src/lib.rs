@@ -8,6 +8,7 @@
 pub mod apps;
 pub mod berth;
 pub mod containerd;
+pub mod faults;
 pub mod image;
 pub mod net;
 pub mod pods;
@@ -77,6 +78,17 @@ pub fn processes(argv: &[&str]) -> Vec<u32> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// Whether process `pid` is gone or a zombie (this machine's init may reap orphans late).
+pub fn dead(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(st) => st
+            .rfind(')')
+            .and_then(|i| st[i + 2..].split(' ').next())
+            .is_none_or(|state| state == "Z" || state == "X"),
+    }
 }
 
 /// Sends `sig` to `pid` (a process this fixture started).

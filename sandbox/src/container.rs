@@ -782,13 +782,8 @@ impl ContainerSpec<'_> {
         let mut resources = linux_resources(&c.resources);
         resources["devices"] = Value::Array(dev_rules);
 
-        let parent = if self.pod.config.cgroup_parent.is_empty() {
-            "/k8s.io"
-        } else {
-            self.pod.config.cgroup_parent.trim_end_matches('/')
-        };
         let mut linux = json!({
-            "cgroupsPath": format!("{parent}/{}", self.id),
+            "cgroupsPath": crate::spec::cgroups_path(&self.pod.config.cgroup_parent, self.id),
             "namespaces": namespaces,
             "resources": resources,
             "devices": devices,
@@ -1321,11 +1316,28 @@ impl PodManager {
     /// waits for its output to drain into the log.
     pub(crate) async fn reap_container(&self, id: &str) {
         let Ok(rec) = self.container(id) else { return };
-        if let Some(s) = self.shim_of(&rec.pod_id) {
+        if let Some(s) = self.shim_of(&rec.pod_id)
+            && !self.note_reaped(id, true)
+        {
             match s.delete(id).await {
                 Ok(_) => {}
-                Err(e) if e.kind() == crate::ErrorKind::NotFound => {}
-                Err(e) => tracing::debug!(container = id, err = %e, "delete exited task"),
+                Err(e) if e.kind() == crate::ErrorKind::NotFound => {
+                    // The shim does not know the task, and berth did not delete it: runc may
+                    // still hold it (berth died while the shim created it). The shim binary's
+                    // delete removes it, if it is there.
+                    if let Ok(pod) = self.get(&rec.pod_id) {
+                        self.delete_dead_task(
+                            &pod.shim_binary,
+                            id,
+                            &self.ctr_dir(id).join("bundle"),
+                        )
+                        .await;
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(container = id, err = %e, "delete exited task");
+                    self.note_reaped(id, false);
+                }
             }
         }
         let log = self.container_logs().remove(id);
@@ -1438,8 +1450,18 @@ impl PodManager {
         {
             return Err(Error::io(format!("remove {}", dir.display()), e));
         }
+        if let Some(path) = rec.spec["linux"]["cgroupsPath"]
+            .as_str()
+            .map(str::to_string)
+        {
+            let _ = tokio::task::spawn_blocking(move || {
+                crate::stats::remove_cgroup(Path::new("/sys/fs/cgroup"), &path)
+            })
+            .await;
+        }
         self.store_delete(TABLE, &id)?;
         self.containers_write().remove(&id);
+        self.note_reaped(&id, false);
         self.layer_usage().remove(&id);
         self.container_names().release_key(&id);
         self.emit(&rec, ContainerEventKind::Deleted);
@@ -1842,10 +1864,14 @@ impl PodManager {
         Ok(())
     }
 
-    /// Stops every container of a pod, at once (SIGKILL): the pod is going away.
+    /// Stops every container of a pod, at once (SIGKILL), and deletes their tasks: the pod is
+    /// going away, and its shim exits on Shutdown only once it holds no task.
     pub(crate) async fn stop_pod_containers(&self, pod_id: &str) -> Result<()> {
         for c in self.containers_of(pod_id) {
             self.stop_container(&c, Duration::ZERO).await?;
+            let lock = self.lock(&c);
+            let _g = lock.lock().await;
+            self.reap_container(&c).await;
         }
         Ok(())
     }

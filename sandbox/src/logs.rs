@@ -345,6 +345,49 @@ async fn futures_join_all(tasks: Vec<tokio::task::JoinHandle<()>>) {
     }
 }
 
+/// Cuts a container's output into CRI log records: each line without its newline (a full
+/// record), a line longer than [`MAX_LINE`] in pieces of that size (partial records but the
+/// last), and what follows the last newline at end-of-file (a partial record). Whatever the
+/// container writes, no record is longer than [`MAX_LINE`] and no byte is lost or invented.
+#[derive(Debug, Default)]
+pub struct LineSplitter {
+    line: Vec<u8>,
+}
+
+impl LineSplitter {
+    /// Takes the next chunk of output; `emit(record, partial)` gets each record it completes.
+    pub fn push(&mut self, chunk: &[u8], mut emit: impl FnMut(&[u8], bool)) {
+        let mut rest = chunk;
+        while !rest.is_empty() {
+            match rest.iter().position(|b| *b == b'\n') {
+                Some(i) if self.line.len() + i <= MAX_LINE => {
+                    self.line.extend_from_slice(&rest[..i]);
+                    emit(&self.line, false);
+                    self.line.clear();
+                    rest = &rest[i + 1..];
+                }
+                _ => {
+                    let take = rest.len().min(MAX_LINE - self.line.len());
+                    self.line.extend_from_slice(&rest[..take]);
+                    rest = &rest[take..];
+                    if self.line.len() >= MAX_LINE {
+                        emit(&self.line, true);
+                        self.line.clear();
+                    }
+                }
+            }
+        }
+    }
+
+    /// The output ended: what is left is a partial record.
+    pub fn finish(&mut self, mut emit: impl FnMut(&[u8], bool)) {
+        if !self.line.is_empty() {
+            emit(&self.line, true);
+            self.line.clear();
+        }
+    }
+}
+
 /// Reads `rx` up to end-of-file, handing each chunk to `fan` and writing each line (or
 /// [`MAX_LINE`] piece of one) as a record.
 async fn copy_lines(
@@ -354,7 +397,7 @@ async fn copy_lines(
     fan: &Fanout,
 ) {
     let mut buf = vec![0u8; 64 * 1024];
-    let mut line: Vec<u8> = Vec::with_capacity(1024);
+    let mut lines = LineSplitter::default();
     let write = |line: &[u8], partial: bool| {
         if let Some(f) = &out {
             f.lock()
@@ -371,32 +414,11 @@ async fn copy_lines(
             }
         };
         if n == 0 {
-            if !line.is_empty() {
-                write(&line, true);
-            }
+            lines.finish(write);
             return;
         }
         fan.send(&buf[..n]).await;
-        let mut rest = &buf[..n];
-        while !rest.is_empty() {
-            match rest.iter().position(|b| *b == b'\n') {
-                Some(i) if line.len() + i <= MAX_LINE => {
-                    line.extend_from_slice(&rest[..i]);
-                    write(&line, false);
-                    line.clear();
-                    rest = &rest[i + 1..];
-                }
-                _ => {
-                    let take = rest.len().min(MAX_LINE - line.len());
-                    line.extend_from_slice(&rest[..take]);
-                    rest = &rest[take..];
-                    if line.len() >= MAX_LINE {
-                        write(&line, true);
-                        line.clear();
-                    }
-                }
-            }
-        }
+        lines.push(&buf[..n], write);
     }
 }
 

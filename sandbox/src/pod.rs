@@ -241,6 +241,10 @@ pub struct PodManager {
     me: std::sync::Weak<PodManager>,
     /// Pods still to reconcile after a restart, plus one for the orphan sweep that follows.
     recovering: std::sync::atomic::AtomicUsize,
+    /// Containers whose task this berth has deleted from their shim.
+    reaped: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// Pod id → (shim address, shim pid), as each shim's watch learned it.
+    shim_pids: std::sync::Mutex<HashMap<String, (String, u32)>>,
 }
 
 /// A runc shim started before any pod asked for it, in a bundle directory of its own under
@@ -382,6 +386,8 @@ impl PodManager {
             spare: Default::default(),
             me: me.clone(),
             recovering: Default::default(),
+            reaped: Default::default(),
+            shim_pids: Default::default(),
         });
         // Subscribed before recovery: an exit published while berth reconnects is buffered,
         // not lost.
@@ -428,14 +434,16 @@ impl PodManager {
     }
 
     /// How much of the recovery after a restart is still to do: pods to reconcile, plus one
-    /// for the sweep of orphans that follows. 0 once berth is fully back.
+    /// for the sweep of orphans that follows and one for starting the spare shim. 0 once
+    /// berth is fully back.
     pub fn recovering(&self) -> usize {
         self.recovering.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub(crate) fn set_recovering(&self, pods: usize) {
+        // Each pod, the orphan sweep, the spare shim.
         self.recovering
-            .store(pods + 1, std::sync::atomic::Ordering::Relaxed);
+            .store(pods + 2, std::sync::atomic::Ordering::Relaxed);
     }
 
     pub(crate) fn recovered_one(&self) {
@@ -444,6 +452,35 @@ impl PodManager {
             std::sync::atomic::Ordering::Relaxed,
             |n| n.checked_sub(1),
         );
+    }
+
+    /// Notes the pid of pod `id`'s shim at `address`.
+    pub(crate) fn note_shim_pid(&self, id: &str, address: &str, pid: u32) {
+        self.shim_pids
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.to_string(), (address.to_string(), pid));
+    }
+
+    /// The pid of pod `id`'s shim at `address`, if its watch learned it.
+    fn shim_pid(&self, id: &str, address: &str) -> Option<u32> {
+        self.shim_pids
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .filter(|(a, _)| a == address)
+            .map(|(_, p)| *p)
+    }
+
+    /// Notes (or, with `reaped` false, forgets) that container `id`'s task was deleted;
+    /// returns whether it was noted before.
+    pub(crate) fn note_reaped(&self, id: &str, reaped: bool) -> bool {
+        let mut set = self.reaped.lock().unwrap_or_else(|p| p.into_inner());
+        if reaped {
+            !set.insert(id.to_string())
+        } else {
+            set.remove(id)
+        }
     }
 
     pub(crate) fn me(&self) -> std::sync::Weak<PodManager> {
@@ -470,12 +507,11 @@ impl PodManager {
 
     /// Makes `s` the shim of pod `id` and watches its process.
     pub(crate) fn register_shim(&self, id: &str, s: Shim) {
-        let address = s.address.clone();
+        self.watch_shim(id, &s);
         self.shims
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .insert(id.to_string(), s);
-        self.watch_shim(id, &address);
     }
 
     /// Records pod `id` in `state`: the store first, then memory, so that a failed write
@@ -695,18 +731,30 @@ impl PodManager {
 
     /// Starts a spare shim in the background for the default handler's shim binary.
     pub(crate) fn refill_spare(&self) {
-        if !self.cfg.warm_shim {
-            return;
+        if let Some(fill) = self.spare_fill() {
+            tokio::spawn(fill);
         }
-        let Ok((_, _, binary)) = self.resolve_handler("") else {
-            return;
-        };
-        tokio::spawn(fill_spare(
+    }
+
+    /// Starts the spare shim and waits until it is ready (or failed): the last step of
+    /// recovery.
+    pub(crate) async fn fill_spare_now(&self) {
+        if let Some(fill) = self.spare_fill() {
+            fill.await;
+        }
+    }
+
+    fn spare_fill(&self) -> Option<impl std::future::Future<Output = ()> + use<>> {
+        if !self.cfg.warm_shim {
+            return None;
+        }
+        let (_, _, binary) = self.resolve_handler("").ok()?;
+        Some(fill_spare(
             self.spare.clone(),
             self.cfg.state_dir.clone(),
             self.cfg.shim_env.clone(),
             binary,
-        ));
+        ))
     }
 
     /// Takes the spare shim for `binary`, if one is ready, moving its directory to `dir`. A
@@ -1171,13 +1219,40 @@ impl PodManager {
             Err(e) => tracing::debug!(pod = id, err = %e, "kill failed (already stopped?)"),
         }
         let _ = tokio::time::timeout(std::time::Duration::from_secs(10), s.wait(id)).await;
-        match s.delete(id).await {
-            Ok(_) => {}
-            Err(e) if e.kind() == crate::ErrorKind::NotFound => {}
+        let unknown = match s.delete(id).await {
+            Ok(_) => false,
+            Err(e) if e.kind() == crate::ErrorKind::NotFound => true,
             Err(e) => return Err(e),
-        }
+        };
+        let bundle = self.bundle(id);
+        let watch = self
+            .shim_pid(id, &s.address)
+            .and_then(|p| shim::watch::Watch::open(p, &bundle).ok());
         s.shutdown(id).await?;
-        let _ = std::fs::remove_file(self.bundle(id).join("address"));
+        // A shim exits on Shutdown only once it holds no task. One that stays holds a task
+        // berth no longer knows (a container whose record went while berth was down): it
+        // is killed, and the tasks it held are removed with the runtime's own orphans.
+        let mut lingered = false;
+        if let Some(w) = watch
+            && tokio::time::timeout(std::time::Duration::from_secs(3), w.exited())
+                .await
+                .is_err()
+        {
+            tracing::warn!(
+                pod = id,
+                "the pod's shim did not exit on Shutdown; killing it"
+            );
+            self.kill_daemons_in(&bundle).await;
+            lingered = true;
+        }
+        if unknown || lingered {
+            // The shim did not know the pause task (berth died while the shim created it, and
+            // runc may hold it still), or was killed with tasks in it.
+            if let Ok(rec) = self.get(id) {
+                self.delete_dead_tasks(&rec, lingered).await;
+            }
+        }
+        let _ = std::fs::remove_file(bundle.join("address"));
         self.forget_shim(id);
         Ok(())
     }
@@ -1187,6 +1262,10 @@ impl PodManager {
     }
 
     pub(crate) fn forget_shim(&self, id: &str) {
+        self.shim_pids
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
         self.shims
             .write()
             .unwrap_or_else(|p| p.into_inner())
@@ -1214,17 +1293,13 @@ impl PodManager {
             None => true,
         };
         if dead {
-            // No live shim (it died, or berth restarted after it did): let the shim binary
-            // clean up what runc left, if anything.
+            // No shim berth can talk to (it died, berth restarted after it did, or berth died
+            // while starting it): a daemon still working in the bundle is killed, and the
+            // shim binary cleans up what runc left, if anything.
             let bundle = self.bundle(id);
-            if bundle.join("config.json").exists() && bundle.join("address").exists() {
-                if let Err(e) =
-                    shim::delete_dead(&rec.shim_binary, &self.cfg.shim_env, id, &bundle).await
-                {
-                    tracing::debug!(pod = id, err = %e, "shim delete of a dead task");
-                }
-                let _ = std::fs::remove_file(bundle.join("address"));
-            }
+            self.kill_daemons_in(&bundle).await;
+            self.delete_dead_tasks(rec, true).await;
+            let _ = std::fs::remove_file(bundle.join("address"));
         }
         Ok(())
     }
@@ -1253,6 +1328,12 @@ impl PodManager {
         {
             return Err(Error::io(format!("remove {}", dir.display()), e));
         }
+        // From the config, not the spec: a pod berth died creating may have no spec recorded.
+        let path = crate::spec::cgroups_path(&rec.config.cgroup_parent, &id);
+        let _ = tokio::task::spawn_blocking(move || {
+            crate::stats::remove_cgroup(Path::new("/sys/fs/cgroup"), &path)
+        })
+        .await;
         self.store.delete(TABLE, &id).map_err(store_err)?;
         self.pods
             .write()

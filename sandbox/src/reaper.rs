@@ -237,8 +237,66 @@ impl PodManager {
         }
     }
 
+    /// Kills every shim daemon of this berth working in `bundle` (and removes its socket).
+    pub(crate) async fn kill_daemons_in(&self, bundle: &Path) {
+        let (ns, address) = (
+            self.shim_env().namespace.clone(),
+            self.shim_env().grpc_address.clone(),
+        );
+        let bundle = std::fs::canonicalize(bundle).unwrap_or_else(|_| bundle.to_path_buf());
+        let _ = tokio::task::spawn_blocking(move || {
+            for d in shim_daemons(&ns, &address) {
+                if d.cwd.as_deref() == Some(bundle.as_path()) {
+                    let sockets = unix_sockets_of(d.pid);
+                    kill_and_wait(d.pid);
+                    for s in sockets {
+                        shim::remove_dead_socket(&format!("unix://{}", s.display()));
+                    }
+                    tracing::warn!(pid = d.pid, bundle = %bundle.display(), "killed a shim berth had no connection to");
+                }
+            }
+        })
+        .await;
+    }
+
+    /// Kills what is left of `shim start` and `shim delete` helpers a previous berth ran
+    /// (its children, orphaned when it died): one could otherwise still start a shim daemon
+    /// after the sweep looked.
+    pub(crate) fn kill_shim_helpers(&self) {
+        let address = self
+            .shim_env()
+            .grpc_address
+            .as_os_str()
+            .as_encoded_bytes()
+            .to_vec();
+        let ns = self.shim_env().namespace.clone();
+        for pid in dir_names(Path::new("/proc"))
+            .into_iter()
+            .filter_map(|p| p.parse::<i32>().ok())
+        {
+            let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+                continue;
+            };
+            let args: Vec<&[u8]> = cmdline
+                .split(|b| *b == 0)
+                .filter(|a| !a.is_empty())
+                .collect();
+            let has =
+                |flag: &[u8], value: &[u8]| args.windows(2).any(|w| w[0] == flag && w[1] == value);
+            if has(b"-address", &address)
+                && has(b"-namespace", ns.as_bytes())
+                && args
+                    .last()
+                    .is_some_and(|a| *a == b"start" || *a == b"delete")
+            {
+                kill_and_wait(pid);
+                tracing::warn!(pid, "killed a shim helper an earlier berth left running");
+            }
+        }
+    }
+
     /// Containers the OCI runtimes hold under each handler's root that no record owns.
-    async fn sweep_runtime_state(&self) {
+    pub(crate) async fn sweep_runtime_state(&self) {
         let ns = self.shim_env().namespace.clone();
         let mut roots: Vec<(PathBuf, String)> = Vec::new();
         for h in self.handlers().values() {

@@ -79,7 +79,14 @@ impl PodManager {
     /// Loads every record, reserves names and takes every lock: what is left to reconcile.
     /// Runs before berth serves, and does no I/O but the store's and opening fifos.
     pub(crate) fn load(&self) -> Result<Vec<PendingPod>> {
+        // An earlier berth's children die with it only if they are killed: shim helpers that
+        // could still start a daemon, CNI plugins that could still add a pod to the network
+        // after berth deleted it.
+        self.kill_shim_helpers();
         let pods: Vec<(String, PodRecord)> = self.store_list(crate::pod::TABLE)?;
+        let ids: std::collections::HashSet<String> =
+            pods.iter().map(|(_, p)| p.id.clone()).collect();
+        berth_network::cni::kill_plugins_of(&ids);
         let containers: Vec<(String, ContainerRecord)> = self.store_list(CONTAINERS)?;
         let mut pending = Vec::new();
         for (_, rec) in pods {
@@ -164,7 +171,8 @@ impl PodManager {
             "recovery finished"
         );
         self.reap_orphans().await;
-        self.refill_spare();
+        self.fill_spare_now().await;
+        self.recovered_one();
     }
 
     async fn reconcile_pod(self: &Arc<Self>, p: PendingPod) {
@@ -231,15 +239,8 @@ impl PodManager {
     /// Kills a pod's shim daemon, which may have been started under a spare's id: it is
     /// found by its working directory (the pod's bundle).
     async fn kill_pod_shim(&self, pod_id: &str, address: &str) {
-        if let Some(pid) = shim::watch::daemon_pid(&self.bundle(pod_id))
-            && let Ok(w) = shim::watch::Watch::open(pid, &self.bundle(pod_id))
-        {
-            if let Some(p) = rustix::process::Pid::from_raw(pid as i32) {
-                let _ = rustix::process::kill_process(p, rustix::process::Signal::KILL);
-            }
-            let _ = tokio::time::timeout(Duration::from_secs(2), w.exited()).await;
-        }
-        shim::kill_unreachable(self.shim_env(), pod_id, address).await;
+        self.kill_daemons_in(&self.bundle(pod_id)).await;
+        shim::remove_dead_socket(address);
     }
 
     async fn reconcile_container(&self, s: Option<&Shim>, pod: &PodRecord, c: PendingContainer) {
@@ -320,6 +321,21 @@ impl PodManager {
         }
     }
 
+    /// Has the shim binary delete what runc may still hold of pod `rec`: its pause task and,
+    /// with `containers`, each of its containers' tasks (their shim is gone); then deletes the
+    /// runtime's containers no record owns.
+    pub(crate) async fn delete_dead_tasks(&self, rec: &PodRecord, containers: bool) {
+        if containers {
+            for c in self.containers_of(&rec.id) {
+                self.delete_dead_task(&rec.shim_binary, &c, &self.ctr_dir(&c).join("bundle"))
+                    .await;
+            }
+        }
+        self.delete_dead_task(&rec.shim_binary, &rec.id, &self.bundle(&rec.id))
+            .await;
+        self.sweep_runtime_state().await;
+    }
+
     /// Marks a container exited with status 255 and `why`, unless it exited already.
     fn mark_gone(&self, id: &str, why: &str) {
         self.mark_exited_unknown(id, "Unknown", why);
@@ -352,18 +368,26 @@ impl PodManager {
 
     /// Starts watching the shim of pod `id` (at `address`): if its process dies while it is
     /// still the pod's shim, [`on_shim_death`](Self::on_shim_death) cleans up after it.
-    pub(crate) fn watch_shim(&self, pod_id: &str, address: &str) {
+    pub(crate) fn watch_shim(&self, pod_id: &str, s: &Shim) {
         let me = self.me();
         let bundle = self.bundle(pod_id);
-        let (pod_id, address) = (pod_id.to_string(), address.to_string());
+        let (pod_id, address, s) = (pod_id.to_string(), s.address.clone(), s.clone());
         tokio::spawn(async move {
-            let Some(pid) = shim::watch::daemon_pid(&bundle) else {
-                tracing::debug!(
-                    pod = pod_id,
-                    "no shim.pid in the bundle; the shim is not watched"
-                );
-                return;
+            // The shim says who it is (Connect); the watch then checks that this process
+            // works in the pod's bundle.
+            let pid = match s.connect_info(&pod_id).await {
+                Ok((pid, _)) => {
+                    if let Some(m) = me.upgrade() {
+                        m.note_shim_pid(&pod_id, &s.address, pid);
+                    }
+                    pid
+                }
+                Err(e) => {
+                    tracing::debug!(pod = pod_id, err = %e, "cannot ask the shim its pid; it is not watched");
+                    return;
+                }
             };
+            drop(s);
             match shim::watch::Watch::open(pid, &bundle) {
                 Ok(w) => w.exited().await,
                 Err(shim::watch::NotWatched::Gone) => {}
@@ -397,25 +421,30 @@ impl PodManager {
         );
         self.forget_shim(pod_id);
         shim::remove_dead_socket(address);
-        if let Err(e) = self.set_pod_state(pod_id, PodState::NotReady) {
-            tracing::error!(pod = pod_id, err = %e, "failed to record the pod as NotReady");
-        }
-        let why =
-            format!("the pod's shim (pid {pid}) died; berth killed what was left of the container");
+        // What runc still runs for the pod (its processes outlive the shim) is killed and
+        // deleted first: once berth says a container exited, it has.
+        let mut gone = Vec::new();
         for c in self.containers_of(pod_id) {
-            let clock = self.lock(&c);
-            let _cg = clock.lock().await;
+            let guard = self.lock(&c).lock_owned().await;
             if self
                 .container(&c)
                 .is_ok_and(|r| r.state != ContainerState::Exited)
             {
                 self.delete_dead_task(&rec.shim_binary, &c, &self.ctr_dir(&c).join("bundle"))
                     .await;
-                self.mark_exited_unknown(&c, "ShimDied", &why);
+                gone.push((c, guard));
             }
         }
         self.delete_dead_task(&rec.shim_binary, pod_id, &self.bundle(pod_id))
             .await;
+        if let Err(e) = self.set_pod_state(pod_id, PodState::NotReady) {
+            tracing::error!(pod = pod_id, err = %e, "failed to record the pod as NotReady");
+        }
+        let why =
+            format!("the pod's shim (pid {pid}) died; berth killed what was left of the container");
+        for (c, _guard) in gone {
+            self.mark_exited_unknown(&c, "ShimDied", &why);
+        }
         let _ = std::fs::remove_file(self.bundle(pod_id).join("address"));
     }
 }

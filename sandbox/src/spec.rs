@@ -174,6 +174,16 @@ pub fn own_oom_score_adj() -> i64 {
         .unwrap_or(0)
 }
 
+/// The cgroup of container or pod `id` under `parent` (berth's `/k8s.io` when empty).
+pub fn cgroups_path(parent: &str, id: &str) -> String {
+    let parent = if parent.is_empty() {
+        "/k8s.io"
+    } else {
+        parent.trim_end_matches('/')
+    };
+    format!("{parent}/{id}")
+}
+
 impl SandboxSpec {
     /// The OCI `config.json` for the pause container. `rootfs` is the bundle's rootfs path.
     pub fn build(&self, rootfs: &str) -> Result<Value> {
@@ -208,15 +218,7 @@ impl SandboxSpec {
             (Some(shm), false) => mounts.push(json!({"destination": "/dev/shm", "type": "bind", "source": shm, "options": ["rbind", "ro"]})),
             (None, false) => mounts.push(json!({"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]})),
         }
-        let cgroups_path = format!(
-            "{}/{}",
-            if self.cgroup_parent.is_empty() {
-                "/k8s.io"
-            } else {
-                self.cgroup_parent.trim_end_matches('/')
-            },
-            self.id
-        );
+        let cgroups_path = cgroups_path(&self.cgroup_parent, &self.id);
         let mut linux = json!({
             "cgroupsPath": cgroups_path,
             "namespaces": namespaces,

@@ -79,6 +79,29 @@ pub fn cgroup_usage(root: &Path, cgroups_path: &str) -> Option<Usage> {
     })
 }
 
+/// Removes the cgroup at `cgroups_path` (as in the OCI spec) from every hierarchy under `root`
+/// where it is empty; one with processes in it stays. runc removes a container's cgroups when
+/// it deletes the container, but not those of a `runc create` that was killed half-way.
+/// Blocking: a few `rmdir`s.
+pub fn remove_cgroup(root: &Path, cgroups_path: &str) {
+    let rel = cgroups_path.trim_start_matches('/');
+    if rel.is_empty() || rel.split('/').any(|c| c == ".." || c == ".") {
+        return;
+    }
+    let mut hierarchies = vec![root.to_path_buf()];
+    if let Ok(rd) = std::fs::read_dir(root) {
+        hierarchies.extend(rd.flatten().map(|e| e.path()));
+    }
+    for h in hierarchies {
+        let dir = h.join(rel);
+        match std::fs::remove_dir(&dir) {
+            Ok(()) => tracing::debug!(cgroup = %dir.display(), "removed a cgroup runc left"),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => tracing::debug!(cgroup = %dir.display(), err = %e, "cannot remove cgroup"),
+        }
+    }
+}
+
 /// Bytes and inodes used under `dir` (not following symlinks, not crossing mounts).
 pub fn dir_usage(dir: &Path) -> (u64, u64) {
     use std::os::unix::fs::MetadataExt;

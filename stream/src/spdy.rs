@@ -262,6 +262,32 @@ fn parse_block(mut b: &[u8]) -> io::Result<Headers> {
     Ok(h)
 }
 
+/// Decodes `data` as the frames a peer sends, as a session reads them, until the bytes end
+/// or a frame is refused; returns how many frames were read. For fuzzing the decoder: it
+/// must refuse hostile bytes, never panic, hang or allocate without bound.
+#[doc(hidden)]
+pub fn decode_frames(data: &[u8]) -> io::Result<usize> {
+    futures::executor::block_on(async {
+        let mut r = data;
+        let mut inf = Inflater::new();
+        let mut n = 0;
+        loop {
+            match read_frame(&mut r, &mut inf).await {
+                Ok(_) => n += 1,
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(n),
+                Err(e) => return Err(e),
+            }
+        }
+    })
+}
+
+/// Decodes one compressed header block (a SYN_STREAM's), with a fresh zlib stream. For
+/// fuzzing, as [`decode_frames`].
+#[doc(hidden)]
+pub fn decode_header_block(data: &[u8]) -> io::Result<usize> {
+    Inflater::new().block(data).map(|h| h.len())
+}
+
 /// A decoded frame.
 #[derive(Debug)]
 enum Frame {

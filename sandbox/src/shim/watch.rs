@@ -2,21 +2,15 @@
 //! dies publishes no exit for the tasks it ran).
 //!
 //! The daemon is not berth's child (`<shim> start` forks it and exits), so it is watched
-//! through a pidfd, which turns readable when the process exits. Its pid comes from the
-//! `shim.pid` file `start` writes in the daemon's working directory (the bundle); before
-//! trusting it, berth checks that the process it opened still works in that directory: a pid
-//! recycled after the shim died names another process.
+//! through a pidfd, which turns readable when the process exits. Its pid comes from the shim
+//! itself (the task API's Connect); before trusting it, berth checks that the process it
+//! opened works in the pod's bundle: a pid recycled after the shim died names another
+//! process.
 
 use std::os::fd::OwnedFd;
 use std::path::Path;
 
 use tokio::io::unix::AsyncFd;
-
-/// The pid the shim's `start` recorded in `bundle/shim.pid`.
-pub fn daemon_pid(bundle: &Path) -> Option<u32> {
-    let text = std::fs::read_to_string(bundle.join("shim.pid")).ok()?;
-    text.trim().parse().ok().filter(|p| *p > 1)
-}
 
 /// A process to wait for.
 #[derive(Debug)]
@@ -83,8 +77,7 @@ mod tests {
             .current_dir(dir.path())
             .spawn()
             .unwrap();
-        std::fs::write(dir.path().join("shim.pid"), child.id().to_string()).unwrap();
-        let pid = daemon_pid(dir.path()).unwrap();
+        let pid = child.id();
         // A process working elsewhere is not the shim of this bundle.
         let other = tempfile::tempdir().unwrap();
         assert_eq!(

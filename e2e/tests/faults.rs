@@ -1,0 +1,164 @@
+//! Crash safety: berth killed at random moments inside every mutating call, shims killed or
+//! stopped under it. After each fault berth must serve again within a second, and once the
+//! kubelet's clean-up ran nothing may be left: no record, lease, veth, namespace, mount,
+//! shim, runtime container, cgroup, bundle or writable snapshot.
+
+use std::time::{Duration, Instant};
+
+use berth_cri_api::v1 as cri;
+use berth_e2e::apps::{create, ctr, env_with, start, status};
+use berth_e2e::faults::{self, CgroupParent, Rng, Rpc};
+use berth_e2e::wait_until;
+
+/// A storm of `count` kills inside calls drawn from `rpcs`; every fault must leave nothing
+/// and be followed by a berth that serves within a second.
+async fn storm(rpcs: &[Rpc], count: usize, what: &str) {
+    let mut env = env_with("").await;
+    faults::push_big(&env).await.unwrap();
+    let cgroups = CgroupParent::new(0);
+    let mut rng = Rng::from_env(what);
+    let outcomes = faults::storm(&mut env, rpcs, count, &mut rng, &cgroups, true)
+        .await
+        .unwrap();
+    let mut failed = Vec::new();
+    for o in &outcomes {
+        if !o.leaks.is_empty() || o.serve > Duration::from_secs(1) {
+            failed.push(format!(
+                "{:?} killed after {:?}: served after {:?}, leaks {:?}",
+                o.rpc, o.after, o.serve, o.leaks
+            ));
+        }
+    }
+    assert!(failed.is_empty(), "{}", failed.join("\n"));
+    assert_eq!(outcomes.len(), count);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kills_inside_pod_calls_leak_nothing() {
+    storm(
+        &[
+            Rpc::RunPodSandbox,
+            Rpc::StopPodSandbox,
+            Rpc::RemovePodSandbox,
+        ],
+        12,
+        "pod calls",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kills_inside_container_calls_leak_nothing() {
+    storm(
+        &[
+            Rpc::CreateContainer,
+            Rpc::StartContainer,
+            Rpc::StopContainer,
+            Rpc::RemoveContainer,
+        ],
+        12,
+        "container calls",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kills_inside_image_calls_leak_nothing() {
+    storm(&[Rpc::PullImage, Rpc::RemoveImage], 6, "image calls").await;
+}
+
+/// The pid of the one shim daemon serving pods of `env`.
+fn pod_shim(env: &berth_e2e::PodEnv) -> u32 {
+    let pids = env.berth.shim_pids();
+    assert_eq!(pids.len(), 1, "{pids:?}");
+    pids[0]
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_shim_that_dies_is_noticed_within_two_seconds() {
+    let env = env_with("").await;
+    let cgroups = CgroupParent::new(1);
+    let pcfg = faults::pod("dead-shim", &cgroups.0);
+    let pod = env.run(pcfg.clone()).await.unwrap();
+    let id = create(&env, &pod, &pcfg, ctr("c", &["sleep", "3600"]))
+        .await
+        .unwrap();
+    start(&env, &id).await;
+    let shim = pod_shim(&env);
+
+    berth_e2e::signal(shim, libc::SIGKILL);
+    let t0 = Instant::now();
+    let noticed = wait_until(Duration::from_secs(5), || {
+        tokio::task::block_in_place(|| {
+            tokio::runtime::Handle::current().block_on(async {
+                let s = status(&env, &id).await;
+                s.state == cri::ContainerState::ContainerExited as i32
+            })
+        })
+    });
+    let took = t0.elapsed();
+    assert!(noticed, "the container still runs after its shim died");
+    assert!(took < Duration::from_secs(2), "noticed after {took:?}");
+    let s = status(&env, &id).await;
+    assert_eq!(s.reason, "ShimDied", "{s:?}");
+    assert_eq!(s.exit_code, 255);
+    assert_eq!(
+        env.status(&pod).await.unwrap().0.state,
+        cri::PodSandboxState::SandboxNotready as i32
+    );
+    // What runc ran for the pod is gone with its shim (before its state said so): no process
+    // is left in its cgroups.
+    let procs: Vec<String> = cgroups
+        .children()
+        .iter()
+        .flat_map(|c| {
+            std::fs::read_to_string(c.join("cgroup.procs"))
+                .unwrap_or_default()
+                .lines()
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert!(procs.is_empty(), "processes left: {procs:?}");
+
+    faults::remove_everything(&env).await;
+    let leaks = faults::leaks(&env, &cgroups).await;
+    assert!(leaks.is_empty(), "{leaks:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn berth_serves_at_once_whatever_its_shims_do() {
+    let mut env = env_with("").await;
+    let cgroups = CgroupParent::new(2);
+    let a = env.run(faults::pod("a", &cgroups.0)).await.unwrap();
+    let stopped_shim = pod_shim(&env);
+    let b = env.run(faults::pod("b", &cgroups.0)).await.unwrap();
+    // a's shim is stopped: it accepts connections and never answers.
+    berth_e2e::signal(stopped_shim, libc::SIGSTOP);
+
+    env.berth.kill();
+    let serve = env.berth.spawn_only().unwrap();
+    assert!(serve < Duration::from_secs(1), "served after {serve:?}");
+    env.reconnect().await.unwrap();
+    // Until reconciled, pods are listed as their records say.
+    let listed = env.list(None).await;
+    assert_eq!(listed.len(), 2);
+
+    env.berth.wait_recovered().unwrap();
+    // The shim that did not answer was killed; its pod is NotReady, the other Ready.
+    assert_eq!(
+        env.status(&a).await.unwrap().0.state,
+        cri::PodSandboxState::SandboxNotready as i32
+    );
+    assert_eq!(
+        env.status(&b).await.unwrap().0.state,
+        cri::PodSandboxState::SandboxReady as i32
+    );
+    assert!(
+        berth_e2e::dead(stopped_shim),
+        "the shim that did not answer is still there"
+    );
+    faults::remove_everything(&env).await;
+    let leaks = faults::leaks(&env, &cgroups).await;
+    assert!(leaks.is_empty(), "{leaks:?}");
+}
