@@ -385,7 +385,9 @@ impl Berth {
                 .enable_all()
                 .build()
                 .ok()?;
-            rt.block_on(async {
+            // Bounded: a berth that froze (what some tests look for) must not hang the
+            // clean-up; it is killed after this.
+            let clean_up = async {
                 let mut cri = connect(&socket).await.ok()?;
                 let pods = cri
                     .runtime
@@ -410,6 +412,12 @@ impl Berth {
                         .await;
                 }
                 Some(())
+            };
+            rt.block_on(async {
+                tokio::time::timeout(Duration::from_secs(60), clean_up)
+                    .await
+                    .ok()
+                    .flatten()
             })
         })
         .join();

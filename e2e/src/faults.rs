@@ -120,6 +120,30 @@ pub async fn push_big(env: &PodEnv) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// (blobs, snapshots) in berth's stores: after an image fault and the image's removal,
+/// both must be back where they were before it.
+pub fn image_data(env: &PodEnv) -> (usize, usize) {
+    (
+        names(&env.berth.root.join("content/blobs/sha256")).len(),
+        names(&env.berth.root.join("snapshots")).len(),
+    )
+}
+
+/// RemoveImage of [`BIG`] (present or not).
+pub async fn remove_big(env: &PodEnv) {
+    let _ = env
+        .cri
+        .image
+        .clone()
+        .remove_image(cri::RemoveImageRequest {
+            image: Some(cri::ImageSpec {
+                image: BIG.into(),
+                ..Default::default()
+            }),
+        })
+        .await;
+}
+
 /// What one fault did.
 #[derive(Debug)]
 pub struct Outcome {
@@ -293,6 +317,18 @@ pub async fn leaks(env: &PodEnv, cgroups: &CgroupParent) -> Vec<String> {
         .collect();
     if !active.is_empty() {
         out.push(format!("writable snapshots: {active:?}"));
+    }
+    // Unpacks and downloads that were cut short.
+    let unfinished: Vec<String> = names(&snapshots)
+        .into_iter()
+        .filter(|n| n.parse::<u64>().is_err())
+        .collect();
+    if !unfinished.is_empty() {
+        out.push(format!("unfinished snapshots: {unfinished:?}"));
+    }
+    let ingest = names(&env.berth.root.join("content/ingest"));
+    if !ingest.is_empty() {
+        out.push(format!("partial downloads: {ingest:?}"));
     }
     let leases = env.net.leases();
     if !leases.is_empty() {

@@ -430,13 +430,36 @@ impl PodManager {
                 .container(&c)
                 .is_ok_and(|r| r.state != ContainerState::Exited)
             {
-                self.delete_dead_task(&rec.shim_binary, &c, &self.ctr_dir(&c).join("bundle"))
-                    .await;
                 gone.push((c, guard));
             }
         }
-        self.delete_dead_task(&rec.shim_binary, pod_id, &self.bundle(pod_id))
-            .await;
+        // Each container's init process first, at once (its pid namespace goes with it);
+        // then what runc keeps (state, cgroups) through the shim binary, all at once: each is
+        // a run of the shim binary and of runc.
+        let inits: Vec<u32> = gone
+            .iter()
+            .filter_map(|(c, _)| self.container(c).ok())
+            .filter(|r| r.pid > 1)
+            .map(|r| r.pid)
+            .collect();
+        let ids: Vec<String> = gone.iter().map(|(c, _)| c.clone()).collect();
+        let _ = tokio::task::spawn_blocking(move || {
+            for (pid, id) in inits.into_iter().zip(ids) {
+                kill_container_init(pid, &id);
+            }
+        })
+        .await;
+        let bundles: Vec<(String, std::path::PathBuf)> = gone
+            .iter()
+            .map(|(c, _)| (c.clone(), self.ctr_dir(c).join("bundle")))
+            .chain([(pod_id.to_string(), self.bundle(pod_id))])
+            .collect();
+        futures::future::join_all(
+            bundles
+                .iter()
+                .map(|(id, bundle)| self.delete_dead_task(&rec.shim_binary, id, bundle)),
+        )
+        .await;
         if let Err(e) = self.set_pod_state(pod_id, PodState::NotReady) {
             tracing::error!(pod = pod_id, err = %e, "failed to record the pod as NotReady");
         }
@@ -446,5 +469,30 @@ impl PodManager {
             self.mark_exited_unknown(&c, "ShimDied", &why);
         }
         let _ = std::fs::remove_file(self.bundle(pod_id).join("address"));
+    }
+}
+
+/// Kills process `pid` if it is still the init process of container `id` (its cgroup names
+/// the id: a recycled pid is left alone), and waits up to a second for it to go.
+fn kill_container_init(pid: u32, id: &str) {
+    let Some(p) = rustix::process::Pid::from_raw(pid as i32) else {
+        return;
+    };
+    let Ok(fd) = rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty()) else {
+        return;
+    };
+    let ours = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).is_ok_and(|c| c.contains(id));
+    if ours && rustix::process::pidfd_send_signal(&fd, rustix::process::Signal::KILL).is_ok() {
+        let mut fds = [rustix::event::PollFd::new(
+            &fd,
+            rustix::event::PollFlags::IN,
+        )];
+        let _ = rustix::event::poll(
+            &mut fds,
+            Some(&rustix::event::Timespec {
+                tv_sec: 1,
+                tv_nsec: 0,
+            }),
+        );
     }
 }
