@@ -84,7 +84,21 @@ impl Berth {
         Self::start_in(extra, log_level, false)
     }
 
+    /// Starts berth with its root on a tmpfs of `size_mib` MiB, for tests that fill its disk.
+    pub fn start_small_root(extra: &str, size_mib: u64) -> anyhow::Result<Self> {
+        Self::start_full(extra, "debug", false, Some(size_mib))
+    }
+
     fn start_in(extra: &str, log_level: &'static str, state_tmpfs: bool) -> anyhow::Result<Self> {
+        Self::start_full(extra, log_level, state_tmpfs, None)
+    }
+
+    fn start_full(
+        extra: &str,
+        log_level: &'static str,
+        state_tmpfs: bool,
+        root_mib: Option<u64>,
+    ) -> anyhow::Result<Self> {
         let bin = berth_bin();
         if !bin.exists() {
             bail!(
@@ -117,6 +131,20 @@ impl Berth {
         // Unmounted with the rest of the temp dir's mounts on drop.
         if state_tmpfs {
             crate::mount_tmpfs(&b.state)?;
+        }
+        if let Some(mib) = root_mib {
+            std::fs::create_dir_all(&b.root)?;
+            let status = Command::new("mount")
+                .args([
+                    "-t",
+                    "tmpfs",
+                    "-o",
+                    &format!("size={mib}m,mode=0711"),
+                    "tmpfs",
+                ])
+                .arg(&b.root)
+                .status()?;
+            anyhow::ensure!(status.success(), "mount a tmpfs on {}", b.root.display());
         }
         b.spawn()?;
         Ok(b)

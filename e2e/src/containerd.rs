@@ -117,6 +117,46 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
         self.child.as_ref().and_then(|c| crate::rss_kib(c.id()))
     }
 
+    /// SIGKILL, as a crash.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts containerd again on the same config; returns how long it took until its CRI
+    /// answered a ListPodSandbox.
+    pub async fn restart(&mut self) -> anyhow::Result<Duration> {
+        let t0 = std::time::Instant::now();
+        let log = std::fs::OpenOptions::new()
+            .append(true)
+            .open(self.dir.join("containerd.log"))?;
+        let child = Command::new("containerd")
+            .arg("--config")
+            .arg(self.dir.join("config.toml"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("start containerd again")?;
+        self.child = Some(child);
+        for _ in 0..6000 {
+            if let Ok(c) = self.cri().await {
+                let mut rt = c.runtime.clone();
+                if rt
+                    .list_pod_sandbox(berth_cri_api::v1::ListPodSandboxRequest { filter: None })
+                    .await
+                    .is_ok()
+                {
+                    return Ok(t0.elapsed());
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        bail!("containerd did not serve within 30 s after a restart")
+    }
+
     fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
             crate::signal(c.id(), libc::SIGTERM);

@@ -105,6 +105,31 @@ impl PodEnv {
         Self::start_with_pause(net, extra, pause_image()?).await
     }
 
+    /// A berth whose root is a tmpfs of `size_mib` MiB (for filling its disk).
+    pub async fn start_small_root(size_mib: u64) -> anyhow::Result<Self> {
+        let registry = Registry::start()?;
+        pause_image()?
+            .push(&registry, "berth-e2e/pause", Some("1"))
+            .await?;
+        let net = TestNet::new()?;
+        let berth = Berth::start_small_root(
+            &format!("sandbox_image = \"{PAUSE_IMAGE}\"\n{}", net.config_toml()),
+            size_mib,
+        )?;
+        berth.hosts_toml(
+            "pause.invalid",
+            &mirror_hosts("pause.invalid", &registry.addr),
+        )?;
+        let cri = berth.cri().await?;
+        Ok(PodEnv {
+            berth,
+            net,
+            registry,
+            cri,
+            shim_sockets: Default::default(),
+        })
+    }
+
     /// A berth on `net` with `extra` in its config, whose sandbox image is `pause`.
     pub async fn start_with_pause(
         net: TestNet,
@@ -113,10 +138,18 @@ impl PodEnv {
     ) -> anyhow::Result<Self> {
         let registry = Registry::start()?;
         pause.push(&registry, "berth-e2e/pause", Some("1")).await?;
-        let berth = Berth::start_with_config(&format!(
-            "sandbox_image = \"{PAUSE_IMAGE}\"\n{extra}\n{}",
-            net.config_toml()
-        ))?;
+        // A `[cni]` table of the caller's gets the network's keys; else the network's own.
+        let config = match extra.split_once("[cni]\n") {
+            Some((before, after)) => format!(
+                "sandbox_image = \"{PAUSE_IMAGE}\"\n{before}[cni]\n{}{after}",
+                net.config_toml().trim_start_matches("[cni]\n")
+            ),
+            None => format!(
+                "sandbox_image = \"{PAUSE_IMAGE}\"\n{extra}\n{}",
+                net.config_toml()
+            ),
+        };
+        let berth = Berth::start_with_config(&config)?;
         berth.hosts_toml(
             "pause.invalid",
             &mirror_hosts("pause.invalid", &registry.addr),

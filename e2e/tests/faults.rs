@@ -188,3 +188,87 @@ async fn berth_serves_at_once_whatever_its_shims_do() {
     let leaks = faults::leaks(&env, &cgroups).await;
     assert!(leaks.is_empty(), "{leaks:?}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_disk_fails_calls_and_berth_works_again_once_there_is_space() {
+    let env = berth_e2e::PodEnv::start_small_root(48).await.unwrap();
+    let a = env
+        .run(berth_e2e::pods::pod_config("before"))
+        .await
+        .unwrap();
+    // Fill berth's root.
+    let filler = env.berth.root.join("filler");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&filler).unwrap();
+        let block = vec![0u8; 1 << 20];
+        while f.write_all(&block).is_ok() {}
+    }
+    // Calls that write fail, with a message, and nothing is half made; reads still answer.
+    for i in 0..3 {
+        let e = env
+            .run(berth_e2e::pods::pod_config(&format!("full-{i}")))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(e.code(), tonic::Code::Internal | tonic::Code::Unknown),
+            "{e:?}"
+        );
+    }
+    // The pod made before is as it was. (A pod whose rollback could not write its record's
+    // removal is kept NotReady for the kubelet to remove, as after any failed rollback.)
+    assert_eq!(
+        env.status(&a).await.unwrap().0.state,
+        cri::PodSandboxState::SandboxReady as i32
+    );
+    // Space is back: berth works again without a restart.
+    std::fs::remove_file(&filler).unwrap();
+    let b = env.run(berth_e2e::pods::pod_config("after")).await.unwrap();
+    assert_eq!(
+        env.status(&b).await.unwrap().0.state,
+        cri::PodSandboxState::SandboxReady as i32
+    );
+    assert!(env.berth.pid().is_some());
+    faults::remove_everything(&env).await;
+    assert!(env.list(None).await.is_empty());
+    env.assert_clean();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cni_plugin_that_hangs_or_crashes_leaks_nothing() {
+    // After the bridge (which leases an IP and makes a veth): a plugin that, by the content
+    // of a mode file, hangs on ADD or dies by SIGKILL in it.
+    let net =
+        berth_e2e::TestNet::with_plugins(&[serde_json::json!({"type": "e2e-fault"})]).unwrap();
+    let mode = net.dir().join("mode");
+    net.plugin_script(
+        "e2e-fault",
+        &format!(
+            "#!/bin/sh\ncat >/dev/null\nif [ \"$CNI_COMMAND\" = ADD ]; then\n  case $(cat {}) in\n    hang) exec sleep 4343 ;;\n    *) kill -9 $$ ;;\n  esac\nfi\nexit 0\n",
+            mode.display()
+        ),
+    )
+    .unwrap();
+    let env = berth_e2e::PodEnv::start_with(net, "[cni]\nplugin_timeout_seconds = 2\n")
+        .await
+        .unwrap();
+    for m in ["hang", "crash"] {
+        std::fs::write(&mode, m).unwrap();
+        let t0 = Instant::now();
+        let e = env
+            .run(berth_e2e::pods::pod_config(&format!("cni-{m}")))
+            .await
+            .unwrap_err();
+        assert!(e.message().contains("e2e-fault"), "{m}: {e:?}");
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "{m}: {:?}",
+            t0.elapsed()
+        );
+        // The hung plugin was killed; the pod was rolled back: no lease, veth or netns.
+        let left = berth_e2e::processes(&["sleep", "4343"]);
+        assert!(left.is_empty(), "{m}: plugin left running: {left:?}");
+        assert!(env.list(None).await.is_empty(), "{m}");
+        env.assert_clean();
+    }
+}

@@ -1419,7 +1419,8 @@ fn netns_name(id: &str) -> String {
 }
 
 fn store_err(e: berth_image::Error) -> Error {
-    Error::Image(format!("metadata store: {e}"))
+    // The image crate's store errors say "metadata store: …" themselves.
+    Error::Image(e.to_string())
 }
 
 fn net_err(e: berth_network::Error) -> Error {
