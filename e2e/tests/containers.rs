@@ -483,7 +483,8 @@ async fn a_dead_shim_leaves_no_container_behind() {
     .unwrap();
     let socket = std::path::PathBuf::from(address.trim().trim_start_matches("unix://"));
     assert!(socket.exists());
-    // The shim dies; the pause and app processes live on, reparented.
+    // The shim dies. Its pause and app processes would live on, reparented: berth notices
+    // the death and kills them, as containerd cleans up after a dead shim.
     for pid in env.berth.shim_pids() {
         berth_e2e::signal(pid, libc::SIGKILL);
     }
@@ -491,11 +492,25 @@ async fn a_dead_shim_leaves_no_container_behind() {
         .berth
         .shim_pids()
         .is_empty()));
-    assert_eq!(sleeping(), 1);
+    assert!(
+        wait_until(Duration::from_secs(10), || sleeping() == 0),
+        "the container outlived its shim"
+    );
+    let exited = wait_until(Duration::from_secs(10), || {
+        tokio::task::block_in_place(|| {
+            tokio::runtime::Handle::current()
+                .block_on(status(&env, &id))
+                .state
+                == cri::ContainerState::ContainerExited as i32
+        })
+    });
+    assert!(
+        exited,
+        "the container is not reported exited after its shim died"
+    );
+    assert_eq!(status(&env, &id).await.reason, "ShimDied");
     env.stop(&pod).await.unwrap();
     assert_eq!(sleeping(), 0, "the container outlived StopPodSandbox");
-    let st = status(&env, &id).await;
-    assert_eq!(st.state, cri::ContainerState::ContainerExited as i32);
     env.remove(&pod).await.unwrap();
     let runc_root = env.berth.state.join("runtime/runc/k8s.io");
     let left: Vec<_> = std::fs::read_dir(&runc_root)
