@@ -979,6 +979,24 @@ impl PodManager {
         Ok(rec)
     }
 
+    /// Records what berth observed of container `id` (an exit, an OOM): memory is changed
+    /// whether or not the store takes the write, since the container did exit; a restart
+    /// learns it again from the shim if the write was lost. The error is the store's.
+    pub(crate) fn observe_container(
+        &self,
+        id: &str,
+        f: impl FnOnce(&mut ContainerRecord),
+    ) -> Result<ContainerRecord> {
+        let mut all = self.containers_write();
+        let rec = all
+            .get_mut(id)
+            .ok_or_else(|| Error::NotFound(format!("container {} not found", crate::shown(id))))?;
+        f(rec);
+        let rec = rec.clone();
+        self.store_put(TABLE, id, &rec)?;
+        Ok(rec)
+    }
+
     fn put_container(&self, rec: &ContainerRecord) -> Result<()> {
         self.store_put(TABLE, &rec.id, rec)?;
         self.containers_write().insert(rec.id.clone(), rec.clone());
@@ -1258,7 +1276,7 @@ impl PodManager {
         }
         let cgroup_oom = status == 137 && self.oom_killed(&rec);
         let mut changed = false;
-        let res = self.update_container(id, |r| {
+        let res = self.observe_container(id, |r| {
             if r.state == ContainerState::Exited {
                 return;
             }
@@ -1277,13 +1295,19 @@ impl PodManager {
         match res {
             Ok(rec) if changed => self.emit(&rec, ContainerEventKind::Stopped),
             Ok(_) => {}
-            Err(e) => tracing::error!(container = id, err = %e, "failed to persist container exit"),
+            Err(e) => {
+                // Known in memory all the same (see observe_container).
+                tracing::error!(container = id, err = %e, "failed to persist container exit");
+                if let (true, Ok(rec)) = (changed, self.container(id)) {
+                    self.emit(&rec, ContainerEventKind::Stopped);
+                }
+            }
         }
         true
     }
 
     pub(crate) fn on_container_oom(&self, id: &str) {
-        let _ = self.update_container(id, |r| {
+        let _ = self.observe_container(id, |r| {
             r.oom = true;
             if r.state == ContainerState::Exited && r.exit_code == 137 {
                 r.reason = "OOMKilled".into();

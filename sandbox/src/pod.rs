@@ -514,10 +514,16 @@ impl PodManager {
             .insert(id.to_string(), s);
     }
 
-    /// Records pod `id` in `state`: the store first, then memory, so that a failed write
-    /// changes nothing.
+    /// Records that pod `id` was found in `state` (its pause or its shim died): memory is
+    /// changed whether or not the store takes the write, which is retried by the next change
+    /// of the record; a restart learns the state again from the shim.
     pub(crate) fn set_pod_state(&self, id: &str, state: PodState) -> Result<()> {
-        self.change_pod(id, |r| r.state = state)
+        let mut pods = self.pods.write().unwrap_or_else(|p| p.into_inner());
+        let Some(rec) = pods.get_mut(id) else {
+            return Ok(());
+        };
+        rec.state = state;
+        self.store.put(TABLE, id, rec).map_err(store_err)
     }
 
     /// Changes pod `id`'s record, durably, then in memory.
@@ -545,7 +551,7 @@ impl PodManager {
                 exit_status = status,
                 "pause container exited; pod is NotReady"
             );
-            if let Err(e) = self.change_pod(id, |r| r.state = PodState::NotReady) {
+            if let Err(e) = self.set_pod_state(id, PodState::NotReady) {
                 tracing::error!(pod = id, err = %e, "failed to persist pod state");
             }
         }

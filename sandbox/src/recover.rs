@@ -343,7 +343,7 @@ impl PodManager {
 
     fn mark_exited_unknown(&self, id: &str, reason: &str, why: &str) {
         let mut changed = false;
-        let res = self.update_container(id, |r| {
+        let res = self.observe_container(id, |r| {
             if r.state == ContainerState::Exited {
                 return;
             }
@@ -354,15 +354,13 @@ impl PodManager {
             r.message = why.into();
             r.finished_ns = now_ns();
         });
-        match res {
-            Ok(rec) if changed => {
-                self.container_logs().remove(id);
-                self.emit(&rec, ContainerEventKind::Stopped);
-            }
-            Ok(_) => {}
-            Err(e) => {
-                tracing::error!(container = id, err = %e, "failed to record the container as exited")
-            }
+        if let Err(e) = &res {
+            // Known in memory all the same (see observe_container).
+            tracing::error!(container = id, err = %e, "failed to record the container as exited");
+        }
+        if changed && let Ok(rec) = self.container(id) {
+            self.container_logs().remove(id);
+            self.emit(&rec, ContainerEventKind::Stopped);
         }
     }
 
