@@ -431,41 +431,40 @@ impl PodManager {
                 gone.push((c, guard));
             }
         }
-        // Each container's init process first, at once (its pid namespace goes with it);
-        // then what runc keeps (state, cgroups) through the shim binary, all at once: each is
-        // a run of the shim binary and of runc.
-        let inits: Vec<u32> = gone
+        // Each container's init process and the pause process are killed first (a pid
+        // namespace goes with its init), so that what berth then reports is true; what runc
+        // keeps (state, cgroups) is deleted after, through the shim binary, all at once: each
+        // is a run of the shim binary and of runc, and the pod's lock is held until they end.
+        let inits: Vec<(u32, String)> = gone
             .iter()
             .filter_map(|(c, _)| self.container(c).ok())
-            .filter(|r| r.pid > 1)
-            .map(|r| r.pid)
+            .map(|r| (r.pid, r.id))
+            .chain([(rec.pid, rec.id.clone())])
+            .filter(|(pid, _)| *pid > 1)
             .collect();
-        let ids: Vec<String> = gone.iter().map(|(c, _)| c.clone()).collect();
         let _ = tokio::task::spawn_blocking(move || {
-            for (pid, id) in inits.into_iter().zip(ids) {
+            for (pid, id) in inits {
                 kill_container_init(pid, &id);
             }
         })
-        .await;
-        let bundles: Vec<(String, std::path::PathBuf)> = gone
-            .iter()
-            .map(|(c, _)| (c.clone(), self.ctr_dir(c).join("bundle")))
-            .chain([(pod_id.to_string(), self.bundle(pod_id))])
-            .collect();
-        futures::future::join_all(
-            bundles
-                .iter()
-                .map(|(id, bundle)| self.delete_dead_task(&rec.shim_binary, id, bundle)),
-        )
         .await;
         if let Err(e) = self.set_pod_state(pod_id, PodState::NotReady) {
             tracing::error!(pod = pod_id, err = %e, "failed to record the pod as NotReady");
         }
         let why =
             format!("the pod's shim (pid {pid}) died; berth killed what was left of the container");
+        let mut bundles: Vec<(String, std::path::PathBuf)> = Vec::new();
         for (c, _guard) in gone {
             self.mark_exited_unknown(&c, "ShimDied", &why);
+            bundles.push((c.clone(), self.ctr_dir(&c).join("bundle")));
         }
+        bundles.push((pod_id.to_string(), self.bundle(pod_id)));
+        futures::future::join_all(
+            bundles
+                .iter()
+                .map(|(id, bundle)| self.delete_dead_task(&rec.shim_binary, id, bundle)),
+        )
+        .await;
         let _ = std::fs::remove_file(self.bundle(pod_id).join("address"));
     }
 }
