@@ -344,7 +344,13 @@ pub async fn leaks(env: &PodEnv, cgroups: &CgroupParent) -> Vec<String> {
 /// The kubelet's clean-up: every pod stopped and removed (tried a few times: a call can
 /// fail while berth finishes what the crash left).
 pub async fn remove_everything(env: &PodEnv) {
-    let mut rt = env.cri.runtime.clone();
+    remove_all_pods(&mut env.cri.runtime.clone()).await;
+}
+
+/// The kubelet's clean-up through any CRI runtime (berth's or containerd's).
+pub async fn remove_all_pods(
+    rt: &mut cri::runtime_service_client::RuntimeServiceClient<tonic::transport::Channel>,
+) {
     for _ in 0..5 {
         let Ok(r) = rt
             .list_pod_sandbox(cri::ListPodSandboxRequest { filter: None })

@@ -527,67 +527,6 @@ impl Cni {
     }
 }
 
-/// Kills the CNI plugin processes running for any of `container_ids` (found by their
-/// `CNI_CONTAINERID`) and waits up to 2 s for each to go. For a restart: a plugin the
-/// previous berth started lives on after it, and an ADD that finished after berth ran the
-/// pod's DEL would hold its IP for ever.
-pub fn kill_plugins_of(container_ids: &std::collections::HashSet<String>) {
-    if container_ids.is_empty() {
-        return;
-    }
-    let Ok(procs) = std::fs::read_dir("/proc") else {
-        return;
-    };
-    for pid in procs
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-    {
-        let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else {
-            continue;
-        };
-        let mut command = false;
-        let mut ours = None;
-        for var in env.split(|b| *b == 0) {
-            if var.starts_with(b"CNI_COMMAND=") {
-                command = true;
-            }
-            if let Some(id) = var.strip_prefix(b"CNI_CONTAINERID=")
-                && let Ok(id) = std::str::from_utf8(id)
-                && container_ids.contains(id)
-            {
-                ours = Some(id.to_string());
-            }
-        }
-        let (true, Some(id)) = (command, ours) else {
-            continue;
-        };
-        let Some(p) = rustix::process::Pid::from_raw(pid) else {
-            continue;
-        };
-        let Ok(fd) = rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty()) else {
-            continue;
-        };
-        if rustix::process::pidfd_send_signal(&fd, rustix::process::Signal::KILL).is_ok() {
-            let mut fds = [rustix::event::PollFd::new(
-                &fd,
-                rustix::event::PollFlags::IN,
-            )];
-            let _ = rustix::event::poll(
-                &mut fds,
-                Some(&rustix::event::Timespec {
-                    tv_sec: 2,
-                    tv_nsec: 0,
-                }),
-            );
-            tracing::warn!(
-                pid,
-                container = id,
-                "killed a CNI plugin an earlier berth left running"
-            );
-        }
-    }
-}
-
 fn cached_network(cache: &Value) -> Result<NetworkList> {
     let cfg = cache
         .get("config")

@@ -6,6 +6,7 @@ pub mod container;
 pub mod error;
 pub mod logs;
 pub mod pod;
+pub mod process;
 mod reaper;
 mod recover;
 pub mod registrar;

@@ -104,26 +104,44 @@ fn unix_sockets_of(pid: i32) -> Vec<PathBuf> {
         .collect()
 }
 
-/// Kills process `pid` through a pidfd (a recycled pid is never hit) and waits up to 2 s.
+/// Kills process `pid` (found just before by its command line or directory) and waits up
+/// to 2 s.
 fn kill_and_wait(pid: i32) {
-    let Some(p) = rustix::process::Pid::from_raw(pid) else {
+    crate::process::kill_checked(pid, || true, Duration::from_secs(2));
+}
+
+/// Kills the CNI plugin processes running for any of `container_ids` (found by their
+/// `CNI_CONTAINERID`) and waits up to 2 s for each. For a restart: a plugin the previous
+/// berth started lives on after it, and an ADD that finished after berth ran the pod's DEL
+/// would hold its IP for ever.
+pub(crate) fn kill_cni_plugins_of(container_ids: &HashSet<String>) {
+    if container_ids.is_empty() {
         return;
-    };
-    let Ok(fd) = rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty()) else {
-        return;
-    };
-    if rustix::process::pidfd_send_signal(&fd, rustix::process::Signal::KILL).is_ok() {
-        let mut fds = [rustix::event::PollFd::new(
-            &fd,
-            rustix::event::PollFlags::IN,
-        )];
-        let _ = rustix::event::poll(
-            &mut fds,
-            Some(&rustix::event::Timespec {
-                tv_sec: 2,
-                tv_nsec: 0,
-            }),
-        );
+    }
+    for pid in dir_names(Path::new("/proc"))
+        .into_iter()
+        .filter_map(|p| p.parse::<i32>().ok())
+    {
+        let plugin_of = || -> Option<String> {
+            let env = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+            let vars: Vec<&[u8]> = env.split(|b| *b == 0).collect();
+            if !vars.iter().any(|v| v.starts_with(b"CNI_COMMAND=")) {
+                return None;
+            }
+            vars.iter()
+                .find_map(|v| v.strip_prefix(b"CNI_CONTAINERID="))
+                .and_then(|id| std::str::from_utf8(id).ok())
+                .filter(|id| container_ids.contains(*id))
+                .map(str::to_string)
+        };
+        let Some(id) = plugin_of() else { continue };
+        if crate::process::kill_checked(pid, || plugin_of().is_some(), Duration::from_secs(2)) {
+            tracing::warn!(
+                pid,
+                container = id,
+                "killed a CNI plugin an earlier berth left running"
+            );
+        }
     }
 }
 

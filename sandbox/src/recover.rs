@@ -86,7 +86,7 @@ impl PodManager {
         let pods: Vec<(String, PodRecord)> = self.store_list(crate::pod::TABLE)?;
         let ids: std::collections::HashSet<String> =
             pods.iter().map(|(_, p)| p.id.clone()).collect();
-        berth_network::cni::kill_plugins_of(&ids);
+        crate::reaper::kill_cni_plugins_of(&ids);
         let containers: Vec<(String, ContainerRecord)> = self.store_list(CONTAINERS)?;
         let mut pending = Vec::new();
         for (_, rec) in pods {
@@ -472,24 +472,9 @@ impl PodManager {
 /// Kills process `pid` if it is still the init process of container `id` (its cgroup names
 /// the id: a recycled pid is left alone), and waits up to a second for it to go.
 fn kill_container_init(pid: u32, id: &str) {
-    let Some(p) = rustix::process::Pid::from_raw(pid as i32) else {
-        return;
-    };
-    let Ok(fd) = rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty()) else {
-        return;
-    };
-    let ours = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).is_ok_and(|c| c.contains(id));
-    if ours && rustix::process::pidfd_send_signal(&fd, rustix::process::Signal::KILL).is_ok() {
-        let mut fds = [rustix::event::PollFd::new(
-            &fd,
-            rustix::event::PollFlags::IN,
-        )];
-        let _ = rustix::event::poll(
-            &mut fds,
-            Some(&rustix::event::Timespec {
-                tv_sec: 1,
-                tv_nsec: 0,
-            }),
-        );
-    }
+    crate::process::kill_checked(
+        pid as i32,
+        || std::fs::read_to_string(format!("/proc/{pid}/cgroup")).is_ok_and(|c| c.contains(id)),
+        Duration::from_secs(1),
+    );
 }

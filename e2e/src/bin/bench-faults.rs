@@ -58,37 +58,6 @@ async fn run_pods(
     Ok(())
 }
 
-async fn remove_pods(
-    rt: &mut berth_cri_api::v1::runtime_service_client::RuntimeServiceClient<
-        tonic::transport::Channel,
-    >,
-) {
-    for _ in 0..3 {
-        let Ok(pods) = rt
-            .list_pod_sandbox(cri::ListPodSandboxRequest { filter: None })
-            .await
-        else {
-            continue;
-        };
-        let pods = pods.into_inner().items;
-        if pods.is_empty() {
-            return;
-        }
-        for p in pods {
-            let _ = rt
-                .stop_pod_sandbox(cri::StopPodSandboxRequest {
-                    pod_sandbox_id: p.id.clone(),
-                })
-                .await;
-            let _ = rt
-                .remove_pod_sandbox(cri::RemovePodSandboxRequest {
-                    pod_sandbox_id: p.id,
-                })
-                .await;
-        }
-    }
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let count: usize = std::env::var("BERTH_FAULTS")
@@ -112,7 +81,7 @@ async fn main() -> anyhow::Result<()> {
     }
     env.reconnect().await?;
     let mut rt = env.cri.runtime.clone();
-    remove_pods(&mut rt).await;
+    faults::remove_all_pods(&mut rt).await;
 
     let cgroups = CgroupParent::new(0);
     let mut dead = Vec::new();
@@ -164,7 +133,7 @@ async fn main() -> anyhow::Result<()> {
         c_serve.push(containerd.restart().await?);
     }
     let mut crt = containerd.cri().await?.runtime.clone();
-    remove_pods(&mut crt).await;
+    faults::remove_all_pods(&mut crt).await;
     let c_count = count / 4;
     let mut c_fault_serve = Vec::new();
     for i in 0..c_count {
@@ -215,7 +184,7 @@ async fn main() -> anyhow::Result<()> {
         let _ = call.await;
         c_fault_serve.push(containerd.restart().await?);
         let mut crt = containerd.cri().await?.runtime.clone();
-        remove_pods(&mut crt).await;
+        faults::remove_all_pods(&mut crt).await;
     }
     // What containerd's clean-up left after all of them (visible from outside it).
     let (c_leases, c_veths) = (side.net.leases(), side.net.veths());

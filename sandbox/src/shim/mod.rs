@@ -240,33 +240,14 @@ pub async fn kill_unreachable(env: &ShimEnv, id: &str, address: &str) {
 
 fn kill_daemons(namespace: &str, id: &str, address: &str) {
     for pid in daemons_of(namespace, id) {
-        let Some(p) = rustix::process::Pid::from_raw(pid) else {
-            continue;
-        };
-        let Ok(fd) = rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty()) else {
-            continue;
-        };
-        // Checked again through the pidfd's process: still the same shim?
-        if daemons_of(namespace, id).contains(&pid) {
-            match rustix::process::pidfd_send_signal(&fd, rustix::process::Signal::KILL) {
-                Ok(()) => {
-                    tracing::warn!(id, pid, "killed a shim berth could not connect to");
-                    // The pidfd turns readable when the process is gone; until then its
-                    // socket may still accept connections.
-                    let mut fds = [rustix::event::PollFd::new(
-                        &fd,
-                        rustix::event::PollFlags::IN,
-                    )];
-                    let _ = rustix::event::poll(
-                        &mut fds,
-                        Some(&rustix::event::Timespec {
-                            tv_sec: 2,
-                            tv_nsec: 0,
-                        }),
-                    );
-                }
-                Err(e) => tracing::warn!(id, pid, err = %e, "could not kill an unreachable shim"),
-            }
+        // Checked again once the pidfd is open: still the same shim? Until it is gone its
+        // socket may still accept connections, so the kill is waited for.
+        if crate::process::kill_checked(
+            pid,
+            || daemons_of(namespace, id).contains(&pid),
+            Duration::from_secs(2),
+        ) {
+            tracing::warn!(id, pid, "killed a shim berth could not connect to");
         }
     }
     remove_dead_socket(address);
