@@ -239,7 +239,12 @@ async fn exec_over_spdy_carries_output_exit_codes_terminals_and_100_mb_of_stdin(
     .unwrap();
     let mut rc = RemoteCommand::spdy(&url, OUT_ERR).await.unwrap();
     read_until(&mut rc, "started").await;
-    assert_eq!(processes(&["sleep", "4321"]).len(), 1);
+    // (The shell prints, then execs sleep: on a loaded machine the exec may come a moment later.)
+    assert!(wait_until(Duration::from_secs(5), || processes(&[
+        "sleep", "4321"
+    ])
+    .len()
+        == 1));
     rc.kill().await;
     assert!(
         wait_until(Duration::from_secs(10), || processes(&["sleep", "4321"])
