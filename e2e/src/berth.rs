@@ -173,7 +173,8 @@ impl Berth {
         self.child.as_ref().map(|c| c.id())
     }
 
-    fn spawn(&mut self) -> anyhow::Result<()> {
+    /// Starts the process, its output appended to `berth.log`; returns its pid.
+    fn launch(&mut self) -> anyhow::Result<u32> {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -186,6 +187,11 @@ impl Berth {
             .context("start berth")?;
         let pid = child.id();
         self.child = Some(child);
+        Ok(pid)
+    }
+
+    fn spawn(&mut self) -> anyhow::Result<()> {
+        let pid = self.launch()?;
         let sock = self.socket.clone();
         let up = crate::wait_until(Duration::from_secs(30), || {
             std::os::unix::net::UnixStream::connect(&sock).is_ok()
@@ -204,40 +210,31 @@ impl Berth {
     /// its shim, and the orphan sweep over (`Status` verbose, `recovery.pending` 0).
     pub fn wait_recovered(&self) -> anyhow::Result<()> {
         let socket = self.socket.clone();
-        let done = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .ok()?;
-            rt.block_on(async {
-                let mut cri = connect(&socket).await.ok()?;
-                for _ in 0..1200 {
-                    let info = cri
-                        .runtime
-                        .status(berth_cri_api::v1::StatusRequest { verbose: true })
-                        .await
-                        .ok()?
-                        .into_inner()
-                        .info;
-                    // A berth without the key (an older build under test) recovers before
-                    // it serves.
-                    let Some(recovery) = info.get("recovery") else {
-                        return Some(());
-                    };
-                    let pending = serde_json::from_str::<serde_json::Value>(recovery)
-                        .ok()
-                        .and_then(|v| v["pending"].as_u64());
-                    if pending == Some(0) {
-                        return Some(());
-                    }
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+        let done = on_own_runtime(async move {
+            let mut cri = connect(&socket).await.ok()?;
+            for _ in 0..1200 {
+                let info = cri
+                    .runtime
+                    .status(berth_cri_api::v1::StatusRequest { verbose: true })
+                    .await
+                    .ok()?
+                    .into_inner()
+                    .info;
+                // A berth without the key (an older build under test) recovers before
+                // it serves.
+                let Some(recovery) = info.get("recovery") else {
+                    return Some(());
+                };
+                let pending = serde_json::from_str::<serde_json::Value>(recovery)
+                    .ok()
+                    .and_then(|v| v["pending"].as_u64());
+                if pending == Some(0) {
+                    return Some(());
                 }
-                None
-            })
-        })
-        .join()
-        .ok()
-        .flatten();
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            None
+        });
         match done {
             Some(()) => Ok(()),
             None => bail!(
@@ -251,43 +248,23 @@ impl Berth {
     /// recovery: it serves within a second, whatever its shims do.
     pub fn spawn_only(&mut self) -> anyhow::Result<std::time::Duration> {
         let t0 = std::time::Instant::now();
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.path().join("berth.log"))?;
-        let child = self
-            .command()
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()?;
-        self.child = Some(child);
+        self.launch()?;
         let sock = self.socket.clone();
-        let served = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .ok()?;
-            rt.block_on(async {
-                for _ in 0..600 {
-                    if let Ok(mut cri) = connect(&sock).await
-                        && cri
-                            .runtime
-                            .list_pod_sandbox(berth_cri_api::v1::ListPodSandboxRequest {
-                                filter: None,
-                            })
-                            .await
-                            .is_ok()
-                    {
-                        return Some(());
-                    }
-                    tokio::time::sleep(Duration::from_millis(5)).await;
+        let served = on_own_runtime(async move {
+            for _ in 0..600 {
+                if let Ok(mut cri) = connect(&sock).await
+                    && cri
+                        .runtime
+                        .list_pod_sandbox(berth_cri_api::v1::ListPodSandboxRequest { filter: None })
+                        .await
+                        .is_ok()
+                {
+                    return Some(());
                 }
-                None
-            })
-        })
-        .join()
-        .ok()
-        .flatten();
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            None
+        });
         match served {
             Some(()) => Ok(t0.elapsed()),
             None => bail!("berth did not serve within 3 s; log:\n{}", self.log()),
@@ -407,48 +384,17 @@ impl Berth {
             return;
         }
         let socket = self.socket.clone();
-        // Drop may run inside a test's runtime: use a thread with its own.
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .ok()?;
-            // Bounded: a berth that froze (what some tests look for) must not hang the
-            // clean-up; it is killed after this.
-            let clean_up = async {
-                let mut cri = connect(&socket).await.ok()?;
-                let pods = cri
-                    .runtime
-                    .list_pod_sandbox(berth_cri_api::v1::ListPodSandboxRequest { filter: None })
-                    .await
-                    .ok()?
-                    .into_inner()
-                    .items;
-                for p in pods {
-                    let id = p.id;
-                    let _ = cri
-                        .runtime
-                        .stop_pod_sandbox(berth_cri_api::v1::StopPodSandboxRequest {
-                            pod_sandbox_id: id.clone(),
-                        })
-                        .await;
-                    let _ = cri
-                        .runtime
-                        .remove_pod_sandbox(berth_cri_api::v1::RemovePodSandboxRequest {
-                            pod_sandbox_id: id,
-                        })
-                        .await;
-                }
-                Some(())
-            };
-            rt.block_on(async {
-                tokio::time::timeout(Duration::from_secs(60), clean_up)
-                    .await
-                    .ok()
-                    .flatten()
-            })
-        })
-        .join();
+        // Bounded: a berth that froze (what some tests look for) must not hang the clean-up;
+        // it is killed after this.
+        let _ = on_own_runtime(async move {
+            let mut cri = connect(&socket).await.ok()?;
+            tokio::time::timeout(
+                Duration::from_secs(60),
+                crate::faults::remove_all_pods(&mut cri.runtime),
+            )
+            .await
+            .ok()
+        });
     }
 
     /// Pids of live pod shims started with `-address <this berth's socket>` (the spare
@@ -490,6 +436,23 @@ impl Berth {
     pub fn dir(&self) -> &Path {
         self.dir.path()
     }
+}
+
+/// Runs `fut` to its end on a runtime of its own, on a thread of its own: the fixture is
+/// used from synchronous code and from `Drop`, which may run inside a test's runtime.
+fn on_own_runtime<T: Send + 'static>(
+    fut: impl std::future::Future<Output = Option<T>> + Send + 'static,
+) -> Option<T> {
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .ok()?
+            .block_on(fut)
+    })
+    .join()
+    .ok()
+    .flatten()
 }
 
 /// (pid, task id) of the shims serving berth at `socket`.

@@ -107,27 +107,7 @@ impl PodEnv {
 
     /// A berth whose root is a tmpfs of `size_mib` MiB (for filling its disk).
     pub async fn start_small_root(size_mib: u64) -> anyhow::Result<Self> {
-        let registry = Registry::start()?;
-        pause_image()?
-            .push(&registry, "berth-e2e/pause", Some("1"))
-            .await?;
-        let net = TestNet::new()?;
-        let berth = Berth::start_small_root(
-            &format!("sandbox_image = \"{PAUSE_IMAGE}\"\n{}", net.config_toml()),
-            size_mib,
-        )?;
-        berth.hosts_toml(
-            "pause.invalid",
-            &mirror_hosts("pause.invalid", &registry.addr),
-        )?;
-        let cri = berth.cri().await?;
-        Ok(PodEnv {
-            berth,
-            net,
-            registry,
-            cri,
-            shim_sockets: Default::default(),
-        })
+        Self::assemble(TestNet::new()?, "", pause_image()?, Some(size_mib)).await
     }
 
     /// A berth on `net` with `extra` in its config, whose sandbox image is `pause`.
@@ -135,6 +115,17 @@ impl PodEnv {
         net: TestNet,
         extra: &str,
         pause: ImageBuilder,
+    ) -> anyhow::Result<Self> {
+        Self::assemble(net, extra, pause, None).await
+    }
+
+    /// The registry with `pause`, and a berth on `net` with `extra` in its config (its root
+    /// a tmpfs of `root_mib` MiB, if given).
+    async fn assemble(
+        net: TestNet,
+        extra: &str,
+        pause: ImageBuilder,
+        root_mib: Option<u64>,
     ) -> anyhow::Result<Self> {
         let registry = Registry::start()?;
         pause.push(&registry, "berth-e2e/pause", Some("1")).await?;
@@ -149,7 +140,10 @@ impl PodEnv {
                 net.config_toml()
             ),
         };
-        let berth = Berth::start_with_config(&config)?;
+        let berth = match root_mib {
+            Some(mib) => Berth::start_small_root(&config, mib)?,
+            None => Berth::start_with_config(&config)?,
+        };
         berth.hosts_toml(
             "pause.invalid",
             &mirror_hosts("pause.invalid", &registry.addr),

@@ -48,34 +48,54 @@ fn is_id(s: &str) -> bool {
     s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
-/// A process: (pid, working directory, sockets it holds as named unix sockets).
+/// A shim process of this berth.
 struct ShimProcess {
     pid: i32,
+    /// Its working directory (a daemon's is its bundle).
     cwd: Option<PathBuf>,
+}
+
+/// What process `pid` is to this berth, by its command line: a shim started with
+/// `-address <address>` and `-namespace <namespace>`, and whether it is a `start`/`delete`
+/// helper (short-lived, berth's child) rather than the daemon.
+fn shim_role(pid: i32, namespace: &str, address: &[u8]) -> Option<bool> {
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let args: Vec<&[u8]> = cmdline
+        .split(|b| *b == 0)
+        .filter(|a| !a.is_empty())
+        .collect();
+    let has = |flag: &[u8], value: &[u8]| args.windows(2).any(|w| w[0] == flag && w[1] == value);
+    (has(b"-address", address) && has(b"-namespace", namespace.as_bytes())).then(|| {
+        args.last()
+            .is_some_and(|a| *a == b"start" || *a == b"delete")
+    })
+}
+
+fn pids() -> impl Iterator<Item = i32> {
+    dir_names(Path::new("/proc"))
+        .into_iter()
+        .filter_map(|p| p.parse::<i32>().ok())
 }
 
 /// The shim daemons started with `-address <address>` and `-namespace <namespace>`.
 fn shim_daemons(namespace: &str, address: &Path) -> Vec<ShimProcess> {
     let address = address.as_os_str().as_encoded_bytes();
-    dir_names(Path::new("/proc"))
-        .into_iter()
-        .filter_map(|p| p.parse::<i32>().ok())
-        .filter(|pid| {
-            let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
-                return false;
-            };
-            let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-            let has =
-                |flag: &[u8], value: &[u8]| args.windows(2).any(|w| w[0] == flag && w[1] == value);
-            has(b"-address", address)
-                && has(b"-namespace", namespace.as_bytes())
-                && !args.iter().any(|a| *a == b"start" || *a == b"delete")
-        })
+    pids()
+        .filter(|pid| shim_role(*pid, namespace, address) == Some(false))
         .map(|pid| ShimProcess {
             pid,
             cwd: std::fs::read_link(format!("/proc/{pid}/cwd")).ok(),
         })
         .collect()
+}
+
+/// Kills shim daemon `pid` and removes the sockets it listened on.
+fn kill_shim_daemon(pid: i32) {
+    let sockets = unix_sockets_of(pid);
+    kill_and_wait(pid);
+    for s in sockets {
+        shim::remove_dead_socket(&format!("unix://{}", s.display()));
+    }
 }
 
 /// The paths of the unix sockets process `pid` holds.
@@ -110,39 +130,18 @@ fn kill_and_wait(pid: i32) {
     crate::process::kill_checked(pid, || true, Duration::from_secs(2));
 }
 
-/// Kills the CNI plugin processes running for any of `container_ids` (found by their
-/// `CNI_CONTAINERID`) and waits up to 2 s for each. For a restart: a plugin the previous
-/// berth started lives on after it, and an ADD that finished after berth ran the pod's DEL
-/// would hold its IP for ever.
-pub(crate) fn kill_cni_plugins_of(container_ids: &HashSet<String>) {
-    if container_ids.is_empty() {
-        return;
+/// The pod id process `pid` runs a CNI plugin for, if it is one of `pod_ids`.
+fn cni_plugin_of(pid: i32, pod_ids: &HashSet<String>) -> Option<String> {
+    let env = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+    let vars: Vec<&[u8]> = env.split(|b| *b == 0).collect();
+    if !vars.iter().any(|v| v.starts_with(b"CNI_COMMAND=")) {
+        return None;
     }
-    for pid in dir_names(Path::new("/proc"))
-        .into_iter()
-        .filter_map(|p| p.parse::<i32>().ok())
-    {
-        let plugin_of = || -> Option<String> {
-            let env = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
-            let vars: Vec<&[u8]> = env.split(|b| *b == 0).collect();
-            if !vars.iter().any(|v| v.starts_with(b"CNI_COMMAND=")) {
-                return None;
-            }
-            vars.iter()
-                .find_map(|v| v.strip_prefix(b"CNI_CONTAINERID="))
-                .and_then(|id| std::str::from_utf8(id).ok())
-                .filter(|id| container_ids.contains(*id))
-                .map(str::to_string)
-        };
-        let Some(id) = plugin_of() else { continue };
-        if crate::process::kill_checked(pid, || plugin_of().is_some(), Duration::from_secs(2)) {
-            tracing::warn!(
-                pid,
-                container = id,
-                "killed a CNI plugin an earlier berth left running"
-            );
-        }
-    }
+    vars.iter()
+        .find_map(|v| v.strip_prefix(b"CNI_CONTAINERID="))
+        .and_then(|id| std::str::from_utf8(id).ok())
+        .filter(|id| pod_ids.contains(*id))
+        .map(str::to_string)
 }
 
 /// Unmounts `path` (detached) if it is a mount point.
@@ -230,15 +229,7 @@ impl PodManager {
             }
             let pid = d.pid;
             let cwd = d.cwd.clone();
-            tokio::task::spawn_blocking(move || {
-                let sockets = unix_sockets_of(pid);
-                kill_and_wait(pid);
-                for s in sockets {
-                    shim::remove_dead_socket(&format!("unix://{}", s.display()));
-                }
-            })
-            .await
-            .ok();
+            let _ = tokio::task::spawn_blocking(move || kill_shim_daemon(pid)).await;
             orphan(
                 "shim",
                 &format!("pid {pid} in {}", cwd.unwrap_or_default().display()),
@@ -265,11 +256,7 @@ impl PodManager {
         let _ = tokio::task::spawn_blocking(move || {
             for d in shim_daemons(&ns, &address) {
                 if d.cwd.as_deref() == Some(bundle.as_path()) {
-                    let sockets = unix_sockets_of(d.pid);
-                    kill_and_wait(d.pid);
-                    for s in sockets {
-                        shim::remove_dead_socket(&format!("unix://{}", s.display()));
-                    }
+                    kill_shim_daemon(d.pid);
                     tracing::warn!(pid = d.pid, bundle = %bundle.display(), "killed a shim berth had no connection to");
                 }
             }
@@ -277,38 +264,35 @@ impl PodManager {
         .await;
     }
 
-    /// Kills what is left of `shim start` and `shim delete` helpers a previous berth ran
-    /// (its children, orphaned when it died): one could otherwise still start a shim daemon
-    /// after the sweep looked.
-    pub(crate) fn kill_shim_helpers(&self) {
-        let address = self
-            .shim_env()
-            .grpc_address
-            .as_os_str()
-            .as_encoded_bytes()
-            .to_vec();
-        let ns = self.shim_env().namespace.clone();
-        for pid in dir_names(Path::new("/proc"))
-            .into_iter()
-            .filter_map(|p| p.parse::<i32>().ok())
-        {
-            let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
-                continue;
-            };
-            let args: Vec<&[u8]> = cmdline
-                .split(|b| *b == 0)
-                .filter(|a| !a.is_empty())
-                .collect();
-            let has =
-                |flag: &[u8], value: &[u8]| args.windows(2).any(|w| w[0] == flag && w[1] == value);
-            if has(b"-address", &address)
-                && has(b"-namespace", ns.as_bytes())
-                && args
-                    .last()
-                    .is_some_and(|a| *a == b"start" || *a == b"delete")
+    /// Kills what an earlier berth left running as its children, in one pass over `/proc`:
+    /// `shim start` and `shim delete` helpers (one could still start a shim daemon after the
+    /// sweep looked) and CNI plugins working for one of `pod_ids` (an ADD that finished after
+    /// berth ran the pod's DEL would hold its IP for ever). Each is waited for (2 s at most).
+    pub(crate) fn kill_leftover_children(&self, pod_ids: &HashSet<String>) {
+        let address = self.shim_env().grpc_address.as_os_str().as_encoded_bytes();
+        let ns = &self.shim_env().namespace;
+        for pid in pids() {
+            if shim_role(pid, ns, address) == Some(true) {
+                if crate::process::kill_checked(
+                    pid,
+                    || shim_role(pid, ns, address) == Some(true),
+                    Duration::from_secs(2),
+                ) {
+                    tracing::warn!(pid, "killed a shim helper an earlier berth left running");
+                }
+            } else if !pod_ids.is_empty()
+                && let Some(id) = cni_plugin_of(pid, pod_ids)
+                && crate::process::kill_checked(
+                    pid,
+                    || cni_plugin_of(pid, pod_ids).is_some(),
+                    Duration::from_secs(2),
+                )
             {
-                kill_and_wait(pid);
-                tracing::warn!(pid, "killed a shim helper an earlier berth left running");
+                tracing::warn!(
+                    pid,
+                    container = id,
+                    "killed a CNI plugin an earlier berth left running"
+                );
             }
         }
     }

@@ -82,11 +82,10 @@ impl PodManager {
         // An earlier berth's children die with it only if they are killed: shim helpers that
         // could still start a daemon, CNI plugins that could still add a pod to the network
         // after berth deleted it.
-        self.kill_shim_helpers();
         let pods: Vec<(String, PodRecord)> = self.store_list(crate::pod::TABLE)?;
         let ids: std::collections::HashSet<String> =
             pods.iter().map(|(_, p)| p.id.clone()).collect();
-        crate::reaper::kill_cni_plugins_of(&ids);
+        self.kill_leftover_children(&ids);
         let containers: Vec<(String, ContainerRecord)> = self.store_list(CONTAINERS)?;
         let mut pending = Vec::new();
         for (_, rec) in pods {
@@ -217,8 +216,7 @@ impl PodManager {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(pod = pod_id, err = %e, "cannot connect to the pod's shim");
-                shim::kill_unreachable(self.shim_env(), pod_id, address).await;
-                shim::remove_dead_socket(address);
+                self.kill_pod_shim(pod_id, address).await;
                 return ShimAnswer::Gone;
             }
         };

@@ -97,6 +97,14 @@ fn load_profile(path: &str) -> Result<serde_json::Value, Status> {
         .map_err(|e| invalid(format!("seccomp profile {}: {e}", shown(path))))
 }
 
+/// Whether the seccomp settings name a Localhost profile (a file converting them reads).
+pub(crate) fn reads_a_profile(field: Option<&cri::SecurityProfile>, path: &str) -> bool {
+    match field {
+        Some(p) => p.profile_type == cri::security_profile::ProfileType::Localhost as i32,
+        None => path.starts_with("localhost/"),
+    }
+}
+
 /// Seccomp from the CRI field, or else from the deprecated path form (pods and containers).
 pub(crate) fn seccomp(field: Option<&cri::SecurityProfile>, path: &str) -> Result<Seccomp, Status> {
     use cri::security_profile::ProfileType as P;

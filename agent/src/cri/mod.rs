@@ -52,11 +52,16 @@ pub(crate) fn chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-/// Runs a request conversion off the async workers: converting may read a file the request
-/// names (a seccomp profile).
+/// Runs a request conversion; off the async workers when it reads a file the request names
+/// (`reads_file`: a Localhost seccomp profile), in place otherwise (no thread hop on the
+/// common path).
 pub(crate) async fn converted<T: Send + 'static>(
+    reads_file: bool,
     f: impl FnOnce() -> Result<T, Status> + Send + 'static,
 ) -> Result<T, Status> {
+    if !reads_file {
+        return f();
+    }
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| Status::internal(format!("request conversion failed: {e}")))?

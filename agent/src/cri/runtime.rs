@@ -144,8 +144,8 @@ impl RuntimeService for RuntimeCri {
             };
             let mut info = HashMap::new();
             if verbose {
-                // Pods still being reconciled after a restart (plus the orphan sweep that
-                // follows): 0 once berth is fully back.
+                // Pods still being reconciled after a restart, plus the orphan sweep and the
+                // spare shim that follow: 0 once berth is fully back.
                 info.insert(
                     "recovery".to_string(),
                     serde_json::json!({ "pending": self.pods.recovering() }).to_string(),
@@ -210,7 +210,13 @@ impl RuntimeService for RuntimeCri {
         req: Request<cri::RunPodSandboxRequest>,
     ) -> Result<Response<cri::RunPodSandboxResponse>, Status> {
         let req = req.into_inner();
-        let cfg = super::converted(move || pod_config(req)).await?;
+        #[allow(deprecated)]
+        let reads_file = req
+            .config
+            .as_ref()
+            .and_then(|c| c.linux.as_ref()?.security_context.as_ref())
+            .is_some_and(|sc| ctr::reads_a_profile(sc.seccomp.as_ref(), &sc.seccomp_profile_path));
+        let cfg = super::converted(reads_file, move || pod_config(req)).await?;
         let span = tracing::info_span!("RunPodSandbox", pod = %format!("{}/{}", cfg.meta.namespace, cfg.meta.name), handler = %cfg.runtime_handler);
         let pods = self.pods.clone();
         call(
@@ -341,7 +347,14 @@ impl RuntimeService for RuntimeCri {
         req: Request<cri::CreateContainerRequest>,
     ) -> Result<Response<cri::CreateContainerResponse>, Status> {
         let req = req.into_inner();
-        let (pod_id, cfg) = super::converted(move || ctr::container_config(req)).await?;
+        #[allow(deprecated)]
+        let reads_file = req
+            .config
+            .as_ref()
+            .and_then(|c| c.linux.as_ref()?.security_context.as_ref())
+            .is_some_and(|sc| ctr::reads_a_profile(sc.seccomp.as_ref(), &sc.seccomp_profile_path));
+        let (pod_id, cfg) =
+            super::converted(reads_file, move || ctr::container_config(req)).await?;
         let span = tracing::info_span!("CreateContainer", pod_sandbox_id = %pod_id, name = %cfg.name, image = %cfg.image);
         let pods = self.pods.clone();
         call(

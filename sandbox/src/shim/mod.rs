@@ -653,14 +653,7 @@ impl Shim {
 
     /// The task's state.
     pub async fn state(&self, id: &str) -> Result<api::StateResponse> {
-        let req = api::StateRequest {
-            id: id.into(),
-            ..Default::default()
-        };
-        self.task
-            .state(ctx(CALL_TIMEOUT), &req)
-            .await
-            .map_err(|e| task_err("State", id, e))
+        self.state_within(id, CALL_TIMEOUT).await
     }
 
     /// The task's state, asked with a deadline of its own (recovery's, shorter than a
