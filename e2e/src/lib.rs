@@ -12,6 +12,7 @@ pub mod faults;
 pub mod image;
 pub mod net;
 pub mod pods;
+pub mod proxy;
 pub mod registry;
 
 pub use berth::{Berth, Cri};

@@ -272,3 +272,127 @@ async fn a_cni_plugin_that_hangs_or_crashes_leaks_nothing() {
         env.assert_clean();
     }
 }
+
+/// Entries of `dir` (0 when it does not exist).
+fn count(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir).map_or(0, |d| d.count())
+}
+
+/// A registry that resets connections in the middle of a layer or sends corrupt bytes: the
+/// pull resumes where a broken download stopped (with a `Range` request, or by reading past
+/// what it has when the host ignores ranges), gives up on a host that brings nothing, and
+/// never commits a byte it did not verify. Nothing is left in the content store's ingest
+/// area or among the snapshots after a failed pull, and the same pull works once the
+/// registry behaves.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_registry_that_resets_or_corrupts_costs_a_retry_not_a_bad_layer() {
+    use berth_e2e::proxy::{Fault, FaultyProxy, Plan};
+    use berth_e2e::{ImageBuilder, Layer, image::noise, pods::mirror_hosts};
+    use std::sync::atomic::Ordering::Relaxed;
+
+    let env = env_with("").await;
+    let mut layers = Vec::new();
+    for (i, name) in ["resumed", "unranged", "stalled", "corrupt"]
+        .iter()
+        .enumerate()
+    {
+        let pushed = ImageBuilder::new(vec![
+            Layer::new().file("data", noise(12 << 20, 100 + i as u64)),
+        ])
+        .cmd(&["/data"])
+        .push(&env.registry, &format!("berth-e2e/{name}"), Some("1"))
+        .await
+        .unwrap();
+        layers.push(pushed.layers[0].clone());
+    }
+    let flaky = |name: &str, layer: &str, fault: Fault, times: usize, strip_range: bool| {
+        let plan = Plan {
+            path_contains: format!("/blobs/{layer}"),
+            fault,
+            times,
+            strip_range,
+        };
+        let proxy = FaultyProxy::start(&env.registry.addr, plan).unwrap();
+        let host = format!("{name}.invalid");
+        env.berth
+            .hosts_toml(&host, &mirror_hosts(&host, &proxy.addr))
+            .unwrap();
+        (proxy, format!("{host}/berth-e2e/{name}:1"))
+    };
+    let root = env.berth.root.clone();
+    let leftovers = || {
+        (
+            count(&root.join("content/ingest")),
+            std::fs::read_dir(root.join("snapshots"))
+                .unwrap()
+                .filter_map(|e| e.ok())
+                .filter(|e| e.file_name().to_string_lossy().starts_with("tmp"))
+                .count(),
+        )
+    };
+
+    // Every response for the layer is cut after 3 MiB: four resumptions by range.
+    let (proxy, image) = flaky(
+        "resumed",
+        &layers[0],
+        Fault::ResetAfter(3 << 20),
+        usize::MAX,
+        false,
+    );
+    env.cri.pull(&image).await.unwrap();
+    let c = proxy.counts();
+    assert!(c.harmed.load(Relaxed) >= 4, "{c:?}");
+    assert_eq!(
+        c.ranged.load(Relaxed),
+        c.requests.load(Relaxed) - 1,
+        "{c:?}"
+    );
+
+    // A host that ignores ranges: the resumed response starts over and what the pull has
+    // already is skipped.
+    let (proxy, image) = flaky("unranged", &layers[1], Fault::ResetAfter(5 << 20), 2, true);
+    env.cri.pull(&image).await.unwrap();
+    let c = proxy.counts();
+    assert_eq!(c.harmed.load(Relaxed), 2, "{c:?}");
+    assert_eq!(c.requests.load(Relaxed), 3, "{c:?}");
+
+    // A host that cuts every response after a few hundred bytes: the pull gives up after
+    // three resumptions without progress, at once, with Unavailable, and keeps no byte of
+    // the layer. The verified manifest and config stay for the kubelet's retry (as in
+    // containerd) and go with the next garbage collection.
+    let before = faults::image_data(&env);
+    let (proxy, image) = flaky(
+        "stalled",
+        &layers[2],
+        Fault::ResetAfter(1000),
+        usize::MAX,
+        false,
+    );
+    let t0 = Instant::now();
+    let err = env.cri.pull(&image).await.unwrap_err();
+    assert!(t0.elapsed() < Duration::from_secs(20), "{:?}", t0.elapsed());
+    let msg = format!("{err:#}");
+    assert!(
+        msg.contains(&layers[2]) && msg.contains("without progress"),
+        "{msg}"
+    );
+    let status = err.downcast_ref::<tonic::Status>().expect("a gRPC status");
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    assert_eq!(proxy.counts().harmed.load(Relaxed), 4);
+    assert_eq!(faults::image_data(&env), (before.0 + 2, before.1));
+    assert_eq!(leftovers(), (0, 0));
+    let before = faults::image_data(&env);
+
+    // One corrupt byte in the layer: the pull fails with DataLoss naming the layer, nothing
+    // is committed, and the next pull (the registry now behaves) gets the real layer.
+    let (proxy, image) = flaky("corrupt", &layers[3], Fault::FlipAt(2 << 20), 1, false);
+    let err = env.cri.pull(&image).await.unwrap_err();
+    let status = err.downcast_ref::<tonic::Status>().expect("a gRPC status");
+    assert_eq!(status.code(), tonic::Code::DataLoss, "{status:?}");
+    assert!(status.message().contains(&layers[3]), "{status:?}");
+    assert_eq!(proxy.counts().harmed.load(Relaxed), 1);
+    assert_eq!(faults::image_data(&env), (before.0 + 2, before.1));
+    assert_eq!(leftovers(), (0, 0));
+    env.cri.pull(&image).await.unwrap();
+    assert_eq!(faults::image_data(&env), (before.0 + 3, before.1 + 1));
+}

@@ -153,8 +153,8 @@ impl Ingest {
         self.size
     }
 
-    /// Verifies size and digest, syncs, and moves the blob into place.
-    pub fn commit(mut self, expected: &Digest, expected_size: Option<u64>) -> Result<()> {
+    /// Whether what was written so far has the size and digest expected.
+    pub fn verify(&self, expected: &Digest, expected_size: Option<u64>) -> Result<()> {
         if let Some(s) = expected_size.filter(|&s| s != self.size) {
             return Err(Error::DigestMismatch {
                 what: format!("size of blob {expected}"),
@@ -162,14 +162,20 @@ impl Ingest {
                 actual: self.size.to_string(),
             });
         }
-        let actual = Digest::from_sha256(std::mem::take(&mut self.hasher).finalize().into());
+        let actual = Digest::from_sha256(self.hasher.clone().finalize().into());
         if &actual != expected {
             return Err(Error::DigestMismatch {
-                what: "blob digest".into(),
+                what: format!("digest of blob {expected}"),
                 expected: expected.to_string(),
                 actual: actual.to_string(),
             });
         }
+        Ok(())
+    }
+
+    /// Verifies size and digest, syncs, and moves the blob into place.
+    pub fn commit(mut self, expected: &Digest, expected_size: Option<u64>) -> Result<()> {
+        self.verify(expected, expected_size)?;
         self.file
             .sync_data()
             .map_err(|e| Error::io("sync blob", e))?;

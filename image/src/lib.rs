@@ -3,6 +3,7 @@
 //! them together. Nothing here knows about gRPC.
 #![warn(missing_docs)]
 
+pub mod blob;
 pub mod content;
 pub mod error;
 pub mod hosts;

@@ -13,7 +13,9 @@ use std::time::Duration;
 use base64::Engine as _;
 use bytes::Bytes;
 use http::StatusCode;
-use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderValue, WWW_AUTHENTICATE};
+use reqwest::header::{
+    ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderName, HeaderValue, RANGE, WWW_AUTHENTICATE,
+};
 
 use crate::error::{Error, Result};
 use crate::hosts::RegistryHost;
@@ -304,7 +306,26 @@ impl Session {
             |h| h.capabilities.pull,
             |h| async move {
                 let path = format!("blobs/{digest}");
-                self.send(h, &path, None).await
+                self.send(h, &path, &[]).await
+            },
+        )
+        .await
+    }
+
+    /// Asks for a blob from byte `offset` on (`Range`), to resume a download that broke. A
+    /// host may ignore the range and answer the whole blob (200); the caller checks.
+    pub(crate) async fn blob_from(
+        &self,
+        digest: &Digest,
+        offset: u64,
+    ) -> Result<reqwest::Response> {
+        let range = format!("bytes={offset}-");
+        self.first_ok(
+            &format!("blob {digest} from byte {offset}"),
+            |h| h.capabilities.pull,
+            |h| {
+                let (path, range) = (format!("blobs/{digest}"), range.clone());
+                async move { self.send(h, &path, &[(RANGE, range.as_str())]).await }
             },
         )
         .await
@@ -335,7 +356,11 @@ impl Session {
         want: Option<&Digest>,
     ) -> Attempt<FetchedManifest> {
         let resp = self
-            .send(h, &format!("manifests/{object}"), Some(MANIFEST_ACCEPT))
+            .send(
+                h,
+                &format!("manifests/{object}"),
+                &[(ACCEPT, MANIFEST_ACCEPT)],
+            )
             .await?;
         let ct = resp
             .headers()
@@ -450,7 +475,7 @@ impl Session {
         &self,
         h: &RegistryHost,
         path: &str,
-        accept: Option<&str>,
+        headers: &[(HeaderName, &str)],
     ) -> Attempt<reqwest::Response> {
         let client = self.client.http_for(h).map_err(Miss::Failed)?;
         let mut url = h.url.clone();
@@ -466,8 +491,8 @@ impl Session {
         let creds = self.creds.as_ref().filter(|c| c.applies_to(h));
         for round in 0..2 {
             let mut req = client.get(url.clone());
-            if let Some(a) = accept {
-                req = req.header(ACCEPT, a);
+            for (k, v) in headers {
+                req = req.header(k, *v);
             }
             for (k, v) in &h.headers {
                 req = req.header(k.as_str(), v.as_str());

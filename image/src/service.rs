@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 use tokio_util::sync::CancellationToken;
 
+use crate::blob::BlobDownload;
 use crate::content::{ContentStore, Ingest};
 use crate::error::{Error, Result};
 use crate::hosts;
@@ -424,8 +425,8 @@ impl ImageService {
         cancel: Arc<AtomicBool>,
         token: &CancellationToken,
     ) -> Result<LayerStats> {
-        let mut resp = tokio::select! {
-            r = session.blob(&desc.digest) => r?,
+        let mut body = tokio::select! {
+            r = BlobDownload::open(session, &desc.digest, desc.size) => r?,
             _ = token.cancelled() => return Err(cancelled(&desc.digest)),
         };
         let ingest = self.content.writer()?;
@@ -439,12 +440,16 @@ impl ImageService {
                 ingest,
                 limit: size,
                 layer: layer.clone(),
+                broken: false,
             };
             let reader = Cancellable {
                 inner: &mut tee,
-                cancel: tee_cancel,
+                cancel: tee_cancel.clone(),
             };
-            let stats = unpack_verified(reader, &dest, &layer, &diff)?;
+            let stats = match unpack_verified(reader, &dest, &layer, &diff) {
+                Ok(s) => s,
+                Err(e) => return Err(tee.damaged(&tee_cancel).unwrap_or(e)),
+            };
             // Whatever follows the tar stream (padding, the compressor's trailer) is part of
             // the blob and of its digest.
             io::copy(&mut tee, &mut io::sink())
@@ -452,9 +457,10 @@ impl ImageService {
             tee.ingest.commit(&layer, Some(size))?;
             Ok::<_, Error>(stats)
         });
+        let mut broken = None;
         while !cancel.load(Ordering::Relaxed) {
             let chunk = tokio::select! {
-                c = resp.chunk() => c,
+                c = body.chunk() => c,
                 // The unpacker sees the flag (set by the relay) at its next read.
                 _ = token.cancelled() => break,
             };
@@ -466,20 +472,21 @@ impl ImageService {
                 }
                 Ok(None) => break,
                 Err(e) => {
-                    let _ = tx
-                        .send(Err(format!(
-                            "download of {} failed: {}",
-                            desc.digest,
-                            crate::registry::transport_reason(&e)
-                        )))
-                        .await;
+                    let _ = tx.send(Err(e.to_string())).await;
+                    broken = Some(e);
                     break;
                 }
             }
         }
         drop(tx);
-        task.await
-            .map_err(|e| Error::io("unpack task", io::Error::other(e)))?
+        let unpacked = task
+            .await
+            .map_err(|e| Error::io("unpack task", io::Error::other(e)))?;
+        match (unpacked, broken) {
+            // The download's own error keeps its kind (a registry failure is Unavailable).
+            (Err(_), Some(e)) => Err(e),
+            (r, _) => r,
+        }
     }
 
     /// Adds a freshly pulled image, moving its tag away from any image that had it. Returns
@@ -762,6 +769,22 @@ struct Tee {
     ingest: Ingest,
     limit: u64,
     layer: Digest,
+    /// The download failed (its error went to the reader).
+    broken: bool,
+}
+
+impl Tee {
+    /// After a failed unpack: whether the bytes were damaged on the way rather than the
+    /// layer being bad. The rest of the download (bounded by the declared size) is read and
+    /// the blob checked against its digest; a mismatch is the error to report. Nothing to
+    /// say when the pull was cancelled or the download itself broke.
+    fn damaged(&mut self, cancel: &AtomicBool) -> Option<Error> {
+        if self.broken || cancel.load(Ordering::Relaxed) {
+            return None;
+        }
+        io::copy(self, &mut io::sink()).ok()?;
+        self.ingest.verify(&self.layer, Some(self.limit)).err()
+    }
 }
 
 impl Read for Tee {
@@ -769,7 +792,10 @@ impl Read for Tee {
         while self.cur.is_empty() {
             match self.rx.blocking_recv() {
                 None => return Ok(0),
-                Some(Err(e)) => return Err(io::Error::other(e)),
+                Some(Err(e)) => {
+                    self.broken = true;
+                    return Err(io::Error::other(e));
+                }
                 Some(Ok(b)) => {
                     self.ingest.write_all(&b)?;
                     if self.ingest.written() > self.limit {
