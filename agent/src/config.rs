@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
 
+pub use crate::logging::{LogConfig, LogFormat};
+
 /// The default configuration, as shipped in `deploy/config.toml`.
 pub const DEFAULT_CONFIG: &str = include_str!("../../deploy/config.toml");
 
@@ -56,20 +58,6 @@ impl Default for StreamConfig {
             tls_key: PathBuf::new(),
         }
     }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct LogConfig {
-    pub level: String,
-    pub format: LogFormat,
-}
-
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    Text,
-    Json,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -212,15 +200,6 @@ impl Default for Config {
                 handlers,
             },
             stream: StreamConfig::default(),
-        }
-    }
-}
-
-impl Default for LogConfig {
-    fn default() -> Self {
-        LogConfig {
-            level: "info".into(),
-            format: LogFormat::Text,
         }
     }
 }

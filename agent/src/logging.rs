@@ -1,10 +1,36 @@
 //! tracing setup: structured logs on stderr, text or JSON.
 
+use std::io::IsTerminal;
+
+use serde::{Deserialize, Serialize};
 use tracing_subscriber::filter::Targets;
 use tracing_subscriber::layer::{Layer, SubscriberExt};
 use tracing_subscriber::util::SubscriberInitExt;
 
-use crate::config::{LogConfig, LogFormat};
+/// The `[log]` table of the config.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub level: String,
+    pub format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".into(),
+            format: LogFormat::Text,
+        }
+    }
+}
 
 /// Parses a log filter: a default level and `target=level` pairs, comma-separated
 /// (`info`, `info,berth_image=debug`, `warn,berth::shim=trace`). berth uses
@@ -17,10 +43,12 @@ pub fn parse_filter(level: &str) -> anyhow::Result<Targets> {
 }
 
 /// Installs the global subscriber. `override_level` (the `--log-level` flag) wins over the
-/// config's level.
+/// config's level. Colours only on a terminal: journald and log files get plain text.
 pub fn init(cfg: &LogConfig, override_level: Option<&str>) -> anyhow::Result<()> {
     let filter = parse_filter(override_level.unwrap_or(&cfg.level))?;
-    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     let res = match cfg.format {
         LogFormat::Text => tracing_subscriber::registry()
             .with(fmt.with_filter(filter))

@@ -163,7 +163,6 @@ impl Berth {
             .arg(&self.socket)
             .arg("--log-level")
             .arg(std::env::var("BERTH_E2E_LOG_LEVEL").unwrap_or_else(|_| self.log_level.into()))
-            .env("NO_COLOR", "1")
             .stdin(Stdio::null());
         c
     }

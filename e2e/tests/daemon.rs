@@ -43,6 +43,10 @@ async fn version_status_runtime_config() {
         net.message
     );
     assert!(s.info.contains_key("config"));
+    // Its stderr is a file here, as under systemd: plain text, no colour codes.
+    let log = berth.log();
+    assert!(log.contains("serving CRI"), "{log}");
+    assert!(!log.contains('\x1b'), "colour codes in a log file:\n{log}");
     let handlers: Vec<_> = s.runtime_handlers.iter().map(|h| h.name.as_str()).collect();
     assert_eq!(handlers, ["kata", "runc", "runsc"]);
     // Which handlers can run here: kata's shim is not on this machine.
