@@ -1600,7 +1600,7 @@ impl PodManager {
                 stop.cancel();
             })
         });
-        let io = berth_stream::Io {
+        let io = crate::session::SessionIo {
             stdin: None,
             stdout: Some(out_tx),
             stderr: Some(err_tx),
@@ -1641,7 +1641,7 @@ impl PodManager {
         &self,
         id: &str,
         cmd: Vec<String>,
-        io: berth_stream::Io,
+        io: crate::session::SessionIo,
     ) -> Result<u32> {
         let id = self.resolve_container(id)?;
         let rec = self.container(&id)?;
@@ -1656,7 +1656,7 @@ impl PodManager {
         let s = self.shim_of(&rec.pod_id).ok_or_else(|| {
             Error::Precondition(format!("the pod of container {id} has no running shim"))
         })?;
-        let berth_stream::Io {
+        let crate::session::SessionIo {
             stdin,
             stdout,
             stderr,
@@ -1789,7 +1789,7 @@ impl PodManager {
     /// Attach (the streaming server's `/attach`): connects the session to the container's
     /// own stdio until the container's output ends, the client closes its stdin (closing
     /// the container's stdin too when `stdin_once`), or the client goes away.
-    pub async fn attach(&self, id: &str, io: berth_stream::Io) -> Result<()> {
+    pub async fn attach(&self, id: &str, io: crate::session::SessionIo) -> Result<()> {
         let id = self.resolve_container(id)?;
         let rec = self.container(&id)?;
         if rec.state != ContainerState::Running {
@@ -1804,7 +1804,7 @@ impl PodManager {
             .ok_or_else(|| {
                 Error::Precondition(format!("container {id} has no output to attach to"))
             })?;
-        let berth_stream::Io {
+        let crate::session::SessionIo {
             stdin,
             stdout,
             stderr,

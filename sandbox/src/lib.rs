@@ -13,6 +13,7 @@ pub mod registrar;
 pub mod runsc;
 pub mod safefile;
 pub mod seccomp;
+pub mod session;
 pub mod shim;
 pub mod spec;
 pub mod stats;

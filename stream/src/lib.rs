@@ -65,12 +65,20 @@ pub struct Io {
     pub disconnected: CancellationToken,
 }
 
-/// How an exec ended, as the runtime tells it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ExecError {
+/// Why the runtime did not serve a session, or how its command ended.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BackendError {
     /// The command ran and exited with this non-zero code.
+    #[error("command exited with code {0}")]
     Exit(i32),
-    /// The command could not be run (or waited for).
+    /// The container or pod does not exist (any more).
+    #[error("{0}")]
+    NotFound(String),
+    /// It exists but cannot serve the session now (it is not running, it has no shim).
+    #[error("{0}")]
+    Unavailable(String),
+    /// Anything else.
+    #[error("{0}")]
     Failed(String),
 }
 
@@ -79,10 +87,14 @@ pub enum ExecError {
 pub trait Backend: Send + Sync + 'static {
     /// Runs `cmd` in the container with the session's stdio; returns once it exited and
     /// its output was delivered.
-    async fn exec(&self, container_id: &str, cmd: Vec<String>, io: Io) -> Result<(), ExecError>;
+    async fn exec(&self, container_id: &str, cmd: Vec<String>, io: Io) -> Result<(), BackendError>;
     /// Connects the session to the container's own stdio until the container exits, the
     /// client closes its stdin or goes away.
-    async fn attach(&self, container_id: &str, io: Io) -> Result<(), String>;
+    async fn attach(&self, container_id: &str, io: Io) -> Result<(), BackendError>;
     /// Connects to `port` on the loopback of the pod's network namespace.
-    async fn port_forward(&self, pod_id: &str, port: u16) -> Result<tokio::net::TcpStream, String>;
+    async fn port_forward(
+        &self,
+        pod_id: &str,
+        port: u16,
+    ) -> Result<tokio::net::TcpStream, BackendError>;
 }

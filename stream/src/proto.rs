@@ -88,10 +88,47 @@ pub enum Outcome {
     /// The command exited with a non-zero code.
     Exit(i32),
     /// Anything else that went wrong, said to the user.
-    Error(String),
+    Error {
+        reason: StatusReason,
+        message: String,
+    },
+}
+
+/// The `reason` of a failed session's `metav1.Status`, with its HTTP code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatusReason {
+    BadRequest,
+    NotFound,
+    ServiceUnavailable,
+    InternalError,
+}
+
+impl StatusReason {
+    fn name_and_code(self) -> (&'static str, u16) {
+        match self {
+            StatusReason::BadRequest => ("BadRequest", 400),
+            StatusReason::NotFound => ("NotFound", 404),
+            StatusReason::ServiceUnavailable => ("ServiceUnavailable", 503),
+            StatusReason::InternalError => ("InternalError", 500),
+        }
+    }
 }
 
 impl Outcome {
+    /// A session the runtime could not serve: `what` went wrong, because of `e`.
+    pub fn failed(what: &str, e: &crate::BackendError) -> Self {
+        use crate::BackendError as E;
+        let reason = match e {
+            E::NotFound(_) => StatusReason::NotFound,
+            E::Unavailable(_) => StatusReason::ServiceUnavailable,
+            E::Exit(_) | E::Failed(_) => StatusReason::InternalError,
+        };
+        Outcome::Error {
+            reason,
+            message: format!("{what}: {e}"),
+        }
+    }
+
     /// The v4 (and v5) error-stream message: a JSON `metav1.Status`.
     pub fn v4_status(&self) -> Bytes {
         let v = match self {
@@ -103,14 +140,17 @@ impl Outcome {
                 "reason": "NonZeroExitCode",
                 "details": {"causes": [{"reason": "ExitCode", "message": code.to_string()}]},
             }),
-            Outcome::Error(msg) => json!({
-                "metadata": {},
-                "status": "Failure",
-                "message": msg,
-                "reason": "InternalError",
-                "details": {"causes": [{"message": msg}]},
-                "code": 500,
-            }),
+            Outcome::Error { reason, message } => {
+                let (reason, code) = reason.name_and_code();
+                json!({
+                    "metadata": {},
+                    "status": "Failure",
+                    "message": message,
+                    "reason": reason,
+                    "details": {"causes": [{"message": message}]},
+                    "code": code,
+                })
+            }
         };
         Bytes::from(serde_json::to_vec(&v).unwrap_or_default())
     }
@@ -131,7 +171,7 @@ impl Outcome {
             Outcome::Exit(code) => Some(Bytes::from(format!(
                 "command terminated with non-zero exit code: exit status {code}"
             ))),
-            Outcome::Error(msg) => Some(Bytes::from(msg.clone())),
+            Outcome::Error { message, .. } => Some(Bytes::from(message.clone())),
         }
     }
 }
@@ -192,6 +232,23 @@ mod tests {
         let v: serde_json::Value = serde_json::from_slice(&Outcome::Success.v4_status()).unwrap();
         assert_eq!(v["status"], "Success");
         assert_eq!(Outcome::Success.text_status(), None);
+        let gone = Outcome::failed(
+            "error executing command in container",
+            &crate::BackendError::NotFound("container c1 not found".into()),
+        );
+        let v: serde_json::Value = serde_json::from_slice(&gone.v4_status()).unwrap();
+        assert_eq!(v["reason"], "NotFound");
+        assert_eq!(v["code"], 404);
+        assert_eq!(
+            v["message"],
+            "error executing command in container: container c1 not found"
+        );
+        let down = Outcome::failed("x", &crate::BackendError::Unavailable("no shim".into()));
+        let v: serde_json::Value = serde_json::from_slice(&down.v4_status()).unwrap();
+        assert_eq!(
+            (v["reason"].as_str(), v["code"].as_u64()),
+            (Some("ServiceUnavailable"), Some(503))
+        );
     }
 
     #[test]

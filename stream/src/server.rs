@@ -15,9 +15,9 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::idle::IdleIo;
-use crate::proto::{self, Outcome, ResizeDecoder};
+use crate::proto::{self, Outcome, ResizeDecoder, StatusReason};
 use crate::spdy::{self, Role, Session, Stream};
-use crate::{Backend, ExecError, Io, Request};
+use crate::{Backend, BackendError, Io, Request};
 
 /// Tokens waiting for their client at once; more is `ResourceExhausted`, as the kubelet's.
 const MAX_IN_FLIGHT: usize = 1000;
@@ -435,16 +435,17 @@ pub(crate) async fn run_remote_command(backend: &dyn Backend, request: Request, 
             container_id, cmd, ..
         } => match backend.exec(&container_id, cmd, io).await {
             Ok(()) => Outcome::Success,
-            Err(ExecError::Exit(code)) => Outcome::Exit(code),
-            Err(ExecError::Failed(m)) => {
-                Outcome::Error(format!("error executing command in container: {m}"))
-            }
+            Err(BackendError::Exit(code)) => Outcome::Exit(code),
+            Err(e) => Outcome::failed("error executing command in container", &e),
         },
         Request::Attach { container_id, .. } => match backend.attach(&container_id, io).await {
             Ok(()) => Outcome::Success,
-            Err(m) => Outcome::Error(format!("error attaching to container: {m}")),
+            Err(e) => Outcome::failed("error attaching to container", &e),
         },
-        Request::PortForward { .. } => Outcome::Error("not a remote command".into()),
+        Request::PortForward { .. } => Outcome::Error {
+            reason: StatusReason::BadRequest,
+            message: "not a remote command".into(),
+        },
     }
 }
 
@@ -625,7 +626,7 @@ async fn spdy_port_forward(
                             let _ = pump.await;
                             Ok(())
                         }
-                        Err(e) => Err(e),
+                        Err(e) => Err(e.to_string()),
                     },
                 };
                 if let Err(e) = res {

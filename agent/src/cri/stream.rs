@@ -4,8 +4,10 @@
 use std::sync::Arc;
 
 use berth_cri_api::v1 as cri;
+use berth_sandbox::ErrorKind;
 use berth_sandbox::pod::PodManager;
-use berth_stream::{ExecError, Io, Request, StdioOptions, StreamServer, server::UrlError};
+use berth_sandbox::session::{SessionIo, TermSize};
+use berth_stream::{BackendError, Io, Request, StdioOptions, StreamServer, server::UrlError};
 use tonic::Status;
 
 use super::chain;
@@ -16,28 +18,74 @@ pub struct StreamBackend {
     pub pods: Arc<PodManager>,
 }
 
+/// The streaming server's session channels as the container code takes them. Terminal
+/// sizes are passed on by a small task (the server offers them to terminal sessions only).
+fn session_io(io: Io) -> SessionIo {
+    let resize = io.resize.map(|mut from| {
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tokio::spawn(async move {
+            while let Some(sz) = from.recv().await {
+                let sz = TermSize {
+                    width: sz.width,
+                    height: sz.height,
+                };
+                if tx.send(sz).await.is_err() {
+                    break;
+                }
+            }
+        });
+        rx
+    });
+    SessionIo {
+        stdin: io.stdin,
+        stdout: io.stdout,
+        stderr: io.stderr,
+        tty: io.tty,
+        resize,
+        disconnected: io.disconnected,
+    }
+}
+
+/// A sandbox error as the streaming server reports it to its client.
+fn backend_error(e: berth_sandbox::Error) -> BackendError {
+    let message = chain(&e);
+    match e.kind() {
+        ErrorKind::NotFound => BackendError::NotFound(message),
+        ErrorKind::FailedPrecondition => BackendError::Unavailable(message),
+        _ => BackendError::Failed(message),
+    }
+}
+
 #[async_trait::async_trait]
 impl berth_stream::Backend for StreamBackend {
-    async fn exec(&self, container_id: &str, cmd: Vec<String>, io: Io) -> Result<(), ExecError> {
-        match self.pods.exec_stream(container_id, cmd, io).await {
+    async fn exec(&self, container_id: &str, cmd: Vec<String>, io: Io) -> Result<(), BackendError> {
+        match self
+            .pods
+            .exec_stream(container_id, cmd, session_io(io))
+            .await
+        {
             Ok(0) => Ok(()),
-            Ok(code) => Err(ExecError::Exit(code as i32)),
-            Err(e) => Err(ExecError::Failed(chain(&e))),
+            Ok(code) => Err(BackendError::Exit(code as i32)),
+            Err(e) => Err(backend_error(e)),
         }
     }
 
-    async fn attach(&self, container_id: &str, io: Io) -> Result<(), String> {
+    async fn attach(&self, container_id: &str, io: Io) -> Result<(), BackendError> {
         self.pods
-            .attach(container_id, io)
+            .attach(container_id, session_io(io))
             .await
-            .map_err(|e| chain(&e))
+            .map_err(backend_error)
     }
 
-    async fn port_forward(&self, pod_id: &str, port: u16) -> Result<tokio::net::TcpStream, String> {
+    async fn port_forward(
+        &self,
+        pod_id: &str,
+        port: u16,
+    ) -> Result<tokio::net::TcpStream, BackendError> {
         self.pods
             .port_forward(pod_id, port)
             .await
-            .map_err(|e| chain(&e))
+            .map_err(backend_error)
     }
 }
 
