@@ -210,10 +210,11 @@ async fn a_full_disk_fails_calls_and_berth_works_again_once_there_is_space() {
             .run(berth_e2e::pods::pod_config(&format!("full-{i}")))
             .await
             .unwrap_err();
-        assert!(
-            matches!(e.code(), tonic::Code::Internal | tonic::Code::Unknown),
-            "{e:?}"
-        );
+        // A local write failed: Internal, with the store's or the file's own message.
+        assert_eq!(e.code(), tonic::Code::Internal, "{e:?}");
+        assert!(e.message().contains("No space left on device"), "{e:?}");
+        // Said once: no cause printed twice.
+        assert_eq!(e.message().matches("No space left").count(), 1, "{e:?}");
     }
     // The pod made before is as it was. (A pod whose rollback could not write its record's
     // removal is kept NotReady for the kubelet to remove, as after any failed rollback.)

@@ -113,13 +113,12 @@ pub enum Error {
         reason: String,
     },
     /// A filesystem operation failed.
-    #[error("{context}: {source}")]
+    #[error("{context}: {error}")]
     Io {
         /// What berth was doing.
         context: String,
         /// The OS error.
-        #[source]
-        source: io::Error,
+        error: io::Error,
     },
     /// The metadata store failed.
     #[error("metadata store: {0}")]
@@ -146,10 +145,10 @@ impl Error {
         }
     }
 
-    pub(crate) fn io(context: impl Into<String>, source: io::Error) -> Self {
+    pub(crate) fn io(context: impl Into<String>, error: io::Error) -> Self {
         Error::Io {
             context: context.into(),
-            source,
+            error,
         }
     }
 

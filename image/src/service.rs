@@ -743,7 +743,7 @@ impl Drop for AbortOnDrop {
 fn cancelled(layer: &Digest) -> Error {
     Error::Io {
         context: format!("layer {layer}"),
-        source: io::Error::other("pull abandoned: another layer failed"),
+        error: io::Error::other("pull abandoned: another layer failed"),
     }
 }
 

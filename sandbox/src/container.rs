@@ -854,10 +854,6 @@ pub(crate) fn container_name(c: &ContainerConfig, pod: &PodRecord) -> String {
     )
 }
 
-fn img_err(e: impl std::fmt::Display) -> Error {
-    Error::Image(e.to_string())
-}
-
 fn signal_number(name: &str) -> Option<u32> {
     let n = name.trim().to_ascii_uppercase();
     let n = n.strip_prefix("SIG").unwrap_or(&n);
@@ -1032,7 +1028,7 @@ impl PodManager {
                 config.image
             ))
         })?;
-        let image_config = self.images().config(&image).map_err(img_err)?;
+        let image_config = self.images().config(&image).map_err(Error::Image)?;
         let id = hex::encode(rand::random::<[u8; 32]>());
         let name = container_name(&config, &pod);
         let reservation = self.container_names().reserve(&name, &id)?;
@@ -1085,7 +1081,7 @@ impl PodManager {
                 .images()
                 .snapshots()
                 .prepare(&id, image.top_chain())
-                .map_err(img_err)?;
+                .map_err(Error::Image)?;
             lap("snapshot");
             let accounts = {
                 let mounts = mounts.clone();
@@ -1467,7 +1463,7 @@ impl PodManager {
         self.images()
             .snapshots()
             .remove_active(&id)
-            .map_err(img_err)?;
+            .map_err(Error::Image)?;
         let dir = self.ctr_dir(&id);
         if let Err(e) = std::fs::remove_dir_all(&dir)
             && e.kind() != std::io::ErrorKind::NotFound

@@ -1,4 +1,7 @@
-//! The sandbox crate's error type.
+//! The sandbox crate's error type. A message says all there is to say (causes included); no
+//! error is both printed and chained as a `source`, so a caller prints it once, whole.
+
+use berth_image as image;
 
 /// The class of a failure; the agent maps it to a gRPC code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -15,8 +18,16 @@ pub enum ErrorKind {
     DeadlineExceeded,
     /// A shim or runtime failed.
     Failed,
-    /// A local failure.
+    /// A local failure: the disk, the metadata store.
     Internal,
+    /// A registry refused the credentials (pulling the sandbox image).
+    Unauthenticated,
+    /// Something outside berth is down (a registry).
+    Unavailable,
+    /// Content did not match its digest.
+    DataLoss,
+    /// The caller gave up.
+    Cancelled,
 }
 
 /// Errors of shims and sandboxes.
@@ -28,12 +39,20 @@ pub enum Error {
     /// No such pod or container.
     #[error("{0}")]
     NotFound(String),
-    /// An image or the metadata store failed.
-    #[error("{0}")]
-    Image(String),
+    /// An image, snapshot or metadata-store operation failed.
+    #[error(transparent)]
+    Image(#[from] berth_image::Error),
+    /// The sandbox image could not be pulled.
+    #[error("pull sandbox image {image}: {error}")]
+    SandboxImage {
+        /// Its reference.
+        image: String,
+        /// Why.
+        error: berth_image::Error,
+    },
     /// Networking failed.
     #[error("network: {0}")]
-    Network(#[source] berth_network::Error),
+    Network(berth_network::Error),
     /// A name or id is already taken.
     #[error("{0}")]
     AlreadyExists(String),
@@ -82,14 +101,19 @@ pub enum Error {
         gone: bool,
     },
     /// A file operation failed.
-    #[error("{context}: {source}")]
+    #[error("{context}: {error}")]
     Io {
         /// What berth was doing.
         context: String,
         /// The OS error.
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
+}
+
+impl From<berth_network::Error> for Error {
+    fn from(e: berth_network::Error) -> Self {
+        Error::Network(e)
+    }
 }
 
 impl Error {
@@ -98,7 +122,16 @@ impl Error {
         match self {
             Error::Invalid(_) => ErrorKind::InvalidArgument,
             Error::NotFound(_) => ErrorKind::NotFound,
-            Error::Image(_) => ErrorKind::Failed,
+            Error::Image(e) | Error::SandboxImage { error: e, .. } => match e.kind() {
+                image::ErrorKind::NotFound => ErrorKind::NotFound,
+                image::ErrorKind::InvalidArgument => ErrorKind::InvalidArgument,
+                image::ErrorKind::Unauthenticated => ErrorKind::Unauthenticated,
+                image::ErrorKind::Unavailable => ErrorKind::Unavailable,
+                image::ErrorKind::FailedPrecondition => ErrorKind::FailedPrecondition,
+                image::ErrorKind::DataLoss => ErrorKind::DataLoss,
+                image::ErrorKind::Internal => ErrorKind::Internal,
+                image::ErrorKind::Cancelled => ErrorKind::Cancelled,
+            },
             Error::Network(e) => match e.kind() {
                 berth_network::ErrorKind::NotReady => ErrorKind::FailedPrecondition,
                 berth_network::ErrorKind::InvalidArgument => ErrorKind::InvalidArgument,
@@ -124,13 +157,39 @@ impl Error {
         matches!(self, Error::Task { gone: true, .. })
     }
 
-    pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+    pub(crate) fn io(context: impl Into<String>, error: std::io::Error) -> Self {
         Error::Io {
             context: context.into(),
-            source,
+            error,
         }
     }
 }
 
 /// The crate's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn image_and_store_errors_keep_their_kind_and_say_their_cause_once() {
+        let disk = std::io::Error::from_raw_os_error(28);
+        let store = Error::from(berth_image::Error::Store(format!("write: {disk}")));
+        assert_eq!(store.kind(), ErrorKind::Internal);
+        assert_eq!(store.to_string(), format!("metadata store: write: {disk}"));
+        let missing = Error::from(berth_image::Error::ImageNotFound("busybox".into()));
+        assert_eq!(missing.kind(), ErrorKind::NotFound);
+        let io = Error::io("write hosts", std::io::Error::from_raw_os_error(28));
+        assert!(std::error::Error::source(&io).is_none());
+        assert_eq!(io.to_string().matches("No space left").count(), 1);
+        let pull = Error::SandboxImage {
+            image: "pause:3.10".into(),
+            error: berth_image::Error::Registry {
+                host: "registry.k8s.io".into(),
+                reason: "HTTP 503".into(),
+            },
+        };
+        assert_eq!(pull.kind(), ErrorKind::Unavailable);
+    }
+}

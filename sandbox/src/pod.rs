@@ -523,7 +523,7 @@ impl PodManager {
             return Ok(());
         };
         rec.state = state;
-        self.store.put(TABLE, id, rec).map_err(store_err)
+        self.store.put(TABLE, id, rec).map_err(Error::Image)
     }
 
     /// Changes pod `id`'s record, durably, then in memory.
@@ -534,7 +534,7 @@ impl PodManager {
         };
         let mut next = cur.clone();
         f(&mut next);
-        self.store.put(TABLE, id, &next).map_err(store_err)?;
+        self.store.put(TABLE, id, &next).map_err(Error::Image)?;
         pods.insert(id.to_string(), next);
         Ok(())
     }
@@ -636,7 +636,7 @@ impl PodManager {
     }
 
     pub(crate) fn store_put<T: Serialize>(&self, table: &str, key: &str, v: &T) -> Result<()> {
-        self.store.put(table, key, v).map_err(store_err)
+        self.store.put(table, key, v).map_err(Error::Image)
     }
 
     pub(crate) fn store_put_deferred<T: Serialize>(
@@ -645,18 +645,18 @@ impl PodManager {
         key: &str,
         v: &T,
     ) -> Result<()> {
-        self.store.put_deferred(table, key, v).map_err(store_err)
+        self.store.put_deferred(table, key, v).map_err(Error::Image)
     }
 
     pub(crate) fn store_delete(&self, table: &str, key: &str) -> Result<()> {
-        self.store.delete(table, key).map_err(store_err)
+        self.store.delete(table, key).map_err(Error::Image)
     }
 
     pub(crate) fn store_list<T: serde::de::DeserializeOwned>(
         &self,
         table: &str,
     ) -> Result<Vec<(String, T)>> {
-        self.store.list(table).map_err(store_err)
+        self.store.list(table).map_err(Error::Image)
     }
 
     fn dir(&self, id: &str) -> PathBuf {
@@ -806,17 +806,12 @@ impl PodManager {
                 .images
                 .pull(&self.cfg.sandbox_image, None)
                 .await
-                .map_err(|e| {
-                    Error::Image(format!(
-                        "pull sandbox image {}: {e}",
-                        self.cfg.sandbox_image
-                    ))
+                .map_err(|error| Error::SandboxImage {
+                    image: self.cfg.sandbox_image.clone(),
+                    error,
                 })?,
         };
-        let image_config = self
-            .images
-            .config(&image)
-            .map_err(|e| Error::Image(e.to_string()))?;
+        let image_config = self.images.config(&image).map_err(Error::Image)?;
 
         let mut rec = PodRecord {
             id: id.clone(),
@@ -839,7 +834,7 @@ impl PodManager {
         match res {
             Ok(()) => {
                 rec.state = PodState::Ready;
-                self.store.put(TABLE, &id, &rec).map_err(store_err)?;
+                self.store.put(TABLE, &id, &rec).map_err(Error::Image)?;
                 self.pods
                     .write()
                     .unwrap_or_else(|p| p.into_inner())
@@ -896,7 +891,7 @@ impl PodManager {
             .images
             .snapshots()
             .prepare(id, image.top_chain())
-            .map_err(|e| Error::Image(e.to_string()))?;
+            .map_err(Error::Image)?;
         undo.push(Undo::Snapshot(id.clone()));
         lap("snapshot");
 
@@ -982,7 +977,7 @@ impl PodManager {
         if !cfg.host_network {
             rec.netns = Some(self.netns.path(&netns_name(&id)));
         }
-        self.store.put(TABLE, &id, rec).map_err(store_err)?;
+        self.store.put(TABLE, &id, rec).map_err(Error::Image)?;
         undo.push(Undo::Record);
 
         let dir = self.dir(&id);
@@ -1025,10 +1020,10 @@ impl PodManager {
             }
             let path = made
                 .map_err(|e| Error::io("create the pod's network namespace", e.into()))?
-                .map_err(net_err)?;
+                .map_err(Error::Network)?;
             if rec.netns.as_ref() != Some(&path) {
                 rec.netns = Some(path);
-                self.store.put(TABLE, &id, rec).map_err(store_err)?;
+                self.store.put(TABLE, &id, rec).map_err(Error::Image)?;
             }
             lap("netns");
         }
@@ -1046,9 +1041,14 @@ impl PodManager {
             let a = self.attachment(rec);
             let net = match self.cni.network() {
                 Ok(n) => n,
-                Err(e) => return (None, Err(net_err(e))),
+                Err(e) => return (None, Err(Error::Network(e))),
             };
-            let r = self.cni.add(&net, &a).await.map_err(net_err).map(Some);
+            let r = self
+                .cni
+                .add(&net, &a)
+                .await
+                .map_err(Error::Network)
+                .map(Some);
             lap("cni add");
             (Some(Undo::Cni(a)), r)
         };
@@ -1156,12 +1156,15 @@ impl PodManager {
                     .write()
                     .unwrap_or_else(|p| p.into_inner())
                     .remove(id);
-                self.store.delete(TABLE, id).map_err(store_err)
+                self.store.delete(TABLE, id).map_err(Error::Image)
             }
-            Undo::Netns(name) => self.netns.remove(&name).map_err(net_err),
+            Undo::Netns(name) => self.netns.remove(&name).map_err(Error::Network),
             Undo::Cni(a) => {
                 let current = self.cni.network().ok();
-                self.cni.del(current.as_ref(), &a).await.map_err(net_err)
+                self.cni
+                    .del(current.as_ref(), &a)
+                    .await
+                    .map_err(Error::Network)
             }
             Undo::Dir(d) => match std::fs::remove_dir_all(&d) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
@@ -1174,7 +1177,7 @@ impl PodManager {
                 .images
                 .snapshots()
                 .remove_active(&key)
-                .map_err(|e| Error::Image(e.to_string())),
+                .map_err(Error::Image),
             Undo::Shim(s) => self.shut_down_pause(&s, id).await,
         }
     }
@@ -1196,7 +1199,10 @@ impl PodManager {
             // makes DEL idempotent, and host-local releases the pod's lease by its id.
             let current = self.cni.network().ok();
             if ns.exists() {
-                self.cni.del(current.as_ref(), &a).await.map_err(net_err)?;
+                self.cni
+                    .del(current.as_ref(), &a)
+                    .await
+                    .map_err(Error::Network)?;
             } else {
                 // The namespace is gone (a reboot emptied the state dir, or someone removed
                 // it). DEL still releases what plugins hold outside it (IPAM leases, port
@@ -1206,7 +1212,9 @@ impl PodManager {
                     tracing::warn!(pod = id, err = %e, "CNI DEL without the pod's network namespace failed");
                 }
             }
-            self.netns.remove(&netns_name(&id)).map_err(net_err)?;
+            self.netns
+                .remove(&netns_name(&id))
+                .map_err(Error::Network)?;
         }
         unmount(&self.dir(&id).join("shm"))?;
         self.change_pod(&id, |r| {
@@ -1327,7 +1335,7 @@ impl PodManager {
         self.images
             .snapshots()
             .remove_active(&id)
-            .map_err(|e| Error::Image(e.to_string()))?;
+            .map_err(Error::Image)?;
         let dir = self.dir(&id);
         if let Err(e) = std::fs::remove_dir_all(&dir)
             && e.kind() != std::io::ErrorKind::NotFound
@@ -1340,7 +1348,7 @@ impl PodManager {
             crate::stats::remove_cgroup(Path::new("/sys/fs/cgroup"), &path)
         })
         .await;
-        self.store.delete(TABLE, &id).map_err(store_err)?;
+        self.store.delete(TABLE, &id).map_err(Error::Image)?;
         self.pods
             .write()
             .unwrap_or_else(|p| p.into_inner())
@@ -1422,15 +1430,6 @@ impl PodManager {
 
 fn netns_name(id: &str) -> String {
     format!("cni-{}", &id[..id.len().min(32)])
-}
-
-fn store_err(e: berth_image::Error) -> Error {
-    // The image crate's store errors say "metadata store: …" themselves.
-    Error::Image(e.to_string())
-}
-
-fn net_err(e: berth_network::Error) -> Error {
-    Error::Network(e)
 }
 
 /// Writes `hostname`, `resolv.conf` and `hosts` for the pod's containers.

@@ -31,7 +31,7 @@ pub enum ReadError {
         limit: u64,
     },
     /// Opening or reading failed.
-    #[error("{0}")]
+    #[error(transparent)]
     Io(#[from] std::io::Error),
 }
 

@@ -33,23 +33,9 @@ fn image_code(kind: ErrorKind) -> Code {
     }
 }
 
-/// The status for an image error: its code and its whole source chain.
+/// The status for an image error: its code and its message (which says its causes).
 pub(crate) fn image_status(e: berth_image::Error) -> Status {
-    Status::new(image_code(e.kind()), chain(&e))
-}
-
-pub(crate) fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(inner) = cur {
-        let m = inner.to_string();
-        if !s.contains(&m) {
-            s.push_str(": ");
-            s.push_str(&m);
-        }
-        cur = inner.source();
-    }
-    s
+    Status::new(image_code(e.kind()), e.to_string())
 }
 
 /// Runs a request conversion; off the async workers when it reads a file the request names
@@ -143,7 +129,7 @@ mod tests {
         );
         let io = berth_image::Error::Io {
             context: "write blob".into(),
-            source: std::io::Error::other("disk full"),
+            error: std::io::Error::other("disk full"),
         };
         let s = image_status(io);
         assert_eq!(s.code(), Code::Internal);

@@ -18,8 +18,12 @@ pub(crate) fn sandbox_status(e: berth_sandbox::Error) -> Status {
         K::Failed => tonic::Code::Unknown,
         K::Internal => tonic::Code::Internal,
         K::DeadlineExceeded => tonic::Code::DeadlineExceeded,
+        K::Unauthenticated => tonic::Code::Unauthenticated,
+        K::Unavailable => tonic::Code::Unavailable,
+        K::DataLoss => tonic::Code::DataLoss,
+        K::Cancelled => tonic::Code::Cancelled,
     };
-    Status::new(code, super::chain(&e))
+    Status::new(code, e.to_string())
 }
 
 fn invalid(msg: impl Into<String>) -> Status {

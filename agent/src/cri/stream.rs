@@ -10,7 +10,6 @@ use berth_sandbox::session::{SessionIo, TermSize};
 use berth_stream::{BackendError, Io, Request, StdioOptions, StreamServer, server::UrlError};
 use tonic::Status;
 
-use super::chain;
 use super::sandbox::sandbox_status;
 
 /// The runtime side of the streaming server.
@@ -48,7 +47,7 @@ fn session_io(io: Io) -> SessionIo {
 
 /// A sandbox error as the streaming server reports it to its client.
 fn backend_error(e: berth_sandbox::Error) -> BackendError {
-    let message = chain(&e);
+    let message = e.to_string();
     match e.kind() {
         ErrorKind::NotFound => BackendError::NotFound(message),
         ErrorKind::FailedPrecondition => BackendError::Unavailable(message),
