@@ -21,6 +21,9 @@ pub mod users;
 
 pub use error::{Error, ErrorKind, Result};
 
+#[cfg(test)]
+mod records_v1_tests;
+
 /// Now, in nanoseconds since the Unix epoch (the unit of every CRI timestamp).
 pub fn now_ns() -> i64 {
     std::time::SystemTime::now()

@@ -3,7 +3,7 @@
 //! clock and swap changes, keyrings, `kexec`, new namespaces — unless the container holds the
 //! capability that would make them meaningful.
 
-use serde_json::{Value, json};
+use crate::spec::oci::{Seccomp, Syscall, SyscallArg};
 
 /// Allowed for every container.
 const ALWAYS: &[&str] = &[
@@ -437,50 +437,64 @@ const BY_CAPABILITY: &[(&str, &[&str])] = &[
 const CLONE_NS_FLAGS: u64 = 0x7E02_0000;
 
 /// The default profile for a container holding `caps` (OCI capability names).
-pub fn default_profile(caps: &[String]) -> Value {
+pub fn default_profile(caps: &[String]) -> Seccomp {
     let has = |c: &str| caps.iter().any(|x| x == c);
-    let mut syscalls = vec![json!({"names": ALWAYS, "action": "SCMP_ACT_ALLOW"})];
+    let mut syscalls = vec![Syscall::new(ALWAYS, ALLOW)];
     // personality: only the harmless domains.
     for p in [0u64, 8, 0x20000, 0x20008, 0xffff_ffff] {
-        syscalls.push(json!({
-            "names": ["personality"],
-            "action": "SCMP_ACT_ALLOW",
-            "args": [{"index": 0, "value": p, "op": "SCMP_CMP_EQ"}],
-        }));
+        syscalls.push(Syscall {
+            args: vec![SyscallArg {
+                index: 0,
+                value: p,
+                value_two: None,
+                op: "SCMP_CMP_EQ".into(),
+            }],
+            ..Syscall::new(&["personality"], ALLOW)
+        });
     }
     for (cap, names) in BY_CAPABILITY {
         if has(cap) {
-            syscalls.push(json!({"names": names, "action": "SCMP_ACT_ALLOW"}));
+            syscalls.push(Syscall::new(names, ALLOW));
         }
     }
     if !has("CAP_SYS_ADMIN") {
         // Threads and processes, never new namespaces; clone3's flags live in memory that
         // seccomp cannot read, so it answers ENOSYS and libc falls back to clone.
-        syscalls.push(json!({
-            "names": ["clone"],
-            "action": "SCMP_ACT_ALLOW",
-            "args": [{"index": 0, "value": CLONE_NS_FLAGS, "valueTwo": 0, "op": "SCMP_CMP_MASKED_EQ"}],
-        }));
-        syscalls.push(json!({"names": ["clone3"], "action": "SCMP_ACT_ERRNO", "errnoRet": 38}));
+        syscalls.push(Syscall {
+            args: vec![SyscallArg {
+                index: 0,
+                value: CLONE_NS_FLAGS,
+                value_two: Some(0),
+                op: "SCMP_CMP_MASKED_EQ".into(),
+            }],
+            ..Syscall::new(&["clone"], ALLOW)
+        });
+        syscalls.push(Syscall {
+            errno_ret: Some(38),
+            ..Syscall::new(&["clone3"], "SCMP_ACT_ERRNO")
+        });
     }
-    json!({
-        "defaultAction": "SCMP_ACT_ERRNO",
-        "defaultErrnoRet": 1,
-        "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"],
-        "syscalls": syscalls,
-    })
+    Seccomp {
+        default_action: "SCMP_ACT_ERRNO".into(),
+        default_errno_ret: Some(1),
+        architectures: ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"]
+            .map(String::from)
+            .to_vec(),
+        flags: vec![],
+        syscalls,
+    }
 }
+
+const ALLOW: &str = "SCMP_ACT_ALLOW";
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn allowed(p: &Value, name: &str) -> bool {
-        p["syscalls"].as_array().unwrap().iter().any(|r| {
-            r["action"] == "SCMP_ACT_ALLOW"
-                && r["names"].as_array().unwrap().iter().any(|n| n == name)
-                && r.get("args").is_none()
-        })
+    fn allowed(p: &Seccomp, name: &str) -> bool {
+        p.syscalls
+            .iter()
+            .any(|r| r.action == ALLOW && r.names.iter().any(|n| n == name) && r.args.is_empty())
     }
 
     #[test]

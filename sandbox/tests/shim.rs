@@ -12,8 +12,8 @@ const NS_UNREACHABLE: &str = "berth-test-unreachable";
 
 /// The sandbox spec berth generates, with busybox standing in for /pause: run by real runc,
 /// this also proves the oom_score_adj clamp (this machine's root cannot go below 0).
-fn spec(rootfs: &Path, id: &str, ns: &str, args: &[&str]) -> serde_json::Value {
-    let s = berth_sandbox::spec::SandboxSpec {
+fn spec(rootfs: &Path, id: &str, ns: &str, args: &[&str]) -> berth_sandbox::spec::oci::Spec {
+    let s = berth_sandbox::spec::pause::SandboxSpec {
         id: id.into(),
         args: args.iter().map(|a| a.to_string()).collect(),
         env: vec!["PATH=/bin".into()],

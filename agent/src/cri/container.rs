@@ -87,14 +87,21 @@ const SECCOMP_PROFILE_LIMIT: u64 = 4 << 20;
 /// Reads a Localhost profile: a regular file (a FIFO or a device named here is refused
 /// without blocking), of bounded size. Blocking file I/O: the conversions that call it run
 /// off the async workers.
-fn load_profile(path: &str) -> Result<serde_json::Value, Status> {
+fn load_profile(path: &str) -> Result<berth_sandbox::spec::oci::Seccomp, Status> {
     use super::validate::shown;
     super::validate::absolute_path("seccomp localhost profile", path)?;
     let text =
         berth_sandbox::safefile::read_host_file(std::path::Path::new(path), SECCOMP_PROFILE_LIMIT)
             .map_err(|e| invalid(format!("seccomp profile {}: {e}", shown(path))))?;
-    serde_json::from_slice(&text)
-        .map_err(|e| invalid(format!("seccomp profile {}: {e}", shown(path))))
+    let profile: berth_sandbox::spec::oci::Seccomp = serde_json::from_slice(&text)
+        .map_err(|e| invalid(format!("seccomp profile {}: {e}", shown(path))))?;
+    if profile.default_action.is_empty() {
+        return Err(invalid(format!(
+            "seccomp profile {}: no defaultAction",
+            shown(path)
+        )));
+    }
+    Ok(profile)
 }
 
 /// Whether the seccomp settings name a Localhost profile (a file converting them reads).
@@ -342,6 +349,11 @@ pub(crate) fn to_container(r: &ContainerRecord) -> cri::Container {
 
 /// ContainerStatus.
 pub(crate) fn to_container_status(r: &ContainerRecord) -> cri::ContainerStatus {
+    let user = r
+        .spec
+        .as_ref()
+        .and_then(|s| s.process.as_ref())
+        .map(|p| &p.user);
     cri::ContainerStatus {
         id: r.id.clone(),
         metadata: Some(meta(r)),
@@ -386,11 +398,10 @@ pub(crate) fn to_container_status(r: &ContainerRecord) -> cri::ContainerStatus {
         image_id: r.image_id.clone(),
         user: Some(cri::ContainerUser {
             linux: Some(cri::LinuxContainerUser {
-                uid: r.spec["process"]["user"]["uid"].as_i64().unwrap_or(0),
-                gid: r.spec["process"]["user"]["gid"].as_i64().unwrap_or(0),
-                supplemental_groups: r.spec["process"]["user"]["additionalGids"]
-                    .as_array()
-                    .map(|a| a.iter().filter_map(|g| g.as_i64()).collect())
+                uid: user.map_or(0, |u| i64::from(u.uid)),
+                gid: user.map_or(0, |u| i64::from(u.gid)),
+                supplemental_groups: user
+                    .map(|u| u.additional_gids.iter().map(|g| i64::from(*g)).collect())
                     .unwrap_or_default(),
             }),
         }),

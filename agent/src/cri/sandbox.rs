@@ -139,7 +139,7 @@ pub(crate) fn pod_config(req: cri::RunPodSandboxRequest) -> Result<PodConfig, St
 }
 
 /// The RuntimeDefault profile for the pause container (default capabilities).
-fn default_seccomp() -> serde_json::Value {
+fn default_seccomp() -> berth_sandbox::spec::oci::Seccomp {
     let caps: Vec<String> = berth_sandbox::spec::DEFAULT_CAPABILITIES
         .iter()
         .map(|c| c.to_string())

@@ -18,176 +18,23 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
 
 use crate::error::{Error, Result};
 use crate::logs::{ContainerLog, mkfifo, open_fifo_reader, open_fifo_writer};
 use crate::pod::{PodManager, PodRecord, PodState};
 use crate::shim::Shim;
-use crate::spec::{DEFAULT_CAPABILITIES, MASKED_PATHS, READONLY_PATHS, clamp_oom_score_adj};
+use crate::spec::container::ContainerSpec;
+use crate::spec::oci::Spec;
 use crate::users::Accounts;
+
+mod config;
+
+pub use config::*;
 
 pub(crate) const TABLE: &str = "containers";
 /// How long a measured writable-layer usage is reused.
 pub const LAYER_USAGE_TTL: Duration = Duration::from_secs(10);
 const SIGKILL: u32 = 9;
-
-/// How a host path's mount propagates.
-#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
-pub enum Propagation {
-    /// `rprivate`.
-    #[default]
-    Private,
-    /// `rslave`: host mounts appear in the container.
-    HostToContainer,
-    /// `rshared`: both ways.
-    Bidirectional,
-}
-
-/// A CRI mount.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
-pub struct Mount {
-    /// Path in the container.
-    pub container_path: String,
-    /// Path on the host.
-    pub host_path: String,
-    /// Read-only.
-    pub readonly: bool,
-    /// Propagation.
-    pub propagation: Propagation,
-}
-
-/// A CRI device.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
-pub struct Device {
-    /// Path in the container.
-    pub container_path: String,
-    /// Path on the host.
-    pub host_path: String,
-    /// Cgroup permissions (`rwm`).
-    pub permissions: String,
-}
-
-/// Linux resources (CRI `LinuxContainerResources`; zero means unset).
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
-pub struct Resources {
-    /// CFS period (µs).
-    pub cpu_period: i64,
-    /// CFS quota (µs).
-    pub cpu_quota: i64,
-    /// CPU shares.
-    pub cpu_shares: i64,
-    /// Memory limit (bytes).
-    pub memory_limit: i64,
-    /// Memory + swap limit (bytes).
-    pub memory_swap_limit: i64,
-    /// oom_score_adj.
-    pub oom_score_adj: i64,
-    /// cpuset.cpus.
-    pub cpuset_cpus: String,
-    /// cpuset.mems.
-    pub cpuset_mems: String,
-    /// Hugepage limits: page size (`2MB`) → bytes.
-    pub hugepage_limits: Vec<(String, u64)>,
-    /// cgroup v2 unified settings.
-    pub unified: BTreeMap<String, String>,
-}
-
-/// How the container's pid namespace is chosen.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
-pub enum PidMode {
-    /// Its own.
-    #[default]
-    Container,
-    /// The pod's (the pause container's).
-    Pod,
-    /// The host's.
-    Node,
-    /// Another container's.
-    Target(String),
-}
-
-/// Seccomp for a container.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-pub enum Seccomp {
-    /// No filter.
-    #[default]
-    Unconfined,
-    /// berth's default profile.
-    RuntimeDefault,
-    /// A profile (OCI JSON) from a file.
-    Profile(Value),
-}
-
-/// The container's security context.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-pub struct Security {
-    /// Privileged.
-    pub privileged: bool,
-    /// Capabilities to add (`CAP_` prefix optional, `ALL`).
-    pub add_capabilities: Vec<String>,
-    /// Capabilities to drop (`ALL`).
-    pub drop_capabilities: Vec<String>,
-    /// Read-only rootfs.
-    pub readonly_rootfs: bool,
-    /// no_new_privs.
-    pub no_new_privs: bool,
-    /// uid.
-    pub run_as_user: Option<u32>,
-    /// User name from the image's passwd.
-    pub run_as_username: String,
-    /// gid.
-    pub run_as_group: Option<u32>,
-    /// Supplemental groups.
-    pub supplemental_groups: Vec<u32>,
-    /// Masked paths (`None`: the default set).
-    pub masked_paths: Option<Vec<String>>,
-    /// Read-only paths (`None`: the default set).
-    pub readonly_paths: Option<Vec<String>>,
-    /// Seccomp.
-    pub seccomp: Seccomp,
-    /// Pid namespace.
-    pub pid: PidMode,
-}
-
-/// What CreateContainer asked for (validated by the agent).
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-pub struct ContainerConfig {
-    /// Name.
-    pub name: String,
-    /// Attempt.
-    pub attempt: u32,
-    /// The image as the caller named it.
-    pub image: String,
-    /// Replaces the image's entrypoint.
-    pub command: Vec<String>,
-    /// Replaces the image's cmd.
-    pub args: Vec<String>,
-    /// Working directory.
-    pub working_dir: String,
-    /// Environment, in order.
-    pub envs: Vec<(String, String)>,
-    /// Mounts.
-    pub mounts: Vec<Mount>,
-    /// Devices.
-    pub devices: Vec<Device>,
-    /// Labels.
-    pub labels: BTreeMap<String, String>,
-    /// Annotations.
-    pub annotations: BTreeMap<String, String>,
-    /// Log path relative to the pod's log directory.
-    pub log_path: String,
-    /// Keep stdin open.
-    pub stdin: bool,
-    /// Close stdin after the first attach ends.
-    pub stdin_once: bool,
-    /// Allocate a terminal.
-    pub tty: bool,
-    /// Resources.
-    pub resources: Resources,
-    /// Security.
-    pub security: Security,
-}
 
 /// Container state.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -235,8 +82,8 @@ pub struct ContainerRecord {
     pub log_path: Option<PathBuf>,
     /// The image's stop signal.
     pub stop_signal: String,
-    /// The OCI spec.
-    pub spec: Value,
+    /// The OCI spec (written before the task is created).
+    pub spec: Option<Spec>,
     /// An OOM event was seen for it.
     #[serde(default)]
     pub oom: bool,
@@ -298,554 +145,6 @@ pub struct ExecOutput {
 /// dropped, so the process never blocks on a full pipe.
 pub const EXEC_OUTPUT_LIMIT: usize = (16 * 1024 * 1024 - 4096) / 2;
 
-/// Every capability the kernel knows, by OCI name.
-pub const ALL_CAPABILITIES: &[&str] = &[
-    "CAP_CHOWN",
-    "CAP_DAC_OVERRIDE",
-    "CAP_DAC_READ_SEARCH",
-    "CAP_FOWNER",
-    "CAP_FSETID",
-    "CAP_KILL",
-    "CAP_SETGID",
-    "CAP_SETUID",
-    "CAP_SETPCAP",
-    "CAP_LINUX_IMMUTABLE",
-    "CAP_NET_BIND_SERVICE",
-    "CAP_NET_BROADCAST",
-    "CAP_NET_ADMIN",
-    "CAP_NET_RAW",
-    "CAP_IPC_LOCK",
-    "CAP_IPC_OWNER",
-    "CAP_SYS_MODULE",
-    "CAP_SYS_RAWIO",
-    "CAP_SYS_CHROOT",
-    "CAP_SYS_PTRACE",
-    "CAP_SYS_PACCT",
-    "CAP_SYS_ADMIN",
-    "CAP_SYS_BOOT",
-    "CAP_SYS_NICE",
-    "CAP_SYS_RESOURCE",
-    "CAP_SYS_TIME",
-    "CAP_SYS_TTY_CONFIG",
-    "CAP_MKNOD",
-    "CAP_LEASE",
-    "CAP_AUDIT_WRITE",
-    "CAP_AUDIT_CONTROL",
-    "CAP_SETFCAP",
-    "CAP_MAC_OVERRIDE",
-    "CAP_MAC_ADMIN",
-    "CAP_SYSLOG",
-    "CAP_WAKE_ALARM",
-    "CAP_BLOCK_SUSPEND",
-    "CAP_AUDIT_READ",
-    "CAP_PERFMON",
-    "CAP_BPF",
-    "CAP_CHECKPOINT_RESTORE",
-];
-
-/// `SYS_ADMIN` / `cap_sys_admin` → `CAP_SYS_ADMIN`; unknown names are refused.
-pub fn cap_name(c: &str) -> Result<String> {
-    let up = c.to_ascii_uppercase();
-    let full = if up.starts_with("CAP_") {
-        up
-    } else {
-        format!("CAP_{up}")
-    };
-    if ALL_CAPABILITIES.contains(&full.as_str()) {
-        Ok(full)
-    } else {
-        Err(Error::Invalid(format!("unknown capability {c:?}")))
-    }
-}
-
-/// The capabilities berth's own bounding set holds, by OCI name: what "all" can mean, as
-/// containerd's privileged containers get the daemon's own set (root here may lack some, such
-/// as CAP_SYS_RESOURCE, and runc cannot grant what it does not have).
-pub fn own_capabilities() -> Vec<String> {
-    let bnd = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("CapBnd:"))
-                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-        })
-        .unwrap_or(u64::MAX);
-    ALL_CAPABILITIES
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| bnd & (1u64 << i) != 0)
-        .map(|(_, c)| c.to_string())
-        .collect()
-}
-
-/// The effective capability set for a security context.
-pub fn capabilities(sec: &Security) -> Result<Vec<String>> {
-    if sec.privileged {
-        return Ok(own_capabilities());
-    }
-    let is_all = |v: &[String]| v.iter().any(|c| c.eq_ignore_ascii_case("ALL"));
-    let mut caps: Vec<String> = if is_all(&sec.add_capabilities) {
-        own_capabilities()
-    } else {
-        DEFAULT_CAPABILITIES.iter().map(|s| s.to_string()).collect()
-    };
-    if is_all(&sec.drop_capabilities) {
-        caps.clear();
-    } else {
-        for d in &sec.drop_capabilities {
-            let d = cap_name(d)?;
-            caps.retain(|c| *c != d);
-        }
-    }
-    if !is_all(&sec.add_capabilities) {
-        for a in &sec.add_capabilities {
-            let a = cap_name(a)?;
-            if !caps.contains(&a) {
-                caps.push(a);
-            }
-        }
-    }
-    Ok(caps)
-}
-
-/// What a container spec is built from.
-#[derive(Debug, Clone)]
-pub struct ContainerSpec<'a> {
-    /// Container id.
-    pub id: &'a str,
-    /// The CRI config.
-    pub config: &'a ContainerConfig,
-    /// The pod.
-    pub pod: &'a PodRecord,
-    /// The pod's directory (hostname, hosts, resolv.conf, shm).
-    pub pod_dir: &'a Path,
-    /// The image's config.
-    pub image: &'a berth_image::manifest::ContainerConfig,
-    /// Who it runs as.
-    pub ids: crate::users::Ids,
-    /// The pid of a TARGET container's init, for `PidMode::Target`.
-    pub target_pid: Option<u32>,
-    /// berth's own oom_score_adj.
-    pub daemon_oom_score_adj: i64,
-}
-
-fn host_devices() -> Vec<Value> {
-    use std::os::unix::fs::{FileTypeExt, MetadataExt};
-    let mut out = Vec::new();
-    let Ok(rd) = std::fs::read_dir("/dev") else {
-        return out;
-    };
-    for e in rd.flatten() {
-        let p = e.path();
-        let Ok(m) = std::fs::metadata(&p) else {
-            continue;
-        };
-        let ft = m.file_type();
-        let kind = if ft.is_char_device() {
-            "c"
-        } else if ft.is_block_device() {
-            "b"
-        } else {
-            continue;
-        };
-        // The container's own terminal devices come from its /dev/pts and console.
-        if matches!(p.to_str(), Some("/dev/console" | "/dev/ptmx" | "/dev/tty")) {
-            continue;
-        }
-        let rdev = m.rdev();
-        out.push(json!({
-            "path": p, "type": kind,
-            "major": rustix::fs::major(rdev), "minor": rustix::fs::minor(rdev),
-            "fileMode": m.mode() & 0o777, "uid": m.uid(), "gid": m.gid(),
-        }));
-    }
-    out
-}
-
-/// The propagation of the mount holding a host path.
-#[derive(Debug, Clone, Copy)]
-struct HostPropagation {
-    shared: bool,
-    slave: bool,
-}
-
-/// Finds the mount point containing `path` in /proc/self/mountinfo (the longest matching
-/// mount point, the last one mounted there) and reads its propagation fields.
-fn host_propagation(path: &Path) -> Option<HostPropagation> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    let mut best: Option<(usize, HostPropagation)> = None;
-    for line in info.lines() {
-        let f: Vec<&str> = line.split(' ').collect();
-        let Some(point) = f.get(4) else { continue };
-        let point = point.replace("\\040", " ");
-        if !path.starts_with(&point) {
-            continue;
-        }
-        let opt = f.iter().skip(6).take_while(|x| **x != "-");
-        let mut p = HostPropagation {
-            shared: false,
-            slave: false,
-        };
-        for o in opt {
-            p.shared |= o.starts_with("shared:");
-            p.slave |= o.starts_with("master:");
-        }
-        if best.as_ref().is_none_or(|(len, _)| point.len() >= *len) {
-            best = Some((point.len(), p));
-        }
-    }
-    best.map(|(_, p)| p)
-}
-
-fn device(d: &Device) -> Result<(Value, Value)> {
-    use std::os::unix::fs::{FileTypeExt, MetadataExt};
-    let m = std::fs::metadata(&d.host_path)
-        .map_err(|e| Error::Invalid(format!("device {}: {e}", d.host_path)))?;
-    let kind = if m.file_type().is_char_device() {
-        "c"
-    } else if m.file_type().is_block_device() {
-        "b"
-    } else {
-        return Err(Error::Invalid(format!(
-            "device {} is not a character or block device",
-            d.host_path
-        )));
-    };
-    let perms = if d.permissions.is_empty() {
-        "rwm"
-    } else {
-        d.permissions.as_str()
-    };
-    if !perms.chars().all(|c| "rwm".contains(c)) {
-        return Err(Error::Invalid(format!(
-            "device {} permissions {perms:?}: only r, w and m",
-            d.host_path
-        )));
-    }
-    let (major, minor) = (rustix::fs::major(m.rdev()), rustix::fs::minor(m.rdev()));
-    Ok((
-        json!({"path": d.container_path, "type": kind, "major": major, "minor": minor,
-               "fileMode": m.mode() & 0o777, "uid": m.uid(), "gid": m.gid()}),
-        json!({"allow": true, "type": kind, "major": major, "minor": minor, "access": perms}),
-    ))
-}
-
-/// OCI `LinuxResources` for CRI resources.
-pub fn linux_resources(r: &Resources) -> Value {
-    let mut cpu = serde_json::Map::new();
-    if r.cpu_shares > 0 {
-        cpu.insert("shares".into(), json!(r.cpu_shares));
-    }
-    if r.cpu_quota != 0 {
-        cpu.insert("quota".into(), json!(r.cpu_quota));
-    }
-    if r.cpu_period > 0 {
-        cpu.insert("period".into(), json!(r.cpu_period));
-    }
-    if !r.cpuset_cpus.is_empty() {
-        cpu.insert("cpus".into(), json!(r.cpuset_cpus));
-    }
-    if !r.cpuset_mems.is_empty() {
-        cpu.insert("mems".into(), json!(r.cpuset_mems));
-    }
-    let mut mem = serde_json::Map::new();
-    if r.memory_limit > 0 {
-        mem.insert("limit".into(), json!(r.memory_limit));
-    }
-    if r.memory_swap_limit > 0 {
-        mem.insert("swap".into(), json!(r.memory_swap_limit));
-    }
-    let mut out = json!({"cpu": cpu, "memory": mem});
-    if !r.hugepage_limits.is_empty() {
-        out["hugepageLimits"] = Value::Array(
-            r.hugepage_limits
-                .iter()
-                .map(|(size, limit)| json!({"pageSize": size, "limit": limit}))
-                .collect(),
-        );
-    }
-    if !r.unified.is_empty() {
-        out["unified"] = json!(r.unified);
-    }
-    out
-}
-
-impl ContainerSpec<'_> {
-    /// The OCI `config.json`.
-    pub fn build(&self) -> Result<Value> {
-        let c = self.config;
-        let sec = &c.security;
-        // Entrypoint and cmd, as the kubelet documents them: command replaces ENTRYPOINT
-        // (and drops CMD), args replace CMD.
-        let entry = if c.command.is_empty() {
-            self.image.entrypoint.clone().unwrap_or_default()
-        } else {
-            c.command.clone()
-        };
-        let cmd = if !c.args.is_empty() {
-            c.args.clone()
-        } else if c.command.is_empty() {
-            self.image.cmd.clone().unwrap_or_default()
-        } else {
-            vec![]
-        };
-        let args: Vec<String> = entry.into_iter().chain(cmd).collect();
-        if args.is_empty() {
-            return Err(Error::Invalid(
-                "no command: neither the container config nor the image has one".into(),
-            ));
-        }
-        // Env: the image's, then the config's (a later value for a name replaces an earlier).
-        let mut env: Vec<String> = Vec::new();
-        let mut set = |k: &str, v: &str| {
-            let prefix = format!("{k}=");
-            env.retain(|e| !e.starts_with(&prefix));
-            env.push(format!("{k}={v}"));
-        };
-        if !self
-            .image
-            .env
-            .as_ref()
-            .is_some_and(|e| e.iter().any(|v| v.starts_with("PATH=")))
-        {
-            set(
-                "PATH",
-                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-            );
-        }
-        for e in self.image.env.clone().unwrap_or_default() {
-            match e.split_once('=') {
-                Some((k, v)) => set(k, v),
-                None => set(&e, ""),
-            }
-        }
-        if !self.pod.config.hostname.is_empty() && !self.pod.config.host_network {
-            set("HOSTNAME", &self.pod.config.hostname);
-        }
-        for (k, v) in &c.envs {
-            set(k, v);
-        }
-        let cwd = if !c.working_dir.is_empty() {
-            c.working_dir.clone()
-        } else if !self.image.working_dir.is_empty() {
-            self.image.working_dir.clone()
-        } else {
-            "/".into()
-        };
-        if !cwd.starts_with('/') {
-            return Err(Error::Invalid(format!(
-                "working directory {cwd:?} must be absolute"
-            )));
-        }
-        let caps = capabilities(sec)?;
-
-        // Mounts: defaults, then the pod's files, then the CRI's (a CRI mount at a path
-        // replaces the default there, as the kubelet's /etc/hosts replaces ours).
-        let user_dests: Vec<&str> = c.mounts.iter().map(|m| m.container_path.as_str()).collect();
-        let mut mounts: Vec<Value> = Vec::new();
-        let mut add = |dest: &str, m: Value| {
-            if !user_dests.contains(&dest) {
-                mounts.push(m);
-            }
-        };
-        add(
-            "/proc",
-            json!({"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"]}),
-        );
-        add(
-            "/dev",
-            json!({"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]}),
-        );
-        add(
-            "/dev/pts",
-            json!({"destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]}),
-        );
-        add(
-            "/dev/mqueue",
-            json!({"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]}),
-        );
-        let ro = if sec.privileged { "rw" } else { "ro" };
-        add(
-            "/sys",
-            json!({"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", ro]}),
-        );
-        add(
-            "/sys/fs/cgroup",
-            json!({"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup", "options": ["nosuid", "noexec", "nodev", "relatime", ro]}),
-        );
-        let file_mode = if sec.readonly_rootfs { "ro" } else { "rw" };
-        for f in ["hostname", "hosts", "resolv.conf"] {
-            let dest = format!("/etc/{f}");
-            add(
-                &dest,
-                json!({"destination": dest, "type": "bind", "source": self.pod_dir.join(f), "options": ["rbind", "rprivate", file_mode]}),
-            );
-        }
-        if self.pod.config.host_ipc {
-            add(
-                "/dev/shm",
-                json!({"destination": "/dev/shm", "type": "bind", "source": "/dev/shm", "options": ["rbind", "rprivate", "rw"]}),
-            );
-        } else {
-            add(
-                "/dev/shm",
-                json!({"destination": "/dev/shm", "type": "bind", "source": self.pod_dir.join("shm"), "options": ["rbind", "rprivate", "rw"]}),
-            );
-        }
-        let mut rootfs_propagation: Option<&str> = None;
-        let mut user_mounts: Vec<&Mount> = c.mounts.iter().collect();
-        // Parents before children.
-        user_mounts.sort_by_key(|m| Path::new(&m.container_path).components().count());
-        for m in user_mounts {
-            if !m.container_path.starts_with('/') {
-                return Err(Error::Invalid(format!(
-                    "mount destination {:?} must be absolute",
-                    m.container_path
-                )));
-            }
-            let src = Path::new(&m.host_path);
-            if !src.exists() {
-                // containerd creates a missing host path as a directory.
-                std::fs::create_dir_all(src)
-                    .map_err(|e| Error::Invalid(format!("mount source {}: {e}", m.host_path)))?;
-            }
-            let src = std::fs::canonicalize(src)
-                .map_err(|e| Error::Invalid(format!("mount source {}: {e}", m.host_path)))?;
-            let prop = match m.propagation {
-                Propagation::Private => "rprivate",
-                Propagation::HostToContainer => {
-                    if !host_propagation(&src).is_some_and(|p| p.shared || p.slave) {
-                        return Err(Error::Invalid(format!(
-                            "mount {} asks for host-to-container propagation but {} is on a private mount (make it shared or slave)",
-                            m.container_path, m.host_path
-                        )));
-                    }
-                    if rootfs_propagation != Some("rshared") {
-                        rootfs_propagation = Some("rslave");
-                    }
-                    "rslave"
-                }
-                Propagation::Bidirectional => {
-                    if !host_propagation(&src).is_some_and(|p| p.shared) {
-                        return Err(Error::Invalid(format!(
-                            "mount {} asks for bidirectional propagation but {} is not on a shared mount",
-                            m.container_path, m.host_path
-                        )));
-                    }
-                    rootfs_propagation = Some("rshared");
-                    "rshared"
-                }
-            };
-            let mode = if m.readonly { "ro" } else { "rw" };
-            mounts.push(json!({"destination": m.container_path, "type": "bind", "source": src, "options": ["rbind", prop, mode]}));
-        }
-
-        // Namespaces: the pause container's network, IPC and UTS; pid as asked.
-        let pause = self.pod.pid;
-        let nsp = |t: &str| format!("/proc/{pause}/ns/{t}");
-        let mut namespaces = vec![json!({"type": "mount"})];
-        if !self.pod.config.host_network {
-            namespaces.push(json!({"type": "network", "path": nsp("net")}));
-            namespaces.push(json!({"type": "uts", "path": nsp("uts")}));
-        }
-        if !self.pod.config.host_ipc {
-            namespaces.push(json!({"type": "ipc", "path": nsp("ipc")}));
-        }
-        match &sec.pid {
-            PidMode::Node => {}
-            PidMode::Container => namespaces.push(json!({"type": "pid"})),
-            PidMode::Pod if self.pod.config.host_pid => {}
-            PidMode::Pod => namespaces.push(json!({"type": "pid", "path": nsp("pid")})),
-            PidMode::Target(_) => match self.target_pid {
-                Some(p) => {
-                    namespaces.push(json!({"type": "pid", "path": format!("/proc/{p}/ns/pid")}))
-                }
-                None => {
-                    return Err(Error::Precondition(
-                        "the target container of the pid namespace is not running".into(),
-                    ));
-                }
-            },
-        }
-
-        let mut devices = Vec::new();
-        let mut dev_rules = vec![json!({"allow": false, "access": "rwm"})];
-        if sec.privileged {
-            devices = host_devices();
-            dev_rules = vec![json!({"allow": true, "access": "rwm"})];
-        }
-        for d in &c.devices {
-            let (dev, rule) = device(d)?;
-            devices.push(dev);
-            dev_rules.push(rule);
-        }
-        let mut resources = linux_resources(&c.resources);
-        resources["devices"] = Value::Array(dev_rules);
-
-        let mut linux = json!({
-            "cgroupsPath": crate::spec::cgroups_path(&self.pod.config.cgroup_parent, self.id),
-            "namespaces": namespaces,
-            "resources": resources,
-            "devices": devices,
-        });
-        if let Some(p) = rootfs_propagation {
-            linux["rootfsPropagation"] = json!(p);
-        }
-        if !sec.privileged {
-            linux["maskedPaths"] = json!(
-                sec.masked_paths
-                    .clone()
-                    .unwrap_or_else(|| MASKED_PATHS.iter().map(|s| s.to_string()).collect())
-            );
-            linux["readonlyPaths"] = json!(
-                sec.readonly_paths
-                    .clone()
-                    .unwrap_or_else(|| READONLY_PATHS.iter().map(|s| s.to_string()).collect())
-            );
-            match &sec.seccomp {
-                Seccomp::Unconfined => {}
-                Seccomp::RuntimeDefault => {
-                    linux["seccomp"] = crate::seccomp::default_profile(&caps);
-                }
-                Seccomp::Profile(p) => linux["seccomp"] = p.clone(),
-            }
-        }
-
-        let mut annotations = c.annotations.clone();
-        let pm = &self.pod.config.meta;
-        for (k, v) in [
-            ("io.kubernetes.cri.container-type", "container"),
-            ("io.kubernetes.cri.container-name", c.name.as_str()),
-            ("io.kubernetes.cri.sandbox-id", self.pod.id.as_str()),
-            ("io.kubernetes.cri.sandbox-name", pm.name.as_str()),
-            ("io.kubernetes.cri.sandbox-namespace", pm.namespace.as_str()),
-            ("io.kubernetes.cri.sandbox-uid", pm.uid.as_str()),
-            ("io.kubernetes.cri.image-name", c.image.as_str()),
-        ] {
-            annotations.insert(k.into(), v.into());
-        }
-        let ids = &self.ids;
-        let oom = clamp_oom_score_adj(c.resources.oom_score_adj, self.daemon_oom_score_adj);
-        Ok(json!({
-            "ociVersion": "1.0.2",
-            "process": {
-                "terminal": c.tty,
-                "user": {"uid": ids.uid, "gid": ids.gid, "additionalGids": ids.additional},
-                "args": args,
-                "env": env,
-                "cwd": cwd,
-                "capabilities": {"bounding": caps, "effective": caps, "permitted": caps},
-                "noNewPrivileges": c.security.no_new_privs,
-                "oomScoreAdj": oom,
-            },
-            "root": {"path": "rootfs", "readonly": sec.readonly_rootfs},
-            "mounts": mounts,
-            "annotations": annotations,
-            "linux": linux,
-        }))
-    }
-}
-
 pub(crate) fn container_name(c: &ContainerConfig, pod: &PodRecord) -> String {
     let m = &pod.config.meta;
     format!(
@@ -894,6 +193,13 @@ fn signal_number(name: &str) -> Option<u32> {
         "SYS" => 31,
         _ => return None,
     })
+}
+
+impl ContainerRecord {
+    /// The container's cgroup, from its spec.
+    pub fn cgroups_path(&self) -> Option<&str> {
+        self.spec.as_ref()?.cgroups_path()
+    }
 }
 
 impl PodManager {
@@ -1061,7 +367,7 @@ impl PodManager {
                 .as_ref()
                 .map(|c| c.stop_signal.clone())
                 .unwrap_or_default(),
-            spec: Value::Null,
+            spec: None,
             oom: false,
         };
 
@@ -1106,23 +412,27 @@ impl PodManager {
                 }
                 _ => None,
             };
+            let own_capabilities = crate::spec::caps::own_capabilities();
             let spec = ContainerSpec {
                 id: &id,
                 config: &config,
-                pod: &pod,
+                pod_id: &pod.id,
+                pod: &pod.config,
+                pause_pid: pod.pid,
                 pod_dir: &self.pod_dir(&pod_id),
                 image: &icfg,
                 ids,
                 target_pid,
+                own_capabilities: &own_capabilities,
                 daemon_oom_score_adj: crate::spec::own_oom_score_adj(),
             }
-            .build()?;
+            .build(&crate::spec::host::RealHost)?;
             std::fs::write(
                 bundle.join("config.json"),
                 serde_json::to_vec(&spec).unwrap_or_default(),
             )
             .map_err(|e| Error::io("write config.json", e))?;
-            rec.spec = spec;
+            rec.spec = Some(spec);
             lap("spec");
 
             // Recorded before the shim holds anything, so a crash leaves a record to clean.
@@ -1313,7 +623,7 @@ impl PodManager {
 
     /// cgroup v1: the memory controller counted an OOM kill in the container's cgroup.
     fn oom_killed(&self, rec: &ContainerRecord) -> bool {
-        let Some(path) = rec.spec["linux"]["cgroupsPath"].as_str() else {
+        let Some(path) = rec.cgroups_path() else {
             return false;
         };
         let v1 = format!("/sys/fs/cgroup/memory{path}/memory.oom_control");
@@ -1470,10 +780,7 @@ impl PodManager {
         {
             return Err(Error::io(format!("remove {}", dir.display()), e));
         }
-        if let Some(path) = rec.spec["linux"]["cgroupsPath"]
-            .as_str()
-            .map(str::to_string)
-        {
+        if let Some(path) = rec.cgroups_path().map(str::to_string) {
             let _ = tokio::task::spawn_blocking(move || {
                 crate::stats::remove_cgroup(Path::new("/sys/fs/cgroup"), &path)
             })
@@ -1551,13 +858,20 @@ impl PodManager {
         let s = self.shim_of(&rec.pod_id).ok_or_else(|| {
             Error::Precondition(format!("the pod of container {id} has no running shim"))
         })?;
-        let mut res = linux_resources(r);
+        let mut res = crate::spec::resources::linux_resources(r);
         // Keep the device rules the container was created with.
-        res["devices"] = rec.spec["linux"]["resources"]["devices"].clone();
+        res.devices = rec
+            .spec
+            .as_ref()
+            .and_then(|s| s.resources())
+            .map(|r| r.devices.clone())
+            .unwrap_or_default();
         s.update(&id, &res).await?;
         self.update_container(&id, |rec| {
             rec.config.resources = r.clone();
-            rec.spec["linux"]["resources"] = res;
+            if let Some(linux) = rec.spec.as_mut().and_then(|s| s.linux.as_mut()) {
+                linux.resources = Some(res);
+            }
         })?;
         Ok(())
     }
@@ -1684,9 +998,15 @@ impl PodManager {
             let out_rx = out_p.as_deref().map(open_fifo_reader).transpose()?;
             let err_rx = err_p.as_deref().map(open_fifo_reader).transpose()?;
             let in_tx = in_p.as_deref().map(open_fifo_writer).transpose()?;
-            let mut process = rec.spec["process"].clone();
-            process["args"] = json!(cmd);
-            process["terminal"] = json!(tty);
+            // The container's own process settings (user, env, capabilities, cwd) with the
+            // exec's argv and terminal.
+            let mut process = rec
+                .spec
+                .as_ref()
+                .and_then(|s| s.process.clone())
+                .ok_or_else(|| Error::Precondition(format!("container {id} has no spec")))?;
+            process.args = cmd;
+            process.terminal = tty;
             let show = |p: &Option<PathBuf>| p.as_ref().map(|p| p.display().to_string()).unwrap_or_default();
             let stdio = [show(&in_p), show(&out_p), show(&err_p)];
             let permit = s.exec_permit().await;
@@ -1902,8 +1222,8 @@ impl PodManager {
     /// measured at most once per [`LAYER_USAGE_TTL`] (the kubelet asks every few seconds).
     pub fn container_usage(&self, id: &str) -> Result<(Option<crate::stats::Usage>, (u64, u64))> {
         let rec = self.container(id)?;
-        let cg = rec.spec["linux"]["cgroupsPath"]
-            .as_str()
+        let cg = rec
+            .cgroups_path()
             .and_then(|p| crate::stats::cgroup_usage(Path::new("/sys/fs/cgroup"), p));
         if let Some((at, layer)) = self.layer_usage().get(id)
             && at.elapsed() < LAYER_USAGE_TTL
@@ -1930,27 +1250,6 @@ impl PodManager {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn capability_sets() {
-        let s = |add: &[&str], drop: &[&str]| Security {
-            add_capabilities: add.iter().map(|s| s.to_string()).collect(),
-            drop_capabilities: drop.iter().map(|s| s.to_string()).collect(),
-            ..Default::default()
-        };
-        let d = capabilities(&s(&[], &[])).unwrap();
-        assert_eq!(d.len(), DEFAULT_CAPABILITIES.len());
-        let c = capabilities(&s(&["SYS_ADMIN"], &["CHOWN"])).unwrap();
-        assert!(c.contains(&"CAP_SYS_ADMIN".to_string()));
-        assert!(!c.contains(&"CAP_CHOWN".to_string()));
-        assert_eq!(capabilities(&s(&["ALL"], &[])).unwrap(), own_capabilities());
-        assert!(capabilities(&s(&[], &["ALL"])).unwrap().is_empty());
-        assert_eq!(
-            capabilities(&s(&["NET_ADMIN"], &["ALL"])).unwrap(),
-            vec!["CAP_NET_ADMIN"]
-        );
-        assert!(capabilities(&s(&["BOGUS"], &[])).is_err());
-    }
 
     #[test]
     fn signals() {

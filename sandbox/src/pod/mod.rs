@@ -32,7 +32,13 @@ use crate::error::{Error, Result};
 use crate::registrar::Registrar;
 use crate::shim::events::{EventHub, TaskEvent};
 use crate::shim::{self, RuncOptions, Shim, ShimEnv};
-use crate::spec::{SandboxSpec, own_oom_score_adj};
+use crate::spec::oci::Spec;
+use crate::spec::own_oom_score_adj;
+use crate::spec::pause::SandboxSpec;
+
+mod config;
+
+pub use config::*;
 
 pub(crate) const TABLE: &str = "sandboxes";
 const SIGKILL: u32 = 9;
@@ -71,86 +77,6 @@ pub struct PodManagerConfig {
     pub warm_shim: bool,
 }
 
-/// Pod metadata, as the kubelet names a pod.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
-pub struct PodMeta {
-    /// Pod name.
-    pub name: String,
-    /// Pod namespace.
-    pub namespace: String,
-    /// Pod UID.
-    pub uid: String,
-    /// Attempt number.
-    pub attempt: u32,
-}
-
-/// DNS settings for the pod's resolv.conf.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
-pub struct Dns {
-    /// Name servers.
-    pub servers: Vec<String>,
-    /// Search domains.
-    pub searches: Vec<String>,
-    /// Resolver options.
-    pub options: Vec<String>,
-}
-
-/// A host port mapping.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
-pub struct PortMapping {
-    /// `tcp`, `udp` or `sctp`.
-    pub protocol: String,
-    /// Port in the pod.
-    pub container_port: i32,
-    /// Port on the host.
-    pub host_port: i32,
-    /// Host address to bind, empty for all.
-    pub host_ip: String,
-}
-
-/// What RunPodSandbox asked for (validated by the agent).
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-pub struct PodConfig {
-    /// Metadata.
-    pub meta: PodMeta,
-    /// Hostname.
-    pub hostname: String,
-    /// Where container logs go.
-    pub log_directory: String,
-    /// DNS, or `None` for the host's resolv.conf.
-    pub dns: Option<Dns>,
-    /// Port mappings.
-    pub port_mappings: Vec<PortMapping>,
-    /// Labels.
-    pub labels: BTreeMap<String, String>,
-    /// Annotations.
-    pub annotations: BTreeMap<String, String>,
-    /// Use the host's network namespace.
-    pub host_network: bool,
-    /// Use the host's IPC namespace.
-    pub host_ipc: bool,
-    /// Use the host's pid namespace.
-    pub host_pid: bool,
-    /// Cgroup parent.
-    pub cgroup_parent: String,
-    /// Sysctls.
-    pub sysctls: BTreeMap<String, String>,
-    /// Privileged.
-    pub privileged: bool,
-    /// Read-only root filesystem for the pause container.
-    pub readonly_rootfs: bool,
-    /// uid override.
-    pub run_as_user: Option<u32>,
-    /// gid override.
-    pub run_as_group: Option<u32>,
-    /// Supplemental groups.
-    pub supplemental_groups: Vec<u32>,
-    /// A seccomp profile (OCI JSON), `None` for unconfined.
-    pub seccomp: Option<Value>,
-    /// RuntimeClass handler.
-    pub runtime_handler: String,
-}
-
 /// Ready or not.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 pub enum PodState {
@@ -187,7 +113,7 @@ pub struct PodRecord {
     /// The CNI result.
     pub cni_result: Option<Value>,
     /// The pause container's OCI spec.
-    pub spec: Value,
+    pub spec: Option<Spec>,
 }
 
 impl PodRecord {
@@ -825,7 +751,7 @@ impl PodManager {
             handler: handler_name,
             shim_binary: shim_binary.clone(),
             cni_result: None,
-            spec: Value::Null,
+            spec: None,
         };
         let mut undo: Vec<Undo> = Vec::new();
         let res = self
@@ -873,7 +799,7 @@ impl PodManager {
         image_config: &berth_image::manifest::ImageConfig,
         undo: &mut Vec<Undo>,
         lap: &dyn Fn(&str),
-    ) -> Result<(Vec<berth_image::snapshot::MountSpec>, Value, PathBuf)> {
+    ) -> Result<(Vec<berth_image::snapshot::MountSpec>, Spec, PathBuf)> {
         let (id, cfg) = (&rec.id, &rec.config);
         write_pod_files(dir, cfg)?;
         lap("files");
@@ -1028,7 +954,7 @@ impl PodManager {
             lap("netns");
         }
         let (mounts, spec, bundle) = prepared?;
-        rec.spec = spec;
+        rec.spec = Some(spec);
 
         // The network and the pause container are independent until the pod is reported
         // ready: runc only needs the (empty) netns to exist. CNI ADD runs while the shim starts

@@ -718,7 +718,7 @@ impl Shim {
         &self,
         id: &str,
         exec_id: &str,
-        process: &serde_json::Value,
+        process: &crate::spec::oci::Process,
         stdio: [&str; 3],
         terminal: bool,
     ) -> Result<()> {
@@ -776,7 +776,7 @@ impl Shim {
     }
 
     /// Applies new Linux resources (OCI `LinuxResources` JSON) to the task.
-    pub async fn update(&self, id: &str, resources: &serde_json::Value) -> Result<()> {
+    pub async fn update(&self, id: &str, resources: &crate::spec::oci::Resources) -> Result<()> {
         let any = containerd_shim_protos::protobuf::well_known_types::any::Any {
             type_url: "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources".into(),
             value: serde_json::to_vec(resources).unwrap_or_default(),

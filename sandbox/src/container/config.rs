@@ -1,0 +1,165 @@
+//! What CreateContainer asks for, as berth's own types (the agent converts the CRI
+//! message, validated, into these).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::spec::oci;
+
+/// How a host path's mount propagates.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub enum Propagation {
+    /// `rprivate`.
+    #[default]
+    Private,
+    /// `rslave`: host mounts appear in the container.
+    HostToContainer,
+    /// `rshared`: both ways.
+    Bidirectional,
+}
+
+/// A CRI mount.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Mount {
+    /// Path in the container.
+    pub container_path: String,
+    /// Path on the host.
+    pub host_path: String,
+    /// Read-only.
+    pub readonly: bool,
+    /// Propagation.
+    pub propagation: Propagation,
+}
+
+/// A CRI device.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Device {
+    /// Path in the container.
+    pub container_path: String,
+    /// Path on the host.
+    pub host_path: String,
+    /// Cgroup permissions (`rwm`).
+    pub permissions: String,
+}
+
+/// Linux resources (CRI `LinuxContainerResources`; zero means unset).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Resources {
+    /// CFS period (µs).
+    pub cpu_period: i64,
+    /// CFS quota (µs).
+    pub cpu_quota: i64,
+    /// CPU shares.
+    pub cpu_shares: i64,
+    /// Memory limit (bytes).
+    pub memory_limit: i64,
+    /// Memory + swap limit (bytes).
+    pub memory_swap_limit: i64,
+    /// oom_score_adj.
+    pub oom_score_adj: i64,
+    /// cpuset.cpus.
+    pub cpuset_cpus: String,
+    /// cpuset.mems.
+    pub cpuset_mems: String,
+    /// Hugepage limits: page size (`2MB`) → bytes.
+    pub hugepage_limits: Vec<(String, u64)>,
+    /// cgroup v2 unified settings.
+    pub unified: BTreeMap<String, String>,
+}
+
+/// How the container's pid namespace is chosen.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub enum PidMode {
+    /// Its own.
+    #[default]
+    Container,
+    /// The pod's (the pause container's).
+    Pod,
+    /// The host's.
+    Node,
+    /// Another container's.
+    Target(String),
+}
+
+/// Seccomp for a container.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub enum Seccomp {
+    /// No filter.
+    #[default]
+    Unconfined,
+    /// berth's default profile.
+    RuntimeDefault,
+    /// A profile from a file.
+    Profile(oci::Seccomp),
+}
+
+/// The container's security context.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Security {
+    /// Privileged.
+    pub privileged: bool,
+    /// Capabilities to add (`CAP_` prefix optional, `ALL`).
+    pub add_capabilities: Vec<String>,
+    /// Capabilities to drop (`ALL`).
+    pub drop_capabilities: Vec<String>,
+    /// Read-only rootfs.
+    pub readonly_rootfs: bool,
+    /// no_new_privs.
+    pub no_new_privs: bool,
+    /// uid.
+    pub run_as_user: Option<u32>,
+    /// User name from the image's passwd.
+    pub run_as_username: String,
+    /// gid.
+    pub run_as_group: Option<u32>,
+    /// Supplemental groups.
+    pub supplemental_groups: Vec<u32>,
+    /// Masked paths (`None`: the default set).
+    pub masked_paths: Option<Vec<String>>,
+    /// Read-only paths (`None`: the default set).
+    pub readonly_paths: Option<Vec<String>>,
+    /// Seccomp.
+    pub seccomp: Seccomp,
+    /// Pid namespace.
+    pub pid: PidMode,
+}
+
+/// What CreateContainer asked for (validated by the agent).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct ContainerConfig {
+    /// Name.
+    pub name: String,
+    /// Attempt.
+    pub attempt: u32,
+    /// The image as the caller named it.
+    pub image: String,
+    /// Replaces the image's entrypoint.
+    pub command: Vec<String>,
+    /// Replaces the image's cmd.
+    pub args: Vec<String>,
+    /// Working directory.
+    pub working_dir: String,
+    /// Environment, in order.
+    pub envs: Vec<(String, String)>,
+    /// Mounts.
+    pub mounts: Vec<Mount>,
+    /// Devices.
+    pub devices: Vec<Device>,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+    /// Annotations.
+    pub annotations: BTreeMap<String, String>,
+    /// Log path relative to the pod's log directory.
+    pub log_path: String,
+    /// Keep stdin open.
+    pub stdin: bool,
+    /// Close stdin after the first attach ends.
+    pub stdin_once: bool,
+    /// Allocate a terminal.
+    pub tty: bool,
+    /// Resources.
+    pub resources: Resources,
+    /// Security.
+    pub security: Security,
+}
