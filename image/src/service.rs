@@ -114,7 +114,7 @@ pub struct ImageService {
     cfg: ImageServiceConfig,
     store: Store,
     content: ContentStore,
-    snapshots: Snapshotter,
+    snapshots: Arc<Snapshotter>,
     registry: Arc<RegistryClient>,
     platform: Platform,
     index: RwLock<Index>,
@@ -140,7 +140,7 @@ impl ImageService {
     /// interrupted pulls and unreferenced content.
     pub async fn open(cfg: ImageServiceConfig, store: Store) -> Result<Arc<Self>> {
         let content = ContentStore::open(&cfg.root)?;
-        let snapshots = Snapshotter::open(&cfg.root, store.clone())?;
+        let snapshots = Arc::new(Snapshotter::open(&cfg.root, store.clone())?);
         let mut index = Index::default();
         for (_, r) in store.list::<ImageRecord>(TABLE)? {
             index.insert(r);
@@ -664,20 +664,28 @@ impl ImageService {
         // Layers under a container's writable snapshot stay, even if their image is gone.
         let mut chains = chains;
         chains.extend(self.snapshots.active_chains()?);
-        let mut removed = (0, 0);
-        // Children before parents is not needed: each snapshot is its own directory.
-        for (chain, _) in self.snapshots.list()? {
-            if !chains.contains(&chain) {
-                self.snapshots.remove(&chain)?;
-                removed.0 += 1;
+        // Deleting directories and blobs is file work of any size: a blocking thread does
+        // it (pulls wait on the lock, as they must not reuse what is being deleted).
+        let (snapshots, content) = (self.snapshots.clone(), self.content.clone());
+        let removed = tokio::task::spawn_blocking(move || -> Result<(usize, usize)> {
+            let mut removed = (0, 0);
+            // Children before parents is not needed: each snapshot is its own directory.
+            for (chain, _) in snapshots.list()? {
+                if !chains.contains(&chain) {
+                    snapshots.remove(&chain)?;
+                    removed.0 += 1;
+                }
             }
-        }
-        for (d, _) in self.content.list()? {
-            if !blobs.contains(&d) {
-                self.content.delete(&d)?;
-                removed.1 += 1;
+            for (d, _) in content.list()? {
+                if !blobs.contains(&d) {
+                    content.delete(&d)?;
+                    removed.1 += 1;
+                }
             }
-        }
+            Ok(removed)
+        })
+        .await
+        .map_err(|e| Error::io("garbage collection", io::Error::other(e)))??;
         if removed != (0, 0) {
             tracing::info!(
                 snapshots = removed.0,

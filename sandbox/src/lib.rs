@@ -8,6 +8,7 @@ pub mod logs;
 pub mod pod;
 pub mod process;
 mod reaper;
+mod records;
 mod recover;
 pub mod registrar;
 pub mod runsc;

@@ -36,6 +36,19 @@ pub fn kill_checked(pid: i32, still_ours: impl FnOnce() -> bool, wait: Duration)
     true
 }
 
+/// `remove_dir_all` of `dir` on a blocking thread (a container's writable layer or a pod's
+/// directory can hold any number of files); a missing directory is not an error.
+pub(crate) async fn remove_dir_all_blocking(dir: std::path::PathBuf) -> crate::Result<()> {
+    tokio::task::spawn_blocking(move || match std::fs::remove_dir_all(&dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(crate::Error::io(format!("remove {}", dir.display()), e))
+        }
+        _ => Ok(()),
+    })
+    .await
+    .map_err(|e| crate::Error::io("remove a directory", std::io::Error::other(e)))?
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

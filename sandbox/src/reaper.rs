@@ -153,9 +153,9 @@ impl PodManager {
     /// Every id berth knows: pods and containers, recorded or being made.
     fn known_ids(&self) -> HashSet<String> {
         let mut ids: HashSet<String> = self.pod_ids().into_iter().collect();
-        ids.extend(self.containers_read().keys().cloned());
-        ids.extend(self.registrar().keys());
-        ids.extend(self.container_names().keys());
+        ids.extend(self.containers().ids());
+        ids.extend(self.pods().names().keys());
+        ids.extend(self.containers().names().keys());
         ids
     }
 

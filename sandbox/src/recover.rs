@@ -31,7 +31,7 @@ use std::time::Duration;
 use tokio::net::unix::pipe;
 use tokio::sync::OwnedMutexGuard;
 
-use crate::container::{ContainerEventKind, ContainerRecord, ContainerState, TABLE as CONTAINERS};
+use crate::container::{ContainerEventKind, ContainerRecord, ContainerState};
 use crate::error::Result;
 use crate::logs::{ContainerLog, open_fifo_reader, open_fifo_writer};
 use crate::now_ns;
@@ -82,15 +82,14 @@ impl PodManager {
         // An earlier berth's children die with it only if they are killed: shim helpers that
         // could still start a daemon, CNI plugins that could still add a pod to the network
         // after berth deleted it.
-        let pods: Vec<(String, PodRecord)> = self.store_list(crate::pod::TABLE)?;
-        let ids: std::collections::HashSet<String> =
-            pods.iter().map(|(_, p)| p.id.clone()).collect();
+        let pods: Vec<PodRecord> = self.pods().load()?;
+        let ids: std::collections::HashSet<String> = pods.iter().map(|p| p.id.clone()).collect();
         self.kill_leftover_children(&ids);
-        let containers: Vec<(String, ContainerRecord)> = self.store_list(CONTAINERS)?;
+        let containers: Vec<ContainerRecord> = self.containers().load()?;
         let mut pending = Vec::new();
-        for (_, rec) in pods {
-            self.registrar().reserve(&rec.name(), &rec.id)?.commit();
-            let Ok(guard) = self.lock(&rec.id).try_lock_owned() else {
+        for rec in pods {
+            self.pods().names().reserve(&rec.name(), &rec.id)?.commit();
+            let Ok(guard) = self.pods().lock(&rec.id).try_lock_owned() else {
                 continue; // nothing runs yet: every lock is free
             };
             pending.push(PendingPod {
@@ -98,13 +97,14 @@ impl PodManager {
                 _lock: guard,
                 containers: Vec::new(),
             });
-            self.insert_pod(rec);
+            self.pods().keep(rec);
         }
-        for (_, rec) in containers {
+        for rec in containers {
             let id = rec.id.clone();
             if let Ok(p) = self.get(&rec.pod_id) {
                 let _ = self
-                    .container_names()
+                    .containers()
+                    .names()
                     .reserve(&crate::container::container_name(&rec.config, &p), &id)
                     .map(|r| r.commit());
             }
@@ -112,11 +112,11 @@ impl PodManager {
             let pod_id = rec.pod_id.clone();
             let tty = rec.config.tty;
             let stdin = rec.config.stdin;
-            self.containers_write().insert(id.clone(), rec);
+            self.containers().keep(rec);
             if !unfinished {
                 continue;
             }
-            let Ok(guard) = self.lock(&id).try_lock_owned() else {
+            let Ok(guard) = self.containers().lock(&id).try_lock_owned() else {
                 continue;
             };
             let dir = self.ctr_dir(&id);
@@ -404,7 +404,7 @@ impl PodManager {
     /// its containers still running is killed and deleted through the shim binary and
     /// recorded as exited with reason `ShimDied`, and the pause task goes the same way.
     async fn on_shim_death(&self, pod_id: &str, address: &str, pid: u32) {
-        let lock = self.lock(pod_id);
+        let lock = self.pods().lock(pod_id);
         let _g = lock.lock().await;
         if self.shim_of(pod_id).is_none_or(|s| s.address != address) {
             return; // shut down on purpose, or replaced
@@ -421,7 +421,7 @@ impl PodManager {
         // deleted first: once berth says a container exited, it has.
         let mut gone = Vec::new();
         for c in self.containers_of(pod_id) {
-            let guard = self.lock(&c).lock_owned().await;
+            let guard = self.containers().lock(&c).lock_owned().await;
             if self
                 .container(&c)
                 .is_ok_and(|r| r.state != ContainerState::Exited)
@@ -436,7 +436,7 @@ impl PodManager {
         let inits: Vec<(u32, String)> = gone
             .iter()
             .filter_map(|(c, _)| self.container(c).ok())
-            .map(|r| (r.pid, r.id))
+            .map(|r| (r.pid, r.id.clone()))
             .chain([(rec.pid, rec.id.clone())])
             .filter(|(pid, _)| *pid > 1)
             .collect();

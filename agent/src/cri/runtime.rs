@@ -304,7 +304,7 @@ impl RuntimeService for RuntimeCri {
         let f = filter(req.into_inner().filter);
         call(tracing::trace_span!("ListPodSandbox"), Kind::Read, async {
             Ok(cri::ListPodSandboxResponse {
-                items: self.pods.list(&f).iter().map(to_pod).collect(),
+                items: self.pods.list(&f).iter().map(|r| to_pod(r)).collect(),
             })
         })
         .await
@@ -448,7 +448,7 @@ impl RuntimeService for RuntimeCri {
                     .pods
                     .list_containers(&f)
                     .iter()
-                    .map(ctr::to_container)
+                    .map(|r| ctr::to_container(r))
                     .collect(),
             })
         })
@@ -593,7 +593,7 @@ impl RuntimeService for RuntimeCri {
             let id = self.pods.resolve_container(&id).map_err(sandbox_status)?;
             let rec = self.pods.container(&id).map_err(sandbox_status)?;
             Ok(cri::ContainerStatsResponse {
-                stats: Some(self.stats_of(&rec)),
+                stats: Some(self.stats_of(&rec).await),
             })
         })
         .await
@@ -614,14 +614,11 @@ impl RuntimeService for RuntimeCri {
                     labels: f.label_selector.into_iter().collect(),
                     state: None,
                 };
-                Ok(cri::ListContainerStatsResponse {
-                    stats: self
-                        .pods
-                        .list_containers(&filter)
-                        .iter()
-                        .map(|r| self.stats_of(r))
-                        .collect(),
-                })
+                let mut stats = Vec::new();
+                for r in self.pods.list_containers(&filter) {
+                    stats.push(self.stats_of(&r).await);
+                }
+                Ok(cri::ListContainerStatsResponse { stats })
             },
         )
         .await
@@ -637,7 +634,7 @@ impl RuntimeService for RuntimeCri {
             let id = self.pods.resolve(&id).map_err(sandbox_status)?;
             let rec = self.pods.get(&id).map_err(sandbox_status)?;
             Ok(cri::PodSandboxStatsResponse {
-                stats: Some(self.pod_stats_of(&rec)),
+                stats: Some(self.pod_stats_of(&rec).await),
             })
         })
         .await
@@ -657,14 +654,11 @@ impl RuntimeService for RuntimeCri {
                     state: None,
                     labels: f.label_selector.into_iter().collect(),
                 };
-                Ok(cri::ListPodSandboxStatsResponse {
-                    stats: self
-                        .pods
-                        .list(&filter)
-                        .iter()
-                        .map(|p| self.pod_stats_of(p))
-                        .collect(),
-                })
+                let mut stats = Vec::new();
+                for p in self.pods.list(&filter) {
+                    stats.push(self.pod_stats_of(&p).await);
+                }
+                Ok(cri::ListPodSandboxStatsResponse { stats })
             },
         )
         .await
@@ -694,8 +688,12 @@ impl RuntimeService for RuntimeCri {
 }
 
 impl RuntimeCri {
-    fn stats_of(&self, r: &berth_sandbox::container::ContainerRecord) -> cri::ContainerStats {
-        let (usage, layer) = self.pods.container_usage(&r.id).unwrap_or((None, (0, 0)));
+    async fn stats_of(&self, r: &berth_sandbox::container::ContainerRecord) -> cri::ContainerStats {
+        let (usage, layer) = self
+            .pods
+            .container_usage(&r.id)
+            .await
+            .unwrap_or((None, (0, 0)));
         let now = now_ns();
         let prev = {
             let mut m = self.cpu_samples.lock().unwrap_or_else(|p| p.into_inner());
@@ -707,8 +705,9 @@ impl RuntimeCri {
         ctr::to_stats(r, usage, (&self.layer_fs, layer), now, prev)
     }
 
-    fn pod_stats_of(&self, p: &berth_sandbox::pod::PodRecord) -> cri::PodSandboxStats {
-        let containers: Vec<cri::ContainerStats> = self
+    async fn pod_stats_of(&self, p: &berth_sandbox::pod::PodRecord) -> cri::PodSandboxStats {
+        let mut containers: Vec<cri::ContainerStats> = Vec::new();
+        for r in self
             .pods
             .list_containers(&berth_sandbox::container::ContainerFilter {
                 pod_id: Some(p.id.clone()),
@@ -716,8 +715,9 @@ impl RuntimeCri {
             })
             .iter()
             .filter(|r| r.state == berth_sandbox::container::ContainerState::Running)
-            .map(|r| self.stats_of(r))
-            .collect();
+        {
+            containers.push(self.stats_of(r).await);
+        }
         let now = now_ns();
         let sum = |f: &dyn Fn(&cri::ContainerStats) -> Option<u64>| -> Option<cri::UInt64Value> {
             Some(cri::UInt64Value {

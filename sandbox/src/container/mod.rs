@@ -15,6 +15,7 @@
 use crate::now_ns;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -22,6 +23,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::logs::{ContainerLog, mkfifo, open_fifo_reader, open_fifo_writer};
 use crate::pod::{PodManager, PodRecord, PodState};
+use crate::records::Durability;
 use crate::shim::Shim;
 use crate::spec::container::ContainerSpec;
 use crate::spec::oci::Spec;
@@ -56,8 +58,8 @@ pub struct ContainerRecord {
     pub id: String,
     /// Its pod.
     pub pod_id: String,
-    /// What was asked for.
-    pub config: ContainerConfig,
+    /// What was asked for (shared: only UpdateContainerResources changes it).
+    pub config: Arc<ContainerConfig>,
     /// The image id (`sha256:…`).
     pub image_id: String,
     /// A repo digest of the image, else its first tag.
@@ -82,8 +84,9 @@ pub struct ContainerRecord {
     pub log_path: Option<PathBuf>,
     /// The image's stop signal.
     pub stop_signal: String,
-    /// The OCI spec (written before the task is created).
-    pub spec: Option<Spec>,
+    /// The OCI spec (written before the task is created; shared: only creation, exec and
+    /// recovery read it).
+    pub spec: Option<Arc<Spec>>,
     /// An OOM event was seen for it.
     #[serde(default)]
     pub oom: bool,
@@ -195,6 +198,13 @@ fn signal_number(name: &str) -> Option<u32> {
     })
 }
 
+impl crate::records::Record for ContainerRecord {
+    const TABLE: &'static str = TABLE;
+    fn id(&self) -> &str {
+        &self.id
+    }
+}
+
 impl ContainerRecord {
     /// The container's cgroup, from its spec.
     pub fn cgroups_path(&self) -> Option<&str> {
@@ -208,44 +218,25 @@ impl PodManager {
     }
 
     /// The record of container `id` (exact).
-    pub fn container(&self, id: &str) -> Result<ContainerRecord> {
-        self.containers_read()
+    pub fn container(&self, id: &str) -> Result<Arc<ContainerRecord>> {
+        self.containers()
             .get(id)
-            .cloned()
             .ok_or_else(|| Error::NotFound(format!("container {} not found", crate::shown(id))))
     }
 
     /// Finds a container by id or unique prefix.
     pub fn resolve_container(&self, id: &str) -> Result<String> {
-        if id.is_empty() {
-            return Err(Error::Invalid("container id is empty".into()));
-        }
-        let all = self.containers_read();
-        if all.contains_key(id) {
-            return Ok(id.to_string());
-        }
-        let mut m = all.keys().filter(|k| k.starts_with(id));
-        match (m.next(), m.next()) {
-            (Some(one), None) => Ok(one.clone()),
-            (Some(_), Some(_)) => Err(Error::Invalid(format!(
-                "container id prefix {} is ambiguous",
-                crate::shown(id)
-            ))),
-            _ => Err(Error::NotFound(format!(
-                "container {} not found",
-                crate::shown(id)
-            ))),
-        }
+        self.containers().resolve(id, "container")
     }
 
-    /// Changes container `id`'s record in place and persists it, under the map's lock, so
-    /// that concurrent changes (an exit event racing StartContainer) never undo each other.
+    /// Changes container `id`'s record, durably, then in memory (one change at a time, so
+    /// an exit event racing StartContainer never undoes it).
     pub(crate) fn update_container(
         &self,
         id: &str,
         f: impl FnOnce(&mut ContainerRecord),
-    ) -> Result<ContainerRecord> {
-        self.change_container(id, true, f)
+    ) -> Result<Arc<ContainerRecord>> {
+        self.change_container(id, Durability::Now, f)
     }
 
     /// As [`update_container`](Self::update_container), but the record reaches the disk
@@ -255,54 +246,31 @@ impl PodManager {
         &self,
         id: &str,
         f: impl FnOnce(&mut ContainerRecord),
-    ) -> Result<ContainerRecord> {
-        self.change_container(id, false, f)
+    ) -> Result<Arc<ContainerRecord>> {
+        self.change_container(id, Durability::Soon, f)
     }
 
     fn change_container(
         &self,
         id: &str,
-        durable: bool,
+        durability: Durability,
         f: impl FnOnce(&mut ContainerRecord),
-    ) -> Result<ContainerRecord> {
-        let mut all = self.containers_write();
-        let mut rec = all
-            .get(id)
-            .cloned()
-            .ok_or_else(|| Error::NotFound(format!("container {} not found", crate::shown(id))))?;
-        f(&mut rec);
-        // The store first: a write that fails changes nothing, in memory either.
-        if durable {
-            self.store_put(TABLE, id, &rec)?;
-        } else {
-            self.store_put_deferred(TABLE, id, &rec)?;
-        }
-        all.insert(id.to_string(), rec.clone());
-        Ok(rec)
+    ) -> Result<Arc<ContainerRecord>> {
+        self.containers()
+            .update(id, durability, f)?
+            .ok_or_else(|| Error::NotFound(format!("container {} not found", crate::shown(id))))
     }
 
-    /// Records what berth observed of container `id` (an exit, an OOM): memory is changed
-    /// whether or not the store takes the write, since the container did exit; a restart
-    /// learns it again from the shim if the write was lost. The error is the store's.
+    /// Records what berth observed of container `id` (an exit, an OOM): see
+    /// [`Records::observe`](crate::records::Records::observe).
     pub(crate) fn observe_container(
         &self,
         id: &str,
         f: impl FnOnce(&mut ContainerRecord),
-    ) -> Result<ContainerRecord> {
-        let mut all = self.containers_write();
-        let rec = all
-            .get_mut(id)
-            .ok_or_else(|| Error::NotFound(format!("container {} not found", crate::shown(id))))?;
-        f(rec);
-        let rec = rec.clone();
-        self.store_put(TABLE, id, &rec)?;
-        Ok(rec)
-    }
-
-    fn put_container(&self, rec: &ContainerRecord) -> Result<()> {
-        self.store_put(TABLE, &rec.id, rec)?;
-        self.containers_write().insert(rec.id.clone(), rec.clone());
-        Ok(())
+    ) -> Result<Arc<ContainerRecord>> {
+        self.containers()
+            .observe(id, f)?
+            .ok_or_else(|| Error::NotFound(format!("container {} not found", crate::shown(id))))
     }
 
     pub(crate) fn emit(&self, rec: &ContainerRecord, kind: ContainerEventKind) {
@@ -317,7 +285,7 @@ impl PodManager {
     /// CreateContainer.
     pub async fn create_container(&self, pod_id: &str, config: ContainerConfig) -> Result<String> {
         let pod_id = self.resolve(pod_id)?;
-        let lock = self.lock(&pod_id);
+        let lock = self.pods().lock(&pod_id);
         let _g = lock.lock().await;
         let pod = self.get(&pod_id)?;
         if pod.state != PodState::Ready {
@@ -337,14 +305,14 @@ impl PodManager {
         let image_config = self.images().config(&image).map_err(Error::Image)?;
         let id = hex::encode(rand::random::<[u8; 32]>());
         let name = container_name(&config, &pod);
-        let reservation = self.container_names().reserve(&name, &id)?;
+        let reservation = self.containers().names().reserve(&name, &id)?;
 
         let dir = self.ctr_dir(&id);
         let bundle = dir.join("bundle");
         let mut rec = ContainerRecord {
             id: id.clone(),
             pod_id: pod_id.clone(),
-            config: config.clone(),
+            config: Arc::new(config.clone()),
             image_id: image.id.to_string(),
             image_ref: image
                 .repo_digests
@@ -432,11 +400,11 @@ impl PodManager {
                 serde_json::to_vec(&spec).unwrap_or_default(),
             )
             .map_err(|e| Error::io("write config.json", e))?;
-            rec.spec = Some(spec);
+            rec.spec = Some(Arc::new(spec));
             lap("spec");
 
             // Recorded before the shim holds anything, so a crash leaves a record to clean.
-            self.put_container(&rec)?;
+            self.containers().put(rec.clone())?;
             lap("record");
             let (stdin, stdout, stderr) =
                 (dir.join("stdin"), dir.join("stdout"), dir.join("stderr"));
@@ -497,7 +465,7 @@ impl PodManager {
             self.container_logs().insert(id.clone(), log);
             // Only the pid changed since the record was written, and the shim keeps that:
             // a restarted berth asks it (recover_containers), so no second disk write here.
-            self.containers_write().insert(id.clone(), rec.clone());
+            self.containers().keep(rec.clone());
             lap("log");
             Ok(())
         }
@@ -512,9 +480,8 @@ impl PodManager {
                 let _ = shim.delete(&id).await;
                 self.container_logs().remove(&id);
                 let _ = self.images().snapshots().remove_active(&id);
-                let _ = std::fs::remove_dir_all(&dir);
-                let _ = self.store_delete(TABLE, &id);
-                self.containers_write().remove(&id);
+                let _ = crate::process::remove_dir_all_blocking(dir).await;
+                let _ = self.containers().remove_record(&id);
                 Err(e)
             }
         }
@@ -523,7 +490,7 @@ impl PodManager {
     /// StartContainer.
     pub async fn start_container(&self, id: &str) -> Result<()> {
         let id = self.resolve_container(id)?;
-        let lock = self.lock(&id);
+        let lock = self.containers().lock(&id);
         let _g = lock.lock().await;
         let rec = self.container(&id)?;
         if rec.state != ContainerState::Created {
@@ -679,7 +646,7 @@ impl PodManager {
     /// StopContainer: the stop signal, `timeout` to exit, then SIGKILL. Idempotent.
     pub async fn stop_container(&self, id: &str, timeout: Duration) -> Result<()> {
         let id = self.resolve_container(id)?;
-        let lock = self.lock(&id);
+        let lock = self.containers().lock(&id);
         let _g = lock.lock().await;
         let rec = self.container(&id)?;
         match rec.state {
@@ -765,7 +732,7 @@ impl PodManager {
         if rec.state != ContainerState::Exited {
             self.stop_container(&id, Duration::ZERO).await?;
         }
-        let lock = self.lock(&id);
+        let lock = self.containers().lock(&id);
         let _g = lock.lock().await;
         self.reap_container(&id).await;
         let bundle = self.ctr_dir(&id).join("bundle");
@@ -775,54 +742,41 @@ impl PodManager {
             .remove_active(&id)
             .map_err(Error::Image)?;
         let dir = self.ctr_dir(&id);
-        if let Err(e) = std::fs::remove_dir_all(&dir)
-            && e.kind() != std::io::ErrorKind::NotFound
-        {
-            return Err(Error::io(format!("remove {}", dir.display()), e));
-        }
+        crate::process::remove_dir_all_blocking(dir).await?;
         if let Some(path) = rec.cgroups_path().map(str::to_string) {
             let _ = tokio::task::spawn_blocking(move || {
                 crate::stats::remove_cgroup(Path::new("/sys/fs/cgroup"), &path)
             })
             .await;
         }
-        self.store_delete(TABLE, &id)?;
-        self.containers_write().remove(&id);
+        self.containers().remove(&id)?;
         self.note_reaped(&id, false);
         self.layer_usage().remove(&id);
-        self.container_names().release_key(&id);
         self.emit(&rec, ContainerEventKind::Deleted);
         Ok(())
     }
 
     /// ListContainers.
-    pub fn list_containers(&self, f: &ContainerFilter) -> Vec<ContainerRecord> {
-        let all = self.containers_read();
-        let mut out: Vec<ContainerRecord> = all
-            .values()
-            .filter(|r| f.id.as_ref().is_none_or(|i| r.id.starts_with(i.as_str())))
-            .filter(|r| f.state.is_none_or(|s| r.state == s))
-            .filter(|r| {
-                f.pod_id
+    pub fn list_containers(&self, f: &ContainerFilter) -> Vec<Arc<ContainerRecord>> {
+        let mut out = self.containers().filter(|r| {
+            f.id.as_ref().is_none_or(|i| r.id.starts_with(i.as_str()))
+                && f.state.is_none_or(|s| r.state == s)
+                && f.pod_id
                     .as_ref()
                     .is_none_or(|p| r.pod_id.starts_with(p.as_str()))
-            })
-            .filter(|r| {
-                f.labels
+                && f.labels
                     .iter()
                     .all(|(k, v)| r.config.labels.get(k) == Some(v))
-            })
-            .cloned()
-            .collect();
+        });
         out.sort_by_key(|r| r.created_ns);
         out
     }
 
     /// The ids of a pod's containers.
     pub(crate) fn containers_of(&self, pod_id: &str) -> Vec<String> {
-        self.containers_read()
-            .values()
+        self.containers()
             .filter(|r| r.pod_id == pod_id)
+            .iter()
             .map(|r| r.id.clone())
             .collect()
     }
@@ -847,7 +801,7 @@ impl PodManager {
     /// UpdateContainerResources.
     pub async fn update_container_resources(&self, id: &str, r: &Resources) -> Result<()> {
         let id = self.resolve_container(id)?;
-        let lock = self.lock(&id);
+        let lock = self.containers().lock(&id);
         let _g = lock.lock().await;
         let rec = self.container(&id)?;
         if !matches!(rec.state, ContainerState::Created | ContainerState::Running) {
@@ -868,8 +822,12 @@ impl PodManager {
             .unwrap_or_default();
         s.update(&id, &res).await?;
         self.update_container(&id, |rec| {
-            rec.config.resources = r.clone();
-            if let Some(linux) = rec.spec.as_mut().and_then(|s| s.linux.as_mut()) {
+            Arc::make_mut(&mut rec.config).resources = r.clone();
+            if let Some(linux) = rec
+                .spec
+                .as_mut()
+                .and_then(|s| Arc::make_mut(s).linux.as_mut())
+            {
                 linux.resources = Some(res);
             }
         })?;
@@ -1209,7 +1167,7 @@ impl PodManager {
     pub(crate) async fn stop_pod_containers(&self, pod_id: &str) -> Result<()> {
         for c in self.containers_of(pod_id) {
             self.stop_container(&c, Duration::ZERO).await?;
-            let lock = self.lock(&c);
+            let lock = self.containers().lock(&c);
             let _g = lock.lock().await;
             self.reap_container(&c).await;
         }
@@ -1220,29 +1178,48 @@ impl PodManager {
 impl PodManager {
     /// The container's cgroup usage and its writable layer's (bytes, inodes); the layer is
     /// measured at most once per [`LAYER_USAGE_TTL`] (the kubelet asks every few seconds).
-    pub fn container_usage(&self, id: &str) -> Result<(Option<crate::stats::Usage>, (u64, u64))> {
+    pub async fn container_usage(
+        &self,
+        id: &str,
+    ) -> Result<(Option<crate::stats::Usage>, (u64, u64))> {
         let rec = self.container(id)?;
-        let cg = rec
-            .cgroups_path()
-            .and_then(|p| crate::stats::cgroup_usage(Path::new("/sys/fs/cgroup"), p));
-        if let Some((at, layer)) = self.layer_usage().get(id)
-            && at.elapsed() < LAYER_USAGE_TTL
-        {
-            return Ok((cg, *layer));
-        }
-        let upper = self.images().snapshots().mounts(id).ok().and_then(|ms| {
-            ms.into_iter().find_map(|m| {
-                if m.kind == "bind" {
-                    return Some(PathBuf::from(m.source));
-                }
-                m.options
-                    .iter()
-                    .find_map(|o| o.strip_prefix("upperdir=").map(PathBuf::from))
-            })
-        });
-        let layer = upper.map(|u| crate::stats::dir_usage(&u)).unwrap_or((0, 0));
-        self.layer_usage()
-            .insert(id.to_string(), (std::time::Instant::now(), layer));
+        let cgroup = rec.cgroups_path().map(str::to_string);
+        let cached = self
+            .layer_usage()
+            .get(id)
+            .filter(|(at, _)| at.elapsed() < LAYER_USAGE_TTL)
+            .map(|(_, layer)| *layer);
+        let upper = match cached {
+            Some(_) => None,
+            None => self.images().snapshots().mounts(id).ok().and_then(|ms| {
+                ms.into_iter().find_map(|m| {
+                    if m.kind == "bind" {
+                        return Some(PathBuf::from(m.source));
+                    }
+                    m.options
+                        .iter()
+                        .find_map(|o| o.strip_prefix("upperdir=").map(PathBuf::from))
+                })
+            }),
+        };
+        // cgroup files and, at most once per TTL, a walk of the writable layer: files, on a
+        // blocking thread.
+        let (cg, walked) = tokio::task::spawn_blocking(move || {
+            let cg =
+                cgroup.and_then(|p| crate::stats::cgroup_usage(Path::new("/sys/fs/cgroup"), &p));
+            (cg, upper.map(|u| crate::stats::dir_usage(&u)))
+        })
+        .await
+        .map_err(|e| Error::io("measure a container", std::io::Error::other(e)))?;
+        let layer = match (cached, walked) {
+            (Some(layer), _) => layer,
+            (None, walked) => {
+                let layer = walked.unwrap_or((0, 0));
+                self.layer_usage()
+                    .insert(id.to_string(), (std::time::Instant::now(), layer));
+                layer
+            }
+        };
         Ok((cg, layer))
     }
 }

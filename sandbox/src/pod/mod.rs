@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::error::{Error, Result};
-use crate::registrar::Registrar;
+use crate::records::{Durability, Records};
 use crate::shim::events::{EventHub, TaskEvent};
 use crate::shim::{self, RuncOptions, Shim, ShimEnv};
 use crate::spec::oci::Spec;
@@ -91,8 +91,8 @@ pub enum PodState {
 pub struct PodRecord {
     /// The sandbox id.
     pub id: String,
-    /// What was asked for.
-    pub config: PodConfig,
+    /// What was asked for (shared: it never changes).
+    pub config: Arc<PodConfig>,
     /// Creation time (Unix ns).
     pub created_ns: i64,
     /// State.
@@ -110,10 +110,17 @@ pub struct PodRecord {
     pub handler: String,
     /// The shim binary used.
     pub shim_binary: PathBuf,
-    /// The CNI result.
-    pub cni_result: Option<Value>,
-    /// The pause container's OCI spec.
-    pub spec: Option<Spec>,
+    /// The CNI result (shared: only start-up and teardown read it).
+    pub cni_result: Option<Arc<Value>>,
+    /// The pause container's OCI spec (shared: only creation and recovery read it).
+    pub spec: Option<Arc<Spec>>,
+}
+
+impl crate::records::Record for PodRecord {
+    const TABLE: &'static str = TABLE;
+    fn id(&self) -> &str {
+        &self.id
+    }
 }
 
 impl PodRecord {
@@ -144,18 +151,14 @@ type LayerUsageCache = HashMap<String, (std::time::Instant, (u64, u64))>;
 /// Runs, stops, removes and reports pod sandboxes.
 pub struct PodManager {
     cfg: PodManagerConfig,
-    store: Store,
     images: Arc<ImageService>,
     cni: Cni,
     netns: NetnsDir,
-    registrar: Registrar,
-    pods: RwLock<HashMap<String, PodRecord>>,
+    pods: Records<PodRecord>,
     shims: RwLock<HashMap<String, Shim>>,
     logs: std::sync::Mutex<HashMap<String, shim::ShimLog>>,
-    locks: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     hub: EventHub,
-    containers: RwLock<HashMap<String, crate::container::ContainerRecord>>,
-    container_names: Registrar,
+    containers: Records<crate::container::ContainerRecord>,
     container_logs: std::sync::Mutex<HashMap<String, crate::logs::ContainerLog>>,
     container_events: tokio::sync::broadcast::Sender<crate::container::ContainerEvent>,
     /// Writable-layer usage per container, with when it was measured: walking a layer is
@@ -294,18 +297,14 @@ impl PodManager {
         let cni = Cni::new(cfg.cni.clone());
         let mgr = Arc::new_cyclic(|me| PodManager {
             cfg,
-            store,
             images,
             cni,
             netns,
-            registrar: Registrar::default(),
-            pods: RwLock::new(HashMap::new()),
+            pods: Records::new(store.clone()),
             shims: RwLock::new(HashMap::new()),
             logs: Default::default(),
-            locks: Default::default(),
             hub,
-            containers: RwLock::new(HashMap::new()),
-            container_names: Registrar::default(),
+            containers: Records::new(store.clone()),
             container_logs: Default::default(),
             container_events: tokio::sync::broadcast::channel(1024).0,
             layer_usage: Default::default(),
@@ -345,7 +344,7 @@ impl PodManager {
                         // Delete the task (the shim unmounts its rootfs) off this loop.
                         let m = m.clone();
                         tokio::spawn(async move {
-                            let lock = m.lock(&container_id);
+                            let lock = m.containers.lock(&container_id);
                             let _g = lock.lock().await;
                             m.reap_container(&container_id).await;
                         });
@@ -413,15 +412,14 @@ impl PodManager {
         self.me.clone()
     }
 
-    pub(crate) fn registrar(&self) -> &Registrar {
-        &self.registrar
+    /// The pod table.
+    pub(crate) fn pods(&self) -> &Records<PodRecord> {
+        &self.pods
     }
 
-    pub(crate) fn insert_pod(&self, rec: PodRecord) {
-        self.pods
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(rec.id.clone(), rec);
+    /// The container table.
+    pub(crate) fn containers(&self) -> &Records<crate::container::ContainerRecord> {
+        &self.containers
     }
 
     pub(crate) fn keep_shim_log(&self, id: &str, log: shim::ShimLog) {
@@ -444,30 +442,17 @@ impl PodManager {
     /// changed whether or not the store takes the write, which is retried by the next change
     /// of the record; a restart learns the state again from the shim.
     pub(crate) fn set_pod_state(&self, id: &str, state: PodState) -> Result<()> {
-        let mut pods = self.pods.write().unwrap_or_else(|p| p.into_inner());
-        let Some(rec) = pods.get_mut(id) else {
-            return Ok(());
-        };
-        rec.state = state;
-        self.store.put(TABLE, id, rec).map_err(Error::Image)
+        self.pods.observe(id, |r| r.state = state).map(|_| ())
     }
 
     /// Changes pod `id`'s record, durably, then in memory.
     fn change_pod(&self, id: &str, f: impl FnOnce(&mut PodRecord)) -> Result<()> {
-        let mut pods = self.pods.write().unwrap_or_else(|p| p.into_inner());
-        let Some(cur) = pods.get(id) else {
-            return Ok(());
-        };
-        let mut next = cur.clone();
-        f(&mut next);
-        self.store.put(TABLE, id, &next).map_err(Error::Image)?;
-        pods.insert(id.to_string(), next);
-        Ok(())
+        self.pods.update(id, Durability::Now, f).map(|_| ())
     }
 
     /// Handles an exit that may be a pause container's; false if `id` is no pod.
     fn on_pause_exit(&self, id: &str, status: u32) -> bool {
-        let ready = match self.pods.read().unwrap_or_else(|p| p.into_inner()).get(id) {
+        let ready = match self.pods.get(id) {
             None => return false,
             Some(rec) => rec.state == PodState::Ready,
         };
@@ -482,15 +467,6 @@ impl PodManager {
             }
         }
         true
-    }
-
-    pub(crate) fn lock(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
-        self.locks
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(id.to_string())
-            .or_default()
-            .clone()
     }
 
     pub(crate) fn state_dir(&self) -> &Path {
@@ -526,22 +502,6 @@ impl PodManager {
         self.cfg.log_rotation
     }
 
-    pub(crate) fn containers_read(
-        &self,
-    ) -> std::sync::RwLockReadGuard<'_, HashMap<String, crate::container::ContainerRecord>> {
-        self.containers.read().unwrap_or_else(|p| p.into_inner())
-    }
-
-    pub(crate) fn containers_write(
-        &self,
-    ) -> std::sync::RwLockWriteGuard<'_, HashMap<String, crate::container::ContainerRecord>> {
-        self.containers.write().unwrap_or_else(|p| p.into_inner())
-    }
-
-    pub(crate) fn container_names(&self) -> &Registrar {
-        &self.container_names
-    }
-
     pub(crate) fn container_logs(
         &self,
     ) -> std::sync::MutexGuard<'_, HashMap<String, crate::logs::ContainerLog>> {
@@ -559,30 +519,6 @@ impl PodManager {
 
     pub(crate) fn layer_usage(&self) -> std::sync::MutexGuard<'_, LayerUsageCache> {
         self.layer_usage.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    pub(crate) fn store_put<T: Serialize>(&self, table: &str, key: &str, v: &T) -> Result<()> {
-        self.store.put(table, key, v).map_err(Error::Image)
-    }
-
-    pub(crate) fn store_put_deferred<T: Serialize>(
-        &self,
-        table: &str,
-        key: &str,
-        v: &T,
-    ) -> Result<()> {
-        self.store.put_deferred(table, key, v).map_err(Error::Image)
-    }
-
-    pub(crate) fn store_delete(&self, table: &str, key: &str) -> Result<()> {
-        self.store.delete(table, key).map_err(Error::Image)
-    }
-
-    pub(crate) fn store_list<T: serde::de::DeserializeOwned>(
-        &self,
-        table: &str,
-    ) -> Result<Vec<(String, T)>> {
-        self.store.list(table).map_err(Error::Image)
     }
 
     fn dir(&self, id: &str) -> PathBuf {
@@ -627,20 +563,14 @@ impl PodManager {
 
     /// The ids of every pod (records only).
     pub(crate) fn pod_ids(&self) -> Vec<String> {
-        self.pods
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .keys()
-            .cloned()
-            .collect()
+        self.pods.ids()
     }
 
     /// The cgroup parents pods asked for.
     pub(crate) fn pod_cgroup_parents(&self) -> Vec<String> {
         self.pods
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
+            .all()
+            .iter()
             .map(|r| r.config.cgroup_parent.clone())
             .filter(|p| !p.is_empty())
             .collect()
@@ -722,8 +652,8 @@ impl PodManager {
         let handler = handler.clone();
         let id = hex::encode(rand::random::<[u8; 32]>());
         let name = pod_name(&config.meta);
-        let reservation = self.registrar.reserve(&name, &id)?;
-        let lock = self.lock(&id);
+        let reservation = self.pods.names().reserve(&name, &id)?;
+        let lock = self.pods.lock(&id);
         let _g = lock.lock().await;
 
         let image = match self.images.resolve(&self.cfg.sandbox_image) {
@@ -741,7 +671,7 @@ impl PodManager {
 
         let mut rec = PodRecord {
             id: id.clone(),
-            config: config.clone(),
+            config: Arc::new(config.clone()),
             created_ns: now_ns(),
             state: PodState::NotReady,
             netns: None,
@@ -760,11 +690,7 @@ impl PodManager {
         match res {
             Ok(()) => {
                 rec.state = PodState::Ready;
-                self.store.put(TABLE, &id, &rec).map_err(Error::Image)?;
-                self.pods
-                    .write()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(id.clone(), rec);
+                self.pods.put(rec)?;
                 reservation.commit();
                 Ok(id)
             }
@@ -777,10 +703,7 @@ impl PodManager {
                     }
                 }
                 if failed_undo {
-                    self.pods
-                        .write()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .insert(id.clone(), rec);
+                    self.pods.keep(rec);
                     reservation.commit();
                 }
                 Err(e)
@@ -903,7 +826,7 @@ impl PodManager {
         if !cfg.host_network {
             rec.netns = Some(self.netns.path(&netns_name(&id)));
         }
-        self.store.put(TABLE, &id, rec).map_err(Error::Image)?;
+        self.pods.persist(rec)?;
         undo.push(Undo::Record);
 
         let dir = self.dir(&id);
@@ -949,12 +872,12 @@ impl PodManager {
                 .map_err(Error::Network)?;
             if rec.netns.as_ref() != Some(&path) {
                 rec.netns = Some(path);
-                self.store.put(TABLE, &id, rec).map_err(Error::Image)?;
+                self.pods.persist(rec)?;
             }
             lap("netns");
         }
         let (mounts, spec, bundle) = prepared?;
-        rec.spec = Some(spec);
+        rec.spec = Some(Arc::new(spec));
 
         // The network and the pause container are independent until the pod is reported
         // ready: runc only needs the (empty) netns to exist. CNI ADD runs while the shim starts
@@ -1040,7 +963,7 @@ impl PodManager {
         let (s, pid) = task_res?;
         if let Some(result) = net {
             rec.ips = result.ips.iter().map(|i| i.ip().to_string()).collect();
-            rec.cni_result = Some(result.raw);
+            rec.cni_result = Some(Arc::new(result.raw));
         }
         rec.pid = pid;
         self.register_shim(&id, s);
@@ -1077,13 +1000,8 @@ impl PodManager {
 
     async fn undo(&self, id: &str, step: Undo) -> Result<()> {
         match step {
-            Undo::Record => {
-                self.pods
-                    .write()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(id);
-                self.store.delete(TABLE, id).map_err(Error::Image)
-            }
+            // The name stays reserved: the failed RunPodSandbox releases it.
+            Undo::Record => self.pods.remove_record(id),
             Undo::Netns(name) => self.netns.remove(&name).map_err(Error::Network),
             Undo::Cni(a) => {
                 let current = self.cni.network().ok();
@@ -1112,7 +1030,7 @@ impl PodManager {
     /// Idempotent; an unknown id is NotFound.
     pub async fn stop(&self, id: &str) -> Result<()> {
         let id = self.resolve(id)?;
-        let lock = self.lock(&id);
+        let lock = self.pods.lock(&id);
         let _g = lock.lock().await;
         let rec = self.get(&id)?;
         self.stop_pod_containers(&id).await?;
@@ -1254,7 +1172,7 @@ impl PodManager {
         };
         self.stop(&id).await?;
         self.remove_pod_containers(&id).await?;
-        let lock = self.lock(&id);
+        let lock = self.pods.lock(&id);
         let _g = lock.lock().await;
         let rec = self.get(&id)?;
         unmount(&self.bundle(&id).join("rootfs"))?;
@@ -1262,61 +1180,25 @@ impl PodManager {
             .snapshots()
             .remove_active(&id)
             .map_err(Error::Image)?;
-        let dir = self.dir(&id);
-        if let Err(e) = std::fs::remove_dir_all(&dir)
-            && e.kind() != std::io::ErrorKind::NotFound
-        {
-            return Err(Error::io(format!("remove {}", dir.display()), e));
-        }
+        crate::process::remove_dir_all_blocking(self.dir(&id)).await?;
         // From the config, not the spec: a pod berth died creating may have no spec recorded.
         let path = crate::spec::cgroups_path(&rec.config.cgroup_parent, &id);
         let _ = tokio::task::spawn_blocking(move || {
             crate::stats::remove_cgroup(Path::new("/sys/fs/cgroup"), &path)
         })
         .await;
-        self.store.delete(TABLE, &id).map_err(Error::Image)?;
-        self.pods
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&id);
-        self.registrar.release(&rec.name());
-        self.locks
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&id);
-        Ok(())
+        self.pods.remove(&id)
     }
 
     /// Finds a pod by id or unique id prefix.
     pub fn resolve(&self, id: &str) -> Result<String> {
-        if id.is_empty() {
-            return Err(Error::Invalid("pod sandbox id is empty".into()));
-        }
-        let pods = self.pods.read().unwrap_or_else(|p| p.into_inner());
-        if pods.contains_key(id) {
-            return Ok(id.to_string());
-        }
-        let mut m = pods.keys().filter(|k| k.starts_with(id));
-        match (m.next(), m.next()) {
-            (Some(one), None) => Ok(one.clone()),
-            (Some(_), Some(_)) => Err(Error::Invalid(format!(
-                "pod sandbox id prefix {} is ambiguous",
-                crate::shown(id)
-            ))),
-            _ => Err(Error::NotFound(format!(
-                "pod sandbox {} not found",
-                crate::shown(id)
-            ))),
-        }
+        self.pods.resolve(id, "pod sandbox")
     }
 
     /// The record of pod `id` (exact).
-    pub fn get(&self, id: &str) -> Result<PodRecord> {
+    pub fn get(&self, id: &str) -> Result<Arc<PodRecord>> {
         self.pods
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
             .get(id)
-            .cloned()
             .ok_or_else(|| Error::NotFound(format!("pod sandbox {} not found", crate::shown(id))))
     }
 
@@ -1336,19 +1218,14 @@ impl PodManager {
     }
 
     /// ListPodSandbox.
-    pub fn list(&self, f: &PodFilter) -> Vec<PodRecord> {
-        let pods = self.pods.read().unwrap_or_else(|p| p.into_inner());
-        let mut out: Vec<PodRecord> = pods
-            .values()
-            .filter(|r| f.id.as_ref().is_none_or(|i| r.id.starts_with(i.as_str())))
-            .filter(|r| f.state.is_none_or(|s| r.state == s))
-            .filter(|r| {
-                f.labels
+    pub fn list(&self, f: &PodFilter) -> Vec<Arc<PodRecord>> {
+        let mut out = self.pods.filter(|r| {
+            f.id.as_ref().is_none_or(|i| r.id.starts_with(i.as_str()))
+                && f.state.is_none_or(|s| r.state == s)
+                && f.labels
                     .iter()
                     .all(|(k, v)| r.config.labels.get(k) == Some(v))
-            })
-            .cloned()
-            .collect();
+        });
         out.sort_by_key(|r| r.created_ns);
         out
     }
