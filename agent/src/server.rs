@@ -58,7 +58,7 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     let _events = berth_sandbox::shim::events::serve(&ttrpc_address, hub.clone())
         .await
         .context("serve shim events")?;
-    let pods = berth_sandbox::pod::PodManager::open(
+    let pods = berth_sandbox::runtime::Runtime::open(
         pod_manager_config(&cfg, &ttrpc_address)?,
         store.clone(),
         images.clone(),
@@ -131,8 +131,8 @@ fn stream_config(cfg: &Config) -> anyhow::Result<berth_stream::StreamConfig> {
 fn pod_manager_config(
     cfg: &Config,
     ttrpc_address: &Path,
-) -> anyhow::Result<berth_sandbox::pod::PodManagerConfig> {
-    use berth_sandbox::pod::Handler;
+) -> anyhow::Result<berth_sandbox::runtime::RuntimeConfig> {
+    use berth_sandbox::runtime::Handler;
     use berth_sandbox::shim::{RuncOptions, ShimEnv};
     let mut handlers = std::collections::BTreeMap::new();
     for (name, h) in &cfg.runtime.handlers {
@@ -183,7 +183,7 @@ fn pod_manager_config(
         );
     }
     let publish_binary = std::env::current_exe().context("find berth's own path")?;
-    Ok(berth_sandbox::pod::PodManagerConfig {
+    Ok(berth_sandbox::runtime::RuntimeConfig {
         state_dir: cfg.state.clone(),
         sandbox_image: cfg.sandbox_image.clone(),
         default_handler: cfg.runtime.default_handler.clone(),

@@ -12,6 +12,7 @@ mod records;
 mod recover;
 pub mod registrar;
 pub mod runsc;
+pub mod runtime;
 pub mod safefile;
 pub mod seccomp;
 pub mod session;

@@ -22,7 +22,7 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::pod::PodManager;
+use crate::runtime::Runtime;
 use crate::shim;
 
 /// How often the sweep runs after the first one.
@@ -149,7 +149,7 @@ fn unmount(path: &Path) {
     let _ = crate::pod::unmount(path);
 }
 
-impl PodManager {
+impl Runtime {
     /// Every id berth knows: pods and containers, recorded or being made.
     fn known_ids(&self) -> HashSet<String> {
         let mut ids: HashSet<String> = self.pod_ids().into_iter().collect();

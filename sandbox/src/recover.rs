@@ -1,9 +1,9 @@
 //! What berth does after a restart, and when a shim dies under it.
 //!
-//! **Restart.** [`PodManager::load`] reads every pod and container record into memory, reserves
+//! **Restart.** [`Runtime::load`] reads every pod and container record into memory, reserves
 //! their names and takes each one's lock, all before berth serves: Lists answer at once with
 //! what the records say, and any call on a pod or container waits for that one object to be
-//! reconciled, never for the rest. [`PodManager::reconcile`] then runs in the background, a
+//! reconciled, never for the rest. [`Runtime::reconcile`] then runs in the background, a
 //! bounded number of pods at a time, every shim call bounded:
 //!
 //! ```text
@@ -35,7 +35,8 @@ use crate::container::{ContainerEventKind, ContainerRecord, ContainerState};
 use crate::error::Result;
 use crate::logs::{ContainerLog, open_fifo_reader, open_fifo_writer};
 use crate::now_ns;
-use crate::pod::{PodManager, PodRecord, PodState};
+use crate::pod::{PodRecord, PodState};
+use crate::runtime::Runtime;
 use crate::shim::{self, Shim};
 
 /// Pods reconciled at once after a restart (kuasar's figure).
@@ -75,7 +76,7 @@ enum ShimAnswer {
     Gone,
 }
 
-impl PodManager {
+impl Runtime {
     /// Loads every record, reserves names and takes every lock: what is left to reconcile.
     /// Runs before berth serves, and does no I/O but the store's and opening fifos.
     pub(crate) fn load(&self) -> Result<Vec<PendingPod>> {

@@ -21,7 +21,7 @@ use crate::config::Config;
 #[derive(Debug, Clone)]
 pub struct RuntimeCri {
     config: Arc<Config>,
-    pods: Arc<berth_sandbox::pod::PodManager>,
+    pods: Arc<berth_sandbox::runtime::Runtime>,
     stream: berth_stream::StreamServer,
     /// The last CPU sample per container (time ns, cpu ns), for usage_nano_cores.
     cpu_samples: Arc<std::sync::Mutex<HashMap<String, (i64, u64)>>>,
@@ -32,7 +32,7 @@ pub struct RuntimeCri {
 impl RuntimeCri {
     pub fn new(
         config: Arc<Config>,
-        pods: Arc<berth_sandbox::pod::PodManager>,
+        pods: Arc<berth_sandbox::runtime::Runtime>,
         stream: berth_stream::StreamServer,
     ) -> Self {
         RuntimeCri {

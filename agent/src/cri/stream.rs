@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use berth_cri_api::v1 as cri;
 use berth_sandbox::ErrorKind;
-use berth_sandbox::pod::PodManager;
+use berth_sandbox::runtime::Runtime;
 use berth_sandbox::session::{SessionIo, TermSize};
 use berth_stream::{BackendError, Io, Request, StdioOptions, StreamServer, server::UrlError};
 use tonic::Status;
@@ -14,7 +14,7 @@ use super::sandbox::sandbox_status;
 
 /// The runtime side of the streaming server.
 pub struct StreamBackend {
-    pub pods: Arc<PodManager>,
+    pub pods: Arc<Runtime>,
 }
 
 /// The streaming server's session channels as the container code takes them. Terminal
@@ -96,7 +96,7 @@ fn url_status(e: UrlError) -> Status {
 }
 
 /// The container `id` names, which must be running.
-fn running_container(pods: &PodManager, id: &str) -> Result<String, Status> {
+fn running_container(pods: &Runtime, id: &str) -> Result<String, Status> {
     let id = pods.resolve_container(id).map_err(sandbox_status)?;
     let rec = pods.container(&id).map_err(sandbox_status)?;
     if rec.state != berth_sandbox::container::ContainerState::Running {
@@ -120,7 +120,7 @@ fn stdio(stdin: bool, stdout: bool, stderr: bool, tty: bool) -> StdioOptions {
 /// Checks `req` (InvalidArgument first, whatever the container's state), that its
 /// container runs, and hands out its URL.
 fn container_url(
-    pods: &PodManager,
+    pods: &Runtime,
     server: &StreamServer,
     mut req: Request,
 ) -> Result<String, Status> {
@@ -132,7 +132,7 @@ fn container_url(
 }
 
 pub(crate) fn exec_url(
-    pods: &PodManager,
+    pods: &Runtime,
     server: &StreamServer,
     req: cri::ExecRequest,
 ) -> Result<cri::ExecResponse, Status> {
@@ -150,7 +150,7 @@ pub(crate) fn exec_url(
 }
 
 pub(crate) fn attach_url(
-    pods: &PodManager,
+    pods: &Runtime,
     server: &StreamServer,
     req: cri::AttachRequest,
 ) -> Result<cri::AttachResponse, Status> {
@@ -167,7 +167,7 @@ pub(crate) fn attach_url(
 }
 
 pub(crate) fn port_forward_url(
-    pods: &PodManager,
+    pods: &Runtime,
     server: &StreamServer,
     req: cri::PortForwardRequest,
 ) -> Result<cri::PortForwardResponse, Status> {

@@ -9,6 +9,8 @@
 //! The address is written to `<bundle>/address` so a restarted berth can reconnect.
 
 pub mod events;
+pub(crate) mod registry;
+pub(crate) mod spare;
 pub mod watch;
 
 use std::path::{Path, PathBuf};

@@ -1,0 +1,223 @@
+//! CreateContainer: the container's name reserved, its record written as intent, its
+//! writable snapshot, user and groups from the image, spec and bundle, its stdio fifos and
+//! its task created in the pod's shim; a failure undoes each step.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use super::container_name;
+use super::{ContainerConfig, ContainerEventKind, ContainerRecord, ContainerState, PidMode};
+use crate::error::{Error, Result};
+use crate::logs::{ContainerLog, mkfifo, open_fifo_reader, open_fifo_writer};
+use crate::now_ns;
+use crate::pod::PodState;
+use crate::runtime::Runtime;
+use crate::spec::container::ContainerSpec;
+use crate::users::Accounts;
+
+impl Runtime {
+    /// CreateContainer.
+    pub async fn create_container(&self, pod_id: &str, config: ContainerConfig) -> Result<String> {
+        let pod_id = self.resolve(pod_id)?;
+        let lock = self.pods().lock(&pod_id);
+        let _g = lock.lock().await;
+        let pod = self.get(&pod_id)?;
+        if pod.state != PodState::Ready {
+            return Err(Error::Precondition(format!(
+                "pod sandbox {pod_id} is not ready; containers can only be created in a ready pod"
+            )));
+        }
+        let shim = self.shim_of(&pod_id).ok_or_else(|| {
+            Error::Precondition(format!("pod sandbox {pod_id} has no running shim"))
+        })?;
+        let image = self.images().resolve(&config.image).map_err(|e| {
+            Error::NotFound(format!(
+                "image {:?} is not present on this node (pull it first): {e}",
+                config.image
+            ))
+        })?;
+        let image_config = self.images().config(&image).map_err(Error::Image)?;
+        let id = hex::encode(rand::random::<[u8; 32]>());
+        let name = container_name(&config, &pod);
+        let reservation = self.containers().names().reserve(&name, &id)?;
+
+        let dir = self.ctr_dir(&id);
+        let bundle = dir.join("bundle");
+        let mut rec = ContainerRecord {
+            id: id.clone(),
+            pod_id: pod_id.clone(),
+            config: Arc::new(config.clone()),
+            image_id: image.id.to_string(),
+            image_ref: image
+                .repo_digests
+                .first()
+                .or(image.repo_tags.first())
+                .cloned()
+                .unwrap_or_else(|| image.id.to_string()),
+            state: ContainerState::Created,
+            created_ns: now_ns(),
+            started_ns: 0,
+            finished_ns: 0,
+            exit_code: 0,
+            reason: String::new(),
+            message: String::new(),
+            pid: 0,
+            log_path: (!pod.config.log_directory.is_empty() && !config.log_path.is_empty())
+                .then(|| Path::new(&pod.config.log_directory).join(&config.log_path)),
+            stop_signal: image_config
+                .config
+                .as_ref()
+                .map(|c| c.stop_signal.clone())
+                .unwrap_or_default(),
+            spec: None,
+            oom: false,
+        };
+
+        let t0 = std::time::Instant::now();
+        let lap = |step: &str| {
+            tracing::trace!(
+                container = id,
+                step,
+                us = t0.elapsed().as_micros() as u64,
+                "create step"
+            )
+        };
+        let res: Result<()> = async {
+            std::fs::create_dir_all(bundle.join("rootfs"))
+                .map_err(|e| Error::io(format!("create {}", bundle.display()), e))?;
+            let mounts = self
+                .images()
+                .snapshots()
+                .prepare(&id, image.top_chain())
+                .map_err(Error::Image)?;
+            lap("snapshot");
+            let accounts = {
+                let mounts = mounts.clone();
+                tokio::task::spawn_blocking(move || Accounts::from_mounts(&mounts))
+                    .await
+                    .map_err(|e| Error::io("read the image's accounts", e.into()))??
+            };
+            let icfg = image_config.config.clone().unwrap_or_default();
+            let sec = &config.security;
+            let ids = accounts.resolve(
+                &icfg.user,
+                sec.run_as_user,
+                &sec.run_as_username,
+                sec.run_as_group,
+                &sec.supplemental_groups,
+            )?;
+            let target_pid = match &sec.pid {
+                PidMode::Target(t) => {
+                    let t = self.resolve_container(t)?;
+                    let tr = self.container(&t)?;
+                    (tr.state == ContainerState::Running && tr.pod_id == pod_id).then_some(tr.pid)
+                }
+                _ => None,
+            };
+            let own_capabilities = crate::spec::caps::own_capabilities();
+            let spec = ContainerSpec {
+                id: &id,
+                config: &config,
+                pod_id: &pod.id,
+                pod: &pod.config,
+                pause_pid: pod.pid,
+                pod_dir: &self.pod_dir(&pod_id),
+                image: &icfg,
+                ids,
+                target_pid,
+                own_capabilities: &own_capabilities,
+                daemon_oom_score_adj: crate::spec::own_oom_score_adj(),
+            }
+            .build(&crate::spec::host::RealHost)?;
+            std::fs::write(
+                bundle.join("config.json"),
+                serde_json::to_vec(&spec).unwrap_or_default(),
+            )
+            .map_err(|e| Error::io("write config.json", e))?;
+            rec.spec = Some(Arc::new(spec));
+            lap("spec");
+
+            // Recorded before the shim holds anything, so a crash leaves a record to clean.
+            self.containers().put(rec.clone())?;
+            lap("record");
+            let (stdin, stdout, stderr) =
+                (dir.join("stdin"), dir.join("stdout"), dir.join("stderr"));
+            mkfifo(&stdout)?;
+            let out_rx = open_fifo_reader(&stdout)?;
+            let err_rx = if config.tty {
+                None
+            } else {
+                mkfifo(&stderr)?;
+                Some(open_fifo_reader(&stderr)?)
+            };
+            // berth holds the write side of stdin (read-write, so opening never blocks)
+            // for Attach; the container reads end-of-file once it is closed.
+            let stdin_tx = if config.stdin {
+                mkfifo(&stdin)?;
+                Some(open_fifo_writer(&stdin)?)
+            } else {
+                None
+            };
+            let rootfs = crate::shim::rootfs_mounts(mounts);
+            let s = |p: &Path, on: bool| {
+                if on {
+                    p.display().to_string()
+                } else {
+                    String::new()
+                }
+            };
+            let handler = self.handler_options(&pod.handler);
+            // Under the runsc adapter the sandbox reads the stdin fifo itself (from
+            // `runsc start`); the shim must not read it too, or it takes the input.
+            let runsc = handler
+                .as_ref()
+                .and_then(|h| h.binary_name.as_deref())
+                .is_some_and(crate::runsc::is_adapter);
+            let stdio = [
+                s(&stdin, config.stdin && !runsc),
+                s(&stdout, true),
+                s(&stderr, !config.tty),
+            ];
+            rec.pid = shim
+                .create(
+                    &id,
+                    &bundle,
+                    rootfs,
+                    [&stdio[0], &stdio[1], &stdio[2]],
+                    config.tty,
+                    handler,
+                )
+                .await?;
+            lap("shim create");
+            let log = ContainerLog::start(
+                rec.log_path.as_deref(),
+                self.log_rotation(),
+                Some(out_rx),
+                err_rx,
+                stdin_tx,
+            )?;
+            self.container_logs().insert(id.clone(), log);
+            // Only the pid changed since the record was written, and the shim keeps that:
+            // a restarted berth asks it (recover_containers), so no second disk write here.
+            self.containers().keep(rec.clone());
+            lap("log");
+            Ok(())
+        }
+        .await;
+        match res {
+            Ok(()) => {
+                reservation.commit();
+                self.emit(&rec, ContainerEventKind::Created);
+                Ok(id)
+            }
+            Err(e) => {
+                let _ = shim.delete(&id).await;
+                self.container_logs().remove(&id);
+                let _ = self.images().snapshots().remove_active(&id);
+                let _ = crate::process::remove_dir_all_blocking(dir).await;
+                let _ = self.containers().remove_record(&id);
+                Err(e)
+            }
+        }
+    }
+}

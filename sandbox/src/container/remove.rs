@@ -1,0 +1,55 @@
+//! RemoveContainer: stops it if needed, then deletes its task, snapshot, directory, cgroup
+//! and record. An unknown container is not an error.
+
+use std::path::Path;
+use std::time::Duration;
+
+use super::{ContainerEventKind, ContainerState};
+use crate::error::{Error, Result};
+use crate::runtime::Runtime;
+
+impl Runtime {
+    /// RemoveContainer: stops it if it runs (as containerd does), then removes its task,
+    /// snapshot, directory and record. An unknown id is not an error.
+    pub async fn remove_container(&self, id: &str) -> Result<()> {
+        let id = match self.resolve_container(id) {
+            Ok(i) => i,
+            Err(Error::NotFound(_)) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let rec = self.container(&id)?;
+        if rec.state != ContainerState::Exited {
+            self.stop_container(&id, Duration::ZERO).await?;
+        }
+        let lock = self.containers().lock(&id);
+        let _g = lock.lock().await;
+        self.reap_container(&id).await;
+        let bundle = self.ctr_dir(&id).join("bundle");
+        crate::pod::unmount(&bundle.join("rootfs"))?;
+        self.images()
+            .snapshots()
+            .remove_active(&id)
+            .map_err(Error::Image)?;
+        let dir = self.ctr_dir(&id);
+        crate::process::remove_dir_all_blocking(dir).await?;
+        if let Some(path) = rec.cgroups_path().map(str::to_string) {
+            let _ = tokio::task::spawn_blocking(move || {
+                crate::stats::remove_cgroup(Path::new("/sys/fs/cgroup"), &path)
+            })
+            .await;
+        }
+        self.containers().remove(&id)?;
+        self.note_reaped(&id, false);
+        self.layer_usage().remove(&id);
+        self.emit(&rec, ContainerEventKind::Deleted);
+        Ok(())
+    }
+
+    /// Removes every container of a pod (its stop already killed them).
+    pub(crate) async fn remove_pod_containers(&self, pod_id: &str) -> Result<()> {
+        for c in self.containers_of(pod_id) {
+            self.remove_container(&c).await?;
+        }
+        Ok(())
+    }
+}

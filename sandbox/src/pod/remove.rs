@@ -1,0 +1,37 @@
+//! RemovePodSandbox: stops the pod (if it was not), removes its containers, then its
+//! rootfs, snapshot, directory, cgroup and record. An unknown pod is not an error.
+use std::path::Path;
+
+use super::files::unmount;
+use crate::error::{Error, Result};
+use crate::runtime::Runtime;
+
+impl Runtime {
+    /// RemovePodSandbox: stops the pod if needed and removes everything it had. An unknown id
+    /// is not an error (CRI: idempotent).
+    pub async fn remove(&self, id: &str) -> Result<()> {
+        let id = match self.resolve(id) {
+            Ok(i) => i,
+            Err(Error::NotFound(_)) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        self.stop(&id).await?;
+        self.remove_pod_containers(&id).await?;
+        let lock = self.pods.lock(&id);
+        let _g = lock.lock().await;
+        let rec = self.get(&id)?;
+        unmount(&self.bundle(&id).join("rootfs"))?;
+        self.images
+            .snapshots()
+            .remove_active(&id)
+            .map_err(Error::Image)?;
+        crate::process::remove_dir_all_blocking(self.dir(&id)).await?;
+        // From the config, not the spec: a pod berth died creating may have no spec recorded.
+        let path = crate::spec::cgroups_path(&rec.config.cgroup_parent, &id);
+        let _ = tokio::task::spawn_blocking(move || {
+            crate::stats::remove_cgroup(Path::new("/sys/fs/cgroup"), &path)
+        })
+        .await;
+        self.pods.remove(&id)
+    }
+}
