@@ -1,5 +1,25 @@
-//! Pod sandboxes and containers for berth: the containerd shim v2 client and the events
-//! service shims publish to. Sandbox and container lifecycles build on these.
+//! Pod sandboxes and containers for berth, behind the CRI calls the agent converts.
+//!
+//! ```text
+//!  runtime::Runtime ─── the CRI lifecycle, one verb per file:
+//!   │   pod/        run.rs stop.rs remove.rs status.rs port_forward.rs
+//!   │               record.rs (PodRecord, PodState) state.rs (record changes) files.rs config.rs
+//!   │   container/  create.rs start.rs stop.rs remove.rs status.rs exec.rs attach.rs
+//!   │               update.rs exit.rs stats.rs record.rs state.rs config.rs
+//!   │   runtime/spare.rs  the spare shim      recover.rs  restart      reaper.rs  orphans
+//!   │
+//!   ├─ records   tables of records (map, names, per-id locks) over the metadata store
+//!   ├─ shim/     the shim v2 binary (binary.rs), the task API client (client.rs), events,
+//!   │            the registry of pods' shims, the spare shim, watches of shim processes
+//!   ├─ spec/     OCI specs: typed model (oci.rs), pure builders (pause.rs, container.rs)
+//!   │            over caps.rs, resources.rs and what they need of the host (host.rs)
+//!   ├─ logs      CRI log files from container output      ├─ users   image accounts
+//!   ├─ seccomp   the default profile                      ├─ stats   cgroup usage
+//!   └─ safefile, process, registrar, session (exec/attach stdio), runsc, error
+//! ```
+//!
+//! Images, snapshots and the metadata store come from `berth-image`, network namespaces
+//! and CNI from `berth-network`; nothing here speaks gRPC or HTTP.
 #![warn(missing_docs)]
 
 pub mod container;

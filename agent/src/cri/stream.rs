@@ -99,7 +99,7 @@ fn url_status(e: UrlError) -> Status {
 fn running_container(pods: &Runtime, id: &str) -> Result<String, Status> {
     let id = pods.resolve_container(id).map_err(sandbox_status)?;
     let rec = pods.container(&id).map_err(sandbox_status)?;
-    if rec.state != berth_sandbox::container::ContainerState::Running {
+    if !rec.state.can_exec() {
         return Err(Status::failed_precondition(format!(
             "container {id} is {:?}, not running",
             rec.state
@@ -184,7 +184,7 @@ pub(crate) fn port_forward_url(
     }
     let id = pods.resolve(&req.pod_sandbox_id).map_err(sandbox_status)?;
     let rec = pods.get(&id).map_err(sandbox_status)?;
-    if rec.state != berth_sandbox::pod::PodState::Ready {
+    if !rec.state.can_host_containers() {
         return Err(Status::failed_precondition(format!(
             "pod sandbox {id} is not ready"
         )));

@@ -1,6 +1,5 @@
 //! Attach: a streaming session connected to the container's own stdio.
 
-use super::ContainerState;
 use crate::error::{Error, Result};
 use crate::runtime::Runtime;
 
@@ -11,7 +10,7 @@ impl Runtime {
     pub async fn attach(&self, id: &str, io: crate::session::SessionIo) -> Result<()> {
         let id = self.resolve_container(id)?;
         let rec = self.container(&id)?;
-        if rec.state != ContainerState::Running {
+        if !rec.state.can_exec() {
             return Err(Error::Precondition(format!(
                 "container {id} is not running; attach needs a running container"
             )));

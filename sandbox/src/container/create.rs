@@ -10,7 +10,6 @@ use super::{ContainerConfig, ContainerEventKind, ContainerRecord, ContainerState
 use crate::error::{Error, Result};
 use crate::logs::{ContainerLog, mkfifo, open_fifo_reader, open_fifo_writer};
 use crate::now_ns;
-use crate::pod::PodState;
 use crate::runtime::Runtime;
 use crate::spec::container::ContainerSpec;
 use crate::users::Accounts;
@@ -22,7 +21,7 @@ impl Runtime {
         let lock = self.pods().lock(&pod_id);
         let _g = lock.lock().await;
         let pod = self.get(&pod_id)?;
-        if pod.state != PodState::Ready {
+        if !pod.state.can_host_containers() {
             return Err(Error::Precondition(format!(
                 "pod sandbox {pod_id} is not ready; containers can only be created in a ready pod"
             )));

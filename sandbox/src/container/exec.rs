@@ -4,7 +4,6 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::ContainerState;
 use crate::error::{Error, Result};
 use crate::logs::{mkfifo, open_fifo_reader, open_fifo_writer};
 use crate::runtime::Runtime;
@@ -108,7 +107,7 @@ impl Runtime {
     ) -> Result<u32> {
         let id = self.resolve_container(id)?;
         let rec = self.container(&id)?;
-        if rec.state != ContainerState::Running {
+        if !rec.state.can_exec() {
             return Err(Error::Precondition(format!(
                 "container {id} is not running; exec needs a running container"
             )));

@@ -23,6 +23,28 @@ pub enum ContainerState {
     Unknown,
 }
 
+impl ContainerState {
+    /// StartContainer: only a created container starts.
+    pub fn can_start(self) -> bool {
+        self == ContainerState::Created
+    }
+
+    /// Exec, Attach and ReopenContainerLog: a running container.
+    pub fn can_exec(self) -> bool {
+        self == ContainerState::Running
+    }
+
+    /// UpdateContainerResources: a created or running container.
+    pub fn can_update(self) -> bool {
+        matches!(self, ContainerState::Created | ContainerState::Running)
+    }
+
+    /// RemoveContainer stops a container first unless it already exited.
+    pub fn needs_stop(self) -> bool {
+        self != ContainerState::Exited
+    }
+}
+
 /// A container as berth keeps it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ContainerRecord {
@@ -124,5 +146,29 @@ impl crate::records::Record for ContainerRecord {
     const TABLE: &'static str = TABLE;
     fn id(&self) -> &str {
         &self.id
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn what_each_state_allows() {
+        use ContainerState::*;
+        // (state, start, exec, update, needs stop)
+        let table = [
+            (Created, true, false, true, true),
+            (Running, false, true, true, true),
+            (Exited, false, false, false, false),
+            (Unknown, false, false, false, true),
+        ];
+        for (s, start, exec, update, stop) in table {
+            assert_eq!(
+                (s.can_start(), s.can_exec(), s.can_update(), s.needs_stop()),
+                (start, exec, update, stop),
+                "{s:?}"
+            );
+        }
     }
 }

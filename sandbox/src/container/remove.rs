@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use super::{ContainerEventKind, ContainerState};
+use super::ContainerEventKind;
 use crate::error::{Error, Result};
 use crate::runtime::Runtime;
 
@@ -18,7 +18,7 @@ impl Runtime {
             Err(e) => return Err(e),
         };
         let rec = self.container(&id)?;
-        if rec.state != ContainerState::Exited {
+        if rec.state.needs_stop() {
             self.stop_container(&id, Duration::ZERO).await?;
         }
         let lock = self.containers().lock(&id);

@@ -13,7 +13,7 @@ impl Runtime {
         let lock = self.containers().lock(&id);
         let _g = lock.lock().await;
         let rec = self.container(&id)?;
-        if rec.state != ContainerState::Created {
+        if !rec.state.can_start() {
             return Err(Error::Precondition(format!(
                 "container {id} is {:?}, not Created: only a created container can be started",
                 rec.state

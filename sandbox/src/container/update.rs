@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use super::{ContainerState, Resources};
+use super::Resources;
 use crate::error::{Error, Result};
 use crate::runtime::Runtime;
 
@@ -13,7 +13,7 @@ impl Runtime {
         let lock = self.containers().lock(&id);
         let _g = lock.lock().await;
         let rec = self.container(&id)?;
-        if !matches!(rec.state, ContainerState::Created | ContainerState::Running) {
+        if !rec.state.can_update() {
             return Err(Error::Precondition(format!(
                 "container {id} is not running or created; its resources cannot change"
             )));
@@ -47,7 +47,7 @@ impl Runtime {
     pub fn reopen_container_log(&self, id: &str) -> Result<()> {
         let id = self.resolve_container(id)?;
         let rec = self.container(&id)?;
-        if rec.state != ContainerState::Running {
+        if !rec.state.can_exec() {
             return Err(Error::Precondition(format!(
                 "container {id} is not running; its log cannot be reopened"
             )));

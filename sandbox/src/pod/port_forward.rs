@@ -1,6 +1,5 @@
 //! PortForward: a connection to a port on the pod's loopback.
 
-use super::PodState;
 use crate::error::{Error, Result};
 use crate::runtime::Runtime;
 
@@ -10,7 +9,7 @@ impl Runtime {
     pub async fn port_forward(&self, id: &str, port: u16) -> Result<tokio::net::TcpStream> {
         let id = self.resolve(id)?;
         let rec = self.get(&id)?;
-        if rec.state != PodState::Ready {
+        if !rec.state.can_host_containers() {
             return Err(Error::Precondition(format!(
                 "pod sandbox {id} is not ready; port forwarding needs a running pod"
             )));

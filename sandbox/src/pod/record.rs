@@ -29,6 +29,13 @@ pub enum PodState {
     NotReady,
 }
 
+impl PodState {
+    /// CreateContainer and PortForward need the pause container running.
+    pub fn can_host_containers(self) -> bool {
+        self == PodState::Ready
+    }
+}
+
 /// A pod as berth keeps it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PodRecord {
