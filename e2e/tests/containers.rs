@@ -206,6 +206,13 @@ async fn two_containers_share_localhost_and_exec_sync_reports_output_and_codes()
         exec(&env, "nope", &["true"], 1).await.unwrap_err().code(),
         Code::NotFound
     );
+    // Stopping a container that does not exist is not an error (CRI: idempotent).
+    rt.stop_container(cri::StopContainerRequest {
+        container_id: "0123456789abcdef-gone".into(),
+        timeout: 1,
+    })
+    .await
+    .unwrap();
 
     // Stop: the container ignores SIGTERM, so SIGKILL follows the 1 s timeout.
     rt.stop_container(cri::StopContainerRequest {

@@ -13,10 +13,16 @@ const SIGKILL: u32 = 9;
 impl Runtime {
     /// StopContainer: the stop signal, `timeout` to exit, then SIGKILL. Idempotent.
     pub async fn stop_container(&self, id: &str, timeout: Duration) -> Result<()> {
-        let id = self.resolve_container(id)?;
+        // A container that is gone has nothing left to stop (CRI: idempotent).
+        let id = match self.resolve_container(id) {
+            Err(Error::NotFound(_)) => return Ok(()),
+            r => r?,
+        };
         let lock = self.containers().lock(&id);
         let _g = lock.lock().await;
-        let rec = self.container(&id)?;
+        let Ok(rec) = self.container(&id) else {
+            return Ok(()); // removed while this call waited for the lock
+        };
         match rec.state {
             ContainerState::Exited => return Ok(()),
             ContainerState::Created => {

@@ -15,10 +15,16 @@ impl Runtime {
     /// StopPodSandbox: stops the pause container, tears down the network, unmounts shm.
     /// Idempotent; an unknown id is NotFound.
     pub async fn stop(&self, id: &str) -> Result<()> {
-        let id = self.resolve(id)?;
+        // A pod that is gone has nothing left to stop (CRI: idempotent).
+        let id = match self.resolve(id) {
+            Err(Error::NotFound(_)) => return Ok(()),
+            r => r?,
+        };
         let lock = self.pods.lock(&id);
         let _g = lock.lock().await;
-        let rec = self.get(&id)?;
+        let Ok(rec) = self.get(&id) else {
+            return Ok(()); // removed while this call waited for the lock
+        };
         self.stop_pod_containers(&id).await?;
         self.stop_task(&rec).await?;
         let network = rec.netns.as_ref().filter(|_| !rec.network_down);
