@@ -60,16 +60,23 @@ pub async fn env_with(extra: &str) -> PodEnv {
 /// A container of the app image running `cmd`, logging to `<name>.log`.
 pub fn ctr(name: &str, cmd: &[&str]) -> cri::ContainerConfig {
     cri::ContainerConfig {
+        log_path: format!("{name}.log"),
+        ..ctr_of(APP, name, cmd)
+    }
+}
+
+/// A container `name` of `image` running `cmd`, with no log.
+pub fn ctr_of(image: &str, name: &str, cmd: &[&str]) -> cri::ContainerConfig {
+    cri::ContainerConfig {
         metadata: Some(cri::ContainerMetadata {
             name: name.into(),
             attempt: 0,
         }),
         image: Some(cri::ImageSpec {
-            image: APP.into(),
+            image: image.into(),
             ..Default::default()
         }),
         command: cmd.iter().map(|s| s.to_string()).collect(),
-        log_path: format!("{name}.log"),
         linux: Some(cri::LinuxContainerConfig::default()),
         ..Default::default()
     }

@@ -78,19 +78,7 @@ impl Daemon {
     }
 
     fn config(name: &str) -> cri::ContainerConfig {
-        cri::ContainerConfig {
-            metadata: Some(cri::ContainerMetadata {
-                name: name.into(),
-                attempt: 0,
-            }),
-            image: Some(cri::ImageSpec {
-                image: APP.into(),
-                ..Default::default()
-            }),
-            command: vec!["sleep".into(), "3600".into()],
-            linux: Some(cri::LinuxContainerConfig::default()),
-            ..Default::default()
-        }
+        berth_e2e::apps::ctr_of(APP, name, &["sleep", "3600"])
     }
 
     /// (create + start, stop + remove)

@@ -25,18 +25,8 @@ const CALLS: usize = 300;
 
 fn container(name: &str) -> cri::ContainerConfig {
     cri::ContainerConfig {
-        metadata: Some(cri::ContainerMetadata {
-            name: name.into(),
-            attempt: 0,
-        }),
-        image: Some(cri::ImageSpec {
-            image: APP.into(),
-            ..Default::default()
-        }),
-        command: vec!["sleep".into(), "3600".into()],
         labels: [("app".to_string(), name.to_string())].into(),
-        linux: Some(cri::LinuxContainerConfig::default()),
-        ..Default::default()
+        ..berth_e2e::apps::ctr_of(APP, name, &["sleep", "3600"])
     }
 }
 
