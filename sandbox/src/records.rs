@@ -126,9 +126,7 @@ impl<R: Record> Records<R> {
     /// Stores `rec` (durably) and keeps it.
     pub(crate) fn put(&self, rec: R) -> Result<Arc<R>> {
         let _w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
-        self.db
-            .put(R::TABLE, rec.id(), &rec)
-            .map_err(Error::Image)?;
+        off_worker(|| self.db.put(R::TABLE, rec.id(), &rec)).map_err(Error::Image)?;
         let rec = Arc::new(rec);
         self.write().insert(rec.id().to_string(), rec.clone());
         Ok(rec)
@@ -138,7 +136,7 @@ impl<R: Record> Records<R> {
     /// which a restart finds and undoes; memory learns of it with [`put`](Self::put).
     pub(crate) fn persist(&self, rec: &R) -> Result<()> {
         let _w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
-        self.db.put(R::TABLE, rec.id(), rec).map_err(Error::Image)
+        off_worker(|| self.db.put(R::TABLE, rec.id(), rec)).map_err(Error::Image)
     }
 
     /// Keeps `rec` in memory only (loaded from the store, or a change a restart learns
@@ -162,7 +160,8 @@ impl<R: Record> Records<R> {
         let mut next = R::clone(&cur);
         f(&mut next);
         match durability {
-            Durability::Now => self.db.put(R::TABLE, id, &next),
+            Durability::Now => off_worker(|| self.db.put(R::TABLE, id, &next)),
+            // Not synced: no wait worth handing the worker off for.
             Durability::Soon => self.db.put_deferred(R::TABLE, id, &next),
         }
         .map_err(Error::Image)?;
@@ -183,16 +182,14 @@ impl<R: Record> Records<R> {
         f(&mut next);
         let next = Arc::new(next);
         self.write().insert(id.to_string(), next.clone());
-        self.db
-            .put(R::TABLE, id, next.as_ref())
-            .map_err(Error::Image)?;
+        off_worker(|| self.db.put(R::TABLE, id, next.as_ref())).map_err(Error::Image)?;
         Ok(Some(next))
     }
 
     /// Deletes record `id` from the store, then from memory, with its lock and its name.
     pub(crate) fn remove(&self, id: &str) -> Result<()> {
         let _w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
-        self.db.delete(R::TABLE, id).map_err(Error::Image)?;
+        off_worker(|| self.db.delete(R::TABLE, id)).map_err(Error::Image)?;
         self.forget(id);
         Ok(())
     }
@@ -202,7 +199,7 @@ impl<R: Record> Records<R> {
     pub(crate) fn remove_record(&self, id: &str) -> Result<()> {
         let _w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         self.write().remove(id);
-        self.db.delete(R::TABLE, id).map_err(Error::Image)
+        off_worker(|| self.db.delete(R::TABLE, id)).map_err(Error::Image)
     }
 
     /// Drops record `id` from memory only, with its lock and its name (a creation rolled
@@ -239,6 +236,20 @@ impl<R: Record> Records<R> {
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, Arc<R>>> {
         self.items.write().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Runs a store write (a synced commit, ~0.5 ms) so that it does not stall the async worker
+/// it is called on: on berth's multi-thread runtime, through `block_in_place`, which hands
+/// the worker's other tasks to another thread for the time the disk takes. Elsewhere (a
+/// blocking thread, a single-threaded test runtime, no runtime) it just runs.
+fn off_worker<T>(write: impl FnOnce() -> T) -> T {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(write)
+        }
+        _ => write(),
     }
 }
 
