@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Builds the kubelet of a given Kubernetes version from the Go module proxy, into a cache
+# directory, so that a second run costs nothing.
+#
+#   scripts/install-kubelet.sh [VERSION]     # default v1.34.4 (1.35+ refuse cgroup v1 hosts
+#                                            # unless told otherwise; 1.34 only warns)
+#
+# Prints the directory holding `kubelet`. k8s.io/kubernetes replaces its staging modules
+# (k8s.io/api, client-go, kubelet, cri-api, …) with directories of its own tree, so
+# `go install` refuses it; this builds it from a throwaway module that requires it and
+# points each staging module at its published release (v0.X.Y for vX.Y). The list of staging
+# modules is read from the version's own go.mod.
+set -euo pipefail
+
+version="${1:-v1.34.4}"
+cache="${BERTH_TOOLS_CACHE:-/var/cache/berth-tools}"
+out="$cache/kubelet-$version"
+if [ -x "$out/kubelet" ]; then
+    echo "$out"
+    exit 0
+fi
+command -v go >/dev/null || { echo "install-kubelet: go is not on PATH" >&2; exit 1; }
+
+export GOPATH="$cache/go"
+export GOCACHE="$cache/go-build"
+export GOFLAGS="-mod=mod"
+mkdir -p "$out" "$GOPATH" "$GOCACHE"
+staging="v0.${version#v1.}"
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+cd "$work"
+go mod init berth.invalid/kubelet >/dev/null 2>&1
+
+echo "install-kubelet: reading k8s.io/kubernetes@$version's go.mod" >&2
+gomod=$(go mod download -json "k8s.io/kubernetes@$version" | sed -n 's/.*"GoMod": "\(.*\)",*/\1/p')
+[ -n "$gomod" ] || { echo "install-kubelet: k8s.io/kubernetes@$version not served" >&2; exit 1; }
+mods=$(sed -n 's#^[[:space:]]*\(k8s\.io/[a-z0-9-]*\) => \./staging/.*#\1#p' "$gomod" | sort -u)
+[ -n "$mods" ] || { echo "install-kubelet: no staging replaces found in $gomod" >&2; exit 1; }
+go mod edit -require="k8s.io/kubernetes@$version"
+for m in $mods; do
+    go mod edit -replace="$m=$m@$staging"
+done
+cat > tools.go <<'EOF'
+//go:build tools
+
+package tools
+
+import _ "k8s.io/kubernetes/cmd/kubelet"
+EOF
+go mod tidy >&2
+echo "install-kubelet: building kubelet $version" >&2
+go build -o "$out/kubelet" k8s.io/kubernetes/cmd/kubelet
+echo "$out"
