@@ -49,5 +49,10 @@ import _ "k8s.io/kubernetes/cmd/kubelet"
 EOF
 go mod tidy >&2
 echo "install-kubelet: building kubelet $version" >&2
-go build -o "$out/kubelet" k8s.io/kubernetes/cmd/kubelet
+# The version a release build stamps in (kubelet --version, the node's kubeletVersion).
+minor="${version#v1.}"
+minor="${minor%%.*}"
+v=k8s.io/component-base/version
+go build -ldflags "-X $v.gitVersion=$version -X $v.gitMajor=1 -X $v.gitMinor=$minor" \
+    -o "$out/kubelet" k8s.io/kubernetes/cmd/kubelet
 echo "$out"
