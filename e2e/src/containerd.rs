@@ -171,9 +171,37 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
     }
 }
 
+impl Containerd {
+    /// The shims this containerd started that outlive it (a SIGKILLed containerd, or pods
+    /// its clean-up did not reach): each names this daemon's socket as its `-address`.
+    fn leftover_shims(&self) -> Vec<u32> {
+        let sock = self.dir.join("containerd.sock");
+        let sock = sock.to_string_lossy();
+        let Ok(rd) = std::fs::read_dir("/proc") else {
+            return vec![];
+        };
+        rd.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|pid| {
+                let Ok(c) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+                    return false;
+                };
+                let args: Vec<&[u8]> = c.split(|b| *b == 0).collect();
+                args.first()
+                    .is_some_and(|a| a.ends_with(b"containerd-shim-runc-v2"))
+                    && args
+                        .windows(2)
+                        .any(|w| w[0] == b"-address" && w[1] == sock.as_bytes())
+            })
+            .collect()
+    }
+}
+
 impl Drop for Containerd {
     fn drop(&mut self) {
         self.stop();
+        for pid in self.leftover_shims() {
+            crate::signal(pid, libc::SIGKILL);
+        }
         crate::unmount_under(&self.dir);
         let _ = std::fs::remove_dir_all(&self.dir);
     }
