@@ -36,19 +36,21 @@ impl Runtime {
                 })
             }),
         };
-        // cgroup files and, at most once per TTL, a walk of the writable layer: files, on a
-        // blocking thread.
-        let (cg, walked) = tokio::task::spawn_blocking(move || {
-            let cg =
-                cgroup.and_then(|p| crate::stats::cgroup_usage(Path::new("/sys/fs/cgroup"), &p));
-            (cg, upper.map(|u| crate::stats::dir_usage(&u)))
-        })
-        .await
-        .map_err(|e| Error::io("measure a container", std::io::Error::other(e)))?;
-        let layer = match (cached, walked) {
+        // The cgroup's counters are a few small kernel files, read in place (as before this
+        // call was async); the writable layer's walk, at most once per TTL, can be any number
+        // of files: a blocking thread does it.
+        let cg = cgroup.and_then(|p| crate::stats::cgroup_usage(Path::new("/sys/fs/cgroup"), &p));
+        let layer = match (cached, upper) {
             (Some(layer), _) => layer,
-            (None, walked) => {
-                let layer = walked.unwrap_or((0, 0));
+            (None, upper) => {
+                let layer = match upper {
+                    Some(u) => tokio::task::spawn_blocking(move || crate::stats::dir_usage(&u))
+                        .await
+                        .map_err(|e| {
+                            Error::io("measure a writable layer", std::io::Error::other(e))
+                        })?,
+                    None => (0, 0),
+                };
                 self.layer_usage()
                     .insert(id.to_string(), (std::time::Instant::now(), layer));
                 layer
