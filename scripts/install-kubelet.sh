@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# Builds the kubelet of a given Kubernetes version from the Go module proxy, into a cache
-# directory, so that a second run costs nothing.
+# Builds the kubelet (and kubectl, which the DaemonSet image ships) of a given Kubernetes
+# version from the Go module proxy, into a cache directory, so that a second run costs
+# nothing.
 #
 #   scripts/install-kubelet.sh [VERSION]     # default v1.34.4 (1.35+ refuse cgroup v1 hosts
 #                                            # unless told otherwise; 1.34 only warns)
 #
-# Prints the directory holding `kubelet`. k8s.io/kubernetes replaces its staging modules
+# Prints the directory holding `kubelet` and `kubectl`. k8s.io/kubernetes replaces its staging modules
 # (k8s.io/api, client-go, kubelet, cri-api, …) with directories of its own tree, so
 # `go install` refuses it; this builds it from a throwaway module that requires it and
 # points each staging module at its published release (v0.X.Y for vX.Y). The list of staging
@@ -15,7 +16,7 @@ set -euo pipefail
 version="${1:-v1.34.4}"
 cache="${BERTH_TOOLS_CACHE:-/var/cache/berth-tools}"
 out="$cache/kubelet-$version"
-if [ -x "$out/kubelet" ]; then
+if [ -x "$out/kubelet" ] && [ -x "$out/kubectl" ]; then
     echo "$out"
     exit 0
 fi
@@ -45,14 +46,19 @@ cat > tools.go <<'EOF'
 
 package tools
 
-import _ "k8s.io/kubernetes/cmd/kubelet"
+import (
+	_ "k8s.io/kubernetes/cmd/kubectl"
+	_ "k8s.io/kubernetes/cmd/kubelet"
+)
 EOF
 go mod tidy >&2
-echo "install-kubelet: building kubelet $version" >&2
+echo "install-kubelet: building kubelet and kubectl $version" >&2
 # The version a release build stamps in (kubelet --version, the node's kubeletVersion).
 minor="${version#v1.}"
 minor="${minor%%.*}"
 v=k8s.io/component-base/version
-go build -ldflags "-X $v.gitVersion=$version -X $v.gitMajor=1 -X $v.gitMinor=$minor" \
-    -o "$out/kubelet" k8s.io/kubernetes/cmd/kubelet
+for cmd in kubelet kubectl; do
+    go build -ldflags "-X $v.gitVersion=$version -X $v.gitMajor=1 -X $v.gitMinor=$minor" \
+        -o "$out/$cmd" "k8s.io/kubernetes/cmd/$cmd"
+done
 echo "$out"

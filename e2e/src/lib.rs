@@ -10,6 +10,7 @@ pub mod berth;
 pub mod containerd;
 pub mod faults;
 pub mod image;
+pub mod kubelet;
 pub mod net;
 pub mod pods;
 pub mod proxy;

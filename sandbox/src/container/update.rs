@@ -21,7 +21,9 @@ impl Runtime {
         let s = self.shim_of(&rec.pod_id).ok_or_else(|| {
             Error::Precondition(format!("the pod of container {id} has no running shim"))
         })?;
-        let mut res = crate::spec::resources::linux_resources(r);
+        use crate::spec::host::Host as _;
+        let mut res =
+            crate::spec::resources::linux_resources(r, crate::spec::host::RealHost.hugetlb());
         // Keep the device rules the container was created with.
         res.devices = rec
             .spec

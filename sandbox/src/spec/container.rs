@@ -83,7 +83,7 @@ impl ContainerSpec<'_> {
             devices.push(dev);
             rules.push(rule);
         }
-        let mut resources = super::resources::linux_resources(&c.resources);
+        let mut resources = super::resources::linux_resources(&c.resources, host.hugetlb());
         resources.devices = rules;
         let unprivileged = !sec.privileged;
         let seccomp = match &sec.seccomp {

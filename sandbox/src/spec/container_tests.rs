@@ -19,6 +19,9 @@ struct FakeHost {
 }
 
 impl Host for FakeHost {
+    fn hugetlb(&self) -> bool {
+        true
+    }
     fn mount_source(&self, path: &str) -> Result<PathBuf> {
         Ok(PathBuf::from(path))
     }

@@ -28,6 +28,11 @@ pub trait Host {
     /// The host's device nodes under `/dev` (what a privileged container gets), but for
     /// the terminal ones (`/dev/console`, `/dev/ptmx`, `/dev/tty`): the container has its own.
     fn devices(&self) -> Vec<Device>;
+    /// Whether the hugetlb cgroup controller is there. Where it is not (a cgroup v1 host
+    /// that does not mount it), hugepage limits are left out, as containerd leaves them out
+    /// (`tolerate_missing_hugetlb_controller`): the kubelet sends a limit of 0 for every page
+    /// size, and runc fails a container whose limit it cannot write.
+    fn hugetlb(&self) -> bool;
 }
 
 /// The machine berth runs on.
@@ -35,6 +40,15 @@ pub trait Host {
 pub struct RealHost;
 
 impl Host for RealHost {
+    fn hugetlb(&self) -> bool {
+        static PRESENT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *PRESENT.get_or_init(|| {
+            let v2 = std::fs::read_to_string("/sys/fs/cgroup/cgroup.controllers").ok();
+            let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+            hugetlb_in(v2.as_deref(), &own)
+        })
+    }
+
     fn mount_source(&self, path: &str) -> Result<PathBuf> {
         let src = Path::new(path);
         if !src.exists() {
@@ -73,6 +87,20 @@ impl Host for RealHost {
             }
         }
         out
+    }
+}
+
+/// Whether the hugetlb controller is available: listed in the unified hierarchy's
+/// `cgroup.controllers` (`v2`, when the host has one at /sys/fs/cgroup), else mounted as a v1
+/// hierarchy this process belongs to (a `/proc/self/cgroup` line `N:…hugetlb…:/path`).
+fn hugetlb_in(v2: Option<&str>, own: &str) -> bool {
+    match v2 {
+        Some(controllers) => controllers.split_whitespace().any(|c| c == "hugetlb"),
+        None => own.lines().any(|l| {
+            l.split(':')
+                .nth(1)
+                .is_some_and(|cs| cs.split(',').any(|c| c == "hugetlb"))
+        }),
     }
 }
 
@@ -123,6 +151,20 @@ fn propagation_in(mountinfo: &str, path: &Path) -> Option<MountPropagation> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hugetlb_is_there_when_the_host_mounts_or_lists_it() {
+        // This machine's kind: cgroup v1 without a hugetlb hierarchy.
+        let v1_without = "12:pids:/\n11:cpu,cpuacct:/\n10:memory:/x\n1:name=systemd:/\n0::/\n";
+        assert!(!hugetlb_in(None, v1_without));
+        assert!(hugetlb_in(None, "5:hugetlb:/\n4:memory:/\n"));
+        assert!(hugetlb_in(None, "5:perf_event,hugetlb:/\n"));
+        assert!(hugetlb_in(Some("cpuset cpu io memory hugetlb pids\n"), ""));
+        assert!(!hugetlb_in(
+            Some("cpuset cpu io memory pids\n"),
+            "5:hugetlb:/\n"
+        ));
+    }
 
     #[test]
     fn the_longest_and_latest_mount_point_decides() {

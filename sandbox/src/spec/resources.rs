@@ -6,8 +6,9 @@ use super::oci::{Cpu, HugepageLimit, Memory};
 use crate::container::Resources as Asked;
 
 /// The OCI resources for `r`, without device rules (those come from the container's
-/// devices and privilege, and an update keeps them).
-pub fn linux_resources(r: &Asked) -> super::oci::Resources {
+/// devices and privilege, and an update keeps them), and without hugepage limits unless
+/// `hugetlb` (the controller is there: [`super::host::Host::hugetlb`]).
+pub fn linux_resources(r: &Asked, hugetlb: bool) -> super::oci::Resources {
     let positive = |v: i64| (v > 0).then_some(v);
     let text = |s: &str| (!s.is_empty()).then(|| s.to_string());
     let cpu = Cpu {
@@ -28,6 +29,7 @@ pub fn linux_resources(r: &Asked) -> super::oci::Resources {
         hugepage_limits: r
             .hugepage_limits
             .iter()
+            .filter(|_| hugetlb)
             .map(|(size, limit)| HugepageLimit {
                 page_size: size.clone(),
                 limit: *limit,
@@ -43,9 +45,9 @@ mod tests {
 
     #[test]
     fn what_the_kubelet_left_at_zero_is_not_set() {
-        let none = linux_resources(&Asked::default());
+        let none = linux_resources(&Asked::default(), true);
         assert_eq!(none, super::super::oci::Resources::default());
-        let r = linux_resources(&Asked {
+        let asked = Asked {
             cpu_shares: 512,
             cpu_quota: -1,
             cpu_period: 100_000,
@@ -54,7 +56,8 @@ mod tests {
             hugepage_limits: vec![("2MB".into(), 0)],
             unified: [("memory.high".to_string(), "max".to_string())].into(),
             ..Default::default()
-        });
+        };
+        let r = linux_resources(&asked, true);
         let cpu = r.cpu.unwrap();
         assert_eq!(
             (
@@ -69,5 +72,7 @@ mod tests {
         assert_eq!(r.memory.unwrap().limit, Some(64 << 20));
         assert_eq!(r.hugepage_limits[0].page_size, "2MB");
         assert_eq!(r.unified["memory.high"], "max");
+        // Without the controller, no hugepage limit (runc could not write it).
+        assert!(linux_resources(&asked, false).hugepage_limits.is_empty());
     }
 }

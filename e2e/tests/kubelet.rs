@@ -1,0 +1,361 @@
+//! A real kubelet (standalone, static pods) drives a real berth: what a node does, checked
+//! through the kubelet's own API (`/pods`, `/containerLogs`, `/run`, `/stats/summary`,
+//! `/healthz`) and through berth over CRI.
+//!
+//! Needs the kubelet built by `scripts/install-kubelet.sh` (the test command builds it).
+
+use std::time::Duration;
+
+use berth_cri_api::v1 as cri;
+use berth_e2e::apps::APP;
+use berth_e2e::kubelet::{KubeletEnv, KubeletOptions};
+use serde_json::{Value, json};
+
+/// How long a pod may take to converge (the kubelet's sync loop, probes, image pulls from the
+/// local registry).
+const CONVERGE: Duration = Duration::from_secs(90);
+
+/// A static pod manifest: `containers` with `spec` merged in.
+fn pod(name: &str, containers: Value, spec: Value) -> Value {
+    let mut p = json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {
+            "containers": containers,
+            // No cluster DNS here: the node's resolv.conf, without the kubelet's warning.
+            "dnsPolicy": "Default",
+            "terminationGracePeriodSeconds": 2,
+        },
+    });
+    if let (Some(dst), Some(src)) = (p["spec"].as_object_mut(), spec.as_object()) {
+        for (k, v) in src {
+            dst.insert(k.clone(), v.clone());
+        }
+    }
+    p
+}
+
+/// A container of the app image running `sh -c script`.
+fn sh(name: &str, script: &str) -> Value {
+    json!({
+        "name": name,
+        "image": APP,
+        "imagePullPolicy": "IfNotPresent",
+        "command": ["/bin/sh", "-c", script],
+    })
+}
+
+fn phase(p: &Value) -> &str {
+    p["status"]["phase"].as_str().unwrap_or("")
+}
+
+/// The status of container `name` in pod `p`.
+fn ctr_status<'a>(p: &'a Value, name: &str) -> &'a Value {
+    p["status"]["containerStatuses"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["name"] == name))
+        .unwrap_or(&Value::Null)
+}
+
+fn all_ready(p: &Value) -> bool {
+    phase(p) == "Running"
+        && p["status"]["containerStatuses"]
+            .as_array()
+            .is_some_and(|cs| !cs.is_empty() && cs.iter().all(|c| c["ready"] == true))
+}
+
+/// berth's pods over CRI whose metadata name is `full` (the kubelet's pod name).
+async fn berth_pods(env: &KubeletEnv, full: &str) -> Vec<cri::PodSandbox> {
+    env.env()
+        .list(None)
+        .await
+        .into_iter()
+        .filter(|p| p.metadata.as_ref().is_some_and(|m| m.name == full))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_two_container_pod_runs_serves_its_ip_and_is_removed_with_its_manifest() {
+    let env = KubeletEnv::start(KubeletOptions::default()).await.unwrap();
+    let k = &env.kubelet;
+    let log_from = k.log().len();
+    let server = json!({
+        "name": "server",
+        "image": APP,
+        "imagePullPolicy": "IfNotPresent",
+        "command": ["httpd", "-f", "-p", "8080", "-h", "/www"],
+        "readinessProbe": {
+            "httpGet": {"path": "/index.html", "port": 8080},
+            "periodSeconds": 1,
+        },
+    });
+    let client = sh(
+        "client",
+        "while true; do wget -q -O /tmp/got http://127.0.0.1:8080/index.html && echo fetched; sleep 1; done",
+    );
+    k.add_pod(&pod("web", json!([server, client]), json!({})))
+        .unwrap();
+    let p = k
+        .wait_pod("web", CONVERGE, "running and ready", all_ready)
+        .await
+        .unwrap();
+
+    // The pod IP answers from the host.
+    let ip = p["status"]["podIP"].as_str().expect("podIP").to_string();
+    assert!(
+        ip.starts_with(&format!("{}.", env.env().net.prefix)),
+        "pod IP {ip} is not on the test network {}",
+        env.env().net.prefix
+    );
+    let body = reqwest::get(format!("http://{ip}:8080/index.html"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(body, "hello over localhost\n");
+
+    // The client reached the server on 127.0.0.1: its log (through the kubelet) and its
+    // file (read by an exec through the kubelet) say so.
+    let mut logs = String::new();
+    for _ in 0..40 {
+        logs = k.container_logs("web", "client", "").await.unwrap();
+        if logs.contains("fetched") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(logs.contains("fetched"), "client log: {logs:?}");
+    let got = k.run_in("web", "client", "cat /tmp/got").await.unwrap();
+    assert_eq!(got, "hello over localhost\n");
+
+    // berth's view: one ready sandbox named as the kubelet names it.
+    let full = k.pod_name("web");
+    let pods = berth_pods(&env, &full).await;
+    assert_eq!(pods.len(), 1, "{pods:?}");
+    assert_eq!(pods[0].state, cri::PodSandboxState::SandboxReady as i32);
+    assert_eq!(pods[0].metadata.as_ref().unwrap().namespace, "default");
+
+    // Removing the manifest removes the pod: containers stopped, sandbox removed, nothing
+    // left behind.
+    k.remove_pod("web").unwrap();
+    let mut gone = false;
+    for _ in 0..(CONVERGE.as_secs() * 4) {
+        if berth_pods(&env, &full).await.is_empty() {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(gone, "berth still has pod {full}");
+    env.env().assert_clean();
+    let errors = k.runtime_errors_since(log_from);
+    assert!(
+        errors.is_empty(),
+        "the kubelet logged runtime errors:\n{}",
+        errors.join("\n")
+    );
+}
+
+/// The container id of a container status (`<runtime>://<id>`).
+fn ctr_id(status: &Value) -> String {
+    let id = status["containerID"].as_str().unwrap_or("");
+    id.rsplit("://").next().unwrap_or("").to_string()
+}
+
+fn restarts(p: &Value, name: &str) -> u64 {
+    ctr_status(p, name)["restartCount"].as_u64().unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn probes_and_restart_policies_are_carried_out() {
+    let env = KubeletEnv::start(KubeletOptions::default()).await.unwrap();
+    let k = &env.kubelet;
+    let log_from = k.log().len();
+
+    // An exec liveness probe that starts failing after 3 s: the kubelet kills the container
+    // and starts attempt 1. A readiness probe (exec) gates readiness.
+    let mut live = sh(
+        "live",
+        "touch /tmp/healthy; sleep 3; rm /tmp/healthy; exec sleep 3600",
+    );
+    live["livenessProbe"] = json!({
+        "exec": {"command": ["cat", "/tmp/healthy"]},
+        "periodSeconds": 1,
+        "failureThreshold": 1,
+    });
+    live["readinessProbe"] = json!({
+        "exec": {"command": ["true"]},
+        "periodSeconds": 1,
+    });
+    k.add_pod(&pod("probe", json!([live]), json!({}))).unwrap();
+
+    // OnFailure: exit 1 is restarted, exit 0 is not.
+    k.add_pod(&pod(
+        "onfail",
+        json!([sh("fails", "sleep 1; exit 1"), sh("succeeds", "exit 0")]),
+        json!({"restartPolicy": "OnFailure"}),
+    ))
+    .unwrap();
+    // Never: left exited.
+    k.add_pod(&pod(
+        "never",
+        json!([sh("once", "exit 3")]),
+        json!({"restartPolicy": "Never"}),
+    ))
+    .unwrap();
+
+    let p = k
+        .wait_pod("probe", CONVERGE, "restarted by its liveness probe", |p| {
+            restarts(p, "live") >= 1
+        })
+        .await
+        .unwrap();
+    let last = &ctr_status(&p, "live")["lastState"]["terminated"];
+    assert!(last.is_object(), "no lastState.terminated: {p}");
+    // berth holds attempt 1 of the container.
+    let full = k.pod_name("probe");
+    let mut rt = env.env().cri.runtime.clone();
+    let ctrs = rt
+        .list_containers(cri::ListContainersRequest {
+            filter: Some(cri::ContainerFilter {
+                label_selector: [("io.kubernetes.pod.name".to_string(), full.clone())].into(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .containers;
+    assert!(
+        ctrs.iter()
+            .any(|c| c.metadata.as_ref().is_some_and(|m| m.attempt >= 1)),
+        "no attempt 1 in berth: {ctrs:?}"
+    );
+    k.wait_pod("probe", CONVERGE, "ready again", all_ready)
+        .await
+        .unwrap();
+
+    let p = k
+        .wait_pod("onfail", CONVERGE, "restarting `fails`", |p| {
+            restarts(p, "fails") >= 1
+                && ctr_status(p, "succeeds")["state"]["terminated"]["exitCode"] == 0
+        })
+        .await
+        .unwrap();
+    assert_eq!(restarts(&p, "succeeds"), 0, "{p}");
+    assert_eq!(
+        ctr_status(&p, "succeeds")["state"]["terminated"]["reason"],
+        "Completed"
+    );
+
+    let p = k
+        .wait_pod("never", CONVERGE, "failed", |p| phase(p) == "Failed")
+        .await
+        .unwrap();
+    let once = ctr_status(&p, "once");
+    assert_eq!(once["restartCount"], 0, "{p}");
+    assert_eq!(once["state"]["terminated"]["exitCode"], 3, "{p}");
+    assert_eq!(once["state"]["terminated"]["reason"], "Error", "{p}");
+
+    let errors = k.runtime_errors_since(log_from);
+    assert!(
+        errors.is_empty(),
+        "the kubelet logged runtime errors:\n{}",
+        errors.join("\n")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn init_containers_run_in_order_before_the_app() {
+    let env = KubeletEnv::start(KubeletOptions::default()).await.unwrap();
+    let k = &env.kubelet;
+    let mount = json!([{"name": "work", "mountPath": "/work"}]);
+    let mut init1 = sh("init1", "echo one >> /work/order");
+    init1["volumeMounts"] = mount.clone();
+    let mut init2 = sh("init2", "test -f /work/order && echo two >> /work/order");
+    init2["volumeMounts"] = mount.clone();
+    let mut app = sh("app", "cat /work/order; exec sleep 3600");
+    app["volumeMounts"] = mount;
+    k.add_pod(&pod(
+        "init",
+        json!([app]),
+        json!({
+            "initContainers": [init1, init2],
+            "volumes": [{"name": "work", "emptyDir": {}}],
+        }),
+    ))
+    .unwrap();
+    let p = k
+        .wait_pod("init", CONVERGE, "running", all_ready)
+        .await
+        .unwrap();
+    let inits = p["status"]["initContainerStatuses"].as_array().unwrap();
+    assert_eq!(inits.len(), 2, "{p}");
+    for i in inits {
+        assert_eq!(i["state"]["terminated"]["reason"], "Completed", "{p}");
+    }
+    let logs = k.container_logs("init", "app", "").await.unwrap();
+    assert_eq!(logs, "one\ntwo\n");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn resources_become_cgroup_values_and_a_memory_breach_is_oomkilled() {
+    let env = KubeletEnv::start(KubeletOptions::default()).await.unwrap();
+    let k = &env.kubelet;
+    let log_from = k.log().len();
+    let mut limited = sh("limited", "exec sleep 3600");
+    limited["resources"] = json!({
+        "requests": {"cpu": "100m", "memory": "32Mi"},
+        "limits": {"cpu": "200m", "memory": "64Mi"},
+    });
+    k.add_pod(&pod("res", json!([limited]), json!({}))).unwrap();
+    // A shell that holds 200 MB in a variable, under a 32 MiB limit.
+    let mut hog = sh(
+        "hog",
+        "x=$(head -c 200000000 /dev/zero | tr '\\0' a); echo survived",
+    );
+    hog["resources"] = json!({"limits": {"memory": "32Mi"}});
+    k.add_pod(&pod("oom", json!([hog]), json!({"restartPolicy": "Never"})))
+        .unwrap();
+
+    let p = k
+        .wait_pod("res", CONVERGE, "running", all_ready)
+        .await
+        .unwrap();
+    assert_eq!(p["status"]["qosClass"], "Burstable");
+    let uid = p["metadata"]["uid"].as_str().unwrap();
+    let id = ctr_id(ctr_status(&p, "limited"));
+    let read = |h: &str, file: &str| -> String {
+        let path = k.pod_cgroup(h, "burstable", uid).join(&id).join(file);
+        std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
+            .trim()
+            .to_string()
+    };
+    assert_eq!(
+        read("memory", "memory.limit_in_bytes"),
+        (64u64 << 20).to_string()
+    );
+    assert_eq!(read("cpu", "cpu.cfs_quota_us"), "20000");
+    assert_eq!(read("cpu", "cpu.cfs_period_us"), "100000");
+    assert_eq!(read("cpu", "cpu.shares"), "102");
+
+    let p = k
+        .wait_pod("oom", CONVERGE, "terminated", |p| {
+            ctr_status(p, "hog")["state"]["terminated"].is_object()
+        })
+        .await
+        .unwrap();
+    let t = &ctr_status(&p, "hog")["state"]["terminated"];
+    assert_eq!(t["reason"], "OOMKilled", "{p}");
+    assert_eq!(t["exitCode"], 137, "{p}");
+
+    let errors = k.runtime_errors_since(log_from);
+    assert!(
+        errors.is_empty(),
+        "the kubelet logged runtime errors:\n{}",
+        errors.join("\n")
+    );
+}
