@@ -41,6 +41,11 @@ pub struct KubeletOptions {
     pub config: String,
     /// Feature gates turned on.
     pub feature_gates: Vec<&'static str>,
+    /// `--v` (default 2).
+    pub verbosity: Option<u8>,
+    /// The `evictionHard` thresholds, as YAML lines under it (default: memory 100Mi, 1% of
+    /// the filesystems and their inodes, so that a busy test machine does not evict).
+    pub eviction_hard: Option<String>,
 }
 
 /// A berth ready to run pods ([`PodEnv`], the app image pulled) and a kubelet pointed at it.
@@ -128,6 +133,7 @@ pub struct Kubelet {
     pub cgroup_root: String,
     config: PathBuf,
     http: reqwest::Client,
+    verbosity: u8,
 }
 
 /// The cgroup v1 hierarchies mounted under /sys/fs/cgroup (a v2 host has one, "unified").
@@ -261,11 +267,7 @@ authentication:
 authorization:
   mode: AlwaysAllow
 evictionHard:
-  memory.available: 100Mi
-  nodefs.available: 1%
-  imagefs.available: 1%
-  nodefs.inodesFree: 1%
-imageMinimumGCAge: 0s
+{eviction}
 featureGates:
 {gates_or_empty}
 {extra}
@@ -279,6 +281,9 @@ featureGates:
                     gates
                 },
                 extra = opts.config,
+                eviction = opts.eviction_hard.as_deref().unwrap_or(
+                    "  memory.available: 100Mi\n  nodefs.available: 1%\n  imagefs.available: 1%\n  nodefs.inodesFree: 1%"
+                ),
             )
             .replace("featureGates:\n  {}", "featureGates: {}"),
         )?;
@@ -298,6 +303,7 @@ featureGates:
             config,
             http,
             dir,
+            verbosity: opts.verbosity.unwrap_or(2),
         };
         if let Err(e) = k.launch() {
             k.kill();
@@ -323,7 +329,7 @@ featureGates:
             .arg(self.dir.path().join("pki"))
             .arg("--hostname-override")
             .arg(&self.node)
-            .arg("--v=2")
+            .arg(format!("--v={}", self.verbosity))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)

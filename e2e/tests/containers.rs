@@ -363,17 +363,33 @@ async fn logs_rotate_reopen_and_keep_flowing_across_a_berth_crash() {
     .unwrap();
     start(&env, &id).await;
     let log = logs.path().join("ticker.log");
+    // Rotated files are named as the kubelet names its own: ticker.log.<YYYYMMDD-hhmmss>.
+    let rotated = || berth_sandbox::logs::rotated_logs(&log);
     assert!(
-        wait_until(Duration::from_secs(20), || logs
-            .path()
-            .join("ticker.log.2")
-            .exists()),
+        wait_until(Duration::from_secs(20), || rotated().len() == 2),
         "no rotation"
     );
     let size = std::fs::metadata(&log).unwrap().len();
     assert!(size <= 8192, "live log {size} bytes");
-    assert!(!logs.path().join("ticker.log.3").exists());
-    let lines = log_lines(&logs.path().join("ticker.log.1"));
+    // Let it rotate a few times more: never more than max_files - 1 rotated files.
+    // (A rotation renames, then prunes: a glance between the two sees three.)
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        wait_until(Duration::from_secs(2), || rotated().len() == 2),
+        "{:?}",
+        rotated()
+    );
+    let now = rotated();
+    assert!(
+        now.iter().all(|p| p
+            .to_str()
+            .unwrap()
+            .split("ticker.log.")
+            .nth(1)
+            .is_some_and(|s| s.as_bytes().get(8) == Some(&b'-'))),
+        "{now:?}"
+    );
+    let lines = log_lines(&now[1]);
     let re_ok = lines.iter().all(|l| {
         let f: Vec<&str> = l.splitn(4, ' ').collect();
         f.len() == 4 && f[0].ends_with('Z') && (f[1] == "stdout" || f[1] == "stderr") && f[2] == "F"
@@ -383,8 +399,9 @@ async fn logs_rotate_reopen_and_keep_flowing_across_a_berth_crash() {
 
     // ReopenContainerLog after the kubelet moved the file away.
     std::fs::rename(&log, logs.path().join("moved")).unwrap();
-    std::fs::remove_file(logs.path().join("ticker.log.1")).unwrap();
-    std::fs::remove_file(logs.path().join("ticker.log.2")).unwrap();
+    for r in rotated() {
+        let _ = std::fs::remove_file(r);
+    }
     env.cri
         .runtime
         .clone()

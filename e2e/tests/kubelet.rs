@@ -130,6 +130,30 @@ async fn a_two_container_pod_runs_serves_its_ip_and_is_removed_with_its_manifest
     let got = k.run_in("web", "client", "cat /tmp/got").await.unwrap();
     assert_eq!(got, "hello over localhost\n");
 
+    // The kubelet's stats summary has both containers, with the usage berth reports.
+    let mut summary = Value::Null;
+    let mut found = false;
+    for _ in 0..60 {
+        summary = k.get_json("/stats/summary").await.unwrap();
+        let pods = summary["pods"].as_array().cloned().unwrap_or_default();
+        found = pods
+            .iter()
+            .find(|p| p["podRef"]["name"] == k.pod_name("web").as_str())
+            .is_some_and(|p| {
+                let cs = p["containers"].as_array().cloned().unwrap_or_default();
+                cs.len() == 2
+                    && cs.iter().all(|c| {
+                        c["memory"]["workingSetBytes"].as_u64().unwrap_or(0) > 0
+                            && c["cpu"]["usageCoreNanoSeconds"].as_u64().unwrap_or(0) > 0
+                    })
+            });
+        if found {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(found, "no stats for web's containers: {summary}");
+
     // berth's view: one ready sandbox named as the kubelet names it.
     let full = k.pod_name("web");
     let pods = berth_pods(&env, &full).await;
@@ -352,6 +376,318 @@ async fn resources_become_cgroup_values_and_a_memory_breach_is_oomkilled() {
     assert_eq!(t["reason"], "OOMKilled", "{p}");
     assert_eq!(t["exitCode"], 137, "{p}");
 
+    let errors = k.runtime_errors_since(log_from);
+    assert!(
+        errors.is_empty(),
+        "the kubelet logged runtime errors:\n{}",
+        errors.join("\n")
+    );
+}
+
+/// The number at the end of the last line of `logs` (`<word> <n>`).
+fn last_number(logs: &str) -> Option<u64> {
+    logs.lines().last()?.rsplit(' ').next()?.parse().ok()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn logs_flow_through_the_kubelet_after_berth_and_the_kubelet_rotate_them() {
+    // berth rotates at 16 KiB; the kubelet at 4 KiB, every 3 s (ReopenContainerLog).
+    let env = KubeletEnv::start_with(
+        "[runtime]\ncontainer_log_max_size = 16384\ncontainer_log_max_files = 3\n",
+        KubeletOptions {
+            config: "containerLogMaxSize: 4Ki\ncontainerLogMaxFiles: 3\ncontainerLogMonitorInterval: 3s\n"
+                .into(),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let k = &env.kubelet;
+    let log_from = k.log().len();
+    // ~1 KiB/s: only the kubelet rotates it. ~40 KiB/s: berth rotates it, several times a
+    // second, and the kubelet finds berth's rotated files beside its own.
+    let slow = sh(
+        "slow",
+        "i=0; while true; do echo slow $i; i=$((i+1)); sleep 0.05; done",
+    );
+    let fast = sh(
+        "fast",
+        "pad=$(head -c 300 /dev/zero | tr '\\0' x); i=0; while true; do echo $pad fast $i; i=$((i+1)); sleep 0.01; done",
+    );
+    k.add_pod(&pod("chatty", json!([slow, fast]), json!({})))
+        .unwrap();
+    let p = k
+        .wait_pod("chatty", CONVERGE, "running", all_ready)
+        .await
+        .unwrap();
+    let uid = p["metadata"]["uid"].as_str().unwrap();
+    let dir = k
+        .pod_logs
+        .join(format!("default_{}_{uid}", k.pod_name("chatty")));
+    let rotated = |ctr: &str| berth_sandbox::logs::rotated_logs(&dir.join(ctr).join("0.log"));
+
+    // The kubelet rotated `slow` (berth never would at this rate): the live file starts
+    // past line 0, and the kubelet still reads new lines from it.
+    let ok = berth_e2e::wait_until(Duration::from_secs(40), || !rotated("slow").is_empty());
+    assert!(
+        ok,
+        "the kubelet did not rotate slow's log: {:?}",
+        rotated("slow")
+    );
+    // (Right after a rotation the live file may be empty for a moment.)
+    let mut a = None;
+    for _ in 0..20 {
+        a = last_number(
+            &k.container_logs("chatty", "slow", "tailLines=1")
+                .await
+                .unwrap(),
+        );
+        if a.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let b = last_number(
+        &k.container_logs("chatty", "slow", "tailLines=1")
+            .await
+            .unwrap(),
+    );
+    assert!(
+        a.is_some() && b > a,
+        "slow's log stopped after rotation: {a:?} then {b:?}"
+    );
+    let live = std::fs::read_to_string(dir.join("slow/0.log")).unwrap();
+    let first = live
+        .lines()
+        .next()
+        .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok());
+    assert!(
+        first > Some(0),
+        "slow's live log was not reopened: starts {first:?}"
+    );
+
+    // berth rotated `fast`; the kubelet reads on, and the rotated files are kept to the
+    // kubelet's count (containerLogMaxFiles 3: two rotated ones, compressed or not, and
+    // one the kubelet may be compressing).
+    let ok = berth_e2e::wait_until(Duration::from_secs(20), || rotated("fast").len() >= 2);
+    assert!(ok, "fast's log was not rotated: {:?}", rotated("fast"));
+    let a = last_number(
+        &k.container_logs("chatty", "fast", "tailLines=1")
+            .await
+            .unwrap(),
+    );
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let b = last_number(
+        &k.container_logs("chatty", "fast", "tailLines=1")
+            .await
+            .unwrap(),
+    );
+    assert!(a.is_some() && b > a, "fast's log stopped: {a:?} then {b:?}");
+    let files = rotated("fast");
+    assert!(files.len() <= 3, "rotated files pile up: {files:?}");
+
+    let errors = k.runtime_errors_since(log_from);
+    assert!(
+        errors.is_empty(),
+        "the kubelet logged runtime errors:\n{}",
+        errors.join("\n")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_berth_killed_and_restarted_under_the_kubelet_keeps_its_pods() {
+    let mut env = KubeletEnv::start(KubeletOptions::default()).await.unwrap();
+    let web = json!({
+        "name": "server",
+        "image": APP,
+        "imagePullPolicy": "IfNotPresent",
+        "command": ["httpd", "-f", "-p", "8080", "-h", "/www"],
+    });
+    env.kubelet
+        .add_pod(&pod("steady", json!([web]), json!({})))
+        .unwrap();
+    let before = env
+        .kubelet
+        .wait_pod("steady", CONVERGE, "running", all_ready)
+        .await
+        .unwrap();
+    let full = env.kubelet.pod_name("steady");
+    let sandboxes = berth_pods(&env, &full).await;
+    assert_eq!(sandboxes.len(), 1);
+    let ctr_before = ctr_id(ctr_status(&before, "server"));
+    let ip = before["status"]["podIP"].as_str().unwrap().to_string();
+
+    // SIGKILL berth; the kubelet sees its runtime go away for 3 s.
+    env.env_mut().berth.kill();
+    for _ in 0..6 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(env.kubelet.healthz().await.unwrap(), "ok");
+    }
+    env.env_mut().berth.restart().unwrap();
+    env.env_mut().reconnect().await.unwrap();
+    let back = env.kubelet.log().len();
+
+    // The pod kept running: same sandbox, same container, no restart, still serving.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let after = env.kubelet.pod("steady").await.unwrap().unwrap();
+    assert!(all_ready(&after), "{after}");
+    assert_eq!(ctr_id(ctr_status(&after, "server")), ctr_before);
+    assert_eq!(restarts(&after, "server"), 0);
+    let now = berth_pods(&env, &full).await;
+    assert_eq!(now.len(), 1, "{now:?}");
+    assert_eq!(now[0].id, sandboxes[0].id);
+    let body = reqwest::get(format!("http://{ip}:8080/index.html"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(body, "hello over localhost\n");
+    assert_eq!(env.kubelet.healthz().await.unwrap(), "ok");
+    let errors = env.kubelet.runtime_errors_since(back);
+    assert!(
+        errors.is_empty(),
+        "the kubelet logged runtime errors after berth came back:\n{}",
+        errors.join("\n")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_kubelets_image_and_container_gc_work_against_berth() {
+    // The kubelet's periodic image GC runs at its start (when every image was just seen, so
+    // none is old enough) and then every 5 minutes; its eviction manager runs the same image
+    // GC (DeleteUnusedImages: ImageFsInfo, ListImages, RemoveImage) and removes every dead
+    // container every 10 s while the image filesystem is under pressure. Pressure here is
+    // an eviction threshold of 99% free; static pods are critical, so none is evicted.
+    let env = KubeletEnv::start(KubeletOptions {
+        config: "imageMinimumGCAge: 1s\n".into(),
+        eviction_hard: Some(
+            "  memory.available: 100Mi\n  nodefs.available: 1%\n  imagefs.available: 99%\n  nodefs.inodesFree: 1%"
+                .into(),
+        ),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let k = &env.kubelet;
+    let img = env.env().cri.image.clone();
+    let listed = || async {
+        img.clone()
+            .list_images(cri::ListImagesRequest { filter: None })
+            .await
+            .unwrap()
+            .into_inner()
+            .images
+            .into_iter()
+            .flat_map(|i| i.repo_tags)
+            .collect::<Vec<_>>()
+    };
+    // The app image berth pulled before the kubelet came was unused: removed.
+    let mut tags = listed().await;
+    for _ in 0..(60 * 4) {
+        if !tags.iter().any(|t| t == APP) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        tags = listed().await;
+    }
+    assert!(
+        !tags.iter().any(|t| t == APP),
+        "unused image kept: {tags:?}"
+    );
+    let fs = img
+        .clone()
+        .image_fs_info(cri::ImageFsInfoRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!fs.image_filesystems.is_empty());
+
+    // A container that keeps failing: its dead attempts are removed (the pod pulls the
+    // image again; static pods are admitted under pressure).
+    k.add_pod(&pod("crashy", json!([sh("crash", "exit 1")]), json!({})))
+        .unwrap();
+    let full = k.pod_name("crashy");
+    let attempts = || async {
+        let mut rt = env.env().cri.runtime.clone();
+        let mut v: Vec<u32> = rt
+            .list_containers(cri::ListContainersRequest {
+                filter: Some(cri::ContainerFilter {
+                    label_selector: [("io.kubernetes.pod.name".to_string(), full.clone())].into(),
+                    ..Default::default()
+                }),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .containers
+            .into_iter()
+            .filter_map(|c| c.metadata.map(|m| m.attempt))
+            .collect();
+        v.sort();
+        v
+    };
+    let mut seen = vec![];
+    for _ in 0..(CONVERGE.as_secs() * 4) {
+        seen = attempts().await;
+        // Attempt 2 or later exists and attempt 0 is gone: a dead container was collected.
+        if seen.last().is_some_and(|a| *a >= 2) && !seen.contains(&0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(
+        seen.last().is_some_and(|a| *a >= 2) && !seen.contains(&0),
+        "container GC did not remove attempt 0: {seen:?}"
+    );
+    assert!(seen.len() <= 2, "dead containers kept: {seen:?}");
+    // The sandbox image, pulled for the pod and pinned, outlived the GC rounds since.
+    let tags = listed().await;
+    assert!(
+        tags.iter().any(|t| t == berth_e2e::pods::PAUSE_IMAGE),
+        "pinned sandbox image removed: {tags:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_evented_pleg_the_kubelet_follows_berths_container_events() {
+    let env = KubeletEnv::start(KubeletOptions {
+        feature_gates: vec!["EventedPLEG"],
+        verbosity: Some(4),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let k = &env.kubelet;
+    let log_from = k.log().len();
+    // With events, the kubelet relists only every 300 s: a pod that converges within a
+    // minute, and a container restarted within one, were seen through GetContainerEvents.
+    k.add_pod(&pod(
+        "evented",
+        json!([sh("blink", "sleep 2; exit 1")]),
+        json!({"restartPolicy": "OnFailure"}),
+    ))
+    .unwrap();
+    k.wait_pod("evented", Duration::from_secs(60), "restarted", |p| {
+        restarts(p, "blink") >= 1
+    })
+    .await
+    .unwrap();
+    let log = k.log();
+    let log = &log[log_from..];
+    assert!(
+        log.contains("Evented PLEG: Generated pod status from the received event"),
+        "the kubelet did not take a status from berth's events"
+    );
+    assert!(
+        !log.contains("Fall back to Generic PLEG relisting"),
+        "the kubelet gave up on berth's events"
+    );
+    assert!(
+        !log.contains("Evented PLEG: Failed to get container events"),
+        "GetContainerEvents failed"
+    );
     let errors = k.runtime_errors_since(log_from);
     assert!(
         errors.is_empty(),

@@ -7,7 +7,10 @@
 //!
 //! The shim writes the container's stdout and stderr to two fifos; berth reads them, splits
 //! lines (a line longer than [`MAX_LINE`] is cut into `P`artial records), stamps them and
-//! appends them to the log file, rotating it by size (`<path>.1` … `<path>.<n>`).
+//! appends them to the log file, rotating it by size. A rotated file is named as the kubelet
+//! names the ones it rotates, `<path>.<YYYYMMDD-hhmmss>` in local time, so that the two
+//! rotations agree on which file is oldest: the kubelet compresses and prunes berth's rotated
+//! files with its own, and berth keeps at most `max_files - 1` of either kind.
 //! [`ContainerLog::reopen`] opens the path anew after the kubelet moved the file away.
 //!
 //! The same copier fans the raw output out to attached clients ([`Fanout`]), and the
@@ -80,16 +83,23 @@ impl LogFile {
     }
 
     fn rotate(&mut self) {
-        let keep = self.rotation.max_files.max(1);
-        let name = |n: u32| PathBuf::from(format!("{}.{n}", self.path.display()));
+        let keep = self.rotation.max_files.max(1) as usize;
         if keep == 1 {
             let _ = std::fs::remove_file(&self.path);
         } else {
-            let _ = std::fs::remove_file(name(keep - 1));
-            for n in (1..keep - 1).rev() {
-                let _ = std::fs::rename(name(n), name(n + 1));
+            let base = format!("{}.{}", self.path.display(), rotation_stamp(now()));
+            // Two rotations in one second: the second gets a suffix that sorts after the first.
+            let mut target = PathBuf::from(&base);
+            let mut n = 1;
+            while target.exists() {
+                target = PathBuf::from(format!("{base}.{n:03}"));
+                n += 1;
             }
-            let _ = std::fs::rename(&self.path, name(1));
+            let _ = std::fs::rename(&self.path, &target);
+            let rotated = rotated_logs(&self.path);
+            for old in &rotated[..rotated.len().saturating_sub(keep - 1)] {
+                let _ = std::fs::remove_file(old);
+            }
         }
         if let Err(e) = self.reopen() {
             tracing::warn!(path = %self.path.display(), err = %e, "container log rotation failed");
@@ -120,6 +130,54 @@ impl LogFile {
             }
         }
     }
+}
+
+/// The rotated files of the log at `path` (`<path>.<anything>`: berth's and the kubelet's,
+/// compressed or not), oldest first.
+pub fn rotated_logs(path: &Path) -> Vec<PathBuf> {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name().and_then(|n| n.to_str())) else {
+        return Vec::new();
+    };
+    let prefix = format!("{name}.");
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .filter(|e| {
+                    e.file_name()
+                        .to_str()
+                        .is_some_and(|n| n.len() > prefix.len() && n.starts_with(&prefix))
+                })
+                .map(|e| e.path())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// `YYYYMMDD-hhmmss` in local time: the kubelet's suffix for a rotated log.
+fn rotation_stamp(t: std::time::Duration) -> String {
+    let secs = t.as_secs() as libc::time_t;
+    // SAFETY: localtime_r reads `secs` and writes only into `tm`, which it fully initialises
+    // on success; a zeroed `tm` is a valid value for the failure case.
+    let tm = unsafe {
+        let mut tm: libc::tm = std::mem::zeroed();
+        if libc::localtime_r(&secs, &mut tm).is_null() {
+            return rfc3339_nano(t)[..19]
+                .replace(['-', ':'], "")
+                .replace('T', "-");
+        }
+        tm
+    };
+    format!(
+        "{:04}{:02}{:02}-{:02}{:02}{:02}",
+        tm.tm_year + 1900,
+        tm.tm_mon + 1,
+        tm.tm_mday,
+        tm.tm_hour,
+        tm.tm_min,
+        tm.tm_sec
+    )
 }
 
 fn now() -> std::time::Duration {
@@ -520,9 +578,17 @@ mod tests {
         cl.drained(std::time::Duration::from_secs(5)).await;
         let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
         assert!(size(&log) <= 40 * 1024, "{}", size(&log));
-        assert!(size(&d.path().join("logs/c.log.1")) > 30 * 1024);
-        assert!(d.path().join("logs/c.log.2").exists());
-        assert!(!d.path().join("logs/c.log.3").exists());
+        // Two rotated files kept (max_files 3), named as the kubelet names its own, the
+        // newest full.
+        let rotated = rotated_logs(&log);
+        assert_eq!(rotated.len(), 2, "{rotated:?}");
+        assert!(size(&rotated[1]) > 30 * 1024);
+        let stamp = rotated[1].file_name().unwrap().to_str().unwrap();
+        let stamp = stamp.trim_start_matches("c.log.");
+        assert!(
+            stamp.len() >= 15 && stamp.as_bytes()[8] == b'-',
+            "{stamp}: not YYYYMMDD-hhmmss"
+        );
 
         // Reopen: after the file is moved away, new lines go to a new file at the path.
         let fifo3 = d.path().join("out3");
