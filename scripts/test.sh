@@ -1,11 +1,18 @@
 #!/usr/bin/env bash
 # Runs every check and test berth has: format, lints, unit tests beside the code, and the
-# end-to-end tests (a real berth and a real registry on 127.0.0.1, driven over CRI).
+# end-to-end tests (a real berth and a real registry on 127.0.0.1, driven over CRI, by crictl
+# and by a real kubelet).
 # Needs root (the tests unpack layers with their owners and device nodes, and later create
 # namespaces and mounts).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
+# The real clients the e2e tests drive berth with: the kubelet (and kubectl, which the
+# DaemonSet image ships) and crictl, built from the Go module proxy into a cache; a second
+# run costs nothing.
+echo "== tools: kubelet, kubectl, crictl"
+scripts/install-kubelet.sh >/dev/null
+scripts/install-cri-tools.sh >/dev/null
 
 # A CI run starts from a clean clone and builds everything once: incremental state would only
 # cost disk (it was most of the target directory).

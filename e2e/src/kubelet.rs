@@ -3,8 +3,7 @@
 //! authentication, `AlwaysAllow`), its cgroups under a root of the test's own, its pod logs
 //! and state in a temp dir.
 //!
-//! The kubelet is built by `scripts/install-kubelet.sh`; `BERTH_KUBELET` names the binary
-//! (default: that script's cache).
+//! The kubelet is built by `scripts/install-kubelet.sh` ([`crate::tools::kubelet`]).
 //!
 //! A kubelet changes a few kernel tunables on start (`vm.overcommit_memory=1`,
 //! `kernel.panic=10`, `kernel.panic_on_oops=1`) as it does on every node it runs on; that is
@@ -18,21 +17,6 @@ use anyhow::{Context, bail};
 use serde_json::Value;
 
 use crate::PodEnv;
-
-/// The kubelet version the project's scripts build.
-pub const KUBELET_VERSION: &str = "v1.34.4";
-
-/// The kubelet binary: `$BERTH_KUBELET`, else where `scripts/install-kubelet.sh` puts it.
-pub fn kubelet_bin() -> PathBuf {
-    match std::env::var_os("BERTH_KUBELET") {
-        Some(p) => PathBuf::from(p),
-        None => {
-            let cache = std::env::var_os("BERTH_TOOLS_CACHE")
-                .map_or_else(|| PathBuf::from("/var/cache/berth-tools"), PathBuf::from);
-            cache.join(format!("kubelet-{KUBELET_VERSION}/kubelet"))
-        }
-    }
-}
 
 /// What a test changes in the kubelet's configuration.
 #[derive(Default, Clone)]
@@ -203,13 +187,7 @@ impl Kubelet {
     /// Starts a kubelet on berth's CRI socket.
     pub fn start(berth_socket: &Path, opts: KubeletOptions) -> anyhow::Result<Self> {
         remove_log_links(None);
-        let bin = kubelet_bin();
-        if !bin.exists() {
-            bail!(
-                "{} does not exist: run scripts/install-kubelet.sh (or set BERTH_KUBELET)",
-                bin.display()
-            );
-        }
+        crate::tools::require(&crate::tools::kubelet(), "install-kubelet.sh")?;
         let dir = tempfile::Builder::new()
             .prefix("berth-e2e-kubelet-")
             .tempdir()?;
@@ -320,7 +298,7 @@ featureGates:
             .create(true)
             .append(true)
             .open(self.dir.path().join("kubelet.log"))?;
-        let child = Command::new(kubelet_bin())
+        let child = Command::new(crate::tools::kubelet())
             .arg("--config")
             .arg(&self.config)
             .arg("--root-dir")
