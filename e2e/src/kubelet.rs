@@ -77,10 +77,13 @@ impl KubeletEnv {
 
 impl Drop for KubeletEnv {
     fn drop(&mut self) {
-        if std::thread::panicking() {
-            // The whole log is kept for the post-mortem; the end of it goes with the failure.
-            let keep = std::env::temp_dir().join(format!("{}.kubelet.log", self.kubelet.node));
+        // The whole log is kept for a post-mortem (and with BERTH_E2E_KEEP_KUBELET_LOG set, for
+        // a review of what the kubelet logs); the end of it goes with a failure.
+        let keep = std::env::temp_dir().join(format!("{}.kubelet.log", self.kubelet.node));
+        if std::thread::panicking() || std::env::var_os("BERTH_E2E_KEEP_KUBELET_LOG").is_some() {
             let _ = std::fs::write(&keep, self.kubelet.log());
+        }
+        if std::thread::panicking() {
             #[allow(clippy::print_stderr)]
             {
                 eprintln!(
