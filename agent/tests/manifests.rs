@@ -89,18 +89,27 @@ fn the_daemonset_installs_with_berth_install_and_restarts_berth() {
     assert_eq!(pod.host_pid, Some(true));
     let c = &pod.containers[0];
     assert_eq!(c.security_context.as_ref().unwrap().privileged, Some(true));
-    let cmd = c.command.as_ref().unwrap();
-    assert_eq!(&cmd[..2], ["/bin/sh", "-c"]);
-    let steps: Vec<&str> = cmd[2].split(" && ").map(str::trim).collect();
-    assert_eq!(steps[0], "berth install --host-root /host");
-    assert_eq!(
-        &steps[1..4],
-        [
-            "nsenter --target 1 --mount -- systemctl daemon-reload",
-            "nsenter --target 1 --mount -- systemctl enable --now berth.service",
-            "nsenter --target 1 --mount -- systemctl restart berth.service",
-        ]
-    );
+    // The image's entrypoint does the work (e2e/tests/deploy.rs runs it): the pod runs it
+    // as it is.
+    assert!(c.command.is_none() && c.args.is_none(), "{:?}", c.command);
+    let entrypoint = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/image/entrypoint.sh"),
+    )
+    .unwrap();
+    let lines: Vec<&str> = entrypoint.lines().map(str::trim).collect();
+    let at = |want: &str| {
+        lines
+            .iter()
+            .position(|l| l == &want)
+            .unwrap_or_else(|| panic!("entrypoint lacks {want:?}"))
+    };
+    let steps = [
+        at(r#"berth install --host-root "$host""#),
+        at("nsenter --target 1 --mount -- systemctl daemon-reload"),
+        at("nsenter --target 1 --mount -- systemctl enable berth.service"),
+        at("nsenter --target 1 --mount -- systemctl restart berth.service"),
+    ];
+    assert!(steps.is_sorted(), "out of order: {steps:?}");
     let mounts: Vec<&str> = c
         .volume_mounts
         .as_ref()

@@ -20,12 +20,18 @@ fn tool(var: &str, rel: String) -> PathBuf {
 
 /// The kubelet: `$BERTH_KUBELET`, else the install script's cache.
 pub fn kubelet() -> PathBuf {
-    tool("BERTH_KUBELET", format!("kubelet-{KUBELET_VERSION}/kubelet"))
+    tool(
+        "BERTH_KUBELET",
+        format!("kubelet-{KUBELET_VERSION}/kubelet"),
+    )
 }
 
 /// crictl: `$BERTH_CRICTL`, else the install script's cache.
 pub fn crictl() -> PathBuf {
-    tool("BERTH_CRICTL", format!("cri-tools-{CRI_TOOLS_VERSION}/crictl"))
+    tool(
+        "BERTH_CRICTL",
+        format!("cri-tools-{CRI_TOOLS_VERSION}/crictl"),
+    )
 }
 
 /// Fails with the script to run when `path` is missing.

@@ -560,3 +560,94 @@ async fn a_dead_shim_leaves_no_container_behind() {
     );
     env.assert_clean();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_recursively_read_only_mount_is_read_only_below_too() {
+    let env = env_with("").await;
+    // Status lists the default handler under "" too, as containerd does, and runc here
+    // (runc 1.1, Linux >= 5.12) makes mounts read-only recursively.
+    let st = env
+        .cri
+        .runtime
+        .clone()
+        .status(cri::StatusRequest { verbose: false })
+        .await
+        .unwrap()
+        .into_inner();
+    for name in ["", "runc"] {
+        let h = st.runtime_handlers.iter().find(|h| h.name == name);
+        assert!(
+            h.and_then(|h| h.features.as_ref())
+                .is_some_and(|f| f.recursive_read_only_mounts),
+            "handler {name:?}: {:?}",
+            st.runtime_handlers
+        );
+    }
+
+    // A host directory with a tmpfs mounted below it.
+    let host = tempfile::tempdir().unwrap();
+    let _tmpfs = berth_e2e::Tmpfs::mount(&host.path().join("tmpfs")).unwrap();
+    let pcfg = pod_config("rro");
+    let pod = env.run(pcfg.clone()).await.unwrap();
+    let with_mount = |name: &str, readonly, rro, propagation: cri::MountPropagation| {
+        let mut c = ctr(name, &["sleep", "3600"]);
+        c.mounts = vec![cri::Mount {
+            container_path: "/mnt".into(),
+            host_path: host.path().display().to_string(),
+            readonly,
+            recursive_read_only: rro,
+            propagation: propagation as i32,
+            ..Default::default()
+        }];
+        c
+    };
+    let private = cri::MountPropagation::PropagationPrivate;
+    let touch = ["sh", "-c", "touch /mnt/tmpfs/f 2>&1"];
+
+    // Read-only: the mount itself, not the tmpfs below it.
+    let ro = create(&env, &pod, &pcfg, with_mount("ro", true, false, private))
+        .await
+        .unwrap();
+    start(&env, &ro).await;
+    let r = exec(&env, &ro, &touch, 10).await.unwrap();
+    assert_eq!(r.exit_code, 0, "{}", String::from_utf8_lossy(&r.stdout));
+    let r = exec(&env, &ro, &["sh", "-c", "touch /mnt/f 2>&1"], 10)
+        .await
+        .unwrap();
+    assert_ne!(r.exit_code, 0);
+
+    // Recursively read-only: the tmpfs below it too.
+    let rro = create(&env, &pod, &pcfg, with_mount("rro", true, true, private))
+        .await
+        .unwrap();
+    start(&env, &rro).await;
+    let r = exec(&env, &rro, &touch, 10).await.unwrap();
+    let out = String::from_utf8_lossy(&r.stdout).into_owned();
+    assert!(
+        r.exit_code != 0 && out.contains("Read-only file system"),
+        "{}: {out}",
+        r.exit_code
+    );
+
+    // Refused: without readonly, or with propagation into it.
+    for (name, readonly, prop) in [
+        ("rw", false, private),
+        (
+            "h2c",
+            true,
+            cri::MountPropagation::PropagationHostToContainer,
+        ),
+        (
+            "bidi",
+            true,
+            cri::MountPropagation::PropagationBidirectional,
+        ),
+    ] {
+        let e = create(&env, &pod, &pcfg, with_mount(name, readonly, true, prop))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{name}: {e:?}");
+    }
+    env.stop(&pod).await.unwrap();
+    env.remove(&pod).await.unwrap();
+}

@@ -65,7 +65,12 @@ async fn the_daemonset_image_builds_loads_into_berth_and_installs_berth_on_a_hos
     let endpoint = format!("unix://{}", env.berth.socket.display());
     let crictl_cmd = || {
         let mut c = Command::new(&crictl);
-        c.args(["--runtime-endpoint", &endpoint, "--image-endpoint", &endpoint]);
+        c.args([
+            "--runtime-endpoint",
+            &endpoint,
+            "--image-endpoint",
+            &endpoint,
+        ]);
         c
     };
     run(crictl_cmd().args(["pull", &image]));

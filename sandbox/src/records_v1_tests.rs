@@ -9,7 +9,29 @@ use serde_json::Value;
 use crate::container::ContainerRecord;
 use crate::pod::PodRecord;
 use crate::spec::container::ContainerSpec;
-use crate::spec::host::RealHost;
+use crate::spec::host::{Host, MountPropagation, RealHost};
+
+/// This machine, but with the hugetlb controller the records' host had (the old spec holds
+/// the kubelet's hugepage limit).
+struct RecordsHost;
+
+impl Host for RecordsHost {
+    fn mount_source(&self, path: &str) -> crate::error::Result<std::path::PathBuf> {
+        RealHost.mount_source(path)
+    }
+    fn propagation(&self, path: &Path) -> Option<MountPropagation> {
+        RealHost.propagation(path)
+    }
+    fn device(&self, path: &str) -> crate::error::Result<crate::spec::oci::Device> {
+        RealHost.device(path)
+    }
+    fn devices(&self) -> Vec<crate::spec::oci::Device> {
+        RealHost.devices()
+    }
+    fn hugetlb(&self) -> bool {
+        true
+    }
+}
 use crate::spec::pause::SandboxSpec;
 
 const POD: &str = include_str!("../testdata/records-v1/pod.json");
@@ -100,7 +122,7 @@ fn the_typed_builders_make_the_old_specs() {
         own_capabilities: &own,
         daemon_oom_score_adj: 0,
     }
-    .build(&RealHost)
+    .build(&RecordsHost)
     .unwrap();
     let old: Value = serde_json::from_str(CONTAINER).unwrap();
     assert_eq!(

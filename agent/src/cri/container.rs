@@ -237,10 +237,25 @@ pub(crate) fn container_config(
                 )));
             }
         };
+        if mt.recursive_read_only {
+            if !mt.readonly {
+                return Err(invalid(format!(
+                    "mount at {}: recursive_read_only needs readonly too",
+                    v::shown(&mt.container_path)
+                )));
+            }
+            if propagation != Propagation::Private {
+                return Err(invalid(format!(
+                    "mount at {}: a recursively read-only mount must have private propagation (mounts propagated into it later would be writable)",
+                    v::shown(&mt.container_path)
+                )));
+            }
+        }
         mounts.push(Mount {
             container_path: mt.container_path,
             host_path: mt.host_path,
             readonly: mt.readonly,
+            recursive_read_only: mt.recursive_read_only,
             propagation,
         });
     }
@@ -384,6 +399,7 @@ pub(crate) fn to_container_status(r: &ContainerRecord) -> cri::ContainerStatus {
                 container_path: m.container_path.clone(),
                 host_path: m.host_path.clone(),
                 readonly: m.readonly,
+                recursive_read_only: m.recursive_read_only,
                 propagation: match m.propagation {
                     Propagation::Private => cri::MountPropagation::PropagationPrivate,
                     Propagation::HostToContainer => {

@@ -165,14 +165,13 @@ impl RuntimeService for RuntimeCri {
                 );
             }
             let runtime_handlers = self
-                .config
-                .runtime
-                .handlers
-                .keys()
-                .map(|name| cri::RuntimeHandler {
-                    name: name.clone(),
+                .pods
+                .listed_handlers()
+                .into_iter()
+                .map(|(name, h)| cri::RuntimeHandler {
+                    name,
                     features: Some(cri::RuntimeHandlerFeatures {
-                        recursive_read_only_mounts: false,
+                        recursive_read_only_mounts: h.recursive_read_only,
                         user_namespaces: false,
                     }),
                 })

@@ -28,6 +28,10 @@ pub struct Mount {
     pub host_path: String,
     /// Read-only.
     pub readonly: bool,
+    /// Read-only all the way down: the mounts under the source too (runc's `rro`). Only
+    /// with `readonly` and private propagation.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub recursive_read_only: bool,
     /// Propagation.
     pub propagation: Propagation,
 }

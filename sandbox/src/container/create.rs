@@ -29,6 +29,18 @@ impl Runtime {
         let shim = self.shim_of(&pod_id).ok_or_else(|| {
             Error::Precondition(format!("pod sandbox {pod_id} has no running shim"))
         })?;
+        if let Some(m) = config.mounts.iter().find(|m| m.recursive_read_only)
+            && !self
+                .cfg
+                .handlers
+                .get(&pod.handler)
+                .is_some_and(|h| h.recursive_read_only)
+        {
+            return Err(Error::Invalid(format!(
+                "mount at {}: the pod's runtime handler {:?} cannot make a mount read-only recursively (runc 1.1 or later on Linux 5.12 or later can; the Status call lists the handlers that do)",
+                m.container_path, pod.handler
+            )));
+        }
         let image = self.images().resolve(&config.image).map_err(|e| {
             Error::NotFound(format!(
                 "image {:?} is not present on this node (pull it first): {e}",

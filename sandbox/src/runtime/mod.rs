@@ -32,6 +32,9 @@ pub struct Handler {
     pub runtime_path: Option<PathBuf>,
     /// runc shim options.
     pub options: RuncOptions,
+    /// Its runtime can make a mount read-only recursively (runc's `rro`: runc 1.1 on
+    /// Linux 5.12 and later).
+    pub recursive_read_only: bool,
 }
 
 /// How the pod manager is set up.
@@ -213,6 +216,21 @@ impl Runtime {
     /// Where containers' writable layers live: the filesystem their stats report.
     pub fn writable_layer_fs(&self) -> PathBuf {
         self.images.snapshots_dir()
+    }
+
+    /// The handlers by name, and under the name "" the default one (pods that name no
+    /// handler run there; containerd lists it so too), for the Status call.
+    pub fn listed_handlers(&self) -> Vec<(String, &Handler)> {
+        let mut v: Vec<(String, &Handler)> = self
+            .cfg
+            .handlers
+            .iter()
+            .map(|(n, h)| (n.clone(), h))
+            .collect();
+        if let Some(h) = self.cfg.handlers.get(&self.cfg.default_handler) {
+            v.insert(0, (String::new(), h));
+        }
+        v
     }
 
     pub(crate) fn handler_options(&self, handler: &str) -> Option<RuncOptions> {

@@ -281,7 +281,11 @@ impl ContainerSpec<'_> {
                     "rshared"
                 }
             };
-            let mode = if m.readonly { "ro" } else { "rw" };
+            let mode = match (m.recursive_read_only, m.readonly) {
+                (true, _) => "rro",
+                (false, true) => "ro",
+                (false, false) => "rw",
+            };
             mounts.push(Mount::bind(
                 &m.container_path,
                 src.display().to_string(),

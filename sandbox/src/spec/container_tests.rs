@@ -305,6 +305,7 @@ fn mount_propagation_is_checked_against_the_hosts_mount() {
             container_path: "/m".into(),
             host_path: host_path.into(),
             readonly: false,
+            recursive_read_only: false,
             propagation,
         }],
         ..Default::default()
@@ -330,6 +331,33 @@ fn mount_propagation_is_checked_against_the_hosts_mount() {
                 assert_eq!(linux(&s).rootfs_propagation.as_deref(), *root);
             }
         }
+    }
+}
+
+#[test]
+fn a_mount_is_read_write_read_only_or_recursively_read_only() {
+    let host = FakeHost::default();
+    let with = |readonly, recursive_read_only| ContainerConfig {
+        mounts: vec![CriMount {
+            container_path: "/m".into(),
+            host_path: "/data".into(),
+            readonly,
+            recursive_read_only,
+            propagation: Propagation::Private,
+        }],
+        ..Default::default()
+    };
+    for (ro, rro, mode) in [
+        (false, false, "rw"),
+        (true, false, "ro"),
+        (true, true, "rro"),
+    ] {
+        let s = build_on(&host, &with(ro, rro), &pod(), &busybox(), None).unwrap();
+        assert_eq!(
+            mount(&s, "/m")[0].options,
+            ["rbind", "rprivate", mode],
+            "readonly {ro}, recursive {rro}"
+        );
     }
 }
 
