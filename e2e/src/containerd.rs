@@ -1,5 +1,6 @@
-//! A private containerd 1.6 (Debian's package) for same-run baselines in benchmarks: its own
-//! config, root, state and socket, so it can never touch a system containerd.
+//! A private containerd for same-run baselines in benchmarks: Debian's 1.6, or the 2.x that
+//! `scripts/install-containerd.sh` builds (what nodes run today). Its own config, root, state
+//! and socket, so it can never touch a system containerd.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -7,10 +8,64 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 
+/// Which containerd.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flavor {
+    /// Debian 12's containerd 1.6 (`containerd` on PATH, config version 2).
+    Debian16,
+    /// containerd 2.x from `scripts/install-containerd.sh` (config version 3), with its own
+    /// runc shim first on its PATH.
+    V2,
+}
+
+/// The containerd 2.x version the project's script builds.
+pub const V2_VERSION: &str = "v2.4.2";
+
+impl Flavor {
+    /// How the benchmarks name it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Flavor::Debian16 => "containerd 1.6",
+            Flavor::V2 => "containerd 2.4",
+        }
+    }
+
+    /// The directory holding containerd 2.x and its shim: `$BERTH_CONTAINERD2_DIR`, else the
+    /// install script's cache.
+    pub fn v2_dir() -> PathBuf {
+        std::env::var_os("BERTH_CONTAINERD2_DIR").map_or_else(
+            || crate::tools::cache().join(format!("containerd-{V2_VERSION}")),
+            PathBuf::from,
+        )
+    }
+
+    /// Whether this flavor is installed here.
+    pub fn installed(self) -> bool {
+        match self {
+            Flavor::Debian16 => true,
+            Flavor::V2 => Self::v2_dir().join("containerd").exists(),
+        }
+    }
+
+    fn command(self) -> Command {
+        match self {
+            Flavor::Debian16 => Command::new("containerd"),
+            Flavor::V2 => {
+                let dir = Self::v2_dir();
+                let mut c = Command::new(dir.join("containerd"));
+                let path = std::env::var("PATH").unwrap_or_default();
+                c.env("PATH", format!("{}:{path}", dir.display()));
+                c
+            }
+        }
+    }
+}
+
 /// A running containerd; stopped and its directory removed on drop.
 pub struct Containerd {
     child: Option<Child>,
     dir: PathBuf,
+    flavor: Flavor,
     /// Its gRPC socket (CRI is served there).
     pub socket: PathBuf,
 }
@@ -28,10 +83,62 @@ impl Containerd {
         sandbox_image: &str,
         cni_conf_dir: &Path,
     ) -> anyhow::Result<Self> {
+        Self::start_flavor(Flavor::Debian16, dir, certs_d, sandbox_image, cni_conf_dir)
+    }
+
+    /// As [`Self::start_with`], for either containerd.
+    pub fn start_flavor(
+        flavor: Flavor,
+        dir: &Path,
+        certs_d: &Path,
+        sandbox_image: &str,
+        cni_conf_dir: &Path,
+    ) -> anyhow::Result<Self> {
         std::fs::create_dir_all(dir)?;
         let socket = dir.join("containerd.sock");
-        let config = format!(
-            r#"version = 2
+        let config = if flavor == Flavor::V2 {
+            format!(
+                r#"version = 3
+root = "{root}"
+state = "{state}"
+disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.zfs", "io.containerd.tracing.processor.v1.otlp", "io.containerd.internal.v1.tracing"]
+[grpc]
+  address = "{sock}"
+[ttrpc]
+  address = "{sock}.ttrpc"
+[debug]
+  address = ""
+  level = "warn"
+[metrics]
+  address = ""
+[plugins]
+  [plugins."io.containerd.internal.v1.opt"]
+    path = "{dir}/opt"
+  [plugins."io.containerd.cri.v1.images"]
+    snapshotter = "overlayfs"
+    [plugins."io.containerd.cri.v1.images".pinned_images]
+      sandbox = "{sandbox_image}"
+    [plugins."io.containerd.cri.v1.images".registry]
+      config_path = "{certs}"
+  [plugins."io.containerd.cri.v1.runtime"]
+    restrict_oom_score_adj = true
+    [plugins."io.containerd.cri.v1.runtime".cni]
+      bin_dirs = ["/usr/lib/cni"]
+      conf_dir = "{cni}"
+  [plugins."io.containerd.grpc.v1.cri"]
+    stream_server_address = "127.0.0.1"
+    stream_server_port = "0"
+"#,
+                root = dir.join("root").display(),
+                state = dir.join("state").display(),
+                sock = socket.display(),
+                dir = dir.display(),
+                certs = certs_d.display(),
+                cni = cni_conf_dir.display(),
+            )
+        } else {
+            format!(
+                r#"version = 2
 root = "{root}"
 state = "{state}"
 disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.zfs", "io.containerd.tracing.processor.v1.otlp", "io.containerd.internal.v1.tracing"]
@@ -60,13 +167,14 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
     [plugins."io.containerd.grpc.v1.cri".registry]
       config_path = "{certs}"
 "#,
-            root = dir.join("root").display(),
-            state = dir.join("state").display(),
-            sock = socket.display(),
-            dir = dir.display(),
-            certs = certs_d.display(),
-            cni = cni_conf_dir.display(),
-        );
+                root = dir.join("root").display(),
+                state = dir.join("state").display(),
+                sock = socket.display(),
+                dir = dir.display(),
+                certs = certs_d.display(),
+                cni = cni_conf_dir.display(),
+            )
+        };
         let cfg = dir.join("config.toml");
         std::fs::write(&cfg, config)?;
         let log = std::fs::File::create(dir.join("containerd.log"))?;
@@ -75,7 +183,8 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
         if crate::bench_state_on_tmpfs() {
             crate::mount_tmpfs(&dir.join("state"))?;
         }
-        let child = match Command::new("containerd")
+        let child = match flavor
+            .command()
             .arg("--config")
             .arg(&cfg)
             .stdin(Stdio::null())
@@ -92,6 +201,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
         let mut c = Containerd {
             child: Some(child),
             dir: dir.to_path_buf(),
+            flavor,
             socket,
         };
         let sock = c.socket.clone();
@@ -132,7 +242,9 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
         let log = std::fs::OpenOptions::new()
             .append(true)
             .open(self.dir.join("containerd.log"))?;
-        let child = Command::new("containerd")
+        let child = self
+            .flavor
+            .command()
             .arg("--config")
             .arg(self.dir.join("config.toml"))
             .stdin(Stdio::null())

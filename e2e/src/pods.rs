@@ -20,14 +20,17 @@ pub fn mirror_hosts(host: &str, addr: &impl std::fmt::Display) -> String {
     )
 }
 
-/// berth and containerd 1.6 side by side for the benchmarks: one registry with the pause
-/// image (and whatever the caller pushes), one CNI network, both daemons pulling through the
-/// same mirror. Dropped daemons first, then the network and the registry.
+/// berth, containerd 1.6 and (where `scripts/install-containerd.sh` installed it) containerd
+/// 2.x side by side for the benchmarks: one registry with the pause image (and whatever the
+/// caller pushes), one CNI network, every daemon pulling through the same mirror. Dropped
+/// daemons first, then the network and the registry.
 pub struct SideBySide {
     /// berth (log level warn).
     pub berth: Berth,
-    /// containerd, with its own root, state and socket under `work`.
+    /// containerd 1.6, with its own root, state and socket under `work`.
     pub containerd: crate::containerd::Containerd,
+    /// containerd 2.x, likewise, when installed.
+    pub containerd2: Option<crate::containerd::Containerd>,
     /// The shared network.
     pub net: TestNet,
     /// The registry.
@@ -62,9 +65,22 @@ impl SideBySide {
             PAUSE_IMAGE,
             &net.conf_dir,
         )?;
+        let v2 = crate::containerd::Flavor::V2;
+        let containerd2 = if v2.installed() {
+            Some(crate::containerd::Containerd::start_flavor(
+                v2,
+                &work.path().join("containerd2"),
+                &certs,
+                PAUSE_IMAGE,
+                &net.conf_dir,
+            )?)
+        } else {
+            None
+        };
         Ok(SideBySide {
             berth,
             containerd,
+            containerd2,
             net,
             registry,
             work,

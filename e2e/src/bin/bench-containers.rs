@@ -418,6 +418,10 @@ async fn main() -> anyhow::Result<()> {
     let (berth, containerd, work) = (&side.berth, &side.containerd, &side.work);
     let b = Daemon::new(berth.cri().await?, "b").await?;
     let c = Daemon::new(containerd.cri().await?, "c").await?;
+    let c2 = match &side.containerd2 {
+        Some(d) => Some(Daemon::new(d.cri().await?, "d").await?),
+        None => None,
+    };
     let bundle = work.path().join("bundle");
     runc_bundle(&bundle, &busybox)?;
     let runc_root = work.path().join("runc");
@@ -450,6 +454,9 @@ async fn main() -> anyhow::Result<()> {
     // Warm-up, then alternate.
     b.round(1000).await?;
     c.round(1000).await?;
+    if let Some(c2) = &c2 {
+        c2.round(1000).await?;
+    }
     runc_round(&runc_root, &bundle, "warm")?;
     runc_round(&runc_root, &same, "warm-s")?;
     runc_overlay_round(&runc_root, &lower, &spec, &over, "warm-o")?;
@@ -467,13 +474,15 @@ async fn main() -> anyhow::Result<()> {
     floor.round(&layered, &spec, 1000).await?;
     let (mut bu, mut bd, mut cu, mut cd, mut ru) = (vec![], vec![], vec![], vec![], vec![]);
     let (mut rs, mut ro, mut rf) = (vec![], vec![], vec![]);
-    // Each round runs the six rows in a rotated order, so that every row follows every other
+    let (mut du, mut dd) = (vec![], vec![]);
+    // Each round runs the rows in a rotated order, so that every row follows every other
     // row's teardown equally often: what one leaves running (unmounts, RCU callbacks, a
-    // daemon's own clean-up) must not weigh on the same row every time.
-    const ROWS: usize = 6;
+    // daemon's own clean-up) must not weigh on the same row every time. Row 6 is containerd
+    // 2.x, when installed.
+    let rows = if c2.is_some() { 7 } else { 6 };
     for i in 0..rounds() {
-        for k in 0..ROWS {
-            match (i + k) % ROWS {
+        for k in 0..rows {
+            match (i + k) % rows {
                 0 => {
                     let (u, d) = b.round(i).await?;
                     bu.push(u);
@@ -493,13 +502,23 @@ async fn main() -> anyhow::Result<()> {
                     &over,
                     &format!("o{i}"),
                 )?),
-                _ => rf.push(floor.round(&layered, &spec, i).await?),
+                5 => rf.push(floor.round(&layered, &spec, i).await?),
+                _ => {
+                    if let Some(c2) = &c2 {
+                        let (u, d) = c2.round(i).await?;
+                        du.push(u);
+                        dd.push(d);
+                    }
+                }
             }
         }
     }
     floor.close().await?;
     b.close().await?;
     c.close().await?;
+    if let Some(c2) = c2 {
+        c2.close().await?;
+    }
     // runc removed each container's cgroup; the parent it made is ours to remove, in every
     // hierarchy (v1) or the unified one (v2).
     for h in std::fs::read_dir("/sys/fs/cgroup")?.flatten() {
@@ -516,14 +535,18 @@ async fn main() -> anyhow::Result<()> {
             "disk"
         }
     );
-    for (name, up, down) in [
+    let mut table = vec![
         ("berth", &bu, Some(&bd)),
-        ("containerd", &cu, Some(&cd)),
+        ("containerd 1.6", &cu, Some(&cd)),
         ("runc alone", &ru, None),
         ("runc, berth's spec", &rs, None),
         ("  + fresh overlay", &ro, None),
         ("  + runc shim", &rf, None),
-    ] {
+    ];
+    if !du.is_empty() {
+        table.insert(2, ("containerd 2.4", &du, Some(&dd)));
+    }
+    for (name, up, down) in table {
         print!(
             "{name:<18} create+start median {:>6.1} ms  p90 {:>6.1} ms",
             percentile_ms(up, 50),
@@ -535,11 +558,18 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     println!(
-        "ratio create+start: berth/runc {:.2}x (goal <= 1.30x), berth/containerd {:.2}x; stop+remove berth/containerd {:.2}x",
+        "ratio create+start: berth/runc {:.2}x (goal <= 1.30x), berth/containerd 1.6 {:.2}x; stop+remove berth/containerd 1.6 {:.2}x",
         percentile_ms(&bu, 50) / percentile_ms(&ru, 50),
         percentile_ms(&bu, 50) / percentile_ms(&cu, 50),
         percentile_ms(&bd, 50) / percentile_ms(&cd, 50)
     );
+    if !du.is_empty() {
+        println!(
+            "ratio create+start berth/containerd 2.4 {:.2}x; stop+remove {:.2}x",
+            percentile_ms(&bu, 50) / percentile_ms(&du, 50),
+            percentile_ms(&bd, 50) / percentile_ms(&dd, 50)
+        );
+    }
     for (floor, v) in [
         ("runc with berth's spec", &rs),
         ("that on a fresh overlay", &ro),

@@ -73,34 +73,58 @@ async fn main() -> anyhow::Result<()> {
     let side = SideBySide::start("berth-bench-containerd-").await?;
     let (berth, containerd) = (&side.berth, &side.containerd);
     let (b, c) = (berth.cri().await?, containerd.cri().await?);
+    let c2 = match &side.containerd2 {
+        Some(d) => Some(d.cri().await?),
+        None => None,
+    };
     b.pull(PAUSE_IMAGE).await?;
     c.pull(PAUSE_IMAGE).await?;
+    if let Some(c2) = &c2 {
+        c2.pull(PAUSE_IMAGE).await?;
+    }
 
     // Warm-up: one pod each (first CNI/iptables setup, page cache).
     round1(&b, "warm-b").await?;
     round1(&c, "warm-c").await?;
-    let (mut rb, mut rc) = (Vec::new(), Vec::new());
+    if let Some(c2) = &c2 {
+        round1(c2, "warm-d").await?;
+    }
+    let (mut rb, mut rc, mut rd) = (Vec::new(), Vec::new(), Vec::new());
     for r in 0..ROUNDS {
         rb.push(round(&b, &format!("b{r}"), || berth.rss_kib()).await?);
         rc.push(round(&c, &format!("c{r}"), || containerd.rss_kib()).await?);
+        if let (Some(c2), Some(d)) = (&c2, &side.containerd2) {
+            rd.push(round(c2, &format!("d{r}"), || d.rss_kib()).await?);
+        }
     }
     let all = |v: &[Round], f: fn(&Round) -> &Vec<Duration>| -> Vec<Duration> {
         v.iter().flat_map(|r| f(r).iter().copied()).collect()
     };
-    let (brun, crun) = (all(&rb, |r| &r.run), all(&rc, |r| &r.run));
-    let (bsr, csr) = (all(&rb, |r| &r.stop_remove), all(&rc, |r| &r.stop_remove));
-    let brss = rb.iter().map(|r| r.rss_kib).max().unwrap_or(0);
-    let crss = rc.iter().map(|r| r.rss_kib).max().unwrap_or(0);
+    let rss = |v: &[Round]| v.iter().map(|r| r.rss_kib).max().unwrap_or(0);
+    let (brun, crun, drun) = (
+        all(&rb, |r| &r.run),
+        all(&rc, |r| &r.run),
+        all(&rd, |r| &r.run),
+    );
+    let (bsr, csr, dsr) = (
+        all(&rb, |r| &r.stop_remove),
+        all(&rc, |r| &r.stop_remove),
+        all(&rd, |r| &r.stop_remove),
+    );
+    let (brss, crss, drss) = (rss(&rb), rss(&rc), rss(&rd));
     println!(
         "{PODS} pods x {ROUNDS} rounds per daemon, alternating; same conflist and pause image"
     );
-    let rows = [
+    let mut rows = vec![
         ("berth", &brun, &bsr, brss),
-        ("containerd", &crun, &csr, crss),
+        ("containerd 1.6", &crun, &csr, crss),
     ];
+    if !rd.is_empty() {
+        rows.push(("containerd 2.4", &drun, &dsr, drss));
+    }
     for (name, run, sr, rss) in rows {
         println!(
-            "{name:<11} RunPodSandbox median {:>6.1} ms  p90 {:>6.1} ms | Stop+Remove median {:>6.1} ms | RSS with {RSS_AT} pods {:>6.1} MiB",
+            "{name:<15} RunPodSandbox median {:>6.1} ms  p90 {:>6.1} ms | Stop+Remove median {:>6.1} ms | RSS with {RSS_AT} pods {:>6.1} MiB",
             percentile_ms(run, 50),
             percentile_ms(run, 90),
             percentile_ms(sr, 50),
@@ -108,11 +132,19 @@ async fn main() -> anyhow::Result<()> {
         );
     }
     println!(
-        "ratio berth/containerd: RunPodSandbox median {:.2}x (goal <= 0.60x), p90 {:.2}x, RSS {:.2}x (goal <= 0.25x)",
+        "ratio berth/containerd 1.6: RunPodSandbox median {:.2}x (goal <= 0.60x), p90 {:.2}x, RSS {:.2}x (goal <= 0.25x)",
         percentile_ms(&brun, 50) / percentile_ms(&crun, 50),
         percentile_ms(&brun, 90) / percentile_ms(&crun, 90),
         brss as f64 / crss.max(1) as f64
     );
+    if !rd.is_empty() {
+        println!(
+            "ratio berth/containerd 2.4: RunPodSandbox median {:.2}x, p90 {:.2}x, RSS {:.2}x",
+            percentile_ms(&brun, 50) / percentile_ms(&drun, 50),
+            percentile_ms(&brun, 90) / percentile_ms(&drun, 90),
+            brss as f64 / drss.max(1) as f64
+        );
+    }
     Ok(())
 }
 

@@ -1,6 +1,6 @@
 //! Pull benchmark: the same multi-layer image (built here, pushed to a local registry) pulled
-//! through berth and through containerd 1.6 in one run, alternating, each pull from an empty
-//! store. Prints medians and the berth/containerd time ratio.
+//! through berth, containerd 1.6 and (when installed) containerd 2.x in one run, alternating,
+//! each pull from an empty store. Prints medians and the berth/containerd time ratios.
 //!
 //! `cargo build --release -p berth -p berth-e2e && BERTH_BIN=target/release/berth target/release/bench-pull`
 
@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use berth_cri_api::v1::{ImageSpec, PullImageRequest, RemoveImageRequest};
-use berth_e2e::containerd::Containerd;
+use berth_e2e::containerd::{Containerd, Flavor};
 use berth_e2e::image::noise;
 use berth_e2e::{Berth, Compression, Cri, ImageBuilder, Layer, Registry};
 
@@ -82,47 +82,75 @@ async fn main() -> anyhow::Result<()> {
         format!("server = \"http://{}\"\n", reg.addr),
     )?;
     let containerd = Containerd::start(&work.path().join("containerd"), &certs)?;
-    let (b, c) = (berth.cri().await?, containerd.cri().await?);
+    let v2 = Flavor::V2;
+    let containerd2 = if v2.installed() {
+        Some(Containerd::start_flavor(
+            v2,
+            &work.path().join("containerd2"),
+            &certs,
+            "registry.k8s.io/pause:3.9",
+            &work.path().join("cni"),
+        )?)
+    } else {
+        None
+    };
+    let mut daemons = vec![
+        ("berth", berth.cri().await?),
+        ("containerd 1.6", containerd.cri().await?),
+    ];
+    if let Some(d) = &containerd2 {
+        daemons.push(("containerd 2.4", d.cri().await?));
+    }
 
     // One warm-up pull each (connection setup, page cache of the registry's files).
-    timed_pull(&b, &image).await?;
-    timed_pull(&c, &image).await?;
-    let (mut tb, mut tc) = (Vec::new(), Vec::new());
+    for (_, d) in &daemons {
+        timed_pull(d, &image).await?;
+    }
+    let mut times: Vec<Vec<Duration>> = vec![Vec::new(); daemons.len()];
     for _ in 0..ROUNDS {
-        tb.push(timed_pull(&b, &image).await?);
-        tc.push(timed_pull(&c, &image).await?);
+        for (i, (_, d)) in daemons.iter().enumerate() {
+            times[i].push(timed_pull(d, &image).await?);
+        }
     }
     // Every pull fetched every layer: nothing was served from a cache.
     for l in &pushed.layers {
         anyhow::ensure!(
-            reg.blob_gets(l) == 2 * (ROUNDS + 1),
+            reg.blob_gets(l) == daemons.len() * (ROUNDS + 1),
             "layer {l} fetched {} times",
             reg.blob_gets(l)
         );
     }
-    let (mb, mc) = (median(&mut tb), median(&mut tc));
     let total: u64 = (LAYERS * LAYER_MB) as u64;
     println!(
         "image: {LAYERS} layers, {total} MiB uncompressed, {ROUNDS} rounds, each pull from an empty store"
     );
+    let medians: Vec<Duration> = times.iter_mut().map(|t| median(t)).collect();
+    for ((name, _), (t, m)) in daemons.iter().zip(times.iter().zip(&medians)) {
+        println!(
+            "{name:<15} PullImage median {:>8.1} ms  (all: {:?})",
+            m.as_secs_f64() * 1e3,
+            t.iter().map(|d| d.as_millis()).collect::<Vec<_>>()
+        );
+    }
+    for ((name, _), m) in daemons.iter().zip(&medians).skip(1) {
+        println!(
+            "ratio berth/{name}: {:.2}x{}",
+            medians[0].as_secs_f64() / m.as_secs_f64(),
+            if *name == "containerd 1.6" {
+                " (goal <= 0.80x)"
+            } else {
+                ""
+            }
+        );
+    }
     println!(
-        "berth      PullImage median {:>8.1} ms  (all: {:?})",
-        mb.as_secs_f64() * 1e3,
-        tb.iter().map(|d| d.as_millis()).collect::<Vec<_>>()
-    );
-    println!(
-        "containerd PullImage median {:>8.1} ms  (all: {:?})",
-        mc.as_secs_f64() * 1e3,
-        tc.iter().map(|d| d.as_millis()).collect::<Vec<_>>()
-    );
-    println!(
-        "ratio berth/containerd: {:.2}x (goal <= 0.80x)",
-        mb.as_secs_f64() / mc.as_secs_f64()
-    );
-    println!(
-        "RSS after the run: berth {} KiB, containerd {} KiB",
+        "RSS after the run: berth {} KiB, containerd 1.6 {} KiB, containerd 2.4 {} KiB",
         berth.rss_kib().unwrap_or(0),
-        containerd.rss_kib().unwrap_or(0)
+        containerd.rss_kib().unwrap_or(0),
+        containerd2
+            .as_ref()
+            .and_then(|d| d.rss_kib())
+            .map_or("-".to_string(), |k| k.to_string())
     );
     Ok(())
 }
