@@ -651,3 +651,74 @@ async fn a_recursively_read_only_mount_is_read_only_below_too() {
     env.stop(&pod).await.unwrap();
     env.remove(&pod).await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn supplemental_groups_merge_the_images_groups_unless_strict() {
+    let env = env_with("").await;
+    // Status says berth honours the policy (critest runs its specs only then).
+    let st = env
+        .cri
+        .runtime
+        .clone()
+        .status(cri::StatusRequest { verbose: false })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(st.features.is_some_and(|f| f.supplemental_groups_policy));
+    // An image whose /etc/group puts its user 1000 in group 50000 (critest's
+    // test-image-predefined-group, rebuilt here).
+    let accounts = berth_e2e::Layer::new()
+        .file(
+            "etc/passwd",
+            "root:x:0:0:root:/root:/bin/sh\ndefault-user:x:1000:1000::/home:/bin/sh\n",
+        )
+        .file(
+            "etc/group",
+            "root:x:0:\ndefault-user:x:1000:\ngroup-defined-in-image:x:50000:default-user\n",
+        );
+    berth_e2e::ImageBuilder::new(vec![berth_e2e::Layer::busybox().unwrap(), accounts])
+        .push(&env.registry, "berth-e2e/groups", Some("1"))
+        .await
+        .unwrap();
+    let image = "app.invalid/berth-e2e/groups:1";
+    env.cri.pull(image).await.unwrap();
+    let pcfg = pod_config("groups");
+    let pod = env.run(pcfg.clone()).await.unwrap();
+    for (name, policy, want) in [
+        (
+            "merge",
+            cri::SupplementalGroupsPolicy::Merge,
+            vec![1000, 1234, 50000],
+        ),
+        (
+            "strict",
+            cri::SupplementalGroupsPolicy::Strict,
+            vec![1000, 1234],
+        ),
+    ] {
+        let mut c = berth_e2e::apps::ctr_of(image, name, &["sleep", "3600"]);
+        c.linux = Some(cri::LinuxContainerConfig {
+            security_context: Some(cri::LinuxContainerSecurityContext {
+                run_as_user: Some(cri::Int64Value { value: 1000 }),
+                supplemental_groups: vec![1234],
+                supplemental_groups_policy: policy as i32,
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        let id = create(&env, &pod, &pcfg, c).await.unwrap();
+        start(&env, &id).await;
+        let r = exec(&env, &id, &["id", "-G"], 10).await.unwrap();
+        let ids: Vec<String> = want.iter().map(|g: &i64| g.to_string()).collect();
+        assert_eq!(
+            String::from_utf8_lossy(&r.stdout),
+            format!("{}\n", ids.join(" ")),
+            "{name}"
+        );
+        let user = status(&env, &id).await.user.and_then(|u| u.linux).unwrap();
+        assert_eq!((user.uid, user.gid), (1000, 1000), "{name}");
+        assert_eq!(user.supplemental_groups, want, "{name}");
+    }
+    env.stop(&pod).await.unwrap();
+    env.remove(&pod).await.unwrap();
+}

@@ -7,6 +7,17 @@ use std::path::PathBuf;
 
 use crate::error::{Error, Result};
 
+/// Where a container's supplementary groups come from (CRI `SupplementalGroupsPolicy`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum GroupsPolicy {
+    /// The primary gid, the user's groups in the image's /etc/group, and the pod's
+    /// supplemental groups (Kubernetes' default).
+    #[default]
+    Merge,
+    /// The primary gid and the pod's supplemental groups only: the image cannot add any.
+    Strict,
+}
+
 /// A user's ids.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Ids {
@@ -124,7 +135,9 @@ impl Accounts {
     /// * `run_as_username` or `run_as_user` (CRI) win over the image's `User`;
     /// * a uid without a passwd entry gets gid 0; a name without one is an error;
     /// * `run_as_group` replaces the primary gid (the agent refuses it without a user);
-    /// * additional gids: the user's groups in the image, then `supplemental`.
+    /// * additional gids, sorted and each once, as containerd sets them: the primary gid,
+    ///   the user's groups in the image's /etc/group (unless `policy` is
+    ///   [`GroupsPolicy::Strict`]), and `supplemental`.
     pub fn resolve(
         &self,
         image_user: &str,
@@ -132,6 +145,7 @@ impl Accounts {
         run_as_username: &str,
         run_as_group: Option<u32>,
         supplemental: &[u32],
+        policy: GroupsPolicy,
     ) -> Result<Ids> {
         let (user_part, group_part) = match image_user.split_once(':') {
             Some((u, g)) => (u, Some(g)),
@@ -176,15 +190,13 @@ impl Accounts {
         if let Some(g) = run_as_group {
             gid = g;
         }
-        let mut additional = Vec::new();
-        if !name.is_empty() {
+        let mut additional = vec![gid];
+        if !name.is_empty() && policy == GroupsPolicy::Merge {
             additional.extend(self.member_of(&name));
         }
-        for g in supplemental {
-            if !additional.contains(g) {
-                additional.push(*g);
-            }
-        }
+        additional.extend(supplemental);
+        additional.sort_unstable();
+        additional.dedup();
         Ok(Ids {
             uid,
             gid,
@@ -223,14 +235,14 @@ mod tests {
     fn resolution_follows_containerd() {
         let a = Accounts::from_text(PASSWD, GROUP);
         let r = |img: &str, u: Option<u32>, n: &str, g: Option<u32>| {
-            a.resolve(img, u, n, g, &[]).unwrap()
+            a.resolve(img, u, n, g, &[], GroupsPolicy::Merge).unwrap()
         };
         assert_eq!(
             r("", None, "", None),
             Ids {
                 uid: 0,
                 gid: 0,
-                additional: vec![]
+                additional: vec![0]
             }
         );
         assert_eq!(r("www-data", None, "", None).uid, 33);
@@ -239,19 +251,22 @@ mod tests {
             Ids {
                 uid: 1003,
                 gid: 1004,
-                additional: vec![]
+                additional: vec![1004]
             }
         );
         assert_eq!(r("www-data:1004", None, "", None).gid, 1004);
         assert_eq!(r("www-data:www-data", None, "", None).gid, 33);
-        assert_eq!(r("", Some(1000), "", None).additional, vec![50000, 100]);
+        assert_eq!(
+            r("", Some(1000), "", None).additional,
+            vec![100, 1000, 50000]
+        );
         assert_eq!(r("", Some(1000), "", None).gid, 1000);
         assert_eq!(
             r("", Some(4242), "", None),
             Ids {
                 uid: 4242,
                 gid: 0,
-                additional: vec![]
+                additional: vec![0]
             }
         );
         assert_eq!(
@@ -259,14 +274,26 @@ mod tests {
             Ids {
                 uid: 1,
                 gid: 7,
-                additional: vec![]
+                additional: vec![7]
             }
         );
         assert_eq!(r("", None, "www-data", None).uid, 33);
-        assert!(a.resolve("", None, "nobody-here", None, &[]).is_err());
-        assert!(a.resolve("ghost", None, "", None, &[]).is_err());
-        let s = a.resolve("", Some(1000), "", None, &[100, 5]).unwrap();
-        assert_eq!(s.additional, vec![50000, 100, 5]);
+        let merge = GroupsPolicy::Merge;
+        assert!(
+            a.resolve("", None, "nobody-here", None, &[], merge)
+                .is_err()
+        );
+        assert!(a.resolve("ghost", None, "", None, &[], merge).is_err());
+        // The primary gid, the image's groups and the pod's, sorted, each once (critest's
+        // SupplementalGroupsPolicy specs compare `id -G` with exactly that).
+        let s = a
+            .resolve("", Some(1000), "", None, &[1234, 100, 5], merge)
+            .unwrap();
+        assert_eq!(s.additional, vec![5, 100, 1000, 1234, 50000]);
+        let s = a
+            .resolve("", Some(1000), "", None, &[1234], GroupsPolicy::Strict)
+            .unwrap();
+        assert_eq!(s.additional, vec![1000, 1234]);
     }
 
     #[test]

@@ -7,6 +7,7 @@ use berth_sandbox::container::{
     ContainerConfig, ContainerEvent, ContainerEventKind, ContainerFilter, ContainerRecord,
     ContainerState, Device, Mount, PidMode, Propagation, Resources, Seccomp, Security,
 };
+use berth_sandbox::users::GroupsPolicy;
 use tonic::Status;
 
 fn invalid(msg: impl Into<String>) -> Status {
@@ -264,6 +265,17 @@ pub(crate) fn container_config(
         sc.run_as_group.as_ref(),
         &sc.supplemental_groups,
     )?;
+    let supplemental_groups_policy =
+        match cri::SupplementalGroupsPolicy::try_from(sc.supplemental_groups_policy) {
+            Ok(cri::SupplementalGroupsPolicy::Merge) => GroupsPolicy::Merge,
+            Ok(cri::SupplementalGroupsPolicy::Strict) => GroupsPolicy::Strict,
+            Err(_) => {
+                return Err(invalid(format!(
+                    "unknown supplemental_groups_policy {}",
+                    sc.supplemental_groups_policy
+                )));
+            }
+        };
     let security = Security {
         privileged: sc.privileged,
         add_capabilities: caps.add_capabilities,
@@ -274,6 +286,7 @@ pub(crate) fn container_config(
         run_as_username: sc.run_as_username.clone(),
         run_as_group,
         supplemental_groups,
+        supplemental_groups_policy,
         masked_paths: (!sc.masked_paths.is_empty()).then(|| sc.masked_paths.clone()),
         readonly_paths: (!sc.readonly_paths.is_empty()).then(|| sc.readonly_paths.clone()),
         seccomp: {

@@ -183,7 +183,7 @@ impl RuntimeService for RuntimeCri {
                 info,
                 runtime_handlers,
                 features: Some(cri::RuntimeFeatures {
-                    supplemental_groups_policy: false,
+                    supplemental_groups_policy: true,
                 }),
             })
         })

@@ -119,6 +119,9 @@ pub struct Security {
     pub run_as_group: Option<u32>,
     /// Supplemental groups.
     pub supplemental_groups: Vec<u32>,
+    /// Whether the image's /etc/group adds groups.
+    #[serde(default, skip_serializing_if = "is_merge")]
+    pub supplemental_groups_policy: crate::users::GroupsPolicy,
     /// Masked paths (`None`: the default set).
     pub masked_paths: Option<Vec<String>>,
     /// Read-only paths (`None`: the default set).
@@ -166,4 +169,8 @@ pub struct ContainerConfig {
     pub resources: Resources,
     /// Security.
     pub security: Security,
+}
+
+fn is_merge(p: &crate::users::GroupsPolicy) -> bool {
+    *p == crate::users::GroupsPolicy::Merge
 }

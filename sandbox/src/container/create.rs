@@ -116,6 +116,7 @@ impl Runtime {
                 &sec.run_as_username,
                 sec.run_as_group,
                 &sec.supplemental_groups,
+                sec.supplemental_groups_policy,
             )?;
             let target_pid = match &sec.pid {
                 PidMode::Target(t) => {

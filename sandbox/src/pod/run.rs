@@ -140,6 +140,8 @@ impl Runtime {
             "",
             cfg.run_as_group,
             &cfg.supplemental_groups,
+            // The pause image is the node's, not the pod's: its /etc/group is trusted.
+            crate::users::GroupsPolicy::Merge,
         )?;
         let mut annotations = cfg.annotations.clone();
         annotations.insert("io.kubernetes.cri.container-type".into(), "sandbox".into());
