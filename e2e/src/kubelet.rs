@@ -611,10 +611,31 @@ fn query_escape(s: &str) -> String {
         .collect()
 }
 
+/// What a kubelet leaves at fixed host paths whatever its root dir: its device plugin socket
+/// (and the directories made for it). Removed only when no other kubelet runs here; the
+/// directories only when empty.
+fn remove_fixed_paths() {
+    let others = std::fs::read_dir("/proc")
+        .map(|rd| {
+            rd.flatten().any(|e| {
+                std::fs::read_link(e.path().join("exe"))
+                    .is_ok_and(|x| x.file_name().is_some_and(|n| n == "kubelet"))
+            })
+        })
+        .unwrap_or(false);
+    if others {
+        return;
+    }
+    let _ = std::fs::remove_file("/var/lib/kubelet/device-plugins/kubelet.sock");
+    let _ = std::fs::remove_dir("/var/lib/kubelet/device-plugins");
+    let _ = std::fs::remove_dir("/var/lib/kubelet");
+}
+
 impl Drop for Kubelet {
     fn drop(&mut self) {
         self.kill();
         remove_log_links(Some(self.dir.path()));
+        remove_fixed_paths();
         crate::unmount_under(self.dir.path());
     }
 }

@@ -154,6 +154,31 @@ async fn a_two_container_pod_runs_serves_its_ip_and_is_removed_with_its_manifest
     }
     assert!(found, "no stats for web's containers: {summary}");
 
+    // The kubelet's view of the runtime (`/runningpods/`: what it lists from berth) has the
+    // pod with both containers.
+    let running = k.get_json("/runningpods/").await.unwrap();
+    let listed = running["items"]
+        .as_array()
+        .and_then(|ps| {
+            ps.iter()
+                .find(|p| p["metadata"]["name"] == k.pod_name("web").as_str())
+        })
+        .map(|p| {
+            let mut names: Vec<String> = p["spec"]["containers"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|c| c["name"].as_str().map(str::to_string))
+                .collect();
+            names.sort();
+            names
+        });
+    assert_eq!(
+        listed,
+        Some(vec!["client".to_string(), "server".to_string()]),
+        "{running}"
+    );
+
     // berth's view: one ready sandbox named as the kubelet names it.
     let full = k.pod_name("web");
     let pods = berth_pods(&env, &full).await;
