@@ -113,6 +113,17 @@ pub async fn start(env: &PodEnv, id: &str) {
         .unwrap();
 }
 
+/// Status (not verbose; which must succeed).
+pub async fn runtime_status(env: &PodEnv) -> cri::StatusResponse {
+    env.cri
+        .runtime
+        .clone()
+        .status(cri::StatusRequest { verbose: false })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
 /// ContainerStatus (which must succeed).
 pub async fn status(env: &PodEnv, id: &str) -> cri::ContainerStatus {
     env.cri

@@ -96,12 +96,16 @@ impl Containerd {
     ) -> anyhow::Result<Self> {
         std::fs::create_dir_all(dir)?;
         let socket = dir.join("containerd.sock");
-        let config = if flavor == Flavor::V2 {
-            format!(
-                r#"version = 3
+        // What both versions share: paths, sockets, quiet logs, no metrics or tracing.
+        let (version, aufs) = match flavor {
+            Flavor::V2 => (3, ""),
+            Flavor::Debian16 => (2, "\"io.containerd.snapshotter.v1.aufs\", "),
+        };
+        let common = format!(
+            r#"version = {version}
 root = "{root}"
 state = "{state}"
-disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.zfs", "io.containerd.tracing.processor.v1.otlp", "io.containerd.internal.v1.tracing"]
+disabled_plugins = [{aufs}"io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.zfs", "io.containerd.tracing.processor.v1.otlp", "io.containerd.internal.v1.tracing"]
 [grpc]
   address = "{sock}"
 [ttrpc]
@@ -114,7 +118,16 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
 [plugins]
   [plugins."io.containerd.internal.v1.opt"]
     path = "{dir}/opt"
-  [plugins."io.containerd.cri.v1.images"]
+"#,
+            root = dir.join("root").display(),
+            state = dir.join("state").display(),
+            sock = socket.display(),
+            dir = dir.display(),
+        );
+        // The CRI plugin: one table in 1.6, split into images and runtime in 2.x.
+        let cri = if flavor == Flavor::V2 {
+            format!(
+                r#"  [plugins."io.containerd.cri.v1.images"]
     snapshotter = "overlayfs"
     [plugins."io.containerd.cri.v1.images".pinned_images]
       sandbox = "{sandbox_image}"
@@ -129,32 +142,12 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
     stream_server_address = "127.0.0.1"
     stream_server_port = "0"
 "#,
-                root = dir.join("root").display(),
-                state = dir.join("state").display(),
-                sock = socket.display(),
-                dir = dir.display(),
                 certs = certs_d.display(),
                 cni = cni_conf_dir.display(),
             )
         } else {
             format!(
-                r#"version = 2
-root = "{root}"
-state = "{state}"
-disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.zfs", "io.containerd.tracing.processor.v1.otlp", "io.containerd.internal.v1.tracing"]
-[grpc]
-  address = "{sock}"
-[ttrpc]
-  address = "{sock}.ttrpc"
-[debug]
-  address = ""
-  level = "warn"
-[metrics]
-  address = ""
-[plugins]
-  [plugins."io.containerd.internal.v1.opt"]
-    path = "{dir}/opt"
-  [plugins."io.containerd.grpc.v1.cri"]
+                r#"  [plugins."io.containerd.grpc.v1.cri"]
     sandbox_image = "{sandbox_image}"
     stream_server_address = "127.0.0.1"
     stream_server_port = "0"
@@ -167,14 +160,11 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
     [plugins."io.containerd.grpc.v1.cri".registry]
       config_path = "{certs}"
 "#,
-                root = dir.join("root").display(),
-                state = dir.join("state").display(),
-                sock = socket.display(),
-                dir = dir.display(),
                 certs = certs_d.display(),
                 cni = cni_conf_dir.display(),
             )
         };
+        let config = common + &cri;
         let cfg = dir.join("config.toml");
         std::fs::write(&cfg, config)?;
         let log = std::fs::File::create(dir.join("containerd.log"))?;

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use berth_cri_api::v1 as cri;
-use berth_e2e::apps::{APP, create, ctr, env_with, exec, start, status};
+use berth_e2e::apps::{APP, create, ctr, env_with, exec, runtime_status, start, status};
 use berth_e2e::pods::pod_config;
 use berth_e2e::wait_until;
 use tonic::Code;
@@ -566,14 +566,7 @@ async fn a_recursively_read_only_mount_is_read_only_below_too() {
     let env = env_with("").await;
     // Status lists the default handler under "" too, as containerd does, and runc here
     // (runc 1.1, Linux >= 5.12) makes mounts read-only recursively.
-    let st = env
-        .cri
-        .runtime
-        .clone()
-        .status(cri::StatusRequest { verbose: false })
-        .await
-        .unwrap()
-        .into_inner();
+    let st = runtime_status(&env).await;
     for name in ["", "runc"] {
         let h = st.runtime_handlers.iter().find(|h| h.name == name);
         assert!(
@@ -656,14 +649,7 @@ async fn a_recursively_read_only_mount_is_read_only_below_too() {
 async fn supplemental_groups_merge_the_images_groups_unless_strict() {
     let env = env_with("").await;
     // Status says berth honours the policy (critest runs its specs only then).
-    let st = env
-        .cri
-        .runtime
-        .clone()
-        .status(cri::StatusRequest { verbose: false })
-        .await
-        .unwrap()
-        .into_inner();
+    let st = runtime_status(&env).await;
     assert!(st.features.is_some_and(|f| f.supplemental_groups_policy));
     // An image whose /etc/group puts its user 1000 in group 50000 (critest's
     // test-image-predefined-group, rebuilt here).
