@@ -708,3 +708,116 @@ async fn supplemental_groups_merge_the_images_groups_unless_strict() {
     env.stop(&pod).await.unwrap();
     env.remove(&pod).await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pod_metrics_are_read_from_the_cgroup_proc_and_the_pods_network() {
+    let env = env_with("").await;
+    let mut rt = env.cri.runtime.clone();
+    let descs = rt
+        .list_metric_descriptors(cri::ListMetricDescriptorsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .descriptors;
+    assert!(descs.len() >= 40, "{}", descs.len());
+    let keys = |name: &str| {
+        descs
+            .iter()
+            .find(|d| d.name == name)
+            .map(|d| d.label_keys.len())
+            .unwrap_or_else(|| panic!("no descriptor {name}"))
+    };
+    let pcfg = pod_config("metrics");
+    let pod = env.run(pcfg.clone()).await.unwrap();
+    let mut c = ctr("busy", &["sh", "-c", "sleep 3600 & sleep 3600"]);
+    c.linux = Some(cri::LinuxContainerConfig {
+        resources: Some(cri::LinuxContainerResources {
+            cpu_period: 100_000,
+            cpu_quota: 20_000,
+            cpu_shares: 1024,
+            memory_limit_in_bytes: 64 << 20,
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let id = create(&env, &pod, &pcfg, c).await.unwrap();
+    start(&env, &id).await;
+    let before = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    // Two processes running; let them start.
+    assert!(wait_until(Duration::from_secs(5), || {
+        block_on(exec(
+            &env,
+            &id,
+            &["sh", "-c", "test $(ls /proc | grep -c '^[0-9]') -ge 2"],
+            5,
+        ))
+        .is_ok_and(|r| r.exit_code == 0)
+    }));
+    let all = rt
+        .list_pod_sandbox_metrics(cri::ListPodSandboxMetricsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .pod_metrics;
+    let pm = all
+        .iter()
+        .find(|p| p.pod_sandbox_id == pod)
+        .expect("no metrics for the pod");
+    // The pod's network: its eth0 from the pause process's namespace.
+    let rx = pm
+        .metrics
+        .iter()
+        .find(|m| m.name == "container_network_receive_bytes_total")
+        .expect("no network metrics");
+    assert_eq!(rx.label_values.len(), keys(&rx.name));
+    assert_eq!(rx.label_values.last().map(String::as_str), Some("eth0"));
+    let cm = pm
+        .container_metrics
+        .iter()
+        .find(|c| c.container_id == id)
+        .expect("no metrics for the container");
+    let v = |name: &str| {
+        let m = cm
+            .metrics
+            .iter()
+            .find(|m| m.name == name)
+            .unwrap_or_else(|| panic!("no {name}"));
+        assert_eq!(m.label_values.len(), keys(name), "{name}");
+        assert_eq!(m.label_values[3], id, "{name}");
+        m.value.as_ref().unwrap().value
+    };
+    assert_eq!(v("container_spec_memory_limit_bytes"), 64 << 20);
+    assert_eq!(v("container_spec_cpu_period"), 100_000);
+    assert_eq!(v("container_spec_cpu_shares"), 1024);
+    // The two sleeps (sh execs the last one).
+    assert!(
+        v("container_processes") >= 2,
+        "{}",
+        v("container_processes")
+    );
+    assert!(v("container_threads") >= v("container_processes"));
+    assert!(v("container_file_descriptors") >= 3);
+    assert!(v("container_memory_usage_bytes") > 0);
+    assert!(v("container_memory_working_set_bytes") <= v("container_memory_usage_bytes"));
+    assert!(v("container_fs_limit_bytes") > 0);
+    assert!(v("container_fs_inodes_total") >= v("container_fs_inodes_free"));
+    let started = v("container_start_time_seconds");
+    assert!(
+        started + 60 >= before && started <= before + 1,
+        "{started} vs {before}"
+    );
+    assert!(v("container_last_seen") >= started);
+    env.stop(&pod).await.unwrap();
+    env.remove(&pod).await.unwrap();
+    // A stopped pod has no metrics.
+    let all = rt
+        .list_pod_sandbox_metrics(cri::ListPodSandboxMetricsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .pod_metrics;
+    assert!(all.iter().all(|p| p.pod_sandbox_id != pod));
+}

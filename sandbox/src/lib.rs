@@ -25,6 +25,7 @@
 pub mod container;
 pub mod error;
 pub mod logs;
+pub mod metrics;
 pub mod pod;
 pub mod process;
 mod reaper;

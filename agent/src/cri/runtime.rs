@@ -311,8 +311,105 @@ impl RuntimeService for RuntimeCri {
 
     not_yet! {
         checkpoint_container(CheckpointContainerRequest) -> CheckpointContainerResponse, "CheckpointContainer", "checkpointing is not supported";
-        list_metric_descriptors(ListMetricDescriptorsRequest) -> ListMetricDescriptorsResponse, "ListMetricDescriptors", "pod metrics are not supported";
-        list_pod_sandbox_metrics(ListPodSandboxMetricsRequest) -> ListPodSandboxMetricsResponse, "ListPodSandboxMetrics", "pod metrics are not supported";
+    }
+
+    async fn list_metric_descriptors(
+        &self,
+        _req: Request<cri::ListMetricDescriptorsRequest>,
+    ) -> Result<Response<cri::ListMetricDescriptorsResponse>, Status> {
+        call(
+            tracing::trace_span!("ListMetricDescriptors"),
+            Kind::Read,
+            async {
+                Ok(cri::ListMetricDescriptorsResponse {
+                    descriptors: berth_sandbox::metrics::DESCRIPTORS
+                        .iter()
+                        .map(|d| cri::MetricDescriptor {
+                            name: d.name.into(),
+                            help: d.help.into(),
+                            label_keys: d.labels.iter().map(|k| k.to_string()).collect(),
+                        })
+                        .collect(),
+                })
+            },
+        )
+        .await
+    }
+
+    async fn list_pod_sandbox_metrics(
+        &self,
+        _req: Request<cri::ListPodSandboxMetricsRequest>,
+    ) -> Result<Response<cri::ListPodSandboxMetricsResponse>, Status> {
+        call(
+            tracing::trace_span!("ListPodSandboxMetrics"),
+            Kind::Read,
+            async {
+                let now = now_ns();
+                let metric = |name: &'static str, labels: &[&str], value: u64| {
+                    let kind = match berth_sandbox::metrics::descriptor(name).map(|d| d.kind) {
+                        Some(berth_sandbox::metrics::Kind::Gauge) => cri::MetricType::Gauge,
+                        _ => cri::MetricType::Counter,
+                    };
+                    cri::Metric {
+                        name: name.into(),
+                        timestamp: now,
+                        metric_type: kind as i32,
+                        label_values: labels.iter().map(|l| l.to_string()).collect(),
+                        value: Some(cri::UInt64Value { value }),
+                    }
+                };
+                let pod_metrics = self
+                    .pods
+                    .pod_metrics()
+                    .await
+                    .into_iter()
+                    .map(|p| {
+                        // Pod-level (network) labels: no container, the sandbox as the id,
+                        // no image; then the interface.
+                        let metrics = p
+                            .network
+                            .iter()
+                            .flat_map(|dev| {
+                                let labels =
+                                    [&*p.name, &*p.namespace, "", &*p.pod_id, "", &*dev.interface];
+                                berth_sandbox::metrics::network_samples(dev)
+                                    .into_iter()
+                                    .map(move |(n, v)| metric(n, &labels, v))
+                            })
+                            .collect();
+                        let container_metrics = p
+                            .containers
+                            .iter()
+                            .map(|c| {
+                                let base = [&*p.name, &*p.namespace, &*c.name, &*c.id, &*c.image];
+                                cri::ContainerMetrics {
+                                    container_id: c.id.clone(),
+                                    metrics: c
+                                        .samples
+                                        .iter()
+                                        .map(|(n, extra, v)| {
+                                            let labels: Vec<&str> = base
+                                                .iter()
+                                                .copied()
+                                                .chain(extra.iter().map(String::as_str))
+                                                .collect();
+                                            metric(n, &labels, *v)
+                                        })
+                                        .collect(),
+                                }
+                            })
+                            .collect();
+                        cri::PodSandboxMetrics {
+                            pod_sandbox_id: p.pod_id.clone(),
+                            metrics,
+                            container_metrics,
+                        }
+                    })
+                    .collect();
+                Ok(cri::ListPodSandboxMetricsResponse { pod_metrics })
+            },
+        )
+        .await
     }
 
     type GetContainerEventsStream = EventStream;

@@ -18,6 +18,7 @@
 
 mod config;
 mod files;
+mod metrics;
 mod port_forward;
 mod record;
 mod remove;
@@ -28,4 +29,5 @@ mod stop;
 
 pub use config::*;
 pub(crate) use files::unmount;
+pub use metrics::{ContainerMetrics, PodMetrics};
 pub use record::*;
