@@ -720,3 +720,52 @@ async fn with_evented_pleg_the_kubelet_follows_berths_container_events() {
         errors.join("\n")
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_stats_from_cri_the_kubelet_serves_berths_pod_metrics() {
+    // PodAndContainerStatsFromCRI: the kubelet takes pod and container stats from berth
+    // (ListPodSandboxStats) and serves berth's ListPodSandboxMetrics on /metrics/cadvisor.
+    let env = KubeletEnv::start(KubeletOptions {
+        feature_gates: vec!["PodAndContainerStatsFromCRI"],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let k = &env.kubelet;
+    let log_from = k.log().len();
+    k.add_pod(&pod(
+        "measured",
+        json!([sh("work", "exec sleep 3600")]),
+        json!({}),
+    ))
+    .unwrap();
+    k.wait_pod("measured", CONVERGE, "running", all_ready)
+        .await
+        .unwrap();
+    let full = k.pod_name("measured");
+    let mut text = String::new();
+    let mut found = false;
+    for _ in 0..60 {
+        let (status, body) = k.get_text("/metrics/cadvisor").await.unwrap();
+        assert_eq!(status, 200, "{body}");
+        text = body;
+        found = text.lines().any(|l| {
+            l.starts_with("container_memory_working_set_bytes{")
+                && l.contains("container=\"work\"")
+                && l.contains(&format!("pod=\"{full}\""))
+        }) && text
+            .lines()
+            .any(|l| l.starts_with("container_network_receive_bytes_total{") && l.contains(&full));
+        if found {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(found, "no metrics of {full} in /metrics/cadvisor:\n{text}");
+    let errors = k.runtime_errors_since(log_from);
+    assert!(
+        errors.is_empty(),
+        "the kubelet logged runtime errors:\n{}",
+        errors.join("\n")
+    );
+}
