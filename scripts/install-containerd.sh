@@ -6,20 +6,12 @@
 #
 # Prints the directory holding `containerd` and `containerd-shim-runc-v2`.
 set -euo pipefail
+. "$(dirname "$0")/go-tools.sh"
 
 version="${1:-v2.4.2}"
-cache="${BERTH_TOOLS_CACHE:-/var/cache/berth-tools}"
-out="$cache/containerd-$version"
-if [ -x "$out/containerd" ] && [ -x "$out/containerd-shim-runc-v2" ]; then
-    echo "$out"
-    exit 0
-fi
-command -v go >/dev/null || { echo "install-containerd: go is not on PATH" >&2; exit 1; }
-
-export GOPATH="$cache/go"
-export GOCACHE="$cache/go-build"
+out="$berth_tools_cache/containerd-$version"
+go_tool_prepare install-containerd "$out" containerd containerd-shim-runc-v2
 export GOBIN="$out"
-mkdir -p "$out" "$GOPATH" "$GOCACHE"
 echo "install-containerd: building containerd $version" >&2
 go install "github.com/containerd/containerd/v2/cmd/containerd@$version" \
     "github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2@$version" >&2

@@ -2,27 +2,20 @@
 # Builds cri-tools' crictl and critest at a given version from the Go module proxy, into a
 # cache directory, so that a second run costs nothing.
 #
-#   scripts/install-cri-tools.sh [VERSION]        # default v1.37.0; v1.26.1 works too
+#   scripts/install-cri-tools.sh [VERSION]        # default v1.37.0 (the proxy here refuses
+#                                                 # v1.26.1: 403)
 #
 # Prints the directory holding `crictl` and `critest`. The cache is
 # $BERTH_TOOLS_CACHE (default /var/cache/berth-tools)/cri-tools-<version>; Go's own module
 # and build caches are kept under it too. critest is cri-tools' test binary: `go test -c` of
 # cmd/critest, built from a throwaway module that requires cri-tools at that version.
 set -euo pipefail
+. "$(dirname "$0")/go-tools.sh"
 
 version="${1:-v1.37.0}"
-cache="${BERTH_TOOLS_CACHE:-/var/cache/berth-tools}"
-out="$cache/cri-tools-$version"
-if [ -x "$out/crictl" ] && [ -x "$out/critest" ]; then
-    echo "$out"
-    exit 0
-fi
-command -v go >/dev/null || { echo "install-cri-tools: go is not on PATH" >&2; exit 1; }
-
-export GOPATH="$cache/go"
-export GOCACHE="$cache/go-build"
+out="$berth_tools_cache/cri-tools-$version"
+go_tool_prepare install-cri-tools "$out" crictl critest
 export GOFLAGS="-mod=mod"
-mkdir -p "$out" "$GOPATH" "$GOCACHE"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 cd "$work"

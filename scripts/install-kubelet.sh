@@ -12,20 +12,12 @@
 # points each staging module at its published release (v0.X.Y for vX.Y). The list of staging
 # modules is read from the version's own go.mod.
 set -euo pipefail
+. "$(dirname "$0")/go-tools.sh"
 
 version="${1:-v1.34.4}"
-cache="${BERTH_TOOLS_CACHE:-/var/cache/berth-tools}"
-out="$cache/kubelet-$version"
-if [ -x "$out/kubelet" ] && [ -x "$out/kubectl" ]; then
-    echo "$out"
-    exit 0
-fi
-command -v go >/dev/null || { echo "install-kubelet: go is not on PATH" >&2; exit 1; }
-
-export GOPATH="$cache/go"
-export GOCACHE="$cache/go-build"
+out="$berth_tools_cache/kubelet-$version"
+go_tool_prepare install-kubelet "$out" kubelet kubectl
 export GOFLAGS="-mod=mod"
-mkdir -p "$out" "$GOPATH" "$GOCACHE"
 staging="v0.${version#v1.}"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
