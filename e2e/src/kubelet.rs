@@ -578,6 +578,16 @@ featureGates:
             .collect()
     }
 
+    /// Fails the test with every line [`Self::runtime_errors_since`] finds.
+    pub fn assert_no_runtime_errors_since(&self, from: usize) {
+        let errors = self.runtime_errors_since(from);
+        assert!(
+            errors.is_empty(),
+            "the kubelet logged runtime errors:\n{}",
+            errors.join("\n")
+        );
+    }
+
     /// Removes the kubelet's cgroup root, deepest first (call once its pods are gone).
     pub fn remove_cgroups(&self) {
         for h in cgroup_hierarchies() {
