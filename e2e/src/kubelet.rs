@@ -118,6 +118,8 @@ pub struct Kubelet {
     pub healthz_port: u16,
     /// `cgroupRoot`, e.g. `/berth-e2e-1a2b3c`.
     pub cgroup_root: String,
+    /// The CA of the kubelet's serving certificate (for 127.0.0.1): clients can verify it.
+    pub ca: PathBuf,
     config: PathBuf,
     http: reqwest::Client,
     verbosity: u8,
@@ -216,6 +218,11 @@ impl Kubelet {
         }
         let port = crate::free_port();
         let healthz_port = crate::free_port();
+        // A serving certificate for 127.0.0.1 (the kubelet's own self-signed one names only
+        // the node), so that streaming clients can check whom they talk to.
+        let pki = dir.path().join("serving");
+        std::fs::create_dir_all(&pki)?;
+        let (ca, cert, key) = crate::tls::ca_and_server_cert(&pki);
         let gates: String = opts
             .feature_gates
             .iter()
@@ -230,6 +237,8 @@ kind: KubeletConfiguration
 address: 127.0.0.1
 port: {port}
 readOnlyPort: 0
+tlsCertFile: {cert}
+tlsPrivateKeyFile: {key}
 healthzBindAddress: 127.0.0.1
 healthzPort: {healthz_port}
 staticPodPath: {manifests}
@@ -254,6 +263,8 @@ featureGates:
 {extra}
 ",
                 manifests = manifests.display(),
+                cert = cert.display(),
+                key = key.display(),
                 socket = berth_socket.display(),
                 pod_logs = pod_logs.display(),
                 gates_or_empty = if gates.is_empty() {
@@ -281,6 +292,7 @@ featureGates:
             port,
             healthz_port,
             cgroup_root,
+            ca,
             config,
             http,
             dir,
@@ -610,7 +622,7 @@ featureGates:
 }
 
 /// `s` percent-encoded for a URL query value.
-fn query_escape(s: &str) -> String {
+pub fn query_escape(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {

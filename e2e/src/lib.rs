@@ -15,6 +15,7 @@ pub mod net;
 pub mod pods;
 pub mod proxy;
 pub mod registry;
+pub mod tls;
 pub mod tools;
 
 pub use berth::{Berth, Cri};

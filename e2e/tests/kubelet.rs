@@ -735,3 +735,84 @@ async fn with_stats_from_cri_the_kubelet_serves_berths_pod_metrics() {
     assert!(found, "no metrics of {full} in /metrics/cadvisor:\n{text}");
     k.assert_no_runtime_errors_since(log_from);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn exec_and_port_forward_through_the_kubelets_streaming_proxy_reach_berth() {
+    use berth_stream::StdioOptions;
+    use berth_stream::client::{RemoteCommand, exit_code, read_all};
+    let env = KubeletEnv::start(KubeletOptions::default()).await.unwrap();
+    let k = &env.kubelet;
+    let log_from = k.log().len();
+    let web = json!({
+        "name": "web",
+        "image": APP,
+        "imagePullPolicy": "IfNotPresent",
+        "command": ["httpd", "-f", "-p", "8080", "-h", "/www"],
+        "readinessProbe": {"tcpSocket": {"port": 8080}, "periodSeconds": 1},
+    });
+    k.add_pod(&pod(
+        "streamed",
+        json!([sh("box", "exec sleep 3600"), web]),
+        json!({}),
+    ))
+    .unwrap();
+    k.wait_pod("streamed", CONVERGE, "running", all_ready)
+        .await
+        .unwrap();
+    // What `kubectl exec` asks of the kubelet (the API server passes it on): the kubelet
+    // calls Exec on berth and proxies the upgraded connection to berth's streaming server.
+    berth_stream::client::trust_ca(&std::fs::read(&k.ca).unwrap()).unwrap();
+    let cmd: String = [
+        "sh",
+        "-c",
+        "echo through the kubelet; echo on stderr >&2; exit 3",
+    ]
+    .iter()
+    .map(|c| format!("command={}&", berth_e2e::kubelet::query_escape(c)))
+    .collect();
+    let url = format!(
+        "https://127.0.0.1:{}/exec/default/{}/box?{cmd}output=1&error=1",
+        k.port,
+        k.pod_name("streamed")
+    );
+    let opts = StdioOptions {
+        stdin: false,
+        stdout: true,
+        stderr: true,
+        tty: false,
+    };
+    let mut rc = RemoteCommand::spdy(&url, opts).await.unwrap();
+    let out = read_all(rc.stdout.as_mut().unwrap()).await;
+    let err = read_all(rc.stderr.as_mut().unwrap()).await;
+    assert_eq!(String::from_utf8_lossy(&out), "through the kubelet\n");
+    assert_eq!(String::from_utf8_lossy(&err), "on stderr\n");
+    assert_eq!(exit_code(&rc.status().await), Some(3));
+
+    // What `kubectl port-forward` asks of it: PortForward on berth, the SPDY session
+    // proxied; a request through it reaches the pod's port 8080.
+    let url = format!(
+        "https://127.0.0.1:{}/portForward/default/{}",
+        k.port,
+        k.pod_name("streamed")
+    );
+    let (session, proto) = berth_stream::client::spdy_connect(&url, &["portforward.k8s.io"])
+        .await
+        .unwrap();
+    assert_eq!(proto, "portforward.k8s.io");
+    let mut f = berth_stream::client::spdy_forward(&session, 8080, 0)
+        .await
+        .unwrap();
+    f.to_pod
+        .send(bytes::Bytes::from_static(
+            b"GET /index.html HTTP/1.0\r\nHost: x\r\n\r\n",
+        ))
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    while let Ok(Some(b)) = tokio::time::timeout(Duration::from_secs(10), f.from_pod.recv()).await {
+        got.extend_from_slice(&b);
+    }
+    let page = String::from_utf8_lossy(&got);
+    assert!(page.contains("hello over localhost"), "{page}");
+    k.assert_no_runtime_errors_since(log_from);
+}

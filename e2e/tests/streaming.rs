@@ -599,87 +599,10 @@ async fn streaming_requests_are_checked_and_tokens_expire() {
     env.assert_clean();
 }
 
-/// A CA and a server certificate for 127.0.0.1 signed by it (PEM files in `dir`).
-fn tls_files(
-    dir: &std::path::Path,
-) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
-    let p = |n: &str| dir.join(n);
-    let run = |args: &[&str]| {
-        let out = std::process::Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .expect("openssl (apt-get install openssl)");
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-    ];
-    run(&[
-        &["req", "-x509"][..],
-        &ec,
-        &[
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.pem",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=berth-e2e-ca",
-        ],
-    ]
-    .concat());
-    run(&[
-        &["req"][..],
-        &ec,
-        &[
-            "-keyout",
-            "server.key",
-            "-out",
-            "server.csr",
-            "-subj",
-            "/CN=127.0.0.1",
-        ],
-    ]
-    .concat());
-    std::fs::write(
-        p("ext.cnf"),
-        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
-    )
-    .unwrap();
-    run(&[
-        "x509",
-        "-req",
-        "-in",
-        "server.csr",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-out",
-        "server.pem",
-        "-days",
-        "2",
-        "-extfile",
-        "ext.cnf",
-    ]);
-    (p("ca.pem"), p("server.pem"), p("server.key"))
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn exec_over_tls() {
     let dir = tempfile::tempdir().unwrap();
-    let (ca, cert, key) = tls_files(dir.path());
+    let (ca, cert, key) = berth_e2e::tls::ca_and_server_cert(dir.path());
     let env = env_with(&format!(
         "[stream]\ntls_cert = \"{}\"\ntls_key = \"{}\"\n",
         cert.display(),
