@@ -8,6 +8,8 @@
 
 use std::path::Path;
 
+pub use crate::stats::{Cgroup, read_cgroup};
+
 /// Counter or gauge.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -296,47 +298,6 @@ pub fn descriptor(name: &str) -> Option<&'static Descriptor> {
     DESCRIPTORS.iter().find(|d| d.name == name)
 }
 
-/// A cgroup's counters (v1 controllers or the v2 unified hierarchy).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Cgroup {
-    /// CPU time, total, user and system (ns).
-    pub cpu_ns: u64,
-    /// User CPU time (ns).
-    pub cpu_user_ns: u64,
-    /// System CPU time (ns).
-    pub cpu_system_ns: u64,
-    /// CFS periods elapsed.
-    pub periods: u64,
-    /// CFS periods throttled.
-    pub throttled_periods: u64,
-    /// Time throttled (ns).
-    pub throttled_ns: u64,
-    /// Memory usage, page cache included.
-    pub memory: u64,
-    /// Inactive page cache.
-    pub inactive_file: u64,
-    /// Highest usage.
-    pub memory_max: u64,
-    /// Page cache.
-    pub cache: u64,
-    /// Anonymous memory.
-    pub rss: u64,
-    /// Mapped files.
-    pub mapped_file: u64,
-    /// Swap.
-    pub swap: u64,
-    /// Kernel memory.
-    pub kernel: u64,
-    /// Times the limit was hit.
-    pub failcnt: u64,
-    /// Page faults, minor and major.
-    pub faults: u64,
-    /// OOM kills.
-    pub oom_kills: u64,
-    /// The pids limit (None: unlimited).
-    pub pids_max: Option<u64>,
-}
-
 /// One block device's I/O by a cgroup.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct DeviceIo {
@@ -484,91 +445,6 @@ fn read(p: &Path) -> String {
     std::fs::read_to_string(p).unwrap_or_default()
 }
 
-fn num(text: &str) -> u64 {
-    text.trim().parse().unwrap_or(0)
-}
-
-/// `key value` lines (memory.stat, cpu.stat, cpuacct.stat, memory.events).
-fn field(text: &str, key: &str) -> u64 {
-    text.lines()
-        .find_map(|l| {
-            let (k, v) = l.split_once(' ')?;
-            (k == key).then(|| v.trim().parse().ok()).flatten()
-        })
-        .unwrap_or(0)
-}
-
-/// `pids.max`: a number or `max`.
-fn pids_max(text: &str) -> Option<u64> {
-    text.trim().parse().ok()
-}
-
-/// Reads the cgroup at `rel` (the spec's `cgroupsPath`) under `root` (`/sys/fs/cgroup`);
-/// None when it is not there (the container is gone).
-pub fn read_cgroup(root: &Path, rel: &str) -> Option<Cgroup> {
-    let rel = rel.trim_start_matches('/');
-    if rel.split('/').any(|c| c == "..") {
-        return None;
-    }
-    let unified = root.join(rel);
-    if !root.join("memory").exists() {
-        let cpu = std::fs::read_to_string(unified.join("cpu.stat")).ok()?;
-        let mem = read(&unified.join("memory.stat"));
-        let events = read(&unified.join("memory.events"));
-        let usage = num(&read(&unified.join("memory.current")));
-        return Some(Cgroup {
-            cpu_ns: field(&cpu, "usage_usec") * 1000,
-            cpu_user_ns: field(&cpu, "user_usec") * 1000,
-            cpu_system_ns: field(&cpu, "system_usec") * 1000,
-            periods: field(&cpu, "nr_periods"),
-            throttled_periods: field(&cpu, "nr_throttled"),
-            throttled_ns: field(&cpu, "throttled_usec") * 1000,
-            memory: usage,
-            inactive_file: field(&mem, "inactive_file"),
-            memory_max: num(&read(&unified.join("memory.peak"))).max(usage),
-            cache: field(&mem, "file"),
-            rss: field(&mem, "anon"),
-            mapped_file: field(&mem, "file_mapped"),
-            swap: num(&read(&unified.join("memory.swap.current"))),
-            kernel: field(&mem, "kernel"),
-            failcnt: field(&events, "max"),
-            faults: field(&mem, "pgfault") + field(&mem, "pgmajfault"),
-            oom_kills: field(&events, "oom_kill"),
-            pids_max: pids_max(&read(&unified.join("pids.max"))),
-        });
-    }
-    let h = |c: &str| root.join(c).join(rel);
-    let cpu_ns = num(&std::fs::read_to_string(h("cpuacct").join("cpuacct.usage")).ok()?);
-    // cpuacct.stat is in clock ticks.
-    let ticks = read(&h("cpuacct").join("cpuacct.stat"));
-    let tick_ns = 1_000_000_000 / rustix::param::clock_ticks_per_second().max(1);
-    let cpu = read(&h("cpu").join("cpu.stat"));
-    let mem = read(&h("memory").join("memory.stat"));
-    let m = |f: &str| num(&read(&h("memory").join(f)));
-    let memsw = m("memory.memsw.usage_in_bytes");
-    let usage = m("memory.usage_in_bytes");
-    Some(Cgroup {
-        cpu_ns,
-        cpu_user_ns: field(&ticks, "user") * tick_ns,
-        cpu_system_ns: field(&ticks, "system") * tick_ns,
-        periods: field(&cpu, "nr_periods"),
-        throttled_periods: field(&cpu, "nr_throttled"),
-        throttled_ns: field(&cpu, "throttled_time"),
-        memory: usage,
-        inactive_file: field(&mem, "total_inactive_file"),
-        memory_max: m("memory.max_usage_in_bytes"),
-        cache: field(&mem, "total_cache"),
-        rss: field(&mem, "total_rss"),
-        mapped_file: field(&mem, "total_mapped_file"),
-        swap: memsw.saturating_sub(usage),
-        kernel: m("memory.kmem.usage_in_bytes"),
-        failcnt: m("memory.failcnt"),
-        faults: field(&mem, "total_pgfault") + field(&mem, "total_pgmajfault"),
-        oom_kills: field(&read(&h("memory").join("memory.oom_control")), "oom_kill"),
-        pids_max: pids_max(&read(&h("pids").join("pids.max"))),
-    })
-}
-
 /// The processes in the cgroup at `rel` (read from the `pids` or `memory` hierarchy, or the
 /// unified one).
 pub fn cgroup_pids(root: &Path, rel: &str) -> Vec<u32> {
@@ -606,7 +482,7 @@ pub fn processes(proc_root: &Path, pids: &[u32]) -> Processes {
         p.threads += read(&dir.join("status"))
             .lines()
             .find_map(|l| l.strip_prefix("Threads:"))
-            .map_or(0, num);
+            .map_or(0, |v| v.trim().parse().unwrap_or(0));
         if let Ok(fds) = std::fs::read_dir(dir.join("fd")) {
             for fd in fds.flatten() {
                 p.fds += 1;
@@ -760,7 +636,8 @@ pub fn container_samples(r: &Reading) -> Vec<(&'static str, u64)> {
         ("container_memory_swap", c.swap),
         ("container_memory_kernel_usage", c.kernel),
         ("container_memory_failcnt", c.failcnt),
-        ("container_memory_failures_total", c.faults),
+        // pgfault counts every fault, the major ones too.
+        ("container_memory_failures_total", c.page_faults),
         ("container_oom_events_total", c.oom_kills),
         ("container_fs_usage_bytes", r.fs.usage),
         ("container_fs_limit_bytes", r.fs.limit),
@@ -864,9 +741,16 @@ mod tests {
             (c.memory, c.cache, c.rss, c.mapped_file),
             (20480, 4096, 8192, 512)
         );
+        // total_pgfault already counts the major faults: not added twice.
         assert_eq!(
-            (c.swap, c.memory_max, c.failcnt, c.faults),
-            (4096, 40960, 2, 8)
+            (
+                c.swap,
+                c.memory_max,
+                c.failcnt,
+                c.page_faults,
+                c.major_page_faults
+            ),
+            (4096, 40960, 2, 7, 1)
         );
         assert_eq!((c.oom_kills, c.pids_max), (1, None));
         let s = container_samples(&Reading {
@@ -877,6 +761,7 @@ mod tests {
         assert_eq!(v("container_cpu_usage_seconds_total"), 3);
         assert_eq!(v("container_cpu_cfs_throttled_seconds_total"), 2);
         assert_eq!(v("container_memory_working_set_bytes"), 20480 - 1024);
+        assert_eq!(v("container_memory_failures_total"), 7);
         assert_eq!(cgroup_pids(root.path(), "/kubepods/pod1/c1"), vec![12, 34]);
         // A path that climbs out is refused; a container that is gone reads as None.
         assert!(read_cgroup(root.path(), "/kubepods/../../etc").is_none());

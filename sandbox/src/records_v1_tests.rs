@@ -10,6 +10,7 @@ use crate::container::ContainerRecord;
 use crate::pod::PodRecord;
 use crate::spec::container::ContainerSpec;
 use crate::spec::host::{Host, MountPropagation, RealHost};
+use crate::spec::pause::SandboxSpec;
 
 /// This machine, but with the hugetlb controller the records' host had (the old spec holds
 /// the kubelet's hugepage limit).
@@ -32,7 +33,6 @@ impl Host for RecordsHost {
         true
     }
 }
-use crate::spec::pause::SandboxSpec;
 
 const POD: &str = include_str!("../testdata/records-v1/pod.json");
 const CONTAINER: &str = include_str!("../testdata/records-v1/container.json");
