@@ -40,8 +40,19 @@ pub struct SideBySide {
 }
 
 impl SideBySide {
-    /// Starts both daemons; `prefix` names the scratch directory.
+    /// Starts berth and containerd 1.6; `prefix` names the scratch directory.
     pub async fn start(prefix: &str) -> anyhow::Result<Self> {
+        Self::start_daemons(prefix, false).await
+    }
+
+    /// As [`Self::start`], with containerd 2.x too when it is installed (benchmarks that
+    /// report it as a second baseline; the others leave it off, so that an idle daemon does
+    /// not weigh on what they measure).
+    pub async fn start_with_containerd2(prefix: &str) -> anyhow::Result<Self> {
+        Self::start_daemons(prefix, true).await
+    }
+
+    async fn start_daemons(prefix: &str, with_v2: bool) -> anyhow::Result<Self> {
         let registry = Registry::start()?;
         pause_image()?
             .push(&registry, "berth-e2e/pause", Some("1"))
@@ -66,7 +77,7 @@ impl SideBySide {
             &net.conf_dir,
         )?;
         let v2 = crate::containerd::Flavor::V2;
-        let containerd2 = if v2.installed() {
+        let containerd2 = if with_v2 && v2.installed() {
             Some(crate::containerd::Containerd::start_flavor(
                 v2,
                 &work.path().join("containerd2"),

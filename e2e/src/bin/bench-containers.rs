@@ -410,7 +410,7 @@ fn runc_bundle(dir: &std::path::Path, layer: &Layer) -> anyhow::Result<()> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let side = SideBySide::start("berth-bench-containers-").await?;
+    let side = SideBySide::start_with_containerd2("berth-bench-containers-").await?;
     let busybox = Layer::busybox()?;
     ImageBuilder::new(vec![Layer::busybox()?])
         .push(&side.registry, "berth-e2e/app", Some("1"))

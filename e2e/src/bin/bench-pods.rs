@@ -70,7 +70,7 @@ async fn round(cri: &Cri, tag: &str, rss: impl Fn() -> Option<u64>) -> anyhow::R
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let side = SideBySide::start("berth-bench-containerd-").await?;
+    let side = SideBySide::start_with_containerd2("berth-bench-containerd-").await?;
     let (berth, containerd) = (&side.berth, &side.containerd);
     let (b, c) = (berth.cri().await?, containerd.cri().await?);
     let c2 = match &side.containerd2 {
