@@ -1,0 +1,61 @@
+//! `containerd-shim-berth-v1`: berth's own containerd shim v2.
+//!
+//! It speaks the task API (`containerd.task.v2.Task` over ttrpc) that containerd and berth
+//! speak to shims, and drives an OCI runtime binary, runc or crun (`BinaryName` in the
+//! runc options), one shim per pod. It is built to cost little on a node: no async runtime,
+//! a thread per request only while the request runs, and no copying of a container's output
+//! when it has no terminal: the container writes into berth's fifos itself.
+//!
+//! The contract with its caller is containerd's:
+//! - `<shim> -namespace <ns> -address <caller socket> -publish-binary <bin> -id <id> start`,
+//!   run in the bundle directory, starts the daemon (or finds the one already serving the
+//!   pod named by the `io.kubernetes.cri.sandbox-id` annotation) and prints its address;
+//! - `<shim> … -id <id> -bundle <dir> delete` cleans up after a task whose shim died and
+//!   prints a `DeleteResponse`;
+//! - the daemon publishes task events to `$TTRPC_ADDRESS`, logs to the bundle's `log` fifo,
+//!   reaps every child as a subreaper and exits on `Shutdown` once it has no tasks.
+
+mod args;
+mod delete;
+mod events;
+mod log;
+mod mount;
+mod oom;
+mod reaper;
+mod runtime;
+mod server;
+mod service;
+mod start;
+mod stdio;
+
+use std::io::Write;
+
+fn main() {
+    let args = match args::Args::parse(std::env::args().skip(1)) {
+        Ok(a) => a,
+        Err(e) => fail(&e),
+    };
+    let res = match args.action {
+        args::Action::Version => {
+            let mut out = std::io::stdout();
+            let _ = writeln!(
+                out,
+                "containerd-shim-berth-v1:\n  Version: {}\n  Task API: v2",
+                env!("CARGO_PKG_VERSION")
+            );
+            Ok(())
+        }
+        args::Action::Start => start::run(&args),
+        args::Action::Delete => delete::run(&args),
+        args::Action::Serve => server::run(&args),
+    };
+    if let Err(e) = res {
+        fail(&e);
+    }
+}
+
+/// Reports `msg` on stderr (its caller shows it) and exits 1.
+fn fail(msg: &str) -> ! {
+    let _ = writeln!(std::io::stderr(), "containerd-shim-berth-v1: {msg}");
+    std::process::exit(1);
+}

@@ -1,0 +1,181 @@
+//! The daemon: its set-up, and the ttrpc server of the task API.
+//!
+//! ttrpc frames are a 10-byte header (length and stream id, big-endian u32s; type; flags)
+//! and a protobuf body. A thread reads each connection; each request runs on a thread of its
+//! own (a `Wait` blocks for as long as the process runs, and a runtime command must not hold
+//! up a `State`), and answers under the connection's write lock.
+
+use std::io::{Read, Write};
+use std::os::fd::FromRawFd;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::sync::{Arc, Mutex};
+
+use containerd_shim_protos::protobuf::Message;
+
+use crate::args::Args;
+use crate::log::{info, warning};
+use crate::service::{Reply, Service};
+
+/// Largest frame accepted (ttrpc's own limit).
+const MAX_FRAME: usize = 4 << 20;
+/// Stack of a request thread: requests run runtime commands and parse small messages.
+const REQUEST_STACK: usize = 256 * 1024;
+
+/// Runs the daemon: listens on fd 3 (from `start`), serves until `Shutdown`.
+pub fn run(args: &Args) -> Result<(), String> {
+    // SAFETY: ignoring SIGPIPE; a write to a closed socket or fifo then fails with EPIPE.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+    // SAFETY: `start` hands the listening socket over as fd 3, and nothing else owns it.
+    let listener = unsafe { UnixListener::from_raw_fd(3) };
+    let _ = rustix::io::fcntl_setfd(&listener, rustix::io::FdFlags::CLOEXEC);
+    let socket = listener
+        .local_addr()
+        .ok()
+        .and_then(|a| a.as_pathname().map(|p| p.to_path_buf()));
+    crate::log::init(std::path::Path::new("log"), args.debug);
+    // SAFETY: prctl with plain integer arguments.
+    if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
+        return Err(format!(
+            "become a subreaper: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    let events = crate::events::Publisher::start(
+        std::env::var("TTRPC_ADDRESS").unwrap_or_default(),
+        args.namespace.clone(),
+    );
+    let service = Service::new(args.namespace.clone(), events, socket.clone());
+    info!(
+        "serving task {} on {}",
+        args.id,
+        socket
+            .as_deref()
+            .unwrap_or(std::path::Path::new("?"))
+            .display()
+    );
+    for conn in listener.incoming() {
+        match conn {
+            Ok(c) => {
+                let svc = service.clone();
+                let _ = std::thread::Builder::new()
+                    .name("conn".into())
+                    .stack_size(REQUEST_STACK)
+                    .spawn(move || serve_connection(c, svc));
+            }
+            Err(e) => {
+                warning!("accept: {e}");
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn serve_connection(conn: UnixStream, service: Arc<Service>) {
+    let Ok(writer) = conn.try_clone() else {
+        return;
+    };
+    let writer = Arc::new(Mutex::new(writer));
+    let mut reader = conn;
+    loop {
+        let (stream_id, kind, body) = match read_frame(&mut reader) {
+            Ok(f) => f,
+            Err(_) => return,
+        };
+        if kind != ttrpc::proto::MESSAGE_TYPE_REQUEST {
+            continue;
+        }
+        let svc = service.clone();
+        let writer = writer.clone();
+        let spawned = std::thread::Builder::new()
+            .name("request".into())
+            .stack_size(REQUEST_STACK)
+            .spawn(move || {
+                let (resp, after) = match ttrpc::proto::Request::parse_from_bytes(&body) {
+                    Ok(req) => svc.dispatch(&req.service, &req.method, &req.payload),
+                    Err(e) => (
+                        Err(crate::service::Status::invalid(format!("bad request: {e}"))),
+                        Reply::Continue,
+                    ),
+                };
+                let resp = match resp {
+                    Ok(payload) => ttrpc::proto::Response {
+                        payload,
+                        ..Default::default()
+                    },
+                    Err(s) => ttrpc::proto::Response {
+                        status: protobuf::MessageField::some(s.into_proto()),
+                        ..Default::default()
+                    },
+                };
+                let bytes = resp.write_to_bytes().unwrap_or_default();
+                {
+                    let mut w = writer.lock().unwrap_or_else(|p| p.into_inner());
+                    let _ = write_frame(
+                        &mut *w,
+                        stream_id,
+                        ttrpc::proto::MESSAGE_TYPE_RESPONSE,
+                        &bytes,
+                    );
+                }
+                if after == Reply::Exit {
+                    svc.exit();
+                }
+            });
+        if let Err(e) = spawned {
+            warning!("no thread for a request: {e}");
+        }
+    }
+}
+
+/// Reads one frame: (stream id, type, body).
+pub fn read_frame(r: &mut impl Read) -> std::io::Result<(u32, u8, Vec<u8>)> {
+    let mut h = [0u8; 10];
+    r.read_exact(&mut h)?;
+    let len = u32::from_be_bytes([h[0], h[1], h[2], h[3]]) as usize;
+    let stream_id = u32::from_be_bytes([h[4], h[5], h[6], h[7]]);
+    if len > MAX_FRAME {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("frame of {len} bytes is over the {MAX_FRAME}-byte limit"),
+        ));
+    }
+    let mut body = vec![0u8; len];
+    r.read_exact(&mut body)?;
+    Ok((stream_id, h[8], body))
+}
+
+/// Writes one frame.
+pub fn write_frame(
+    w: &mut impl Write,
+    stream_id: u32,
+    kind: u8,
+    body: &[u8],
+) -> std::io::Result<()> {
+    let mut buf = Vec::with_capacity(10 + body.len());
+    buf.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    buf.extend_from_slice(&stream_id.to_be_bytes());
+    buf.push(kind);
+    buf.push(0);
+    buf.extend_from_slice(body);
+    w.write_all(&buf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_round_trip_and_oversized_ones_are_refused() {
+        let mut buf = Vec::new();
+        write_frame(&mut buf, 7, 1, b"hello").unwrap();
+        assert_eq!(&buf[..10], &[0, 0, 0, 5, 0, 0, 0, 7, 1, 0]);
+        let (sid, kind, body) = read_frame(&mut buf.as_slice()).unwrap();
+        assert_eq!((sid, kind, body.as_slice()), (7, 1, &b"hello"[..]));
+        let mut big = Vec::new();
+        big.extend_from_slice(&((MAX_FRAME as u32) + 1).to_be_bytes());
+        big.extend_from_slice(&[0, 0, 0, 1, 1, 0]);
+        assert!(read_frame(&mut big.as_slice()).is_err());
+        assert!(read_frame(&mut &buf[..12]).is_err(), "a truncated body");
+    }
+}
