@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
 # Installs what berth needs on Debian 12 to run and to be tested. Idempotent.
 #
-# Runtime: runc, containerd-shim-runc-v2 (from Debian's containerd package; berth never starts
-# the containerd daemon itself), CNI plugins, iptables, iproute2.
+# Runtime: runc, crun (what berth's own shim runs by default), containerd-shim-runc-v2 (from
+# Debian's containerd package; berth never starts the containerd daemon itself), CNI plugins,
+# iptables, iproute2.
 # Build: protobuf-compiler (the CRI protos are compiled at build time), pkg-config, gcc.
 # Tests: docker-registry (started by the tests on 127.0.0.1 only), busybox-static (test images),
 # apache2-utils (htpasswd for the auth tests), openssl (certificates for the streaming TLS test).
 # Images: umoci and skopeo build and move the DaemonSet image (scripts/build-deploy-image.sh).
 set -euo pipefail
 
-PACKAGES=(runc runsc containerd containernetworking-plugins iptables iproute2 util-linux
+PACKAGES=(runc crun runsc containerd containernetworking-plugins iptables iproute2 util-linux
           protobuf-compiler pkg-config gcc libc6-dev
           docker-registry busybox-static apache2-utils openssl curl ca-certificates
           umoci skopeo)
@@ -34,6 +35,20 @@ if [ "${#missing[@]}" -gt 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# crun refuses a hybrid cgroup host (v1 controllers beside a cgroup2 hierarchy) that leaves
+# any controller on the cgroup2 side ("drop all controllers from cgroupv2"). systemd's hybrid
+# layout mounts every controller as v1; a host without systemd can leave one there (hugetlb
+# on this project's CI machines). Each such controller is mounted as v1, as systemd would.
+if [ "$(stat -fc %T /sys/fs/cgroup 2>/dev/null)" = tmpfs ] && mountpoint -q /sys/fs/cgroup/unified; then
+    for c in $(cat /sys/fs/cgroup/unified/cgroup.controllers); do
+        mkdir -p "/sys/fs/cgroup/$c"
+        if ! mountpoint -q "/sys/fs/cgroup/$c"; then
+            mount -t cgroup -o "$c" cgroup "/sys/fs/cgroup/$c" \
+                || echo "install-deps: could not mount the $c controller as cgroup v1; crun will refuse this host" >&2
+        fi
+    done
 fi
 
 if ! command -v cargo >/dev/null; then

@@ -114,7 +114,19 @@ pub struct Handler {
     pub options: HandlerOptions,
 }
 
+/// berth's own shim (`containerd-shim-berth-v1`, the `shim/` crate): runc's options, runc or
+/// crun as its runtime.
+pub const BERTH_SHIM: &str = "io.containerd.berth.v1";
+/// containerd's runc shim.
+pub const RUNC_SHIM: &str = "io.containerd.runc.v2";
+
 impl Handler {
+    /// Whether this handler's shim takes runc's options (`BinaryName`, `Root`,
+    /// `SystemdCgroup`) and runs an OCI runtime binary: containerd's runc shim and berth's.
+    pub fn runs_oci_runtime(&self) -> bool {
+        self.runtime_type == RUNC_SHIM || self.runtime_type == BERTH_SHIM
+    }
+
     /// Whether this handler runs runsc through the runc shim.
     pub fn is_runsc(&self) -> bool {
         self.runtime_type == "io.containerd.runc.v2"
@@ -155,6 +167,17 @@ impl Default for Config {
             "runc".into(),
             Handler {
                 runtime_type: "io.containerd.runc.v2".into(),
+                ..Default::default()
+            },
+        );
+        handlers.insert(
+            "crun".into(),
+            Handler {
+                runtime_type: BERTH_SHIM.into(),
+                options: HandlerOptions {
+                    binary_name: Some("crun".into()),
+                    ..Default::default()
+                },
                 ..Default::default()
             },
         );
@@ -354,6 +377,16 @@ impl Config {
             if !h.engine_args.is_empty() && !h.is_runsc() {
                 bail!(
                     "runtime.handlers.{name}.engine_args: only for io.containerd.runc.v2 with a runsc BinaryName"
+                );
+            }
+            if h.runtime_type == BERTH_SHIM
+                && h.options
+                    .binary_name
+                    .as_deref()
+                    .is_some_and(|b| Path::new(b).file_name().is_some_and(|n| n == "runsc"))
+            {
+                bail!(
+                    "runtime.handlers.{name}: runsc runs under {RUNC_SHIM} (through berth's runsc adapter), not {BERTH_SHIM}"
                 );
             }
             if let Some(a) = h.engine_args.iter().find(|a| !a.starts_with("--")) {

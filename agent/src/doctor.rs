@@ -306,6 +306,7 @@ async fn handlers(cfg: &Config) -> Vec<Check> {
             Err(e) => {
                 let fix = match shim.as_str() {
                     "containerd-shim-runc-v2" => "apt-get install containerd (only its shim is used), or copy the shim beside berth".to_string(),
+                    "containerd-shim-berth-v1" => "install berth's shim beside berth (it is built with berth: target/release/containerd-shim-berth-v1)".to_string(),
                     "containerd-shim-kata-v2" => "install Kata Containers (kata-deploy), or remove this handler".to_string(),
                     other => format!("install {other}, or remove this handler from the config"),
                 };
@@ -315,7 +316,7 @@ async fn handlers(cfg: &Config) -> Vec<Check> {
         };
         let shim_version = version(&path, &["-v"]).await.unwrap_or_else(|e| e);
         let mut detail = format!("{} ({shim_version})", path.display());
-        if h.runtime_type == "io.containerd.runc.v2" {
+        if h.runs_oci_runtime() {
             let engine = h
                 .options
                 .binary_name
@@ -325,6 +326,27 @@ async fn handlers(cfg: &Config) -> Vec<Check> {
                 Some(p) => {
                     let v = version(&p, &["--version"]).await.unwrap_or_else(|e| e);
                     detail.push_str(&format!("; {} ({v})", p.display()));
+                    let stranded = controllers_left_on_cgroup2(Path::new("/sys/fs/cgroup"));
+                    if engine.contains("crun") && !stranded.is_empty() {
+                        push(fail(
+                            "runtime",
+                            label,
+                            format!(
+                                "{detail}; hybrid cgroup host with {} on cgroup2: crun refuses to run there",
+                                stranded.join(", ")
+                            ),
+                            stranded
+                                .iter()
+                                .map(|c| {
+                                    format!(
+                                        "mkdir -p /sys/fs/cgroup/{c} && mount -t cgroup -o {c} cgroup /sys/fs/cgroup/{c}"
+                                    )
+                                })
+                                .collect::<Vec<_>>()
+                                .join("; "),
+                        ));
+                        continue;
+                    }
                 }
                 None => {
                     push(fail(
@@ -335,6 +357,8 @@ async fn handlers(cfg: &Config) -> Vec<Check> {
                             "install {engine} (apt-get install {})",
                             if engine.contains("runsc") {
                                 "runsc"
+                            } else if engine.contains("crun") {
+                                "crun"
                             } else {
                                 "runc"
                             }
@@ -358,6 +382,19 @@ async fn handlers(cfg: &Config) -> Vec<Check> {
         push(pass("runtime", label, detail));
     }
     out
+}
+
+/// On a hybrid host (v1 controllers under a tmpfs at `root`, cgroup2 at `root/unified`),
+/// the controllers left on the cgroup2 side.
+fn controllers_left_on_cgroup2(root: &Path) -> Vec<String> {
+    if !root.join("unified/cgroup.procs").exists() {
+        return Vec::new();
+    }
+    std::fs::read_to_string(root.join("unified/cgroup.controllers"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(String::from)
+        .collect()
 }
 
 fn cni(cfg: &Config) -> Vec<Check> {
@@ -634,6 +671,25 @@ async fn connect(path: &Path) -> anyhow::Result<tonic::transport::Channel> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn controllers_stranded_on_a_hybrid_hosts_cgroup2_are_found() {
+        let d = tempfile::tempdir().unwrap();
+        assert!(
+            controllers_left_on_cgroup2(d.path()).is_empty(),
+            "no cgroup2 there"
+        );
+        std::fs::create_dir(d.path().join("unified")).unwrap();
+        std::fs::write(d.path().join("unified/cgroup.procs"), "1\n").unwrap();
+        std::fs::write(d.path().join("unified/cgroup.controllers"), "\n").unwrap();
+        assert!(controllers_left_on_cgroup2(d.path()).is_empty());
+        std::fs::write(
+            d.path().join("unified/cgroup.controllers"),
+            "hugetlb misc\n",
+        )
+        .unwrap();
+        assert_eq!(controllers_left_on_cgroup2(d.path()), ["hugetlb", "misc"]);
+    }
 
     #[test]
     fn state_on_tmpfs_or_a_warning() {

@@ -136,7 +136,7 @@ fn pod_manager_config(
     for (name, h) in &cfg.runtime.handlers {
         let shim = crate::config::shim_binary_name(&h.runtime_type)
             .map_err(|e| anyhow::anyhow!("runtime.handlers.{name}: {e}"))?;
-        let is_runc_shim = h.runtime_type == "io.containerd.runc.v2";
+        let takes_runc_options = h.runs_oci_runtime();
         // runsc runs through berth's adapter (berth_sandbox::runsc): the shim's engine is a
         // link to berth, which runs the real runsc.
         let binary_name = match &h.options.binary_name {
@@ -172,14 +172,14 @@ fn pod_manager_config(
                 runtime_type: h.runtime_type.clone(),
                 shim,
                 runtime_path: h.runtime_path.clone(),
-                // Through the runc shim only: runsc (behind berth's adapter) and kata have no
-                // recursive read-only mounts.
-                recursive_read_only: is_runc_shim
+                // Through a shim that runs an OCI runtime only: runsc (behind berth's adapter)
+                // and kata have no recursive read-only mounts.
+                recursive_read_only: takes_runc_options
                     && !h.is_runsc()
                     && recursive_read_only_supported(
                         options.binary_name.as_deref().unwrap_or("runc"),
                     ),
-                options: if is_runc_shim {
+                options: if takes_runc_options {
                     options
                 } else {
                     RuncOptions::default()

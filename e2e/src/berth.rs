@@ -117,6 +117,7 @@ impl Berth {
         } else {
             format!("{extra}\n[registry]\n{path_line}")
         };
+        let text = with_default_handler(&text);
         std::fs::write(&config, text)?;
         let mut b = Berth {
             child: None,
@@ -437,6 +438,30 @@ impl Berth {
     }
 }
 
+/// The handler the e2e tests run pods under unless a test names one: `$BERTH_E2E_HANDLER`
+/// (e.g. `crun`, berth's own shim with crun), else berth's default.
+pub fn e2e_handler() -> Option<String> {
+    std::env::var("BERTH_E2E_HANDLER")
+        .ok()
+        .filter(|h| !h.is_empty())
+}
+
+/// Makes [`e2e_handler`] the default handler of a config text that sets none.
+fn with_default_handler(text: &str) -> String {
+    let Some(h) = e2e_handler() else {
+        return text.to_string();
+    };
+    if text.contains("default_handler") {
+        return text.to_string();
+    }
+    let line = format!("default_handler = \"{h}\"\n");
+    if text.contains("[runtime]\n") {
+        text.replacen("[runtime]\n", &format!("[runtime]\n{line}"), 1)
+    } else {
+        format!("{text}\n[runtime]\n{line}")
+    }
+}
+
 /// Runs `fut` to its end on a runtime of its own, on a thread of its own: the fixture is
 /// used from synchronous code and from `Drop`, which may run inside a test's runtime.
 fn on_own_runtime<T: Send + 'static>(
@@ -476,9 +501,9 @@ fn shims_of(socket: &Path) -> Vec<(u32, String)> {
             .last()
             .is_some_and(|a| *a == b"start" || *a == b"delete");
         if !helper
-            && args
-                .first()
-                .is_some_and(|a| a.ends_with(b"containerd-shim-runc-v2"))
+            && args.first().is_some_and(|a| {
+                a.ends_with(b"containerd-shim-runc-v2") || a.ends_with(b"containerd-shim-berth-v1")
+            })
             && args.windows(2).any(|w| w[0] == b"-address" && w[1] == want)
         {
             let id = args

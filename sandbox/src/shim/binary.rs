@@ -10,7 +10,8 @@ use tokio::io::AsyncWriteExt;
 use super::env::{START_TIMEOUT, ShimEnv};
 use crate::error::{Error, Result};
 
-/// Finds a shim binary: an explicit path, else `$PATH`.
+/// Finds a shim binary: an explicit path, else the directory berth itself is in (berth's own
+/// shim is installed beside it), else `$PATH`.
 pub fn find_shim(binary: &str, explicit: Option<&Path>) -> Result<PathBuf> {
     if let Some(p) = explicit {
         return if p.is_file() {
@@ -22,8 +23,15 @@ pub fn find_shim(binary: &str, explicit: Option<&Path>) -> Result<PathBuf> {
             })
         };
     }
+    let own_dir = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(Path::to_path_buf));
     let path = std::env::var_os("PATH").unwrap_or_default();
-    let dirs: Vec<PathBuf> = std::env::split_paths(&path).collect();
+    let dirs: Vec<PathBuf> = own_dir
+        .iter()
+        .cloned()
+        .chain(std::env::split_paths(&path))
+        .collect();
     for d in &dirs {
         let p = d.join(binary);
         if p.is_file() {
@@ -33,7 +41,7 @@ pub fn find_shim(binary: &str, explicit: Option<&Path>) -> Result<PathBuf> {
     Err(Error::ShimNotFound {
         binary: binary.into(),
         searched: format!(
-            "$PATH ({})",
+            "berth's directory and $PATH ({})",
             dirs.iter()
                 .map(|d| d.display().to_string())
                 .collect::<Vec<_>>()
