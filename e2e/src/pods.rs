@@ -24,6 +24,19 @@ pub fn mirror_hosts(host: &str, addr: &impl std::fmt::Display) -> String {
 /// 2.x side by side for the benchmarks: one registry with the pause image (and whatever the
 /// caller pushes), one CNI network, every daemon pulling through the same mirror. Dropped
 /// daemons first, then the network and the registry.
+/// The handlers benchmarks compare, by shim and runtime: `runc` (containerd's runc shim
+/// with runc), `crun` (berth's shim with crun) and `berth-runc` (berth's shim with runc).
+pub const BENCH_HANDLERS: &str = r#"
+[runtime.handlers.runc]
+runtime_type = "io.containerd.runc.v2"
+[runtime.handlers.crun]
+runtime_type = "io.containerd.berth.v1"
+options = { BinaryName = "crun" }
+[runtime.handlers.berth-runc]
+runtime_type = "io.containerd.berth.v1"
+options = { BinaryName = "runc" }
+"#;
+
 pub struct SideBySide {
     /// berth (log level warn).
     pub berth: Berth,
@@ -60,7 +73,7 @@ impl SideBySide {
         let net = TestNet::new()?;
         let hosts = mirror_hosts("pause.invalid", &registry.addr);
         let berth = Berth::start_for_bench(&format!(
-            "sandbox_image = \"{PAUSE_IMAGE}\"\n{}",
+            "sandbox_image = \"{PAUSE_IMAGE}\"\n{}\n{BENCH_HANDLERS}",
             net.config_toml()
         ))?;
         berth.hosts_toml("pause.invalid", &hosts)?;

@@ -1,6 +1,8 @@
 //! Container benchmark: in one pod per daemon, 20 rounds of CreateContainer + StartContainer
-//! (timed), then StopContainer + RemoveContainer (timed), through berth and through containerd
-//! 1.6 (Debian's package, own root/state/socket), alternating; and the floor: `runc create` +
+//! (timed), then StopContainer + RemoveContainer (timed), through berth (three pods: under
+//! containerd's runc shim with runc, under berth's own shim with crun, and with runc) and
+//! through containerd 1.6 (Debian's package, own root/state/socket), alternating; and the
+//! floors: `crun create` + `crun start` and `runc create` +
 //! `runc start` of the same busybox rootfs from a plain directory, with no daemon at all,
 //! then with berth's spec, on a fresh overlay, and through Debian's `containerd-shim-runc-v2`
 //! driven directly (the floor of any runtime built on that shim, berth and containerd alike).
@@ -35,7 +37,7 @@ struct Daemon {
 }
 
 impl Daemon {
-    async fn new(cri: Cri, tag: &str) -> anyhow::Result<Self> {
+    async fn new(cri: Cri, tag: &str, handler: &str) -> anyhow::Result<Self> {
         cri.pull(PAUSE_IMAGE).await?;
         cri.pull(APP).await?;
         let pod_cfg = pod_config(&format!("bench-{tag}"));
@@ -44,7 +46,7 @@ impl Daemon {
             .clone()
             .run_pod_sandbox(cri::RunPodSandboxRequest {
                 config: Some(pod_cfg.clone()),
-                runtime_handler: String::new(),
+                runtime_handler: handler.into(),
             })
             .await?
             .into_inner()
@@ -135,12 +137,22 @@ fn runc_round(
     bundle: &std::path::Path,
     id: &str,
 ) -> anyhow::Result<Duration> {
+    oci_round("runc", root, bundle, id)
+}
+
+/// `<binary> create` + `<binary> start` of `bundle` (timed), then kill and delete (not timed).
+fn oci_round(
+    binary: &str,
+    root: &std::path::Path,
+    bundle: &std::path::Path,
+    id: &str,
+) -> anyhow::Result<Duration> {
     // The container inherits runc's stdio: pipes would never reach end-of-file while it
     // runs, so its output goes to /dev/null and runc's errors to a file.
     let errs = root.with_extension("stderr");
     let run = |args: &[&str]| -> anyhow::Result<()> {
         std::fs::create_dir_all(root)?;
-        let status = Command::new("runc")
+        let status = Command::new(binary)
             .arg("--root")
             .arg(root)
             .args(args)
@@ -150,7 +162,7 @@ fn runc_round(
             .status()?;
         if !status.success() {
             bail!(
-                "runc {args:?}: {}",
+                "{binary} {args:?}: {}",
                 std::fs::read_to_string(&errs).unwrap_or_default()
             );
         }
@@ -416,10 +428,14 @@ async fn main() -> anyhow::Result<()> {
         .push(&side.registry, "berth-e2e/app", Some("1"))
         .await?;
     let (berth, containerd, work) = (&side.berth, &side.containerd, &side.work);
-    let b = Daemon::new(berth.cri().await?, "b").await?;
-    let c = Daemon::new(containerd.cri().await?, "c").await?;
+    // berth three ways: containerd's runc shim with runc, its own shim with crun, its own
+    // shim with runc.
+    let b = Daemon::new(berth.cri().await?, "b", "runc").await?;
+    let bc = Daemon::new(berth.cri().await?, "bc", "crun").await?;
+    let br = Daemon::new(berth.cri().await?, "br", "berth-runc").await?;
+    let c = Daemon::new(containerd.cri().await?, "c", "").await?;
     let c2 = match &side.containerd2 {
-        Some(d) => Some(Daemon::new(d.cri().await?, "d").await?),
+        Some(d) => Some(Daemon::new(d.cri().await?, "d", "").await?),
         None => None,
     };
     let bundle = work.path().join("bundle");
@@ -451,8 +467,17 @@ async fn main() -> anyhow::Result<()> {
     )?;
     let floor = ShimFloor::start(&work.path().join("shim-floor"), &placeholder).await?;
 
+    let crun_root = work.path().join("crun");
+    let _crun_root = if berth_e2e::bench_state_on_tmpfs() {
+        Some(berth_e2e::Tmpfs::mount(&crun_root)?)
+    } else {
+        None
+    };
     // Warm-up, then alternate.
     b.round(1000).await?;
+    bc.round(1000).await?;
+    br.round(1000).await?;
+    oci_round("crun", &crun_root, &bundle, "warm")?;
     c.round(1000).await?;
     if let Some(c2) = &c2 {
         c2.round(1000).await?;
@@ -475,11 +500,12 @@ async fn main() -> anyhow::Result<()> {
     let (mut bu, mut bd, mut cu, mut cd, mut ru) = (vec![], vec![], vec![], vec![], vec![]);
     let (mut rs, mut ro, mut rf) = (vec![], vec![], vec![]);
     let (mut du, mut dd) = (vec![], vec![]);
+    let (mut bcu, mut bcd, mut bru, mut brd, mut cru) = (vec![], vec![], vec![], vec![], vec![]);
     // Each round runs the rows in a rotated order, so that every row follows every other
     // row's teardown equally often: what one leaves running (unmounts, RCU callbacks, a
-    // daemon's own clean-up) must not weigh on the same row every time. Row 6 is containerd
-    // 2.x, when installed.
-    let rows = if c2.is_some() { 7 } else { 6 };
+    // daemon's own clean-up) must not weigh on the same row every time. The last row is
+    // containerd 2.x, when installed.
+    let rows = if c2.is_some() { 10 } else { 9 };
     for i in 0..rounds() {
         for k in 0..rows {
             match (i + k) % rows {
@@ -503,6 +529,17 @@ async fn main() -> anyhow::Result<()> {
                     &format!("o{i}"),
                 )?),
                 5 => rf.push(floor.round(&layered, &spec, i).await?),
+                6 => {
+                    let (u, d) = bc.round(i).await?;
+                    bcu.push(u);
+                    bcd.push(d);
+                }
+                7 => {
+                    let (u, d) = br.round(i).await?;
+                    bru.push(u);
+                    brd.push(d);
+                }
+                8 => cru.push(oci_round("crun", &crun_root, &bundle, &format!("c{i}"))?),
                 _ => {
                     if let Some(c2) = &c2 {
                         let (u, d) = c2.round(i).await?;
@@ -515,6 +552,8 @@ async fn main() -> anyhow::Result<()> {
     }
     floor.close().await?;
     b.close().await?;
+    bc.close().await?;
+    br.close().await?;
     c.close().await?;
     if let Some(c2) = c2 {
         c2.close().await?;
@@ -536,15 +575,18 @@ async fn main() -> anyhow::Result<()> {
         }
     );
     let mut table = vec![
-        ("berth", &bu, Some(&bd)),
+        ("berth, runc shim", &bu, Some(&bd)),
+        ("berth, own+crun", &bcu, Some(&bcd)),
+        ("berth, own+runc", &bru, Some(&brd)),
         ("containerd 1.6", &cu, Some(&cd)),
         ("runc alone", &ru, None),
+        ("crun alone", &cru, None),
         ("runc, berth's spec", &rs, None),
         ("  + fresh overlay", &ro, None),
         ("  + runc shim", &rf, None),
     ];
     if !du.is_empty() {
-        table.insert(2, ("containerd 2.4", &du, Some(&dd)));
+        table.insert(4, ("containerd 2.4", &du, Some(&dd)));
     }
     for (name, up, down) in table {
         print!(
@@ -557,17 +599,27 @@ async fn main() -> anyhow::Result<()> {
             None => println!(),
         }
     }
+    let m = |v: &Vec<Duration>| percentile_ms(v, 50);
     println!(
-        "ratio create+start: berth/runc {:.2}x (goal <= 1.30x), berth/containerd 1.6 {:.2}x; stop+remove berth/containerd 1.6 {:.2}x",
-        percentile_ms(&bu, 50) / percentile_ms(&ru, 50),
-        percentile_ms(&bu, 50) / percentile_ms(&cu, 50),
-        percentile_ms(&bd, 50) / percentile_ms(&cd, 50)
+        "ratio create+start: berth own shim+crun / crun alone {:.2}x (goal <= 1.5x); berth own shim+runc / runc alone {:.2}x (goal <= 1.0x); berth runc shim / runc alone {:.2}x",
+        m(&bcu) / m(&cru),
+        m(&bru) / m(&ru),
+        m(&bu) / m(&ru)
+    );
+    println!(
+        "ratio create+start vs containerd 1.6: own+crun {:.2}x, own+runc {:.2}x, runc shim {:.2}x; stop+remove own+crun {:.2}x, runc shim {:.2}x",
+        m(&bcu) / m(&cu),
+        m(&bru) / m(&cu),
+        m(&bu) / m(&cu),
+        m(&bcd) / m(&cd),
+        m(&bd) / m(&cd)
     );
     if !du.is_empty() {
         println!(
-            "ratio create+start berth/containerd 2.4 {:.2}x; stop+remove {:.2}x",
-            percentile_ms(&bu, 50) / percentile_ms(&du, 50),
-            percentile_ms(&bd, 50) / percentile_ms(&dd, 50)
+            "ratio create+start vs containerd 2.4: own+crun {:.2}x, runc shim {:.2}x; stop+remove own+crun {:.2}x",
+            m(&bcu) / m(&du),
+            m(&bu) / m(&du),
+            m(&bcd) / m(&dd)
         );
     }
     for (floor, v) in [
@@ -576,7 +628,7 @@ async fn main() -> anyhow::Result<()> {
         ("the runc shim driven directly", &rf),
     ] {
         println!(
-            "{floor} / runc alone {:.2}x; berth / that {:.2}x",
+            "{floor} / runc alone {:.2}x; berth (runc shim) / that {:.2}x",
             percentile_ms(v, 50) / percentile_ms(&ru, 50),
             percentile_ms(&bu, 50) / percentile_ms(v, 50)
         );
