@@ -6,6 +6,7 @@
 #
 # The image holds:
 #   /usr/local/bin/berth                    --berth (default target/release/berth)
+#   /usr/local/bin/containerd-shim-berth-v1 berth's own shim, beside --berth
 #   /usr/local/bin/containerd-shim-runc-v2  this machine's (Debian's containerd package);
 #                                           `berth install` copies the shims beside berth
 #   /usr/local/bin/kubectl                  scripts/install-kubelet.sh's build, to label the node
@@ -36,6 +37,8 @@ done
 [ -x "$berth" ] || { echo "build-deploy-image: $berth missing (cargo build --release -p berth)" >&2; exit 1; }
 kubectl="$(scripts/install-kubelet.sh)/kubectl"
 shim=$(command -v containerd-shim-runc-v2) || { echo "build-deploy-image: containerd-shim-runc-v2 missing" >&2; exit 1; }
+own_shim="$(dirname "$berth")/containerd-shim-berth-v1"
+[ -x "$own_shim" ] || { echo "build-deploy-image: $own_shim missing (cargo build --release -p berth-shim)" >&2; exit 1; }
 
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
@@ -56,6 +59,7 @@ for applet in sh nsenter sleep test cat echo env ls mkdir; do
 done
 install -m 0755 "$berth" "$root/usr/local/bin/berth"
 install -m 0755 "$shim" "$root/usr/local/bin/containerd-shim-runc-v2"
+install -m 0755 "$own_shim" "$root/usr/local/bin/containerd-shim-berth-v1"
 install -m 0755 "$kubectl" "$root/usr/local/bin/kubectl"
 install -m 0755 deploy/image/entrypoint.sh "$root/usr/local/bin/berth-deploy"
 echo 'root:x:0:0:root:/root:/bin/sh' > "$root/etc/passwd"
@@ -63,7 +67,7 @@ echo 'root:x:0:' > "$root/etc/group"
 
 # The libraries (and the loader) of every dynamically linked binary, at their own paths.
 for bin in "$root/usr/local/bin/berth" "$root/usr/local/bin/containerd-shim-runc-v2" \
-           "$root/usr/local/bin/kubectl"; do
+           "$root/usr/local/bin/containerd-shim-berth-v1" "$root/usr/local/bin/kubectl"; do
     ldd "$bin" 2>/dev/null | grep -Eo '/[^ ]+' | while read -r lib; do
         [ -e "$root$lib" ] && continue
         mkdir -p "$root$(dirname "$lib")"

@@ -6,4 +6,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
 cargo build --release -p berth
+scripts/build-shim.sh release >/dev/null   # berth's own shim, the default handler's, beside berth
 exec target/release/berth "$@"

@@ -216,7 +216,7 @@ impl Default for Config {
             registry: RegistryConfig::default(),
             cni: CniConfig::default(),
             runtime: RuntimeConfig {
-                default_handler: "runc".into(),
+                default_handler: "crun".into(),
                 container_log_max_size: 10 * 1024 * 1024,
                 container_log_max_files: 5,
                 warm_shim: true,

@@ -21,7 +21,8 @@ use crate::config::Config;
 pub const UNIT: &str = include_str!("../../deploy/berth.service");
 
 /// Shims install copies when they sit beside the berth binary.
-pub const SHIMS: [&str; 3] = [
+pub const SHIMS: [&str; 4] = [
+    "containerd-shim-berth-v1",
     "containerd-shim-runc-v2",
     "containerd-shim-runsc-v1",
     "containerd-shim-kata-v2",
@@ -181,6 +182,14 @@ pub fn discover(berth_bin: &Path, root: &Path) -> Found {
             handlers.push("runsc".to_string());
         }
     }
+    // berth's own shim runs the host's crun (a host package, as runc is).
+    if on_host("containerd-shim-berth-v1")
+        && ["usr/bin/crun", "usr/local/bin/crun"]
+            .iter()
+            .any(|p| root.join(p).is_file())
+    {
+        handlers.push("crun".to_string());
+    }
     if on_host("containerd-shim-kata-v2") {
         handlers.push("kata".to_string());
     }
@@ -205,7 +214,7 @@ pub fn host_config(found: &Found) -> anyhow::Result<String> {
         .retain(|name, _| found.handlers.contains(name));
     anyhow::ensure!(
         !cfg.runtime.handlers.is_empty(),
-        "no runtime handler can run here: containerd-shim-runc-v2 is neither beside berth nor on the host"
+        "no runtime handler can run here: neither containerd-shim-berth-v1 with crun nor containerd-shim-runc-v2 is beside berth or on the host"
     );
     if !cfg
         .runtime
@@ -441,6 +450,30 @@ mod tests {
         );
         assert!(!root.join("etc/berth/config.toml.new").exists());
         assert!(!root.join("opt/berth").exists());
+    }
+
+    #[test]
+    fn berths_shim_with_the_hosts_crun_is_the_default_else_runc() {
+        let src = tempfile::tempdir().unwrap();
+        let bin = fake_bin(
+            src.path(),
+            &["containerd-shim-runc-v2", "containerd-shim-berth-v1"],
+        );
+        let host = tempfile::tempdir().unwrap();
+        let found = discover(&bin, host.path());
+        assert_eq!(found.handlers, ["runc"], "no crun on the host");
+        let cfg = Config::parse(&host_config(&found).unwrap()).unwrap();
+        assert_eq!(cfg.runtime.default_handler, "runc");
+        std::fs::create_dir_all(host.path().join("usr/bin")).unwrap();
+        std::fs::write(host.path().join("usr/bin/crun"), "crun").unwrap();
+        let found = discover(&bin, host.path());
+        assert_eq!(found.handlers, ["runc", "crun"]);
+        let cfg = Config::parse(&host_config(&found).unwrap()).unwrap();
+        assert_eq!(cfg.runtime.default_handler, "crun");
+        assert_eq!(
+            cfg.runtime.handlers["crun"].runtime_type,
+            crate::config::BERTH_SHIM
+        );
     }
 
     #[test]

@@ -446,6 +446,12 @@ pub fn e2e_handler() -> Option<String> {
         .filter(|h| !h.is_empty())
 }
 
+/// The handler pods run under when they name none: [`e2e_handler`], else berth's default
+/// (`crun`: berth's own shim with crun).
+pub fn default_handler() -> String {
+    e2e_handler().unwrap_or_else(|| "crun".into())
+}
+
 /// Makes [`e2e_handler`] the default handler of a config text that sets none.
 fn with_default_handler(text: &str) -> String {
     let Some(h) = e2e_handler() else {

@@ -274,6 +274,11 @@ disabled_plugins = [{aufs}"io.containerd.snapshotter.v1.btrfs", "io.containerd.s
 }
 
 impl Containerd {
+    /// The shims this containerd runs (each names this daemon's socket as its `-address`).
+    pub fn shim_pids(&self) -> Vec<u32> {
+        self.leftover_shims()
+    }
+
     /// The shims this containerd started that outlive it (a SIGKILLed containerd, or pods
     /// its clean-up did not reach): each names this daemon's socket as its `-address`.
     fn leftover_shims(&self) -> Vec<u32> {

@@ -103,6 +103,14 @@ pub fn signal(pid: u32, sig: i32) {
     }
 }
 
+/// Proportional set size of `pid` in KiB (its share of the pages it shares).
+pub fn pss_kib(pid: u32) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("Pss:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
 /// Resident set size of `pid` in KiB (`VmRSS`).
 pub fn rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;

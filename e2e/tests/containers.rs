@@ -568,7 +568,7 @@ async fn a_recursively_read_only_mount_is_read_only_below_too() {
     // (runc 1.1, Linux >= 5.12) makes mounts read-only recursively (Debian's crun 1.8 does
     // not): the pod runs under the runc handler whatever the default is.
     let st = runtime_status(&env).await;
-    let default_is_runc = berth_e2e::berth::e2e_handler().is_none_or(|h| h == "runc");
+    let default_is_runc = berth_e2e::berth::default_handler() == "runc";
     let names: &[&str] = if default_is_runc {
         &["", "runc"]
     } else {

@@ -62,7 +62,7 @@ async fn version_status_runtime_config() {
         .map(|h| h.name.as_str())
         .collect();
     // Debian's crun 1.8 has no `rro` (nor `crun features` to say so).
-    let default_is_runc = berth_e2e::berth::e2e_handler().is_none_or(|h| h == "runc");
+    let default_is_runc = berth_e2e::berth::default_handler() == "runc";
     assert_eq!(
         rro,
         if default_is_runc {

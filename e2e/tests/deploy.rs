@@ -125,6 +125,7 @@ async fn the_daemonset_image_builds_loads_into_berth_and_installs_berth_on_a_hos
         std::fs::read(&berth).unwrap()
     );
     assert!(host.join("opt/berth/bin/containerd-shim-runc-v2").exists());
+    assert!(host.join("opt/berth/bin/containerd-shim-berth-v1").exists());
     assert!(host.join("etc/berth/config.toml").exists());
     assert!(host.join("etc/systemd/system/berth.service").exists());
     let manifest = std::fs::read_to_string(host.join("opt/berth/install.json")).unwrap();

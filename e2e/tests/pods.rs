@@ -59,8 +59,7 @@ async fn a_pod_gets_its_network_namespace_ip_port_mapping_hostname_and_sysctls()
     assert_eq!(st.metadata.as_ref().unwrap().name, "web");
     assert_eq!(st.labels.get("app").map(String::as_str), Some("web"));
     assert_eq!(st.annotations.get("note").map(String::as_str), Some("e2e"));
-    let handler = berth_e2e::berth::e2e_handler().unwrap_or_else(|| "runc".into());
-    assert_eq!(st.runtime_handler, handler);
+    assert_eq!(st.runtime_handler, berth_e2e::berth::default_handler());
     let ip = st.network.as_ref().unwrap().ip.clone();
     assert!(ip.starts_with(&format!("{}.", env.net.prefix)), "{ip}");
     let info = info(&verbose);

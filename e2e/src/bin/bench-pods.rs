@@ -1,8 +1,9 @@
 //! Pod sandbox benchmark: 20 pods created and destroyed through berth and through containerd
 //! 1.6 (Debian's package, own root/state/socket) in one run, on the same CNI conflist
 //! (bridge + host-local + portmap + loopback) and the same pause image from a local registry.
-//! Prints RunPodSandbox median and p90 for each, their ratio, and each daemon's RSS with 10
-//! pods running.
+//! berth runs its pods under its own shim with crun and under containerd's runc shim. Prints
+//! RunPodSandbox median and p90 for each, their ratio, each daemon's RSS with 10 pods running,
+//! and what each pod's shim costs (RSS and PSS) with 10 and 50 pods running.
 //!
 //! `cargo build --release -p berth -p berth-e2e && BERTH_BIN=target/release/berth target/release/bench-pods`
 
@@ -18,6 +19,8 @@ use berth_e2e::{Cri, percentile_ms};
 const PODS: usize = 20;
 const ROUNDS: usize = 4;
 const RSS_AT: usize = 10;
+/// Pods running when the shims' memory is measured.
+const SHIM_MEM_AT: [usize; 2] = [10, 50];
 
 struct Round {
     run: Vec<Duration>,
@@ -25,7 +28,12 @@ struct Round {
     rss_kib: u64,
 }
 
-async fn round(cri: &Cri, tag: &str, rss: impl Fn() -> Option<u64>) -> anyhow::Result<Round> {
+async fn round(
+    cri: &Cri,
+    tag: &str,
+    handler: &str,
+    rss: impl Fn() -> Option<u64>,
+) -> anyhow::Result<Round> {
     let mut c = cri.runtime.clone();
     let mut ids = Vec::new();
     let mut run = Vec::new();
@@ -36,7 +44,7 @@ async fn round(cri: &Cri, tag: &str, rss: impl Fn() -> Option<u64>) -> anyhow::R
         let id = c
             .run_pod_sandbox(cri::RunPodSandboxRequest {
                 config: Some(cfg),
-                runtime_handler: String::new(),
+                runtime_handler: handler.into(),
             })
             .await
             .context("RunPodSandbox")?
@@ -84,30 +92,53 @@ async fn main() -> anyhow::Result<()> {
     }
 
     // Warm-up: one pod each (first CNI/iptables setup, page cache).
-    round1(&b, "warm-b").await?;
-    round1(&c, "warm-c").await?;
+    round1(&b, "warm-b", "crun").await?;
+    round1(&c, "warm-c", "").await?;
     if let Some(c2) = &c2 {
-        round1(c2, "warm-d").await?;
+        round1(c2, "warm-d", "").await?;
     }
-    let (mut rb, mut rc, mut rd) = (Vec::new(), Vec::new(), Vec::new());
+    round1(&b, "warm-bg", "runc").await?;
+    let (mut rb, mut rg, mut rc, mut rd) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for r in 0..ROUNDS {
-        rb.push(round(&b, &format!("b{r}"), || berth.rss_kib()).await?);
-        rc.push(round(&c, &format!("c{r}"), || containerd.rss_kib()).await?);
+        rb.push(round(&b, &format!("b{r}"), "crun", || berth.rss_kib()).await?);
+        rg.push(round(&b, &format!("g{r}"), "runc", || berth.rss_kib()).await?);
+        rc.push(round(&c, &format!("c{r}"), "", || containerd.rss_kib()).await?);
         if let (Some(c2), Some(d)) = (&c2, &side.containerd2) {
-            rd.push(round(c2, &format!("d{r}"), || d.rss_kib()).await?);
+            rd.push(round(c2, &format!("d{r}"), "", || d.rss_kib()).await?);
         }
+    }
+    // What each pod's shim costs, with 10 and with 50 pods running.
+    let mut mem = Vec::new();
+    for n in SHIM_MEM_AT {
+        mem.push((
+            "berth, own shim+crun",
+            n,
+            shim_memory(&b, "crun", n, || berth.shim_pids()).await?,
+        ));
+        mem.push((
+            "berth, runc shim",
+            n,
+            shim_memory(&b, "runc", n, || berth.shim_pids()).await?,
+        ));
+        mem.push((
+            "containerd 1.6",
+            n,
+            shim_memory(&c, "", n, || containerd.shim_pids()).await?,
+        ));
     }
     let all = |v: &[Round], f: fn(&Round) -> &Vec<Duration>| -> Vec<Duration> {
         v.iter().flat_map(|r| f(r).iter().copied()).collect()
     };
     let rss = |v: &[Round]| v.iter().map(|r| r.rss_kib).max().unwrap_or(0);
-    let (brun, crun, drun) = (
+    let (brun, grun, crun, drun) = (
         all(&rb, |r| &r.run),
+        all(&rg, |r| &r.run),
         all(&rc, |r| &r.run),
         all(&rd, |r| &r.run),
     );
-    let (bsr, csr, dsr) = (
+    let (bsr, gsr, csr, dsr) = (
         all(&rb, |r| &r.stop_remove),
+        all(&rg, |r| &r.stop_remove),
         all(&rc, |r| &r.stop_remove),
         all(&rd, |r| &r.stop_remove),
     );
@@ -116,7 +147,8 @@ async fn main() -> anyhow::Result<()> {
         "{PODS} pods x {ROUNDS} rounds per daemon, alternating; same conflist and pause image"
     );
     let mut rows = vec![
-        ("berth", &brun, &bsr, brss),
+        ("berth own+crun", &brun, &bsr, brss),
+        ("berth runc shim", &grun, &gsr, rss(&rg)),
         ("containerd 1.6", &crun, &csr, crss),
     ];
     if !rd.is_empty() {
@@ -132,11 +164,19 @@ async fn main() -> anyhow::Result<()> {
         );
     }
     println!(
-        "ratio berth/containerd 1.6: RunPodSandbox median {:.2}x (goal <= 0.60x), p90 {:.2}x, RSS {:.2}x (goal <= 0.25x)",
+        "ratio berth (own shim+crun)/containerd 1.6: RunPodSandbox median {:.2}x (goal <= 0.35x), p90 {:.2}x, RSS {:.2}x (goal <= 0.25x); under the runc shim: median {:.2}x",
         percentile_ms(&brun, 50) / percentile_ms(&crun, 50),
         percentile_ms(&brun, 90) / percentile_ms(&crun, 90),
-        brss as f64 / crss.max(1) as f64
+        brss as f64 / crss.max(1) as f64,
+        percentile_ms(&grun, 50) / percentile_ms(&crun, 50),
     );
+    for (name, n, (rss, pss)) in &mem {
+        println!(
+            "{name:<21} shim memory per pod with {n:>2} pods: RSS {:>5.2} MiB, PSS {:>5.2} MiB (goal for berth's shim: RSS <= 2 MiB)",
+            rss / 1024.0,
+            pss / 1024.0
+        );
+    }
     if !rd.is_empty() {
         println!(
             "ratio berth/containerd 2.4: RunPodSandbox median {:.2}x, p90 {:.2}x, RSS {:.2}x",
@@ -148,12 +188,50 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn round1(cri: &Cri, tag: &str) -> anyhow::Result<()> {
+/// Runs `n` pods under `handler`, then returns the mean (RSS, PSS) in KiB of the shims
+/// `shims` finds, per pod, and removes the pods.
+async fn shim_memory(
+    cri: &Cri,
+    handler: &str,
+    n: usize,
+    shims: impl Fn() -> Vec<u32>,
+) -> anyhow::Result<(f64, f64)> {
+    let mut c = cri.runtime.clone();
+    let mut ids = Vec::new();
+    for i in 0..n {
+        let id = c
+            .run_pod_sandbox(cri::RunPodSandboxRequest {
+                config: Some(pod_config(&format!("mem-{handler}-{n}-{i}"))),
+                runtime_handler: handler.into(),
+            })
+            .await
+            .context("RunPodSandbox")?
+            .into_inner()
+            .pod_sandbox_id;
+        ids.push(id);
+    }
+    // Settled: a shim's first seconds include its start-up's transient pages.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let pids = shims();
+    let rss: u64 = pids.iter().filter_map(|p| berth_e2e::rss_kib(*p)).sum();
+    let pss: u64 = pids.iter().filter_map(|p| berth_e2e::pss_kib(*p)).sum();
+    for id in ids {
+        c.stop_pod_sandbox(cri::StopPodSandboxRequest {
+            pod_sandbox_id: id.clone(),
+        })
+        .await?;
+        c.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: id })
+            .await?;
+    }
+    Ok((rss as f64 / n as f64, pss as f64 / n as f64))
+}
+
+async fn round1(cri: &Cri, tag: &str, handler: &str) -> anyhow::Result<()> {
     let mut c = cri.runtime.clone();
     let id = c
         .run_pod_sandbox(cri::RunPodSandboxRequest {
             config: Some(pod_config(tag)),
-            runtime_handler: String::new(),
+            runtime_handler: handler.into(),
         })
         .await
         .context("RunPodSandbox")?
