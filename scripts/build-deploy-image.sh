@@ -68,7 +68,8 @@ echo 'root:x:0:' > "$root/etc/group"
 # The libraries (and the loader) of every dynamically linked binary, at their own paths.
 for bin in "$root/usr/local/bin/berth" "$root/usr/local/bin/containerd-shim-runc-v2" \
            "$root/usr/local/bin/containerd-shim-berth-v1" "$root/usr/local/bin/kubectl"; do
-    ldd "$bin" 2>/dev/null | grep -Eo '/[^ ]+' | while read -r lib; do
+    # A static binary (berth's shim) has none: ldd and grep then fail, which is fine.
+    { ldd "$bin" 2>/dev/null || true; } | { grep -Eo '/[^ ]+' || true; } | while read -r lib; do
         [ -e "$root$lib" ] && continue
         mkdir -p "$root$(dirname "$lib")"
         cp -L "$lib" "$root$lib"

@@ -40,14 +40,19 @@ fn runtime_classes_route_to_the_configured_handlers() {
         .collect();
     assert_eq!(
         handlers,
-        vec![("runc", "runc"), ("gvisor", "runsc"), ("kata", "kata")]
+        vec![
+            ("crun", "crun"),
+            ("runc", "runc"),
+            ("gvisor", "runsc"),
+            ("kata", "kata")
+        ]
     );
     // Every handler is one the default config defines.
     let cfg = berth::config::Config::parse(berth::config::DEFAULT_CONFIG).unwrap();
     for (_, h) in &handlers {
         assert!(cfg.runtime.handlers.contains_key(*h), "{h}");
     }
-    let kata = &rcs[2];
+    let kata = &rcs[3];
     assert_eq!(
         kata.scheduling
             .as_ref()

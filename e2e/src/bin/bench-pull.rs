@@ -1,6 +1,8 @@
 //! Pull benchmark: the same multi-layer image (built here, pushed to a local registry) pulled
 //! through berth, containerd 1.6 and (when installed) containerd 2.x in one run, alternating,
-//! each pull from an empty store. Prints medians and the berth/containerd time ratios.
+//! each pull from an empty store (the image was removed after the pull before). Then the same
+//! for a small image (busybox, one layer), where per-pull overheads dominate. Prints PullImage
+//! and RemoveImage medians and the berth/containerd time ratios.
 //!
 //! `cargo build --release -p berth -p berth-e2e && BERTH_BIN=target/release/berth target/release/bench-pull`
 
@@ -17,6 +19,8 @@ use berth_e2e::{Berth, Compression, Cri, ImageBuilder, Layer, Registry};
 const LAYERS: usize = 6;
 const LAYER_MB: usize = 20;
 const ROUNDS: usize = 5;
+/// Rounds of the small image.
+const SMALL_ROUNDS: usize = 15;
 
 /// Half incompressible, half text-like: closer to real layers than pure noise.
 fn layer(i: usize) -> Layer {
@@ -36,7 +40,8 @@ fn layer(i: usize) -> Layer {
     l
 }
 
-async fn timed_pull(cri: &Cri, image: &str) -> anyhow::Result<Duration> {
+/// (PullImage, RemoveImage) of `image`, from an empty store back to one.
+async fn timed_pull(cri: &Cri, image: &str) -> anyhow::Result<(Duration, Duration)> {
     let mut c = cri.image.clone();
     let spec = Some(ImageSpec {
         image: image.into(),
@@ -51,10 +56,11 @@ async fn timed_pull(cri: &Cri, image: &str) -> anyhow::Result<Duration> {
     .await
     .context("pull")?;
     let took = start.elapsed();
+    let start = Instant::now();
     c.remove_image(RemoveImageRequest { image: spec })
         .await
         .context("remove")?;
-    Ok(took)
+    Ok((took, start.elapsed()))
 }
 
 fn median(v: &mut [Duration]) -> Duration {
@@ -69,6 +75,10 @@ async fn main() -> anyhow::Result<()> {
     let img = ImageBuilder::new((0..LAYERS).map(layer).collect());
     let pushed = img.push(&reg, "bench/pull", Some("1")).await?;
     let image = format!("{}/bench/pull:1", reg.addr);
+    ImageBuilder::new(vec![Layer::busybox()?])
+        .push(&reg, "bench/small", Some("1"))
+        .await?;
+    let small = format!("{}/bench/small:1", reg.addr);
 
     let berth = Berth::start_for_bench("")?;
     berth.hosts_toml(&reg.addr, &format!("server = \"http://{}\"\n", reg.addr))?;
@@ -107,9 +117,24 @@ async fn main() -> anyhow::Result<()> {
         timed_pull(d, &image).await?;
     }
     let mut times: Vec<Vec<Duration>> = vec![Vec::new(); daemons.len()];
+    let mut removes: Vec<Vec<Duration>> = vec![Vec::new(); daemons.len()];
     for _ in 0..ROUNDS {
         for (i, (_, d)) in daemons.iter().enumerate() {
-            times[i].push(timed_pull(d, &image).await?);
+            let (p, r) = timed_pull(d, &image).await?;
+            times[i].push(p);
+            removes[i].push(r);
+        }
+    }
+    let mut small_pulls: Vec<Vec<Duration>> = vec![Vec::new(); daemons.len()];
+    let mut small_removes: Vec<Vec<Duration>> = vec![Vec::new(); daemons.len()];
+    for (_, d) in &daemons {
+        timed_pull(d, &small).await?;
+    }
+    for _ in 0..SMALL_ROUNDS {
+        for (i, (_, d)) in daemons.iter().enumerate() {
+            let (p, r) = timed_pull(d, &small).await?;
+            small_pulls[i].push(p);
+            small_removes[i].push(r);
         }
     }
     // Every pull fetched every layer: nothing was served from a cache.
@@ -142,6 +167,27 @@ async fn main() -> anyhow::Result<()> {
                 ""
             }
         );
+    }
+    for (what, v) in [
+        ("RemoveImage of the large image", &mut removes),
+        ("PullImage of the small image", &mut small_pulls),
+        ("RemoveImage of the small image", &mut small_removes),
+    ] {
+        let m: Vec<Duration> = v.iter_mut().map(|t| median(t)).collect();
+        let line: Vec<String> = daemons
+            .iter()
+            .zip(&m)
+            .map(|((name, _), d)| format!("{name} {:.1} ms", d.as_secs_f64() * 1e3))
+            .collect();
+        let ratios: Vec<String> = daemons
+            .iter()
+            .zip(&m)
+            .skip(1)
+            .map(|((name, _), d)| {
+                format!("berth/{name} {:.2}x", m[0].as_secs_f64() / d.as_secs_f64())
+            })
+            .collect();
+        println!("{what}, median: {}; {}", line.join(", "), ratios.join(", "));
     }
     println!(
         "RSS after the run: berth {} KiB, containerd 1.6 {} KiB, containerd 2.4 {} KiB",
