@@ -26,6 +26,7 @@ mod runtime;
 mod server;
 mod service;
 mod start;
+mod stats;
 mod stdio;
 
 use std::io::Write;

@@ -178,6 +178,8 @@ struct Container {
     shared_pid_ns: bool,
     init: Arc<Process>,
     execs: Mutex<HashMap<String, Arc<Process>>>,
+    /// The cgroups its init process was created in (for Stats).
+    cgroups: Mutex<Option<crate::stats::Cgroups>>,
 }
 
 impl Container {
@@ -446,6 +448,7 @@ impl Service {
             shared_pid_ns: !private_pid_ns(&spec),
             init: init.clone(),
             execs: Mutex::new(HashMap::new()),
+            cgroups: Mutex::new(None),
         });
         let pid_file = bundle.join("init.pid");
         let res = (|| {
@@ -483,6 +486,10 @@ impl Service {
             }
         };
         *init.io.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(kept));
+        *container.cgroups.lock().unwrap_or_else(|p| p.into_inner()) =
+            std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+                .ok()
+                .map(|t| crate::stats::Cgroups::parse(&t));
         self.containers().insert(req.id.clone(), container);
         let early = self.track(&init, pid);
         if let Some(oom) = &self.oom
@@ -1022,10 +1029,20 @@ impl Service {
     }
 
     fn stats(&self, req: api::StatsRequest) -> Result<api::StatsResponse, Status> {
-        self.container(&req.id)?;
-        Err(Status::unimplemented(
-            "Stats: read the container's cgroup (berth does; the shim adds nothing to it)",
-        ))
+        let c = self.container(&req.id)?;
+        let cgroups = c
+            .cgroups
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or_else(|| Status::precondition(format!("{}: its cgroups are unknown", req.id)))?;
+        let any = cgroups
+            .metrics()
+            .map_err(|e| Status::precondition(format!("{}: {e}", req.id)))?;
+        Ok(api::StatsResponse {
+            stats: MessageField::some(any),
+            ..Default::default()
+        })
     }
 
     fn connect(&self, req: api::ConnectRequest) -> Result<api::ConnectResponse, Status> {

@@ -129,6 +129,14 @@ fn fifo_reader(p: &Path) -> std::fs::File {
         .unwrap()
 }
 
+/// The task API client itself, for the calls berth's client does not make (Stats).
+async fn task_client(address: &str) -> containerd_shim_protos::shim_async::TaskClient {
+    let c = ttrpc::asynchronous::Client::connect(address.trim())
+        .await
+        .unwrap();
+    containerd_shim_protos::shim_async::TaskClient::new(c)
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn tasks_execs_exits_and_oom_kills_under_berths_shim() {
     let ns = format!("berth-shim-test-{}", std::process::id());
@@ -205,6 +213,34 @@ async fn tasks_execs_exits_and_oom_kills_under_berths_shim() {
             .any(|f| f.ends_with("/stdout") || f.ends_with("/stderr")),
         "{fds:?}"
     );
+
+    // Stats: the cgroup's metrics as containerd reports them.
+    let any = task_client(&std::fs::read_to_string(b.join("address")).unwrap())
+        .await
+        .stats(
+            ttrpc::context::with_timeout(5_000_000_000),
+            &containerd_shim_protos::api::StatsRequest {
+                id: app.clone(),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap()
+        .stats
+        .unwrap();
+    use containerd_shim_protos::protobuf::Message;
+    if any.type_url == "io.containerd.cgroups.v1.Metrics" {
+        let m = containerd_shim_protos::cgroups::metrics::Metrics::parse_from_bytes(&any.value)
+            .unwrap();
+        assert!(m.memory.usage.usage > 0, "{m:?}");
+        assert!(m.pids.current >= 1, "{m:?}");
+        assert!(m.cpu.usage.total > 0, "{m:?}");
+    } else {
+        assert_eq!(any.type_url, "io.containerd.cgroups.v2.Metrics");
+        let m = containerd_shim_protos::cgroups_v2::metrics::Metrics::parse_from_bytes(&any.value)
+            .unwrap();
+        assert!(m.memory.usage > 0 && m.pids.current >= 1, "{m:?}");
+    }
 
     // An exec's output, and its exit status through Wait.
     let e1 = b.join("exec1-out");
