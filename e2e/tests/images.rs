@@ -201,6 +201,14 @@ async fn pull_by_tag_and_digest_then_inspect_and_remove() {
     assert!(list(&cri).await.is_empty());
     assert!(files_under(&berth.root.join("content/blobs/sha256")).is_empty());
     assert!(files_under(&snaps).is_empty());
+    // Moved to the trash at once, deleted from there in the background.
+    assert!(
+        berth_e2e::wait_until(std::time::Duration::from_secs(10), || files_under(
+            &berth.root.join("trash")
+        )
+        .is_empty()),
+        "the trash was never emptied"
+    );
     let fs = c
         .image_fs_info(ImageFsInfoRequest {})
         .await

@@ -94,13 +94,8 @@ impl ContentStore {
     }
 
     /// Removes a blob; a missing blob is not an error.
-    pub fn delete(&self, d: &Digest) -> Result<()> {
-        match fs::remove_file(self.path(d)) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => {
-                Err(Error::io(format!("remove blob {d}"), e))
-            }
-            _ => Ok(()),
-        }
+    pub fn delete(&self, d: &Digest, trash: &crate::trash::Trash) -> Result<()> {
+        trash.take(&self.path(d))
     }
 
     /// Every blob with its size.
@@ -223,8 +218,9 @@ mod tests {
             0
         );
         assert_eq!(cs.list().unwrap(), vec![(d.clone(), 5)]);
-        cs.delete(&d).unwrap();
-        cs.delete(&d).unwrap();
+        let trash = crate::trash::Trash::open(dir.path()).unwrap();
+        cs.delete(&d, &trash).unwrap();
+        cs.delete(&d, &trash).unwrap();
         assert!(cs.list().unwrap().is_empty());
     }
 

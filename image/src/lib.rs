@@ -14,6 +14,7 @@ pub mod registry;
 pub mod service;
 pub mod snapshot;
 pub mod store;
+pub mod trash;
 pub mod unpack;
 
 pub use error::{Error, ErrorKind, Result};

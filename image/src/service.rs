@@ -125,6 +125,8 @@ pub struct ImageService {
     records: tokio::sync::Mutex<()>,
     /// One fetch per blob or layer at a time, across concurrent pulls.
     inflight: Mutex<HashMap<Digest, Weak<tokio::sync::Mutex<()>>>>,
+    /// Where GC puts what it removes, to be deleted off the caller's path.
+    trash: Arc<crate::trash::Trash>,
 }
 
 impl std::fmt::Debug for ImageService {
@@ -141,6 +143,12 @@ impl ImageService {
     pub async fn open(cfg: ImageServiceConfig, store: Store) -> Result<Arc<Self>> {
         let content = ContentStore::open(&cfg.root)?;
         let snapshots = Arc::new(Snapshotter::open(&cfg.root, store.clone())?);
+        // What a GC before a crash left in the trash goes in the background.
+        let trash = Arc::new(crate::trash::Trash::open(&cfg.root)?);
+        {
+            let t = trash.clone();
+            tokio::task::spawn_blocking(move || t.empty());
+        }
         let mut index = Index::default();
         for (_, r) in store.list::<ImageRecord>(TABLE)? {
             index.insert(r);
@@ -164,6 +172,7 @@ impl ImageService {
             gc: tokio::sync::RwLock::new(()),
             records: tokio::sync::Mutex::new(()),
             inflight: Mutex::new(HashMap::new()),
+            trash,
         });
         svc.gc().await?;
         Ok(svc)
@@ -664,21 +673,26 @@ impl ImageService {
         // Layers under a container's writable snapshot stay, even if their image is gone.
         let mut chains = chains;
         chains.extend(self.snapshots.active_chains()?);
-        // Deleting directories and blobs is file work of any size: a blocking thread does
-        // it (pulls wait on the lock, as they must not reuse what is being deleted).
-        let (snapshots, content) = (self.snapshots.clone(), self.content.clone());
+        // What goes is moved into the trash under the lock (pulls wait on it, as they must
+        // not reuse what is being removed), on a blocking thread; the trash is emptied after,
+        // off the caller's path.
+        let (snapshots, content, trash) = (
+            self.snapshots.clone(),
+            self.content.clone(),
+            self.trash.clone(),
+        );
         let removed = tokio::task::spawn_blocking(move || -> Result<(usize, usize)> {
             let mut removed = (0, 0);
             // Children before parents is not needed: each snapshot is its own directory.
             for (chain, _) in snapshots.list()? {
                 if !chains.contains(&chain) {
-                    snapshots.remove(&chain)?;
+                    snapshots.remove(&chain, &trash)?;
                     removed.0 += 1;
                 }
             }
             for (d, _) in content.list()? {
                 if !blobs.contains(&d) {
-                    content.delete(&d)?;
+                    content.delete(&d, &trash)?;
                     removed.1 += 1;
                 }
             }
@@ -686,6 +700,10 @@ impl ImageService {
         })
         .await
         .map_err(|e| Error::io("garbage collection", io::Error::other(e)))??;
+        if removed != (0, 0) {
+            let t = self.trash.clone();
+            tokio::task::spawn_blocking(move || t.empty());
+        }
         if removed != (0, 0) {
             tracing::info!(
                 snapshots = removed.0,

@@ -354,30 +354,20 @@ impl Snapshotter {
     }
 
     /// Removes the snapshot for `chain` (record first, so a crash leaves an orphan directory
-    /// that the next open removes, never a record without its directory).
-    pub fn remove(&self, chain: &Digest) -> Result<()> {
+    /// that the next open removes, never a record without its directory); its directories go
+    /// to `trash`.
+    pub fn remove(&self, chain: &Digest, trash: &crate::trash::Trash) -> Result<()> {
         if let Some(init) = self.store.get::<InitRecord>(INIT, chain.as_str())? {
             self.store.delete(INIT, chain.as_str())?;
             if let Some(id) = init.id {
-                let dir = self.dir.join(id.to_string());
-                if let Err(e) = std::fs::remove_dir_all(&dir)
-                    && e.kind() != std::io::ErrorKind::NotFound
-                {
-                    return Err(Error::io(format!("remove {}", dir.display()), e));
-                }
+                trash.take(&self.dir.join(id.to_string()))?;
             }
         }
         let Some(rec) = self.get(chain)? else {
             return Ok(());
         };
         self.store.delete(TABLE, chain.as_str())?;
-        let dir = self.dir.join(rec.id.to_string());
-        match std::fs::remove_dir_all(&dir) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                Err(Error::io(format!("remove {}", dir.display()), e))
-            }
-            _ => Ok(()),
-        }
+        trash.take(&self.dir.join(rec.id.to_string()))
     }
 }
 
@@ -433,10 +423,12 @@ mod tests {
         // Numbers are never reused, even those of removed directories.
         assert!(snaps.next.load(Ordering::Relaxed) > 999);
 
-        snaps.remove(&b).unwrap();
-        snaps.remove(&b).unwrap();
+        let trash = crate::trash::Trash::open(dir.path()).unwrap();
+        snaps.remove(&b, &trash).unwrap();
+        snaps.remove(&b, &trash).unwrap();
         assert!(snaps.get(&b).unwrap().is_none());
         assert!(!snaps.fs_path(rb.id).exists());
+        assert!(!trash.is_empty());
     }
 
     #[test]
@@ -489,7 +481,9 @@ mod tests {
         snaps.remove_active("ctr1").unwrap();
         assert!(snaps.active_chains().unwrap().is_empty());
         // The chain's removal takes its mount-point layer along.
-        snaps.remove(&b).unwrap();
+        snaps
+            .remove(&b, &crate::trash::Trash::open(dir.path()).unwrap())
+            .unwrap();
         assert!(!snaps.fs_path(init).exists());
         assert!(store.get::<InitRecord>(INIT, b.as_str()).unwrap().is_none());
         assert_eq!(snaps.prepare("plain", None).unwrap()[0].kind, "bind");

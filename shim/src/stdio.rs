@@ -225,6 +225,22 @@ pub fn prepare(p: &Paths) -> Result<Prepared, String> {
     })
 }
 
+/// A thread copying `from` into `to` until either ends.
+fn copier(name: &str, mut from: File, mut to: File) -> Result<JoinHandle<()>, String> {
+    std::thread::Builder::new()
+        .name(name.into())
+        .stack_size(64 * 1024)
+        .spawn(move || {
+            let mut buf = [0u8; 8192];
+            while let Ok(n) = from.read(&mut buf) {
+                if n == 0 || to.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+            }
+        })
+        .map_err(|e| e.to_string())
+}
+
 impl Prepared {
     /// Once the runtime command succeeded: takes the terminal and starts its copiers.
     pub fn finish(self) -> Result<Kept, String> {
@@ -232,36 +248,14 @@ impl Prepared {
             return Ok(self.kept);
         };
         let master = console.receive()?;
-        if let Some(mut input) = self.stdin {
-            let mut to = master.try_clone().map_err(|e| e.to_string())?;
-            std::thread::Builder::new()
-                .name("pty-in".into())
-                .stack_size(64 * 1024)
-                .spawn(move || {
-                    let mut buf = [0u8; 8192];
-                    while let Ok(n) = input.read(&mut buf) {
-                        if n == 0 || to.write_all(&buf[..n]).is_err() {
-                            break;
-                        }
-                    }
-                })
-                .map_err(|e| e.to_string())?;
+        if let Some(input) = self.stdin {
+            let to = master.try_clone().map_err(|e| e.to_string())?;
+            copier("pty-in", input, to)?;
         }
-        if let Some(mut out) = self.stdout {
-            let mut from = master.try_clone().map_err(|e| e.to_string())?;
-            let h = std::thread::Builder::new()
-                .name("pty-out".into())
-                .stack_size(64 * 1024)
-                .spawn(move || {
-                    let mut buf = [0u8; 8192];
-                    // EIO once the last process holding the terminal is gone.
-                    while let Ok(n) = from.read(&mut buf) {
-                        if n == 0 || out.write_all(&buf[..n]).is_err() {
-                            break;
-                        }
-                    }
-                })
-                .map_err(|e| e.to_string())?;
+        if let Some(out) = self.stdout {
+            // The master reads EIO once the last process holding the terminal is gone.
+            let from = master.try_clone().map_err(|e| e.to_string())?;
+            let h = copier("pty-out", from, out)?;
             *self.kept.output.lock().unwrap_or_else(|e| e.into_inner()) = Some(h);
         }
         *self.kept.master.lock().unwrap_or_else(|e| e.into_inner()) = Some(master);
