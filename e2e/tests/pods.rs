@@ -574,6 +574,39 @@ async fn after_a_reboot_a_pod_is_stopped_and_its_ip_released() {
     assert!(left.is_empty(), "{left:?}");
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn a_namespace_pin_file_that_was_never_mounted_does_not_keep_a_pod_from_stopping() {
+    // berth killed between creating a pod's namespace pin file and mounting the namespace
+    // on it leaves a plain file there; CNI plugins refuse such a path ("unknown FS magic").
+    // The same file, made here by unmounting a running pod's namespace.
+    let env = PodEnv::start().await.unwrap();
+    let pod = env.run(pod_config("unpinned")).await.unwrap();
+    assert_eq!(env.net.leases().len(), 1);
+    let netns = env
+        .berth
+        .state
+        .join("netns")
+        .join(format!("cni-{}", &pod[..32]));
+    let pinned = |p: &std::path::Path| {
+        std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap()
+            .lines()
+            .any(|l| l.split_whitespace().nth(4) == p.to_str() && l.contains(" - nsfs "))
+    };
+    assert!(pinned(&netns), "{}", netns.display());
+    let status = std::process::Command::new("umount")
+        .arg(&netns)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert!(netns.is_file() && !pinned(&netns));
+    env.stop(&pod).await.unwrap();
+    assert!(env.net.leases().is_empty(), "{:?}", env.net.leases());
+    env.remove(&pod).await.unwrap();
+    assert!(!netns.exists());
+    env.assert_clean();
+}
+
 /// The pod's cgroup directories (cgroupfs driver, parent `k8s.io`), in every hierarchy.
 fn cgroup_dirs(pod: &str) -> Vec<std::path::PathBuf> {
     std::fs::read_dir("/sys/fs/cgroup")

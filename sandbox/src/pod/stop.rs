@@ -34,7 +34,16 @@ impl Runtime {
             // (berth died during ADD, or before it) with the network's config: the CNI spec
             // makes DEL idempotent, and host-local releases the pod's lease by its id.
             let current = self.cni.network().ok();
-            if ns.exists() {
+            // A file that is not a namespace: berth died between creating the pin file and
+            // mounting the namespace on it, so no ADD ran. Removed first: plugins take a
+            // missing namespace for one that is gone, but refuse a path that is no
+            // namespace.
+            let pinned = berth_network::netns::is_pinned(ns);
+            if !pinned && ns.exists() {
+                tracing::info!(pod = id, path = %ns.display(), "removing a network namespace pin file that was never mounted");
+                let _ = std::fs::remove_file(ns);
+            }
+            if pinned {
                 self.cni
                     .del(current.as_ref(), &a)
                     .await
