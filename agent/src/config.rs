@@ -127,9 +127,10 @@ impl Handler {
         self.runtime_type == RUNC_SHIM || self.runtime_type == BERTH_SHIM
     }
 
-    /// Whether this handler runs runsc through the runc shim.
+    /// Whether this handler runs runsc (through containerd's runc shim or berth's, and
+    /// berth's runsc adapter either way).
     pub fn is_runsc(&self) -> bool {
-        self.runtime_type == "io.containerd.runc.v2"
+        self.runs_oci_runtime()
             && self
                 .options
                 .binary_name
@@ -376,17 +377,7 @@ impl Config {
                 .map_err(|e| anyhow::anyhow!("runtime.handlers.{name}.runtime_type: {e}"))?;
             if !h.engine_args.is_empty() && !h.is_runsc() {
                 bail!(
-                    "runtime.handlers.{name}.engine_args: only for io.containerd.runc.v2 with a runsc BinaryName"
-                );
-            }
-            if h.runtime_type == BERTH_SHIM
-                && h.options
-                    .binary_name
-                    .as_deref()
-                    .is_some_and(|b| Path::new(b).file_name().is_some_and(|n| n == "runsc"))
-            {
-                bail!(
-                    "runtime.handlers.{name}: runsc runs under {RUNC_SHIM} (through berth's runsc adapter), not {BERTH_SHIM}"
+                    "runtime.handlers.{name}.engine_args: only for a handler whose BinaryName is runsc"
                 );
             }
             if let Some(a) = h.engine_args.iter().find(|a| !a.starts_with("--")) {

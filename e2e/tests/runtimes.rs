@@ -1,5 +1,6 @@
-//! RuntimeClass handlers other than runc: gVisor (Debian's runsc through the runc shim and
-//! berth's runsc adapter) running a real pod, and kata, whose shim is not on this machine.
+//! RuntimeClass handlers other than runc: gVisor (Debian's runsc through berth's runsc
+//! adapter, under containerd's runc shim and under berth's own) running a real pod, and kata,
+//! whose shim is not on this machine.
 
 use std::time::Duration;
 
@@ -15,15 +16,39 @@ fn block_on<T>(f: impl std::future::Future<Output = T>) -> T {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_gvisor_pod_runs_its_containers_in_the_sentry() {
+    gvisor_pod("runsc", "").await;
+}
+
+/// The same under berth's own shim.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_gvisor_pod_runs_under_berths_shim_too() {
+    gvisor_pod(
+        "gvisor-berth",
+        r#"
+[runtime.handlers.crun]
+runtime_type = "io.containerd.berth.v1"
+options = { BinaryName = "crun" }
+[runtime.handlers.runc]
+runtime_type = "io.containerd.runc.v2"
+[runtime.handlers.gvisor-berth]
+runtime_type = "io.containerd.berth.v1"
+engine_args = ["--network=host"]
+options = { BinaryName = "/usr/bin/runsc" }
+"#,
+    )
+    .await;
+}
+
+async fn gvisor_pod(handler: &str, config: &str) {
     assert!(
         std::path::Path::new("/usr/bin/runsc").exists(),
         "runsc is missing: scripts/install-deps.sh installs Debian's runsc"
     );
-    let env = env_with("").await;
+    let env = env_with(config).await;
     let logs = tempfile::tempdir().unwrap();
     let mut pcfg = pod_config("gvisor");
     pcfg.log_directory = logs.path().display().to_string();
-    let pod = env.run_with_handler(pcfg.clone(), "runsc").await.unwrap();
+    let pod = env.run_with_handler(pcfg.clone(), handler).await.unwrap();
     let (st, _) = env.status(&pod).await.unwrap();
     let ip = st.network.unwrap().ip;
     assert!(!ip.is_empty());
@@ -33,7 +58,14 @@ async fn a_gvisor_pod_runs_its_containers_in_the_sentry() {
         &env,
         &pod,
         &pcfg,
-        ctr("sentry", &["sh", "-c", "dmesg; echo up; exec sleep 3600"]),
+        ctr(
+            "sentry",
+            &[
+                "sh",
+                "-c",
+                "trap 'echo term; exit 7' TERM; dmesg; echo up; while :; do sleep 1; done",
+            ],
+        ),
     )
     .await
     .unwrap();
@@ -126,7 +158,7 @@ async fn a_gvisor_pod_runs_its_containers_in_the_sentry() {
     });
     assert!(exited && s.exit_code == 0, "{s:?}");
 
-    // Stop delivers SIGTERM inside the sandbox.
+    // Stop delivers SIGTERM to the container inside the sandbox: its trap runs.
     env.cri
         .runtime
         .clone()
@@ -138,12 +170,14 @@ async fn a_gvisor_pod_runs_its_containers_in_the_sentry() {
         .unwrap();
     let s = status(&env, &id).await;
     assert_eq!(s.state, cri::ContainerState::ContainerExited as i32);
-    assert_eq!(s.exit_code, 143, "{s:?}");
+    assert_eq!(s.exit_code, 7, "{s:?}");
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(text.contains("stdout F term"), "{text}");
 
     env.stop(&pod).await.unwrap();
     env.remove(&pod).await.unwrap();
     env.assert_clean();
-    let root = env.berth.state.join("runtime/runsc/k8s.io");
+    let root = env.berth.state.join("runtime").join(handler).join("k8s.io");
     let left: Vec<_> = std::fs::read_dir(&root)
         .map(|d| d.flatten().map(|e| e.file_name()).collect())
         .unwrap_or_default();

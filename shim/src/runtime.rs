@@ -61,6 +61,17 @@ impl Runtime {
         )
     }
 
+    /// Whether signals to a task's init process go through the runtime (`<runtime> kill`)
+    /// rather than to the pid it wrote: runsc's pid is not the container's process (the
+    /// container runs inside the sandbox), so its kill goes through it, as containerd's runc
+    /// shim sends every kill. runc and crun write the container's own pid, signalled
+    /// directly through a pidfd.
+    pub fn signals_through_itself(&self) -> bool {
+        Path::new(&self.binary)
+            .file_name()
+            .is_some_and(|n| n == "runsc")
+    }
+
     /// The record in `bundle`, if there is one.
     pub fn load(bundle: &Path) -> Option<Runtime> {
         serde_json::from_slice(&std::fs::read(bundle.join(RECORD)).ok()?).ok()

@@ -906,14 +906,17 @@ impl Service {
         if req.signal == 0 || req.signal > 64 {
             return Err(Status::invalid(format!("invalid signal {}", req.signal)));
         }
-        if req.all && req.exec_id.is_empty() {
+        if req.exec_id.is_empty() && (req.all || c.runtime.signals_through_itself()) {
+            if !req.all && p.state().status == ProcStatus::Stopped {
+                return Err(Status::not_found("process already finished"));
+            }
+            let mut a = args([&"kill"]);
+            if req.all {
+                a.push("--all".into());
+            }
+            a.extend(args([&req.id, &req.signal.to_string()]));
             c.runtime
-                .run(
-                    Some(self.reaper()),
-                    Some(&c.log()),
-                    &args([&"kill", &"--all", &req.id, &req.signal.to_string()]),
-                    None,
-                )
+                .run(Some(self.reaper()), Some(&c.log()), &a, None)
                 .map_err(Status::failed)?;
             return Ok(api::Empty::new());
         }
