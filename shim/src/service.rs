@@ -554,7 +554,8 @@ impl Service {
             return;
         };
         let code = exit_code(status);
-        let _order = self.order();
+        // A terminal's last output is copied before the exit is told (and before the lock
+        // that would hold up other tasks' starts meanwhile).
         if let Some(io) = p.io() {
             io.finish_after_exit(if p.paths.terminal {
                 TTY_DRAIN
@@ -562,6 +563,7 @@ impl Service {
                 Duration::ZERO
             });
         }
+        let _order = self.order();
         {
             let mut st = p.state();
             st.status = ProcStatus::Stopped;
