@@ -83,14 +83,12 @@ impl OomWatcher {
         self.watches.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Watches the memory cgroup process `pid` of container `id` is in.
-    pub fn watch(&self, id: &str, pid: u32) -> Result<(), String> {
-        let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
-            .map_err(|e| format!("read the cgroups of {pid}: {e}"))?;
-        let kind = match memory_cgroup(&cgroup) {
-            Some(Cgroup::V1(dir)) => watch_v1(&dir)?,
-            Some(Cgroup::V2(dir)) => watch_v2(&dir)?,
-            None => return Err(format!("process {pid} is in no memory cgroup")),
+    /// Watches the memory cgroup of container `id`.
+    pub fn watch(&self, id: &str, cgroups: &crate::stats::Cgroups) -> Result<(), String> {
+        let kind = match cgroups.memory() {
+            Some(crate::stats::Memory::V1(dir)) => watch_v1(&dir)?,
+            Some(crate::stats::Memory::V2(dir)) => watch_v2(&dir)?,
+            None => return Err("the task is in no memory cgroup".into()),
         };
         let token = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut ev = libc::epoll_event {
@@ -196,31 +194,6 @@ fn drain(fd: &OwnedFd) {
     while unsafe { libc::read(fd.as_raw_fd(), b.as_mut_ptr().cast(), b.len()) } > 0 {}
 }
 
-enum Cgroup {
-    V1(PathBuf),
-    V2(PathBuf),
-}
-
-/// The memory cgroup directory from a `/proc/<pid>/cgroup` text.
-fn memory_cgroup(text: &str) -> Option<Cgroup> {
-    let mut unified = None;
-    for line in text.lines() {
-        let mut parts = line.splitn(3, ':');
-        let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
-        let path = path.trim_start_matches('/');
-        if controllers.split(',').any(|c| c == "memory") {
-            return Some(Cgroup::V1(Path::new("/sys/fs/cgroup/memory").join(path)));
-        }
-        if controllers.is_empty() {
-            unified = Some(path.to_string());
-        }
-    }
-    let path = unified?;
-    Path::new("/sys/fs/cgroup/cgroup.controllers")
-        .exists()
-        .then(|| Cgroup::V2(Path::new("/sys/fs/cgroup").join(path)))
-}
-
 fn watch_v1(dir: &Path) -> Result<Kind, String> {
     let control = File::open(dir.join("memory.oom_control"))
         .map_err(|e| format!("open {}/memory.oom_control: {e}", dir.display()))?;
@@ -283,10 +256,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn memory_cgroups_of_v1_hybrid_and_v2_hosts() {
-        let v1 = "12:memory:/berth/pod1/c1\n11:cpu,cpuacct:/berth/pod1/c1\n0::/\n";
-        assert!(matches!(memory_cgroup(v1),
-            Some(Cgroup::V1(p)) if p == Path::new("/sys/fs/cgroup/memory/berth/pod1/c1")));
+    fn oom_kill_counts() {
         assert_eq!(oom_kills("low 0\nhigh 0\nmax 3\noom 2\noom_kill 1\n"), 1);
         assert_eq!(oom_kills(""), 0);
     }

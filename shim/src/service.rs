@@ -178,8 +178,8 @@ struct Container {
     shared_pid_ns: bool,
     init: Arc<Process>,
     execs: Mutex<HashMap<String, Arc<Process>>>,
-    /// The cgroups its init process was created in (for Stats).
-    cgroups: Mutex<Option<crate::stats::Cgroups>>,
+    /// The cgroups its init process was created in (Stats, OOM events).
+    cgroups: OnceLock<crate::stats::Cgroups>,
 }
 
 impl Container {
@@ -448,29 +448,14 @@ impl Service {
             shared_pid_ns: !private_pid_ns(&spec),
             init: init.clone(),
             execs: Mutex::new(HashMap::new()),
-            cgroups: Mutex::new(None),
+            cgroups: OnceLock::new(),
         });
         let pid_file = bundle.join("init.pid");
-        let res = (|| {
-            let mut prepared = crate::stdio::prepare(&paths)?;
-            let mut a = args([&"create", &"--bundle", &bundle, &"--pid-file", &pid_file]);
-            if let Some(c) = &prepared.console {
-                a.extend(args([&"--console-socket", &c.path()]));
-            }
-            if opts.no_pivot_root {
-                a.push("--no-pivot".into());
-            }
-            a.push(req.id.clone().into());
-            container.runtime.run(
-                Some(self.reaper()),
-                Some(&container.log()),
-                &a,
-                prepared.stdio.take(),
-            )?;
-            let kept = prepared.finish()?;
-            let pid = read_pid(&pid_file)?;
-            Ok::<_, String>((kept, pid))
-        })();
+        let mut a = args([&"create", &"--bundle", &bundle, &"--pid-file", &pid_file]);
+        if opts.no_pivot_root {
+            a.push("--no-pivot".into());
+        }
+        let res = self.run_process(&container, &paths, a, &pid_file);
         let (kept, pid) = match res {
             Ok(v) => v,
             Err(e) => {
@@ -486,17 +471,21 @@ impl Service {
             }
         };
         *init.io.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(kept));
-        *container.cgroups.lock().unwrap_or_else(|p| p.into_inner()) =
-            std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
-                .ok()
-                .map(|t| crate::stats::Cgroups::parse(&t));
+        match std::fs::read_to_string(format!("/proc/{pid}/cgroup")) {
+            Ok(text) => {
+                let cgroups = container
+                    .cgroups
+                    .get_or_init(|| crate::stats::Cgroups::parse(&text));
+                if let Some(oom) = &self.oom
+                    && let Err(e) = oom.watch(&req.id, cgroups)
+                {
+                    warning!("no OOM events for {}: {e}", req.id);
+                }
+            }
+            Err(e) => warning!("no OOM events or stats for {}: its cgroups: {e}", req.id),
+        }
         self.containers().insert(req.id.clone(), container);
         let early = self.track(&init, pid);
-        if let Some(oom) = &self.oom
-            && let Err(e) = oom.watch(&req.id, pid)
-        {
-            warning!("no OOM events for {}: {e}", req.id);
-        }
         self.events.publish(
             "/tasks/create",
             "TaskCreate",
@@ -524,6 +513,30 @@ impl Service {
             pid,
             ..Default::default()
         })
+    }
+
+    /// Runs `<runtime> <a…> [--console-socket …] <container id>` with a process's stdio
+    /// (`create` or `exec --detach`), takes its terminal, and reads the pid it wrote.
+    fn run_process(
+        &self,
+        c: &Container,
+        paths: &Paths,
+        mut a: Vec<std::ffi::OsString>,
+        pid_file: &Path,
+    ) -> Result<(Kept, u32), String> {
+        let mut prepared = crate::stdio::prepare(paths)?;
+        if let Some(s) = &prepared.console {
+            a.extend(args([&"--console-socket", &s.path()]));
+        }
+        a.push(c.id.clone().into());
+        c.runtime.run(
+            Some(self.reaper()),
+            Some(&c.log()),
+            &a,
+            prepared.stdio.take(),
+        )?;
+        let kept = prepared.finish()?;
+        Ok((kept, read_pid(pid_file)?))
     }
 
     /// Notes `pid` as process `p`'s and watches it; returns its wait status if it already
@@ -661,8 +674,7 @@ impl Service {
         let pid_file = c.bundle.join(format!("exec-{}.pid", req.exec_id));
         let res = (|| {
             std::fs::write(&spec_file, &p.spec).map_err(|e| format!("write the process: {e}"))?;
-            let mut prepared = crate::stdio::prepare(&p.paths)?;
-            let mut a = args([
+            let a = args([
                 &"exec",
                 &"--process",
                 &spec_file,
@@ -670,19 +682,8 @@ impl Service {
                 &"--pid-file",
                 &pid_file,
             ]);
-            if let Some(s) = &prepared.console {
-                a.extend(args([&"--console-socket", &s.path()]));
-            }
-            a.push(req.id.clone().into());
             let _order = self.order();
-            c.runtime.run(
-                Some(self.reaper()),
-                Some(&c.log()),
-                &a,
-                prepared.stdio.take(),
-            )?;
-            let kept = prepared.finish()?;
-            let pid = read_pid(&pid_file)?;
+            let (kept, pid) = self.run_process(&c, &p.paths, a, &pid_file)?;
             *p.io.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(kept));
             p.state().status = ProcStatus::Running;
             let early = self.track(&p, pid);
@@ -1037,9 +1038,7 @@ impl Service {
         let c = self.container(&req.id)?;
         let cgroups = c
             .cgroups
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+            .get()
             .ok_or_else(|| Status::precondition(format!("{}: its cgroups are unknown", req.id)))?;
         let any = cgroups
             .metrics()

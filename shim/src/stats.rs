@@ -9,7 +9,15 @@ use containerd_shim_protos::cgroups_v2::metrics as v2;
 use containerd_shim_protos::protobuf::well_known_types::any::Any;
 use containerd_shim_protos::protobuf::{Message, MessageField};
 
-/// Where a process's cgroups are, from its `/proc/<pid>/cgroup` text.
+/// A task's memory cgroup directory, by hierarchy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Memory {
+    V1(PathBuf),
+    V2(PathBuf),
+}
+
+/// Where a process's cgroups are, from its `/proc/<pid>/cgroup` text (read once, when the
+/// task is created: Stats and the OOM watch both use it).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Cgroups {
     /// v1 controller → path.
@@ -47,30 +55,38 @@ impl Cgroups {
         )
     }
 
+    /// The memory cgroup: the v1 controller's, else the unified hierarchy's on a v2 host.
+    pub fn memory(&self) -> Option<Memory> {
+        if let Some(d) = self.v1_dir("memory") {
+            return Some(Memory::V1(d));
+        }
+        let path = self.unified.as_deref()?;
+        Path::new("/sys/fs/cgroup/cgroup.controllers")
+            .exists()
+            .then(|| Memory::V2(Path::new("/sys/fs/cgroup").join(path.trim_start_matches('/'))))
+    }
+
     /// The task's metrics.
     pub fn metrics(&self) -> Result<Any, String> {
-        if let Some(mem) = self.v1_dir("memory") {
-            if !mem.exists() {
-                return Err(format!("cgroup {} is gone", mem.display()));
-            }
-            return Ok(Any {
-                type_url: "io.containerd.cgroups.v1.Metrics".into(),
-                value: self.v1().write_to_bytes().map_err(|e| e.to_string())?,
-                ..Default::default()
-            });
-        }
-        let Some(path) = &self.unified else {
-            return Err("the task is in no cgroup".into());
+        let (type_url, value, dir) = match self.memory() {
+            Some(Memory::V1(dir)) => (
+                "io.containerd.cgroups.v1.Metrics",
+                self.v1().write_to_bytes(),
+                dir,
+            ),
+            Some(Memory::V2(dir)) => (
+                "io.containerd.cgroups.v2.Metrics",
+                v2_metrics(&dir).write_to_bytes(),
+                dir,
+            ),
+            None => return Err("the task is in no memory cgroup".into()),
         };
-        let dir = Path::new("/sys/fs/cgroup").join(path.trim_start_matches('/'));
-        if !dir.join("cgroup.controllers").exists() {
+        if !dir.exists() {
             return Err(format!("cgroup {} is gone", dir.display()));
         }
         Ok(Any {
-            type_url: "io.containerd.cgroups.v2.Metrics".into(),
-            value: v2_metrics(&dir)
-                .write_to_bytes()
-                .map_err(|e| e.to_string())?,
+            type_url: type_url.into(),
+            value: value.map_err(|e| e.to_string())?,
             ..Default::default()
         })
     }
@@ -255,6 +271,10 @@ mod tests {
             Some(PathBuf::from("/sys/fs/cgroup/memory/a/b"))
         );
         assert_eq!(c.unified.as_deref(), Some("/u"));
+        assert_eq!(
+            c.memory(),
+            Some(Memory::V1(PathBuf::from("/sys/fs/cgroup/memory/a/b")))
+        );
         let v2 = Cgroups::parse("0::/kubepods/pod1/c1\n");
         assert!(v2.v1.is_empty());
         assert_eq!(v2.unified.as_deref(), Some("/kubepods/pod1/c1"));
