@@ -113,6 +113,19 @@ pub async fn start(env: &PodEnv, id: &str) {
         .unwrap();
 }
 
+/// StopContainer with a grace period of `timeout` seconds (which must succeed).
+pub async fn stop(env: &PodEnv, id: &str, timeout: i64) {
+    env.cri
+        .runtime
+        .clone()
+        .stop_container(cri::StopContainerRequest {
+            container_id: id.into(),
+            timeout,
+        })
+        .await
+        .unwrap();
+}
+
 /// Status (not verbose; which must succeed).
 pub async fn runtime_status(env: &PodEnv) -> cri::StatusResponse {
     env.cri

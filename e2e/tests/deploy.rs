@@ -8,7 +8,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use berth_cri_api::v1 as cri;
-use berth_e2e::apps::{create, start, status};
+use berth_e2e::apps::{create, start, status, stop};
 use berth_e2e::pods::{PodEnv, mirror_hosts, pod_config};
 use berth_e2e::{tools, wait_until};
 
@@ -137,15 +137,7 @@ async fn the_daemonset_image_builds_loads_into_berth_and_installs_berth_on_a_hos
         status(&env, &id).await.state,
         cri::ContainerState::ContainerRunning as i32
     );
-    env.cri
-        .runtime
-        .clone()
-        .stop_container(cri::StopContainerRequest {
-            container_id: id.clone(),
-            timeout: 10,
-        })
-        .await
-        .unwrap();
+    stop(&env, &id, 10).await;
     let s = status(&env, &id).await;
     assert_eq!(s.exit_code, 0, "{s:?}");
     env.stop(&pod).await.unwrap();

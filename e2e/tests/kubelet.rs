@@ -46,6 +46,21 @@ fn sh(name: &str, script: &str) -> Value {
     })
 }
 
+/// The app image's httpd serving /www on port 8080, with `readiness` as its readiness probe
+/// (`Value::Null`: none).
+fn httpd(name: &str, readiness: Value) -> Value {
+    let mut c = json!({
+        "name": name,
+        "image": APP,
+        "imagePullPolicy": "IfNotPresent",
+        "command": ["httpd", "-f", "-p", "8080", "-h", "/www"],
+    });
+    if !readiness.is_null() {
+        c["readinessProbe"] = readiness;
+    }
+    c
+}
+
 fn phase(p: &Value) -> &str {
     p["status"]["phase"].as_str().unwrap_or("")
 }
@@ -80,16 +95,10 @@ async fn a_two_container_pod_runs_serves_its_ip_and_is_removed_with_its_manifest
     let env = KubeletEnv::start(KubeletOptions::default()).await.unwrap();
     let k = &env.kubelet;
     let log_from = k.log().len();
-    let server = json!({
-        "name": "server",
-        "image": APP,
-        "imagePullPolicy": "IfNotPresent",
-        "command": ["httpd", "-f", "-p", "8080", "-h", "/www"],
-        "readinessProbe": {
-            "httpGet": {"path": "/index.html", "port": 8080},
-            "periodSeconds": 1,
-        },
-    });
+    let server = httpd(
+        "server",
+        json!({"httpGet": {"path": "/index.html", "port": 8080}, "periodSeconds": 1}),
+    );
     let client = sh(
         "client",
         "while true; do wget -q -O /tmp/got http://127.0.0.1:8080/index.html && echo fetched; sleep 1; done",
@@ -503,12 +512,7 @@ async fn logs_flow_through_the_kubelet_after_berth_and_the_kubelet_rotate_them()
 #[tokio::test(flavor = "multi_thread")]
 async fn a_berth_killed_and_restarted_under_the_kubelet_keeps_its_pods() {
     let mut env = KubeletEnv::start(KubeletOptions::default()).await.unwrap();
-    let web = json!({
-        "name": "server",
-        "image": APP,
-        "imagePullPolicy": "IfNotPresent",
-        "command": ["httpd", "-f", "-p", "8080", "-h", "/www"],
-    });
+    let web = httpd("server", Value::Null);
     env.kubelet
         .add_pod(&pod("steady", json!([web]), json!({})))
         .unwrap();
@@ -743,13 +747,10 @@ async fn exec_and_port_forward_through_the_kubelets_streaming_proxy_reach_berth(
     let env = KubeletEnv::start(KubeletOptions::default()).await.unwrap();
     let k = &env.kubelet;
     let log_from = k.log().len();
-    let web = json!({
-        "name": "web",
-        "image": APP,
-        "imagePullPolicy": "IfNotPresent",
-        "command": ["httpd", "-f", "-p", "8080", "-h", "/www"],
-        "readinessProbe": {"tcpSocket": {"port": 8080}, "periodSeconds": 1},
-    });
+    let web = httpd(
+        "web",
+        json!({"tcpSocket": {"port": 8080}, "periodSeconds": 1}),
+    );
     k.add_pod(&pod(
         "streamed",
         json!([sh("box", "exec sleep 3600"), web]),

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use berth_cri_api::v1 as cri;
-use berth_e2e::apps::{create, ctr, env_with, exec, start, status};
+use berth_e2e::apps::{create, ctr, env_with, exec, start, status, stop};
 use berth_e2e::pods::pod_config;
 use berth_e2e::wait_until;
 use tonic::Code;
@@ -159,15 +159,7 @@ async fn gvisor_pod(handler: &str, config: &str) {
     assert!(exited && s.exit_code == 0, "{s:?}");
 
     // Stop delivers SIGTERM to the container inside the sandbox: its trap runs.
-    env.cri
-        .runtime
-        .clone()
-        .stop_container(cri::StopContainerRequest {
-            container_id: id.clone(),
-            timeout: 10,
-        })
-        .await
-        .unwrap();
+    stop(&env, &id, 10).await;
     let s = status(&env, &id).await;
     assert_eq!(s.state, cri::ContainerState::ContainerExited as i32);
     assert_eq!(s.exit_code, 7, "{s:?}");
