@@ -23,9 +23,13 @@ pub fn find_shim(binary: &str, explicit: Option<&Path>) -> Result<PathBuf> {
             })
         };
     }
-    let own_dir = std::env::current_exe()
-        .ok()
-        .and_then(|e| e.parent().map(Path::to_path_buf));
+    // Looked up once: every RunPodSandbox resolves its handler's shim.
+    static OWN_DIR: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+    let own_dir = OWN_DIR.get_or_init(|| {
+        std::env::current_exe()
+            .ok()
+            .and_then(|e| e.parent().map(Path::to_path_buf))
+    });
     let path = std::env::var_os("PATH").unwrap_or_default();
     let dirs: Vec<PathBuf> = own_dir
         .iter()
