@@ -25,6 +25,7 @@ pub struct Config {
     pub max_concurrent_downloads: usize,
     pub log: LogConfig,
     pub registry: RegistryConfig,
+    pub image_decryption: ImageDecryptionConfig,
     pub cni: CniConfig,
     pub runtime: RuntimeConfig,
     pub stream: StreamConfig,
@@ -72,6 +73,23 @@ pub struct RegistryConfig {
     /// How long a download may go without receiving a byte, in seconds (containerd's
     /// `image_pull_progress_timeout`).
     pub progress_timeout_seconds: u64,
+}
+
+/// Encrypted images (ocicrypt), with keys held by the node.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ImageDecryptionConfig {
+    /// The node's private keys (PEM, DER or JWK, not password-protected), read anew on every
+    /// pull of an encrypted image.
+    pub keys_dir: PathBuf,
+}
+
+impl Default for ImageDecryptionConfig {
+    fn default() -> Self {
+        ImageDecryptionConfig {
+            keys_dir: "/etc/berth/ocicrypt/keys".into(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -215,6 +233,7 @@ impl Default for Config {
             max_concurrent_downloads: 3,
             log: LogConfig::default(),
             registry: RegistryConfig::default(),
+            image_decryption: ImageDecryptionConfig::default(),
             cni: CniConfig::default(),
             runtime: RuntimeConfig {
                 default_handler: "crun".into(),
@@ -283,6 +302,7 @@ impl Config {
             ("state", &self.state),
             ("address", &self.address),
             ("cni.conf_dir", &self.cni.conf_dir),
+            ("image_decryption.keys_dir", &self.image_decryption.keys_dir),
         ] {
             if !p.is_absolute() {
                 bail!("{key}: {} is not an absolute path", p.display());

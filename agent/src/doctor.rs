@@ -56,6 +56,7 @@ pub async fn run(cfg: &Config) -> Vec<Check> {
     c.extend(handlers(cfg).await);
     c.extend(cni(cfg));
     c.extend(registry(cfg));
+    c.extend(decryption_keys(&cfg.image_decryption.keys_dir));
     c.extend(daemon(cfg).await);
     c
 }
@@ -496,6 +497,71 @@ fn registry(cfg: &Config) -> Vec<Check> {
     out
 }
 
+/// The node's keys for encrypted images: optional, so every miss is a warning.
+fn decryption_keys(dir: &Path) -> Vec<Check> {
+    use std::os::unix::fs::PermissionsExt;
+    const NAME: &str = "decryption keys";
+    let warn = |detail: String, fix: String| Check {
+        required: false,
+        ..fail("registry", NAME, detail, fix)
+    };
+    let meta = match std::fs::metadata(dir) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return vec![pass(
+                "registry",
+                NAME,
+                format!(
+                    "{} absent: encrypted images cannot be pulled",
+                    dir.display()
+                ),
+            )];
+        }
+        Err(e) => {
+            return vec![warn(
+                format!("{}: {e}", dir.display()),
+                "make it a directory berth can read".into(),
+            )];
+        }
+    };
+    let ring = berth_imgcrypt::KeyRing::load(dir);
+    let keys = ring.describe();
+    let mut out = vec![if keys.is_empty() {
+        warn(
+            format!("{}: no usable private key", dir.display()),
+            "put the node's private keys there (PEM, DER or JWK, without a password)".into(),
+        )
+    } else {
+        pass(
+            "registry",
+            NAME,
+            format!(
+                "{} usable key(s) in {}: {}",
+                keys.len(),
+                dir.display(),
+                keys.join(", ")
+            ),
+        )
+    }];
+    for s in ring.skipped() {
+        out.push(warn(
+            format!("{} skipped: {}", s.path.display(), s.reason),
+            "remove it, or replace it with a private key berth reads".into(),
+        ));
+    }
+    if meta.permissions().mode() & 0o077 != 0 {
+        out.push(warn(
+            format!(
+                "{} is open to other users (mode {:o})",
+                dir.display(),
+                meta.permissions().mode() & 0o7777
+            ),
+            format!("chmod 0700 {}", dir.display()),
+        ));
+    }
+    out
+}
+
 async fn daemon(cfg: &Config) -> Vec<Check> {
     use std::os::unix::fs::{FileTypeExt, PermissionsExt};
     let sock = &cfg.address;
@@ -707,6 +773,34 @@ mod tests {
                     .is_some_and(|f| f.contains("mount -t tmpfs"))
             );
         }
+    }
+
+    #[test]
+    fn decryption_keys_are_counted_and_strays_named() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let keys = dir.path().join("keys");
+        let absent = decryption_keys(&keys);
+        assert!(absent[0].ok && absent[0].detail.contains("absent"), "{absent:?}");
+
+        std::fs::create_dir(&keys).unwrap();
+        std::fs::set_permissions(&keys, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../imgcrypt/testdata");
+        std::fs::copy(data.join("ec.pem"), keys.join("node.pem")).unwrap();
+        std::fs::copy(data.join("rsa.pub.pem"), keys.join("node.pub")).unwrap();
+        let checks = decryption_keys(&keys);
+        assert!(checks[0].ok, "{checks:?}");
+        assert!(checks[0].detail.contains("1 usable key(s)"), "{checks:?}");
+        assert!(checks[0].detail.contains("node.pem: P-256"), "{checks:?}");
+        assert!(
+            checks.iter().any(|c| !c.ok && !c.required && c.detail.contains("node.pub skipped")),
+            "{checks:?}"
+        );
+        assert!(
+            checks.iter().any(|c| c.fix.as_deref() == Some(&format!("chmod 0700 {}", keys.display()))),
+            "{checks:?}"
+        );
+        assert!(healthy(&checks), "key warnings never make the node unfit");
     }
 
     #[test]

@@ -45,6 +45,7 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
             pinned: vec![cfg.sandbox_image.clone()],
             max_concurrent_downloads: cfg.max_concurrent_downloads,
             timeouts: cfg.registry_timeouts(),
+            decryption_keys_dir: cfg.image_decryption.keys_dir.clone(),
         },
         store.clone(),
     )

@@ -123,6 +123,26 @@ pub enum Error {
     /// The metadata store failed.
     #[error("metadata store: {0}")]
     Store(String),
+    /// An encrypted layer's key could not be unwrapped with the node's keys.
+    #[error("cannot decrypt layer {layer} of {image} with the keys in {}: {reason}", dir.display())]
+    Decryption {
+        /// The image pulled.
+        image: String,
+        /// The layer's (encrypted) digest.
+        layer: String,
+        /// The node's key directory.
+        dir: PathBuf,
+        /// Why no key opened it.
+        reason: String,
+    },
+    /// An encrypted layer's content is not what was encrypted (HMAC or plain digest).
+    #[error("encrypted layer {layer}: {reason}")]
+    Tampered {
+        /// The layer's (encrypted) digest.
+        layer: String,
+        /// What did not match.
+        reason: String,
+    },
     /// The pull's caller went away, and the pull stopped.
     #[error("pull of {0} abandoned: its caller went away")]
     Cancelled(String),
@@ -138,7 +158,8 @@ impl Error {
             Error::HostsConfig { .. } => ErrorKind::FailedPrecondition,
             Error::Unauthorized { .. } => ErrorKind::Unauthenticated,
             Error::Registry { .. } => ErrorKind::Unavailable,
-            Error::DigestMismatch { .. } => ErrorKind::DataLoss,
+            Error::DigestMismatch { .. } | Error::Tampered { .. } => ErrorKind::DataLoss,
+            Error::Decryption { .. } => ErrorKind::FailedPrecondition,
             Error::BadContent { .. } | Error::UnsafeLayer { .. } => ErrorKind::FailedPrecondition,
             Error::Io { .. } | Error::Store(_) => ErrorKind::Internal,
             Error::Cancelled(_) => ErrorKind::Cancelled,

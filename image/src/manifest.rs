@@ -33,6 +33,9 @@ pub struct Descriptor {
     /// For index entries, the platform the manifest is for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub platform: Option<Platform>,
+    /// Annotations; an encrypted layer's wrapped keys travel here.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
 }
 
 /// A platform in an index.
@@ -292,6 +295,7 @@ mod tests {
                     media_type: OCI_MANIFEST.into(),
                     digest: d(1),
                     size: 1,
+                    annotations: Default::default(),
                     platform: Some(Platform {
                         architecture: "arm64".into(),
                         os: "linux".into(),
@@ -302,6 +306,7 @@ mod tests {
                     media_type: OCI_MANIFEST.into(),
                     digest: d(2),
                     size: 1,
+                    annotations: Default::default(),
                     platform: Some(Platform {
                         architecture: "amd64".into(),
                         os: "windows".into(),
@@ -312,6 +317,7 @@ mod tests {
                     media_type: OCI_MANIFEST.into(),
                     digest: d(3),
                     size: 1,
+                    annotations: Default::default(),
                     platform: Some(Platform {
                         architecture: "amd64".into(),
                         os: "linux".into(),
@@ -322,6 +328,7 @@ mod tests {
                     media_type: OCI_MANIFEST.into(),
                     digest: d(4),
                     size: 1,
+                    annotations: Default::default(),
                     platform: Some(Platform {
                         architecture: "arm64".into(),
                         os: "linux".into(),

@@ -26,6 +26,7 @@ use crate::registry::{Credentials, RegistryClient, Session};
 use crate::snapshot::Snapshotter;
 use crate::store::{self, Store};
 use crate::unpack::{self, LayerStats};
+use berth_imgcrypt::{KeyRing, LayerKey, Tampered};
 
 const TABLE: &str = "images";
 const MAX_CONFIG: usize = 8 << 20;
@@ -43,6 +44,8 @@ pub struct ImageServiceConfig {
     pub max_concurrent_downloads: usize,
     /// How long registries may take.
     pub timeouts: crate::registry::Timeouts,
+    /// The node's private keys for encrypted images, read anew on every pull that needs them.
+    pub decryption_keys_dir: PathBuf,
 }
 
 /// A local image.
@@ -66,6 +69,9 @@ pub struct ImageRecord {
     pub user: String,
     /// When the image was first pulled (Unix nanoseconds).
     pub created_ns: i64,
+    /// Whether any of its layers is encrypted (ocicrypt).
+    #[serde(default)]
+    pub encrypted: bool,
 }
 
 impl ImageRecord {
@@ -298,6 +304,9 @@ impl ImageService {
             ));
         }
         let chain_ids = manifest::chain_ids(&config.rootfs.diff_ids);
+        // Every encrypted layer's key is unwrapped before anything is downloaded: a node
+        // without the key learns so at once, even when the layers are already here.
+        let layer_keys = self.unwrap_layer_keys(&r, &manifest.layers).await?;
         // Owned inputs per job: a closure over borrowed slice items trips the compiler's
         // higher-ranked lifetime check once the future must be Send.
         let jobs: Vec<_> = (0..manifest.layers.len())
@@ -306,12 +315,13 @@ impl ImageService {
                 let diff = config.rootfs.diff_ids[i].clone();
                 let chain = chain_ids[i].clone();
                 let parent = i.checked_sub(1).map(|p| chain_ids[p].clone());
+                let key = layer_keys[i].clone();
                 let session = &session;
                 let cancel = cancel.clone();
                 async move {
                     self.ensure_layer(
                         session,
-                        &layer,
+                        (&layer, key),
                         &diff,
                         &chain,
                         parent.as_ref(),
@@ -359,8 +369,56 @@ impl ImageService {
                 .map(|c| c.user.clone())
                 .unwrap_or_default(),
             created_ns: now_ns(),
+            encrypted: layer_keys.iter().any(Option::is_some),
         };
         self.commit_record(record).await
+    }
+
+    /// The key of each encrypted layer, unwrapped with the node's keys (`None` for plain
+    /// layers). The key directory is read only when there is an encrypted layer.
+    async fn unwrap_layer_keys(
+        &self,
+        r: &Reference,
+        layers: &[Descriptor],
+    ) -> Result<Vec<Option<LayerKey>>> {
+        if !layers.iter().any(|l| berth_imgcrypt::is_encrypted(&l.media_type)) {
+            return Ok(vec![None; layers.len()]);
+        }
+        let dir = self.cfg.decryption_keys_dir.clone();
+        let (layers, image) = (layers.to_vec(), r.to_string());
+        tokio::task::spawn_blocking(move || {
+            let ring = KeyRing::load(&dir);
+            tracing::debug!(image = %image, keys = ?ring, "unwrapping layer keys");
+            layers
+                .iter()
+                .map(|l| {
+                    if !berth_imgcrypt::is_encrypted(&l.media_type) {
+                        return Ok(None);
+                    }
+                    LayerKey::open(&l.annotations, &ring).map(Some).map_err(|e| {
+                        let mut reason = e.to_string();
+                        if ring.is_empty() {
+                            for s in ring.skipped() {
+                                let name = s.path.file_name().unwrap_or(s.path.as_os_str());
+                                reason.push_str(&format!(
+                                    "; {} skipped: {}",
+                                    name.to_string_lossy(),
+                                    s.reason
+                                ));
+                            }
+                        }
+                        Error::Decryption {
+                            image: image.clone(),
+                            layer: l.digest.to_string(),
+                            dir: dir.clone(),
+                            reason,
+                        }
+                    })
+                })
+                .collect()
+        })
+        .await
+        .map_err(|e| Error::io("unwrap layer keys", io::Error::other(e)))?
     }
 
     async fn fetch_config(&self, session: &Session, desc: &Descriptor) -> Result<Vec<u8>> {
@@ -389,7 +447,7 @@ impl ImageService {
     async fn ensure_layer(
         &self,
         session: &Session,
-        desc: &Descriptor,
+        (desc, key): (&Descriptor, Option<LayerKey>),
         diff_id: &Digest,
         chain: &Digest,
         parent: Option<&Digest>,
@@ -412,12 +470,13 @@ impl ImageService {
             tokio::task::spawn_blocking(move || {
                 let f = std::fs::File::open(&blob)
                     .map_err(|e| Error::io(format!("open blob {layer}"), e))?;
-                unpack_verified(Cancellable { inner: f, cancel }, &dest, &layer, &diff_id)
+                let reader = Cancellable { inner: f, cancel };
+                unpack_verified(reader, &dest, &layer, &diff_id, key.as_ref())
             })
             .await
             .map_err(|e| Error::io("unpack task", io::Error::other(e)))??
         } else {
-            self.download_and_unpack(session, desc, diff_id, dest, cancel, token)
+            self.download_and_unpack(session, (desc, key), diff_id, dest, (cancel, token))
                 .await?
         };
         self.snapshots.commit(tmp, chain, parent, stats)?;
@@ -428,11 +487,10 @@ impl ImageService {
     async fn download_and_unpack(
         &self,
         session: &Session,
-        desc: &Descriptor,
+        (desc, key): (&Descriptor, Option<LayerKey>),
         diff_id: &Digest,
         dest: PathBuf,
-        cancel: Arc<AtomicBool>,
-        token: &CancellationToken,
+        (cancel, token): (Arc<AtomicBool>, &CancellationToken),
     ) -> Result<LayerStats> {
         let mut body = tokio::select! {
             r = BlobDownload::open(session, &desc.digest, desc.size) => r?,
@@ -455,7 +513,7 @@ impl ImageService {
                 inner: &mut tee,
                 cancel: tee_cancel.clone(),
             };
-            let stats = match unpack_verified(reader, &dest, &layer, &diff) {
+            let stats = match unpack_verified(reader, &dest, &layer, &diff, key.as_ref()) {
                 Ok(s) => s,
                 Err(e) => return Err(tee.damaged(&tee_cancel).unwrap_or(e)),
             };
@@ -854,9 +912,36 @@ impl<R: Read> Read for HashingReader<R> {
     }
 }
 
-/// Decompresses (gzip, zstd or none, told by the magic bytes), applies, and checks the
-/// uncompressed stream against `diff_id`.
+/// Decrypts (with `key`, for an encrypted layer), decompresses (gzip, zstd or none, told by
+/// the magic bytes), applies, and checks the uncompressed stream against `diff_id`. An
+/// encrypted layer's HMAC and plain digest are checked at the end of its blob, before
+/// anything can be committed; their failure is the error to report, whatever the unpacker
+/// made of the bytes.
 fn unpack_verified<R: Read>(
+    reader: R,
+    dest: &Path,
+    layer: &Digest,
+    diff_id: &Digest,
+    key: Option<&LayerKey>,
+) -> Result<LayerStats> {
+    let Some(key) = key else {
+        return unpack_plain(reader, dest, layer, diff_id);
+    };
+    let mut plain = key.decrypt(reader);
+    let unpacked = unpack_plain(&mut plain, dest, layer, diff_id);
+    match plain.finish() {
+        Ok(()) => unpacked,
+        Err(e) => match e.get_ref().and_then(|i| i.downcast_ref::<Tampered>()) {
+            Some(t) => Err(Error::Tampered {
+                layer: layer.to_string(),
+                reason: t.to_string(),
+            }),
+            None => unpacked.and(Err(Error::io(format!("read layer {layer}"), e))),
+        },
+    }
+}
+
+fn unpack_plain<R: Read>(
     reader: R,
     dest: &Path,
     layer: &Digest,

@@ -104,6 +104,8 @@ impl ImageService for ImageCri {
                 let v = serde_json::json!({
                     "chainID": rec.top_chain().map(|c| c.to_string()).unwrap_or_default(),
                     "manifest": rec.manifest.to_string(),
+                    // Layers encrypted with ocicrypt, opened with the node's keys at pull.
+                    "encrypted": rec.encrypted,
                     "imageSpec": spec,
                 });
                 info.insert("info".to_string(), v.to_string());
