@@ -781,7 +781,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let keys = dir.path().join("keys");
         let absent = decryption_keys(&keys);
-        assert!(absent[0].ok && absent[0].detail.contains("absent"), "{absent:?}");
+        assert!(
+            absent[0].ok && absent[0].detail.contains("absent"),
+            "{absent:?}"
+        );
 
         std::fs::create_dir(&keys).unwrap();
         std::fs::set_permissions(&keys, std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -793,11 +796,15 @@ mod tests {
         assert!(checks[0].detail.contains("1 usable key(s)"), "{checks:?}");
         assert!(checks[0].detail.contains("node.pem: P-256"), "{checks:?}");
         assert!(
-            checks.iter().any(|c| !c.ok && !c.required && c.detail.contains("node.pub skipped")),
+            checks
+                .iter()
+                .any(|c| !c.ok && !c.required && c.detail.contains("node.pub skipped")),
             "{checks:?}"
         );
         assert!(
-            checks.iter().any(|c| c.fix.as_deref() == Some(&format!("chmod 0700 {}", keys.display()))),
+            checks
+                .iter()
+                .any(|c| c.fix.as_deref() == Some(&format!("chmod 0700 {}", keys.display()))),
             "{checks:?}"
         );
         assert!(healthy(&checks), "key warnings never make the node unfit");

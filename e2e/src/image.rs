@@ -481,3 +481,40 @@ pub fn noise(len: usize, seed: u64) -> Vec<u8> {
     out.truncate(len);
     out
 }
+
+/// Uploads `data` as a blob of `repo` (for tests that forge images); returns its digest.
+pub async fn put_blob(reg: &Registry, repo: &str, data: &[u8]) -> anyhow::Result<String> {
+    Client::new(reg).put_blob(repo, data).await
+}
+
+/// Puts `body` as the manifest `reference` (a tag or digest) of `repo`.
+pub async fn put_manifest(
+    reg: &Registry,
+    repo: &str,
+    reference: &str,
+    media: &str,
+    body: Vec<u8>,
+) -> anyhow::Result<()> {
+    Client::new(reg)
+        .put_manifest(repo, reference, media, body)
+        .await
+}
+
+/// GETs `/v2/<repo>/<kind>/<reference>` (`kind`: `manifests` or `blobs`), asking for OCI
+/// manifests.
+pub async fn get(
+    reg: &Registry,
+    repo: &str,
+    kind: &str,
+    reference: &str,
+) -> anyhow::Result<Vec<u8>> {
+    let c = Client::new(reg);
+    let url = format!("http://{}/v2/{repo}/{kind}/{reference}", reg.addr);
+    let r = c
+        .req(reqwest::Method::GET, &url)
+        .header("accept", "application/vnd.oci.image.manifest.v1+json")
+        .send()
+        .await?;
+    anyhow::ensure!(r.status().is_success(), "GET {url}: {}", r.status());
+    Ok(r.bytes().await?.to_vec())
+}

@@ -8,6 +8,7 @@
 pub mod apps;
 pub mod berth;
 pub mod containerd;
+pub mod crypt;
 pub mod faults;
 pub mod image;
 pub mod kubelet;

@@ -288,6 +288,9 @@ impl ImageService {
             };
         let (manifest_digest, manifest) = manifest_doc;
         let manifest_size = blobs.last().map_or(0, |b| b.1);
+        // Every encrypted layer's key is unwrapped before anything is downloaded: a node
+        // without the key learns so at once, even when the layers are already here.
+        let layer_keys = self.unwrap_layer_keys(&r, &manifest.layers).await?;
 
         let config_bytes =
             unless_cancelled(token, &r, self.fetch_config(&session, &manifest.config)).await?;
@@ -304,9 +307,6 @@ impl ImageService {
             ));
         }
         let chain_ids = manifest::chain_ids(&config.rootfs.diff_ids);
-        // Every encrypted layer's key is unwrapped before anything is downloaded: a node
-        // without the key learns so at once, even when the layers are already here.
-        let layer_keys = self.unwrap_layer_keys(&r, &manifest.layers).await?;
         // Owned inputs per job: a closure over borrowed slice items trips the compiler's
         // higher-ranked lifetime check once the future must be Send.
         let jobs: Vec<_> = (0..manifest.layers.len())
@@ -381,7 +381,10 @@ impl ImageService {
         r: &Reference,
         layers: &[Descriptor],
     ) -> Result<Vec<Option<LayerKey>>> {
-        if !layers.iter().any(|l| berth_imgcrypt::is_encrypted(&l.media_type)) {
+        if !layers
+            .iter()
+            .any(|l| berth_imgcrypt::is_encrypted(&l.media_type))
+        {
             return Ok(vec![None; layers.len()]);
         }
         let dir = self.cfg.decryption_keys_dir.clone();
@@ -395,25 +398,27 @@ impl ImageService {
                     if !berth_imgcrypt::is_encrypted(&l.media_type) {
                         return Ok(None);
                     }
-                    LayerKey::open(&l.annotations, &ring).map(Some).map_err(|e| {
-                        let mut reason = e.to_string();
-                        if ring.is_empty() {
-                            for s in ring.skipped() {
-                                let name = s.path.file_name().unwrap_or(s.path.as_os_str());
-                                reason.push_str(&format!(
-                                    "; {} skipped: {}",
-                                    name.to_string_lossy(),
-                                    s.reason
-                                ));
+                    LayerKey::open(&l.annotations, &ring)
+                        .map(Some)
+                        .map_err(|e| {
+                            let mut reason = e.to_string();
+                            if ring.is_empty() {
+                                for s in ring.skipped() {
+                                    let name = s.path.file_name().unwrap_or(s.path.as_os_str());
+                                    reason.push_str(&format!(
+                                        "; {} skipped: {}",
+                                        name.to_string_lossy(),
+                                        s.reason
+                                    ));
+                                }
                             }
-                        }
-                        Error::Decryption {
-                            image: image.clone(),
-                            layer: l.digest.to_string(),
-                            dir: dir.clone(),
-                            reason,
-                        }
-                    })
+                            Error::Decryption {
+                                image: image.clone(),
+                                layer: l.digest.to_string(),
+                                dir: dir.clone(),
+                                reason,
+                            }
+                        })
                 })
                 .collect()
         })

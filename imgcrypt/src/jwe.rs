@@ -194,7 +194,17 @@ pub(crate) fn decrypt(
             }
         }
         if !tried {
-            attempts.push(format!("recipient {i} ({alg}): no key of that type"));
+            let wants = if alg.starts_with("RSA") {
+                "an RSA key"
+            } else if alg.starts_with("ECDH") {
+                "an EC key"
+            } else {
+                "a key algorithm berth does not implement"
+            };
+            attempts.push(format!(
+                "recipient {i} ({alg}) needs {wants}; the node holds {}",
+                ring.describe().join(", ")
+            ));
         }
     }
     Ok(None)
