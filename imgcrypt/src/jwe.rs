@@ -173,6 +173,12 @@ pub(crate) fn decrypt(
         };
         let mut tried = false;
         for key in ring.keys() {
+            if attempts.len() >= crate::layer::MAX_ATTEMPTS {
+                return Err(Error::Malformed(format!(
+                    "more than {} key unwrapping attempts for one layer: too many recipients",
+                    crate::layer::MAX_ATTEMPTS
+                )));
+            }
             let cek = match (alg, &key.key) {
                 ("RSA-OAEP", PrivateKey::Rsa(k, _)) => rsa(k, false, encrypted_key),
                 ("RSA-OAEP-256", PrivateKey::Rsa(k, _)) => rsa(k, true, encrypted_key),

@@ -19,6 +19,12 @@ use crate::keys::KeyRing;
 use crate::{Error, JWE_ANNOTATION, KEYS_ANNOTATION_PREFIX, PUBOPTS_ANNOTATION, Result, jwe};
 
 const CIPHER: &str = "AES_256_CTR_HMAC_SHA256";
+/// Unwrapping is CPU work the image's author chooses the amount of (recipients times the
+/// node's keys, an RSA decryption each): bounded, so that an image cannot keep a core busy.
+/// ocicrypt writes one JWE per encryption (and one more per added recipient batch).
+const MAX_JWES: usize = 16;
+/// RSA private-key operations and EC agreements per layer.
+pub(crate) const MAX_ATTEMPTS: usize = 256;
 const CHUNK: usize = 64 << 10;
 
 /// The JWE payload (Go's `[]byte` fields are standard base64 in JSON, `null` when empty).
@@ -63,6 +69,16 @@ pub struct LayerKey {
     plain_digest: Option<(&'static digest::Algorithm, Vec<u8>, String)>,
 }
 
+impl Drop for LayerKey {
+    fn drop(&mut self) {
+        // Not left in freed memory. Volatile, so that the writes are not optimised away.
+        for b in self.key.iter_mut() {
+            // SAFETY: `b` is a valid, aligned, exclusive reference into `self.key`.
+            unsafe { std::ptr::write_volatile(b, 0) };
+        }
+    }
+}
+
 impl std::fmt::Debug for LayerKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never the key.
@@ -100,7 +116,14 @@ impl LayerKey {
             )));
         }
         let mut attempts = vec![];
-        for part in wrapped.split(',') {
+        let parts: Vec<&str> = wrapped.split(',').collect();
+        if parts.len() > MAX_JWES {
+            return Err(Error::Malformed(format!(
+                "{} wrapped keys for one layer (at most {MAX_JWES})",
+                parts.len()
+            )));
+        }
+        for part in parts {
             let jwe = b64std(JWE_ANNOTATION, part)?;
             if let Some(payload) = jwe::decrypt(&jwe, ring, &mut attempts)? {
                 let private: PrivateOptions = serde_json::from_slice(&payload)

@@ -174,3 +174,28 @@ fn schemes_berth_does_not_unwrap_are_named() {
         Err(Error::Malformed(_))
     ));
 }
+
+#[test]
+fn the_work_an_image_can_ask_for_is_bounded() {
+    let ring = ring(&["other-rsa.pem", "stranger.jwk"]);
+    let mut a = annotations("two-recipients");
+    let jwe = a[JWE_ANNOTATION].clone();
+    a.insert(JWE_ANNOTATION.into(), vec![jwe.as_str(); 17].join(","));
+    let err = LayerKey::open(&a, &ring).unwrap_err();
+    assert!(err.to_string().contains("17 wrapped keys"), "{err}");
+
+    // One JWE with 300 recipients none of the node's keys opens.
+    let json = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, &jwe).unwrap();
+    let mut v: serde_json::Value = serde_json::from_slice(&json).unwrap();
+    let first = v["recipients"][0].clone();
+    v["recipients"] = serde_json::Value::Array(vec![first; 300]);
+    let b64 = base64::Engine::encode(
+        &base64::engine::general_purpose::STANDARD,
+        serde_json::to_vec(&v).unwrap(),
+    );
+    a.insert(JWE_ANNOTATION.into(), b64);
+    let started = std::time::Instant::now();
+    let err = LayerKey::open(&a, &ring).unwrap_err();
+    assert!(err.to_string().contains("too many recipients"), "{err}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+}

@@ -2,7 +2,9 @@
 //! through berth, containerd 1.6 and (when installed) containerd 2.x in one run, alternating,
 //! each pull from an empty store (the image was removed after the pull before). Then the same
 //! for a small image (busybox, one layer), where per-pull overheads dominate. Prints PullImage
-//! and RemoveImage medians and the berth/containerd time ratios.
+//! and RemoveImage medians and the berth/containerd time ratios. Last, the cost of decryption:
+//! the large image encrypted by skopeo (JWE, RSA-OAEP) against the same image in the clear,
+//! both pulled by berth, alternating.
 //!
 //! `cargo build --release -p berth -p berth-e2e && BERTH_BIN=target/release/berth target/release/bench-pull`
 
@@ -13,6 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use berth_cri_api::v1::{ImageSpec, PullImageRequest, RemoveImageRequest};
 use berth_e2e::containerd::{Containerd, Flavor};
+use berth_e2e::crypt::{KeyPairs, skopeo_encrypt};
 use berth_e2e::image::noise;
 use berth_e2e::{Berth, Compression, Cri, ImageBuilder, Layer, Registry};
 
@@ -80,7 +83,14 @@ async fn main() -> anyhow::Result<()> {
         .await?;
     let small = format!("{}/bench/small:1", reg.addr);
 
-    let berth = Berth::start_for_bench("")?;
+    let keys = KeyPairs::new()?;
+    keys.rsa("node", 2048)?;
+    let keys_dir = tempfile::tempdir()?;
+    keys.install(keys_dir.path(), &["node"])?;
+    let berth = Berth::start_for_bench(&format!(
+        "[image_decryption]\nkeys_dir = \"{}\"\n",
+        keys_dir.path().display()
+    ))?;
     berth.hosts_toml(&reg.addr, &format!("server = \"http://{}\"\n", reg.addr))?;
     let work = tempfile::Builder::new()
         .prefix("berth-bench-containerd-")
@@ -189,6 +199,30 @@ async fn main() -> anyhow::Result<()> {
             .collect();
         println!("{what}, median: {}; {}", line.join(", "), ratios.join(", "));
     }
+    // Decryption: the same layers, encrypted, against the clear image, berth only.
+    skopeo_encrypt(
+        &reg,
+        &keys,
+        "bench/pull:1",
+        "bench/pull:enc",
+        &["node"],
+        false,
+    )?;
+    let encrypted = format!("{}/bench/pull:enc", reg.addr);
+    let cri = berth.cri().await?;
+    timed_pull(&cri, &encrypted).await?;
+    let (mut clear, mut enc) = (Vec::new(), Vec::new());
+    for _ in 0..ROUNDS {
+        clear.push(timed_pull(&cri, &image).await?.0);
+        enc.push(timed_pull(&cri, &encrypted).await?.0);
+    }
+    let (clear, enc) = (median(&mut clear), median(&mut enc));
+    println!(
+        "encrypted (skopeo, JWE RSA-OAEP 2048, AES-256-CTR + HMAC-SHA256): berth PullImage median {:.1} ms vs {:.1} ms in the clear: {:.2}x",
+        enc.as_secs_f64() * 1e3,
+        clear.as_secs_f64() * 1e3,
+        enc.as_secs_f64() / clear.as_secs_f64()
+    );
     println!(
         "RSS after the run: berth {} KiB, containerd 1.6 {} KiB, containerd 2.4 {} KiB",
         berth.rss_kib().unwrap_or(0),
