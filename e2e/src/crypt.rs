@@ -83,31 +83,54 @@ impl KeyPairs {
     }
 }
 
+/// How skopeo writes the encrypted layers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LayerFormat {
+    /// As the source has them (gzip for images built here).
+    AsSource,
+    /// Recompressed with zstd.
+    Zstd,
+    /// Uncompressed (`tar+encrypted`): through an OCI layout, the one transport where skopeo
+    /// leaves uncompressed layers alone.
+    Uncompressed,
+}
+
 /// `skopeo copy` of `<registry>/<from>` to `<registry>/<to>`, encrypting every layer for the
-/// public keys of `recipients` (JWE). `zstd` recompresses the layers with zstd first.
+/// public keys of `recipients` (JWE).
 pub fn skopeo_encrypt(
     reg: &Registry,
     keys: &KeyPairs,
     from: &str,
     to: &str,
     recipients: &[&str],
-    zstd: bool,
+    format: LayerFormat,
 ) -> anyhow::Result<()> {
-    let mut cmd = Command::new("skopeo");
-    cmd.args([
-        "copy",
-        "--quiet",
-        "--src-tls-verify=false",
-        "--dest-tls-verify=false",
-    ]);
-    if zstd {
+    let skopeo = || {
+        let mut cmd = Command::new("skopeo");
+        cmd.args([
+            "copy",
+            "--quiet",
+            "--src-tls-verify=false",
+            "--dest-tls-verify=false",
+        ]);
+        cmd
+    };
+    let mut cmd = skopeo();
+    if format == LayerFormat::Zstd {
         cmd.args(["--dest-compress-format", "zstd"]);
     }
     for r in recipients {
         cmd.arg("--encryption-key")
             .arg(format!("jwe:{}", keys.public(r).display()));
     }
-    cmd.arg(format!("docker://{}/{from}", reg.addr))
-        .arg(format!("docker://{}/{to}", reg.addr));
-    run(&mut cmd)
+    cmd.arg(format!("docker://{}/{from}", reg.addr));
+    let dest = format!("docker://{}/{to}", reg.addr);
+    if format != LayerFormat::Uncompressed {
+        return run(cmd.arg(dest));
+    }
+    let layout = tempfile::tempdir()?;
+    let oci = format!("oci:{}:x", layout.path().display());
+    run(cmd.arg("--dest-oci-accept-uncompressed-layers").arg(&oci))?;
+    // Copying an encrypted image moves its blobs as they are.
+    run(skopeo().arg(&oci).arg(dest))
 }

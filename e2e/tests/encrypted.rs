@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use berth_cri_api::v1 as cri;
 use berth_e2e::apps::{create, ctr_of, env_with, start, status};
-use berth_e2e::crypt::{KeyPairs, skopeo_encrypt};
+use berth_e2e::crypt::{KeyPairs, LayerFormat, skopeo_encrypt};
 use berth_e2e::image::{get, put_blob, put_manifest};
 use berth_e2e::pods::pod_config;
-use berth_e2e::{ImageBuilder, Layer, PodEnv, wait_until};
+use berth_e2e::{Compression, ImageBuilder, Layer, PodEnv, wait_until};
 use tonic::Code;
 
 const SECRET: &str = "only the encrypted layer holds this\n";
@@ -51,21 +51,29 @@ impl World {
     }
 
     async fn push_plain(&self, layers: Vec<Layer>) {
+        self.push_clear("plain", layers).await;
+    }
+
+    async fn push_clear(&self, tag: &str, layers: Vec<Layer>) {
         ImageBuilder::new(layers)
             .cmd(&["cat", "/secret/message"])
-            .push(&self.env.registry, "berth-e2e/secret", Some("plain"))
+            .push(&self.env.registry, "berth-e2e/secret", Some(tag))
             .await
             .unwrap();
     }
 
-    fn encrypt(&self, tag: &str, recipients: &[&str], zstd: bool) {
+    fn encrypt(&self, tag: &str, recipients: &[&str], format: LayerFormat) {
+        self.encrypt_from("plain", tag, recipients, format);
+    }
+
+    fn encrypt_from(&self, from: &str, tag: &str, recipients: &[&str], format: LayerFormat) {
         skopeo_encrypt(
             &self.env.registry,
             &self.keys,
-            "berth-e2e/secret:plain",
+            &format!("berth-e2e/secret:{from}"),
             &format!("berth-e2e/secret:{tag}"),
             recipients,
-            zstd,
+            format,
         )
         .unwrap();
     }
@@ -167,9 +175,9 @@ async fn an_image_skopeo_encrypted_runs_with_the_nodes_key() {
     let w = World::start(&["ec"]).await;
     w.push_plain(secret_layers()).await;
     // Two recipients, the node holds the second one's key.
-    w.encrypt("two", &["rsa", "ec"], false);
+    w.encrypt("two", &["rsa", "ec"], LayerFormat::AsSource);
     // One recipient the node has no key for (yet), layers recompressed with zstd.
-    w.encrypt("zstd", &["rsa"], true);
+    w.encrypt("zstd", &["rsa"], LayerFormat::Zstd);
     assert_eq!(
         layer_types(&w.manifest("two").await),
         ["application/vnd.oci.image.layer.v1.tar+gzip+encrypted"; 2]
@@ -178,6 +186,23 @@ async fn an_image_skopeo_encrypted_runs_with_the_nodes_key() {
         layer_types(&w.manifest("zstd").await),
         ["application/vnd.oci.image.layer.v1.tar+zstd+encrypted"; 2]
     );
+
+    // Uncompressed layers stay uncompressed under encryption.
+    w.push_clear(
+        "clear-tar",
+        secret_layers()
+            .into_iter()
+            .map(|l| l.compression(Compression::None))
+            .collect(),
+    )
+    .await;
+    w.encrypt_from("clear-tar", "tar", &["ec"], LayerFormat::Uncompressed);
+    assert_eq!(
+        layer_types(&w.manifest("tar").await),
+        ["application/vnd.oci.image.layer.v1.tar+encrypted"; 2]
+    );
+    w.pull("tar").await.unwrap();
+    assert_eq!(w.run("tar").await, SECRET);
 
     w.pull("two").await.unwrap();
     let verbose = w
@@ -222,7 +247,7 @@ async fn an_image_skopeo_encrypted_runs_with_the_nodes_key() {
 async fn without_a_key_that_opens_it_nothing_is_stored() {
     let w = World::start(&["stranger"]).await;
     w.push_plain(secret_layers()).await;
-    w.encrypt("rsa", &["rsa"], false);
+    w.encrypt("rsa", &["rsa"], LayerFormat::AsSource);
     let snapshots = w.snapshots();
 
     let err = w.pull("rsa").await.unwrap_err();
@@ -248,7 +273,7 @@ async fn a_layer_altered_or_truncated_after_encryption_is_refused_and_nothing_is
             .file("secret/noise", berth_e2e::image::noise(300 << 10, 7)),
     ])
     .await;
-    w.encrypt("rsa", &["rsa"], false);
+    w.encrypt("rsa", &["rsa"], LayerFormat::AsSource);
     let genuine = w.manifest("rsa").await;
     let layer = genuine["layers"][0]["digest"].as_str().unwrap().to_string();
     let blob = get(&w.env.registry, "berth-e2e/secret", "blobs", &layer)

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use berth_cri_api::v1::{ImageSpec, PullImageRequest, RemoveImageRequest};
 use berth_e2e::containerd::{Containerd, Flavor};
-use berth_e2e::crypt::{KeyPairs, skopeo_encrypt};
+use berth_e2e::crypt::{KeyPairs, LayerFormat, skopeo_encrypt};
 use berth_e2e::image::noise;
 use berth_e2e::{Berth, Compression, Cri, ImageBuilder, Layer, Registry};
 
@@ -206,7 +206,7 @@ async fn main() -> anyhow::Result<()> {
         "bench/pull:1",
         "bench/pull:enc",
         &["node"],
-        false,
+        LayerFormat::AsSource,
     )?;
     let encrypted = format!("{}/bench/pull:enc", reg.addr);
     let cri = berth.cri().await?;
