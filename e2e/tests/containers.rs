@@ -828,3 +828,51 @@ async fn pod_metrics_are_read_from_the_cgroup_proc_and_the_pods_network() {
         .pod_metrics;
     assert!(all.iter().all(|p| p.pod_sandbox_id != pod));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_exec_racing_the_containers_exit_is_told_it_is_not_running() {
+    // The kubelet's exec probes race the kills of its restarts. Whichever way each race goes,
+    // the answer is the output, or FailedPrecondition "not running": never an internal error.
+    let env = env_with("").await;
+    let pcfg = pod_config("racing");
+    let pod = env.run(pcfg.clone()).await.unwrap();
+    let mut codes = std::collections::BTreeMap::new();
+    for round in 0..6 {
+        let id = create(
+            &env,
+            &pod,
+            &pcfg,
+            ctr(&format!("short-{round}"), &["sh", "-c", "sleep 0.3"]),
+        )
+        .await
+        .unwrap();
+        start(&env, &id).await;
+        // Execs back to back (two at a time) until the container is gone.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while std::time::Instant::now() < deadline {
+            let (a, b) = tokio::join!(exec(&env, &id, &["true"], 5), exec(&env, &id, &["true"], 5));
+            let mut done = false;
+            for r in [a, b] {
+                match r {
+                    Ok(r) => assert_eq!(r.exit_code, 0),
+                    Err(e) => {
+                        assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+                        assert!(e.message().contains("is not running"), "{e:?}");
+                        done = true;
+                    }
+                }
+                *codes.entry(done).or_insert(0) += 1;
+            }
+            if done {
+                break;
+            }
+        }
+    }
+    assert!(
+        codes.contains_key(&true),
+        "no exec ever met an exited container: {codes:?}"
+    );
+    env.stop(&pod).await.unwrap();
+    env.remove(&pod).await.unwrap();
+    env.assert_clean();
+}

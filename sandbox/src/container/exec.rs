@@ -9,6 +9,8 @@ use crate::logs::{mkfifo, open_fifo_reader, open_fifo_writer};
 use crate::runtime::Runtime;
 
 const SIGKILL: u32 = 9;
+/// How long a failed exec start waits to see whether the container exited meanwhile.
+const EXIT_GRACE: Duration = Duration::from_millis(250);
 
 /// What ExecSync returns.
 #[derive(Debug, Clone, Default)]
@@ -161,9 +163,24 @@ impl Runtime {
             process.terminal = tty;
             let show = |p: &Option<PathBuf>| p.as_ref().map(|p| p.display().to_string()).unwrap_or_default();
             let stdio = [show(&in_p), show(&out_p), show(&err_p)];
+            // The container may exit while the exec is being set up (a probe racing the kill
+            // of a restart): that is said as the check above would have said it. Its shim may
+            // learn of the exit a moment after the runtime did.
+            let not_running_now = |e: Error| async {
+                match tokio::time::timeout(EXIT_GRACE, s.wait(&id)).await {
+                    Ok(Ok(_)) => Error::Precondition(format!(
+                        "container {id} is not running; it exited while the exec started"
+                    )),
+                    _ => e,
+                }
+            };
             let permit = s.exec_permit().await;
-            s.exec(&id, &exec_id, &process, [&stdio[0], &stdio[1], &stdio[2]], tty)
-                .await?;
+            if let Err(e) = s
+                .exec(&id, &exec_id, &process, [&stdio[0], &stdio[1], &stdio[2]], tty)
+                .await
+            {
+                return Err(not_running_now(e).await);
+            }
             let pump = |rx: Option<tokio::net::unix::pipe::Receiver>,
                         tx: Option<tokio::sync::mpsc::Sender<bytes::Bytes>>| {
                 let (Some(mut rx), Some(tx)) = (rx, tx) else {
@@ -188,7 +205,7 @@ impl Runtime {
             if let Err(e) = started {
                 let _ = s.delete_process(&id, &exec_id).await;
                 outputs.iter().for_each(|t| t.abort());
-                return Err(e);
+                return Err(not_running_now(e).await);
             }
             let feeder = match (stdin, in_tx) {
                 (Some(mut rx), Some(mut w)) => {
