@@ -40,22 +40,23 @@ pub fn parse_footer(tail: &[u8]) -> Result<(u64, u64)> {
             .flatten()
     };
     let gzip_with_extra = |f: &[u8]| f.len() > 12 && f[..3] == [0x1f, 0x8b, 8] && f[3] & 4 != 0;
-    if tail.len() as u64 == FOOTER_SIZE && gzip_with_extra(tail) {
-        // XLEN 26: one subfield 'S' 'G' of 22 bytes.
-        if tail[10..12] == [26, 0] && tail[12..14] == *b"SG" && tail[14..16] == [22, 0] {
-            if let Some(off) = hex_offset(&tail[16..]) {
-                return Ok((off, FOOTER_SIZE));
-            }
-        }
+    // XLEN 26: one subfield 'S' 'G' of 22 bytes.
+    if tail.len() as u64 == FOOTER_SIZE
+        && gzip_with_extra(tail)
+        && tail[10..12] == [26, 0]
+        && tail[12..14] == *b"SG"
+        && tail[14..16] == [22, 0]
+        && let Some(off) = hex_offset(&tail[16..])
+    {
+        return Ok((off, FOOTER_SIZE));
     }
     let legacy = &tail[tail.len().saturating_sub(LEGACY_FOOTER_SIZE as usize)..];
     if legacy.len() as u64 == LEGACY_FOOTER_SIZE
         && gzip_with_extra(legacy)
         && legacy[10..12] == [22, 0]
+        && let Some(off) = hex_offset(&legacy[12..])
     {
-        if let Some(off) = hex_offset(&legacy[12..]) {
-            return Ok((off, LEGACY_FOOTER_SIZE));
-        }
+        return Ok((off, LEGACY_FOOTER_SIZE));
     }
     Err(format("no eStargz footer at the end of the blob"))
 }
@@ -358,14 +359,13 @@ impl Toc {
                 other => return Err(format(format!("TOC entry type {other:?}"))),
             };
             let path = [dirs, &[*base]].concat().join("/");
-            if kind == NodeKind::Dir {
-                if let Some(&idx) = by_path.get(&path) {
-                    if t.nodes[idx].kind == NodeKind::Dir {
-                        // A directory named again (its parent was implied first): attributes.
-                        apply_attrs(&mut t.nodes[idx], e)?;
-                        continue;
-                    }
-                }
+            if kind == NodeKind::Dir
+                && let Some(&idx) = by_path.get(&path)
+                && t.nodes[idx].kind == NodeKind::Dir
+            {
+                // A directory named again (its parent was implied first): attributes.
+                apply_attrs(&mut t.nodes[idx], e)?;
+                continue;
             }
             let mut n = Node::new(parent, kind, 0);
             apply_attrs(&mut n, e)?;
@@ -403,7 +403,7 @@ impl Toc {
             )));
         }
         let size = if e.chunk_size == 0 {
-            n.size.checked_sub(e.chunk_offset).unwrap_or(0)
+            n.size.saturating_sub(e.chunk_offset)
         } else {
             e.chunk_size
         };
@@ -447,9 +447,7 @@ impl Toc {
                 }
                 None => {
                     let n = Node::new(cur, NodeKind::Dir, 0o755);
-                    let idx =
-                        self.insert(by_path, cur, &dirs[..i], dirs[i], Node { nlink: 2, ..n });
-                    idx
+                    self.insert(by_path, cur, &dirs[..i], dirs[i], Node { nlink: 2, ..n })
                 }
             };
         }
