@@ -13,6 +13,8 @@
 #![warn(missing_docs)]
 
 pub mod fetch;
+pub mod fuse;
+pub mod layer;
 pub mod toc;
 
 pub use toc::{Chunk, Node, NodeKind, Toc};

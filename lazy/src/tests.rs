@@ -143,3 +143,209 @@ fn footers_of_both_kinds() {
     assert!(off > 0 && off < b.len() as u64);
     assert!(toc::parse_footer(&[0u8; 51]).is_err());
 }
+
+mod mounted {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    use std::path::Path;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use super::{TOC_DIGEST, blob, files_the_normal_way};
+    use crate::fetch::{self, BlobReader};
+    use crate::fuse::Mount;
+    use crate::layer::LazyLayer;
+
+    /// The fixture's bytes; optionally damaged (every byte of the blob's data flipped).
+    struct Source {
+        bytes: Vec<u8>,
+        damaged: Arc<AtomicBool>,
+    }
+
+    impl BlobReader for Source {
+        fn read_range(&self, offset: u64, len: u64) -> std::io::Result<Vec<u8>> {
+            let mut v = self.bytes.read_range(offset, len)?;
+            if self.damaged.load(Ordering::Relaxed) {
+                v.iter_mut().for_each(|b| *b ^= 0x55);
+            }
+            Ok(v)
+        }
+    }
+
+    fn xattr(path: &Path, name: &str) -> Option<Vec<u8>> {
+        use std::os::unix::ffi::OsStrExt;
+        let p = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+        let n = std::ffi::CString::new(name).unwrap();
+        let mut buf = vec![0u8; 64];
+        // SAFETY: valid strings and a buffer of the given length.
+        let r =
+            unsafe { libc::lgetxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+        (r >= 0).then(|| buf[..r as usize].to_vec())
+    }
+
+    fn mounted_in(path: &Path) -> bool {
+        std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap()
+            .lines()
+            .any(|l| l.split_whitespace().nth(4) == Some(path.to_str().unwrap()))
+    }
+
+    #[test]
+    fn a_mounted_layer_reads_as_its_normal_unpack_and_stacks_under_overlayfs() {
+        let b = blob();
+        let dir = tempfile::tempdir().unwrap();
+        let mnt = dir.path().join("mnt");
+        std::fs::create_dir(&mnt).unwrap();
+        let toc = fetch::open(&b, b.len() as u64, TOC_DIGEST).unwrap();
+        let damaged = Arc::new(AtomicBool::new(false));
+        let src = Source {
+            bytes: b.clone(),
+            damaged: damaged.clone(),
+        };
+        let layer = Arc::new(
+            LazyLayer::new(
+                "sha256:fixture",
+                toc,
+                Box::new(src),
+                &dir.path().join("chunks"),
+            )
+            .unwrap(),
+        );
+        let m = Mount::new(&mnt, layer.clone(), 2).unwrap();
+        assert!(mounted_in(&mnt));
+
+        // Only what is read is fetched.
+        assert_eq!(
+            std::fs::read(mnt.join("etc/hello")).unwrap(),
+            b"hello from a lazy layer\n"
+        );
+        let small = layer.fetched();
+        assert!(small > 0 && small < 200, "{small}");
+
+        for (path, data) in files_the_normal_way(&b) {
+            if path == "stargz.index.json" || path.contains(".wh.") {
+                continue;
+            }
+            assert_eq!(std::fs::read(mnt.join(&path)).unwrap(), data, "{path}");
+        }
+        let big = std::fs::metadata(mnt.join("usr/share/big")).unwrap();
+        assert_eq!(
+            (big.mode() & 0o7777, big.uid(), big.gid(), big.nlink()),
+            (0o640, 1000, 1000, 2)
+        );
+        assert_eq!(
+            std::fs::metadata(mnt.join("usr/share/big-link"))
+                .unwrap()
+                .ino(),
+            big.ino()
+        );
+        assert_eq!(
+            std::fs::read_link(mnt.join("usr/share/sym")).unwrap(),
+            Path::new("big")
+        );
+        let gone = std::fs::symlink_metadata(mnt.join("usr/share/gone")).unwrap();
+        assert!(gone.file_type().is_char_device() && gone.rdev() == 0);
+        assert!(
+            std::fs::symlink_metadata(mnt.join("bin/fifo"))
+                .unwrap()
+                .file_type()
+                .is_fifo()
+        );
+        assert_eq!(
+            xattr(&mnt.join("opaque"), "trusted.overlay.opaque").as_deref(),
+            Some(&b"y"[..])
+        );
+        let mut names: Vec<String> = std::fs::read_dir(mnt.join("usr/share"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["big", "big-link", "empty", "gone", "sym"]);
+        let err = std::fs::write(mnt.join("etc/new"), "x").unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EROFS), "{err}");
+
+        // Under overlayfs, on top of a lower layer: the whiteout hides, the opaque dir hides.
+        let base = dir.path().join("base");
+        std::fs::create_dir_all(base.join("usr/share")).unwrap();
+        std::fs::create_dir_all(base.join("opaque")).unwrap();
+        std::fs::write(base.join("usr/share/gone"), "from below").unwrap();
+        std::fs::write(base.join("opaque/old"), "from below").unwrap();
+        std::fs::write(base.join("kept-below"), "yes").unwrap();
+        let (upper, work, merged) = (
+            dir.path().join("u"),
+            dir.path().join("w"),
+            dir.path().join("m"),
+        );
+        for d in [&upper, &work, &merged] {
+            std::fs::create_dir(d).unwrap();
+        }
+        let opts = format!(
+            "lowerdir={}:{},upperdir={},workdir={}",
+            mnt.display(),
+            base.display(),
+            upper.display(),
+            work.display()
+        );
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "overlay", "overlay", "-o", &opts])
+            .arg(&merged)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "overlay mount");
+        let seen = (
+            merged.join("usr/share/gone").exists(),
+            merged.join("opaque/old").exists(),
+            std::fs::read(merged.join("opaque/kept")).ok(),
+            std::fs::read(merged.join("kept-below")).ok(),
+            std::fs::read(merged.join("usr/share/big"))
+                .map(|d| d.len())
+                .ok(),
+        );
+        let _ = std::process::Command::new("umount").arg(&merged).status();
+        assert_eq!(
+            seen,
+            (
+                false,
+                false,
+                Some(b"kept\n".to_vec()),
+                Some(b"yes".to_vec()),
+                Some(104_000)
+            )
+        );
+
+        m.unmount().unwrap();
+        assert!(!mounted_in(&mnt));
+        drop(damaged);
+    }
+
+    #[test]
+    fn a_chunk_that_fails_verification_is_eio_never_data() {
+        let b = blob();
+        let dir = tempfile::tempdir().unwrap();
+        let mnt = dir.path().join("mnt");
+        std::fs::create_dir(&mnt).unwrap();
+        let toc = fetch::open(&b, b.len() as u64, TOC_DIGEST).unwrap();
+        let damaged = Arc::new(AtomicBool::new(true));
+        let src = Source { bytes: b, damaged };
+        let layer = Arc::new(
+            LazyLayer::new(
+                "sha256:fixture",
+                toc,
+                Box::new(src),
+                &dir.path().join("chunks"),
+            )
+            .unwrap(),
+        );
+        let m = Mount::new(&mnt, layer, 1).unwrap();
+        let err = std::fs::read(mnt.join("usr/share/big")).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+        // Nothing unverified was cached.
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("chunks"))
+                .unwrap()
+                .count(),
+            0
+        );
+        m.unmount().unwrap();
+    }
+}
