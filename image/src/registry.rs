@@ -331,6 +331,77 @@ impl Session {
         .await
     }
 
+    /// Exactly `len` bytes of a blob at `offset` (HTTP `Range`), for lazily pulled layers. A
+    /// host that ignores the range (answers 200, or another range) is an error: the caller
+    /// then pulls the layer the normal way. The body read is bounded by the progress timeout.
+    pub async fn blob_range(&self, digest: &Digest, offset: u64, len: u64) -> Result<Bytes> {
+        if len == 0 {
+            return Ok(Bytes::new());
+        }
+        let last = offset + len - 1;
+        let range = format!("bytes={offset}-{last}");
+        let resp = self
+            .first_ok(
+                &format!("blob {digest} bytes {offset}-{last}"),
+                |h| h.capabilities.pull,
+                |h| {
+                    let (path, range) = (format!("blobs/{digest}"), range.clone());
+                    async move { self.send(h, &path, &[(RANGE, range.as_str())]).await }
+                },
+            )
+            .await?;
+        let host = resp.url().host_str().unwrap_or_default().to_string();
+        let content_range = resp
+            .headers()
+            .get(reqwest::header::CONTENT_RANGE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        if resp.status() != StatusCode::PARTIAL_CONTENT
+            || !content_range.starts_with(&format!("bytes {offset}-{last}/"))
+        {
+            return Err(Error::Registry {
+                host,
+                reason: format!(
+                    "does not serve byte ranges (asked {range}, got HTTP {} {content_range:?})",
+                    resp.status()
+                ),
+            });
+        }
+        let body = tokio::time::timeout(
+            self.client.timeouts.progress,
+            read_limited(resp, len as usize),
+        )
+        .await
+        .map_err(|_| Error::Registry {
+            host: host.clone(),
+            reason: format!(
+                "no complete answer to {range} within {:?}",
+                self.client.timeouts.progress
+            ),
+        })?
+        .map_err(|reason| Error::Registry {
+            host: host.clone(),
+            reason,
+        })?;
+        if body.len() as u64 != len {
+            return Err(Error::Registry {
+                host,
+                reason: format!("{range}: {} bytes answered", body.len()),
+            });
+        }
+        Ok(body)
+    }
+
+    /// Forgets which hosts were given up on: a long-lived session (a lazily pulled layer's)
+    /// tries them all again.
+    pub fn retry_all_hosts(&self) {
+        self.unresponsive
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+    }
+
     /// Fetches a small blob (an image config) of at most `max` bytes and checks its digest.
     pub async fn blob_bytes(&self, digest: &Digest, max: usize) -> Result<Bytes> {
         let resp = self.blob(digest).await?;

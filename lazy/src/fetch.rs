@@ -26,6 +26,16 @@ impl BlobReader for std::fs::File {
 /// Reads and verifies the TOC of a blob of `blob_size` bytes whose layer is annotated with
 /// `toc_digest`: two range reads (the footer, then the TOC member).
 pub fn open(blob: &dyn BlobReader, blob_size: u64, toc_digest: &str) -> Result<Toc> {
+    open_json(blob, blob_size, toc_digest).map(|(toc, _)| toc)
+}
+
+/// [`open`], also returning the verified TOC JSON (to keep beside the layer, so that it can
+/// be served again without the registry).
+pub fn open_json(
+    blob: &dyn BlobReader,
+    blob_size: u64,
+    toc_digest: &str,
+) -> Result<(Toc, Vec<u8>)> {
     if blob_size < FOOTER_SIZE {
         return Err(Error::Format(format!("a blob of {blob_size} bytes")));
     }
@@ -39,13 +49,18 @@ pub fn open(blob: &dyn BlobReader, blob_size: u64, toc_digest: &str) -> Result<T
     }
     let member = blob.read_range(toc_offset, end - toc_offset)?;
     let json = toc::read_toc(&member, toc_digest)?;
-    Toc::parse(&json, toc_offset)
+    Ok((Toc::parse(&json, toc_offset)?, json))
 }
 
 /// The uncompressed bytes of `chunk` of `file` (for messages), verified against its digest.
 pub fn read_chunk(blob: &dyn BlobReader, file: &str, chunk: &Chunk) -> Result<Vec<u8>> {
     let compressed = blob.read_range(chunk.blob_offset, chunk.blob_end - chunk.blob_offset)?;
-    let mut gz = flate2::read::MultiGzDecoder::new(&compressed[..]);
+    decode_chunk(&compressed, file, chunk)
+}
+
+/// A chunk out of its compressed range (`chunk.blob_offset..chunk.blob_end`), verified.
+pub fn decode_chunk(compressed: &[u8], file: &str, chunk: &Chunk) -> Result<Vec<u8>> {
+    let mut gz = flate2::read::MultiGzDecoder::new(compressed);
     std::io::copy(
         &mut (&mut gz).take(chunk.inner_offset),
         &mut std::io::sink(),

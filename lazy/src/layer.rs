@@ -13,6 +13,8 @@ use crate::toc::{Chunk, Toc};
 
 /// How often a chunk fetch is tried before the read fails with EIO.
 const TRIES: u32 = 3;
+/// The largest range the background fetch asks for at once.
+pub const FILL_RANGE: u64 = 8 << 20;
 
 /// One layer served from its blob's ranges.
 pub struct LazyLayer {
@@ -44,6 +46,103 @@ impl LazyLayer {
         self.fetched.load(Ordering::Relaxed)
     }
 
+    /// Uncompressed bytes of every file chunk, and of those cached on local disk now.
+    pub fn progress(&self) -> (u64, u64) {
+        let mut total = 0;
+        let mut cached = 0;
+        for n in &self.toc.nodes {
+            for c in &n.chunks {
+                total += c.size;
+                if self.cached(c).exists() {
+                    cached += c.size;
+                }
+            }
+        }
+        (total, cached)
+    }
+
+    /// Fetches every chunk not cached yet, in blob order (so the files before the prefetch
+    /// landmark come first), in ranges of up to [`FILL_RANGE`] bytes, until all are here or
+    /// `stop` is set. A range that fails is retried; a chunk that fails verification is left
+    /// for a read to try again (and fail with EIO).
+    pub fn fill(&self, stop: &std::sync::atomic::AtomicBool) -> io::Result<()> {
+        let mut all: Vec<(usize, &Chunk)> = self
+            .toc
+            .nodes
+            .iter()
+            .enumerate()
+            .flat_map(|(i, n)| n.chunks.iter().map(move |c| (i, c)))
+            .collect();
+        all.sort_by_key(|(_, c)| (c.blob_offset, c.inner_offset));
+        all.dedup_by_key(|(_, c)| c.digest.clone());
+        let mut i = 0;
+        while i < all.len() {
+            if stop.load(Ordering::Relaxed) {
+                return Ok(());
+            }
+            if self.cached(all[i].1).exists() {
+                i += 1;
+                continue;
+            }
+            // A run of uncached chunks whose ranges touch, up to FILL_RANGE bytes.
+            let start = all[i].1.blob_offset;
+            let mut j = i;
+            let mut end = all[i].1.blob_end;
+            while j + 1 < all.len() {
+                let next = all[j + 1].1;
+                if next.blob_offset > end
+                    || next.blob_end - start > FILL_RANGE
+                    || self.cached(next).exists()
+                {
+                    break;
+                }
+                end = end.max(next.blob_end);
+                j += 1;
+            }
+            let mut got = None;
+            for _ in 0..TRIES {
+                match self.blob.read_range(start, end - start) {
+                    Ok(b) => {
+                        got = Some(b);
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::debug!(layer = %self.name, err = %e, "background fetch failed; retrying")
+                    }
+                }
+            }
+            let bytes = got.ok_or_else(|| {
+                io::Error::other(format!(
+                    "layer {}: bytes {start}-{end} could not be fetched",
+                    self.name
+                ))
+            })?;
+            self.fetched.fetch_add(end - start, Ordering::Relaxed);
+            for &(node, c) in &all[i..=j] {
+                let slice = &bytes[(c.blob_offset - start) as usize..(c.blob_end - start) as usize];
+                match fetch::decode_chunk(slice, &self.paths[node], c) {
+                    Ok(data) => self.store(c, &data),
+                    Err(e) => {
+                        tracing::warn!(layer = %self.name, file = %self.paths[node], err = %e, "background fetch: chunk failed verification")
+                    }
+                }
+            }
+            i = j + 1;
+        }
+        Ok(())
+    }
+
+    fn store(&self, c: &Chunk, data: &[u8]) {
+        let path = self.cached(c);
+        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+        if std::fs::write(&tmp, data)
+            .and_then(|_| std::fs::rename(&tmp, &path))
+            .is_err()
+        {
+            let _ = std::fs::remove_file(&tmp);
+        }
+    }
+
     fn cached(&self, c: &Chunk) -> PathBuf {
         self.chunks.join(c.digest.trim_start_matches("sha256:"))
     }
@@ -63,13 +162,7 @@ impl LazyLayer {
                 Ok(data) => {
                     self.fetched
                         .fetch_add(c.blob_end - c.blob_offset, Ordering::Relaxed);
-                    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-                    if std::fs::write(&tmp, &data)
-                        .and_then(|_| std::fs::rename(&tmp, &path))
-                        .is_err()
-                    {
-                        let _ = std::fs::remove_file(&tmp);
-                    }
+                    self.store(c, &data);
                     return Ok(data[from as usize..(from + len) as usize].to_vec());
                 }
                 Err(e) => last = Some(e),

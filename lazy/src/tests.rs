@@ -349,3 +349,42 @@ mod mounted {
         m.unmount().unwrap();
     }
 }
+
+#[test]
+fn the_background_fill_fetches_every_chunk_once_in_few_ranges() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    struct Counting(Vec<u8>, AtomicUsize);
+    impl BlobReader for Counting {
+        fn read_range(&self, offset: u64, len: u64) -> std::io::Result<Vec<u8>> {
+            self.1.fetch_add(1, Ordering::Relaxed);
+            self.0.read_range(offset, len)
+        }
+    }
+    let b = blob();
+    let toc = open(&b);
+    let dir = tempfile::tempdir().unwrap();
+    let src = std::sync::Arc::new(Counting(b.clone(), AtomicUsize::new(0)));
+    struct Shared(std::sync::Arc<Counting>);
+    impl BlobReader for Shared {
+        fn read_range(&self, offset: u64, len: u64) -> std::io::Result<Vec<u8>> {
+            self.0.read_range(offset, len)
+        }
+    }
+    let layer =
+        crate::layer::LazyLayer::new("l", toc, Box::new(Shared(src.clone())), dir.path()).unwrap();
+    let (total, cached) = layer.progress();
+    assert_eq!((total, cached), (104_000 + 24 + 1 + 5, 0));
+    layer.fill(&AtomicBool::new(false)).unwrap();
+    assert_eq!(layer.progress(), (total, total));
+    // The whole data section is one range here (it is far below FILL_RANGE).
+    assert_eq!(src.1.load(Ordering::Relaxed), 1);
+    // Reads are served from the cache now.
+    use crate::fuse::Tree;
+    assert_eq!(
+        layer
+            .read(layer.toc().lookup("opaque/kept").unwrap(), 0, 100)
+            .unwrap(),
+        b"kept\n"
+    );
+    assert_eq!(src.1.load(Ordering::Relaxed), 1);
+}
