@@ -26,6 +26,7 @@ pub struct Config {
     pub log: LogConfig,
     pub registry: RegistryConfig,
     pub image_decryption: ImageDecryptionConfig,
+    pub lazy_pull: LazyPullConfig,
     pub cni: CniConfig,
     pub runtime: RuntimeConfig,
     pub stream: StreamConfig,
@@ -82,6 +83,26 @@ pub struct ImageDecryptionConfig {
     /// The node's private keys (PEM, DER or JWK, not password-protected), read anew on every
     /// pull of an encrypted image.
     pub keys_dir: PathBuf,
+}
+
+/// Lazy pulling of eStargz images.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LazyPullConfig {
+    /// Registries (`host` or `host:port`, as image references name them) whose eStargz
+    /// layers are mounted lazily; `"*"`: every registry. Empty: none.
+    pub registries: Vec<String>,
+    /// Fetch every chunk in the background after the prefetch (else only what is read).
+    pub background_fetch: bool,
+}
+
+impl Default for LazyPullConfig {
+    fn default() -> Self {
+        LazyPullConfig {
+            registries: vec![],
+            background_fetch: true,
+        }
+    }
 }
 
 impl Default for ImageDecryptionConfig {
@@ -234,6 +255,7 @@ impl Default for Config {
             log: LogConfig::default(),
             registry: RegistryConfig::default(),
             image_decryption: ImageDecryptionConfig::default(),
+            lazy_pull: LazyPullConfig::default(),
             cni: CniConfig::default(),
             runtime: RuntimeConfig {
                 default_handler: "crun".into(),

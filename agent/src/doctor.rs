@@ -57,6 +57,7 @@ pub async fn run(cfg: &Config) -> Vec<Check> {
     c.extend(cni(cfg));
     c.extend(registry(cfg));
     c.extend(decryption_keys(&cfg.image_decryption.keys_dir));
+    c.push(fuse(!cfg.lazy_pull.registries.is_empty()));
     c.extend(daemon(cfg).await);
     c
 }
@@ -495,6 +496,38 @@ fn registry(cfg: &Config) -> Vec<Check> {
         ));
     }
     out
+}
+
+/// `/dev/fuse`, which lazy pulling mounts layers with: required only when it is configured.
+fn fuse(lazy_pull: bool) -> Check {
+    let fs = std::fs::read_to_string("/proc/filesystems").unwrap_or_default();
+    let known = fs.lines().any(|l| l.trim() == "nodev\tfuse");
+    let dev = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/fuse");
+    let detail = if lazy_pull {
+        "eStargz layers are mounted with it"
+    } else {
+        "not needed: lazy_pull.registries is empty"
+    };
+    let problem = match (known, dev) {
+        (true, Ok(_)) => None,
+        (_, Err(e)) => Some(format!("/dev/fuse: {e}")),
+        (false, Ok(_)) => Some("fuse is not in /proc/filesystems".to_string()),
+    };
+    match problem {
+        None => pass("registry", "fuse", format!("/dev/fuse opens; {detail}")),
+        Some(p) => Check {
+            required: lazy_pull,
+            ..fail(
+                "registry",
+                "fuse",
+                p,
+                "load the fuse module (modprobe fuse) and make /dev/fuse available to berth, or empty lazy_pull.registries",
+            )
+        },
+    }
 }
 
 /// The node's keys for encrypted images: optional, so every miss is a warning.

@@ -46,6 +46,10 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
             max_concurrent_downloads: cfg.max_concurrent_downloads,
             timeouts: cfg.registry_timeouts(),
             decryption_keys_dir: cfg.image_decryption.keys_dir.clone(),
+            lazy: berth_image::lazy::LazyConfig {
+                registries: cfg.lazy_pull.registries.clone(),
+                background_fetch: cfg.lazy_pull.background_fetch,
+            },
         },
         store.clone(),
     )

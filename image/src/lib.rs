@@ -7,6 +7,7 @@ pub mod blob;
 pub mod content;
 pub mod error;
 pub mod hosts;
+pub mod lazy;
 pub mod manifest;
 pub mod mountpoints;
 pub mod reference;

@@ -20,9 +20,11 @@ use crate::blob::BlobDownload;
 use crate::content::{ContentStore, Ingest};
 use crate::error::{Error, Result};
 use crate::hosts;
+use crate::lazy::{LazyLayers, RegistryBlob};
 use crate::manifest::{self, Descriptor, Document, ImageConfig, Platform};
 use crate::reference::{Digest, Reference, is_image_id};
 use crate::registry::{Credentials, RegistryClient, Session};
+use crate::snapshot::LazySource;
 use crate::snapshot::Snapshotter;
 use crate::store::{self, Store};
 use crate::unpack::{self, LayerStats};
@@ -30,6 +32,8 @@ use berth_imgcrypt::{KeyRing, LayerKey, Tampered};
 
 const TABLE: &str = "images";
 const MAX_CONFIG: usize = 8 << 20;
+/// A lazily pulled layer's verified TOC, kept in its snapshot directory.
+const LAZY_TOC: &str = "toc.json";
 
 /// How the image service is set up.
 #[derive(Debug, Clone)]
@@ -46,6 +50,8 @@ pub struct ImageServiceConfig {
     pub timeouts: crate::registry::Timeouts,
     /// The node's private keys for encrypted images, read anew on every pull that needs them.
     pub decryption_keys_dir: PathBuf,
+    /// Which registries' eStargz layers are pulled lazily.
+    pub lazy: crate::lazy::LazyConfig,
 }
 
 /// A local image.
@@ -133,6 +139,8 @@ pub struct ImageService {
     inflight: Mutex<HashMap<Digest, Weak<tokio::sync::Mutex<()>>>>,
     /// Where GC puts what it removes, to be deleted off the caller's path.
     trash: Arc<crate::trash::Trash>,
+    /// Lazily pulled layers served by this process.
+    lazy: Arc<LazyLayers>,
 }
 
 impl std::fmt::Debug for ImageService {
@@ -179,8 +187,10 @@ impl ImageService {
             records: tokio::sync::Mutex::new(()),
             inflight: Mutex::new(HashMap::new()),
             trash,
+            lazy: Arc::new(LazyLayers::default()),
         });
         svc.gc().await?;
+        svc.resume_lazy().await;
         Ok(svc)
     }
 
@@ -242,7 +252,7 @@ impl ImageService {
         let r = Reference::parse(reference)?;
         // hosts.toml is read anew for every pull: edits apply without a restart.
         let hosts = hosts::resolve(self.cfg.registry_config_path.as_deref(), r.domain())?;
-        let session = self.registry.session(hosts, &r, creds);
+        let session = Arc::new(self.registry.session(hosts, &r, creds));
         let _gc = self.gc.read().await;
         // The layer jobs' own flag: set on the first failure, or when the caller goes away.
         let cancel = Arc::new(AtomicBool::new(false));
@@ -318,9 +328,10 @@ impl ImageService {
                 let key = layer_keys[i].clone();
                 let session = &session;
                 let cancel = cancel.clone();
+                let r = &r;
                 async move {
                     self.ensure_layer(
-                        session,
+                        (session, r),
                         (&layer, key),
                         &diff,
                         &chain,
@@ -451,7 +462,7 @@ impl ImageService {
     /// and unpacks while downloading.
     async fn ensure_layer(
         &self,
-        session: &Session,
+        (session, r): (&Arc<Session>, &Reference),
         (desc, key): (&Descriptor, Option<LayerKey>),
         diff_id: &Digest,
         chain: &Digest,
@@ -465,6 +476,22 @@ impl ImageService {
         }
         if cancel.load(Ordering::Relaxed) {
             return Err(cancelled(&desc.digest));
+        }
+        if key.is_none()
+            && self.cfg.lazy.applies(r.domain())
+            && let Some(toc_digest) = crate::lazy::toc_digest(desc)
+        {
+            match self
+                .pull_lazily(session, r, desc, toc_digest, chain, parent)
+                .await
+            {
+                Ok(()) => return Ok(()),
+                Err(e) => tracing::info!(
+                    layer = %desc.digest,
+                    err = %e,
+                    "eStargz layer not pulled lazily: pulling it whole"
+                ),
+            }
         }
         let tmp = self.snapshots.tmp()?;
         let dest = tmp.fs();
@@ -487,6 +514,132 @@ impl ImageService {
         self.snapshots.commit(tmp, chain, parent, stats)?;
         tracing::debug!(layer = %desc.digest, chain = %chain, bytes = stats.bytes, "layer unpacked");
         Ok(())
+    }
+
+    /// Mounts an eStargz layer from its footer and TOC (two range requests) instead of
+    /// downloading it; its chunks come on first read and in the background.
+    async fn pull_lazily(
+        &self,
+        session: &Arc<Session>,
+        r: &Reference,
+        desc: &Descriptor,
+        toc_digest: &str,
+        chain: &Digest,
+        parent: Option<&Digest>,
+    ) -> Result<()> {
+        let blob = RegistryBlob {
+            session: session.clone(),
+            digest: desc.digest.clone(),
+            rt: tokio::runtime::Handle::current(),
+        };
+        let (size, want) = (desc.size, toc_digest.to_string());
+        let (toc, json, blob) = tokio::task::spawn_blocking(move || {
+            berth_lazy::fetch::open_json(&blob, size, &want).map(|(t, j)| (t, j, blob))
+        })
+        .await
+        .map_err(|e| Error::io("open a lazy layer", io::Error::other(e)))?
+        .map_err(|e| Error::bad(format!("layer {}", desc.digest), e.to_string()))?;
+        let tmp = self.snapshots.tmp()?;
+        std::fs::write(tmp.dir().join(LAZY_TOC), &json)
+            .map_err(|e| Error::io("write a lazy layer's TOC", e))?;
+        let stats = LayerStats {
+            bytes: toc.nodes.iter().map(|n| n.size).sum(),
+            inodes: toc.nodes.len() as u64,
+        };
+        let source = LazySource {
+            reference: r.to_string(),
+            blob: desc.digest.clone(),
+            size: desc.size,
+            toc_offset: toc.toc_offset,
+        };
+        let rec = self
+            .snapshots
+            .commit_with(tmp, chain, parent, stats, Some(source))?;
+        let (lazy, dir, name, c) = (
+            self.lazy.clone(),
+            self.snapshots.dir_of(rec.id),
+            desc.digest.to_string(),
+            chain.clone(),
+        );
+        let fill = self.cfg.lazy.background_fetch;
+        let started = tokio::task::spawn_blocking(move || {
+            lazy.start(&c, &dir, &name, toc, Box::new(blob), fill)
+        })
+        .await
+        .map_err(io::Error::other)
+        .and_then(|r| r);
+        if let Err(e) = started {
+            let _ = self.snapshots.remove(chain, &self.trash);
+            return Err(Error::io(format!("mount lazy layer {}", desc.digest), e));
+        }
+        tracing::info!(layer = %desc.digest, chain = %chain, "layer pulled lazily");
+        Ok(())
+    }
+
+    /// Serves again, after a restart, the lazily pulled layers of the store: their TOC is kept
+    /// beside them, their chunks on disk; what is missing comes from the registry again
+    /// (without credentials: a private registry's layers then read only what is cached).
+    async fn resume_lazy(&self) {
+        let Ok(list) = self.snapshots.list() else {
+            return;
+        };
+        for (chain, rec) in list {
+            let Some(src) = rec.lazy else { continue };
+            let dir = self.snapshots.dir_of(rec.id);
+            let r = match Reference::parse(&src.reference) {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!(chain = %chain, err = %e, "lazy layer with a bad reference");
+                    continue;
+                }
+            };
+            let hosts = match hosts::resolve(self.cfg.registry_config_path.as_deref(), r.domain()) {
+                Ok(h) => h,
+                Err(e) => {
+                    tracing::warn!(chain = %chain, err = %e, "lazy layer: hosts.toml");
+                    continue;
+                }
+            };
+            let blob = RegistryBlob {
+                session: Arc::new(self.registry.session(hosts, &r, None)),
+                digest: src.blob.clone(),
+                rt: tokio::runtime::Handle::current(),
+            };
+            let (lazy, name, c) = (self.lazy.clone(), src.blob.to_string(), chain.clone());
+            let fill = self.cfg.lazy.background_fetch;
+            let resumed = tokio::task::spawn_blocking(move || -> io::Result<()> {
+                // The mount of the server that is gone answers nothing any more.
+                crate::snapshot::detach_mount(&dir.join("fs"));
+                let json = std::fs::read(dir.join(LAZY_TOC))?;
+                let toc =
+                    berth_lazy::toc::Toc::parse(&json, src.toc_offset).map_err(io::Error::other)?;
+                lazy.start(&c, &dir, &name, toc, Box::new(blob), fill)
+            })
+            .await
+            .map_err(io::Error::other)
+            .and_then(|r| r);
+            match resumed {
+                Ok(()) => tracing::info!(chain = %chain, "lazily pulled layer served again"),
+                Err(e) => {
+                    tracing::warn!(chain = %chain, err = %e, "lazily pulled layer could not be served again")
+                }
+            }
+        }
+    }
+
+    /// For an image with lazily pulled layers: (such layers, bytes of their files, bytes of
+    /// them on local disk, compressed bytes fetched by this process).
+    pub fn lazy_progress(&self, r: &ImageRecord) -> Option<(usize, u64, u64, u64)> {
+        let mut out = (0, 0, 0, 0);
+        for chain in &r.chain_ids {
+            if let Some((total, cached)) = self.lazy.progress(chain) {
+                out.0 += 1;
+                out.1 += total;
+                out.2 += cached;
+                out.3 += self.lazy.fetched(chain).unwrap_or(0);
+            }
+        }
+        (out.0 > 0).then_some(out)
     }
 
     async fn download_and_unpack(
@@ -739,16 +892,18 @@ impl ImageService {
         // What goes is moved into the trash under the lock (pulls wait on it, as they must
         // not reuse what is being removed), on a blocking thread; the trash is emptied after,
         // off the caller's path.
-        let (snapshots, content, trash) = (
+        let (snapshots, content, trash, lazy) = (
             self.snapshots.clone(),
             self.content.clone(),
             self.trash.clone(),
+            self.lazy.clone(),
         );
         let removed = tokio::task::spawn_blocking(move || -> Result<(usize, usize)> {
             let mut removed = (0, 0);
             // Children before parents is not needed: each snapshot is its own directory.
             for (chain, _) in snapshots.list()? {
                 if !chains.contains(&chain) {
+                    lazy.stop(&chain);
                     snapshots.remove(&chain, &trash)?;
                     removed.0 += 1;
                 }
@@ -780,8 +935,12 @@ impl ImageService {
     /// Bytes and inodes of snapshots and content, from the records (no filesystem walk).
     pub fn fs_usage(&self) -> Result<FsUsage> {
         let mut u = FsUsage::default();
-        for (_, s) in self.snapshots.list()? {
-            u.used_bytes += s.size;
+        for (chain, s) in self.snapshots.list()? {
+            // A lazily pulled layer uses what of it is on local disk.
+            u.used_bytes += match s.lazy {
+                Some(_) => self.lazy.progress(&chain).map_or(0, |p| p.1),
+                None => s.size,
+            };
             u.inodes_used += s.inodes;
         }
         let index = self.index.read().unwrap_or_else(|p| p.into_inner());
@@ -790,8 +949,14 @@ impl ImageService {
             .values()
             .flat_map(|r| r.blobs.iter().map(|(d, s)| (d, *s)))
             .collect();
-        u.used_bytes += blobs.values().sum::<u64>();
-        u.inodes_used += blobs.len() as u64;
+        // Only blobs that are here: a lazily pulled layer's blob is not.
+        let here: Vec<u64> = blobs
+            .iter()
+            .filter(|(d, _)| self.content.size(d).is_some())
+            .map(|(_, s)| *s)
+            .collect();
+        u.used_bytes += here.iter().sum::<u64>();
+        u.inodes_used += here.len() as u64;
         Ok(u)
     }
 

@@ -35,6 +35,22 @@ pub struct SnapshotRecord {
     pub size: u64,
     /// Entries in this layer.
     pub inodes: u64,
+    /// For a lazily pulled layer: where its blob is. Its `fs` is then a FUSE mount point.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lazy: Option<LazySource>,
+}
+
+/// Where a lazily pulled layer's bytes come from, kept to serve it again after a restart.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LazySource {
+    /// The image reference pulled (its registry and repository).
+    pub reference: String,
+    /// The layer blob.
+    pub blob: Digest,
+    /// Its size.
+    pub size: u64,
+    /// Where its TOC member starts.
+    pub toc_offset: u64,
 }
 
 /// A writable snapshot (a container's root filesystem) over a committed chain.
@@ -86,6 +102,11 @@ pub struct TmpSnapshot {
 }
 
 impl TmpSnapshot {
+    /// The snapshot's own directory (beside `fs`).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// The directory to unpack into.
     pub fn fs(&self) -> PathBuf {
         self.dir.join("fs")
@@ -126,6 +147,7 @@ impl Snapshotter {
             }
             if !known.contains(&name) {
                 tracing::info!(dir = %entry.path().display(), "removing snapshot directory without a record");
+                detach_mount(&entry.path().join("fs"));
                 std::fs::remove_dir_all(entry.path())
                     .map_err(|e| Error::io(format!("remove {}", entry.path().display()), e))?;
             }
@@ -330,10 +352,27 @@ impl Snapshotter {
     /// Moves an unpacked layer into place as the snapshot for `chain`.
     pub fn commit(
         &self,
+        tmp: TmpSnapshot,
+        chain: &Digest,
+        parent: Option<&Digest>,
+        stats: LayerStats,
+    ) -> Result<SnapshotRecord> {
+        self.commit_with(tmp, chain, parent, stats, None)
+    }
+
+    /// The directory of snapshot `id` (its `fs`, and for a lazy layer its TOC and chunks).
+    pub fn dir_of(&self, id: u64) -> PathBuf {
+        self.dir.join(id.to_string())
+    }
+
+    /// [`Self::commit`], for a lazily pulled layer when `lazy` is given.
+    pub fn commit_with(
+        &self,
         mut tmp: TmpSnapshot,
         chain: &Digest,
         parent: Option<&Digest>,
         stats: LayerStats,
+        lazy: Option<LazySource>,
     ) -> Result<SnapshotRecord> {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let dest = self.dir.join(id.to_string());
@@ -345,6 +384,7 @@ impl Snapshotter {
             parent: parent.cloned(),
             size: stats.bytes,
             inodes: stats.inodes,
+            lazy,
         };
         if let Err(e) = self.store.put(TABLE, chain.as_str(), &rec) {
             let _ = std::fs::remove_dir_all(&dest);
@@ -367,8 +407,21 @@ impl Snapshotter {
             return Ok(());
         };
         self.store.delete(TABLE, chain.as_str())?;
-        trash.take(&self.dir.join(rec.id.to_string()))
+        let dir = self.dir.join(rec.id.to_string());
+        detach_mount(&dir.join("fs"));
+        trash.take(&dir)
     }
+}
+
+/// Detaches whatever is mounted at `path` (a lazily pulled layer's FUSE mount, perhaps of a
+/// server that is gone); nothing when it is not a mount point.
+pub(crate) fn detach_mount(path: &Path) {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(p) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
+        return;
+    };
+    // SAFETY: a valid NUL-terminated path. EINVAL (not a mount point) and ENOENT are fine.
+    unsafe { libc::umount2(p.as_ptr(), libc::MNT_DETACH) };
 }
 
 #[cfg(test)]

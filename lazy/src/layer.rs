@@ -66,12 +66,23 @@ impl LazyLayer {
     /// `stop` is set. A range that fails is retried; a chunk that fails verification is left
     /// for a read to try again (and fail with EIO).
     pub fn fill(&self, stop: &std::sync::atomic::AtomicBool) -> io::Result<()> {
+        self.fill_until(stop, u64::MAX)
+    }
+
+    /// Fetches the files before the prefetch landmark (none when the layer has no landmark).
+    pub fn prefetch(&self, stop: &std::sync::atomic::AtomicBool) -> io::Result<()> {
+        self.fill_until(stop, self.toc.prefetch_end)
+    }
+
+    /// [`Self::fill`] for the chunks that start before blob offset `until`.
+    fn fill_until(&self, stop: &std::sync::atomic::AtomicBool, until: u64) -> io::Result<()> {
         let mut all: Vec<(usize, &Chunk)> = self
             .toc
             .nodes
             .iter()
             .enumerate()
             .flat_map(|(i, n)| n.chunks.iter().map(move |c| (i, c)))
+            .filter(|(_, c)| c.blob_offset < until)
             .collect();
         all.sort_by_key(|(_, c)| (c.blob_offset, c.inner_offset));
         all.dedup_by_key(|(_, c)| c.digest.clone());

@@ -108,6 +108,16 @@ impl ImageService for ImageCri {
                     "encrypted": rec.encrypted,
                     "imageSpec": spec,
                 });
+                let mut v = v;
+                // Lazily pulled eStargz layers: how much of them is here.
+                if let Some((layers, total, cached, fetched)) = self.images.lazy_progress(&rec) {
+                    v["lazy"] = serde_json::json!({
+                        "layers": layers,
+                        "fileBytes": total,
+                        "fileBytesOnDisk": cached,
+                        "fetchedBytes": fetched,
+                    });
+                }
                 info.insert("info".to_string(), v.to_string());
             }
             Ok(ImageStatusResponse {

@@ -1,0 +1,180 @@
+//! Lazily pulled eStargz layers: which layers qualify, their FUSE mounts and background
+//! fetches, and the registry as the byte-range source of their blobs.
+//!
+//! A qualifying layer (gzip, annotated with its TOC digest, from a registry the config names)
+//! is not downloaded at pull time: its footer and TOC are read with two range requests, the
+//! TOC is checked against the annotation, and the layer's snapshot is a read-only FUSE mount
+//! over it whose chunks are fetched on first read and checked against their digests. A
+//! background fetch then brings every chunk, in blob order (the files before the prefetch
+//! landmark first), onto local disk; from then on the mount serves from there alone.
+
+use std::collections::HashMap;
+use std::io;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use berth_lazy::fetch::BlobReader;
+use berth_lazy::fuse::Mount;
+use berth_lazy::layer::LazyLayer;
+use berth_lazy::toc::Toc;
+
+use crate::manifest::Descriptor;
+use crate::reference::Digest;
+use crate::registry::Session;
+
+/// Threads serving one mount's FUSE requests (each blocks while its chunk is fetched).
+const FUSE_THREADS: usize = 4;
+/// One range request of a lazily pulled layer may take this long.
+const RANGE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Which registries' eStargz layers are pulled lazily.
+#[derive(Debug, Clone, Default)]
+pub struct LazyConfig {
+    /// Registry hosts (`host` or `host:port`, as in image references); `*` means all.
+    pub registries: Vec<String>,
+    /// Whether every chunk is fetched in the background (else only what is read).
+    pub background_fetch: bool,
+}
+
+impl LazyConfig {
+    /// Whether images from `domain` are pulled lazily.
+    pub fn applies(&self, domain: &str) -> bool {
+        self.registries.iter().any(|r| r == "*" || r == domain)
+    }
+}
+
+/// The TOC digest of `desc` when it is an eStargz layer berth can mount lazily.
+pub fn toc_digest(desc: &Descriptor) -> Option<&str> {
+    let gzip = matches!(
+        desc.media_type.as_str(),
+        "application/vnd.oci.image.layer.v1.tar+gzip"
+            | "application/vnd.docker.image.rootfs.diff.tar.gzip"
+    );
+    let d = desc
+        .annotations
+        .get(berth_lazy::TOC_DIGEST_ANNOTATION)?
+        .as_str();
+    (gzip && d.starts_with("sha256:")).then_some(d)
+}
+
+/// A blob's byte ranges from the registry, for FUSE and fetch threads (which block).
+pub(crate) struct RegistryBlob {
+    pub(crate) session: Arc<Session>,
+    pub(crate) digest: Digest,
+    pub(crate) rt: tokio::runtime::Handle,
+}
+
+impl BlobReader for RegistryBlob {
+    fn read_range(&self, offset: u64, len: u64) -> io::Result<Vec<u8>> {
+        // A host given up on once is tried again: this session lives as long as the layer.
+        self.session.retry_all_hosts();
+        let read = self.session.blob_range(&self.digest, offset, len);
+        match self.rt.block_on(tokio::time::timeout(RANGE_TIMEOUT, read)) {
+            Ok(Ok(b)) => Ok(b.to_vec()),
+            Ok(Err(e)) => Err(io::Error::other(e.to_string())),
+            Err(_) => Err(io::Error::other(format!(
+                "no answer within {RANGE_TIMEOUT:?}"
+            ))),
+        }
+    }
+}
+
+struct Mounted {
+    layer: Arc<LazyLayer>,
+    mount: Option<Mount>,
+    stop: Arc<AtomicBool>,
+}
+
+/// The lazily pulled layers this process serves, by chain ID.
+#[derive(Default)]
+pub struct LazyLayers {
+    mounted: Mutex<HashMap<Digest, Mounted>>,
+}
+
+impl std::fmt::Debug for LazyLayers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n = self.mounted.lock().map(|m| m.len()).unwrap_or(0);
+        f.debug_struct("LazyLayers").field("mounted", &n).finish()
+    }
+}
+
+impl LazyLayers {
+    /// Mounts `toc` of layer `name` at `<dir>/fs` (chunks cached in `<dir>/chunks`) and starts
+    /// its background fetch. Blocking.
+    pub(crate) fn start(
+        &self,
+        chain: &Digest,
+        dir: &Path,
+        name: &str,
+        toc: Toc,
+        blob: Box<dyn BlobReader>,
+        background_fetch: bool,
+    ) -> io::Result<()> {
+        let layer = Arc::new(LazyLayer::new(name, toc, blob, &dir.join("chunks"))?);
+        let mount = Mount::new(&dir.join("fs"), layer.clone(), FUSE_THREADS)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        {
+            let (layer, stop, name) = (layer.clone(), stop.clone(), name.to_string());
+            std::thread::Builder::new()
+                .name("lazy-fill".into())
+                .spawn(move || {
+                    let r = if background_fetch {
+                        layer.fill(&stop)
+                    } else {
+                        layer.prefetch(&stop)
+                    };
+                    match r {
+                        Ok(()) if stop.load(Ordering::Relaxed) => {}
+                        Ok(()) => {
+                            let (total, cached) = layer.progress();
+                            tracing::info!(layer = %name, total, cached, "lazily pulled layer: background fetch done");
+                        }
+                        Err(e) => tracing::warn!(layer = %name, err = %e, "background fetch of a lazily pulled layer stopped; reads fetch what they need"),
+                    }
+                })?;
+        }
+        self.mounted
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(
+                chain.clone(),
+                Mounted {
+                    layer,
+                    mount: Some(mount),
+                    stop,
+                },
+            );
+        Ok(())
+    }
+
+    /// Stops serving `chain`: its background fetch stops and its mount goes. Blocking.
+    pub(crate) fn stop(&self, chain: &Digest) {
+        let m = self
+            .mounted
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(chain);
+        if let Some(mut m) = m {
+            m.stop.store(true, Ordering::Relaxed);
+            if let Some(mount) = m.mount.take()
+                && let Err(e) = mount.unmount()
+            {
+                tracing::warn!(chain = %chain, err = %e, "unmount a lazily pulled layer");
+            }
+        }
+    }
+
+    /// (bytes of file data, bytes on local disk) of a lazily pulled layer this process serves.
+    pub fn progress(&self, chain: &Digest) -> Option<(u64, u64)> {
+        let m = self.mounted.lock().unwrap_or_else(|p| p.into_inner());
+        m.get(chain).map(|m| m.layer.progress())
+    }
+
+    /// Compressed bytes fetched from registries for a layer, this process.
+    pub fn fetched(&self, chain: &Digest) -> Option<u64> {
+        let m = self.mounted.lock().unwrap_or_else(|p| p.into_inner());
+        m.get(chain).map(|m| m.layer.fetched())
+    }
+}
