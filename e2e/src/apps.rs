@@ -171,3 +171,39 @@ pub async fn exec(
         .await
         .map(|r| r.into_inner())
 }
+
+/// Runs `cmd` (or the image's own command, when empty) of `image` in a new pod `pod_name`
+/// until it exits; returns its exit code and its output (stdout and stderr, from its CRI log),
+/// then removes the pod.
+pub async fn run_to_exit(env: &PodEnv, pod_name: &str, image: &str, cmd: &[&str]) -> (i32, String) {
+    let logs = tempfile::tempdir().unwrap();
+    let mut pcfg = crate::pods::pod_config(pod_name);
+    pcfg.log_directory = logs.path().display().to_string();
+    let pod = env.run(pcfg.clone()).await.unwrap();
+    let mut c = ctr_of(image, "main", cmd);
+    c.log_path = "main.log".into();
+    let id = create(env, &pod, &pcfg, c).await.unwrap();
+    start(env, &id).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let st = loop {
+        let st = status(env, &id).await;
+        if st.state == cri::ContainerState::ContainerExited as i32 {
+            break st;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{image}: {cmd:?} did not exit"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    let log = std::fs::read_to_string(logs.path().join("main.log")).unwrap_or_default();
+    env.stop(&pod).await.unwrap();
+    env.remove(&pod).await.unwrap();
+    // CRI log lines: "<time> <stream> <tag> <text>".
+    let out = log
+        .lines()
+        .filter_map(|l| l.splitn(4, ' ').nth(3))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    (st.exit_code, out)
+}

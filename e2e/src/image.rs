@@ -42,6 +42,8 @@ enum Entry {
 pub struct Layer {
     entries: Vec<Entry>,
     compression: Compression,
+    /// A blob made elsewhere (an eStargz conversion): (blob, diff ID, annotations).
+    prebuilt: Option<(Vec<u8>, String, Vec<(String, String)>)>,
 }
 
 impl Default for Layer {
@@ -49,6 +51,7 @@ impl Default for Layer {
         Layer {
             entries: vec![],
             compression: Compression::Gzip,
+            prebuilt: None,
         }
     }
 }
@@ -179,7 +182,34 @@ impl Layer {
         out
     }
 
+    /// This layer as a gzip blob made elsewhere from its tar, with its diff ID and the
+    /// annotations its descriptor carries.
+    pub fn prebuilt(
+        mut self,
+        blob: Vec<u8>,
+        diff_id: String,
+        annotations: Vec<(String, String)>,
+    ) -> Self {
+        self.prebuilt = Some((blob, diff_id, annotations));
+        self
+    }
+
+    fn annotations(&self) -> serde_json::Map<String, serde_json::Value> {
+        self.prebuilt
+            .iter()
+            .flat_map(|p| p.2.iter())
+            .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+            .collect()
+    }
+
     fn blob(&self) -> (Vec<u8>, String, String) {
+        if let Some((blob, diff_id, _)) = &self.prebuilt {
+            return (
+                blob.clone(),
+                diff_id.clone(),
+                "application/vnd.oci.image.layer.v1.tar+gzip".into(),
+            );
+        }
         let tar = self.tar();
         let diff_id = sha256(&tar);
         let (blob, media) = match self.compression {
@@ -299,8 +329,12 @@ impl ImageBuilder {
                 media
             };
             let d = c.put_blob(repo, &blob).await?;
-            layer_descs
-                .push(serde_json::json!({"mediaType": media, "digest": d, "size": blob.len()}));
+            let mut desc = serde_json::json!({"mediaType": media, "digest": d, "size": blob.len()});
+            let annotations = l.annotations();
+            if !annotations.is_empty() {
+                desc["annotations"] = serde_json::Value::Object(annotations);
+            }
+            layer_descs.push(desc);
             diff_ids.push(diff_id);
             layer_digests.push(d);
         }

@@ -16,6 +16,7 @@ pub mod net;
 pub mod pods;
 pub mod proxy;
 pub mod registry;
+pub mod stargz;
 pub mod tls;
 pub mod tools;
 

@@ -3,14 +3,12 @@
 //! stale keys, and layers altered after encryption.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use berth_cri_api::v1 as cri;
-use berth_e2e::apps::{create, ctr_of, env_with, start, status};
+use berth_e2e::apps::{env_with, run_to_exit};
 use berth_e2e::crypt::{KeyPairs, LayerFormat, skopeo_encrypt};
 use berth_e2e::image::{get, put_blob, put_manifest};
-use berth_e2e::pods::pod_config;
-use berth_e2e::{Compression, ImageBuilder, Layer, PodEnv, wait_until};
+use berth_e2e::{Compression, ImageBuilder, Layer, PodEnv};
 use tonic::Code;
 
 const SECRET: &str = "only the encrypted layer holds this\n";
@@ -122,32 +120,11 @@ impl World {
 
     /// Runs the image's `cat /secret/message` in a pod and returns what it printed.
     async fn run(&self, tag: &str) -> String {
-        let logs = tempfile::tempdir().unwrap();
-        let mut pcfg = pod_config(&format!("secret-{tag}"));
-        pcfg.log_directory = logs.path().display().to_string();
-        let pod = self.env.run(pcfg.clone()).await.unwrap();
-        let mut c = ctr_of(&self.image(tag), "reader", &[]);
-        c.log_path = "reader.log".into();
-        let id = create(&self.env, &pod, &pcfg, c).await.unwrap();
-        start(&self.env, &id).await;
-        let exited = wait_until(Duration::from_secs(20), || {
-            block_on(status(&self.env, &id)).state == cri::ContainerState::ContainerExited as i32
-        });
-        assert!(exited, "the reader did not exit");
-        assert_eq!(status(&self.env, &id).await.exit_code, 0);
-        let log = std::fs::read_to_string(logs.path().join("reader.log")).unwrap();
-        self.env.stop(&pod).await.unwrap();
-        self.env.remove(&pod).await.unwrap();
-        // CRI log lines: "<time> stdout F <line>".
-        log.lines()
-            .filter_map(|l| l.splitn(4, ' ').nth(3))
-            .map(|l| format!("{l}\n"))
-            .collect()
+        let (code, out) =
+            run_to_exit(&self.env, &format!("secret-{tag}"), &self.image(tag), &[]).await;
+        assert_eq!(code, 0, "{out}");
+        out
     }
-}
-
-fn block_on<T>(f: impl std::future::Future<Output = T>) -> T {
-    tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(f))
 }
 
 fn count(dir: &Path) -> usize {

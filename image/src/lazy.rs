@@ -71,7 +71,11 @@ impl BlobReader for RegistryBlob {
         // A host given up on once is tried again: this session lives as long as the layer.
         self.session.retry_all_hosts();
         let read = self.session.blob_range(&self.digest, offset, len);
-        match self.rt.block_on(tokio::time::timeout(RANGE_TIMEOUT, read)) {
+        // The timer is made inside the runtime: this thread is not one of its workers.
+        match self
+            .rt
+            .block_on(async { tokio::time::timeout(RANGE_TIMEOUT, read).await })
+        {
             Ok(Ok(b)) => Ok(b.to_vec()),
             Ok(Err(e)) => Err(io::Error::other(e.to_string())),
             Err(_) => Err(io::Error::other(format!(

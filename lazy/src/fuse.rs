@@ -195,7 +195,10 @@ fn serve_thread(dev: &File, tree: &dyn Tree) {
             nodeid: u64_at(&buf, 16),
             body: &buf[IN_HEADER..n],
         };
-        if let Some(reply) = handle(tree, &req) {
+        // A panic answers EIO: a request left unanswered would hang its caller for good.
+        let reply = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handle(tree, &req)))
+            .unwrap_or(Some(Err(libc::EIO)));
+        if let Some(reply) = reply {
             let mut out = Vec::with_capacity(16 + reply.as_ref().map_or(0, Vec::len));
             let (error, payload) = match reply {
                 Ok(p) => (0i32, p),

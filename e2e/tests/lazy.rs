@@ -1,0 +1,254 @@
+//! Lazy pulling end to end: an image whose big layer was converted to eStargz by the
+//! upstream estargz package, in the test registry, pulled by berth with lazy pulling on for
+//! its registry, run in pods; a registry without byte ranges; a corrupted chunk.
+
+use std::time::Duration;
+
+use berth_cri_api::v1 as cri;
+use berth_e2e::apps::{env_with, run_to_exit};
+use berth_e2e::image::noise;
+use berth_e2e::pods::mirror_hosts;
+use berth_e2e::proxy::{Fault, FaultyProxy, Plan};
+use berth_e2e::stargz::{Converted, convert};
+use berth_e2e::{ImageBuilder, Layer, PodEnv, wait_until};
+use sha2::{Digest as _, Sha256};
+
+const IMAGE: &str = "lazy.invalid/berth-e2e/lazy:1";
+const FILES: usize = 8;
+const FILE_BYTES: usize = 5 << 20;
+const HELLO: &str = "hello from a lazily pulled layer\n";
+
+struct World {
+    env: PodEnv,
+    layer: Converted,
+    _proxy: Option<FaultyProxy>,
+}
+
+fn big(i: usize) -> Vec<u8> {
+    noise(FILE_BYTES, 1000 + i as u64)
+}
+
+fn sha(data: &[u8]) -> String {
+    hex::encode(Sha256::digest(data))
+}
+
+impl World {
+    /// A berth pulling `lazy.invalid` lazily (`extra` config added), reaching the registry
+    /// through a faulty proxy when `plan` is given; the image pushed.
+    async fn start(extra: &str, plan: impl FnOnce(&Converted) -> Option<Plan>) -> World {
+        let env = env_with(&format!(
+            "[lazy_pull]\nregistries = [\"lazy.invalid\"]\n{extra}\n"
+        ))
+        .await;
+        let mut layer = Layer::new()
+            .dir("app/")
+            .dir("data/")
+            .file("app/hello", HELLO);
+        for i in 0..FILES {
+            layer = layer.file(&format!("data/big-{i}"), big(i));
+        }
+        let converted = convert(&layer, &["app/hello"], 0).unwrap();
+        ImageBuilder::new(vec![Layer::busybox().unwrap(), converted.layer()])
+            .cmd(&["cat", "/app/hello"])
+            .push(&env.registry, "berth-e2e/lazy", Some("1"))
+            .await
+            .unwrap();
+        let proxy = plan(&converted).map(|p| FaultyProxy::start(&env.registry.addr, p).unwrap());
+        let addr = proxy
+            .as_ref()
+            .map_or(env.registry.addr.clone(), |p| p.addr.to_string());
+        env.berth
+            .hosts_toml("lazy.invalid", &mirror_hosts("lazy.invalid", &addr))
+            .unwrap();
+        World {
+            env,
+            layer: converted,
+            _proxy: proxy,
+        }
+    }
+
+    async fn info(&self) -> serde_json::Value {
+        let r = self
+            .env
+            .cri
+            .image
+            .clone()
+            .image_status(cri::ImageStatusRequest {
+                image: Some(cri::ImageSpec {
+                    image: IMAGE.into(),
+                    ..Default::default()
+                }),
+                verbose: true,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        serde_json::from_str(&r.info["info"]).unwrap()
+    }
+
+    fn fuse_mounts(&self) -> Vec<String> {
+        std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap()
+            .lines()
+            .filter(|l| l.contains(" - fuse.berth-lazy "))
+            .filter_map(|l| l.split_whitespace().nth(4).map(str::to_string))
+            .filter(|p| p.starts_with(self.env.berth.root.to_str().unwrap()))
+            .collect()
+    }
+
+    async fn remove_image(&self) {
+        self.env
+            .cri
+            .image
+            .clone()
+            .remove_image(cri::RemoveImageRequest {
+                image: Some(cri::ImageSpec {
+                    image: IMAGE.into(),
+                    ..Default::default()
+                }),
+            })
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pod_starts_from_a_lazily_pulled_layer_and_reads_chunks_never_fetched_before() {
+    let w = World::start("background_fetch = false", |_| None).await;
+    w.env.cri.pull(IMAGE).await.unwrap();
+    let lazy = w.info().await["lazy"].clone();
+    assert_eq!(lazy["layers"], 1, "{lazy}");
+    let fetched = lazy["fetchedBytes"].as_u64().unwrap();
+    let total = lazy["fileBytes"].as_u64().unwrap();
+    assert!(total >= (FILES * FILE_BYTES) as u64, "{lazy}");
+    // Before start: the footer, the TOC and the prefetched file.
+    assert!(
+        fetched * 10 <= w.layer.blob.len() as u64,
+        "fetched {fetched} of a {}-byte blob before the pod started",
+        w.layer.blob.len()
+    );
+    assert_eq!(w.fuse_mounts().len(), 1, "{:?}", w.fuse_mounts());
+
+    // The entrypoint reads the prefetched file; sha256sum reads a file nothing fetched yet.
+    let (code, out) = run_to_exit(
+        &w.env,
+        "lazy",
+        IMAGE,
+        &["sh", "-c", "cat /app/hello && sha256sum /data/big-5"],
+    )
+    .await;
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(out, format!("{HELLO}{}  /data/big-5\n", sha(&big(5))));
+    let after = w.info().await["lazy"].clone();
+    let on_disk = after["fileBytesOnDisk"].as_u64().unwrap();
+    assert!(
+        on_disk >= FILE_BYTES as u64 && on_disk < total,
+        "only what was read is on disk: {after}"
+    );
+
+    // Removing the image unmounts its layer.
+    w.remove_image().await;
+    assert!(w.fuse_mounts().is_empty(), "{:?}", w.fuse_mounts());
+    w.env.assert_clean();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_background_fetch_brings_the_layer_to_disk_and_then_the_registry_is_not_needed() {
+    let plan = |_: &Converted| {
+        Some(Plan {
+            path_contains: "/nothing-is-harmed".into(),
+            fault: Fault::FlipAt(0),
+            times: 0,
+            strip_range: false,
+        })
+    };
+    let mut w = World::start("", plan).await;
+    w.env.cri.pull(IMAGE).await.unwrap();
+    let mut info = serde_json::Value::Null;
+    let done = wait_until(Duration::from_secs(30), || {
+        info = tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(w.info()))
+            ["lazy"]
+            .clone();
+        info["fileBytesOnDisk"] == info["fileBytes"]
+    });
+    assert!(done, "not all on disk: {info}");
+    // The registry goes away: every file still reads, from local disk.
+    w._proxy = None;
+    let (code, out) = run_to_exit(
+        &w.env,
+        "offline",
+        IMAGE,
+        &["sh", "-c", "cat /app/hello && cat /data/* | sha256sum"],
+    )
+    .await;
+    assert_eq!(code, 0, "{out}");
+    let all: Vec<u8> = (0..FILES).flat_map(big).collect();
+    assert_eq!(out, format!("{HELLO}{}  -\n", sha(&all)));
+    w.remove_image().await;
+    assert!(w.fuse_mounts().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_corrupted_chunk_fails_the_read_with_eio_and_is_logged() {
+    // Responses of the eStargz blob longer than 200 KB (chunks, not the footer or the TOC)
+    // get a byte flipped.
+    let plan = |c: &Converted| {
+        Some(Plan {
+            path_contains: c.digest.clone(),
+            fault: Fault::FlipAt(200_000),
+            times: usize::MAX,
+            strip_range: false,
+        })
+    };
+    let w = World::start("background_fetch = false", plan).await;
+    w.env.cri.pull(IMAGE).await.unwrap();
+    let (code, out) = run_to_exit(
+        &w.env,
+        "corrupt",
+        IMAGE,
+        &[
+            "sh",
+            "-c",
+            "cat /app/hello; cat /data/big-3 > /dev/null; echo rc=$?",
+        ],
+    )
+    .await;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.starts_with(HELLO), "{out}");
+    assert!(
+        out.contains("Input/output error") && out.ends_with("rc=1\n"),
+        "{out}"
+    );
+    let log = w.env.berth.log();
+    assert!(
+        log.lines().any(|l| l.contains("lazy read failed")
+            && l.contains("data/big-3")
+            && l.contains(&w.layer.digest)),
+        "berth did not log the failed read with its layer and file"
+    );
+    w.remove_image().await;
+    assert!(w.fuse_mounts().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_registry_without_byte_ranges_gets_a_normal_pull() {
+    let plan = |_: &Converted| {
+        Some(Plan {
+            path_contains: "/blobs/".into(),
+            fault: Fault::FlipAt(0),
+            times: 0,
+            strip_range: true,
+        })
+    };
+    let w = World::start("", plan).await;
+    w.env.cri.pull(IMAGE).await.unwrap();
+    assert!(w.info().await.get("lazy").is_none());
+    assert!(w.fuse_mounts().is_empty());
+    assert!(
+        w.env.berth.log().contains("pulling it whole"),
+        "the fallback is not logged"
+    );
+    let (code, out) = run_to_exit(&w.env, "whole", IMAGE, &[]).await;
+    assert_eq!((code, out.as_str()), (0, HELLO));
+    w.env.assert_clean();
+}
