@@ -42,9 +42,12 @@ enum Entry {
 pub struct Layer {
     entries: Vec<Entry>,
     compression: Compression,
-    /// A blob made elsewhere (an eStargz conversion): (blob, diff ID, annotations).
-    prebuilt: Option<(Vec<u8>, String, Vec<(String, String)>)>,
+    /// A blob made elsewhere (an eStargz conversion).
+    prebuilt: Option<Prebuilt>,
 }
+
+/// A layer blob made elsewhere: (blob, diff ID, descriptor annotations).
+type Prebuilt = (Vec<u8>, String, Vec<(String, String)>);
 
 impl Default for Layer {
     fn default() -> Self {
