@@ -53,6 +53,13 @@ pub enum Command {
         #[arg(long)]
         host_root: PathBuf,
     },
+    /// Keep the FUSE connections of lazily pulled layers open across daemon restarts
+    /// (started by the daemon itself; not for use by hand).
+    #[command(hide = true)]
+    FuseHolder {
+        #[arg(long)]
+        socket: PathBuf,
+    },
     /// Check this node: kernel, runtime handlers, CNI, certs.d, the daemon.
     Doctor {
         /// table | json

@@ -60,6 +60,9 @@ pub fn run(cli: cli::Cli) -> anyhow::Result<()> {
             }
             write_stdout(&(out.join("\n") + "\n"))
         }
+        cli::Command::FuseHolder { socket } => {
+            berth_lazy::holder::run(&socket).context("FUSE holder")
+        }
         cli::Command::Doctor { output } => {
             let cfg = cli.effective_config()?;
             let rt = tokio::runtime::Builder::new_current_thread()

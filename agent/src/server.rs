@@ -49,6 +49,12 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
             lazy: berth_image::lazy::LazyConfig {
                 registries: cfg.lazy_pull.registries.clone(),
                 background_fetch: cfg.lazy_pull.background_fetch,
+                holder: std::env::current_exe()
+                    .ok()
+                    .map(|exe| berth_image::lazy::HolderConfig {
+                        socket: cfg.state.join("lazy-holder.sock"),
+                        command: vec![exe.display().to_string(), "fuse-holder".into()],
+                    }),
             },
         },
         store.clone(),

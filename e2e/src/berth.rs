@@ -373,6 +373,11 @@ impl Drop for Berth {
             berth_sandbox::shim::remove_dead_socket(&format!("unix://{}", s.display()));
         }
         crate::unmount_under(self.dir.path());
+        // The FUSE holder of lazily pulled layers outlives berth by design; not this test's.
+        let holder = self.state.join("lazy-holder.sock");
+        for pid in fuse_holders(&holder) {
+            crate::signal(pid, libc::SIGKILL);
+        }
     }
 }
 
@@ -521,6 +526,23 @@ fn shims_of(socket: &Path) -> Vec<(u32, String)> {
         }
     }
     out
+}
+
+/// The FUSE holders serving `socket` (`berth fuse-holder --socket <socket>`).
+pub fn fuse_holders(socket: &Path) -> Vec<u32> {
+    let want = socket.as_os_str().as_encoded_bytes();
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return vec![];
+    };
+    rd.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+                let args: Vec<&[u8]> = c.split(|b| *b == 0).collect();
+                args.contains(&&b"fuse-holder"[..]) && args.contains(&want)
+            })
+        })
+        .collect()
 }
 
 fn kill_shims_of(socket: &Path) {

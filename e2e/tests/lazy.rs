@@ -252,3 +252,57 @@ async fn a_registry_without_byte_ranges_gets_a_normal_pull() {
     assert_eq!((code, out.as_str()), (0, HELLO));
     w.env.assert_clean();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_running_container_keeps_reading_its_lazy_layer_across_a_berth_crash() {
+    use berth_e2e::apps::{create, ctr_of, exec, start};
+    let mut w = World::start("background_fetch = false", |_| None).await;
+    w.env.cri.pull(IMAGE).await.unwrap();
+    let pcfg = berth_e2e::pods::pod_config("survivor");
+    let pod = w.env.run(pcfg.clone()).await.unwrap();
+    let id = create(
+        &w.env,
+        &pod,
+        &pcfg,
+        ctr_of(IMAGE, "main", &["sh", "-c", "cat /app/hello; sleep 3600"]),
+    )
+    .await
+    .unwrap();
+    start(&w.env, &id).await;
+    let holder = w.env.berth.state.join("lazy-holder.sock");
+    assert_eq!(berth_e2e::berth::fuse_holders(&holder).len(), 1);
+
+    w.env.berth.kill();
+    w.env.berth.restart().unwrap();
+    w.env.reconnect().await.unwrap();
+
+    // A file no one read before the crash: its chunks come through the connection the
+    // holder kept, served by the new berth. No second mount.
+    let r = exec(&w.env, &id, &["sh", "-c", "sha256sum /data/big-6"], 60)
+        .await
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&r.stdout),
+        format!("{}  /data/big-6\n", sha(&big(6))),
+        "{}",
+        String::from_utf8_lossy(&r.stderr)
+    );
+    assert_eq!(w.fuse_mounts().len(), 1, "{:?}", w.fuse_mounts());
+    assert!(
+        w.env
+            .berth
+            .log()
+            .contains("lazily pulled layer served again")
+    );
+
+    w.env.stop(&pod).await.unwrap();
+    w.env.remove(&pod).await.unwrap();
+    w.remove_image().await;
+    assert!(w.fuse_mounts().is_empty(), "{:?}", w.fuse_mounts());
+    // The holder lets go of the connection and, holding nothing, exits.
+    let gone = wait_until(Duration::from_secs(15), || {
+        berth_e2e::berth::fuse_holders(&holder).is_empty()
+    });
+    assert!(gone, "the FUSE holder is still there");
+    w.env.assert_clean();
+}

@@ -29,6 +29,15 @@ const FUSE_THREADS: usize = 4;
 /// One range request of a lazily pulled layer may take this long.
 const RANGE_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The process that keeps FUSE connections open across restarts, and how to start it.
+#[derive(Debug, Clone)]
+pub struct HolderConfig {
+    /// Its socket.
+    pub socket: std::path::PathBuf,
+    /// Its command line (`--socket <socket>` is added).
+    pub command: Vec<String>,
+}
+
 /// Which registries' eStargz layers are pulled lazily.
 #[derive(Debug, Clone, Default)]
 pub struct LazyConfig {
@@ -36,6 +45,8 @@ pub struct LazyConfig {
     pub registries: Vec<String>,
     /// Whether every chunk is fetched in the background (else only what is read).
     pub background_fetch: bool,
+    /// The connection holder; none: mounts do not survive a restart of this process.
+    pub holder: Option<HolderConfig>,
 }
 
 impl LazyConfig {
@@ -95,6 +106,7 @@ struct Mounted {
 #[derive(Default)]
 pub struct LazyLayers {
     mounted: Mutex<HashMap<Digest, Mounted>>,
+    holder: Option<HolderConfig>,
 }
 
 impl std::fmt::Debug for LazyLayers {
@@ -105,8 +117,70 @@ impl std::fmt::Debug for LazyLayers {
 }
 
 impl LazyLayers {
-    /// Mounts `toc` of layer `name` at `<dir>/fs` (chunks cached in `<dir>/chunks`) and starts
-    /// its background fetch. Blocking.
+    /// Layers whose connections `holder` keeps across restarts.
+    pub fn new(holder: Option<HolderConfig>) -> Self {
+        LazyLayers {
+            mounted: Mutex::default(),
+            holder,
+        }
+    }
+
+    /// The connections the holder keeps from before (a restart), by chain ID. Blocking.
+    pub(crate) fn held(&self) -> HashMap<String, std::os::fd::OwnedFd> {
+        let Some(h) = &self.holder else {
+            return HashMap::new();
+        };
+        berth_lazy::holder::get_all(&h.socket).unwrap_or_else(|e| {
+            tracing::warn!(err = %e, "FUSE holder: cannot take its connections back");
+            HashMap::new()
+        })
+    }
+
+    /// Tells the holder to let go of connections by their keys. Blocking.
+    pub(crate) fn release(&self, keys: &[String]) {
+        if let Some(h) = &self.holder {
+            for k in keys {
+                let _ = berth_lazy::holder::drop_key(&h.socket, k);
+            }
+        }
+    }
+
+    /// Hands a new connection to the holder (started when none runs). Blocking.
+    fn hold(&self, chain: &Digest, mount: &Mount) {
+        let Some(h) = &self.holder else { return };
+        use std::os::fd::AsFd;
+        if !berth_lazy::holder::running(&h.socket) {
+            let mut cmd = std::process::Command::new(&h.command[0]);
+            cmd.args(&h.command[1..])
+                .arg("--socket")
+                .arg(&h.socket)
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null());
+            // Its own process group: a signal to berth's group does not reach it.
+            std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+            match cmd.spawn() {
+                // Not waited for: it outlives this process by design (init reaps it then).
+                Ok(child) => drop(child),
+                Err(e) => {
+                    tracing::warn!(err = %e, "FUSE holder did not start: lazily pulled layers will not survive a restart");
+                    return;
+                }
+            }
+            let up = std::time::Instant::now();
+            while !berth_lazy::holder::running(&h.socket) && up.elapsed() < Duration::from_secs(2) {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        if let Err(e) = berth_lazy::holder::put(&h.socket, chain.as_str(), mount.device().as_fd()) {
+            tracing::warn!(chain = %chain, err = %e, "FUSE holder refused a connection: this layer will not survive a restart");
+        }
+    }
+
+    /// Mounts `toc` of layer `name` at `<dir>/fs` (chunks cached in `<dir>/chunks`), or serves
+    /// the mount there again when `held` is its connection kept from before a restart, and
+    /// starts its background fetch. Blocking.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn start(
         &self,
         chain: &Digest,
@@ -115,9 +189,19 @@ impl LazyLayers {
         toc: Toc,
         blob: Box<dyn BlobReader>,
         background_fetch: bool,
+        held: Option<std::os::fd::OwnedFd>,
     ) -> io::Result<()> {
         let layer = Arc::new(LazyLayer::new(name, toc, blob, &dir.join("chunks"))?);
-        let mount = Mount::new(&dir.join("fs"), layer.clone(), FUSE_THREADS)?;
+        let mount = match held {
+            Some(fd) => Mount::adopt(&dir.join("fs"), fd.into(), layer.clone(), FUSE_THREADS),
+            None => {
+                // The mount of a server that is gone, with nobody keeping it, answers nothing.
+                crate::snapshot::detach_mount(&dir.join("fs"));
+                let m = Mount::new(&dir.join("fs"), layer.clone(), FUSE_THREADS)?;
+                self.hold(chain, &m);
+                m
+            }
+        };
         let stop = Arc::new(AtomicBool::new(false));
         {
             let (layer, stop, name) = (layer.clone(), stop.clone(), name.to_string());
@@ -160,6 +244,9 @@ impl LazyLayers {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(chain);
+        if let Some(h) = &self.holder {
+            let _ = berth_lazy::holder::drop_key(&h.socket, chain.as_str());
+        }
         if let Some(mut m) = m {
             m.stop.store(true, Ordering::Relaxed);
             if let Some(mount) = m.mount.take()

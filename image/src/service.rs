@@ -174,6 +174,7 @@ impl ImageService {
             .map(|r| r.to_string())
             .collect();
         let registry = Arc::new(RegistryClient::new(cfg.timeouts));
+        let cfg_holder = cfg.lazy.holder.clone();
         let svc = Arc::new(ImageService {
             cfg,
             store,
@@ -187,7 +188,7 @@ impl ImageService {
             records: tokio::sync::Mutex::new(()),
             inflight: Mutex::new(HashMap::new()),
             trash,
-            lazy: Arc::new(LazyLayers::default()),
+            lazy: Arc::new(LazyLayers::new(cfg_holder)),
         });
         svc.gc().await?;
         svc.resume_lazy().await;
@@ -563,7 +564,7 @@ impl ImageService {
         );
         let fill = self.cfg.lazy.background_fetch;
         let started = tokio::task::spawn_blocking(move || {
-            lazy.start(&c, &dir, &name, toc, Box::new(blob), fill)
+            lazy.start(&c, &dir, &name, toc, Box::new(blob), fill, None)
         })
         .await
         .map_err(io::Error::other)
@@ -583,6 +584,13 @@ impl ImageService {
         let Ok(list) = self.snapshots.list() else {
             return;
         };
+        if list.iter().all(|(_, r)| r.lazy.is_none()) {
+            return;
+        }
+        let lazy = self.lazy.clone();
+        let mut held = tokio::task::spawn_blocking(move || lazy.held())
+            .await
+            .unwrap_or_default();
         for (chain, rec) in list {
             let Some(src) = rec.lazy else { continue };
             let dir = self.snapshots.dir_of(rec.id);
@@ -607,13 +615,12 @@ impl ImageService {
             };
             let (lazy, name, c) = (self.lazy.clone(), src.blob.to_string(), chain.clone());
             let fill = self.cfg.lazy.background_fetch;
+            let kept = held.remove(chain.as_str());
             let resumed = tokio::task::spawn_blocking(move || -> io::Result<()> {
-                // The mount of the server that is gone answers nothing any more.
-                crate::snapshot::detach_mount(&dir.join("fs"));
                 let json = std::fs::read(dir.join(LAZY_TOC))?;
                 let toc =
                     berth_lazy::toc::Toc::parse(&json, src.toc_offset).map_err(io::Error::other)?;
-                lazy.start(&c, &dir, &name, toc, Box::new(blob), fill)
+                lazy.start(&c, &dir, &name, toc, Box::new(blob), fill, kept)
             })
             .await
             .map_err(io::Error::other)
@@ -624,6 +631,12 @@ impl ImageService {
                     tracing::warn!(chain = %chain, err = %e, "lazily pulled layer could not be served again")
                 }
             }
+        }
+        // Connections kept for layers that are gone: let go of them.
+        if !held.is_empty() {
+            let lazy = self.lazy.clone();
+            let keys: Vec<String> = held.into_keys().collect();
+            let _ = tokio::task::spawn_blocking(move || lazy.release(&keys)).await;
         }
     }
 

@@ -107,6 +107,18 @@ impl Mount {
         })
     }
 
+    /// Serves a mounted connection whose `/dev/fuse` file `dev` was kept open across a restart
+    /// (its INIT was answered by the server before).
+    pub fn adopt(target: &Path, dev: File, tree: Arc<dyn Tree>, threads: usize) -> Mount {
+        let dev = Arc::new(dev);
+        Mount {
+            target: target.to_path_buf(),
+            threads: serve(dev.clone(), tree, threads),
+            dev,
+            mounted: true,
+        }
+    }
+
     /// The connection's `/dev/fuse` file (to hand to a holder that outlives this process).
     pub fn device(&self) -> &File {
         &self.dev

@@ -14,6 +14,7 @@
 
 pub mod fetch;
 pub mod fuse;
+pub mod holder;
 pub mod layer;
 pub mod toc;
 
