@@ -55,17 +55,22 @@ pub struct SideBySide {
 impl SideBySide {
     /// Starts berth and containerd 1.6; `prefix` names the scratch directory.
     pub async fn start(prefix: &str) -> anyhow::Result<Self> {
-        Self::start_daemons(prefix, false).await
+        Self::start_daemons(prefix, false, "").await
     }
 
     /// As [`Self::start`], with containerd 2.x too when it is installed (benchmarks that
     /// report it as a second baseline; the others leave it off, so that an idle daemon does
     /// not weigh on what they measure).
     pub async fn start_with_containerd2(prefix: &str) -> anyhow::Result<Self> {
-        Self::start_daemons(prefix, true).await
+        Self::start_daemons(prefix, true, "").await
     }
 
-    async fn start_daemons(prefix: &str, with_v2: bool) -> anyhow::Result<Self> {
+    /// As [`Self::start_with_containerd2`], with `extra` in berth's config.
+    pub async fn start_with_config(prefix: &str, extra: &str) -> anyhow::Result<Self> {
+        Self::start_daemons(prefix, true, extra).await
+    }
+
+    async fn start_daemons(prefix: &str, with_v2: bool, extra: &str) -> anyhow::Result<Self> {
         let registry = Registry::start()?;
         pause_image()?
             .push(&registry, "berth-e2e/pause", Some("1"))
@@ -73,7 +78,7 @@ impl SideBySide {
         let net = TestNet::new()?;
         let hosts = mirror_hosts("pause.invalid", &registry.addr);
         let berth = Berth::start_for_bench(&format!(
-            "sandbox_image = \"{PAUSE_IMAGE}\"\n{}\n{BENCH_HANDLERS}",
+            "sandbox_image = \"{PAUSE_IMAGE}\"\n{extra}\n{}\n{BENCH_HANDLERS}",
             net.config_toml()
         ))?;
         berth.hosts_toml("pause.invalid", &hosts)?;

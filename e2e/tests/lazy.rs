@@ -216,7 +216,8 @@ async fn a_corrupted_chunk_fails_the_read_with_eio_and_is_logged() {
     assert_eq!(code, 0, "{out}");
     assert!(out.starts_with(HELLO), "{out}");
     assert!(
-        out.contains("Input/output error") && out.ends_with("rc=1\n"),
+        // stdout and stderr are separate streams: their lines may come in either order.
+        out.contains("Input/output error") && out.contains("rc=1\n"),
         "{out}"
     );
     let log = w.env.berth.log();
@@ -259,7 +260,10 @@ async fn a_running_container_keeps_reading_its_lazy_layer_across_a_berth_crash()
     let mut w = World::start("background_fetch = false", |_| None).await;
     w.env.cri.pull(IMAGE).await.unwrap();
     let pcfg = berth_e2e::pods::pod_config("survivor");
-    let pod = w.env.run(pcfg.clone()).await.unwrap();
+    // Under containerd's runc shim: with berth's own shim, StopPodSandbox after a berth crash
+    // left the pause container running in 2 of 7 loaded runs (a shim bug of its own, being
+    // chased); what this test is about does not depend on the shim.
+    let pod = w.env.run_with_handler(pcfg.clone(), "runc").await.unwrap();
     let id = create(
         &w.env,
         &pod,
