@@ -121,7 +121,7 @@ async fn main() -> anyhow::Result<()> {
     .await?;
     println!(
         "converting a {} MiB layer to eStargz ...",
-        FILES * FILE_BYTES >> 20
+        (FILES * FILE_BYTES) >> 20
     );
     let esgz = convert(&big_layer(), &["app/hello"], 0)?;
     ImageBuilder::new(vec![Layer::busybox()?, esgz.layer()])
@@ -171,7 +171,7 @@ async fn main() -> anyhow::Result<()> {
     }
     println!(
         "image: busybox + a {} MiB eStargz layer ({} bytes compressed, {FILES} files; the entrypoint reads one small file); {ROUNDS} rounds, each from an empty store",
-        FILES * FILE_BYTES >> 20,
+        (FILES * FILE_BYTES) >> 20,
         esgz.blob.len()
     );
     let medians: Vec<Duration> = times.iter_mut().map(|t| median(t)).collect();
