@@ -149,6 +149,11 @@ pub fn running(socket: &Path) -> bool {
 
 /// The holder itself: serves `socket` until it holds nothing and has no client. Blocking.
 pub fn run(socket: &Path) -> io::Result<()> {
+    run_until_idle(socket, Duration::from_secs(5))
+}
+
+/// [`run`], exiting once it held nothing for `idle`.
+pub fn run_until_idle(socket: &Path, idle: Duration) -> io::Result<()> {
     let _ = std::fs::remove_file(socket);
     let listener = seqpacket()?;
     rustix::net::bind(&listener, &SocketAddrUnix::new(socket)?)?;
@@ -191,7 +196,7 @@ pub fn run(socket: &Path) -> io::Result<()> {
             idle_since = std::time::Instant::now();
             let _ = serve_client(&client, &mut held);
         }
-        if held.is_empty() && idle_since.elapsed() > Duration::from_secs(5) {
+        if held.is_empty() && idle_since.elapsed() > idle {
             let _ = std::fs::remove_file(socket);
             return Ok(());
         }
@@ -228,5 +233,45 @@ fn serve_client(client: &OwnedFd, held: &mut HashMap<String, OwnedFd>) -> io::Re
             send(c, "END", None)
         }
         _ => send(c, "ERR", None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keeps_hands_back_and_lets_go_of_files_then_exits() {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("holder.sock");
+        let s = sock.clone();
+        let holder = std::thread::spawn(move || run_until_idle(&s, Duration::from_millis(300)));
+        let up = std::time::Instant::now();
+        while !running(&sock) {
+            assert!(
+                up.elapsed() < Duration::from_secs(5),
+                "the holder did not come up"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(get_all(&sock).unwrap().is_empty());
+        let f = std::fs::File::open("/dev/null").unwrap();
+        put(&sock, "sha256:aa", f.as_fd()).unwrap();
+        drop(f);
+        let back = get_all(&sock).unwrap();
+        assert_eq!(back.keys().collect::<Vec<_>>(), ["sha256:aa"]);
+        // The file handed back is the one handed in.
+        let link = std::fs::read_link(format!(
+            "/proc/self/fd/{}",
+            std::os::fd::AsRawFd::as_raw_fd(&back["sha256:aa"])
+        ))
+        .unwrap();
+        assert_eq!(link, Path::new("/dev/null"));
+        // It still holds it after handing it back.
+        assert_eq!(get_all(&sock).unwrap().len(), 1);
+        drop_key(&sock, "sha256:aa").unwrap();
+        assert!(get_all(&sock).unwrap().is_empty());
+        holder.join().unwrap().unwrap();
+        assert!(!sock.exists(), "its socket is removed when it exits");
     }
 }
