@@ -63,6 +63,29 @@ impl Cri {
     }
 }
 
+impl Cri {
+    /// ImageStatus (verbose) of `image`: its `info` JSON, `null` when absent.
+    pub async fn image_info(&self, image: &str) -> anyhow::Result<serde_json::Value> {
+        let r = self
+            .image
+            .clone()
+            .image_status(berth_cri_api::v1::ImageStatusRequest {
+                image: Some(berth_cri_api::v1::ImageSpec {
+                    image: image.into(),
+                    ..Default::default()
+                }),
+                verbose: true,
+            })
+            .await
+            .with_context(|| format!("image status {image}"))?
+            .into_inner();
+        Ok(match r.info.get("info") {
+            Some(i) => serde_json::from_str(i)?,
+            None => serde_json::Value::Null,
+        })
+    }
+}
+
 impl Berth {
     /// Starts berth with a config that points `registry.config_path` at a fresh certs.d.
     pub fn start() -> anyhow::Result<Self> {

@@ -182,22 +182,7 @@ async fn an_image_skopeo_encrypted_runs_with_the_nodes_key() {
     assert_eq!(w.run("tar").await, SECRET);
 
     w.pull("two").await.unwrap();
-    let verbose = w
-        .env
-        .cri
-        .image
-        .clone()
-        .image_status(cri::ImageStatusRequest {
-            image: Some(cri::ImageSpec {
-                image: w.image("two"),
-                ..Default::default()
-            }),
-            verbose: true,
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let info: serde_json::Value = serde_json::from_str(&verbose.info["info"]).unwrap();
+    let info = w.env.cri.image_info(&w.image("two")).await.unwrap();
     assert_eq!(info["encrypted"], true, "{info}");
     assert_eq!(w.run("two").await, SECRET);
 

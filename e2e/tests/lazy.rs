@@ -68,22 +68,7 @@ impl World {
     }
 
     async fn info(&self) -> serde_json::Value {
-        let r = self
-            .env
-            .cri
-            .image
-            .clone()
-            .image_status(cri::ImageStatusRequest {
-                image: Some(cri::ImageSpec {
-                    image: IMAGE.into(),
-                    ..Default::default()
-                }),
-                verbose: true,
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        serde_json::from_str(&r.info["info"]).unwrap()
+        self.env.cri.image_info(IMAGE).await.unwrap()
     }
 
     fn fuse_mounts(&self) -> Vec<String> {

@@ -189,17 +189,17 @@ mod mounted {
             .any(|l| l.split_whitespace().nth(4) == Some(path.to_str().unwrap()))
     }
 
-    #[test]
-    fn a_mounted_layer_reads_as_its_normal_unpack_and_stacks_under_overlayfs() {
+    /// The fixture layer mounted at `<dir>/mnt`, from a source that damages every range
+    /// when `damaged`.
+    fn mounted(damaged: bool) -> (tempfile::TempDir, std::path::PathBuf, Mount, Arc<LazyLayer>) {
         let b = blob();
         let dir = tempfile::tempdir().unwrap();
         let mnt = dir.path().join("mnt");
         std::fs::create_dir(&mnt).unwrap();
         let toc = fetch::open(&b, b.len() as u64, TOC_DIGEST).unwrap();
-        let damaged = Arc::new(AtomicBool::new(false));
         let src = Source {
-            bytes: b.clone(),
-            damaged: damaged.clone(),
+            bytes: b,
+            damaged: Arc::new(AtomicBool::new(damaged)),
         };
         let layer = Arc::new(
             LazyLayer::new(
@@ -211,6 +211,13 @@ mod mounted {
             .unwrap(),
         );
         let m = Mount::new(&mnt, layer.clone(), 2).unwrap();
+        (dir, mnt, m, layer)
+    }
+
+    #[test]
+    fn a_mounted_layer_reads_as_its_normal_unpack_and_stacks_under_overlayfs() {
+        let b = blob();
+        let (dir, mnt, m, layer) = mounted(false);
         assert!(mounted_in(&mnt));
 
         // Only what is read is fetched.
@@ -315,28 +322,11 @@ mod mounted {
 
         m.unmount().unwrap();
         assert!(!mounted_in(&mnt));
-        drop(damaged);
     }
 
     #[test]
     fn a_chunk_that_fails_verification_is_eio_never_data() {
-        let b = blob();
-        let dir = tempfile::tempdir().unwrap();
-        let mnt = dir.path().join("mnt");
-        std::fs::create_dir(&mnt).unwrap();
-        let toc = fetch::open(&b, b.len() as u64, TOC_DIGEST).unwrap();
-        let damaged = Arc::new(AtomicBool::new(true));
-        let src = Source { bytes: b, damaged };
-        let layer = Arc::new(
-            LazyLayer::new(
-                "sha256:fixture",
-                toc,
-                Box::new(src),
-                &dir.path().join("chunks"),
-            )
-            .unwrap(),
-        );
-        let m = Mount::new(&mnt, layer, 1).unwrap();
+        let (dir, mnt, m, _) = mounted(true);
         let err = std::fs::read(mnt.join("usr/share/big")).unwrap_err();
         assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
         // Nothing unverified was cached.
