@@ -113,6 +113,19 @@ async fn a_pod_starts_from_a_lazily_pulled_layer_and_reads_chunks_never_fetched_
         w.layer.blob.len()
     );
     assert_eq!(w.fuse_mounts().len(), 1, "{:?}", w.fuse_mounts());
+    // ImageFsInfo counts what is on disk, not the layer's full size.
+    let fs = w
+        .env
+        .cri
+        .image
+        .clone()
+        .image_fs_info(cri::ImageFsInfoRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .image_filesystems;
+    let used = fs[0].used_bytes.as_ref().unwrap().value;
+    assert!(used < total / 4, "ImageFsInfo says {used} bytes used");
 
     // The entrypoint reads the prefetched file; sha256sum reads a file nothing fetched yet.
     let (code, out) = run_to_exit(
