@@ -263,6 +263,14 @@ impl LazyLayers {
         m.get(chain).map(|m| m.layer.progress())
     }
 
+    /// Counts `bytes` fetched for `chain` before it was mounted (its footer and TOC).
+    pub(crate) fn add_fetched(&self, chain: &Digest, bytes: u64) {
+        let m = self.mounted.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(m) = m.get(chain) {
+            m.layer.add_fetched(bytes);
+        }
+    }
+
     /// Compressed bytes fetched from registries for a layer, this process.
     pub fn fetched(&self, chain: &Digest) -> Option<u64> {
         let m = self.mounted.lock().unwrap_or_else(|p| p.into_inner());

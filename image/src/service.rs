@@ -547,6 +547,7 @@ impl ImageService {
             bytes: toc.nodes.iter().map(|n| n.size).sum(),
             inodes: toc.nodes.len() as u64,
         };
+        let toc_offset = toc.toc_offset;
         let source = LazySource {
             reference: r.to_string(),
             blob: desc.digest.clone(),
@@ -573,6 +574,8 @@ impl ImageService {
             let _ = self.snapshots.remove(chain, &self.trash);
             return Err(Error::io(format!("mount lazy layer {}", desc.digest), e));
         }
+        // The footer and the TOC member: everything from the TOC's offset on.
+        self.lazy.add_fetched(chain, desc.size - toc_offset);
         tracing::info!(layer = %desc.digest, chain = %chain, "layer pulled lazily");
         Ok(())
     }

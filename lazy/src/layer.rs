@@ -41,7 +41,14 @@ impl LazyLayer {
         })
     }
 
-    /// Compressed bytes fetched from the blob for chunks so far.
+    /// Counts `bytes` fetched for this layer elsewhere (its footer and TOC, read before it
+    /// existed).
+    pub fn add_fetched(&self, bytes: u64) {
+        self.fetched.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// Compressed bytes fetched from the blob so far (chunks, and what [`Self::add_fetched`]
+    /// counted).
     pub fn fetched(&self) -> u64 {
         self.fetched.load(Ordering::Relaxed)
     }
