@@ -13,6 +13,8 @@ scripts/install-deps.sh
 echo "== tools: kubelet, kubectl, crictl"
 scripts/install-kubelet.sh >/dev/null
 scripts/install-cri-tools.sh >/dev/null
+echo "== tools: berth-estargz (the upstream estargz package, for the lazy-pull tests)"
+scripts/install-estargz.sh >/dev/null
 
 # A CI run starts from a clean clone and builds everything once: incremental state would only
 # cost disk (it was most of the target directory).
