@@ -258,10 +258,7 @@ async fn a_running_container_keeps_reading_its_lazy_layer_across_a_berth_crash()
     let mut w = World::start("background_fetch = false", |_| None).await;
     w.env.cri.pull(IMAGE).await.unwrap();
     let pcfg = berth_e2e::pods::pod_config("survivor");
-    // Under containerd's runc shim: with berth's own shim, StopPodSandbox after a berth crash
-    // left the pause container running in 2 of 7 loaded runs (a shim bug of its own, being
-    // chased); what this test is about does not depend on the shim.
-    let pod = w.env.run_with_handler(pcfg.clone(), "runc").await.unwrap();
+    let pod = w.env.run(pcfg.clone()).await.unwrap();
     let id = create(
         &w.env,
         &pod,
@@ -297,7 +294,17 @@ async fn a_running_container_keeps_reading_its_lazy_layer_across_a_berth_crash()
             .contains("lazily pulled layer served again")
     );
 
-    w.env.stop(&pod).await.unwrap();
+    // A known bug, not yet understood (README, Known limitations): after this restart,
+    // StopPodSandbox sometimes (about 1 run in 4 under load, with either shim) waits out its
+    // 10 s for the pause container's exit and fails. The kubelet retries it; so does this
+    // test, at most 5 times, saying so on stderr.
+    let mut tries = 0;
+    while let Err(e) = w.env.stop(&pod).await {
+        tries += 1;
+        assert!(tries < 5, "StopPodSandbox after the restart: {e:?}");
+        eprintln!("StopPodSandbox failed ({e:?}); retrying");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
     w.env.remove(&pod).await.unwrap();
     w.remove_image().await;
     assert!(w.fuse_mounts().is_empty(), "{:?}", w.fuse_mounts());
