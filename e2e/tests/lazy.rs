@@ -302,7 +302,10 @@ async fn a_running_container_keeps_reading_its_lazy_layer_across_a_berth_crash()
     while let Err(e) = w.env.stop(&pod).await {
         tries += 1;
         assert!(tries < 5, "StopPodSandbox after the restart: {e:?}");
-        eprintln!("StopPodSandbox failed ({e:?}); retrying");
+        #[allow(clippy::print_stderr)]
+        {
+            eprintln!("StopPodSandbox failed ({e:?}); retrying");
+        }
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
     w.env.remove(&pod).await.unwrap();
