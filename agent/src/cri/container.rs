@@ -207,13 +207,18 @@ pub(crate) fn container_config(
     let caps = sc.capabilities.clone().unwrap_or_default();
     let mut envs = Vec::new();
     for kv in c.envs {
-        if kv.key.is_empty() || kv.key.contains(['=', '\0']) || kv.value.contains('\0') {
-            return Err(invalid(format!(
-                "environment variable {} is invalid: a name without '=' or NUL, a value without NUL",
-                v::shown(&kv.key)
-            )));
-        }
-        envs.push((kv.key, kv.value));
+        // The CRI carries values as bytes; an OCI spec (JSON) carries strings, so a value
+        // that is not UTF-8 could only be mangled on its way to the process.
+        let value = match String::from_utf8(kv.value) {
+            Ok(v) if !kv.key.is_empty() && !kv.key.contains(['=', '\0']) && !v.contains('\0') => v,
+            _ => {
+                return Err(invalid(format!(
+                    "environment variable {} is invalid: a name without '=' or NUL, a UTF-8 value without NUL",
+                    v::shown(&kv.key)
+                )));
+            }
+        };
+        envs.push((kv.key, value));
     }
     let mut mounts = Vec::new();
     for mt in c.mounts {
@@ -442,6 +447,7 @@ pub(crate) fn to_container_status(r: &ContainerRecord) -> cri::ContainerStatus {
                     .unwrap_or_default(),
             }),
         }),
+        stop_signal: cri::Signal::RuntimeDefault as i32,
     }
 }
 
@@ -530,6 +536,7 @@ pub(crate) fn to_stats(
                     timestamp: now_ns,
                     usage_core_nano_seconds: u64v(u.cpu_ns),
                     usage_nano_cores: rate.and_then(u64v).or(u64v(0)),
+                    psi: None,
                 }),
                 Some(cri::MemoryUsage {
                     timestamp: now_ns,
@@ -539,6 +546,7 @@ pub(crate) fn to_stats(
                     page_faults: u64v(u.page_faults),
                     major_page_faults: u64v(u.major_page_faults),
                     available_bytes: None,
+                    psi: None,
                 }),
             )
         }
@@ -562,5 +570,6 @@ pub(crate) fn to_stats(
             inodes_used: u64v(layer.1),
         }),
         swap: None,
+        io: None,
     }
 }

@@ -184,6 +184,8 @@ impl RuntimeService for RuntimeCri {
                 runtime_handlers,
                 features: Some(cri::RuntimeFeatures {
                     supplemental_groups_policy: true,
+                    user_namespaces_host_network: false,
+                    mount_options: false,
                 }),
             })
         })
@@ -412,12 +414,10 @@ impl RuntimeService for RuntimeCri {
         .await
     }
 
-    type GetContainerEventsStream = EventStream;
-
     async fn get_container_events(
         &self,
         _req: Request<cri::GetEventsRequest>,
-    ) -> Result<Response<Self::GetContainerEventsStream>, Status> {
+    ) -> Result<Response<EventStream>, Status> {
         let mut rx = self.pods.container_events().subscribe();
         let pods = self.pods.clone();
         let stream = async_stream::stream! {
@@ -830,6 +830,7 @@ impl RuntimeCri {
                     .map(|v| v.value)
             }),
             usage_nano_cores: sum(&|c| c.cpu.as_ref()?.usage_nano_cores.as_ref().map(|v| v.value)),
+            psi: None,
         };
         let memory = cri::MemoryUsage {
             timestamp: now,
@@ -851,6 +852,7 @@ impl RuntimeCri {
                     .map(|v| v.value)
             }),
             available_bytes: None,
+            psi: None,
         };
         let m = &p.config.meta;
         cri::PodSandboxStats {
@@ -871,6 +873,7 @@ impl RuntimeCri {
                 network: None,
                 process: None,
                 containers,
+                io: None,
             }),
             windows: None,
         }
