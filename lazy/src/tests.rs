@@ -325,6 +325,34 @@ mod mounted {
     }
 
     #[test]
+    fn a_read_the_dead_server_left_unanswered_is_answered_by_the_next_one() {
+        let (dir, mnt, m, layer) = mounted(false);
+        m.unmount().unwrap();
+        // A server that dies after reading the first READ (berth SIGKILLed mid-request);
+        // its connection is kept, as the holder keeps it.
+        let dev = crate::fuse::mount_and_die_at(&mnt, layer.clone(), 15).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let file = mnt.join("etc/hello");
+        std::thread::spawn(move || {
+            let _ = tx.send(std::fs::read(file).map_err(|e| e.to_string()));
+        });
+        // The reader waits: its request was taken and never answered.
+        assert!(
+            rx.recv_timeout(std::time::Duration::from_millis(500))
+                .is_err()
+        );
+        let m = Mount::adopt(&mnt, dev, layer, 2);
+        let got = rx.recv_timeout(std::time::Duration::from_secs(10));
+        // Ends the connection whatever happened, so that a reader left waiting is released.
+        m.unmount().unwrap();
+        assert_eq!(
+            got.expect("the read is still waiting after the new server took over"),
+            Ok(b"hello from a lazy layer\n".to_vec())
+        );
+        drop(dir);
+    }
+
+    #[test]
     fn a_chunk_that_fails_verification_is_eio_never_data() {
         let (dir, mnt, m, _) = mounted(true);
         let err = std::fs::read(mnt.join("usr/share/big")).unwrap_err();
