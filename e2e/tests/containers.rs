@@ -876,3 +876,175 @@ async fn an_exec_racing_the_containers_exit_is_told_it_is_not_running() {
     env.remove(&pod).await.unwrap();
     env.assert_clean();
 }
+
+/// Mounts of `c`, each an image volume of `image` at `at` with `sub_path`.
+fn with_image_volumes(
+    mut c: cri::ContainerConfig,
+    image: &str,
+    vols: &[(&str, &str, bool)],
+) -> cri::ContainerConfig {
+    c.mounts = vols
+        .iter()
+        .map(|(at, sub, readonly)| cri::Mount {
+            container_path: (*at).into(),
+            readonly: *readonly,
+            image: Some(cri::ImageSpec {
+                image: image.into(),
+                user_specified_image: image.into(),
+                ..Default::default()
+            }),
+            image_sub_path: (*sub).into(),
+            ..Default::default()
+        })
+        .collect();
+    c
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_image_volume_shows_the_images_files_read_only_and_leaves_nothing() {
+    use berth_e2e::image::{ImageBuilder, Layer};
+    let env = env_with("").await;
+    let data = "app.invalid/berth-e2e/data:1";
+    // Two layers: the second whites a file of the first out and adds one; an absolute
+    // symbolic link that must resolve inside the image, not on the host.
+    ImageBuilder::new(vec![
+        Layer::new()
+            .file("share/data/a.txt", "one\n")
+            .file("share/data/gone.txt", "hidden\n")
+            .symlink("etc-link", "/share/data"),
+        Layer::new()
+            .file("share/data/.wh.gone.txt", "")
+            .file("share/data/b.txt", "two\n"),
+    ])
+    .push(&env.registry, "berth-e2e/data", Some("1"))
+    .await
+    .unwrap();
+    let snapshots = || {
+        std::fs::read_dir(env.berth.root.join("snapshots"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+    let pcfg = pod_config("volumes");
+    let pod = env.run(pcfg.clone()).await.unwrap();
+    let sleeper = || ctr("reader", &["sleep", "3600"]);
+
+    // A container of the app image made once: its mount-point layer stays (a cache of the
+    // image's), so that the counts below are of what the failures leave.
+    let plain = create(&env, &pod, &pcfg, sleeper()).await.unwrap();
+    env.cri
+        .runtime
+        .clone()
+        .remove_container(cri::RemoveContainerRequest {
+            container_id: plain,
+        })
+        .await
+        .unwrap();
+    let image_ref = env.cri.pull(data).await.unwrap();
+    let before = snapshots();
+    let absent = "app.invalid/berth-e2e/absent:1";
+    for (image, vols, code) in [
+        // Not pulled.
+        (absent, &[("/vol", "", true)][..], Code::NotFound),
+        // A writable image volume is refused (the CRI says runtimes should).
+        (data, &[("/vol", "", false)][..], Code::InvalidArgument),
+        (data, &[("/vol", "../etc", true)][..], Code::InvalidArgument),
+        (data, &[("/vol", "/share", true)][..], Code::InvalidArgument),
+        // A sub path the image lacks; the first volume was mounted and must go again.
+        (
+            data,
+            &[("/vol", "", true), ("/sub", "not-there", true)][..],
+            Code::NotFound,
+        ),
+    ] {
+        let e = create(
+            &env,
+            &pod,
+            &pcfg,
+            with_image_volumes(sleeper(), image, vols),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(e.code(), code, "{vols:?}: {e:?}");
+        assert_eq!(snapshots(), before, "{vols:?}");
+        assert!(
+            std::fs::read_dir(env.berth.state.join("containers"))
+                .map(|d| d.count())
+                .unwrap_or(0)
+                == 0,
+            "{vols:?}: a container directory is left"
+        );
+    }
+
+    let id = create(
+        &env,
+        &pod,
+        &pcfg,
+        with_image_volumes(
+            sleeper(),
+            data,
+            &[("/vol", "", true), ("/sub", "etc-link", true)],
+        ),
+    )
+    .await
+    .unwrap();
+    start(&env, &id).await;
+    let run = |cmd: &'static str| {
+        let env = &env;
+        let id = id.clone();
+        async move {
+            let r = exec(env, &id, &["sh", "-c", cmd], 10).await.unwrap();
+            (
+                r.exit_code,
+                String::from_utf8_lossy(&r.stdout).into_owned(),
+                String::from_utf8_lossy(&r.stderr).into_owned(),
+            )
+        }
+    };
+    assert_eq!(
+        run("cat /vol/share/data/a.txt /vol/share/data/b.txt")
+            .await
+            .1,
+        "one\ntwo\n"
+    );
+    assert_eq!(run("ls /vol/share/data").await.1, "a.txt\nb.txt\n");
+    assert_eq!(run("ls /sub").await.1, "a.txt\nb.txt\n");
+    let (code, _, err) = run("touch /vol/new").await;
+    assert_ne!(code, 0);
+    assert!(err.contains("Read-only"), "{err}");
+
+    // ContainerStatus names the image and what it resolved to.
+    let st = status(&env, &id).await;
+    let m = st
+        .mounts
+        .iter()
+        .find(|m| m.container_path == "/sub")
+        .unwrap();
+    let img = m.image.as_ref().unwrap();
+    assert_eq!(
+        (
+            img.image.as_str(),
+            img.image_ref.as_str(),
+            m.image_sub_path.as_str()
+        ),
+        (data, image_ref.as_str(), "etc-link")
+    );
+
+    // The image can be removed while the volume uses it; the files stay until the
+    // container goes.
+    env.cri
+        .image
+        .clone()
+        .remove_image(cri::RemoveImageRequest {
+            image: Some(cri::ImageSpec {
+                image: data.into(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap();
+    assert_eq!(run("cat /vol/share/data/b.txt").await.1, "two\n");
+
+    env.stop(&pod).await.unwrap();
+    env.remove(&pod).await.unwrap();
+    env.assert_clean();
+}

@@ -64,6 +64,9 @@ pub struct ActiveRecord {
     /// (none: the image has every mount point, or the snapshot predates these layers).
     #[serde(default)]
     pub init: Option<u64>,
+    /// A read-only view of the chain (an image volume), not a writable root filesystem.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub view: bool,
 }
 
 /// The mount-point layer of a chain.
@@ -197,6 +200,22 @@ impl Snapshotter {
     /// it. Preparing an existing key returns its mounts again. Its record is made durable by
     /// the next durable write to the store: the caller's record of what uses it.
     pub fn prepare(&self, key: &str, parent: Option<&Digest>) -> Result<Vec<MountSpec>> {
+        self.create_active(key, parent, false)?;
+        self.mounts(key)
+    }
+
+    /// Creates the read-only view `key` of chain `top` (an image volume) and returns the
+    /// mount that shows it: an overlay of the chain's layers, read-only. Like a writable
+    /// snapshot it keeps the chain from garbage collection until it is removed
+    /// ([`Snapshots::remove_active`]), and its record is made durable the same way.
+    pub fn view(&self, key: &str, top: &Digest) -> Result<MountSpec> {
+        self.create_active(key, Some(top), true)?;
+        let mut m = self.mounts(key)?;
+        m.pop()
+            .ok_or_else(|| Error::Store(format!("no mount for view {key:?}")))
+    }
+
+    fn create_active(&self, key: &str, parent: Option<&Digest>, view: bool) -> Result<()> {
         if key.is_empty() || key.contains('/') {
             return Err(Error::Store(format!("invalid snapshot key {key:?}")));
         }
@@ -213,18 +232,19 @@ impl Snapshotter {
                     .map_err(|e| Error::io(format!("create {}", dir.display()), e))?;
             }
             let init = match parent {
-                Some(p) => self.init_layer(p).unwrap_or_else(|e| {
+                Some(p) if !view => self.init_layer(p).unwrap_or_else(|e| {
                     // runc creates the mount points in the upper layer instead, as it would
                     // without these layers: slower, never wrong.
                     tracing::warn!(chain = %p, err = %e, "cannot make the mount-point layer");
                     None
                 }),
-                None => None,
+                _ => None,
             };
             let rec = ActiveRecord {
                 id,
                 parent: parent.cloned(),
                 init,
+                view,
             };
             // Deferred: the caller's own record of the container or pod, written durably
             // next, carries it to disk. A crash in between leaves a directory without a
@@ -234,7 +254,7 @@ impl Snapshotter {
                 return Err(e);
             }
         }
-        self.mounts(key)
+        Ok(())
     }
 
     /// The mounts of the writable snapshot `key`.
@@ -246,6 +266,24 @@ impl Snapshotter {
         let dir = self.dir.join(rec.id.to_string());
         let upper = dir.join("fs");
         Ok(match &rec.parent {
+            // The view's own empty `fs` is the bottom layer: without an upper layer overlayfs
+            // wants two lower ones, and one-layer images have one.
+            Some(p) if rec.view => vec![MountSpec {
+                kind: "overlay".into(),
+                source: "overlay".into(),
+                options: vec![
+                    "ro".into(),
+                    format!(
+                        "lowerdir={}",
+                        self.lower_dirs(p)?
+                            .into_iter()
+                            .chain([upper])
+                            .map(|d| d.display().to_string())
+                            .collect::<Vec<_>>()
+                            .join(":")
+                    ),
+                ],
+            }],
             None => vec![MountSpec {
                 kind: "bind".into(),
                 source: upper.display().to_string(),

@@ -397,6 +397,7 @@ impl Runtime {
                 let dir = parent.join(&name);
                 let mounts: Vec<PathBuf> = mounts.iter().map(|m| dir.join(m)).collect();
                 let removed = tokio::task::spawn_blocking(move || {
+                    crate::container::volumes::unmount_image_volumes(&dir);
                     mounts.iter().for_each(|m| unmount(m));
                     std::fs::remove_dir_all(&dir)
                 })
@@ -418,7 +419,9 @@ impl Runtime {
             return;
         };
         let known = self.known_ids();
-        for (key, _) in active.into_iter().filter(|(k, _)| !known.contains(k)) {
+        // An image volume's view belongs to its container.
+        let owned = |k: &str| known.contains(crate::container::volumes::owner_of(k));
+        for (key, _) in active.into_iter().filter(|(k, _)| !owned(k)) {
             match self.images().snapshots().remove_active(&key) {
                 Ok(()) => orphan("snapshot", &key, "no pod or container owns it"),
                 Err(e) => {

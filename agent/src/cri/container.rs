@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use berth_cri_api::v1 as cri;
 use berth_sandbox::container::{
     ContainerConfig, ContainerEvent, ContainerEventKind, ContainerFilter, ContainerRecord,
-    ContainerState, Device, Mount, PidMode, Propagation, Resources, Seccomp, Security,
+    ContainerState, Device, ImageMount, Mount, PidMode, Propagation, Resources, Seccomp, Security,
 };
 use berth_sandbox::users::GroupsPolicy;
 use tonic::Status;
@@ -222,16 +222,45 @@ pub(crate) fn container_config(
     }
     let mut mounts = Vec::new();
     for mt in c.mounts {
-        if mt.image.as_ref().is_some_and(|i| !i.image.is_empty()) {
-            // Not a bad request: a feature berth lacks (the kubelet and critest tell the two
-            // apart by the code).
-            return Err(Status::unimplemented(format!(
-                "mount at {}: image volumes (an image mounted into a container) are not supported by berth yet",
-                v::shown(&mt.container_path)
-            )));
-        }
+        let image = match mt.image.as_ref().filter(|i| !i.image.is_empty()) {
+            Some(i) => {
+                let at = v::shown(&mt.container_path);
+                if !mt.readonly {
+                    return Err(invalid(format!(
+                        "mount at {at}: an image volume is read-only; set readonly"
+                    )));
+                }
+                if !mt.host_path.is_empty() {
+                    return Err(invalid(format!(
+                        "mount at {at}: an image volume has no host_path (got {})",
+                        v::shown(&mt.host_path)
+                    )));
+                }
+                v::word("image volume image", &i.image, v::MAX_PATH)?;
+                if !mt.image_sub_path.is_empty() {
+                    v::relative_path("image volume image_sub_path", &mt.image_sub_path)?;
+                }
+                Some(ImageMount {
+                    image: i.image.clone(),
+                    user_specified: i.user_specified_image.clone(),
+                    sub_path: mt.image_sub_path.trim_end_matches('/').to_string(),
+                    image_id: String::new(),
+                })
+            }
+            None => {
+                if !mt.image_sub_path.is_empty() {
+                    return Err(invalid(format!(
+                        "mount at {}: image_sub_path without an image",
+                        v::shown(&mt.container_path)
+                    )));
+                }
+                None
+            }
+        };
         v::absolute_path("mount container_path", &mt.container_path)?;
-        v::absolute_path("mount host_path", &mt.host_path)?;
+        if image.is_none() {
+            v::absolute_path("mount host_path", &mt.host_path)?;
+        }
         let propagation = match cri::MountPropagation::try_from(mt.propagation) {
             Ok(cri::MountPropagation::PropagationPrivate) => Propagation::Private,
             Ok(cri::MountPropagation::PropagationHostToContainer) => Propagation::HostToContainer,
@@ -263,6 +292,7 @@ pub(crate) fn container_config(
             readonly: mt.readonly,
             recursive_read_only: mt.recursive_read_only,
             propagation,
+            image,
         });
     }
     let (run_as_user, run_as_group, supplemental_groups) = user_ids(
@@ -425,6 +455,19 @@ pub(crate) fn to_container_status(r: &ContainerRecord) -> cri::ContainerStatus {
                     }
                     Propagation::Bidirectional => cri::MountPropagation::PropagationBidirectional,
                 } as i32,
+                // An image volume: the image as asked for, and the image it resolved to
+                // (KEP-5365), as for the container's own image.
+                image: m.image.as_ref().map(|i| cri::ImageSpec {
+                    image: i.image.clone(),
+                    user_specified_image: i.user_specified.clone(),
+                    image_ref: i.image_id.clone(),
+                    ..Default::default()
+                }),
+                image_sub_path: m
+                    .image
+                    .as_ref()
+                    .map(|i| i.sub_path.clone())
+                    .unwrap_or_default(),
                 ..Default::default()
             })
             .collect(),

@@ -77,6 +77,23 @@ pub(crate) fn absolute_path(what: &str, v: &str) -> Result<(), Status> {
     Ok(())
 }
 
+/// A relative path of at most [`MAX_PATH`] bytes without NUL or `..`: a path inside
+/// something (an image volume's sub path).
+pub(crate) fn relative_path(what: &str, v: &str) -> Result<(), Status> {
+    let bad = v.is_empty()
+        || v.starts_with('/')
+        || v.len() > MAX_PATH
+        || v.contains('\0')
+        || v.split('/').any(|c| c == "..");
+    if bad {
+        return Err(invalid(format!(
+            "{what} {} must be a relative path of at most {MAX_PATH} bytes without '..'",
+            shown(v)
+        )));
+    }
+    Ok(())
+}
+
 /// A cgroup parent for the cgroupfs driver: empty (berth's default), or an absolute path
 /// whose every component is a plain name, so that the cgroup stays inside the hierarchy it is
 /// created under.

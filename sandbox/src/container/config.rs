@@ -34,6 +34,26 @@ pub struct Mount {
     pub recursive_read_only: bool,
     /// Propagation.
     pub propagation: Propagation,
+    /// An image volume: the image's files, read-only, instead of a host path (`host_path`
+    /// is filled in by CreateContainer with where berth mounted them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<ImageMount>,
+}
+
+/// The image of an image volume (KEP-4639).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ImageMount {
+    /// The image as the CRI named it (`ImageSpec.image`: an id, digest or reference).
+    pub image: String,
+    /// The image as the user wrote it (`ImageSpec.user_specified_image`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub user_specified: String,
+    /// A directory (or file) of the image to mount instead of its root; relative.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub sub_path: String,
+    /// The image id it was resolved to (filled in by CreateContainer).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub image_id: String,
 }
 
 /// A CRI device.

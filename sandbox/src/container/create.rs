@@ -102,6 +102,15 @@ impl Runtime {
                 .prepare(&id, image.top_chain())
                 .map_err(Error::Image)?;
             lap("snapshot");
+            let config = if config.mounts.iter().any(|m| m.image.is_some()) {
+                let mut c = config.clone();
+                self.mount_image_volumes(&id, &dir, &mut c)?;
+                rec.config = Arc::new(c.clone());
+                lap("image volumes");
+                c
+            } else {
+                config.clone()
+            };
             let accounts = {
                 let mounts = mounts.clone();
                 tokio::task::spawn_blocking(move || Accounts::from_mounts(&mounts))
@@ -226,6 +235,9 @@ impl Runtime {
                 let _ = shim.delete(&id).await;
                 self.container_logs().remove(&id);
                 let _ = self.images().snapshots().remove_active(&id);
+                if let Err(e) = self.remove_image_volumes(&id, &dir) {
+                    tracing::warn!(container = id, err = %e, "cannot remove the image volumes of a container that failed to create");
+                }
                 let _ = crate::process::remove_dir_all_blocking(dir).await;
                 let _ = self.containers().remove_record(&id);
                 Err(e)

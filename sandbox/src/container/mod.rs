@@ -25,6 +25,7 @@ mod stats;
 mod status;
 mod stop;
 mod update;
+pub(crate) mod volumes;
 
 pub use config::*;
 pub use exec::{EXEC_OUTPUT_LIMIT, ExecOutput};

@@ -31,6 +31,7 @@ impl Runtime {
             .remove_active(&id)
             .map_err(Error::Image)?;
         let dir = self.ctr_dir(&id);
+        self.remove_image_volumes(&id, &dir)?;
         crate::process::remove_dir_all_blocking(dir).await?;
         if let Some(path) = rec.cgroups_path().map(str::to_string) {
             let _ = tokio::task::spawn_blocking(move || {

@@ -307,6 +307,7 @@ fn mount_propagation_is_checked_against_the_hosts_mount() {
             readonly: false,
             recursive_read_only: false,
             propagation,
+            image: None,
         }],
         ..Default::default()
     };
@@ -344,6 +345,7 @@ fn a_mount_is_read_write_read_only_or_recursively_read_only() {
             readonly,
             recursive_read_only,
             propagation: Propagation::Private,
+            image: None,
         }],
         ..Default::default()
     };
