@@ -1048,3 +1048,76 @@ async fn an_image_volume_shows_the_images_files_read_only_and_leaves_nothing() {
     env.remove(&pod).await.unwrap();
     env.assert_clean();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_stop_signal_and_mount_options_of_the_config_are_honoured() {
+    use berth_e2e::apps::stop;
+    let env = env_with("").await;
+    let pcfg = pod_config("signals");
+    let pod = env.run(pcfg.clone()).await.unwrap();
+
+    // KEP-4960: the config's stop signal replaces the image's (none here, so SIGTERM).
+    // SIGTERM is ignored: only SIGUSR1 ends it with 42 within the grace period.
+    let mut c = ctr(
+        "usr1",
+        &[
+            "sh",
+            "-c",
+            "trap 'exit 42' USR1; trap '' TERM; while true; do sleep 1; done",
+        ],
+    );
+    c.stop_signal = cri::Signal::Sigusr1 as i32;
+    let id = create(&env, &pod, &pcfg, c).await.unwrap();
+    start(&env, &id).await;
+    assert_eq!(
+        status(&env, &id).await.stop_signal,
+        cri::Signal::Sigusr1 as i32
+    );
+    let t0 = std::time::Instant::now();
+    stop(&env, &id, 20).await;
+    let st = status(&env, &id).await;
+    assert_eq!(st.exit_code, 42, "{st:?}");
+    assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
+
+    // Extra bind mount options (RuntimeFeatures.mount_options).
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("run.sh"), "#!/bin/sh\necho ran\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(
+        dir.path().join("run.sh"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+    let mount = |opts: &[&str]| cri::Mount {
+        container_path: "/m".into(),
+        host_path: dir.path().display().to_string(),
+        mount_options: opts.iter().map(|o| o.to_string()).collect(),
+        ..Default::default()
+    };
+    let mut bad = ctr("bad-options", &["sleep", "3600"]);
+    bad.mounts = vec![mount(&["exec"])];
+    let e = create(&env, &pod, &pcfg, bad).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+
+    let mut c = ctr("noexec", &["sleep", "3600"]);
+    c.mounts = vec![mount(&["noexec", "nodev"])];
+    let id = create(&env, &pod, &pcfg, c).await.unwrap();
+    start(&env, &id).await;
+    // The runtime refuses to start it (an error), or the shell reports it (an exit code).
+    if let Ok(r) = exec(&env, &id, &["/m/run.sh"], 10).await {
+        assert_ne!(r.exit_code, 0, "a script on a noexec mount ran");
+    }
+    let r = exec(&env, &id, &["sh", "-c", "grep ' /m ' /proc/mounts"], 10)
+        .await
+        .unwrap();
+    let line = String::from_utf8_lossy(&r.stdout).into_owned();
+    assert!(line.contains("noexec") && line.contains("nodev"), "{line}");
+    assert_eq!(
+        status(&env, &id).await.mounts[0].mount_options,
+        ["noexec", "nodev"]
+    );
+
+    env.stop(&pod).await.unwrap();
+    env.remove(&pod).await.unwrap();
+    env.assert_clean();
+}

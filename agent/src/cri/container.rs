@@ -286,6 +286,22 @@ pub(crate) fn container_config(
                 )));
             }
         }
+        let options = {
+            let mut o = Vec::new();
+            for opt in &mt.mount_options {
+                if !matches!(opt.as_str(), "noexec" | "nodev" | "nosuid") {
+                    return Err(invalid(format!(
+                        "mount at {}: mount option {} is not one of noexec, nodev, nosuid",
+                        v::shown(&mt.container_path),
+                        v::shown(opt)
+                    )));
+                }
+                if !o.contains(opt) {
+                    o.push(opt.clone());
+                }
+            }
+            o
+        };
         mounts.push(Mount {
             container_path: mt.container_path,
             host_path: mt.host_path,
@@ -293,6 +309,7 @@ pub(crate) fn container_config(
             recursive_read_only: mt.recursive_read_only,
             propagation,
             image,
+            options,
         });
     }
     let (run_as_user, run_as_group, supplemental_groups) = user_ids(
@@ -370,8 +387,37 @@ pub(crate) fn container_config(
             tty: c.tty,
             resources: resources(linux.resources),
             security,
+            stop_signal: match cri::Signal::try_from(c.stop_signal) {
+                Ok(cri::Signal::RuntimeDefault) => String::new(),
+                Ok(sig) => signal_name(sig),
+                Err(_) => return Err(invalid(format!("unknown stop_signal {}", c.stop_signal))),
+            },
         },
     ))
+}
+
+/// The usual name of a CRI signal: `SIGTERM`, `SIGRTMIN+3`, `SIGRTMAX-14`.
+fn signal_name(sig: cri::Signal) -> String {
+    let n = sig.as_str_name().trim_start_matches("SIGNAL_");
+    if let Some(k) = n.strip_prefix("SIGRTMINPLUS") {
+        format!("SIGRTMIN+{k}")
+    } else if let Some(k) = n.strip_prefix("SIGRTMAXMINUS") {
+        format!("SIGRTMAX-{k}")
+    } else {
+        n.to_string()
+    }
+}
+
+/// The CRI signal of a signal name (as images and [`signal_name`] write them); the runtime
+/// default when it has none.
+fn signal_of(name: &str) -> cri::Signal {
+    let Some(num) = berth_sandbox::container::signal_number(name) else {
+        return cri::Signal::RuntimeDefault;
+    };
+    (1..=65)
+        .filter_map(|v| cri::Signal::try_from(v).ok())
+        .find(|s| berth_sandbox::container::signal_number(&signal_name(*s)) == Some(num))
+        .unwrap_or(cri::Signal::RuntimeDefault)
 }
 
 fn state(s: ContainerState) -> i32 {
@@ -410,11 +456,11 @@ pub(crate) fn to_container(r: &ContainerRecord) -> cri::Container {
         metadata: Some(meta(r)),
         image: Some(image(r)),
         image_ref: r.image_ref.clone(),
+        image_id: r.image_id.clone(),
         state: state(r.state),
         created_at: r.created_ns,
         labels: map(&r.config.labels),
         annotations: map(&r.config.annotations),
-        ..Default::default()
     }
 }
 
@@ -468,6 +514,7 @@ pub(crate) fn to_container_status(r: &ContainerRecord) -> cri::ContainerStatus {
                     .as_ref()
                     .map(|i| i.sub_path.clone())
                     .unwrap_or_default(),
+                mount_options: m.options.clone(),
                 ..Default::default()
             })
             .collect(),
@@ -490,7 +537,8 @@ pub(crate) fn to_container_status(r: &ContainerRecord) -> cri::ContainerStatus {
                     .unwrap_or_default(),
             }),
         }),
-        stop_signal: cri::Signal::RuntimeDefault as i32,
+        // The signal StopContainer sends: the container's own, else its image's.
+        stop_signal: signal_of(&r.stop_signal) as i32,
     }
 }
 
@@ -614,5 +662,30 @@ pub(crate) fn to_stats(
         }),
         swap: None,
         io: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cri_signals_go_by_the_names_images_use_and_back() {
+        assert_eq!(signal_name(cri::Signal::Sigterm), "SIGTERM");
+        assert_eq!(signal_name(cri::Signal::Sigrtminplus3), "SIGRTMIN+3");
+        assert_eq!(signal_name(cri::Signal::Sigrtmaxminus14), "SIGRTMAX-14");
+        for v in 1..=65 {
+            let sig = cri::Signal::try_from(v).unwrap();
+            let back = signal_of(&signal_name(sig));
+            // Aliases (SIGIOT, SIGCLD, SIGPOLL) come back as the signal's usual name.
+            assert_eq!(
+                berth_sandbox::container::signal_number(&signal_name(back)),
+                berth_sandbox::container::signal_number(&signal_name(sig)),
+                "{sig:?}"
+            );
+            assert_ne!(back, cri::Signal::RuntimeDefault, "{sig:?}");
+        }
+        assert_eq!(signal_of("SIGQUIT"), cri::Signal::Sigquit);
+        assert_eq!(signal_of(""), cri::Signal::RuntimeDefault);
     }
 }

@@ -12,7 +12,7 @@ use berth_cri_api::v1::{
 use berth_image::{Credentials, ImageRecord};
 use tonic::{Request, Response, Status};
 
-use super::{Kind, call, detached, image_status};
+use super::{Kind, call, chunked, detached, image_status};
 
 /// Serves the CRI image API from the image service.
 #[derive(Debug, Clone)]
@@ -55,6 +55,22 @@ fn image_ref(spec: Option<&ImageSpec>) -> Result<String, Status> {
 
 #[tonic::async_trait]
 impl ImageService for ImageCri {
+    async fn stream_images(
+        &self,
+        req: Request<berth_cri_api::v1::StreamImagesRequest>,
+    ) -> Result<Response<tonic::codegen::BoxStream<berth_cri_api::v1::StreamImagesResponse>>, Status>
+    {
+        let filter = req.into_inner().filter;
+        let images = self
+            .list_images(Request::new(ListImagesRequest { filter }))
+            .await?
+            .into_inner()
+            .images;
+        Ok(Response::new(chunked(images, |images| {
+            berth_cri_api::v1::StreamImagesResponse { images }
+        })))
+    }
+
     async fn list_images(
         &self,
         req: Request<ListImagesRequest>,

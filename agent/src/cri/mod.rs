@@ -107,6 +107,24 @@ pub(crate) async fn call<T>(
 
 /// Runs a mutating call's body on its own task, so that it finishes even when the client
 /// cancels or times out (tonic drops the handler's future then).
+/// Items a `Stream*` call (Kubernetes 1.36) sends per message: far below gRPC's message size
+/// limit even for the largest items (pod stats with many containers).
+const STREAM_CHUNK: usize = 256;
+
+/// The answer of a `Stream*` call: `items` in messages of at most [`STREAM_CHUNK`], each at
+/// least one item (none for no items), each made by `wrap`.
+pub(crate) fn chunked<T: Send + 'static, R: Send + 'static>(
+    items: Vec<T>,
+    wrap: impl Fn(Vec<T>) -> R + Send + 'static,
+) -> tonic::codegen::BoxStream<R> {
+    let mut items = items.into_iter().peekable();
+    let mut chunks = Vec::new();
+    while items.peek().is_some() {
+        chunks.push(Ok(wrap(items.by_ref().take(STREAM_CHUNK).collect())));
+    }
+    Box::pin(futures::stream::iter(chunks))
+}
+
 pub(crate) async fn detached<T: Send + 'static>(
     fut: impl Future<Output = Result<T, Status>> + Send + 'static,
 ) -> Result<T, Status> {

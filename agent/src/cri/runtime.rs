@@ -14,7 +14,7 @@ use tonic::{Request, Response, Status};
 
 use super::container as ctr;
 use super::sandbox::{filter, pod_config, sandbox_status, to_pod, to_status, verbose_info};
-use super::{Kind, call, detached};
+use super::{Kind, call, chunked, detached};
 use crate::config::Config;
 
 /// Serves the CRI runtime API.
@@ -185,7 +185,7 @@ impl RuntimeService for RuntimeCri {
                 features: Some(cri::RuntimeFeatures {
                     supplemental_groups_policy: true,
                     user_namespaces_host_network: false,
-                    mount_options: false,
+                    mount_options: true,
                 }),
             })
         })
@@ -313,6 +313,85 @@ impl RuntimeService for RuntimeCri {
 
     not_yet! {
         checkpoint_container(CheckpointContainerRequest) -> CheckpointContainerResponse, "CheckpointContainer", "checkpointing is not supported";
+    }
+
+    async fn stream_pod_sandboxes(
+        &self,
+        req: Request<cri::StreamPodSandboxesRequest>,
+    ) -> Result<Response<tonic::codegen::BoxStream<cri::StreamPodSandboxesResponse>>, Status> {
+        let filter = req.into_inner().filter;
+        let items = self
+            .list_pod_sandbox(Request::new(cri::ListPodSandboxRequest { filter }))
+            .await?
+            .into_inner()
+            .items;
+        Ok(Response::new(chunked(items, |pod_sandboxes| {
+            cri::StreamPodSandboxesResponse { pod_sandboxes }
+        })))
+    }
+
+    async fn stream_containers(
+        &self,
+        req: Request<cri::StreamContainersRequest>,
+    ) -> Result<Response<tonic::codegen::BoxStream<cri::StreamContainersResponse>>, Status> {
+        let filter = req.into_inner().filter;
+        let items = self
+            .list_containers(Request::new(cri::ListContainersRequest { filter }))
+            .await?
+            .into_inner()
+            .containers;
+        Ok(Response::new(chunked(items, |containers| {
+            cri::StreamContainersResponse { containers }
+        })))
+    }
+
+    async fn stream_container_stats(
+        &self,
+        req: Request<cri::StreamContainerStatsRequest>,
+    ) -> Result<Response<tonic::codegen::BoxStream<cri::StreamContainerStatsResponse>>, Status>
+    {
+        let filter = req.into_inner().filter;
+        let items = self
+            .list_container_stats(Request::new(cri::ListContainerStatsRequest { filter }))
+            .await?
+            .into_inner()
+            .stats;
+        Ok(Response::new(chunked(items, |container_stats| {
+            cri::StreamContainerStatsResponse { container_stats }
+        })))
+    }
+
+    async fn stream_pod_sandbox_stats(
+        &self,
+        req: Request<cri::StreamPodSandboxStatsRequest>,
+    ) -> Result<Response<tonic::codegen::BoxStream<cri::StreamPodSandboxStatsResponse>>, Status>
+    {
+        let filter = req.into_inner().filter;
+        let items = self
+            .list_pod_sandbox_stats(Request::new(cri::ListPodSandboxStatsRequest { filter }))
+            .await?
+            .into_inner()
+            .stats;
+        Ok(Response::new(chunked(items, |pod_sandbox_stats| {
+            cri::StreamPodSandboxStatsResponse { pod_sandbox_stats }
+        })))
+    }
+
+    async fn stream_pod_sandbox_metrics(
+        &self,
+        _req: Request<cri::StreamPodSandboxMetricsRequest>,
+    ) -> Result<Response<tonic::codegen::BoxStream<cri::StreamPodSandboxMetricsResponse>>, Status>
+    {
+        let items = self
+            .list_pod_sandbox_metrics(Request::new(cri::ListPodSandboxMetricsRequest {}))
+            .await?
+            .into_inner()
+            .pod_metrics;
+        Ok(Response::new(chunked(items, |pod_sandbox_metrics| {
+            cri::StreamPodSandboxMetricsResponse {
+                pod_sandbox_metrics,
+            }
+        })))
     }
 
     async fn list_metric_descriptors(

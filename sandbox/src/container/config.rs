@@ -38,6 +38,9 @@ pub struct Mount {
     /// is filled in by CreateContainer with where berth mounted them).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<ImageMount>,
+    /// Extra bind mount options: `noexec`, `nodev`, `nosuid`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub options: Vec<String>,
 }
 
 /// The image of an image volume (KEP-4639).
@@ -189,6 +192,10 @@ pub struct ContainerConfig {
     pub resources: Resources,
     /// Security.
     pub security: Security,
+    /// The signal that stops it (`SIGTERM`, `SIGRTMIN+3`, …), replacing the image's
+    /// (KEP-4960); empty: the image's, else SIGTERM.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub stop_signal: String,
 }
 
 fn is_merge(p: &crate::users::GroupsPolicy) -> bool {

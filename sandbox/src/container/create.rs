@@ -75,11 +75,15 @@ impl Runtime {
             pid: 0,
             log_path: (!pod.config.log_directory.is_empty() && !config.log_path.is_empty())
                 .then(|| Path::new(&pod.config.log_directory).join(&config.log_path)),
-            stop_signal: image_config
-                .config
-                .as_ref()
-                .map(|c| c.stop_signal.clone())
-                .unwrap_or_default(),
+            stop_signal: if config.stop_signal.is_empty() {
+                image_config
+                    .config
+                    .as_ref()
+                    .map(|c| c.stop_signal.clone())
+                    .unwrap_or_default()
+            } else {
+                config.stop_signal.clone()
+            },
             spec: None,
             oom: false,
         };

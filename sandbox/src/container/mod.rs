@@ -31,3 +31,4 @@ pub use config::*;
 pub use exec::{EXEC_OUTPUT_LIMIT, ExecOutput};
 pub use record::*;
 pub use stats::LAYER_USAGE_TTL;
+pub use stop::signal_number;

@@ -107,11 +107,29 @@ impl Runtime {
     }
 }
 
-fn signal_number(name: &str) -> Option<u32> {
+/// The number of signal `name` (`SIGTERM`, `term`, `15`, `SIGRTMIN+3`, `SIGRTMAX-2`) on Linux.
+pub fn signal_number(name: &str) -> Option<u32> {
     let n = name.trim().to_ascii_uppercase();
     let n = n.strip_prefix("SIG").unwrap_or(&n);
     if let Ok(v) = n.parse::<u32>() {
         return (1..=64).contains(&v).then_some(v);
+    }
+    // Real-time signals as the C library numbers them for programs: RTMIN is 34 (glibc and
+    // musl keep 32 and 33), RTMAX 64.
+    let offset = |rest: &str| rest.parse::<u32>().ok().filter(|v| *v <= 30);
+    if let Some(rest) = n.strip_prefix("RTMIN") {
+        return match rest.strip_prefix('+') {
+            None if rest.is_empty() => Some(34),
+            Some(k) => offset(k).map(|k| 34 + k),
+            None => None,
+        };
+    }
+    if let Some(rest) = n.strip_prefix("RTMAX") {
+        return match rest.strip_prefix('-') {
+            None if rest.is_empty() => Some(64),
+            Some(k) => offset(k).map(|k| 64 - k),
+            None => None,
+        };
     }
     Some(match n {
         "HUP" => 1,
@@ -130,7 +148,7 @@ fn signal_number(name: &str) -> Option<u32> {
         "ALRM" => 14,
         "TERM" => 15,
         "STKFLT" => 16,
-        "CHLD" => 17,
+        "CHLD" | "CLD" => 17,
         "CONT" => 18,
         "STOP" => 19,
         "TSTP" => 20,
@@ -159,6 +177,11 @@ mod tests {
         assert_eq!(signal_number("SIGTERM"), Some(15));
         assert_eq!(signal_number("sigquit"), Some(3));
         assert_eq!(signal_number("9"), Some(9));
-        assert_eq!(signal_number("SIGRTMIN+3"), None);
+        assert_eq!(signal_number("SIGRTMIN+3"), Some(37));
+        assert_eq!(signal_number("SIGRTMIN"), Some(34));
+        assert_eq!(signal_number("SIGRTMAX-14"), Some(50));
+        assert_eq!(signal_number("SIGRTMAX"), Some(64));
+        assert_eq!(signal_number("SIGRTMIN+31"), None);
+        assert_eq!(signal_number("SIGRTMINX"), None);
     }
 }

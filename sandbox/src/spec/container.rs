@@ -286,10 +286,12 @@ impl ContainerSpec<'_> {
                 (false, true) => "ro",
                 (false, false) => "rw",
             };
+            let mut options = vec!["rbind", prop, mode];
+            options.extend(m.options.iter().map(String::as_str));
             mounts.push(Mount::bind(
                 &m.container_path,
                 src.display().to_string(),
-                &["rbind", prop, mode],
+                &options,
             ));
         }
         Ok((mounts, rootfs_propagation))

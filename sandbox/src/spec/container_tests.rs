@@ -308,6 +308,7 @@ fn mount_propagation_is_checked_against_the_hosts_mount() {
             recursive_read_only: false,
             propagation,
             image: None,
+            options: vec![],
         }],
         ..Default::default()
     };
@@ -346,6 +347,7 @@ fn a_mount_is_read_write_read_only_or_recursively_read_only() {
             recursive_read_only,
             propagation: Propagation::Private,
             image: None,
+            options: vec![],
         }],
         ..Default::default()
     };
@@ -361,6 +363,13 @@ fn a_mount_is_read_write_read_only_or_recursively_read_only() {
             "readonly {ro}, recursive {rro}"
         );
     }
+    let mut c = with(true, false);
+    c.mounts[0].options = vec!["noexec".into(), "nosuid".into()];
+    let s = build_on(&host, &c, &pod(), &busybox(), None).unwrap();
+    assert_eq!(
+        mount(&s, "/m")[0].options,
+        ["rbind", "rprivate", "ro", "noexec", "nosuid"]
+    );
 }
 
 fn ns(s: &Spec) -> Vec<(NamespaceKind, Option<String>)> {
