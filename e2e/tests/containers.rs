@@ -1050,7 +1050,7 @@ async fn an_image_volume_shows_the_images_files_read_only_and_leaves_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn the_stop_signal_and_mount_options_of_the_config_are_honoured() {
+async fn cri_1_37_stop_signal_mount_options_and_stream_calls_work() {
     use berth_e2e::apps::stop;
     let env = env_with("").await;
     let pcfg = pod_config("signals");
@@ -1116,6 +1116,53 @@ async fn the_stop_signal_and_mount_options_of_the_config_are_honoured() {
         status(&env, &id).await.mounts[0].mount_options,
         ["noexec", "nodev"]
     );
+
+    // The Stream* calls (Kubernetes 1.36) answer what the List calls do.
+    use futures::StreamExt;
+    let mut rt = env.cri.runtime.clone();
+    let streamed: Vec<String> = rt
+        .stream_containers(cri::StreamContainersRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .flat_map(|r| futures::stream::iter(r.unwrap().containers))
+        .map(|c| c.id)
+        .collect()
+        .await;
+    let mut listed: Vec<String> = rt
+        .list_containers(cri::ListContainersRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .containers
+        .into_iter()
+        .map(|c| c.id)
+        .collect();
+    let mut streamed = streamed;
+    streamed.sort();
+    listed.sort();
+    assert_eq!((streamed.len(), &streamed), (2, &listed));
+    let pods: usize = rt
+        .stream_pod_sandboxes(cri::StreamPodSandboxesRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .map(|r| r.unwrap().pod_sandboxes.len())
+        .fold(0, |a, n| async move { a + n })
+        .await;
+    assert_eq!(pods, 1);
+    let images: usize = env
+        .cri
+        .image
+        .clone()
+        .stream_images(cri::StreamImagesRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .map(|r| r.unwrap().images.len())
+        .fold(0, |a, n| async move { a + n })
+        .await;
+    assert_eq!(images, 2, "the app and the pause image");
 
     env.stop(&pod).await.unwrap();
     env.remove(&pod).await.unwrap();
