@@ -3,6 +3,7 @@
 pub mod cli;
 pub mod config;
 pub mod cri;
+pub mod deadline;
 pub mod doctor;
 pub mod h2fix;
 pub mod install;

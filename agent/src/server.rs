@@ -102,6 +102,7 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         .max_encoding_message_size(MAX_MESSAGE);
     tracing::info!(address = %cfg.address.display(), "serving CRI");
     let res = tonic::transport::Server::builder()
+        .layer(crate::deadline::DeadlineLayer)
         .add_service(runtime)
         .add_service(image)
         .serve_with_incoming_shutdown(

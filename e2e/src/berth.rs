@@ -44,6 +44,34 @@ pub struct Cri {
     pub image: ImageServiceClient<Channel>,
 }
 
+/// An ImageService client over a bare HTTP/2 connection to `socket`: unlike a tonic
+/// channel, it sends a request's `grpc-timeout` without enforcing it, so that what comes back
+/// is berth's own answer to a passed deadline.
+pub async fn image_client_without_deadlines(
+    socket: &Path,
+) -> anyhow::Result<
+    ImageServiceClient<
+        tower::util::BoxCloneService<
+            http::Request<tonic::body::Body>,
+            http::Response<hyper::body::Incoming>,
+            hyper::Error,
+        >,
+    >,
+> {
+    let io = hyper_util::rt::TokioIo::new(tokio::net::UnixStream::connect(socket).await?);
+    let (send, conn) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io).await?;
+    tokio::spawn(conn);
+    let svc = tower::service_fn(move |req: http::Request<tonic::body::Body>| {
+        let mut send = send.clone();
+        async move { send.send_request(req).await }
+    });
+    Ok(ImageServiceClient::with_origin(
+        tower::util::BoxCloneService::new(svc),
+        "http://localhost".parse()?,
+    ))
+}
+
 impl Cri {
     /// PullImage `image` with no credentials; the image ref on success.
     pub async fn pull(&self, image: &str) -> anyhow::Result<String> {
