@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use berth_cri_api::v1 as cri;
-use berth_e2e::apps::{APP, create, ctr, env_with, exec, runtime_status, start, status};
+use berth_e2e::apps::{create, ctr, env_with, exec, runtime_status, start, status};
 use berth_e2e::pods::pod_config;
 use berth_e2e::wait_until;
 use tonic::Code;
@@ -206,19 +206,6 @@ async fn two_containers_share_localhost_and_exec_sync_reports_output_and_codes()
         exec(&env, "nope", &["true"], 1).await.unwrap_err().code(),
         Code::NotFound
     );
-    // An image volume is a feature berth lacks, not a bad request: Unimplemented.
-    let mut imgvol = ctr("imgvol", &["true"]);
-    imgvol.mounts = vec![cri::Mount {
-        container_path: "/data".into(),
-        image: Some(cri::ImageSpec {
-            image: APP.into(),
-            ..Default::default()
-        }),
-        readonly: true,
-        ..Default::default()
-    }];
-    let e = create(&env, &pod, &pcfg, imgvol).await.unwrap_err();
-    assert_eq!(e.code(), Code::Unimplemented, "{e:?}");
     // Stopping a container that does not exist is not an error (CRI: idempotent).
     rt.stop_container(cri::StopContainerRequest {
         container_id: "0123456789abcdef-gone".into(),

@@ -817,3 +817,68 @@ async fn exec_and_port_forward_through_the_kubelets_streaming_proxy_reach_berth(
     assert!(page.contains("hello over localhost"), "{page}");
     k.assert_no_runtime_errors_since(log_from);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_image_volume_of_a_pod_mounts_the_images_files_read_only() {
+    let env = KubeletEnv::start(KubeletOptions {
+        feature_gates: vec!["ImageVolume"],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let k = &env.kubelet;
+    let log_from = k.log().len();
+    let mut c = sh("reader", "exec sleep 3600");
+    c["volumeMounts"] = json!([
+        {"name": "app", "mountPath": "/app"},
+        {"name": "app", "mountPath": "/www-only", "subPath": "www"},
+    ]);
+    k.add_pod(&pod(
+        "imagevol",
+        json!([c]),
+        json!({"volumes": [
+            {"name": "app", "image": {"reference": APP, "pullPolicy": "IfNotPresent"}}
+        ]}),
+    ))
+    .unwrap();
+    k.wait_pod("imagevol", CONVERGE, "running", all_ready)
+        .await
+        .unwrap();
+    // (The kubelet's /run splits the command at spaces: no shell.)
+    let out = k
+        .run_in(
+            "imagevol",
+            "reader",
+            "cat /app/www/index.html /www-only/index.html",
+        )
+        .await
+        .unwrap();
+    assert_eq!(out, "hello over localhost\nhello over localhost\n");
+    let e = k
+        .run_in("imagevol", "reader", "touch /app/x")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("Read-only file system"), "{e}");
+
+    // Removing the manifest stops the pod and removes its container, and with it the image
+    // volume's mount (the sandbox itself goes at the kubelet's next container GC, a minute
+    // later: that the other tests check).
+    let state = env.env().berth.state.clone();
+    let volumes_left = || {
+        std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(4).map(str::to_string))
+            .filter(|p| p.starts_with(&state.display().to_string()) && p.contains("image-volumes"))
+            .count()
+    };
+    assert_eq!(volumes_left(), 2, "one mount per image volume");
+    k.remove_pod("imagevol").unwrap();
+    let unmounted = berth_e2e::wait_until(CONVERGE, || volumes_left() == 0);
+    assert!(
+        unmounted,
+        "image volumes still mounted after the pod was removed"
+    );
+    k.assert_no_runtime_errors_since(log_from);
+}
