@@ -926,6 +926,7 @@ async fn an_image_volume_shows_the_images_files_read_only_and_leaves_nothing() {
         })
         .await
         .unwrap();
+    let before_data = snapshots();
     let image_ref = env.cri.pull(data).await.unwrap();
     let before = snapshots();
     let absent = "app.invalid/berth-e2e/absent:1";
@@ -1034,6 +1035,9 @@ async fn an_image_volume_shows_the_images_files_read_only_and_leaves_nothing() {
     env.stop(&pod).await.unwrap();
     env.remove(&pod).await.unwrap();
     env.assert_clean();
+    // The data image's layers went with the last container that used them (and the pod's
+    // own writable snapshot with the pod).
+    assert_eq!(snapshots(), before_data - 1);
 }
 
 #[tokio::test(flavor = "multi_thread")]

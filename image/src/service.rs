@@ -885,6 +885,22 @@ impl ImageService {
         self.gc().await
     }
 
+    /// Collects garbage when one of `chains` (what a removed writable snapshot or image volume
+    /// stood on) belongs to no image any more: its image was removed while a container still
+    /// used it, and that container was the last.
+    pub async fn gc_unless_referenced(&self, chains: &[Digest]) -> Result<()> {
+        let orphaned = {
+            let index = self.index.read().unwrap_or_else(|p| p.into_inner());
+            chains
+                .iter()
+                .any(|c| !index.images.values().any(|r| r.chain_ids.contains(c)))
+        };
+        if orphaned {
+            self.gc().await?;
+        }
+        Ok(())
+    }
+
     /// Deletes snapshots and blobs no image references.
     pub async fn gc(&self) -> Result<()> {
         let _w = self.gc.write().await;

@@ -26,12 +26,26 @@ impl Runtime {
         self.reap_container(&id).await;
         let bundle = self.ctr_dir(&id).join("bundle");
         crate::pod::unmount(&bundle.join("rootfs"))?;
+        // What the container's snapshots stand on: layers whose image went meanwhile are
+        // collected once nothing uses them.
+        let stood_on: Vec<_> = self
+            .images()
+            .snapshots()
+            .active()
+            .map_err(Error::Image)?
+            .into_iter()
+            .filter(|(k, _)| crate::container::volumes::owner_of(k) == id)
+            .filter_map(|(_, a)| a.parent)
+            .collect();
         self.images()
             .snapshots()
             .remove_active(&id)
             .map_err(Error::Image)?;
         let dir = self.ctr_dir(&id);
         self.remove_image_volumes(&id, &dir)?;
+        if let Err(e) = self.images().gc_unless_referenced(&stood_on).await {
+            tracing::warn!(container = id, err = %e, "cannot remove the layers of a removed image");
+        }
         crate::process::remove_dir_all_blocking(dir).await?;
         if let Some(path) = rec.cgroups_path().map(str::to_string) {
             let _ = tokio::task::spawn_blocking(move || {
