@@ -340,6 +340,11 @@ impl Snapshotter {
         Ok(Some(id))
     }
 
+    /// The writable snapshot (or view) `key`, if there is one.
+    pub fn active_record(&self, key: &str) -> Result<Option<ActiveRecord>> {
+        self.store.get(ACTIVE, key)
+    }
+
     /// Every writable snapshot.
     pub fn active(&self) -> Result<Vec<(String, ActiveRecord)>> {
         self.store.list(ACTIVE)

@@ -28,21 +28,22 @@ impl Runtime {
         crate::pod::unmount(&bundle.join("rootfs"))?;
         // What the container's snapshots stand on: layers whose image went meanwhile are
         // collected once nothing uses them.
-        let stood_on: Vec<_> = self
+        let mut stood_on: Vec<_> = self
             .images()
             .snapshots()
-            .active()
+            .active_record(&id)
             .map_err(Error::Image)?
+            .and_then(|a| a.parent)
             .into_iter()
-            .filter(|(k, _)| crate::container::volumes::owner_of(k) == id)
-            .filter_map(|(_, a)| a.parent)
             .collect();
         self.images()
             .snapshots()
             .remove_active(&id)
             .map_err(Error::Image)?;
         let dir = self.ctr_dir(&id);
-        self.remove_image_volumes(&id, &dir)?;
+        if rec.config.mounts.iter().any(|m| m.image.is_some()) {
+            stood_on.extend(self.remove_image_volumes(&id, &dir)?);
+        }
         if let Err(e) = self.images().gc_unless_referenced(&stood_on).await {
             tracing::warn!(container = id, err = %e, "cannot remove the layers of a removed image");
         }

@@ -84,19 +84,25 @@ impl Runtime {
     }
 
     /// Unmounts the image volumes of container `id` (under `dir`, its directory) and removes
-    /// their views. Idempotent.
-    pub(crate) fn remove_image_volumes(&self, id: &str, dir: &Path) -> Result<()> {
+    /// their views; returns the chains they stood on. Idempotent.
+    pub(crate) fn remove_image_volumes(
+        &self,
+        id: &str,
+        dir: &Path,
+    ) -> Result<Vec<berth_image::Digest>> {
         unmount_image_volumes(dir);
         let views = self.images().snapshots().active().map_err(Error::Image)?;
-        for (key, _) in views {
+        let mut stood_on = Vec::new();
+        for (key, view) in views {
             if key != id && owner_of(&key) == id {
                 self.images()
                     .snapshots()
                     .remove_active(&key)
                     .map_err(Error::Image)?;
+                stood_on.extend(view.parent);
             }
         }
-        Ok(())
+        Ok(stood_on)
     }
 }
 
