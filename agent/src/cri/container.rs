@@ -411,12 +411,20 @@ fn signal_name(sig: cri::Signal) -> String {
 /// The CRI signal of a signal name (as images and [`signal_name`] write them); the runtime
 /// default when it has none.
 fn signal_of(name: &str) -> cri::Signal {
-    let Some(num) = berth_sandbox::container::signal_number(name) else {
-        return cri::Signal::RuntimeDefault;
-    };
-    (1..=65)
-        .filter_map(|v| cri::Signal::try_from(v).ok())
-        .find(|s| berth_sandbox::container::signal_number(&signal_name(*s)) == Some(num))
+    // By signal number, made once (ContainerStatus asks for every container): the first
+    // CRI signal with that number, so aliases (SIGIOT, SIGCLD, SIGPOLL) give the usual name.
+    static BY_NUMBER: std::sync::OnceLock<[cri::Signal; 65]> = std::sync::OnceLock::new();
+    let table = BY_NUMBER.get_or_init(|| {
+        let mut t = [cri::Signal::RuntimeDefault; 65];
+        for sig in (1..=65).rev().filter_map(|v| cri::Signal::try_from(v).ok()) {
+            if let Some(n) = berth_sandbox::container::signal_number(&signal_name(sig)) {
+                t[n as usize] = sig;
+            }
+        }
+        t
+    });
+    berth_sandbox::container::signal_number(name)
+        .and_then(|n| table.get(n as usize).copied())
         .unwrap_or(cri::Signal::RuntimeDefault)
 }
 

@@ -106,15 +106,14 @@ impl Runtime {
                 .prepare(&id, image.top_chain())
                 .map_err(Error::Image)?;
             lap("snapshot");
-            let config = if config.mounts.iter().any(|m| m.image.is_some()) {
+            // Image volumes: mounted, and the record keeps where (their host paths).
+            if config.mounts.iter().any(|m| m.image.is_some()) {
                 let mut c = config.clone();
                 self.mount_image_volumes(&id, &dir, &mut c)?;
-                rec.config = Arc::new(c.clone());
+                rec.config = Arc::new(c);
                 lap("image volumes");
-                c
-            } else {
-                config.clone()
-            };
+            }
+            let config = rec.config.clone();
             let accounts = {
                 let mounts = mounts.clone();
                 tokio::task::spawn_blocking(move || Accounts::from_mounts(&mounts))
