@@ -47,6 +47,10 @@ pub struct StreamConfig {
     /// TLS certificate chain and key (PEM); both empty: plain HTTP.
     pub tls_cert: PathBuf,
     pub tls_key: PathBuf,
+    /// Sessions one client (by IP address) may hold open at once.
+    pub max_sessions_per_client: usize,
+    /// Streams one session may hold open at once.
+    pub max_streams_per_session: usize,
 }
 
 impl Default for StreamConfig {
@@ -58,6 +62,8 @@ impl Default for StreamConfig {
             idle_timeout_seconds: 4 * 3600,
             tls_cert: PathBuf::new(),
             tls_key: PathBuf::new(),
+            max_sessions_per_client: 128,
+            max_streams_per_session: 256,
         }
     }
 }
@@ -94,13 +100,26 @@ pub struct LazyPullConfig {
     pub registries: Vec<String>,
     /// Fetch every chunk in the background after the prefetch (else only what is read).
     pub background_fetch: bool,
+    /// How long a read of a file not on disk yet may wait for its registry, in seconds.
+    pub read_timeout_seconds: u64,
+    /// A layer's uncompressed table of contents, at most (bytes).
+    pub max_toc_size: u64,
+    /// Memory one layer's tree may take, at most (bytes).
+    pub max_tree_memory: u64,
+    /// One chunk's uncompressed size, at most (bytes).
+    pub max_chunk_size: u64,
 }
 
 impl Default for LazyPullConfig {
     fn default() -> Self {
+        let limits = berth_lazy::toc::Limits::default();
         LazyPullConfig {
             registries: vec![],
             background_fetch: true,
+            read_timeout_seconds: 30,
+            max_toc_size: limits.max_toc,
+            max_tree_memory: limits.max_tree,
+            max_chunk_size: limits.max_chunk,
         }
     }
 }

@@ -58,6 +58,7 @@ pub async fn run(cfg: &Config) -> Vec<Check> {
     c.extend(registry(cfg));
     c.extend(decryption_keys(&cfg.image_decryption.keys_dir));
     c.push(fuse(!cfg.lazy_pull.registries.is_empty()));
+    c.push(quarantined_layers(&cfg.root));
     c.extend(daemon(cfg).await);
     c
 }
@@ -528,6 +529,26 @@ fn fuse(lazy_pull: bool) -> Check {
             )
         },
     }
+}
+
+/// Lazily pulled layers berth refused to serve again after a restart (a table of contents
+/// over the limits, a background fetch that killed berth): their images must be pulled anew.
+fn quarantined_layers(root: &Path) -> Check {
+    const NAME: &str = "quarantined layers";
+    let q = berth_image::lazy::quarantined(root);
+    if q.is_empty() {
+        return pass("registry", NAME, "none");
+    }
+    let list: Vec<String> = q
+        .iter()
+        .map(|(dir, why)| format!("{}: {why}", dir.display()))
+        .collect();
+    fail(
+        "registry",
+        NAME,
+        list.join("; "),
+        "remove the images these layers belong to (crictl rmi; berth's log names each image) and pull them again",
+    )
 }
 
 /// The node's keys for encrypted images: optional, so every miss is a warning.

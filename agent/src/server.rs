@@ -49,6 +49,14 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
             lazy: berth_image::lazy::LazyConfig {
                 registries: cfg.lazy_pull.registries.clone(),
                 background_fetch: cfg.lazy_pull.background_fetch,
+                limits: berth_lazy::toc::Limits {
+                    max_toc: cfg.lazy_pull.max_toc_size,
+                    max_tree: cfg.lazy_pull.max_tree_memory,
+                    max_chunk: cfg.lazy_pull.max_chunk_size,
+                },
+                read_timeout: std::time::Duration::from_secs(
+                    cfg.lazy_pull.read_timeout_seconds.max(1),
+                ),
                 holder: std::env::current_exe()
                     .ok()
                     .map(|exe| berth_image::lazy::HolderConfig {
@@ -134,6 +142,8 @@ fn stream_config(cfg: &Config) -> anyhow::Result<berth_stream::StreamConfig> {
             .then(|| std::time::Duration::from_secs(cfg.stream.idle_timeout_seconds)),
         tls: (!cfg.stream.tls_cert.as_os_str().is_empty())
             .then(|| (cfg.stream.tls_cert.clone(), cfg.stream.tls_key.clone())),
+        max_sessions_per_client: cfg.stream.max_sessions_per_client,
+        max_streams_per_session: cfg.stream.max_streams_per_session,
         ..Default::default()
     })
 }

@@ -18,7 +18,7 @@ use std::time::Duration;
 use berth_lazy::fetch::BlobReader;
 use berth_lazy::fuse::Mount;
 use berth_lazy::layer::LazyLayer;
-use berth_lazy::toc::Toc;
+use berth_lazy::toc::{Limits, Toc};
 
 use crate::manifest::Descriptor;
 use crate::reference::Digest;
@@ -39,7 +39,7 @@ pub struct HolderConfig {
 }
 
 /// Which registries' eStargz layers are pulled lazily.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct LazyConfig {
     /// Registry hosts (`host` or `host:port`, as in image references); `*` means all.
     pub registries: Vec<String>,
@@ -47,6 +47,22 @@ pub struct LazyConfig {
     pub background_fetch: bool,
     /// The connection holder; none: mounts do not survive a restart of this process.
     pub holder: Option<HolderConfig>,
+    /// What a layer's TOC may declare.
+    pub limits: Limits,
+    /// How long a read may wait for its chunk.
+    pub read_timeout: Duration,
+}
+
+impl Default for LazyConfig {
+    fn default() -> Self {
+        LazyConfig {
+            registries: vec![],
+            background_fetch: false,
+            holder: None,
+            limits: Limits::default(),
+            read_timeout: berth_lazy::layer::READ_TIMEOUT,
+        }
+    }
 }
 
 impl LazyConfig {
@@ -79,21 +95,68 @@ pub(crate) struct RegistryBlob {
 
 impl BlobReader for RegistryBlob {
     fn read_range(&self, offset: u64, len: u64) -> io::Result<Vec<u8>> {
+        self.read_range_within(offset, len, RANGE_TIMEOUT)
+    }
+
+    fn read_range_within(&self, offset: u64, len: u64, timeout: Duration) -> io::Result<Vec<u8>> {
         // A host given up on once is tried again: this session lives as long as the layer.
         self.session.retry_all_hosts();
         let read = self.session.blob_range(&self.digest, offset, len);
+        let timeout = timeout.min(RANGE_TIMEOUT);
         // The timer is made inside the runtime: this thread is not one of its workers.
         match self
             .rt
-            .block_on(async { tokio::time::timeout(RANGE_TIMEOUT, read).await })
+            .block_on(async { tokio::time::timeout(timeout, read).await })
         {
             Ok(Ok(b)) => Ok(b.to_vec()),
             Ok(Err(e)) => Err(io::Error::other(e.to_string())),
-            Err(_) => Err(io::Error::other(format!(
-                "no answer within {RANGE_TIMEOUT:?}"
-            ))),
+            Err(_) => Err(io::Error::other(format!("no answer within {timeout:?}"))),
         }
     }
+}
+
+/// A layer's file counting the fills that started and died before storing anything.
+const FILL_STRIKES: &str = "fill-strikes";
+/// Fills that may die so before the layer is quarantined.
+const MAX_FILL_STRIKES: u32 = 2;
+/// A quarantined layer's file: why it is not served.
+pub const QUARANTINED: &str = "quarantined";
+
+fn fill_strikes(path: &Path) -> u32 {
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Why the lazily pulled layer in snapshot directory `dir` must not be served again after a
+/// restart, if it must not: a background fill that died with berth too often.
+pub(crate) fn unsafe_to_resume(dir: &Path) -> Option<String> {
+    let n = fill_strikes(&dir.join(FILL_STRIKES));
+    (n >= MAX_FILL_STRIKES).then(|| {
+        format!("its background fetch was started {n} times and berth died before it stored anything each time")
+    })
+}
+
+/// Marks the layer in `dir` quarantined for `reason` (kept for `berth doctor`).
+pub(crate) fn quarantine(dir: &Path, reason: &str) {
+    let _ = std::fs::write(dir.join(QUARANTINED), reason);
+}
+
+/// The quarantined lazily pulled layers under berth's root: (snapshot directory, reason).
+pub fn quarantined(root: &Path) -> Vec<(std::path::PathBuf, String)> {
+    let Ok(dirs) = std::fs::read_dir(root.join("snapshots")) else {
+        return vec![];
+    };
+    let mut out: Vec<_> = dirs
+        .flatten()
+        .filter_map(|d| {
+            let reason = std::fs::read_to_string(d.path().join(QUARANTINED)).ok()?;
+            Some((d.path(), reason))
+        })
+        .collect();
+    out.sort();
+    out
 }
 
 struct Mounted {
@@ -188,10 +251,12 @@ impl LazyLayers {
         name: &str,
         toc: Toc,
         blob: Box<dyn BlobReader>,
-        background_fetch: bool,
+        (background_fetch, read_timeout): (bool, Duration),
         held: Option<std::os::fd::OwnedFd>,
     ) -> io::Result<()> {
-        let layer = Arc::new(LazyLayer::new(name, toc, blob, &dir.join("chunks"))?);
+        let layer = Arc::new(
+            LazyLayer::new(name, toc, blob, &dir.join("chunks"))?.with_read_timeout(read_timeout),
+        );
         let mount = match held {
             Some(fd) => Mount::adopt(&dir.join("fs"), fd.into(), layer.clone(), FUSE_THREADS),
             None => {
@@ -205,14 +270,25 @@ impl LazyLayers {
         let stop = Arc::new(AtomicBool::new(false));
         {
             let (layer, stop, name) = (layer.clone(), stop.clone(), name.to_string());
+            let strikes = dir.join(FILL_STRIKES);
             std::thread::Builder::new()
                 .name("lazy-fill".into())
                 .spawn(move || {
-                    let r = if background_fetch {
-                        layer.fill(&stop)
-                    } else {
-                        layer.prefetch(&stop)
+                    // Counted before the first range and forgotten after it: a fill that
+                    // kills berth before it stores anything is not started a third time.
+                    let _ = std::fs::write(&strikes, (fill_strikes(&strikes) + 1).to_string());
+                    let mut first = Some(strikes);
+                    let mut progressed = || {
+                        if let Some(p) = first.take() {
+                            let _ = std::fs::remove_file(p);
+                        }
                     };
+                    let r = if background_fetch {
+                        layer.fill(&stop, &mut progressed)
+                    } else {
+                        layer.prefetch(&stop, &mut progressed)
+                    };
+                    progressed();
                     match r {
                         Ok(()) if stop.load(Ordering::Relaxed) => {}
                         Ok(()) => {

@@ -301,7 +301,9 @@ impl ImageService {
         let manifest_size = blobs.last().map_or(0, |b| b.1);
         // Every encrypted layer's key is unwrapped before anything is downloaded: a node
         // without the key learns so at once, even when the layers are already here.
-        let layer_keys = self.unwrap_layer_keys(&r, &manifest.layers).await?;
+        let layer_keys = self
+            .unwrap_layer_keys(&r, &manifest.layers, &cancel)
+            .await?;
 
         let config_bytes =
             unless_cancelled(token, &r, self.fetch_config(&session, &manifest.config)).await?;
@@ -392,6 +394,7 @@ impl ImageService {
         &self,
         r: &Reference,
         layers: &[Descriptor],
+        cancel: &Arc<AtomicBool>,
     ) -> Result<Vec<Option<LayerKey>>> {
         if !layers
             .iter()
@@ -400,7 +403,7 @@ impl ImageService {
             return Ok(vec![None; layers.len()]);
         }
         let dir = self.cfg.decryption_keys_dir.clone();
-        let (layers, image) = (layers.to_vec(), r.to_string());
+        let (layers, image, cancel) = (layers.to_vec(), r.to_string(), cancel.clone());
         tokio::task::spawn_blocking(move || {
             let ring = KeyRing::load(&dir);
             tracing::debug!(image = %image, keys = ?ring, "unwrapping layer keys");
@@ -410,7 +413,7 @@ impl ImageService {
                     if !berth_imgcrypt::is_encrypted(&l.media_type) {
                         return Ok(None);
                     }
-                    LayerKey::open(&l.annotations, &ring)
+                    LayerKey::open_cancellable(&l.annotations, &ring, &cancel)
                         .map(Some)
                         .map_err(|e| {
                             let mut reason = e.to_string();
@@ -533,16 +536,15 @@ impl ImageService {
             digest: desc.digest.clone(),
             rt: tokio::runtime::Handle::current(),
         };
+        let tmp = self.snapshots.tmp()?;
         let (size, want) = (desc.size, toc_digest.to_string());
-        let (toc, json, blob) = tokio::task::spawn_blocking(move || {
-            berth_lazy::fetch::open_json(&blob, size, &want).map(|(t, j)| (t, j, blob))
+        let (limits, toc_path) = (self.cfg.lazy.limits, tmp.dir().join(LAZY_TOC));
+        let (toc, blob) = tokio::task::spawn_blocking(move || {
+            berth_lazy::fetch::open_to(&blob, size, &want, &limits, &toc_path).map(|t| (t, blob))
         })
         .await
         .map_err(|e| Error::io("open a lazy layer", io::Error::other(e)))?
         .map_err(|e| Error::bad(format!("layer {}", desc.digest), e.to_string()))?;
-        let tmp = self.snapshots.tmp()?;
-        std::fs::write(tmp.dir().join(LAZY_TOC), &json)
-            .map_err(|e| Error::io("write a lazy layer's TOC", e))?;
         let stats = LayerStats {
             bytes: toc.nodes.iter().map(|n| n.size).sum(),
             inodes: toc.nodes.len() as u64,
@@ -563,7 +565,7 @@ impl ImageService {
             desc.digest.to_string(),
             chain.clone(),
         );
-        let fill = self.cfg.lazy.background_fetch;
+        let fill = (self.cfg.lazy.background_fetch, self.cfg.lazy.read_timeout);
         let started = tokio::task::spawn_blocking(move || {
             lazy.start(&c, &dir, &name, toc, Box::new(blob), fill, None)
         })
@@ -617,20 +619,47 @@ impl ImageService {
                 rt: tokio::runtime::Handle::current(),
             };
             let (lazy, name, c) = (self.lazy.clone(), src.blob.to_string(), chain.clone());
-            let fill = self.cfg.lazy.background_fetch;
+            let fill = (self.cfg.lazy.background_fetch, self.cfg.lazy.read_timeout);
+            let limits = self.cfg.lazy.limits;
             let kept = held.remove(chain.as_str());
-            let resumed = tokio::task::spawn_blocking(move || -> io::Result<()> {
-                let json = std::fs::read(dir.join(LAZY_TOC))?;
-                let toc =
-                    berth_lazy::toc::Toc::parse(&json, src.toc_offset).map_err(io::Error::other)?;
-                lazy.start(&c, &dir, &name, toc, Box::new(blob), fill, kept)
-            })
-            .await
-            .map_err(io::Error::other)
-            .and_then(|r| r);
+            // Checked again before it is served: the limits may have changed, and a layer
+            // whose fetch killed the last berths is not fetched again.
+            let resumed =
+                tokio::task::spawn_blocking(move || -> std::result::Result<(), (bool, String)> {
+                    // Not served: its connection (kept by the holder) and mount go, so that a
+                    // reader fails instead of waiting on a server that never comes.
+                    let drop_it = |why: String| {
+                        crate::lazy::quarantine(&dir, &why);
+                        lazy.release(&[c.to_string()]);
+                        crate::snapshot::detach_mount(&dir.join("fs"));
+                        (true, why)
+                    };
+                    if let Some(why) = std::fs::read_to_string(dir.join(crate::lazy::QUARANTINED))
+                        .ok()
+                        .or_else(|| crate::lazy::unsafe_to_resume(&dir))
+                    {
+                        drop(kept);
+                        return Err(drop_it(why));
+                    }
+                    let f = std::fs::File::open(dir.join(LAZY_TOC))
+                        .map_err(|e| (false, e.to_string()))?;
+                    let toc =
+                        berth_lazy::toc::Toc::parse_reader(f, src.toc_offset, src.size, &limits)
+                            .map_err(|e| {
+                                drop_it(format!("its table of contents is refused: {e}"))
+                            })?;
+                    lazy.start(&c, &dir, &name, toc, Box::new(blob), fill, kept)
+                        .map_err(|e| (false, e.to_string()))
+                })
+                .await
+                .unwrap_or_else(|e| Err((false, e.to_string())));
             match resumed {
                 Ok(()) => tracing::info!(chain = %chain, "lazily pulled layer served again"),
-                Err(e) => {
+                Err((true, why)) => tracing::error!(
+                    chain = %chain, layer = %src.blob, image = %src.reference, reason = %why,
+                    "lazily pulled layer quarantined: not served; remove its image (crictl rmi) and pull it again"
+                ),
+                Err((false, e)) => {
                     tracing::warn!(chain = %chain, err = %e, "lazily pulled layer could not be served again")
                 }
             }

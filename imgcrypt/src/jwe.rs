@@ -18,6 +18,43 @@ use crate::{Error, Result};
 
 type Header = Map<String, Value>;
 
+/// One JWE, at most (bytes): a recipient takes well under a kilobyte.
+const MAX_JWE: usize = 256 << 10;
+/// Recipients of one JWE, at most.
+const MAX_RECIPIENTS: usize = 64;
+/// Members of one header (shared or a recipient's), at most: JWE defines about twenty.
+const MAX_HEADER_KEYS: usize = 64;
+
+/// A recipient's header over the shared one, looked up without copying either.
+struct Merged<'a> {
+    own: &'a Header,
+    shared: &'a Header,
+}
+
+impl Merged<'_> {
+    fn get(&self, name: &str) -> Option<&Value> {
+        self.own.get(name).or_else(|| self.shared.get(name))
+    }
+
+    fn text(&self, name: &str) -> &str {
+        self.get(name).and_then(Value::as_str).unwrap_or("")
+    }
+
+    fn contains(&self, name: &str) -> bool {
+        self.own.contains_key(name) || self.shared.contains_key(name)
+    }
+}
+
+fn check_header(what: &str, h: &Header) -> Result<()> {
+    if h.len() > MAX_HEADER_KEYS {
+        return Err(Error::Malformed(format!(
+            "JWE {what} has {} members (at most {MAX_HEADER_KEYS})",
+            h.len()
+        )));
+    }
+    Ok(())
+}
+
 #[derive(Deserialize)]
 struct JsonJwe {
     #[serde(default)]
@@ -66,6 +103,12 @@ fn b64(field: &str, s: &str) -> Result<Vec<u8>> {
 }
 
 fn parse(bytes: &[u8]) -> Result<Jwe> {
+    if bytes.len() > MAX_JWE {
+        return Err(Error::Malformed(format!(
+            "a JWE of {} bytes (at most {MAX_JWE})",
+            bytes.len()
+        )));
+    }
     let (protected_b64, unprotected, recipients, aad, iv, ciphertext, tag) =
         if bytes.first() == Some(&b'{') {
             let j: JsonJwe = serde_json::from_slice(bytes)
@@ -77,6 +120,12 @@ fn parse(bytes: &[u8]) -> Result<Jwe> {
                     encrypted_key: j.encrypted_key,
                 }],
             };
+            if recipients.len() > MAX_RECIPIENTS {
+                return Err(Error::Malformed(format!(
+                    "a JWE for {} recipients (at most {MAX_RECIPIENTS})",
+                    recipients.len()
+                )));
+            }
             let recipients = recipients
                 .into_iter()
                 .map(|r| {
@@ -123,6 +172,8 @@ fn parse(bytes: &[u8]) -> Result<Jwe> {
         serde_json::from_slice::<Header>(&b64("protected header", &protected_b64)?)
             .map_err(|e| Error::Malformed(format!("JWE protected header: {e}")))?
     };
+    check_header("protected header", &shared)?;
+    check_header("unprotected header", &unprotected)?;
     for (k, v) in unprotected {
         if shared.insert(k.clone(), v).is_some() {
             return Err(Error::Malformed(format!("JWE header {k:?} given twice")));
@@ -130,6 +181,12 @@ fn parse(bytes: &[u8]) -> Result<Jwe> {
     }
     if recipients.is_empty() {
         return Err(Error::Malformed("JWE has no recipients".into()));
+    }
+    for (h, _) in &recipients {
+        check_header("recipient header", h)?;
+        if let Some(k) = h.keys().find(|k| shared.contains_key(*k)) {
+            return Err(Error::Malformed(format!("JWE header {k:?} given twice")));
+        }
     }
     Ok(Jwe {
         protected_b64,
@@ -143,23 +200,37 @@ fn parse(bytes: &[u8]) -> Result<Jwe> {
 }
 
 /// Decrypts `bytes` (one JWE) with any key of `ring`. `Ok(None)` when no key opens any
-/// recipient; what each try ran into is added to `attempts`.
+/// recipient; what each try ran into is added to `attempts`. Every recipient counts as an
+/// attempt, tried or not, so that the work stays bounded whatever the JWE holds; `cancel`
+/// stops it between attempts.
 pub(crate) fn decrypt(
     bytes: &[u8],
     ring: &KeyRing,
     attempts: &mut Vec<String>,
+    cancel: &std::sync::atomic::AtomicBool,
 ) -> Result<Option<Vec<u8>>> {
     let jwe = parse(bytes)?;
-    for (i, (own, encrypted_key)) in jwe.recipients.iter().enumerate() {
-        let mut header = jwe.shared.clone();
-        for (k, v) in own {
-            if header.insert(k.clone(), v.clone()).is_some() {
-                return Err(Error::Malformed(format!("JWE header {k:?} given twice")));
-            }
+    // Each recipient adds at least one line to `attempts` (or opens the key).
+    let spend = |attempts: &[String]| -> Result<()> {
+        if cancel.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(Error::Malformed("unwrapping cancelled".into()));
         }
-        let text = |name: &str| header.get(name).and_then(Value::as_str).unwrap_or("");
-        let (alg, enc) = (text("alg"), text("enc"));
-        if header.contains_key("zip") || header.contains_key("crit") {
+        if attempts.len() >= crate::layer::MAX_ATTEMPTS {
+            return Err(Error::Malformed(format!(
+                "more than {} key unwrapping attempts for one layer: too many recipients",
+                crate::layer::MAX_ATTEMPTS
+            )));
+        }
+        Ok(())
+    };
+    for (i, (own, encrypted_key)) in jwe.recipients.iter().enumerate() {
+        spend(attempts)?;
+        let header = Merged {
+            own,
+            shared: &jwe.shared,
+        };
+        let (alg, enc) = (header.text("alg"), header.text("enc"));
+        if header.contains("zip") || header.contains("crit") {
             attempts.push(format!(
                 "recipient {i}: uses \"zip\" or \"crit\", which berth does not implement"
             ));
@@ -167,18 +238,13 @@ pub(crate) fn decrypt(
         }
         let Some((aead_alg, cek_len)) = content_cipher(enc) else {
             attempts.push(format!(
-                "recipient {i}: content encryption {enc:?} is not supported"
+                "recipient {i}: content encryption {:?} is not supported",
+                clip(enc)
             ));
             continue;
         };
         let mut tried = false;
         for key in ring.keys() {
-            if attempts.len() >= crate::layer::MAX_ATTEMPTS {
-                return Err(Error::Malformed(format!(
-                    "more than {} key unwrapping attempts for one layer: too many recipients",
-                    crate::layer::MAX_ATTEMPTS
-                )));
-            }
             let cek = match (alg, &key.key) {
                 ("RSA-OAEP", PrivateKey::Rsa(k, _)) => rsa(k, false, encrypted_key),
                 ("RSA-OAEP-256", PrivateKey::Rsa(k, _)) => rsa(k, true, encrypted_key),
@@ -187,6 +253,7 @@ pub(crate) fn decrypt(
                 }
                 _ => continue,
             };
+            spend(attempts)?;
             tried = true;
             let opened = cek.and_then(|cek| {
                 if cek.len() != cek_len {
@@ -208,12 +275,22 @@ pub(crate) fn decrypt(
                 "a key algorithm berth does not implement"
             };
             attempts.push(format!(
-                "recipient {i} ({alg}) needs {wants}; the node holds {}",
+                "recipient {i} ({}) needs {wants}; the node holds {}",
+                clip(alg),
                 ring.describe().join(", ")
             ));
         }
     }
     Ok(None)
+}
+
+/// At most 40 bytes of a name from the JWE, for messages.
+fn clip(s: &str) -> &str {
+    let mut end = s.len().min(40);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
 }
 
 fn content_cipher(enc: &str) -> Option<(&'static aead::Algorithm, usize)> {
@@ -250,7 +327,7 @@ fn ecdh(
     alg: &str,
     enc: &str,
     cek_len: usize,
-    header: &Header,
+    header: &Merged<'_>,
     wrapped: &[u8],
 ) -> std::result::Result<Vec<u8>, String> {
     let (kek_len, wrap) = match alg {

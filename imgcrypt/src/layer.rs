@@ -92,6 +92,20 @@ impl LayerKey {
     /// Unwraps the key of a layer from its descriptor's annotations with any key of `ring`.
     /// CPU work of a few milliseconds per RSA key tried; no I/O.
     pub fn open(annotations: &BTreeMap<String, String>, ring: &KeyRing) -> Result<LayerKey> {
+        Self::open_cancellable(
+            annotations,
+            ring,
+            &std::sync::atomic::AtomicBool::new(false),
+        )
+    }
+
+    /// [`LayerKey::open`], stopping between key attempts once `cancel` is set (its caller
+    /// went away).
+    pub fn open_cancellable(
+        annotations: &BTreeMap<String, String>,
+        ring: &KeyRing,
+        cancel: &std::sync::atomic::AtomicBool,
+    ) -> Result<LayerKey> {
         let Some(wrapped) = annotations.get(JWE_ANNOTATION).filter(|s| !s.is_empty()) else {
             let schemes: Vec<&str> = annotations
                 .keys()
@@ -125,7 +139,7 @@ impl LayerKey {
         }
         for part in parts {
             let jwe = b64std(JWE_ANNOTATION, part)?;
-            if let Some(payload) = jwe::decrypt(&jwe, ring, &mut attempts)? {
+            if let Some(payload) = jwe::decrypt(&jwe, ring, &mut attempts, cancel)? {
                 let private: PrivateOptions = serde_json::from_slice(&payload)
                     .map_err(|e| Error::Malformed(format!("unwrapped layer options: {e}")))?;
                 return Self::from_options(private, public);

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use crate::Error;
 use crate::fetch::{self, BlobReader};
-use crate::toc::{self, NodeKind, OPAQUE_XATTR, Toc};
+use crate::toc::{self, Limits, NodeKind, OPAQUE_XATTR, Toc};
 
 const TOC_DIGEST: &str = "sha256:f969d34440e1ec37ac87cf5366d78215323ebfa91cd455df479187a1db465400";
 
@@ -23,7 +23,7 @@ impl BlobReader for Vec<u8> {
 }
 
 fn open(b: &Vec<u8>) -> Toc {
-    fetch::open(b, b.len() as u64, TOC_DIGEST).unwrap()
+    fetch::open(b, b.len() as u64, TOC_DIGEST, &Limits::default()).unwrap()
 }
 
 /// Every regular file of the blob, read the normal way (gunzip, untar).
@@ -103,12 +103,18 @@ fn the_tree_has_overlay_whiteouts_links_and_the_prefetch_landmark() {
 fn a_toc_that_does_not_match_its_digest_is_refused() {
     let b = blob();
     let wrong = TOC_DIGEST.replace("f969", "0000");
-    let err = fetch::open(&b, b.len() as u64, &wrong).unwrap_err();
+    let err = fetch::open(&b, b.len() as u64, &wrong, &Limits::default()).unwrap_err();
     assert!(
         matches!(err, Error::Format(ref m) if m.contains("TOC digest")),
         "{err}"
     );
-    let err = fetch::open(&b[..b.len() - 1].to_vec(), b.len() as u64 - 1, TOC_DIGEST).unwrap_err();
+    let err = fetch::open(
+        &b[..b.len() - 1].to_vec(),
+        b.len() as u64 - 1,
+        TOC_DIGEST,
+        &Limits::default(),
+    )
+    .unwrap_err();
     assert!(matches!(err, Error::Format(_)), "{err}");
 }
 
@@ -196,7 +202,7 @@ mod mounted {
         let dir = tempfile::tempdir().unwrap();
         let mnt = dir.path().join("mnt");
         std::fs::create_dir(&mnt).unwrap();
-        let toc = fetch::open(&b, b.len() as u64, TOC_DIGEST).unwrap();
+        let toc = fetch::open(&b, b.len() as u64, TOC_DIGEST, &Default::default()).unwrap();
         let src = Source {
             bytes: b,
             damaged: Arc::new(AtomicBool::new(damaged)),
@@ -392,7 +398,7 @@ fn the_background_fill_fetches_every_chunk_once_in_few_ranges() {
         crate::layer::LazyLayer::new("l", toc, Box::new(Shared(src.clone())), dir.path()).unwrap();
     let (total, cached) = layer.progress();
     assert_eq!((total, cached), (104_000 + 24 + 1 + 5, 0));
-    layer.fill(&AtomicBool::new(false)).unwrap();
+    layer.fill(&AtomicBool::new(false), &mut || {}).unwrap();
     assert_eq!(layer.progress(), (total, total));
     // The whole data section is one range here (it is far below FILL_RANGE).
     assert_eq!(src.1.load(Ordering::Relaxed), 1);
@@ -405,4 +411,213 @@ fn the_background_fill_fetches_every_chunk_once_in_few_ranges() {
         b"kept\n"
     );
     assert_eq!(src.1.load(Ordering::Relaxed), 1);
+}
+
+/// Bytes allocated by the calling thread: a global allocator that counts per thread, so that
+/// a test can bound what one call allocates while other tests run beside it.
+mod meter {
+    use std::alloc::{GlobalAlloc, Layout, System};
+    use std::cell::Cell;
+
+    pub struct Meter;
+
+    thread_local! {
+        static NOW: Cell<isize> = const { Cell::new(0) };
+        static PEAK: Cell<isize> = const { Cell::new(0) };
+    }
+
+    fn add(n: isize) {
+        // Never allocates: const-initialised cells (gone during thread teardown: ignored).
+        let _ = NOW.try_with(|now| {
+            let v = now.get() + n;
+            now.set(v);
+            let _ = PEAK.try_with(|p| p.set(p.get().max(v)));
+        });
+    }
+
+    // SAFETY: every call is passed on to the system allocator unchanged; only counted.
+    unsafe impl GlobalAlloc for Meter {
+        unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+            add(l.size() as isize);
+            // SAFETY: the caller's contract, passed on.
+            unsafe { System.alloc(l) }
+        }
+        unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+            add(-(l.size() as isize));
+            // SAFETY: the caller's contract, passed on.
+            unsafe { System.dealloc(p, l) }
+        }
+        unsafe fn realloc(&self, p: *mut u8, l: Layout, new: usize) -> *mut u8 {
+            add(new as isize - l.size() as isize);
+            // SAFETY: the caller's contract, passed on.
+            unsafe { System.realloc(p, l, new) }
+        }
+    }
+
+    #[global_allocator]
+    static GLOBAL: Meter = Meter;
+
+    /// What `f` returns, and the most its thread held at once meanwhile beyond what it held
+    /// before.
+    pub fn peak<T>(f: impl FnOnce() -> T) -> (T, usize) {
+        let base = NOW.with(Cell::get);
+        PEAK.with(|p| p.set(base));
+        let out = f();
+        let top = PEAK.with(Cell::get);
+        (out, (top - base).max(0) as usize)
+    }
+}
+
+mod hostile {
+    use super::meter::peak;
+    use crate::toc::{Limits, Toc};
+
+    const D: &str = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+    const MB: usize = 1 << 20;
+
+    fn toc(entries: &[String]) -> Vec<u8> {
+        format!(r#"{{"version":1,"entries":[{}]}}"#, entries.join(",")).into_bytes()
+    }
+
+    fn parse(json: &[u8], toc_offset: u64, blob: u64) -> (crate::Result<Toc>, usize) {
+        peak(|| Toc::parse(json, toc_offset, blob, &Limits::default()))
+    }
+
+    fn refused(r: crate::Result<Toc>, words: &str) {
+        match r {
+            Err(crate::Error::Format(m)) => assert!(m.contains(words), "{m}"),
+            Err(e) => panic!("refused for another reason: {e}"),
+            Ok(t) => panic!("accepted a TOC of {} nodes", t.nodes.len()),
+        }
+    }
+
+    #[test]
+    fn a_file_larger_than_its_chunk_limit_or_its_blob_is_refused_before_any_allocation() {
+        // A petabyte file whose one chunk points at a real member (the crash of issue 24).
+        let big = toc(&[format!(
+            r#"{{"name":"big","type":"reg","size":1125899906842624,"offset":0,"digest":"{D}"}}"#
+        )]);
+        let (r, used) = parse(&big, 100, 3000);
+        refused(r, "max_chunk_size");
+        assert!(used < MB, "{used}");
+        // Chunks each within the limit, adding up to more than the blob can inflate to.
+        let mut e = vec![format!(
+            r#"{{"name":"f","type":"reg","size":{},"offset":0,"chunkSize":1048576,"chunkDigest":"{D}"}}"#,
+            64u64 << 20
+        )];
+        for i in 1..64u64 {
+            e.push(format!(
+                r#"{{"type":"chunk","offset":{i},"chunkOffset":{},"chunkSize":1048576,"chunkDigest":"{D}"}}"#,
+                i << 20
+            ));
+        }
+        refused(parse(&toc(&e), 64, 3000).0, "compressed data");
+        // One chunk claiming more than its own compressed bytes can hold.
+        let one = toc(&[
+            format!(r#"{{"name":"f","type":"reg","size":8388608,"offset":0,"digest":"{D}"}}"#),
+            format!(r#"{{"name":"g","type":"reg","size":1,"offset":10,"digest":"{D}"}}"#),
+        ]);
+        refused(parse(&one, 1 << 20, 1 << 30).0, "claims");
+    }
+
+    #[test]
+    fn deep_paths_cost_their_nodes_and_no_more() {
+        // 300 entries, each 1,000 directories deep of their own, in a layer of a few KB.
+        let deep = vec!["d"; 999].join("/");
+        let e: Vec<String> = (0..300)
+            .map(|i| format!(r#"{{"name":"e{i}/{deep}/f","type":"dir"}}"#))
+            .collect();
+        let (r, used) = parse(&toc(&e), 0, 3000);
+        refused(r, "tree of more than");
+        assert!(used < 4 * MB, "{used}");
+        // Where the blob is large enough to pay for them, the tree takes what its nodes take:
+        // a path's depth costs nothing beyond its directories.
+        let e: Vec<String> = (0..300)
+            .map(|i| {
+                format!(
+                    r#"{{"name":"{}/f{i}","type":"dir"}}"#,
+                    vec!["d"; 1000].join("/")
+                )
+            })
+            .collect();
+        let json = toc(&e);
+        let (r, used) = parse(&json, 0, 1 << 30);
+        let t = r.unwrap();
+        assert_eq!(t.nodes.len(), 1 + 1000 + 300);
+        assert!(used < 4 * MB, "{used}");
+        assert_eq!(
+            t.path_of(
+                t.lookup(&format!("{}/f7", vec!["d"; 1000].join("/")))
+                    .unwrap()
+            )
+            .len(),
+            2002
+        );
+    }
+
+    #[test]
+    fn a_toc_of_empty_objects_is_refused_by_its_size_and_never_held() {
+        let mut json = br#"{"version":1,"entries":["#.to_vec();
+        json.extend(std::iter::repeat_n(&b"{},"[..], 16 * MB / 3).flatten());
+        json.extend_from_slice(b"{}]}");
+        // A 17 KB layer may not carry 16 MiB of TOC.
+        let (r, used) = parse(&json, 0, 17_000);
+        refused(r, "over this layer's limit");
+        assert!(used < MB, "{used}");
+        // Where it may, it streams through in constant memory.
+        let (r, used) = parse(&json, 0, 1 << 30);
+        assert_eq!(r.unwrap().nodes.len(), 1);
+        assert!(used < MB, "{used}");
+    }
+
+    #[test]
+    fn entries_with_too_many_attributes_or_names_too_long_are_refused() {
+        let attrs: Vec<String> = (0..200).map(|i| format!(r#""user.a{i}":"""#)).collect();
+        let e = toc(&[format!(
+            r#"{{"name":"x","type":"dir","xattrs":{{{}}}}}"#,
+            attrs.join(",")
+        )]);
+        refused(parse(&e, 0, 1 << 30).0, "extended attributes");
+        let long = toc(&[format!(r#"{{"name":"{}","type":"dir"}}"#, "n".repeat(300))]);
+        refused(parse(&long, 0, 1 << 30).0, "a name of 300 bytes");
+        let deep = toc(&[format!(
+            r#"{{"name":"{}","type":"dir"}}"#,
+            vec!["d"; 3000].join("/")
+        )]);
+        refused(parse(&deep, 0, 1 << 30).0, "bytes (the limit is 4096)");
+        let digest = toc(&[
+            r#"{"name":"f","type":"reg","size":4,"offset":0,"digest":"sha256:00"}"#.to_string(),
+        ]);
+        refused(parse(&digest, 100, 1 << 30).0, "not sha256");
+    }
+
+    #[test]
+    fn a_refused_toc_leaves_nothing_where_it_was_to_be_kept() {
+        let b = super::blob();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("toc.json");
+        let tight = Limits {
+            max_tree: 1000,
+            ..Limits::default()
+        };
+        let r = crate::fetch::open_to(&b, b.len() as u64, super::TOC_DIGEST, &tight, &path);
+        assert!(r.is_err());
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+        let t = crate::fetch::open_to(
+            &b,
+            b.len() as u64,
+            super::TOC_DIGEST,
+            &Limits::default(),
+            &path,
+        )
+        .unwrap();
+        let again = Toc::parse_reader(
+            std::fs::File::open(&path).unwrap(),
+            t.toc_offset,
+            b.len() as u64,
+            &Limits::default(),
+        )
+        .unwrap();
+        assert_eq!(again.nodes.len(), t.nodes.len());
+    }
 }

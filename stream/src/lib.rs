@@ -9,6 +9,7 @@
 
 pub mod client;
 pub mod idle;
+pub mod probe;
 pub mod proto;
 pub mod server;
 pub mod spdy;

@@ -35,6 +35,10 @@ pub struct StreamConfig {
     pub tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
     /// A session in which nothing moves for this long ends; `None`: never.
     pub idle_timeout: Option<Duration>,
+    /// Sessions one client (by IP address) may hold at once; more are answered 429.
+    pub max_sessions_per_client: usize,
+    /// Streams (SPDY) or forwarded ports (WebSocket) one session may hold at once.
+    pub max_streams_per_session: usize,
 }
 
 impl Default for StreamConfig {
@@ -45,6 +49,8 @@ impl Default for StreamConfig {
             stream_creation_timeout: Duration::from_secs(30),
             tls: None,
             idle_timeout: Some(Duration::from_secs(4 * 3600)),
+            max_sessions_per_client: 128,
+            max_streams_per_session: 256,
         }
     }
 }
@@ -68,6 +74,49 @@ struct Inner {
     base: String,
     backend: Arc<dyn Backend>,
     tokens: Mutex<HashMap<String, Pending>>,
+    /// Sessions open per client address.
+    sessions: Arc<Mutex<HashMap<std::net::IpAddr, usize>>>,
+}
+
+/// One open session of a client; the count goes down when it is dropped.
+pub(crate) struct SessionSlot {
+    sessions: Arc<Mutex<HashMap<std::net::IpAddr, usize>>>,
+    ip: std::net::IpAddr,
+}
+
+impl Drop for SessionSlot {
+    fn drop(&mut self) {
+        let mut m = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = m.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.ip);
+            }
+        }
+    }
+}
+
+impl Inner {
+    /// A slot for one more session of `ip`, unless it holds its share.
+    fn session_slot(&self, ip: std::net::IpAddr) -> Option<SessionSlot> {
+        let mut m = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        let n = m.entry(ip).or_insert(0);
+        if *n >= self.cfg.max_sessions_per_client.max(1) {
+            return None;
+        }
+        *n += 1;
+        Some(SessionSlot {
+            sessions: self.sessions.clone(),
+            ip,
+        })
+    }
+}
+
+/// Who is on the other end of a connection.
+#[derive(Clone, Debug)]
+pub(crate) struct Peer {
+    pub(crate) addr: SocketAddr,
+    pub(crate) probe: Option<crate::probe::PeerProbe>,
 }
 
 /// The running server; cheap to clone.
@@ -106,6 +155,7 @@ impl StreamServer {
             cfg,
             backend,
             tokens: Mutex::new(HashMap::new()),
+            sessions: Arc::default(),
         });
         tokio::spawn(accept_loop(listener, inner.clone(), tls));
         tracing::info!(address = %addr, tls = inner.cfg.tls.is_some(), "streaming server listening");
@@ -239,15 +289,26 @@ async fn accept_loop(
         }
         let inner = inner.clone();
         let tls = tls.clone();
+        // The socket, watched for a hang-up while a session does not read it.
+        let probe = match crate::probe::PeerProbe::new(std::os::fd::AsFd::as_fd(&tcp)) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                tracing::debug!(%peer, err = %e, "streaming: cannot watch the connection");
+                None
+            }
+        };
+        let peer = Peer { addr: peer, probe };
         tokio::spawn(async move {
             match tls {
                 Some(acc) => {
                     match tokio::time::timeout(Duration::from_secs(10), acc.accept(tcp)).await {
                         Ok(Ok(s)) => serve_conn(TokioIo::new(s), inner, peer).await,
                         Ok(Err(e)) => {
-                            tracing::debug!(%peer, err = %e, "streaming TLS handshake failed")
+                            tracing::debug!(peer = %peer.addr, err = %e, "streaming TLS handshake failed")
                         }
-                        Err(_) => tracing::debug!(%peer, "streaming TLS handshake timed out"),
+                        Err(_) => {
+                            tracing::debug!(peer = %peer.addr, "streaming TLS handshake timed out")
+                        }
                     }
                 }
                 None => serve_conn(TokioIo::new(tcp), inner, peer).await,
@@ -256,13 +317,15 @@ async fn accept_loop(
     }
 }
 
-async fn serve_conn<IO>(io: TokioIo<IO>, inner: Arc<Inner>, peer: SocketAddr)
+async fn serve_conn<IO>(io: TokioIo<IO>, inner: Arc<Inner>, peer: Peer)
 where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    let addr = peer.addr;
     let svc = hyper::service::service_fn(move |req| {
         let inner = inner.clone();
-        async move { Ok::<_, std::convert::Infallible>(route(inner, req)) }
+        let peer = peer.clone();
+        async move { Ok::<_, std::convert::Infallible>(route(inner, req, peer)) }
     });
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(hyper_util::rt::TokioTimer::new())
@@ -270,7 +333,7 @@ where
         .serve_connection(io, svc)
         .with_upgrades();
     if let Err(e) = conn.await {
-        tracing::debug!(%peer, err = %e, "streaming connection ended");
+        tracing::debug!(peer = %addr, err = %e, "streaming connection ended");
     }
 }
 
@@ -315,7 +378,7 @@ fn has_token(req: &HttpRequest<Incoming>, name: &str, token: &str) -> bool {
         .any(|v| v.eq_ignore_ascii_case(token))
 }
 
-fn route(inner: Arc<Inner>, mut req: HttpRequest<Incoming>) -> Response<Full<Bytes>> {
+fn route(inner: Arc<Inner>, mut req: HttpRequest<Incoming>, peer: Peer) -> Response<Full<Bytes>> {
     if req.method() != http::Method::GET && req.method() != http::Method::POST {
         return plain(StatusCode::METHOD_NOT_ALLOWED, "use GET or POST");
     }
@@ -332,9 +395,25 @@ fn route(inner: Arc<Inner>, mut req: HttpRequest<Incoming>) -> Response<Full<Byt
         return plain(StatusCode::NOT_FOUND, "unknown or expired streaming token");
     };
     let request = pending.req;
+    let Some(slot) = inner.session_slot(peer.addr.ip()) else {
+        tracing::info!(peer = %peer.addr, max = inner.cfg.max_sessions_per_client, "streaming: a client holds too many sessions; refusing one");
+        return plain(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!(
+                "this client holds {} streaming sessions already (stream.max_sessions_per_client)",
+                inner.cfg.max_sessions_per_client
+            ),
+        );
+    };
     let websocket = has_token(&req, "upgrade", "websocket");
     if websocket {
-        return crate::ws::upgrade(inner.backend.clone(), request, req, inner.cfg.idle_timeout);
+        return crate::ws::upgrade(
+            inner.backend.clone(),
+            request,
+            req,
+            &inner.cfg,
+            (slot, peer.probe),
+        );
     }
     // SPDY: negotiate the protocol version, then switch.
     let clients = header_values(&req, proto::PROTOCOL_HEADER);
@@ -372,6 +451,7 @@ fn route(inner: Arc<Inner>, mut req: HttpRequest<Incoming>) -> Response<Full<Byt
     let cfg = inner.cfg.clone();
     let backend = inner.backend.clone();
     tokio::spawn(async move {
+        let _slot = slot;
         let io = match on_upgrade.await {
             Ok(u) => IdleIo::new(TokioIo::new(u), cfg.idle_timeout),
             Err(e) => {
@@ -379,7 +459,11 @@ fn route(inner: Arc<Inner>, mut req: HttpRequest<Incoming>) -> Response<Full<Byt
                 return;
             }
         };
-        let session = Session::new(io, Role::Server);
+        let limits = spdy::Limits {
+            max_streams: cfg.max_streams_per_session,
+            probe: peer.probe,
+        };
+        let session = Session::with_limits(io, Role::Server, limits);
         match request {
             Request::PortForward { pod_id, ports } => {
                 spdy_port_forward(&session, &cfg, backend, &pod_id, &ports).await

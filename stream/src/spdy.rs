@@ -23,6 +23,8 @@ use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::probe::PeerProbe;
+
 const VERSION: u16 = 3;
 const SYN_STREAM: u16 = 1;
 const SYN_REPLY: u16 = 2;
@@ -43,8 +45,15 @@ const MAX_WRITE: usize = 32 * 1024;
 const MAX_HEADER_BLOCK: usize = 64 * 1024;
 /// The largest control frame accepted from the peer.
 const MAX_CONTROL_FRAME: usize = 64 * 1024;
-/// DATA frames queued per stream before the reader stops reading the socket.
+/// DATA pieces queued per stream before the reader stops reading the socket.
 const STREAM_QUEUE: usize = 16;
+/// A DATA frame is read and handed on in pieces of at most this many bytes (a frame may
+/// declare 16 MiB; what is queued per stream stays at most `STREAM_QUEUE` pieces).
+const DATA_PIECE: usize = 64 * 1024;
+/// Streams the peer opened that wait to be accepted; more are refused.
+const ACCEPT_QUEUE: usize = 16;
+/// RST_STREAM status: REFUSED_STREAM.
+pub const REFUSED_STREAM: u32 = 3;
 
 /// Header names (lower case, as SPDY/3 requires) and values.
 pub type Headers = Vec<(String, String)>;
@@ -271,8 +280,20 @@ pub fn decode_frames(data: &[u8]) -> io::Result<usize> {
         let mut r = data;
         let mut inf = Inflater::new();
         let mut n = 0;
+        let mut piece = vec![0u8; DATA_PIECE];
         loop {
             match read_frame(&mut r, &mut inf).await {
+                Ok(Frame::Data { mut len, .. }) => {
+                    while len > 0 {
+                        let size = len.min(DATA_PIECE);
+                        match r.read_exact(&mut piece[..size]).await {
+                            Ok(_) => len -= size,
+                            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(n),
+                            Err(e) => return Err(e),
+                        }
+                    }
+                    n += 1;
+                }
                 Ok(_) => n += 1,
                 Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(n),
                 Err(e) => return Err(e),
@@ -309,10 +330,11 @@ enum Frame {
     },
     Ping(u32),
     GoAway,
+    /// A DATA frame's header: its `len` bytes of payload follow on the wire.
     Data {
         id: u32,
         fin: bool,
-        data: Bytes,
+        len: usize,
     },
     Other,
 }
@@ -325,13 +347,7 @@ async fn read_frame<R: AsyncRead + Unpin>(r: &mut R, inf: &mut Inflater) -> io::
     let fin = flags & FLAG_FIN != 0;
     if head[0] & 0x80 == 0 {
         let id = u32::from_be_bytes([head[0], head[1], head[2], head[3]]);
-        let mut data = BytesMut::zeroed(len);
-        r.read_exact(&mut data).await?;
-        return Ok(Frame::Data {
-            id,
-            fin,
-            data: data.freeze(),
-        });
+        return Ok(Frame::Data { id, fin, len });
     }
     let version = u16::from_be_bytes([head[0] & 0x7f, head[1]]);
     let kind = u16::from_be_bytes([head[2], head[3]]);
@@ -503,6 +519,18 @@ async fn writer<W: AsyncWrite + Unpin>(
 struct Slot {
     data: Option<mpsc::Sender<Bytes>>,
     reply: Option<oneshot::Sender<()>>,
+    /// Alive while any [`StreamWriter`] of the stream is.
+    writer: std::sync::Weak<()>,
+}
+
+impl Slot {
+    /// Nothing can happen on the stream any more: the peer will send nothing (or nobody reads
+    /// what it sends) and nothing here can write on it.
+    fn dead(&self) -> bool {
+        self.reply.is_none()
+            && self.data.as_ref().is_none_or(|d| d.is_closed())
+            && self.writer.strong_count() == 0
+    }
 }
 
 #[derive(Default)]
@@ -510,6 +538,34 @@ struct Table {
     streams: HashMap<u32, Slot>,
     /// Set once the reader stopped: no stream can be opened any more.
     closed: bool,
+}
+
+impl Table {
+    /// Whether one more stream fits under `max`, after forgetting the dead ones.
+    fn room(&mut self, max: usize) -> bool {
+        if self.streams.len() >= max {
+            self.streams.retain(|_, s| !s.dead());
+        }
+        self.streams.len() < max
+    }
+}
+
+/// What one session may hold.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Streams open at once (either end's); a SYN_STREAM past it is refused.
+    pub max_streams: usize,
+    /// The peer's socket, to notice it hung up while the reader waits.
+    pub probe: Option<PeerProbe>,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_streams: 256,
+            probe: None,
+        }
+    }
 }
 
 /// A SPDY connection (either end).
@@ -520,6 +576,7 @@ pub struct Session {
     incoming: tokio::sync::Mutex<mpsc::Receiver<Stream>>,
     done: tokio::sync::watch::Receiver<bool>,
     writer: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    max_streams: usize,
 }
 
 /// One SPDY stream: its headers, what the peer sends on it, and a handle to write on it.
@@ -532,8 +589,15 @@ pub struct Stream {
 }
 
 impl Stream {
-    /// Stream `id`, fed by `rx`, written through the session's queue `out`.
-    fn new(id: u32, headers: Headers, rx: mpsc::Receiver<Bytes>, out: &mpsc::Sender<Out>) -> Self {
+    /// Stream `id`, fed by `rx`, written through the session's queue `out` (`alive` is its
+    /// writers' token).
+    fn new(
+        id: u32,
+        headers: Headers,
+        rx: mpsc::Receiver<Bytes>,
+        out: &mpsc::Sender<Out>,
+        alive: Arc<()>,
+    ) -> Self {
         Stream {
             id,
             headers,
@@ -541,6 +605,7 @@ impl Stream {
             tx: StreamWriter {
                 id,
                 out: out.clone(),
+                _alive: alive,
             },
         }
     }
@@ -560,6 +625,8 @@ impl std::fmt::Debug for Stream {
 pub struct StreamWriter {
     id: u32,
     out: mpsc::Sender<Out>,
+    /// The stream counts as open while a writer of it exists.
+    _alive: Arc<()>,
 }
 
 fn gone() -> io::Error {
@@ -615,24 +682,35 @@ pub enum Role {
 }
 
 impl Session {
-    /// Starts the reader and writer tasks on `io`.
+    /// Starts the reader and writer tasks on `io`, with the default [`Limits`].
     pub fn new<IO>(io: IO, role: Role) -> Arc<Session>
+    where
+        IO: AsyncRead + AsyncWrite + Send + 'static,
+    {
+        Self::with_limits(io, role, Limits::default())
+    }
+
+    /// Starts the reader and writer tasks on `io`.
+    pub fn with_limits<IO>(io: IO, role: Role, limits: Limits) -> Arc<Session>
     where
         IO: AsyncRead + AsyncWrite + Send + 'static,
     {
         let (r, w) = tokio::io::split(io);
         let (out, out_rx) = mpsc::channel(64);
-        let (in_tx, in_rx) = mpsc::channel(16);
+        let (in_tx, in_rx) = mpsc::channel(ACCEPT_QUEUE);
         let (done_tx, done) = tokio::sync::watch::channel(false);
         let table = Arc::new(Mutex::new(Table::default()));
         let last_seen = Arc::new(Mutex::new(0u32));
         let writer = tokio::spawn(writer(w, out_rx, last_seen.clone()));
+        let max_streams = limits.max_streams.max(1);
         let reader = Reader {
             table: table.clone(),
             out: out.clone(),
             incoming: in_tx,
             role,
             last_seen,
+            max_streams,
+            probe: limits.probe,
         };
         tokio::spawn(async move {
             let mut r = r;
@@ -649,6 +727,7 @@ impl Session {
             incoming: tokio::sync::Mutex::new(in_rx),
             done,
             writer: Mutex::new(Some(writer)),
+            max_streams,
         })
     }
 
@@ -658,10 +737,18 @@ impl Session {
         self.incoming.lock().await.recv().await
     }
 
+    /// Streams of this session that are still open (for tests and logs).
+    pub fn open_streams(&self) -> usize {
+        let mut t = self.table.lock().unwrap_or_else(|p| p.into_inner());
+        t.streams.retain(|_, s| !s.dead());
+        t.streams.len()
+    }
+
     /// Opens a stream and waits (at most `timeout`) for the peer's SYN_REPLY.
     pub async fn open(&self, headers: Headers, timeout: Duration) -> io::Result<Stream> {
         let (data_tx, rx) = mpsc::channel(STREAM_QUEUE);
         let (reply_tx, reply_rx) = oneshot::channel();
+        let alive = Arc::new(());
         // Ids go out in increasing order: allocate and queue under one lock.
         let mut next = self.next_id.lock().await;
         let id = *next;
@@ -670,11 +757,18 @@ impl Session {
             if t.closed {
                 return Err(gone());
             }
+            if !t.room(self.max_streams) {
+                return Err(io::Error::other(format!(
+                    "{} streams are open on this connection",
+                    self.max_streams
+                )));
+            }
             t.streams.insert(
                 id,
                 Slot {
                     data: Some(data_tx),
                     reply: Some(reply_tx),
+                    writer: Arc::downgrade(&alive),
                 },
             );
         }
@@ -687,17 +781,23 @@ impl Session {
             .await
             .map_err(|_| gone())?;
         drop(next);
-        match tokio::time::timeout(timeout, reply_rx).await {
-            Ok(Ok(())) => Ok(Stream::new(id, headers, rx, &self.out)),
-            Ok(Err(_)) => Err(io::Error::new(
+        let r = match tokio::time::timeout(timeout, reply_rx).await {
+            Ok(Ok(())) => return Ok(Stream::new(id, headers, rx, &self.out, alive)),
+            Ok(Err(_)) => io::Error::new(
                 io::ErrorKind::ConnectionReset,
                 format!("stream {id} was refused"),
-            )),
-            Err(_) => Err(io::Error::new(
+            ),
+            Err(_) => io::Error::new(
                 io::ErrorKind::TimedOut,
                 format!("no reply to stream {id} within {timeout:?}"),
-            )),
-        }
+            ),
+        };
+        self.table
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .streams
+            .remove(&id);
+        Err(r)
     }
 
     /// Resolves once the peer has gone (its socket closed, a read error or GOAWAY).
@@ -727,6 +827,8 @@ struct Reader {
     incoming: mpsc::Sender<Stream>,
     role: Role,
     last_seen: Arc<Mutex<u32>>,
+    max_streams: usize,
+    probe: Option<PeerProbe>,
 }
 
 impl Reader {
@@ -757,16 +859,24 @@ impl Reader {
                         self.finish(id);
                     }
                 }
-                Frame::Data { id, fin, data } => {
-                    let tx = {
+                Frame::Data { id, fin, mut len } => {
+                    let mut tx = {
                         let t = self.table.lock().unwrap_or_else(|p| p.into_inner());
                         t.streams.get(&id).and_then(|s| s.data.clone())
                     };
-                    if let Some(tx) = tx {
-                        // Waits while the stream's reader is behind: that is the back-pressure.
-                        if !data.is_empty() && tx.send(data).await.is_err() {
+                    // Read and handed on in pieces: what a frame declares is never allocated
+                    // at once.
+                    while len > 0 {
+                        let n = len.min(DATA_PIECE);
+                        let mut piece = BytesMut::zeroed(n);
+                        r.read_exact(&mut piece).await?;
+                        len -= n;
+                        if let Some(t) = &tx
+                            && !self.deliver(t, piece.freeze()).await?
+                        {
                             // Nobody reads this stream any more: drop what arrives on it.
                             self.finish(id);
+                            tx = None;
                         }
                     }
                     if fin {
@@ -783,7 +893,7 @@ impl Reader {
                     // Echo the peer's pings (odd ids come from clients, even from servers).
                     let peer_odd = self.role == Role::Server;
                     if (id % 2 == 1) == peer_odd {
-                        let _ = self.out.send(Out::Ping(id)).await;
+                        self.send_out(Out::Ping(id)).await?;
                     }
                 }
                 Frame::GoAway => return Ok(()),
@@ -792,46 +902,81 @@ impl Reader {
         }
     }
 
+    /// `f`, unless the peer hangs up first.
+    async fn watching<T>(&self, f: impl std::future::Future<Output = T>) -> io::Result<T> {
+        crate::probe::watching(self.probe.as_ref(), f).await
+    }
+
+    /// Queues `data` for a stream's reader, waiting while it is behind (back-pressure);
+    /// `false` when nobody reads the stream any more.
+    async fn deliver(&self, tx: &mpsc::Sender<Bytes>, data: Bytes) -> io::Result<bool> {
+        let permit = match tx.try_reserve() {
+            Ok(p) => Ok(p),
+            Err(mpsc::error::TrySendError::Closed(())) => return Ok(false),
+            Err(mpsc::error::TrySendError::Full(())) => self.watching(tx.reserve()).await?,
+        };
+        match permit {
+            Ok(p) => {
+                p.send(data);
+                Ok(true)
+            }
+            Err(_) => Ok(false),
+        }
+    }
+
+    /// Queues a frame for the writer, waiting while it is behind.
+    async fn send_out(&self, o: Out) -> io::Result<()> {
+        self.watching(self.out.send(o)).await?.map_err(|_| gone())
+    }
+
     async fn syn_stream(&self, id: u32, fin: bool, headers: Headers) -> io::Result<()> {
         let peer_odd = self.role == Role::Server;
         let (data_tx, rx) = mpsc::channel(STREAM_QUEUE);
-        let fresh = {
+        let alive = Arc::new(());
+        let refused = {
             let mut t = self.table.lock().unwrap_or_else(|p| p.into_inner());
             if id == 0 || (id % 2 == 1) != peer_odd || t.streams.contains_key(&id) {
-                false
+                Some(PROTOCOL_ERROR)
+            } else if !t.room(self.max_streams) {
+                Some(REFUSED_STREAM)
             } else {
                 t.streams.insert(
                     id,
                     Slot {
                         data: (!fin).then_some(data_tx),
                         reply: None,
+                        writer: Arc::downgrade(&alive),
                     },
                 );
-                true
+                None
             }
         };
-        if !fresh {
-            let _ = self
-                .out
-                .send(Out::Rst {
-                    id,
-                    status: PROTOCOL_ERROR,
-                })
-                .await;
-            return Ok(());
+        if let Some(status) = refused {
+            if status == REFUSED_STREAM {
+                tracing::debug!(
+                    stream = id,
+                    max = self.max_streams,
+                    "spdy: too many open streams; refusing one"
+                );
+            }
+            return self.send_out(Out::Rst { id, status }).await;
         }
         *self.last_seen.lock().unwrap_or_else(|p| p.into_inner()) = id;
         // Reply before handing the stream up, so the reply precedes anything written on it.
-        self.out
-            .send(Out::SynReply { id })
-            .await
-            .map_err(|_| gone())?;
-        let s = Stream::new(id, headers, rx, &self.out);
-        if self.incoming.send(s).await.is_err() {
-            // Nobody accepts streams on this connection any more.
-            let _ = self.out.send(Out::Rst { id, status: CANCEL }).await;
-        }
-        Ok(())
+        self.send_out(Out::SynReply { id }).await?;
+        let s = Stream::new(id, headers, rx, &self.out, alive);
+        // Never waits: a peer that opens streams nobody accepts has them refused.
+        let status = match self.incoming.try_send(s) {
+            Ok(()) => return Ok(()),
+            Err(mpsc::error::TrySendError::Full(_)) => REFUSED_STREAM,
+            Err(mpsc::error::TrySendError::Closed(_)) => CANCEL,
+        };
+        self.table
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .streams
+            .remove(&id);
+        self.send_out(Out::Rst { id, status }).await
     }
 
     /// The peer will send nothing more on `id`.
@@ -960,5 +1105,119 @@ mod tests {
         s.tx.reset().await.unwrap();
         assert!(acc.rx.recv().await.is_none());
         drop(server);
+    }
+
+    /// A raw SYN_STREAM (id, headers) as a client writes it, with `def` its compressor.
+    fn syn_stream(def: &mut Deflater, id: u32) -> BytesMut {
+        let block = def
+            .block(&vec![("streamtype".into(), "stdin".into())])
+            .unwrap();
+        let mut body = Vec::new();
+        body.put_u32(id);
+        body.put_u32(0);
+        body.put_u16(0);
+        body.extend_from_slice(&block);
+        let mut buf = BytesMut::new();
+        control(&mut buf, SYN_STREAM, 0, &body);
+        buf
+    }
+
+    #[tokio::test]
+    async fn streams_nobody_accepts_are_refused_and_the_reader_keeps_going() {
+        let (a, b) = tokio::io::duplex(1 << 16);
+        let server = Session::with_limits(
+            a,
+            Role::Server,
+            Limits {
+                max_streams: 32,
+                probe: None,
+            },
+        );
+        let client = Session::new(b, Role::Client);
+        // The server accepts nothing: 16 wait in its queue, the rest are refused (and
+        // past 32, refused before a reply); every open is answered, none waits.
+        let mut opened = Vec::new();
+        for _ in 0..100 {
+            match client.open(vec![], Duration::from_secs(2)).await {
+                Ok(s) => opened.push(s),
+                Err(e) => assert_ne!(e.kind(), io::ErrorKind::TimedOut, "{e}"),
+            }
+        }
+        let mut refused = 0;
+        for s in &mut opened {
+            if tokio::time::timeout(Duration::from_millis(200), s.rx.recv())
+                .await
+                .is_ok_and(|d| d.is_none())
+            {
+                refused += 1;
+            }
+        }
+        assert_eq!(opened.len() - refused, ACCEPT_QUEUE, "{refused}");
+        assert!(server.open_streams() <= 32, "{}", server.open_streams());
+        // Streams that end leave the table.
+        for _ in 0..ACCEPT_QUEUE {
+            drop(server.accept().await.unwrap());
+        }
+        drop(opened);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(server.open_streams(), 0);
+        let s = client.open(vec![], Duration::from_secs(2)).await.unwrap();
+        assert!(server.accept().await.is_some());
+        drop(s);
+    }
+
+    #[tokio::test]
+    async fn a_peer_that_hangs_up_is_seen_while_a_stream_reader_is_behind() {
+        use std::os::fd::AsFd;
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let tcp = tokio::net::TcpStream::connect(l.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (srv, _) = l.accept().await.unwrap();
+        let probe = PeerProbe::new(srv.as_fd()).unwrap();
+        let server = Session::with_limits(
+            srv,
+            Role::Server,
+            Limits {
+                max_streams: 8,
+                probe: Some(probe),
+            },
+        );
+        // A client that opens a stream and floods it; the server holds the stream and never
+        // reads it, so the session's reader waits on it.
+        let (_r, mut w) = tcp.into_split();
+        let flood = tokio::spawn(async move {
+            let mut def = Deflater::new();
+            w.write_all(&syn_stream(&mut def, 1)).await.unwrap();
+            let piece = vec![7u8; 60_000];
+            loop {
+                let mut head = BytesMut::new();
+                head.put_u32(1);
+                head.put_u32(piece.len() as u32);
+                if w.write_all(&head).await.is_err() || w.write_all(&piece).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let held = server.accept().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        flood.abort();
+        let _ = flood.await;
+        drop(_r);
+        tokio::time::timeout(Duration::from_secs(5), server.closed())
+            .await
+            .expect("the hang-up went unseen");
+        drop(held);
+    }
+
+    #[test]
+    fn a_data_frame_is_read_in_pieces_whatever_it_declares() {
+        // A DATA frame declaring 16 MiB with a few bytes behind it: refused as truncated,
+        // having allocated a piece, not 16 MiB.
+        let mut b = Vec::new();
+        b.put_u32(1);
+        b.put_u32(0x00ff_ffff);
+        b.extend_from_slice(b"short");
+        assert_eq!(decode_frames(&b).unwrap(), 0);
     }
 }

@@ -17,10 +17,11 @@ use hyper_util::rt::TokioIo;
 use tokio::sync::mpsc;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::protocol::Role;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_util::sync::CancellationToken;
 
 use crate::idle::IdleIo;
+use crate::probe::{PeerProbe, watching};
 use crate::proto::{self, CH_CLOSE, CH_ERROR, CH_RESIZE, CH_STDERR, CH_STDIN, CH_STDOUT};
 use crate::server::{drain, resize_channel, run_remote_command};
 use crate::{Backend, Io, Request};
@@ -29,6 +30,8 @@ const BASE64_V1: &str = "base64.channel.k8s.io";
 const BASE64_V4: &str = "v4.base64.channel.k8s.io";
 const REMOTE_COMMAND: [&str; 5] = [proto::V5, proto::V4, BASE64_V4, proto::V1, BASE64_V1];
 const PORT_FORWARD: [&str; 2] = [proto::PORT_FORWARD, "base64.portforward.k8s.io"];
+/// A message from the client, at most (base64 included).
+const MAX_MESSAGE: usize = 1 << 20;
 
 /// How messages are framed on a negotiated protocol.
 #[derive(Debug, Clone, Copy)]
@@ -85,8 +88,10 @@ pub(crate) fn upgrade(
     backend: Arc<dyn Backend>,
     request: Request,
     mut req: HttpRequest<Incoming>,
-    idle_timeout: Option<std::time::Duration>,
+    cfg: &crate::server::StreamConfig,
+    (slot, probe): (crate::server::SessionSlot, Option<PeerProbe>),
 ) -> Response<Full<Bytes>> {
+    let idle_timeout = cfg.idle_timeout;
     let hv = |n: &str| {
         req.headers()
             .get(n)
@@ -163,6 +168,14 @@ pub(crate) fn upgrade(
                     "query parameter \"port\" is required",
                 );
             }
+            // Each port takes two channels, and a channel number is one byte.
+            let max = (cfg.max_streams_per_session / 2).clamp(1, 128);
+            if out.len() > max {
+                return plain(
+                    StatusCode::BAD_REQUEST,
+                    &format!("{} ports requested; at most {max} per session", out.len()),
+                );
+            }
             out
         }
         _ => Vec::new(),
@@ -172,6 +185,7 @@ pub(crate) fn upgrade(
     let v5 = protocol == proto::V5;
     let status_json = matches!(protocol, proto::V5 | proto::V4 | BASE64_V4);
     tokio::spawn(async move {
+        let _slot = slot;
         let io = match on_upgrade.await {
             Ok(u) => IdleIo::new(TokioIo::new(u), idle_timeout),
             Err(e) => {
@@ -179,12 +193,16 @@ pub(crate) fn upgrade(
                 return;
             }
         };
-        let ws = WebSocketStream::from_raw_socket(io, Role::Server, None).await;
+        // What one message may hold: kubectl sends its input in pieces of 32 KiB.
+        let limits = WebSocketConfig::default()
+            .max_message_size(Some(MAX_MESSAGE))
+            .max_frame_size(Some(MAX_MESSAGE));
+        let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(limits)).await;
         match request {
             Request::PortForward { pod_id, .. } => {
-                port_forward(ws, framing, backend, &pod_id, &ports).await
+                port_forward(ws, framing, backend, &pod_id, &ports, probe).await
             }
-            other => remote_command(ws, framing, v5, status_json, backend, other).await,
+            other => remote_command(ws, framing, v5, status_json, backend, other, probe).await,
         }
     });
     let mut r = crate::server::switching_protocols("websocket");
@@ -233,6 +251,7 @@ async fn remote_command(
     status_json: bool,
     backend: Arc<dyn Backend>,
     request: Request,
+    probe: Option<PeerProbe>,
 ) {
     let opts = match &request {
         Request::Exec { opts, .. } | Request::Attach { opts, .. } => *opts,
@@ -264,17 +283,25 @@ async fn remote_command(
                 let Some((ch, data)) = framing.decode(m) else {
                     continue;
                 };
+                // A consumer that is behind holds the client back, but never keeps its
+                // hang-up from being seen.
                 match ch {
                     CH_STDIN => {
                         if let Some(tx) = &stdin_tx
                             && !data.is_empty()
-                            && tx.send(data).await.is_err()
                         {
-                            stdin_tx = None;
+                            match watching(probe.as_ref(), tx.send(data)).await {
+                                Ok(Ok(())) => {}
+                                Ok(Err(_)) => stdin_tx = None,
+                                Err(_) => break,
+                            }
                         }
                     }
                     CH_RESIZE => {
-                        let _ = resize_tx.send(data).await;
+                        let sent = watching(probe.as_ref(), resize_tx.send(data)).await;
+                        if sent.is_err() {
+                            break;
+                        }
                     }
                     CH_CLOSE if v5 && data.first() == Some(&CH_STDIN) => stdin_tx = None,
                     _ => {}
@@ -319,6 +346,7 @@ async fn port_forward(
     backend: Arc<dyn Backend>,
     pod_id: &str,
     ports: &[u16],
+    probe: Option<PeerProbe>,
 ) {
     let (sink, mut stream) = ws.split();
     let (out, writer) = spawn_writer(sink);
@@ -377,8 +405,9 @@ async fn port_forward(
                 // Data channels are even; what clients send on error channels is ignored.
                 if ch % 2 == 0
                     && let Some(tx) = inputs.get(usize::from(ch / 2))
+                    && watching(probe.as_ref(), tx.send(data)).await.is_err()
                 {
-                    let _ = tx.send(data).await;
+                    break;
                 }
             }
             gone.cancel();

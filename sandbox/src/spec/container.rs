@@ -17,7 +17,7 @@
 //!   the config gives its own), seccomp (none, berth's default or a profile), resources,
 //!   devices with their cgroup rules, a read-only root, `oom_score_adj` clamped to berth's.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use super::caps;
 use super::host::Host;
@@ -225,19 +225,25 @@ impl ContainerSpec<'_> {
             "cgroup",
             &["nosuid", "noexec", "nodev", "relatime", ro],
         ));
+        // Every bind keeps the flags its source's mount has (see `MountLocks`).
+        let bind = |dest: &str, src: &Path, options: &[&'static str]| {
+            let mut o = options.to_vec();
+            o.extend(host.mount_locks(src).options());
+            Mount::bind(dest, src.display().to_string(), &o)
+        };
         for f in ["hostname", "hosts", "resolv.conf"] {
-            defaults.push(Mount::bind(
+            defaults.push(bind(
                 &format!("/etc/{f}"),
-                self.pod_dir.join(f).display().to_string(),
+                &self.pod_dir.join(f),
                 &["rbind", "rprivate", file_mode],
             ));
         }
         let shm = if self.pod.host_ipc {
-            "/dev/shm".to_string()
+            PathBuf::from("/dev/shm")
         } else {
-            self.pod_dir.join("shm").display().to_string()
+            self.pod_dir.join("shm")
         };
-        defaults.push(Mount::bind("/dev/shm", shm, &["rbind", "rprivate", "rw"]));
+        defaults.push(bind("/dev/shm", &shm, &["rbind", "rprivate", "rw"]));
         let mut mounts: Vec<Mount> = defaults
             .into_iter()
             .filter(|d| !c.mounts.iter().any(|m| m.container_path == d.destination))
@@ -288,6 +294,11 @@ impl ContainerSpec<'_> {
             };
             let mut options = vec!["rbind", prop, mode];
             options.extend(m.options.iter().map(String::as_str));
+            for o in host.mount_locks(&src).options() {
+                if !options.contains(&o) {
+                    options.push(o);
+                }
+            }
             mounts.push(Mount::bind(
                 &m.container_path,
                 src.display().to_string(),

@@ -16,6 +16,8 @@ struct FakeHost {
     propagation: HashMap<String, MountPropagation>,
     /// Host path → (kind, major, minor).
     devices: HashMap<String, (&'static str, i64, i64)>,
+    /// Host path → the flags of the mount holding it.
+    locks: HashMap<String, crate::spec::host::MountLocks>,
 }
 
 impl Host for FakeHost {
@@ -27,6 +29,12 @@ impl Host for FakeHost {
     }
     fn propagation(&self, path: &Path) -> Option<MountPropagation> {
         self.propagation.get(path.to_str()?).copied()
+    }
+    fn mount_locks(&self, path: &Path) -> crate::spec::host::MountLocks {
+        path.to_str()
+            .and_then(|p| self.locks.get(p))
+            .copied()
+            .unwrap_or_default()
     }
     fn device(&self, path: &str) -> Result<OciDevice> {
         let (kind, major, minor) = self
@@ -683,4 +691,64 @@ fn cri_annotations_are_added_and_win() {
         "default"
     );
     assert!(process(&s).terminal);
+}
+
+#[test]
+fn every_bind_keeps_the_nosuid_nodev_and_noexec_of_its_source_mount() {
+    use crate::spec::host::MountLocks;
+    let host = FakeHost {
+        locks: HashMap::from([
+            // An image volume: berth mounts it ro,nosuid,nodev.
+            (
+                "/vol".to_string(),
+                MountLocks {
+                    nosuid: true,
+                    nodev: true,
+                    noexec: false,
+                },
+            ),
+            ("/run/berth/sandboxes/p1/shm".to_string(), MountLocks::ALL),
+            (
+                "/run/berth/sandboxes/p1/hosts".to_string(),
+                MountLocks {
+                    nosuid: true,
+                    nodev: true,
+                    noexec: false,
+                },
+            ),
+        ]),
+        ..Default::default()
+    };
+    let c = ContainerConfig {
+        mounts: vec![
+            CriMount {
+                container_path: "/v".into(),
+                host_path: "/vol".into(),
+                readonly: true,
+                // Asked for by the CRI's mount options: kept once.
+                options: vec!["nosuid".into(), "noexec".into()],
+                ..Default::default()
+            },
+            CriMount {
+                container_path: "/plain".into(),
+                host_path: "/srv".into(),
+                ..Default::default()
+            },
+        ],
+        ..Default::default()
+    };
+    let s = build_on(&host, &c, &pod(), &busybox(), None).unwrap();
+    assert_eq!(
+        mount(&s, "/v")[0].options,
+        ["rbind", "rprivate", "ro", "nosuid", "noexec", "nodev"]
+    );
+    assert_eq!(mount(&s, "/plain")[0].options, ["rbind", "rprivate", "rw"]);
+    assert_eq!(
+        mount(&s, "/dev/shm")[0].options,
+        ["rbind", "rprivate", "rw", "nosuid", "nodev", "noexec"]
+    );
+    assert_eq!(
+        mount(&s, "/etc/hosts")[0].options,
+        ["rbind", "rprivate", "rw", "nosuid", "nodev"]
+    );
 }

@@ -16,6 +16,39 @@ pub struct MountPropagation {
     pub slave: bool,
 }
 
+/// Flags of the mount holding a host path that a bind of it into a container keeps: a bind
+/// is remounted with the options its spec names, and an option left out is a flag lost
+/// (a set-uid binary that works inside, a device node that opens).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MountLocks {
+    /// `nosuid` on the host.
+    pub nosuid: bool,
+    /// `nodev` on the host.
+    pub nodev: bool,
+    /// `noexec` on the host.
+    pub noexec: bool,
+}
+
+impl MountLocks {
+    /// Every flag.
+    pub const ALL: MountLocks = MountLocks {
+        nosuid: true,
+        nodev: true,
+        noexec: true,
+    };
+
+    /// The bind options that keep them.
+    pub fn options(self) -> impl Iterator<Item = &'static str> {
+        [
+            (self.nosuid, "nosuid"),
+            (self.nodev, "nodev"),
+            (self.noexec, "noexec"),
+        ]
+        .into_iter()
+        .filter_map(|(on, o)| on.then_some(o))
+    }
+}
+
 /// The host, as the spec builders see it.
 pub trait Host {
     /// A bind mount's source, canonical. A missing one is made a directory first, as
@@ -23,6 +56,8 @@ pub trait Host {
     fn mount_source(&self, path: &str) -> Result<PathBuf>;
     /// The propagation of the mount holding `path`, if `path` is under one.
     fn propagation(&self, path: &Path) -> Option<MountPropagation>;
+    /// The flags of the mount holding `path` that a bind of it must keep.
+    fn mount_locks(&self, path: &Path) -> MountLocks;
     /// The character or block device at `path`, as a device of the container at `path`.
     fn device(&self, path: &str) -> Result<Device>;
     /// The host's device nodes under `/dev` (what a privileged container gets), but for
@@ -61,6 +96,19 @@ impl Host for RealHost {
     fn propagation(&self, path: &Path) -> Option<MountPropagation> {
         let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
         propagation_in(&info, path)
+    }
+
+    fn mount_locks(&self, path: &Path) -> MountLocks {
+        use rustix::fs::StatVfsMountFlags as F;
+        // Unknown (the path went meanwhile): nothing to keep, runc's own errors follow.
+        let Ok(v) = rustix::fs::statvfs(path) else {
+            return MountLocks::default();
+        };
+        MountLocks {
+            nosuid: v.f_flag.contains(F::NOSUID),
+            nodev: v.f_flag.contains(F::NODEV),
+            noexec: v.f_flag.contains(F::NOEXEC),
+        }
     }
 
     fn device(&self, path: &str) -> Result<Device> {

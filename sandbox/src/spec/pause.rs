@@ -76,10 +76,17 @@ impl SandboxSpec {
 
         let mut mounts = kernel_mounts("ro");
         mounts.push(match (&self.shm, self.host_ipc) {
-            (_, true) => Mount::bind("/dev/shm", "/dev/shm", &["rbind", "rw"]),
-            (Some(shm), false) => {
-                Mount::bind("/dev/shm", shm.display().to_string(), &["rbind", "ro"])
-            }
+            // As the tmpfs mounts they bind are (berth mounts the pod's so).
+            (_, true) => Mount::bind(
+                "/dev/shm",
+                "/dev/shm",
+                &["rbind", "rw", "nosuid", "nodev", "noexec"],
+            ),
+            (Some(shm), false) => Mount::bind(
+                "/dev/shm",
+                shm.display().to_string(),
+                &["rbind", "ro", "nosuid", "nodev", "noexec"],
+            ),
             (None, false) => Mount::new(
                 "/dev/shm",
                 "tmpfs",
