@@ -207,3 +207,42 @@ pub async fn run_to_exit(env: &PodEnv, pod_name: &str, image: &str, cmd: &[&str]
         .collect();
     (st.exit_code, out)
 }
+
+/// The URL of an Exec of `cmd` in container `id` with stdio `o`.
+pub async fn exec_url(
+    env: &PodEnv,
+    id: &str,
+    cmd: &[&str],
+    o: berth_stream::StdioOptions,
+) -> Result<String, tonic::Status> {
+    env.cri
+        .runtime
+        .clone()
+        .exec(cri::ExecRequest {
+            container_id: id.into(),
+            cmd: cmd.iter().map(|s| s.to_string()).collect(),
+            tty: o.tty,
+            stdin: o.stdin,
+            stdout: o.stdout,
+            stderr: o.stderr,
+        })
+        .await
+        .map(|r| r.into_inner().url)
+}
+
+/// The URL of a PortForward to `ports` of `pod` (empty: any).
+pub async fn port_forward_url(
+    env: &PodEnv,
+    pod: &str,
+    ports: &[i32],
+) -> Result<String, tonic::Status> {
+    env.cri
+        .runtime
+        .clone()
+        .port_forward(cri::PortForwardRequest {
+            pod_sandbox_id: pod.into(),
+            port: ports.to_vec(),
+        })
+        .await
+        .map(|r| r.into_inner().url)
+}

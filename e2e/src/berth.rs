@@ -358,6 +358,27 @@ impl Berth {
         self.child.as_ref().and_then(|c| crate::rss_kib(c.id()))
     }
 
+    /// Starts measuring the daemon's peak RSS afresh (`/proc/<pid>/clear_refs`), and returns
+    /// its RSS now (KiB): what [`Self::peak_rss_kib`] is to be compared with.
+    pub fn reset_peak_rss(&self) -> u64 {
+        if let Some(c) = &self.child {
+            let _ = std::fs::write(format!("/proc/{}/clear_refs", c.id()), "5");
+        }
+        self.rss_kib().unwrap_or(0)
+    }
+
+    /// The daemon's peak RSS (KiB) since it started or [`Self::reset_peak_rss`].
+    pub fn peak_rss_kib(&self) -> Option<u64> {
+        let pid = self.child.as_ref()?.id();
+        crate::status_kib(pid, "VmHWM:")
+    }
+
+    /// CPU time the daemon has used (user and system).
+    pub fn cpu_time(&self) -> Option<Duration> {
+        let pid = self.child.as_ref()?.id();
+        crate::cpu_time(pid)
+    }
+
     /// SIGTERM, and wait for a clean exit; returns the exit status.
     pub fn stop(&mut self) -> anyhow::Result<std::process::ExitStatus> {
         let mut child = self.child.take().context("berth is not running")?;

@@ -36,6 +36,11 @@ enum Entry {
     Fifo {
         path: String,
     },
+    CharDevice {
+        path: String,
+        major: u32,
+        minor: u32,
+    },
 }
 
 /// One layer: tar entries written exactly as given (no path cleaning: hostile names pass).
@@ -116,6 +121,16 @@ impl Layer {
         self
     }
 
+    /// Adds a character device node.
+    pub fn char_device(mut self, path: &str, major: u32, minor: u32) -> Self {
+        self.entries.push(Entry::CharDevice {
+            path: path.into(),
+            major,
+            minor,
+        });
+        self
+    }
+
     /// A busybox root: `/bin/busybox` (Debian's static build) and `sh`, `ls`, `cat` links.
     pub fn busybox() -> anyhow::Result<Self> {
         let bin = std::fs::read("/bin/busybox").map_err(|e| {
@@ -147,6 +162,7 @@ impl Layer {
                 }
                 Entry::Dir { path } => (path, tar::EntryType::Directory, 0o755, "", &[]),
                 Entry::Fifo { path } => (path, tar::EntryType::Fifo, 0o644, "", &[]),
+                Entry::CharDevice { path, .. } => (path, tar::EntryType::Char, 0o666, "", &[]),
                 Entry::Symlink { path, target } => {
                     (path, tar::EntryType::Symlink, 0o777, target, &[])
                 }
@@ -176,6 +192,10 @@ impl Layer {
             h.set_gid(0);
             h.set_mtime(1_700_000_000);
             h.set_size(data.len() as u64);
+            if let Entry::CharDevice { major, minor, .. } = e {
+                h.set_device_major(*major).expect("a ustar header");
+                h.set_device_minor(*minor).expect("a ustar header");
+            }
             h.set_cksum();
             out.extend_from_slice(h.as_bytes());
             out.extend_from_slice(data);

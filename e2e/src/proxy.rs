@@ -16,6 +16,8 @@ pub enum Fault {
     ResetAfter(u64),
     /// Invert the byte at this offset of the response (headers included).
     FlipAt(u64),
+    /// Never pass the request on: the client waits for an answer that never comes.
+    Hang,
 }
 
 /// Which responses to harm and how.
@@ -37,6 +39,7 @@ pub struct FaultyProxy {
     /// Both ends of every relayed connection; the relay threads own them.
     conns: Arc<Mutex<Vec<Weak<TcpStream>>>>,
     counts: Arc<Counts>,
+    remaining: Arc<AtomicUsize>,
 }
 
 /// What the relay saw.
@@ -67,7 +70,12 @@ impl FaultyProxy {
         let counts = Arc::new(Counts::default());
         let remaining = Arc::new(AtomicUsize::new(plan.times));
         let upstream = upstream.to_string();
-        let (stop2, conns2, counts2) = (stop.clone(), conns.clone(), counts.clone());
+        let (stop2, conns2, counts2, remaining2) = (
+            stop.clone(),
+            conns.clone(),
+            counts.clone(),
+            remaining.clone(),
+        );
         std::thread::spawn(move || {
             for client in listener.incoming() {
                 if stop2.load(Ordering::Relaxed) {
@@ -84,7 +92,7 @@ impl FaultyProxy {
                     .extend([Arc::downgrade(&client), Arc::downgrade(&server)]);
                 let current = Arc::new(Mutex::new(Current::default()));
                 let fault = plan.fault;
-                let (plan, counts, remaining) = (plan.clone(), counts2.clone(), remaining.clone());
+                let (plan, counts, remaining) = (plan.clone(), counts2.clone(), remaining2.clone());
                 let (c2, s2, cur2) = (client.clone(), server.clone(), current.clone());
                 std::thread::spawn(move || requests(&c2, &s2, &plan, &counts, &remaining, &cur2));
                 let counts = counts2.clone();
@@ -96,7 +104,13 @@ impl FaultyProxy {
             stop,
             conns,
             counts,
+            remaining,
         })
+    }
+
+    /// Harms the next `n` matching responses (on top of what the plan had left).
+    pub fn harm(&self, n: usize) {
+        self.remaining.fetch_add(n, Ordering::Relaxed);
     }
 
     /// What the relay saw so far.
@@ -154,6 +168,10 @@ fn requests(
                     .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |r| r.checked_sub(1))
                     .is_ok();
             *current.lock().unwrap() = Current { harm, sent: 0 };
+            if harm && matches!(plan.fault, Fault::Hang) {
+                counts.harmed.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
             if server.write_all(&head).is_err() {
                 return;
             }

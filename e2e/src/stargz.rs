@@ -87,3 +87,55 @@ impl Converted {
         )
     }
 }
+
+/// The content of the one file a [`hostile`] layer really holds, at `small`.
+pub const HOSTILE_FILE: &[u8] = b"hello\n";
+
+/// A hand-made eStargz blob whose table of contents is `toc` (JSON, whatever it claims):
+/// one gzip member holding the file `small` ([`HOSTILE_FILE`]) at offset 0, the TOC member,
+/// and the footer. It is a valid gzip'd tar, so a pull that refuses the TOC pulls it whole.
+pub fn hostile(toc: &[u8]) -> Converted {
+    use sha2::{Digest as _, Sha256};
+    use std::io::Write;
+    let gz = |data: &[u8]| {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        e.write_all(data).unwrap();
+        e.finish().unwrap()
+    };
+    let entry = |name: &str, data: &[u8]| {
+        let mut h = tar::Header::new_ustar();
+        h.set_path(name).unwrap();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_cksum();
+        let mut out = h.as_bytes().to_vec();
+        out.extend_from_slice(data);
+        out.resize(out.len().div_ceil(512) * 512, 0);
+        out
+    };
+    let data = entry("small", HOSTILE_FILE);
+    let mut index = entry("stargz.index.json", toc);
+    index.extend_from_slice(&[0u8; 1024]);
+    let mut blob = gz(&data);
+    let toc_offset = blob.len();
+    blob.extend(gz(&index));
+    // The footer: an empty gzip member whose extra field says where the TOC is.
+    blob.extend_from_slice(&[
+        0x1f, 0x8b, 8, 4, 0, 0, 0, 0, 0, 0xff, 26, 0, b'S', b'G', 22, 0,
+    ]);
+    blob.extend_from_slice(format!("{toc_offset:016x}STARGZ").as_bytes());
+    blob.extend_from_slice(&[1, 0, 0, 0xff, 0xff, 0, 0, 0, 0, 0, 0, 0, 0]);
+    let mut plain = data;
+    plain.extend(index);
+    let hex = |d: &[u8]| format!("sha256:{}", ::hex::encode(Sha256::digest(d)));
+    Converted {
+        digest: hex(&blob),
+        diff_id: hex(&plain),
+        toc_digest: hex(toc),
+        blob,
+    }
+}

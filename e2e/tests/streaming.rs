@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use berth_cri_api::v1 as cri;
-use berth_e2e::apps::{create, ctr, env_with, start, status};
+use berth_e2e::apps::{create, ctr, env_with, exec_url, port_forward_url, start, status};
 use berth_e2e::pods::pod_config;
 use berth_e2e::{PodEnv, processes, wait_until};
 use berth_stream::StdioOptions;
@@ -13,27 +13,6 @@ use berth_stream::client::{self, RemoteCommand, exit_code, read_all};
 use bytes::Bytes;
 use sha2::Digest;
 use tonic::Code;
-
-async fn exec_url(
-    env: &PodEnv,
-    id: &str,
-    cmd: &[&str],
-    o: StdioOptions,
-) -> Result<String, tonic::Status> {
-    env.cri
-        .runtime
-        .clone()
-        .exec(cri::ExecRequest {
-            container_id: id.into(),
-            cmd: cmd.iter().map(|s| s.to_string()).collect(),
-            tty: o.tty,
-            stdin: o.stdin,
-            stdout: o.stdout,
-            stderr: o.stderr,
-        })
-        .await
-        .map(|r| r.into_inner().url)
-}
 
 async fn attach_url(env: &PodEnv, id: &str, o: StdioOptions) -> String {
     env.cri
@@ -50,18 +29,6 @@ async fn attach_url(env: &PodEnv, id: &str, o: StdioOptions) -> String {
         .unwrap()
         .into_inner()
         .url
-}
-
-async fn port_forward_url(env: &PodEnv, pod: &str, ports: &[i32]) -> Result<String, tonic::Status> {
-    env.cri
-        .runtime
-        .clone()
-        .port_forward(cri::PortForwardRequest {
-            pod_sandbox_id: pod.into(),
-            port: ports.to_vec(),
-        })
-        .await
-        .map(|r| r.into_inner().url)
 }
 
 const OUT_ERR: StdioOptions = StdioOptions {

@@ -353,3 +353,28 @@ impl LazyLayers {
         m.get(chain).map(|m| m.layer.fetched())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fill_that_died_twice_before_storing_anything_quarantines_its_layer() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("snapshots/7");
+        std::fs::create_dir_all(&dir).unwrap();
+        assert_eq!(unsafe_to_resume(&dir), None);
+        // What the fill thread writes as it starts, each time.
+        for n in 1..=2 {
+            std::fs::write(dir.join(FILL_STRIKES), n.to_string()).unwrap();
+        }
+        let why = unsafe_to_resume(&dir).expect("two strikes");
+        assert!(why.contains("2 times"), "{why}");
+        assert!(quarantined(root.path()).is_empty());
+        quarantine(&dir, &why);
+        assert_eq!(quarantined(root.path()), vec![(dir.clone(), why)]);
+        // One strike is a berth that died once: served again.
+        std::fs::write(dir.join(FILL_STRIKES), "1").unwrap();
+        assert_eq!(unsafe_to_resume(&dir), None);
+    }
+}

@@ -380,9 +380,9 @@ impl Session {
                 self.client.timeouts.progress
             ),
         })?
-        .map_err(|reason| Error::Registry {
+        .map_err(|e| Error::Registry {
             host: host.clone(),
-            reason,
+            reason: e.to_string(),
         })?;
         if body.len() as u64 != len {
             return Err(Error::Registry {
@@ -408,7 +408,7 @@ impl Session {
         let host = resp.url().host_str().unwrap_or_default().to_string();
         let body = read_limited(resp, max)
             .await
-            .map_err(|reason| Error::Registry { host, reason })?;
+            .map_err(|e| unread(e, &format!("blob {digest}"), host))?;
         let actual = Digest::of(&body);
         if &actual != digest {
             return Err(Error::DigestMismatch {
@@ -438,12 +438,9 @@ impl Session {
             .get(CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .map(|s| s.split(';').next().unwrap_or(s).trim().to_string());
-        let body = read_limited(resp, MAX_MANIFEST).await.map_err(|e| {
-            Miss::Failed(Error::Registry {
-                host: h.authority(),
-                reason: e,
-            })
-        })?;
+        let body = read_limited(resp, MAX_MANIFEST)
+            .await
+            .map_err(|e| Miss::Failed(unread(e, &format!("manifest {object}"), h.authority())))?;
         let digest = Digest::of(&body);
         if let Some(w) = want
             && &digest != w
@@ -787,21 +784,55 @@ pub(crate) fn transport_reason(e: &reqwest::Error) -> String {
     s
 }
 
+/// Why a bounded response body was not read.
+#[derive(Debug)]
+enum Unread {
+    /// It is larger than the bound: the content is what it is, asking again will not help.
+    TooLarge(usize),
+    /// The connection failed.
+    Transport(String),
+}
+
+impl std::fmt::Display for Unread {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Unread::TooLarge(max) => write!(f, "response larger than {max} bytes"),
+            Unread::Transport(e) => f.write_str(e),
+        }
+    }
+}
+
 async fn read_limited(
     mut resp: reqwest::Response,
     max: usize,
-) -> std::result::Result<Bytes, String> {
+) -> std::result::Result<Bytes, Unread> {
     if resp.content_length().is_some_and(|l| l as usize > max) {
-        return Err(format!("response larger than {max} bytes"));
+        return Err(Unread::TooLarge(max));
     }
     let mut buf = Vec::new();
-    while let Some(chunk) = resp.chunk().await.map_err(|e| transport_reason(&e))? {
+    while let Some(chunk) = resp
+        .chunk()
+        .await
+        .map_err(|e| Unread::Transport(transport_reason(&e)))?
+    {
         if buf.len() + chunk.len() > max {
-            return Err(format!("response larger than {max} bytes"));
+            return Err(Unread::TooLarge(max));
         }
         buf.extend_from_slice(&chunk);
     }
     Ok(buf.into())
+}
+
+/// A bounded body that was not read, as the error of fetching `what` from `host`: content
+/// over its bound is bad content (a permanent failure), anything else the registry's.
+fn unread(e: Unread, what: &str, host: String) -> Error {
+    match e {
+        Unread::TooLarge(max) => Error::BadContent {
+            what: format!("{what} from {host}"),
+            reason: format!("larger than the {} KiB berth accepts for it", max / 1024),
+        },
+        Unread::Transport(reason) => Error::Registry { host, reason },
+    }
 }
 
 /// The registry's error message from a distribution-spec error body, else the status text.

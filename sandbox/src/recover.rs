@@ -37,6 +37,7 @@ use crate::logs::{ContainerLog, open_fifo_reader, open_fifo_writer};
 use crate::now_ns;
 use crate::pod::{PodRecord, PodState};
 use crate::runtime::Runtime;
+use crate::shim::SIGKILL;
 use crate::shim::{self, Shim};
 
 /// Pods reconciled at once after a restart (kuasar's figure).
@@ -281,6 +282,7 @@ impl Runtime {
                     }
                     Err(e) => tracing::warn!(container = id, err = %e, "reattach log"),
                 }
+                self.end_orphaned_execs(s, &id).await;
                 tracing::info!(container = id, running, "recovered container");
             }
             Some(Ok(st)) if st.status.value() == TASK_STOPPED => {
@@ -301,6 +303,39 @@ impl Runtime {
                 self.delete_dead_task(&pod.shim_binary, &id, &self.ctr_dir(&id).join("bundle"))
                     .await;
                 self.mark_gone(&id, "the container's task was gone when berth restarted");
+            }
+        }
+    }
+
+    /// Kills the exec processes the previous berth started in container `id` (their FIFOs
+    /// are still in its exec directory): their clients were that berth's connections, which
+    /// died with it, and an exec outlives nobody who asked for it.
+    async fn end_orphaned_execs(&self, s: Option<&Shim>, id: &str) {
+        let Some(s) = s else { return };
+        let dir = self.ctr_dir(id).join("exec");
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return;
+        };
+        let mut execs: Vec<String> = entries
+            .flatten()
+            .filter_map(|e| {
+                let name = e.file_name().into_string().ok()?;
+                Some(name.split_once('-')?.0.to_string())
+            })
+            .collect();
+        execs.sort();
+        execs.dedup();
+        for exec_id in execs {
+            tracing::info!(
+                container = id,
+                exec_id,
+                "killing an exec whose client went with the previous berth"
+            );
+            let _ = s.kill_process(id, &exec_id, SIGKILL, false).await;
+            let _ = tokio::time::timeout(RECOVERY_CALL_TIMEOUT, s.wait_process(id, &exec_id)).await;
+            let _ = s.delete_process(id, &exec_id).await;
+            for kind in ["stdin", "stdout", "stderr"] {
+                let _ = std::fs::remove_file(dir.join(format!("{exec_id}-{kind}")));
             }
         }
     }

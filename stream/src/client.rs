@@ -174,7 +174,12 @@ pub async fn spdy_connect(url: &str, protocols: &[&str]) -> io::Result<(Arc<Sess
         .find(|(k, _)| k == proto::PROTOCOL_HEADER)
         .map(|(_, v)| v.clone())
         .unwrap_or_default();
-    Ok((Session::new(tcp, Role::Client), chosen))
+    // The server bounds what a session may hold; this end opens what its caller asks.
+    let limits = crate::spdy::Limits {
+        max_streams: usize::MAX,
+        probe: None,
+    };
+    Ok((Session::with_limits(tcp, Role::Client, limits), chosen))
 }
 
 /// A remote-command session from the client's side, on either transport.

@@ -8,7 +8,7 @@ use crate::error::{Error, Result};
 use crate::logs::{mkfifo, open_fifo_reader, open_fifo_writer};
 use crate::runtime::Runtime;
 
-const SIGKILL: u32 = 9;
+use crate::shim::SIGKILL;
 /// How long a failed exec start waits to see whether the container exited meanwhile.
 const EXIT_GRACE: Duration = Duration::from_millis(250);
 
@@ -268,6 +268,15 @@ impl Runtime {
         }
         .await;
         cleanup();
-        res
+        res.map_err(|e| {
+            if e.shim_gone() {
+                // The connection's own words ("early eof") say nothing to an operator.
+                Error::Precondition(format!(
+                    "container {id} is not running: its shim died during the exec ({e})"
+                ))
+            } else {
+                e
+            }
+        })
     }
 }

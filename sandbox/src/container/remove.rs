@@ -17,12 +17,26 @@ impl Runtime {
             Err(Error::NotFound(_)) => return Ok(()),
             Err(e) => return Err(e),
         };
+        match self.remove_resolved_container(&id).await {
+            // Another RemoveContainer (or its pod's removal) removed it meanwhile.
+            Err(e) if e.kind() == crate::ErrorKind::NotFound && self.container(&id).is_err() => {
+                Ok(())
+            }
+            r => r,
+        }
+    }
+
+    async fn remove_resolved_container(&self, id: &str) -> Result<()> {
+        let id = id.to_string();
         let rec = self.container(&id)?;
         if rec.state.needs_stop() {
             self.stop_container(&id, Duration::ZERO).await?;
         }
         let lock = self.containers().lock(&id);
         let _g = lock.lock().await;
+        if self.container(&id).is_err() {
+            return Ok(()); // removed while this call waited for the lock
+        }
         self.reap_container(&id).await;
         let bundle = self.ctr_dir(&id).join("bundle");
         crate::pod::unmount(&bundle.join("rootfs"))?;

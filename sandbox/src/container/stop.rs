@@ -8,7 +8,7 @@ use crate::error::{Error, Result};
 use crate::runtime::Runtime;
 use crate::shim::Shim;
 
-const SIGKILL: u32 = 9;
+use crate::shim::SIGKILL;
 
 impl Runtime {
     /// StopContainer: the stop signal, `timeout` to exit, then SIGKILL. Idempotent.

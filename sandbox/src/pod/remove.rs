@@ -15,11 +15,22 @@ impl Runtime {
             Err(Error::NotFound(_)) => return Ok(()),
             Err(e) => return Err(e),
         };
+        match self.remove_resolved(&id).await {
+            // Another RemovePodSandbox removed it meanwhile: removed is what was asked.
+            Err(e) if e.kind() == crate::ErrorKind::NotFound && self.get(&id).is_err() => Ok(()),
+            r => r,
+        }
+    }
+
+    async fn remove_resolved(&self, id: &str) -> Result<()> {
+        let id = id.to_string();
         self.stop(&id).await?;
         self.remove_pod_containers(&id).await?;
         let lock = self.pods.lock(&id);
         let _g = lock.lock().await;
-        let rec = self.get(&id)?;
+        let Ok(rec) = self.get(&id) else {
+            return Ok(()); // removed while this call waited for the lock
+        };
         unmount(&self.bundle(&id).join("rootfs"))?;
         self.images
             .snapshots()

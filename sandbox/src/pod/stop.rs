@@ -9,7 +9,7 @@ use crate::error::{Error, Result};
 use crate::runtime::Runtime;
 use crate::shim::{self, Shim};
 
-const SIGKILL: u32 = 9;
+use crate::shim::SIGKILL;
 
 impl Runtime {
     /// StopPodSandbox: stops the pause container, tears down the network, unmounts shm.

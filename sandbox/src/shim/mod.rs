@@ -19,3 +19,6 @@ pub mod watch;
 pub use binary::*;
 pub use client::*;
 pub use env::ShimEnv;
+
+/// SIGKILL, as the task API's Kill takes it.
+pub(crate) const SIGKILL: u32 = 9;
