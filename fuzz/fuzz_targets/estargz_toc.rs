@@ -10,14 +10,15 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     if data.len() >= 51 {
         let _ = parse_footer(&data[data.len() - 51..]);
     }
-    // The first 8 bytes choose where the TOC starts, as a footer would say; the blob is the
-    // input's size, as the registry's descriptor would say.
+    // The first 8 bytes choose where the TOC starts, as a footer would say (below 1 TiB); the
+    // blob is the data before it, the TOC and the footer, as the descriptor would say.
     let (head, json) = data.split_at(data.len().min(8));
     let mut off = [0u8; 8];
     off[..head.len()].copy_from_slice(head);
-    let toc_offset = u64::from_le_bytes(off) % (data.len() as u64 + 1);
+    let toc_offset = u64::from_le_bytes(off) % (1 << 40);
+    let blob_size = toc_offset + json.len() as u64 + 51;
     let limits = Limits::default();
-    if let Ok(t) = Toc::parse(json, toc_offset, data.len() as u64, &limits) {
+    if let Ok(t) = Toc::parse(json, toc_offset, blob_size, &limits) {
         // What a mount would do with it: every path, every chunk within its range.
         for i in 0..t.nodes.len().min(64) {
             let _ = t.lookup(&t.path_of(i));
