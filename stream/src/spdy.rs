@@ -649,6 +649,9 @@ async fn writer<W: AsyncWrite + Unpin>(
 struct Slot {
     data: Option<mpsc::Sender<Bytes>>,
     reply: Option<oneshot::Sender<()>>,
+    /// Taken by this end (accepted, or opened here): until then nothing reads its data, and
+    /// a peer that fills its queue has it reset rather than holding the connection's reader.
+    taken: bool,
     /// Alive while any [`StreamWriter`] of the stream is.
     writer: std::sync::Weak<()>,
 }
@@ -864,7 +867,12 @@ impl Session {
     /// The next stream the peer opens (already answered with SYN_REPLY); `None` once the
     /// connection is gone.
     pub async fn accept(&self) -> Option<Stream> {
-        self.incoming.lock().await.recv().await
+        let s = self.incoming.lock().await.recv().await?;
+        let mut t = self.table.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(slot) = t.streams.get_mut(&s.id) {
+            slot.taken = true;
+        }
+        Some(s)
     }
 
     /// Streams of this session that are still open (for tests and logs).
@@ -898,6 +906,7 @@ impl Session {
                 Slot {
                     data: Some(data_tx),
                     reply: Some(reply_tx),
+                    taken: true,
                     writer: Arc::downgrade(&alive),
                 },
             );
@@ -951,6 +960,15 @@ impl Session {
     }
 }
 
+/// What became of data for a stream.
+enum Delivered {
+    Yes,
+    /// Its reader is gone.
+    NobodyReads,
+    /// Its queue is full and this end never took the stream: nothing will read it.
+    Untaken,
+}
+
 struct Reader {
     table: Arc<Mutex<Table>>,
     out: mpsc::Sender<Out>,
@@ -1001,12 +1019,18 @@ impl Reader {
                         let mut piece = BytesMut::zeroed(n);
                         r.read_exact(&mut piece).await?;
                         len -= n;
-                        if let Some(t) = &tx
-                            && !self.deliver(t, piece.freeze()).await?
-                        {
-                            // Nobody reads this stream any more: drop what arrives on it.
-                            self.finish(id);
-                            tx = None;
+                        let Some(t) = &tx else { continue };
+                        match self.deliver(id, t, piece.freeze()).await? {
+                            Delivered::Yes => {}
+                            Delivered::NobodyReads => {
+                                // Drop what arrives on it from now on.
+                                self.finish(id);
+                                tx = None;
+                            }
+                            Delivered::Untaken => {
+                                self.reset(id, REFUSED_STREAM).await?;
+                                tx = None;
+                            }
                         }
                     }
                     if fin {
@@ -1037,21 +1061,48 @@ impl Reader {
         crate::probe::watching(self.probe.as_ref(), f).await
     }
 
-    /// Queues `data` for a stream's reader, waiting while it is behind (back-pressure);
-    /// `false` when nobody reads the stream any more.
-    async fn deliver(&self, tx: &mpsc::Sender<Bytes>, data: Bytes) -> io::Result<bool> {
+    /// Queues `data` for the reader of stream `id`, waiting while it is behind
+    /// (back-pressure) if this end has taken the stream.
+    async fn deliver(
+        &self,
+        id: u32,
+        tx: &mpsc::Sender<Bytes>,
+        data: Bytes,
+    ) -> io::Result<Delivered> {
         let permit = match tx.try_reserve() {
             Ok(p) => Ok(p),
-            Err(mpsc::error::TrySendError::Closed(())) => return Ok(false),
-            Err(mpsc::error::TrySendError::Full(())) => self.watching(tx.reserve()).await?,
+            Err(mpsc::error::TrySendError::Closed(())) => return Ok(Delivered::NobodyReads),
+            Err(mpsc::error::TrySendError::Full(())) => {
+                let taken = self
+                    .table
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .streams
+                    .get(&id)
+                    .is_some_and(|s| s.taken);
+                if !taken {
+                    return Ok(Delivered::Untaken);
+                }
+                self.watching(tx.reserve()).await?
+            }
         };
         match permit {
             Ok(p) => {
                 p.send(data);
-                Ok(true)
+                Ok(Delivered::Yes)
             }
-            Err(_) => Ok(false),
+            Err(_) => Ok(Delivered::NobodyReads),
         }
+    }
+
+    /// Forgets stream `id` and tells the peer.
+    async fn reset(&self, id: u32, status: u32) -> io::Result<()> {
+        self.table
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .streams
+            .remove(&id);
+        self.send_out(Out::Rst { id, status }).await
     }
 
     /// Queues a frame for the writer, waiting while it is behind.
@@ -1075,6 +1126,7 @@ impl Reader {
                     Slot {
                         data: (!fin).then_some(data_tx),
                         reply: None,
+                        taken: false,
                         writer: Arc::downgrade(&alive),
                     },
                 );
@@ -1101,12 +1153,7 @@ impl Reader {
             Err(mpsc::error::TrySendError::Full(_)) => REFUSED_STREAM,
             Err(mpsc::error::TrySendError::Closed(_)) => CANCEL,
         };
-        self.table
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .streams
-            .remove(&id);
-        self.send_out(Out::Rst { id, status }).await
+        self.reset(id, status).await
     }
 
     /// The peer will send nothing more on `id`.
@@ -1351,6 +1398,14 @@ mod tests {
         ops.extend([3, 1, 4, 7, 1, 99, 10, 2, 3, 5, 0]);
         assert!(fuzz_session(&ops, 8) <= 8);
         assert!(fuzz_session(&[6, 6, 6], 8) == 0);
+        // Found by the fuzzer: DATA filling the queue of a stream nobody accepted held the
+        // reader for good (now that stream is reset).
+        let found = [
+            105, 105, 105, 105, 105, 63, 224, 71, 63, 226, 63, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+            1, 1, 1, 1, 1, 1, 48, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 105, 105,
+            105, 63, 224, 71, 63, 226, 63, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+        ];
+        assert!(fuzz_session(&found, 8) <= 8);
     }
 
     #[test]
