@@ -36,7 +36,7 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
             "the state directory is not on a tmpfs"
         );
     }
-    let store = berth_image::store::Store::open(&cfg.root.join("meta.redb"))
+    let store = berth_store::Store::open(&cfg.root.join("meta.redb"))
         .context("open the metadata store (is another berth using this root?)")?;
     let images = ImageService::open(
         ImageServiceConfig {

@@ -1,32 +1,12 @@
 //! The image crate's error type.
 //!
-//! Every variant is classified by [`Error::kind`], which the agent turns into a gRPC code in
-//! one place. This crate itself knows nothing of gRPC.
+//! Every variant is classified by [`Classify::kind`] into berth's one list of kinds, which the
+//! agent turns into a gRPC code in one place. This crate itself knows nothing of gRPC.
 
 use std::io;
 use std::path::PathBuf;
 
-/// The class of a failure, in the spirit of containerd's `errdefs`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ErrorKind {
-    /// The named thing does not exist.
-    NotFound,
-    /// The caller's input is malformed.
-    InvalidArgument,
-    /// The registry refused our credentials, or we had none.
-    Unauthenticated,
-    /// Something outside berth is down or unreachable (a registry, a mirror).
-    Unavailable,
-    /// The request is well formed but cannot be done in the present state of things
-    /// (a bad hosts.toml, an unsupported manifest, an unsafe layer).
-    FailedPrecondition,
-    /// Content did not match its digest or size.
-    DataLoss,
-    /// A local failure: the disk, the metadata store.
-    Internal,
-    /// The caller gave up, and the work was abandoned.
-    Cancelled,
-}
+pub use berth_errdefs::{Classify, ErrorKind};
 
 /// Errors of image references, registry access, pulls and the local stores.
 #[derive(Debug, thiserror::Error)]
@@ -121,8 +101,11 @@ pub enum Error {
         error: io::Error,
     },
     /// The metadata store failed.
-    #[error("metadata store: {0}")]
-    Store(String),
+    #[error(transparent)]
+    Store(#[from] berth_store::Error),
+    /// The snapshots are not what their records say (a parent missing, a key that cannot be).
+    #[error("snapshots: {0}")]
+    Snapshot(String),
     /// An encrypted layer's key could not be unwrapped with the node's keys.
     #[error("cannot decrypt layer {layer} of {image} with the keys in {}: {reason}", dir.display())]
     Decryption {
@@ -161,7 +144,8 @@ impl Error {
             Error::DigestMismatch { .. } | Error::Tampered { .. } => ErrorKind::DataLoss,
             Error::Decryption { .. } => ErrorKind::FailedPrecondition,
             Error::BadContent { .. } | Error::UnsafeLayer { .. } => ErrorKind::FailedPrecondition,
-            Error::Io { .. } | Error::Store(_) => ErrorKind::Internal,
+            Error::Store(e) => e.kind(),
+            Error::Io { .. } | Error::Snapshot(_) => ErrorKind::Internal,
             Error::Cancelled(_) => ErrorKind::Cancelled,
         }
     }
@@ -181,23 +165,11 @@ impl Error {
     }
 }
 
-macro_rules! store_error {
-    ($($t:ty),*) => {$(
-        impl From<$t> for Error {
-            fn from(e: $t) -> Self {
-                Error::Store(e.to_string())
-            }
-        }
-    )*};
+impl Classify for Error {
+    fn kind(&self) -> ErrorKind {
+        Error::kind(self)
+    }
 }
-store_error!(
-    redb::Error,
-    redb::DatabaseError,
-    redb::TransactionError,
-    redb::TableError,
-    redb::StorageError,
-    redb::CommitError
-);
 
 /// The crate's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -14,11 +14,10 @@ pub mod reference;
 pub mod registry;
 pub mod service;
 pub mod snapshot;
-pub mod store;
 pub mod trash;
 pub mod unpack;
 
-pub use error::{Error, ErrorKind, Result};
+pub use error::{Classify, Error, ErrorKind, Result};
 pub use reference::{Digest, Reference};
 pub use registry::Credentials;
 pub use service::{FsUsage, ImageRecord, ImageService, ImageServiceConfig};

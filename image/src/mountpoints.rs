@@ -44,7 +44,7 @@ pub enum Found {
 pub fn lookup(lowers: &[PathBuf], rel: &str) -> Result<Found> {
     let comps: Vec<&str> = rel.split('/').filter(|c| !c.is_empty()).collect();
     if comps.is_empty() || comps.iter().any(|c| *c == "." || *c == "..") {
-        return Err(Error::Store(format!("invalid mount point path {rel:?}")));
+        return Err(Error::Snapshot(format!("invalid mount point path {rel:?}")));
     }
     // Layers that can still contribute entries under the current prefix: [0, end).
     let mut end = lowers.len();

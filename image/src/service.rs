@@ -26,9 +26,9 @@ use crate::reference::{Digest, Reference, is_image_id};
 use crate::registry::{Credentials, RegistryClient, Session};
 use crate::snapshot::LazySource;
 use crate::snapshot::Snapshotter;
-use crate::store::{self, Store};
 use crate::unpack::{self, LayerStats};
 use berth_imgcrypt::{KeyRing, LayerKey, Tampered};
+use berth_store::{self as store, Store};
 
 const TABLE: &str = "images";
 const MAX_CONFIG: usize = 8 << 20;
@@ -797,19 +797,20 @@ impl ImageService {
                 }
             }
         }
+        let mut kept = Vec::new();
         for old in updated {
             if old.repo_tags.is_empty() && old.repo_digests.is_empty() {
                 deletes.push(old.id.to_string());
             } else {
                 puts.push((old.id.to_string(), store::encode(&old)?));
+                kept.push(old);
             }
         }
         puts.push((rec.id.to_string(), store::encode(&rec)?));
+        kept.push(rec.clone());
         self.store.batch(TABLE, &puts, &deletes)?;
         let mut index = self.index.write().unwrap_or_else(|p| p.into_inner());
-        for (_, bytes) in &puts {
-            let r: ImageRecord =
-                serde_json::from_slice(bytes).map_err(|e| Error::Store(e.to_string()))?;
+        for r in kept {
             index.remove(&r.id);
             index.insert(r);
         }

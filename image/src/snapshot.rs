@@ -16,8 +16,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::reference::Digest;
-use crate::store::Store;
 use crate::unpack::LayerStats;
+use berth_store::Store;
 
 const TABLE: &str = "snapshots";
 const ACTIVE: &str = "active_snapshots";
@@ -165,7 +165,7 @@ impl Snapshotter {
 
     /// The record of the committed snapshot for `chain`.
     pub fn get(&self, chain: &Digest) -> Result<Option<SnapshotRecord>> {
-        self.store.get(TABLE, chain.as_str())
+        Ok(self.store.get(TABLE, chain.as_str())?)
     }
 
     /// Every committed snapshot.
@@ -188,7 +188,7 @@ impl Snapshotter {
         let mut cur = Some(top.clone());
         while let Some(c) = cur {
             let r = self.get(&c)?.ok_or_else(|| {
-                Error::Store(format!("snapshot {c} is missing from the chain of {top}"))
+                Error::Snapshot(format!("snapshot {c} is missing from the chain of {top}"))
             })?;
             out.push(self.fs_path(r.id));
             cur = r.parent;
@@ -212,17 +212,19 @@ impl Snapshotter {
         self.create_active(key, Some(top), true)?;
         let mut m = self.mounts(key)?;
         m.pop()
-            .ok_or_else(|| Error::Store(format!("no mount for view {key:?}")))
+            .ok_or_else(|| Error::Snapshot(format!("no mount for view {key:?}")))
     }
 
     fn create_active(&self, key: &str, parent: Option<&Digest>, view: bool) -> Result<()> {
         if key.is_empty() || key.contains('/') {
-            return Err(Error::Store(format!("invalid snapshot key {key:?}")));
+            return Err(Error::Snapshot(format!("invalid snapshot key {key:?}")));
         }
         if let Some(p) = parent
             && self.get(p)?.is_none()
         {
-            return Err(Error::Store(format!("parent snapshot {p} does not exist")));
+            return Err(Error::Snapshot(format!(
+                "parent snapshot {p} does not exist"
+            )));
         }
         if self.store.get::<ActiveRecord>(ACTIVE, key)?.is_none() {
             let id = self.next.fetch_add(1, Ordering::Relaxed);
@@ -251,7 +253,7 @@ impl Snapshotter {
             // record, which `open` removes, and no caller record that would refer to it.
             if let Err(e) = self.store.put_deferred(ACTIVE, key, &rec) {
                 let _ = std::fs::remove_dir_all(&dir);
-                return Err(e);
+                return Err(e.into());
             }
         }
         Ok(())
@@ -262,7 +264,7 @@ impl Snapshotter {
         let rec: ActiveRecord = self
             .store
             .get(ACTIVE, key)?
-            .ok_or_else(|| Error::Store(format!("no writable snapshot {key:?}")))?;
+            .ok_or_else(|| Error::Snapshot(format!("no writable snapshot {key:?}")))?;
         let dir = self.dir.join(rec.id.to_string());
         let upper = dir.join("fs");
         Ok(match &rec.parent {
@@ -334,7 +336,7 @@ impl Snapshotter {
             .put(INIT, chain.as_str(), &InitRecord { id: Some(id) })
         {
             let _ = std::fs::remove_dir_all(&dest);
-            return Err(e);
+            return Err(e.into());
         }
         tracing::debug!(%chain, layer = id, ?entries, "made the mount-point layer");
         Ok(Some(id))
@@ -342,12 +344,12 @@ impl Snapshotter {
 
     /// The writable snapshot (or view) `key`, if there is one.
     pub fn active_record(&self, key: &str) -> Result<Option<ActiveRecord>> {
-        self.store.get(ACTIVE, key)
+        Ok(self.store.get(ACTIVE, key)?)
     }
 
     /// Every writable snapshot.
     pub fn active(&self) -> Result<Vec<(String, ActiveRecord)>> {
-        self.store.list(ACTIVE)
+        Ok(self.store.list(ACTIVE)?)
     }
 
     /// Removes the writable snapshot `key` (unmounted by then); a missing one is not an error.
@@ -431,7 +433,7 @@ impl Snapshotter {
         };
         if let Err(e) = self.store.put(TABLE, chain.as_str(), &rec) {
             let _ = std::fs::remove_dir_all(&dest);
-            return Err(e);
+            return Err(e.into());
         }
         Ok(rec)
     }

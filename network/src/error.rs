@@ -2,18 +2,7 @@
 
 use std::path::PathBuf;
 
-/// The class of a failure; the agent maps it to a gRPC code.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ErrorKind {
-    /// The network is not configured (no usable conflist).
-    NotReady,
-    /// A caller's input is malformed.
-    InvalidArgument,
-    /// A plugin or the kernel refused.
-    Failed,
-    /// A local failure: the disk, a mount.
-    Internal,
-}
+pub use berth_errdefs::{Classify, ErrorKind};
 
 /// Errors of network namespaces and CNI.
 #[derive(Debug, thiserror::Error)]
@@ -69,14 +58,16 @@ pub enum Error {
 }
 
 impl Error {
-    /// The class of this error.
+    /// The class of this error. A network that is not configured is
+    /// [`ErrorKind::FailedPrecondition`]: pods wait for it (the runtime's `NetworkReady`
+    /// condition says so too).
     pub fn kind(&self) -> ErrorKind {
         match self {
             Error::NoNetwork(_) | Error::BadConfig { .. } | Error::PluginNotFound { .. } => {
-                ErrorKind::NotReady
+                ErrorKind::FailedPrecondition
             }
             Error::Invalid(_) => ErrorKind::InvalidArgument,
-            Error::Plugin { .. } | Error::Netns { .. } => ErrorKind::Failed,
+            Error::Plugin { .. } | Error::Netns { .. } => ErrorKind::Unknown,
             Error::Io { .. } => ErrorKind::Internal,
         }
     }
@@ -86,6 +77,12 @@ impl Error {
             context: context.into(),
             error,
         }
+    }
+}
+
+impl Classify for Error {
+    fn kind(&self) -> ErrorKind {
+        Error::kind(self)
     }
 }
 

@@ -7,4 +7,4 @@ pub mod cni;
 pub mod error;
 pub mod netns;
 
-pub use error::{Error, ErrorKind, Result};
+pub use error::{Classify, Error, ErrorKind, Result};

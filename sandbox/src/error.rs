@@ -1,34 +1,7 @@
 //! The sandbox crate's error type. A message says all there is to say (causes included); no
 //! error is both printed and chained as a `source`, so a caller prints it once, whole.
 
-use berth_image as image;
-
-/// The class of a failure; the agent maps it to a gRPC code.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ErrorKind {
-    /// The named thing does not exist.
-    NotFound,
-    /// A caller's input is malformed.
-    InvalidArgument,
-    /// The name or id is taken.
-    AlreadyExists,
-    /// Not possible in the present state.
-    FailedPrecondition,
-    /// A deadline passed.
-    DeadlineExceeded,
-    /// A shim or runtime failed.
-    Failed,
-    /// A local failure: the disk, the metadata store.
-    Internal,
-    /// A registry refused the credentials (pulling the sandbox image).
-    Unauthenticated,
-    /// Something outside berth is down (a registry).
-    Unavailable,
-    /// Content did not match its digest.
-    DataLoss,
-    /// The caller gave up.
-    Cancelled,
-}
+pub use berth_errdefs::{Classify, ErrorKind};
 
 /// Errors of shims and sandboxes.
 #[derive(Debug, thiserror::Error)]
@@ -39,9 +12,12 @@ pub enum Error {
     /// No such pod or container.
     #[error("{0}")]
     NotFound(String),
-    /// An image, snapshot or metadata-store operation failed.
+    /// An image or snapshot operation failed.
     #[error(transparent)]
     Image(#[from] berth_image::Error),
+    /// The metadata store failed (a pod or container record).
+    #[error(transparent)]
+    Store(#[from] berth_store::Error),
     /// The sandbox image could not be pulled.
     #[error("pull sandbox image {image}: {error}")]
     SandboxImage {
@@ -122,22 +98,9 @@ impl Error {
         match self {
             Error::Invalid(_) => ErrorKind::InvalidArgument,
             Error::NotFound(_) => ErrorKind::NotFound,
-            Error::Image(e) | Error::SandboxImage { error: e, .. } => match e.kind() {
-                image::ErrorKind::NotFound => ErrorKind::NotFound,
-                image::ErrorKind::InvalidArgument => ErrorKind::InvalidArgument,
-                image::ErrorKind::Unauthenticated => ErrorKind::Unauthenticated,
-                image::ErrorKind::Unavailable => ErrorKind::Unavailable,
-                image::ErrorKind::FailedPrecondition => ErrorKind::FailedPrecondition,
-                image::ErrorKind::DataLoss => ErrorKind::DataLoss,
-                image::ErrorKind::Internal => ErrorKind::Internal,
-                image::ErrorKind::Cancelled => ErrorKind::Cancelled,
-            },
-            Error::Network(e) => match e.kind() {
-                berth_network::ErrorKind::NotReady => ErrorKind::FailedPrecondition,
-                berth_network::ErrorKind::InvalidArgument => ErrorKind::InvalidArgument,
-                berth_network::ErrorKind::Failed => ErrorKind::Failed,
-                berth_network::ErrorKind::Internal => ErrorKind::Internal,
-            },
+            Error::Image(e) | Error::SandboxImage { error: e, .. } => e.kind(),
+            Error::Store(e) => e.kind(),
+            Error::Network(e) => e.kind(),
             Error::AlreadyExists(_) => ErrorKind::AlreadyExists,
             Error::Precondition(_) => ErrorKind::FailedPrecondition,
             Error::Timeout(_) => ErrorKind::DeadlineExceeded,
@@ -147,7 +110,7 @@ impl Error {
             Error::Task {
                 not_found: true, ..
             } => ErrorKind::NotFound,
-            Error::ShimStart { .. } | Error::Task { .. } => ErrorKind::Failed,
+            Error::ShimStart { .. } | Error::Task { .. } => ErrorKind::Unknown,
             Error::Io { .. } => ErrorKind::Internal,
         }
     }
@@ -165,6 +128,12 @@ impl Error {
     }
 }
 
+impl Classify for Error {
+    fn kind(&self) -> ErrorKind {
+        Error::kind(self)
+    }
+}
+
 /// The crate's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -175,7 +144,7 @@ mod tests {
     #[test]
     fn image_and_store_errors_keep_their_kind_and_say_their_cause_once() {
         let disk = std::io::Error::from_raw_os_error(28);
-        let store = Error::from(berth_image::Error::Store(format!("write: {disk}")));
+        let store = Error::from(berth_store::Error::new(format!("write: {disk}")));
         assert_eq!(store.kind(), ErrorKind::Internal);
         assert_eq!(store.to_string(), format!("metadata store: write: {disk}"));
         let missing = Error::from(berth_image::Error::ImageNotFound("busybox".into()));

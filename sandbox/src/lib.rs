@@ -42,7 +42,7 @@ pub mod spec;
 pub mod stats;
 pub mod users;
 
-pub use error::{Error, ErrorKind, Result};
+pub use error::{Classify, Error, ErrorKind, Result};
 
 #[cfg(test)]
 mod records_v1_tests;

@@ -13,7 +13,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 
-use berth_image::store::Store;
+use berth_store::Store;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -68,7 +68,7 @@ impl<R: Record> Records<R> {
         Ok(self
             .db
             .list::<R>(R::TABLE)
-            .map_err(Error::Image)?
+            .map_err(Error::Store)?
             .into_iter()
             .map(|(_, r)| r)
             .collect())
@@ -126,7 +126,7 @@ impl<R: Record> Records<R> {
     /// Stores `rec` (durably) and keeps it.
     pub(crate) fn put(&self, rec: R) -> Result<Arc<R>> {
         let _w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
-        off_worker(|| self.db.put(R::TABLE, rec.id(), &rec)).map_err(Error::Image)?;
+        off_worker(|| self.db.put(R::TABLE, rec.id(), &rec)).map_err(Error::Store)?;
         let rec = Arc::new(rec);
         self.write().insert(rec.id().to_string(), rec.clone());
         Ok(rec)
@@ -136,7 +136,7 @@ impl<R: Record> Records<R> {
     /// which a restart finds and undoes; memory learns of it with [`put`](Self::put).
     pub(crate) fn persist(&self, rec: &R) -> Result<()> {
         let _w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
-        off_worker(|| self.db.put(R::TABLE, rec.id(), rec)).map_err(Error::Image)
+        off_worker(|| self.db.put(R::TABLE, rec.id(), rec)).map_err(Error::Store)
     }
 
     /// Keeps `rec` in memory only (loaded from the store, or a change a restart learns
@@ -164,7 +164,7 @@ impl<R: Record> Records<R> {
             // Not synced: no wait worth handing the worker off for.
             Durability::Soon => self.db.put_deferred(R::TABLE, id, &next),
         }
-        .map_err(Error::Image)?;
+        .map_err(Error::Store)?;
         let next = Arc::new(next);
         self.write().insert(id.to_string(), next.clone());
         Ok(Some(next))
@@ -182,14 +182,14 @@ impl<R: Record> Records<R> {
         f(&mut next);
         let next = Arc::new(next);
         self.write().insert(id.to_string(), next.clone());
-        off_worker(|| self.db.put(R::TABLE, id, next.as_ref())).map_err(Error::Image)?;
+        off_worker(|| self.db.put(R::TABLE, id, next.as_ref())).map_err(Error::Store)?;
         Ok(Some(next))
     }
 
     /// Deletes record `id` from the store, then from memory, with its lock and its name.
     pub(crate) fn remove(&self, id: &str) -> Result<()> {
         let _w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
-        off_worker(|| self.db.delete(R::TABLE, id)).map_err(Error::Image)?;
+        off_worker(|| self.db.delete(R::TABLE, id)).map_err(Error::Store)?;
         self.forget(id);
         Ok(())
     }
@@ -199,7 +199,7 @@ impl<R: Record> Records<R> {
     pub(crate) fn remove_record(&self, id: &str) -> Result<()> {
         let _w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         self.write().remove(id);
-        off_worker(|| self.db.delete(R::TABLE, id)).map_err(Error::Image)
+        off_worker(|| self.db.delete(R::TABLE, id)).map_err(Error::Store)
     }
 
     /// Drops record `id` from memory only, with its lock and its name (a creation rolled

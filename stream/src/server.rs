@@ -64,6 +64,16 @@ pub enum UrlError {
     Exhausted(usize),
 }
 
+impl berth_errdefs::Classify for UrlError {
+    fn kind(&self) -> berth_errdefs::ErrorKind {
+        match self {
+            UrlError::Invalid(_) => berth_errdefs::ErrorKind::InvalidArgument,
+            // As the kubelet's own streaming server answers.
+            UrlError::Exhausted(_) => berth_errdefs::ErrorKind::ResourceExhausted,
+        }
+    }
+}
+
 struct Pending {
     req: Request,
     expires: Instant,

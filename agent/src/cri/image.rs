@@ -12,7 +12,7 @@ use berth_cri_api::v1::{
 use berth_image::{Credentials, ImageRecord};
 use tonic::{Request, Response, Status};
 
-use super::{Kind, call, chunked, detached, image_status};
+use super::{Kind, call, chunked, detached, status};
 
 /// Serves the CRI image API from the image service.
 #[derive(Debug, Clone)]
@@ -88,7 +88,7 @@ impl ImageService for ImageCri {
                 Some(f) => match self.images.resolve(&f) {
                     Ok(r) => vec![r],
                     Err(berth_image::Error::ImageNotFound(_)) => vec![],
-                    Err(e) => return Err(image_status(e)),
+                    Err(e) => return Err(status(e)),
                 },
             };
             Ok(ListImagesResponse {
@@ -112,11 +112,11 @@ impl ImageService for ImageCri {
                 Err(berth_image::Error::ImageNotFound(_)) => {
                     return Ok(ImageStatusResponse::default());
                 }
-                Err(e) => return Err(image_status(e)),
+                Err(e) => return Err(status(e)),
             };
             let mut info = std::collections::HashMap::new();
             if req.verbose {
-                let spec = self.images.config_json(&rec).map_err(image_status)?;
+                let spec = self.images.config_json(&rec).map_err(super::status)?;
                 let v = serde_json::json!({
                     "chainID": rec.top_chain().map(|c| c.to_string()).unwrap_or_default(),
                     "manifest": rec.manifest.to_string(),
@@ -177,7 +177,7 @@ impl ImageService for ImageCri {
                 let rec = images
                     .pull_cancellable(&image, creds, caller_gone)
                     .await
-                    .map_err(image_status)?;
+                    .map_err(super::status)?;
                 tracing::info!(id = %rec.id, "image pulled");
                 Ok(PullImageResponse {
                     image_ref: rec.id.to_string(),
@@ -199,7 +199,7 @@ impl ImageService for ImageCri {
             span,
             Kind::Mutation,
             detached(async move {
-                images.remove(&image).await.map_err(image_status)?;
+                images.remove(&image).await.map_err(super::status)?;
                 Ok(RemoveImageResponse {})
             }),
         )
@@ -211,7 +211,7 @@ impl ImageService for ImageCri {
         _req: Request<ImageFsInfoRequest>,
     ) -> Result<Response<ImageFsInfoResponse>, Status> {
         call(tracing::trace_span!("ImageFsInfo"), Kind::Read, async {
-            let u = self.images.fs_usage().map_err(image_status)?;
+            let u = self.images.fs_usage().map_err(super::status)?;
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_nanos() as i64)

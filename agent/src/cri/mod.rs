@@ -11,7 +11,7 @@ mod validate;
 use std::future::Future;
 use std::time::Instant;
 
-use berth_image::ErrorKind;
+use berth_errdefs::{Classify, ErrorKind};
 use tonic::{Code, Response, Status};
 use tracing::Instrument;
 
@@ -19,23 +19,29 @@ pub use image::ImageCri;
 pub use runtime::RuntimeCri;
 pub use stream::StreamBackend;
 
-/// The gRPC code for an image error. Every kind is named: adding one is a compile error here.
-fn image_code(kind: ErrorKind) -> Code {
+/// The gRPC code of an error kind: the one place where berth's errors become codes. Every
+/// kind is named, so a new one is a compile error here.
+pub(crate) fn code(kind: ErrorKind) -> Code {
     match kind {
         ErrorKind::NotFound => Code::NotFound,
         ErrorKind::InvalidArgument => Code::InvalidArgument,
+        ErrorKind::AlreadyExists => Code::AlreadyExists,
+        ErrorKind::FailedPrecondition => Code::FailedPrecondition,
+        ErrorKind::DeadlineExceeded => Code::DeadlineExceeded,
+        ErrorKind::ResourceExhausted => Code::ResourceExhausted,
         ErrorKind::Unauthenticated => Code::Unauthenticated,
         ErrorKind::Unavailable => Code::Unavailable,
-        ErrorKind::FailedPrecondition => Code::FailedPrecondition,
         ErrorKind::DataLoss => Code::DataLoss,
-        ErrorKind::Internal => Code::Internal,
         ErrorKind::Cancelled => Code::Cancelled,
+        ErrorKind::Internal => Code::Internal,
+        ErrorKind::Unknown => Code::Unknown,
     }
 }
 
-/// The status for an image error: its code and its message (which says its causes).
-pub(crate) fn image_status(e: berth_image::Error) -> Status {
-    Status::new(image_code(e.kind()), e.to_string())
+/// The status for any of berth's errors: its kind's code and its message (which says its
+/// causes).
+pub(crate) fn status<E: Classify + std::fmt::Display>(e: E) -> Status {
+    Status::new(code(e.kind()), e.to_string())
 }
 
 /// Runs a request conversion; off the async workers when it reads a file the request names
@@ -138,18 +144,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn image_errors_map_to_codes() {
+    fn errors_map_to_codes() {
         let e = berth_image::Reference::parse("Bad").unwrap_err();
-        assert_eq!(image_status(e).code(), Code::InvalidArgument);
+        assert_eq!(status(e).code(), Code::InvalidArgument);
         assert_eq!(
-            image_status(berth_image::Error::ImageNotFound("x".into())).code(),
+            status(berth_image::Error::ImageNotFound("x".into())).code(),
             Code::NotFound
         );
         let io = berth_image::Error::Io {
             context: "write blob".into(),
             error: std::io::Error::other("disk full"),
         };
-        let s = image_status(io);
+        let s = status(io);
         assert_eq!(s.code(), Code::Internal);
         assert_eq!(s.message(), "write blob: disk full");
     }

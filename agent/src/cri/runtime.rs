@@ -13,7 +13,7 @@ use berth_cri_api::v1::runtime_service_server::RuntimeService;
 use tonic::{Request, Response, Status};
 
 use super::container as ctr;
-use super::sandbox::{filter, pod_config, sandbox_status, to_pod, to_status, verbose_info};
+use super::sandbox::{filter, pod_config, to_pod, to_status, verbose_info};
 use super::{Kind, call, chunked, detached};
 use crate::config::Config;
 
@@ -224,7 +224,7 @@ impl RuntimeService for RuntimeCri {
             span,
             Kind::Mutation,
             detached(async move {
-                let id = pods.run(cfg).await.map_err(sandbox_status)?;
+                let id = pods.run(cfg).await.map_err(super::status)?;
                 tracing::info!(pod_sandbox_id = %id, "pod sandbox ready");
                 Ok(cri::RunPodSandboxResponse { pod_sandbox_id: id })
             }),
@@ -243,7 +243,7 @@ impl RuntimeService for RuntimeCri {
             span,
             Kind::Mutation,
             detached(async move {
-                pods.stop(&id).await.map_err(sandbox_status)?;
+                pods.stop(&id).await.map_err(super::status)?;
                 Ok(cri::StopPodSandboxResponse {})
             }),
         )
@@ -264,7 +264,7 @@ impl RuntimeService for RuntimeCri {
                 if id.is_empty() {
                     return Err(Status::invalid_argument("pod_sandbox_id is empty"));
                 }
-                pods.remove(&id).await.map_err(sandbox_status)?;
+                pods.remove(&id).await.map_err(super::status)?;
                 Ok(cri::RemovePodSandboxResponse {})
             }),
         )
@@ -281,8 +281,8 @@ impl RuntimeService for RuntimeCri {
             let id = self
                 .pods
                 .resolve(&req.pod_sandbox_id)
-                .map_err(sandbox_status)?;
-            let rec = self.pods.get(&id).map_err(sandbox_status)?;
+                .map_err(super::status)?;
+            let rec = self.pods.get(&id).map_err(super::status)?;
             let info = if req.verbose {
                 verbose_info(&rec)
             } else {
@@ -539,7 +539,7 @@ impl RuntimeService for RuntimeCri {
                 let id = pods
                     .create_container(&pod_id, cfg)
                     .await
-                    .map_err(sandbox_status)?;
+                    .map_err(super::status)?;
                 tracing::info!(container_id = %id, "container created");
                 Ok(cri::CreateContainerResponse { container_id: id })
             }),
@@ -558,7 +558,7 @@ impl RuntimeService for RuntimeCri {
             span,
             Kind::Mutation,
             detached(async move {
-                pods.start_container(&id).await.map_err(sandbox_status)?;
+                pods.start_container(&id).await.map_err(super::status)?;
                 Ok(cri::StartContainerResponse {})
             }),
         )
@@ -579,7 +579,7 @@ impl RuntimeService for RuntimeCri {
                 let timeout = std::time::Duration::from_secs(req.timeout.max(0) as u64);
                 pods.stop_container(&req.container_id, timeout)
                     .await
-                    .map_err(sandbox_status)?;
+                    .map_err(super::status)?;
                 Ok(cri::StopContainerResponse {})
             }),
         )
@@ -601,7 +601,7 @@ impl RuntimeService for RuntimeCri {
                 if id.is_empty() {
                     return Err(Status::invalid_argument("container_id is empty"));
                 }
-                pods.remove_container(&id).await.map_err(sandbox_status)?;
+                pods.remove_container(&id).await.map_err(super::status)?;
                 samples
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
@@ -640,8 +640,8 @@ impl RuntimeService for RuntimeCri {
             let id = self
                 .pods
                 .resolve_container(&req.container_id)
-                .map_err(sandbox_status)?;
-            let rec = self.pods.container(&id).map_err(sandbox_status)?;
+                .map_err(super::status)?;
+            let rec = self.pods.container(&id).map_err(super::status)?;
             Ok(cri::ContainerStatusResponse {
                 status: Some(ctr::to_container_status(&rec)),
                 info: if req.verbose {
@@ -669,7 +669,7 @@ impl RuntimeService for RuntimeCri {
                 let r = ctr::resources(req.linux);
                 pods.update_container_resources(&req.container_id, &r)
                     .await
-                    .map_err(sandbox_status)?;
+                    .map_err(super::status)?;
                 Ok(cri::UpdateContainerResourcesResponse {})
             }),
         )
@@ -683,9 +683,7 @@ impl RuntimeService for RuntimeCri {
         let id = req.into_inner().container_id;
         let span = tracing::info_span!("ReopenContainerLog", container_id = %id);
         call(span, Kind::Mutation, async {
-            self.pods
-                .reopen_container_log(&id)
-                .map_err(sandbox_status)?;
+            self.pods.reopen_container_log(&id).map_err(super::status)?;
             Ok(cri::ReopenContainerLogResponse {})
         })
         .await
@@ -747,7 +745,7 @@ impl RuntimeService for RuntimeCri {
                 let out = pods
                     .exec_sync(&req.container_id, req.cmd, timeout, caller_gone)
                     .await
-                    .map_err(sandbox_status)?;
+                    .map_err(super::status)?;
                 Ok(cri::ExecSyncResponse {
                     stdout: out.stdout,
                     stderr: out.stderr,
@@ -765,8 +763,8 @@ impl RuntimeService for RuntimeCri {
         let id = req.into_inner().container_id;
         let span = tracing::trace_span!("ContainerStats", container_id = %id);
         call(span, Kind::Read, async {
-            let id = self.pods.resolve_container(&id).map_err(sandbox_status)?;
-            let rec = self.pods.container(&id).map_err(sandbox_status)?;
+            let id = self.pods.resolve_container(&id).map_err(super::status)?;
+            let rec = self.pods.container(&id).map_err(super::status)?;
             Ok(cri::ContainerStatsResponse {
                 stats: Some(self.stats_of(&rec).await),
             })
@@ -806,8 +804,8 @@ impl RuntimeService for RuntimeCri {
         let id = req.into_inner().pod_sandbox_id;
         let span = tracing::trace_span!("PodSandboxStats", pod_sandbox_id = %id);
         call(span, Kind::Read, async {
-            let id = self.pods.resolve(&id).map_err(sandbox_status)?;
-            let rec = self.pods.get(&id).map_err(sandbox_status)?;
+            let id = self.pods.resolve(&id).map_err(super::status)?;
+            let rec = self.pods.get(&id).map_err(super::status)?;
             Ok(cri::PodSandboxStatsResponse {
                 stats: Some(self.pod_stats_of(&rec).await),
             })

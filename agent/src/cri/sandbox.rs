@@ -7,25 +7,6 @@ use berth_sandbox::container::Seccomp;
 use berth_sandbox::pod::{Dns, PodConfig, PodFilter, PodMeta, PodRecord, PodState, PortMapping};
 use tonic::Status;
 
-/// The gRPC status for a sandbox error; every kind named.
-pub(crate) fn sandbox_status(e: berth_sandbox::Error) -> Status {
-    use berth_sandbox::ErrorKind as K;
-    let code = match e.kind() {
-        K::NotFound => tonic::Code::NotFound,
-        K::InvalidArgument => tonic::Code::InvalidArgument,
-        K::AlreadyExists => tonic::Code::AlreadyExists,
-        K::FailedPrecondition => tonic::Code::FailedPrecondition,
-        K::Failed => tonic::Code::Unknown,
-        K::Internal => tonic::Code::Internal,
-        K::DeadlineExceeded => tonic::Code::DeadlineExceeded,
-        K::Unauthenticated => tonic::Code::Unauthenticated,
-        K::Unavailable => tonic::Code::Unavailable,
-        K::DataLoss => tonic::Code::DataLoss,
-        K::Cancelled => tonic::Code::Cancelled,
-    };
-    Status::new(code, e.to_string())
-}
-
 fn invalid(msg: impl Into<String>) -> Status {
     Status::invalid_argument(msg.into())
 }

@@ -4,13 +4,13 @@
 use std::sync::Arc;
 
 use berth_cri_api::v1 as cri;
-use berth_sandbox::ErrorKind;
+use berth_errdefs::ErrorKind;
 use berth_sandbox::runtime::Runtime;
 use berth_sandbox::session::{SessionIo, TermSize};
-use berth_stream::{BackendError, Io, Request, StdioOptions, StreamServer, server::UrlError};
+use berth_stream::{BackendError, Io, Request, StdioOptions, StreamServer};
 use tonic::Status;
 
-use super::sandbox::sandbox_status;
+use super::status;
 
 /// The runtime side of the streaming server.
 pub struct StreamBackend {
@@ -88,17 +88,10 @@ impl berth_stream::Backend for StreamBackend {
     }
 }
 
-fn url_status(e: UrlError) -> Status {
-    match e {
-        UrlError::Invalid(m) => Status::invalid_argument(m),
-        UrlError::Exhausted(_) => Status::resource_exhausted(e.to_string()),
-    }
-}
-
 /// The container `id` names, which must be running.
 fn running_container(pods: &Runtime, id: &str) -> Result<String, Status> {
-    let id = pods.resolve_container(id).map_err(sandbox_status)?;
-    let rec = pods.container(&id).map_err(sandbox_status)?;
+    let id = pods.resolve_container(id).map_err(super::status)?;
+    let rec = pods.container(&id).map_err(super::status)?;
     if !rec.state.can_exec() {
         return Err(Status::failed_precondition(format!(
             "container {id} is {:?}, not running",
@@ -124,11 +117,11 @@ fn container_url(
     server: &StreamServer,
     mut req: Request,
 ) -> Result<String, Status> {
-    req.validate().map_err(url_status)?;
+    req.validate().map_err(status)?;
     if let Request::Exec { container_id, .. } | Request::Attach { container_id, .. } = &mut req {
         *container_id = running_container(pods, container_id)?;
     }
-    server.url(req).map_err(url_status)
+    server.url(req).map_err(status)
 }
 
 pub(crate) fn exec_url(
@@ -182,8 +175,8 @@ pub(crate) fn port_forward_url(
             }
         }
     }
-    let id = pods.resolve(&req.pod_sandbox_id).map_err(sandbox_status)?;
-    let rec = pods.get(&id).map_err(sandbox_status)?;
+    let id = pods.resolve(&req.pod_sandbox_id).map_err(super::status)?;
+    let rec = pods.get(&id).map_err(super::status)?;
     if !rec.state.can_host_containers() {
         return Err(Status::failed_precondition(format!(
             "pod sandbox {id} is not ready"
@@ -191,6 +184,6 @@ pub(crate) fn port_forward_url(
     }
     let url = server
         .url(Request::PortForward { pod_id: id, ports })
-        .map_err(url_status)?;
+        .map_err(status)?;
     Ok(cri::PortForwardResponse { url })
 }

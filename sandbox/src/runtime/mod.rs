@@ -9,9 +9,9 @@ use std::sync::Arc;
 mod spare;
 
 use berth_image::ImageService;
-use berth_image::store::Store;
 use berth_network::cni::{Cni, CniPaths};
 use berth_network::netns::NetnsDir;
+use berth_store::Store;
 
 use crate::error::{Error, Result};
 use crate::pod::PodRecord;

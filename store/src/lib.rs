@@ -1,4 +1,5 @@
-//! berth's metadata store: typed JSON records in named tables of one redb database.
+//! berth's metadata store: typed JSON records in named tables of one redb database, shared
+//! by the image service (images, snapshots) and the sandbox runtime (pods, containers).
 //!
 //! redb rather than sled: sled's own README calls it beta, says its on-disk format will change
 //! and advises SQLite where reliability matters, and its last release (2024) is an alpha. redb
@@ -9,11 +10,55 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use berth_errdefs::{Classify, ErrorKind};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::error::{Error, Result};
+/// A failure of the metadata store (always [`ErrorKind::Internal`]: the disk, the database
+/// file); the message says what berth was doing.
+#[derive(Debug, thiserror::Error)]
+#[error("metadata store: {0}")]
+pub struct Error(String);
+
+impl Error {
+    /// The class of this error: always [`ErrorKind::Internal`].
+    pub fn kind(&self) -> ErrorKind {
+        ErrorKind::Internal
+    }
+
+    /// A store failure saying `msg`.
+    pub fn new(msg: impl Into<String>) -> Self {
+        Error(msg.into())
+    }
+}
+
+impl Classify for Error {
+    fn kind(&self) -> ErrorKind {
+        Error::kind(self)
+    }
+}
+
+macro_rules! redb_error {
+    ($($t:ty),*) => {$(
+        impl From<$t> for Error {
+            fn from(e: $t) -> Self {
+                Error(e.to_string())
+            }
+        }
+    )*};
+}
+redb_error!(
+    redb::Error,
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);
+
+/// The crate's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// The schema this build writes. Opening a store written by a newer schema fails rather than
 /// misreading it.
@@ -60,10 +105,10 @@ impl Store {
     pub fn open(path: &Path) -> Result<Self> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)
-                .map_err(|e| Error::io(format!("create {}", dir.display()), e))?;
+                .map_err(|e| Error::new(format!("create {}: {e}", dir.display())))?;
         }
         let db = Database::create(path)
-            .map_err(|e| Error::Store(format!("open {}: {e}", path.display())))?;
+            .map_err(|e| Error::new(format!("open {}: {e}", path.display())))?;
         let tx = db.begin_write()?;
         {
             let mut meta = tx.open_table(META)?;
@@ -75,7 +120,7 @@ impl Store {
                 Some(v) => {
                     let v: u32 = String::from_utf8_lossy(&v).parse().unwrap_or(u32::MAX);
                     if v > SCHEMA_VERSION {
-                        return Err(Error::Store(format!(
+                        return Err(Error::new(format!(
                             "{} has schema version {v}; this berth understands up to {SCHEMA_VERSION}",
                             path.display()
                         )));
@@ -152,7 +197,7 @@ impl Store {
                     std::thread::sleep(std::time::Duration::from_millis(10));
                 }
                 Err(e) => {
-                    return Err(Error::Store(format!("open {} again: {e}", path.display())));
+                    return Err(Error::new(format!("open {} again: {e}", path.display())));
                 }
             }
         }
@@ -179,7 +224,7 @@ impl Store {
         durability: redb::Durability,
     ) -> Result<()> {
         let bytes = serde_json::to_vec(value)
-            .map_err(|e| Error::Store(format!("encode {table_name}/{key}: {e}")))?;
+            .map_err(|e| Error::new(format!("encode {table_name}/{key}: {e}")))?;
         self.run(|db| {
             let mut tx = db.begin_write()?;
             tx.set_durability(durability)?;
@@ -260,12 +305,12 @@ impl Store {
 }
 
 fn decode<T: DeserializeOwned>(table: &str, key: &str, bytes: &[u8]) -> Result<T> {
-    serde_json::from_slice(bytes).map_err(|e| Error::Store(format!("decode {table}/{key}: {e}")))
+    serde_json::from_slice(bytes).map_err(|e| Error::new(format!("decode {table}/{key}: {e}")))
 }
 
 /// Encodes a record for [`Store::batch`].
 pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>> {
-    serde_json::to_vec(value).map_err(|e| Error::Store(format!("encode: {e}")))
+    serde_json::to_vec(value).map_err(|e| Error::new(format!("encode: {e}")))
 }
 
 #[cfg(test)]
