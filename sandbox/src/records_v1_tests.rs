@@ -91,7 +91,7 @@ fn the_typed_builders_make_the_old_specs() {
         shm: Some("/run/berth/sandboxes/p1/shm".into()),
         cgroup_parent: pod.config.cgroup_parent.clone(),
         sysctls: pod.config.sysctls.clone(),
-        seccomp: pod.config.seccomp.clone(),
+        seccomp: crate::seccomp::filter(&pod.config.seccomp, &[]).unwrap(),
         daemon_oom_score_adj: 0,
         ..Default::default()
     }

@@ -3,7 +3,49 @@
 //! clock and swap changes, keyrings, `kexec`, new namespaces — unless the container holds the
 //! capability that would make them meaningful.
 
+use crate::error::{Error, Result};
 use crate::spec::oci::{Seccomp, Syscall, SyscallArg};
+
+/// Seccomp profiles larger than this are refused (Docker's default profile is ~20 KiB).
+const PROFILE_LIMIT: u64 = 4 << 20;
+
+/// `s` with a Localhost profile read from its file, off the async workers: a regular file
+/// of bounded size (a FIFO or a device named there is refused without blocking), holding an
+/// OCI seccomp object with a `defaultAction`.
+pub(crate) async fn resolve(s: crate::container::Seccomp) -> Result<crate::container::Seccomp> {
+    let crate::container::Seccomp::Localhost(path) = s else {
+        return Ok(s);
+    };
+    tokio::task::spawn_blocking(move || load_profile(&path).map(crate::container::Seccomp::Profile))
+        .await
+        .map_err(|e| Error::io("read a seccomp profile", std::io::Error::other(e)))?
+}
+
+fn load_profile(path: &str) -> Result<Seccomp> {
+    let bad = |e: String| Error::Invalid(format!("seccomp profile {}: {e}", crate::shown(path)));
+    let text = crate::safefile::read_host_file(std::path::Path::new(path), PROFILE_LIMIT)
+        .map_err(|e| bad(e.to_string()))?;
+    let profile: Seccomp = serde_json::from_slice(&text).map_err(|e| bad(e.to_string()))?;
+    if profile.default_action.is_empty() {
+        return Err(bad("no defaultAction".into()));
+    }
+    Ok(profile)
+}
+
+/// The filter `s` stands for, with `caps` the capabilities its process holds (the default
+/// profile allows what they make meaningful); `None` for no filter.
+pub(crate) fn filter(s: &crate::container::Seccomp, caps: &[String]) -> Result<Option<Seccomp>> {
+    use crate::container::Seccomp as S;
+    match s {
+        S::Unconfined => Ok(None),
+        S::RuntimeDefault => Ok(Some(default_profile(caps))),
+        S::Profile(p) => Ok(Some(p.clone())),
+        S::Localhost(path) => Err(Error::Invalid(format!(
+            "seccomp profile {} was not read before the spec was built",
+            crate::shown(path)
+        ))),
+    }
+}
 
 /// Allowed for every container.
 const ALWAYS: &[&str] = &[

@@ -82,35 +82,11 @@ fn to_cri_resources(r: &Resources) -> cri::LinuxContainerResources {
     }
 }
 
-/// Seccomp profiles larger than this are refused (Docker's default profile is ~20 KiB).
-const SECCOMP_PROFILE_LIMIT: u64 = 4 << 20;
-
-/// Reads a Localhost profile: a regular file (a FIFO or a device named here is refused
-/// without blocking), of bounded size. Blocking file I/O: the conversions that call it run
-/// off the async workers.
-fn load_profile(path: &str) -> Result<berth_sandbox::spec::oci::Seccomp, Status> {
-    use super::validate::shown;
+/// A Localhost profile: its path (the sandbox runtime reads the file where it builds the
+/// spec).
+fn localhost(path: &str) -> Result<Seccomp, Status> {
     super::validate::absolute_path("seccomp localhost profile", path)?;
-    let text =
-        berth_sandbox::safefile::read_host_file(std::path::Path::new(path), SECCOMP_PROFILE_LIMIT)
-            .map_err(|e| invalid(format!("seccomp profile {}: {e}", shown(path))))?;
-    let profile: berth_sandbox::spec::oci::Seccomp = serde_json::from_slice(&text)
-        .map_err(|e| invalid(format!("seccomp profile {}: {e}", shown(path))))?;
-    if profile.default_action.is_empty() {
-        return Err(invalid(format!(
-            "seccomp profile {}: no defaultAction",
-            shown(path)
-        )));
-    }
-    Ok(profile)
-}
-
-/// Whether the seccomp settings name a Localhost profile (a file converting them reads).
-pub(crate) fn reads_a_profile(field: Option<&cri::SecurityProfile>, path: &str) -> bool {
-    match field {
-        Some(p) => p.profile_type == cri::security_profile::ProfileType::Localhost as i32,
-        None => path.starts_with("localhost/"),
-    }
+    Ok(Seccomp::Localhost(path.to_string()))
 }
 
 /// Seccomp from the CRI field, or else from the deprecated path form (pods and containers).
@@ -120,7 +96,7 @@ pub(crate) fn seccomp(field: Option<&cri::SecurityProfile>, path: &str) -> Resul
         return match P::try_from(p.profile_type) {
             Ok(P::Unconfined) => Ok(Seccomp::Unconfined),
             Ok(P::RuntimeDefault) => Ok(Seccomp::RuntimeDefault),
-            Ok(P::Localhost) => Ok(Seccomp::Profile(load_profile(&p.localhost_ref)?)),
+            Ok(P::Localhost) => localhost(&p.localhost_ref),
             Err(_) => Err(invalid(format!(
                 "unknown seccomp profile type {}",
                 p.profile_type
@@ -131,9 +107,7 @@ pub(crate) fn seccomp(field: Option<&cri::SecurityProfile>, path: &str) -> Resul
         // containerd 1.6 leaves an unset profile unconfined.
         "" | "unconfined" => Ok(Seccomp::Unconfined),
         "runtime/default" | "docker/default" => Ok(Seccomp::RuntimeDefault),
-        p if p.starts_with("localhost/") => {
-            Ok(Seccomp::Profile(load_profile(&p["localhost/".len()..])?))
-        }
+        p if p.starts_with("localhost/") => localhost(&p["localhost/".len()..]),
         other => Err(invalid(format!(
             "seccomp profile {other:?} is not supported: use runtime/default, unconfined or localhost/<absolute path>"
         ))),
@@ -617,38 +591,30 @@ pub(crate) fn to_event(
 /// last (time ns, cpu ns) sample for a rate.
 pub(crate) fn to_stats(
     r: &ContainerRecord,
-    usage: Option<berth_sandbox::stats::Usage>,
-    (layer_fs, layer): (&std::path::Path, (u64, u64)),
-    now_ns: i64,
-    prev: Option<(i64, u64)>,
+    u: &berth_sandbox::container::ContainerUsage,
+    layer_fs: &std::path::Path,
 ) -> cri::ContainerStats {
     let u64v = |v: u64| Some(cri::UInt64Value { value: v });
-    let (cpu, memory) = match usage {
-        Some(u) => {
-            let rate = prev.and_then(|(t, c)| {
-                let dt = now_ns.checked_sub(t).filter(|d| *d > 0)? as u128;
-                let dc = u.cpu_ns.checked_sub(c)? as u128;
-                Some((dc * 1_000_000_000 / dt) as u64)
-            });
-            (
-                Some(cri::CpuUsage {
-                    timestamp: now_ns,
-                    usage_core_nano_seconds: u64v(u.cpu_ns),
-                    usage_nano_cores: rate.and_then(u64v).or(u64v(0)),
-                    psi: None,
-                }),
-                Some(cri::MemoryUsage {
-                    timestamp: now_ns,
-                    working_set_bytes: u64v(u.working_set),
-                    usage_bytes: u64v(u.memory_usage),
-                    rss_bytes: u64v(u.rss),
-                    page_faults: u64v(u.page_faults),
-                    major_page_faults: u64v(u.major_page_faults),
-                    available_bytes: None,
-                    psi: None,
-                }),
-            )
-        }
+    let now_ns = u.at_ns;
+    let (cpu, memory) = match &u.cgroup {
+        Some(cg) => (
+            Some(cri::CpuUsage {
+                timestamp: now_ns,
+                usage_core_nano_seconds: u64v(cg.cpu_ns),
+                usage_nano_cores: u.nano_cores.and_then(u64v).or(u64v(0)),
+                psi: None,
+            }),
+            Some(cri::MemoryUsage {
+                timestamp: now_ns,
+                working_set_bytes: u64v(cg.working_set),
+                usage_bytes: u64v(cg.memory_usage),
+                rss_bytes: u64v(cg.rss),
+                page_faults: u64v(cg.page_faults),
+                major_page_faults: u64v(cg.major_page_faults),
+                available_bytes: None,
+                psi: None,
+            }),
+        ),
         None => (None, None),
     };
     cri::ContainerStats {
@@ -665,8 +631,8 @@ pub(crate) fn to_stats(
             fs_id: Some(cri::FilesystemIdentifier {
                 mountpoint: layer_fs.display().to_string(),
             }),
-            used_bytes: u64v(layer.0),
-            inodes_used: u64v(layer.1),
+            used_bytes: u64v(u.layer.0),
+            inodes_used: u64v(u.layer.1),
         }),
         swap: None,
         io: None,

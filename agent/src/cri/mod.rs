@@ -44,21 +44,6 @@ pub(crate) fn status<E: Classify + std::fmt::Display>(e: E) -> Status {
     Status::new(code(e.kind()), e.to_string())
 }
 
-/// Runs a request conversion; off the async workers when it reads a file the request names
-/// (`reads_file`: a Localhost seccomp profile), in place otherwise (no thread hop on the
-/// common path).
-pub(crate) async fn converted<T: Send + 'static>(
-    reads_file: bool,
-    f: impl FnOnce() -> Result<T, Status> + Send + 'static,
-) -> Result<T, Status> {
-    if !reads_file {
-        return f();
-    }
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| Status::internal(format!("request conversion failed: {e}")))?
-}
-
 /// The longest status message berth sends. gRPC carries it in a trailer, and clients refuse
 /// trailers over their header limit (8 KiB for grpc-go by default): a message built from a
 /// hostile request must not make the answer itself unreadable.

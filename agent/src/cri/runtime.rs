@@ -1,7 +1,8 @@
-//! CRI `RuntimeService`.
+//! CRI `RuntimeService`: each call converts its request, calls one method of the sandbox
+//! runtime, and converts the answer back; nothing here keeps state between calls.
 //!
-//! Every call is served except checkpointing and pod metrics, which answer `Unimplemented`
-//! saying so, never a fake success.
+//! Every call is served except checkpointing, which answers `Unimplemented` saying so, never
+//! a fake success.
 
 use berth_sandbox::now_ns;
 use std::collections::HashMap;
@@ -23,8 +24,6 @@ pub struct RuntimeCri {
     config: Arc<Config>,
     pods: Arc<berth_sandbox::runtime::Runtime>,
     stream: berth_stream::StreamServer,
-    /// The last CPU sample per container (time ns, cpu ns), for usage_nano_cores.
-    cpu_samples: Arc<std::sync::Mutex<HashMap<String, (i64, u64)>>>,
     /// The filesystem containers' writable layers are on (their stats name it).
     layer_fs: std::path::PathBuf,
 }
@@ -40,56 +39,34 @@ impl RuntimeCri {
             layer_fs: pods.writable_layer_fs(),
             pods,
             stream,
-            cpu_samples: Default::default(),
         }
     }
+}
 
-    /// Each handler, its shim and whether that shim is here (Status, verbose).
-    fn handler_report(&self) -> serde_json::Value {
-        let mut out = serde_json::Map::new();
-        for (name, h) in &self.config.runtime.handlers {
-            let v = match crate::config::shim_binary_name(&h.runtime_type) {
-                Ok(shim) => {
-                    match berth_sandbox::shim::find_shim(&shim, h.runtime_path.as_deref()) {
-                        Ok(p) => serde_json::json!({
-                            "runtimeType": h.runtime_type,
-                            "shim": p,
-                            "available": true,
-                        }),
-                        Err(e) => serde_json::json!({
-                            "runtimeType": h.runtime_type,
-                            "shim": shim,
-                            "available": false,
-                            "message": e.to_string(),
-                        }),
-                    }
-                }
-                Err(e) => {
-                    serde_json::json!({"runtimeType": h.runtime_type, "available": false, "message": e})
-                }
-            };
-            out.insert(name.clone(), v);
+/// Each handler, its shim and whether that shim is here (Status, verbose).
+fn handler_report(pods: &berth_sandbox::runtime::Runtime) -> serde_json::Value {
+    let mut out = serde_json::Map::new();
+    for h in pods.handler_status() {
+        let mut v = serde_json::json!({
+            "runtimeType": h.runtime_type,
+            "shim": h.shim,
+            "available": h.missing.is_none(),
+        });
+        if let Some(m) = h.missing {
+            v["message"] = m.into();
         }
-        serde_json::Value::Object(out)
+        out.insert(h.name, v);
     }
+    serde_json::Value::Object(out)
+}
 
-    fn network_condition(&self) -> cri::RuntimeCondition {
-        // Read anew on every call, so a conflist dropped in later is picked up.
-        let (ok, reason, message) =
-            match berth_network::cni::NetworkList::load_first(&self.config.cni.conf_dir) {
-                Ok(net) => (
-                    true,
-                    String::new(),
-                    format!("network {:?} from {}", net.name, net.source.display()),
-                ),
-                Err(e) => (false, "NetworkPluginNotReady".to_string(), e.to_string()),
-            };
-        cri::RuntimeCondition {
-            r#type: "NetworkReady".into(),
-            status: ok,
-            reason,
-            message,
-        }
+fn network_condition(pods: &berth_sandbox::runtime::Runtime) -> cri::RuntimeCondition {
+    let n = pods.network_status();
+    cri::RuntimeCondition {
+        r#type: "NetworkReady".into(),
+        status: n.ready,
+        reason: n.reason,
+        message: n.message,
     }
 }
 
@@ -153,7 +130,7 @@ impl RuntimeService for RuntimeCri {
                 let cfg = serde_json::to_string(&*self.config)
                     .map_err(|e| Status::internal(e.to_string()))?;
                 info.insert("config".to_string(), cfg);
-                info.insert("handlers".to_string(), self.handler_report().to_string());
+                info.insert("handlers".to_string(), handler_report(&self.pods).to_string());
                 info.insert(
                     "apparmor".to_string(),
                     if std::path::Path::new("/sys/kernel/security/apparmor").exists() {
@@ -178,7 +155,7 @@ impl RuntimeService for RuntimeCri {
                 .collect();
             Ok(cri::StatusResponse {
                 status: Some(cri::RuntimeStatus {
-                    conditions: vec![runtime, self.network_condition()],
+                    conditions: vec![runtime, network_condition(&self.pods)],
                 }),
                 info,
                 runtime_handlers,
@@ -210,14 +187,7 @@ impl RuntimeService for RuntimeCri {
         &self,
         req: Request<cri::RunPodSandboxRequest>,
     ) -> Result<Response<cri::RunPodSandboxResponse>, Status> {
-        let req = req.into_inner();
-        #[allow(deprecated)]
-        let reads_file = req
-            .config
-            .as_ref()
-            .and_then(|c| c.linux.as_ref()?.security_context.as_ref())
-            .is_some_and(|sc| ctr::reads_a_profile(sc.seccomp.as_ref(), &sc.seccomp_profile_path));
-        let cfg = super::converted(reads_file, move || pod_config(req)).await?;
+        let cfg = pod_config(req.into_inner())?;
         let span = tracing::info_span!("RunPodSandbox", pod = %format!("{}/{}", cfg.meta.namespace, cfg.meta.name), handler = %cfg.runtime_handler);
         let pods = self.pods.clone();
         call(
@@ -521,15 +491,7 @@ impl RuntimeService for RuntimeCri {
         &self,
         req: Request<cri::CreateContainerRequest>,
     ) -> Result<Response<cri::CreateContainerResponse>, Status> {
-        let req = req.into_inner();
-        #[allow(deprecated)]
-        let reads_file = req
-            .config
-            .as_ref()
-            .and_then(|c| c.linux.as_ref()?.security_context.as_ref())
-            .is_some_and(|sc| ctr::reads_a_profile(sc.seccomp.as_ref(), &sc.seccomp_profile_path));
-        let (pod_id, cfg) =
-            super::converted(reads_file, move || ctr::container_config(req)).await?;
+        let (pod_id, cfg) = ctr::container_config(req.into_inner())?;
         let span = tracing::info_span!("CreateContainer", pod_sandbox_id = %pod_id, name = %cfg.name, image = %cfg.image);
         let pods = self.pods.clone();
         call(
@@ -593,7 +555,6 @@ impl RuntimeService for RuntimeCri {
         let id = req.into_inner().container_id;
         let span = tracing::info_span!("RemoveContainer", container_id = %id);
         let pods = self.pods.clone();
-        let samples = self.cpu_samples.clone();
         call(
             span,
             Kind::Mutation,
@@ -602,10 +563,6 @@ impl RuntimeService for RuntimeCri {
                     return Err(Status::invalid_argument("container_id is empty"));
                 }
                 pods.remove_container(&id).await.map_err(super::status)?;
-                samples
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(&id);
                 Ok(cri::RemoveContainerResponse {})
             }),
         )
@@ -862,20 +819,13 @@ impl RuntimeService for RuntimeCri {
 
 impl RuntimeCri {
     async fn stats_of(&self, r: &berth_sandbox::container::ContainerRecord) -> cri::ContainerStats {
-        let (usage, layer) = self
-            .pods
-            .container_usage(&r.id)
-            .await
-            .unwrap_or((None, (0, 0)));
-        let now = now_ns();
-        let prev = {
-            let mut m = self.cpu_samples.lock().unwrap_or_else(|p| p.into_inner());
-            match usage {
-                Some(u) => m.insert(r.id.clone(), (now, u.cpu_ns)),
-                None => m.get(&r.id).copied(),
+        let usage = self.pods.container_usage(&r.id).await.unwrap_or_else(|_| {
+            berth_sandbox::container::ContainerUsage {
+                at_ns: now_ns(),
+                ..Default::default()
             }
-        };
-        ctr::to_stats(r, usage, (&self.layer_fs, layer), now, prev)
+        });
+        ctr::to_stats(r, &usage, &self.layer_fs)
     }
 
     async fn pod_stats_of(&self, p: &berth_sandbox::pod::PodRecord) -> cri::PodSandboxStats {

@@ -3,7 +3,6 @@
 use std::collections::{BTreeMap, HashMap};
 
 use berth_cri_api::v1 as cri;
-use berth_sandbox::container::Seccomp;
 use berth_sandbox::pod::{Dns, PodConfig, PodFilter, PodMeta, PodRecord, PodState, PortMapping};
 use tonic::Status;
 
@@ -77,11 +76,7 @@ pub(crate) fn pod_config(req: cri::RunPodSandboxRequest) -> Result<PodConfig, St
     let ns = sc.namespace_options.unwrap_or_default();
     let node = cri::NamespaceMode::Node as i32;
     #[allow(deprecated)]
-    let seccomp = match super::container::seccomp(sc.seccomp.as_ref(), &sc.seccomp_profile_path)? {
-        Seccomp::Unconfined => None,
-        Seccomp::RuntimeDefault => Some(default_seccomp()),
-        Seccomp::Profile(p) => Some(p),
-    };
+    let seccomp = super::container::seccomp(sc.seccomp.as_ref(), &sc.seccomp_profile_path)?;
     let (run_as_user, run_as_group, supplemental_groups) = super::container::user_ids(
         sc.run_as_user.as_ref(),
         sc.run_as_group.as_ref(),
@@ -117,15 +112,6 @@ pub(crate) fn pod_config(req: cri::RunPodSandboxRequest) -> Result<PodConfig, St
         seccomp,
         runtime_handler: req.runtime_handler,
     })
-}
-
-/// The RuntimeDefault profile for the pause container (default capabilities).
-fn default_seccomp() -> berth_sandbox::spec::oci::Seccomp {
-    let caps: Vec<String> = berth_sandbox::spec::DEFAULT_CAPABILITIES
-        .iter()
-        .map(|c| c.to_string())
-        .collect();
-    berth_sandbox::seccomp::default_profile(&caps)
 }
 
 fn meta(r: &PodRecord) -> cri::PodSandboxMetadata {

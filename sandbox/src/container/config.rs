@@ -109,7 +109,7 @@ pub enum PidMode {
     Target(String),
 }
 
-/// Seccomp for a container.
+/// Seccomp for a pod or a container.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub enum Seccomp {
     /// No filter.
@@ -117,7 +117,10 @@ pub enum Seccomp {
     Unconfined,
     /// berth's default profile.
     RuntimeDefault,
-    /// A profile from a file.
+    /// The profile in this host file (an absolute path, as the CRI names it): read when the
+    /// pod or container is made, and recorded as the [`Seccomp::Profile`] it held.
+    Localhost(String),
+    /// A profile, as read from its file.
     Profile(oci::Seccomp),
 }
 

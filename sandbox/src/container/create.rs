@@ -16,8 +16,13 @@ use crate::users::Accounts;
 
 impl Runtime {
     /// CreateContainer.
-    pub async fn create_container(&self, pod_id: &str, config: ContainerConfig) -> Result<String> {
+    pub async fn create_container(
+        &self,
+        pod_id: &str,
+        mut config: ContainerConfig,
+    ) -> Result<String> {
         let pod_id = self.resolve(pod_id)?;
+        config.security.seccomp = crate::seccomp::resolve(config.security.seccomp).await?;
         let lock = self.pods().lock(&pod_id);
         let _g = lock.lock().await;
         let pod = self.get(&pod_id)?;

@@ -30,5 +30,5 @@ pub(crate) mod volumes;
 pub use config::*;
 pub use exec::{EXEC_OUTPUT_LIMIT, ExecOutput};
 pub use record::*;
-pub use stats::LAYER_USAGE_TTL;
+pub use stats::{ContainerUsage, LAYER_USAGE_TTL};
 pub use stop::signal_number;

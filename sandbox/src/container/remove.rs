@@ -70,7 +70,7 @@ impl Runtime {
         }
         self.containers().remove(&id)?;
         self.note_reaped(&id, false);
-        self.layer_usage().remove(&id);
+        self.stats_memory().remove(&id);
         self.emit(&rec, ContainerEventKind::Deleted);
         Ok(())
     }

@@ -81,8 +81,45 @@ pub struct PodConfig {
     pub run_as_group: Option<u32>,
     /// Supplemental groups.
     pub supplemental_groups: Vec<u32>,
-    /// A seccomp profile (OCI JSON), `None` for unconfined.
-    pub seccomp: Option<oci::Seccomp>,
+    /// The pause container's seccomp. Recorded as the filter itself (`null` for
+    /// unconfined), as records have always held it.
+    #[serde(
+        serialize_with = "seccomp_as_filter",
+        deserialize_with = "seccomp_of_any_version"
+    )]
+    pub seccomp: crate::container::Seccomp,
     /// RuntimeClass handler.
     pub runtime_handler: String,
+}
+
+/// A pod's seccomp as its record holds it: the filter the pause container runs with.
+fn seccomp_as_filter<S: serde::Serializer>(
+    s: &crate::container::Seccomp,
+    ser: S,
+) -> Result<S::Ok, S::Error> {
+    let caps: Vec<String> = crate::spec::DEFAULT_CAPABILITIES
+        .iter()
+        .map(|c| c.to_string())
+        .collect();
+    crate::seccomp::filter(s, &caps)
+        .map_err(serde::ser::Error::custom)?
+        .serialize(ser)
+}
+
+/// A pod record's seccomp: the filter itself (`null` for unconfined), or the setting.
+fn seccomp_of_any_version<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<crate::container::Seccomp, D::Error> {
+    use crate::container::Seccomp;
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Any {
+        Now(Seccomp),
+        Before(Option<oci::Seccomp>),
+    }
+    Ok(match Any::deserialize(d)? {
+        Any::Now(s) => s,
+        Any::Before(None) => Seccomp::Unconfined,
+        Any::Before(Some(p)) => Seccomp::Profile(p),
+    })
 }

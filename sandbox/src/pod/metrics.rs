@@ -70,9 +70,9 @@ impl Runtime {
                 // The writable layer's size, measured at most once per TTL (shared with
                 // ContainerStats).
                 let layer = self
-                    .container_usage(&c.id)
+                    .writable_layer_usage(&c.id)
                     .await
-                    .map_or(0, |(_, (bytes, _))| bytes);
+                    .map_or(0, |(bytes, _)| bytes);
                 let r = &c.config.resources;
                 let positive = |v: i64| u64::try_from(v).unwrap_or(0);
                 pod_probes.push(Probe {

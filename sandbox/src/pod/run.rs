@@ -32,8 +32,9 @@ pub(crate) enum Undo {
 
 impl Runtime {
     /// RunPodSandbox.
-    pub async fn run(&self, config: PodConfig) -> Result<String> {
+    pub async fn run(&self, mut config: PodConfig) -> Result<String> {
         let (handler_name, handler, shim_binary) = self.resolve_handler(&config.runtime_handler)?;
+        config.seccomp = crate::seccomp::resolve(config.seccomp).await?;
         let handler = handler.clone();
         let id = hex::encode(rand::random::<[u8; 32]>());
         let name = pod_name(&config.meta);
@@ -173,7 +174,14 @@ impl Runtime {
             sysctls: cfg.sysctls.clone(),
             readonly_rootfs: cfg.readonly_rootfs,
             privileged: cfg.privileged,
-            seccomp: cfg.seccomp.clone(),
+            // The pause process holds the default capabilities.
+            seccomp: crate::seccomp::filter(
+                &cfg.seccomp,
+                &crate::spec::DEFAULT_CAPABILITIES
+                    .iter()
+                    .map(|c| c.to_string())
+                    .collect::<Vec<_>>(),
+            )?,
             annotations,
             daemon_oom_score_adj: own_oom_score_adj(),
         }

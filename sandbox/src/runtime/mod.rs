@@ -6,7 +6,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+mod node;
 mod spare;
+
+pub use node::{HandlerStatus, NetworkStatus};
 
 use berth_image::ImageService;
 use berth_network::cni::{Cni, CniPaths};
@@ -58,8 +61,17 @@ pub struct RuntimeConfig {
     pub warm_shim: bool,
 }
 
-/// Container id → (when measured, (bytes, inodes)) of its writable layer.
-type LayerUsageCache = HashMap<String, (std::time::Instant, (u64, u64))>;
+/// What the stats calls remember of a container between calls; it goes with the container.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct StatsMemory {
+    /// When its writable layer was last measured, and its (bytes, inodes) then.
+    pub(crate) layer: Option<(std::time::Instant, (u64, u64))>,
+    /// The last CPU sample (time ns, CPU ns), for the usage rate.
+    pub(crate) cpu: Option<(i64, u64)>,
+}
+
+/// Container id → what its stats calls remember.
+type StatsCache = HashMap<String, StatsMemory>;
 
 /// Runs, stops, removes and reports pod sandboxes.
 pub struct Runtime {
@@ -73,9 +85,9 @@ pub struct Runtime {
     pub(crate) containers: Records<crate::container::ContainerRecord>,
     pub(crate) container_logs: std::sync::Mutex<HashMap<String, crate::logs::ContainerLog>>,
     pub(crate) container_events: tokio::sync::broadcast::Sender<crate::container::ContainerEvent>,
-    /// Writable-layer usage per container, with when it was measured: walking a layer is
-    /// too slow to repeat on every stats call.
-    pub(crate) layer_usage: std::sync::Mutex<LayerUsageCache>,
+    /// Per container: its writable layer's usage with when it was measured (walking a layer
+    /// is too slow to repeat on every stats call), and its last CPU sample.
+    pub(crate) stats_memory: std::sync::Mutex<StatsCache>,
     /// A shim started ahead of time (see [`Spare`]).
     pub(crate) spare: Arc<tokio::sync::Mutex<Option<Spare>>>,
     /// The manager itself, for tasks it starts (shim watches).
@@ -109,7 +121,7 @@ impl Runtime {
             containers: Records::new(store.clone()),
             container_logs: Default::default(),
             container_events: tokio::sync::broadcast::channel(1024).0,
-            layer_usage: Default::default(),
+            stats_memory: Default::default(),
             spare: Default::default(),
             me: me.clone(),
             recovering: Default::default(),
@@ -256,8 +268,8 @@ impl Runtime {
         &self.container_events
     }
 
-    pub(crate) fn layer_usage(&self) -> std::sync::MutexGuard<'_, LayerUsageCache> {
-        self.layer_usage.lock().unwrap_or_else(|p| p.into_inner())
+    pub(crate) fn stats_memory(&self) -> std::sync::MutexGuard<'_, StatsCache> {
+        self.stats_memory.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The handlers and whether each one's shim binary is installed.

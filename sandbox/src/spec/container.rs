@@ -26,7 +26,7 @@ use super::oci::{
     Spec, User,
 };
 use super::{MASKED_PATHS, READONLY_PATHS, cgroups_path, clamp_oom_score_adj, kernel_mounts};
-use crate::container::{ContainerConfig, Device, PidMode, Propagation, Seccomp};
+use crate::container::{ContainerConfig, Device, PidMode, Propagation};
 use crate::error::{Error, Result};
 use crate::pod::PodConfig;
 
@@ -86,11 +86,10 @@ impl ContainerSpec<'_> {
         let mut resources = super::resources::linux_resources(&c.resources, host.hugetlb());
         resources.devices = rules;
         let unprivileged = !sec.privileged;
-        let seccomp = match &sec.seccomp {
-            _ if sec.privileged => None,
-            Seccomp::Unconfined => None,
-            Seccomp::RuntimeDefault => Some(crate::seccomp::default_profile(&caps)),
-            Seccomp::Profile(p) => Some(p.clone()),
+        let seccomp = if sec.privileged {
+            None
+        } else {
+            crate::seccomp::filter(&sec.seccomp, &caps)?
         };
         let ids = &self.ids;
         Ok(Spec {

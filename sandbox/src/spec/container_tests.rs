@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use super::*;
-use crate::container::{Mount as CriMount, Resources, Security};
+use crate::container::{Mount as CriMount, Resources, Seccomp, Security};
 use crate::spec::host::MountPropagation;
 use crate::spec::oci::Device as OciDevice;
 use berth_image::manifest::ContainerConfig as ImageConfig;
