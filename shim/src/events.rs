@@ -12,8 +12,8 @@ use containerd_shim_protos::protobuf::{Message, MessageField};
 use containerd_shim_protos::shim::event::Envelope;
 use containerd_shim_protos::shim::events::ForwardRequest;
 
+use crate::frame::{read_frame, write_frame};
 use crate::log::{debug, warning};
-use crate::server::{read_frame, write_frame};
 
 /// How long one event is retried while the caller cannot be reached.
 const RETRY_FOR: Duration = Duration::from_secs(5);

@@ -16,18 +16,22 @@
 //!   reaps every child as a subreaper and exits on `Shutdown` once it has no tasks.
 
 mod args;
+mod container;
 mod delete;
 mod events;
+mod frame;
 mod log;
 mod mount;
 mod oom;
+mod process;
 mod reaper;
 mod runtime;
 mod server;
-mod service;
 mod start;
 mod stats;
+mod status;
 mod stdio;
+mod task;
 
 use std::io::Write;
 

@@ -5,7 +5,6 @@
 //! own (a `Wait` blocks for as long as the process runs, and a runtime command must not hold
 //! up a `State`), and answers under the connection's write lock.
 
-use std::io::{Read, Write};
 use std::os::fd::FromRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::{Arc, Mutex};
@@ -13,11 +12,11 @@ use std::sync::{Arc, Mutex};
 use containerd_shim_protos::protobuf::Message;
 
 use crate::args::Args;
+use crate::frame::{read_frame, write_frame};
 use crate::log::{info, warning};
-use crate::service::{Reply, Service};
+use crate::status::{Reply, Status};
+use crate::task::Service;
 
-/// Largest frame accepted (ttrpc's own limit).
-const MAX_FRAME: usize = 4 << 20;
 /// Stack of a request thread: requests run runtime commands and parse small messages.
 const REQUEST_STACK: usize = 256 * 1024;
 
@@ -94,7 +93,7 @@ fn serve_connection(conn: UnixStream, service: Arc<Service>) {
                 let (resp, after) = match ttrpc::proto::Request::parse_from_bytes(&body) {
                     Ok(req) => svc.dispatch(&req.service, &req.method, &req.payload),
                     Err(e) => (
-                        Err(crate::service::Status::invalid(format!("bad request: {e}"))),
+                        Err(Status::invalid(format!("bad request: {e}"))),
                         Reply::Continue,
                     ),
                 };
@@ -125,57 +124,5 @@ fn serve_connection(conn: UnixStream, service: Arc<Service>) {
         if let Err(e) = spawned {
             warning!("no thread for a request: {e}");
         }
-    }
-}
-
-/// Reads one frame: (stream id, type, body).
-pub fn read_frame(r: &mut impl Read) -> std::io::Result<(u32, u8, Vec<u8>)> {
-    let mut h = [0u8; 10];
-    r.read_exact(&mut h)?;
-    let len = u32::from_be_bytes([h[0], h[1], h[2], h[3]]) as usize;
-    let stream_id = u32::from_be_bytes([h[4], h[5], h[6], h[7]]);
-    if len > MAX_FRAME {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            format!("frame of {len} bytes is over the {MAX_FRAME}-byte limit"),
-        ));
-    }
-    let mut body = vec![0u8; len];
-    r.read_exact(&mut body)?;
-    Ok((stream_id, h[8], body))
-}
-
-/// Writes one frame.
-pub fn write_frame(
-    w: &mut impl Write,
-    stream_id: u32,
-    kind: u8,
-    body: &[u8],
-) -> std::io::Result<()> {
-    let mut buf = Vec::with_capacity(10 + body.len());
-    buf.extend_from_slice(&(body.len() as u32).to_be_bytes());
-    buf.extend_from_slice(&stream_id.to_be_bytes());
-    buf.push(kind);
-    buf.push(0);
-    buf.extend_from_slice(body);
-    w.write_all(&buf)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn frames_round_trip_and_oversized_ones_are_refused() {
-        let mut buf = Vec::new();
-        write_frame(&mut buf, 7, 1, b"hello").unwrap();
-        assert_eq!(&buf[..10], &[0, 0, 0, 5, 0, 0, 0, 7, 1, 0]);
-        let (sid, kind, body) = read_frame(&mut buf.as_slice()).unwrap();
-        assert_eq!((sid, kind, body.as_slice()), (7, 1, &b"hello"[..]));
-        let mut big = Vec::new();
-        big.extend_from_slice(&((MAX_FRAME as u32) + 1).to_be_bytes());
-        big.extend_from_slice(&[0, 0, 0, 1, 1, 0]);
-        assert!(read_frame(&mut big.as_slice()).is_err());
-        assert!(read_frame(&mut &buf[..12]).is_err(), "a truncated body");
     }
 }
