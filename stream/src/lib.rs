@@ -8,19 +8,23 @@
 //! hands the runtime plain channels through [`Backend`]; it knows nothing of containers.
 
 pub mod client;
+pub mod config;
 pub mod idle;
 pub mod probe;
 pub mod proto;
+mod pump;
 pub mod server;
 pub mod spdy;
+mod spdy_serve;
 pub mod ws;
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+pub use config::StreamConfig;
 pub use proto::TermSize;
-pub use server::{StreamConfig, StreamServer};
+pub use server::{StreamServer, UrlError};
 
 /// What a streaming session wants done; stored behind a token until the client connects.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,4 +1,6 @@
-//! The HTTP side: tokens, routing, the upgrade handshakes, and the SPDY sessions.
+//! The HTTP side: one-time tokens, the listener (TLS or not), the sessions each client
+//! holds, and routing an upgrade to a SPDY session (`spdy_serve.rs`) or a WebSocket one
+//! (`ws.rs`).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -11,49 +13,15 @@ use http::{Request as HttpRequest, Response, StatusCode, header};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 
+use crate::config::StreamConfig;
 use crate::idle::IdleIo;
-use crate::proto::{self, Outcome, ResizeDecoder, StatusReason};
-use crate::spdy::{self, Role, Session, Stream};
-use crate::{Backend, BackendError, Io, Request};
+use crate::proto::{self};
+use crate::spdy::{self, Role, Session};
+use crate::{Backend, Request};
 
 /// Tokens waiting for their client at once; more is `ResourceExhausted`, as the kubelet's.
 const MAX_IN_FLIGHT: usize = 1000;
-
-/// How the streaming server listens and how long things may take.
-#[derive(Debug, Clone)]
-pub struct StreamConfig {
-    /// Where to listen; port 0 picks a free one.
-    pub listen: SocketAddr,
-    /// How long a URL stays valid.
-    pub token_ttl: Duration,
-    /// How long a client has, once connected, to open the streams it asked for.
-    pub stream_creation_timeout: Duration,
-    /// TLS (certificate chain, private key), both PEM; `None` serves plain HTTP.
-    pub tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
-    /// A session in which nothing moves for this long ends; `None`: never.
-    pub idle_timeout: Option<Duration>,
-    /// Sessions one client (by IP address) may hold at once; more are answered 429.
-    pub max_sessions_per_client: usize,
-    /// Streams (SPDY) or forwarded ports (WebSocket) one session may hold at once.
-    pub max_streams_per_session: usize,
-}
-
-impl Default for StreamConfig {
-    fn default() -> Self {
-        StreamConfig {
-            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-            token_ttl: Duration::from_secs(60),
-            stream_creation_timeout: Duration::from_secs(30),
-            tls: None,
-            idle_timeout: Some(Duration::from_secs(4 * 3600)),
-            max_sessions_per_client: 128,
-            max_streams_per_session: 256,
-        }
-    }
-}
 
 /// Why a URL was not handed out.
 #[derive(Debug, thiserror::Error)]
@@ -347,19 +315,6 @@ where
     }
 }
 
-/// A 101 response switching the connection to `upgrade`.
-pub(crate) fn switching_protocols(upgrade: &'static str) -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(Bytes::new()));
-    *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-    let h = r.headers_mut();
-    h.insert(
-        header::CONNECTION,
-        header::HeaderValue::from_static("Upgrade"),
-    );
-    h.insert(header::UPGRADE, header::HeaderValue::from_static(upgrade));
-    r
-}
-
 fn plain(status: StatusCode, msg: impl Into<String>) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::from(msg.into() + "\n")));
     *r.status_mut() = status;
@@ -476,307 +431,18 @@ fn route(inner: Arc<Inner>, mut req: HttpRequest<Incoming>, peer: Peer) -> Respo
         let session = Session::with_limits(io, Role::Server, limits);
         match request {
             Request::PortForward { pod_id, ports } => {
-                spdy_port_forward(&session, &cfg, backend, &pod_id, &ports).await
+                crate::spdy_serve::port_forward(&session, &cfg, backend, &pod_id, &ports).await
             }
-            other => spdy_remote_command(&session, &cfg, backend, other, protocol).await,
+            other => {
+                crate::spdy_serve::remote_command(&session, &cfg, backend, other, protocol).await
+            }
         }
         session.close().await;
     });
-    let mut r = switching_protocols("SPDY/3.1");
+    let mut r = crate::pump::switching_protocols("SPDY/3.1");
     r.headers_mut().insert(
         proto::PROTOCOL_HEADER,
         header::HeaderValue::from_static(protocol),
     );
     r
-}
-
-/// Starts copying `rx` into a SPDY stream, half-closing it once `rx`'s senders are gone.
-pub(crate) fn pump_out(
-    tx: spdy::StreamWriter,
-) -> (mpsc::Sender<Bytes>, tokio::task::JoinHandle<()>) {
-    let (s, mut r) = mpsc::channel::<Bytes>(16);
-    let t = tokio::spawn(async move {
-        while let Some(b) = r.recv().await {
-            if tx.write(b).await.is_err() {
-                return;
-            }
-        }
-        let _ = tx.close().await;
-    });
-    (s, t)
-}
-
-/// Turns a resize stream's bytes into sizes.
-pub(crate) fn resize_channel(mut rx: mpsc::Receiver<Bytes>) -> mpsc::Receiver<proto::TermSize> {
-    let (s, r) = mpsc::channel(8);
-    tokio::spawn(async move {
-        let mut dec = ResizeDecoder::default();
-        while let Some(b) = rx.recv().await {
-            for size in dec.push(&b) {
-                if s.send(size).await.is_err() {
-                    return;
-                }
-            }
-        }
-    });
-    r
-}
-
-/// Runs the backend for an exec or attach and says how it went.
-pub(crate) async fn run_remote_command(backend: &dyn Backend, request: Request, io: Io) -> Outcome {
-    match request {
-        Request::Exec {
-            container_id, cmd, ..
-        } => match backend.exec(&container_id, cmd, io).await {
-            Ok(()) => Outcome::Success,
-            Err(BackendError::Exit(code)) => Outcome::Exit(code),
-            Err(e) => Outcome::failed("error executing command in container", &e),
-        },
-        Request::Attach { container_id, .. } => match backend.attach(&container_id, io).await {
-            Ok(()) => Outcome::Success,
-            Err(e) => Outcome::failed("error attaching to container", &e),
-        },
-        Request::PortForward { .. } => Outcome::Error {
-            reason: StatusReason::BadRequest,
-            message: "not a remote command".into(),
-        },
-    }
-}
-
-/// Waits for output pumps to deliver what they hold (bounded: a client that stopped
-/// reading does not hold the session open).
-pub(crate) async fn drain(pumps: Vec<tokio::task::JoinHandle<()>>) {
-    for p in pumps {
-        let abort = p.abort_handle();
-        if tokio::time::timeout(Duration::from_secs(10), p)
-            .await
-            .is_err()
-        {
-            abort.abort();
-        }
-    }
-}
-
-async fn spdy_remote_command(
-    session: &Session,
-    cfg: &StreamConfig,
-    backend: Arc<dyn Backend>,
-    request: Request,
-    protocol: &str,
-) {
-    let opts = match &request {
-        Request::Exec { opts, .. } | Request::Attach { opts, .. } => *opts,
-        Request::PortForward { .. } => return,
-    };
-    let resizable = opts.tty && matches!(protocol, proto::V3 | proto::V4);
-    let expected = 1
-        + usize::from(opts.stdin)
-        + usize::from(opts.stdout)
-        + usize::from(opts.stderr)
-        + usize::from(resizable);
-    let mut streams: HashMap<String, Stream> = HashMap::new();
-    let deadline = tokio::time::sleep(cfg.stream_creation_timeout);
-    tokio::pin!(deadline);
-    while streams.len() < expected {
-        tokio::select! {
-            s = session.accept() => match s {
-                Some(s) => {
-                    let kind = spdy::header(&s.headers, proto::STREAM_TYPE).unwrap_or("").to_string();
-                    match kind.as_str() {
-                        "error" | "stdin" | "stdout" | "stderr" | "resize" => { streams.insert(kind, s); }
-                        other => tracing::debug!(stream_type = other, "ignoring unexpected stream"),
-                    }
-                }
-                None => return,
-            },
-            _ = &mut deadline => {
-                tracing::info!(expected, got = streams.len(), "streaming client did not open its streams in time");
-                return;
-            }
-        }
-    }
-    let Some(error) = streams.remove("error") else {
-        return;
-    };
-    let disconnected = CancellationToken::new();
-    let mut pumps = Vec::new();
-    let mut out = |name: &str| {
-        streams.remove(name).map(|s| {
-            let (tx, t) = pump_out(s.tx);
-            pumps.push(t);
-            tx
-        })
-    };
-    let stdout = out("stdout").filter(|_| opts.stdout);
-    let stderr = out("stderr").filter(|_| opts.stderr);
-    let io = Io {
-        stdin: streams.remove("stdin").map(|s| s.rx).filter(|_| opts.stdin),
-        stdout,
-        stderr,
-        tty: opts.tty,
-        resize: streams.remove("resize").map(|s| resize_channel(s.rx)),
-        disconnected: disconnected.clone(),
-    };
-    let outcome = {
-        let run = run_remote_command(backend.as_ref(), request, io);
-        tokio::pin!(run);
-        tokio::select! {
-            o = &mut run => o,
-            _ = session.closed() => {
-                // The client is gone: tell the runtime, and let it clean up.
-                disconnected.cancel();
-                run.await
-            }
-        }
-    };
-    drain(pumps).await;
-    if let Some(m) = outcome.status(protocol == proto::V4) {
-        let _ = error.tx.write(m).await;
-    }
-    let _ = error.tx.close().await;
-}
-
-/// Port forwarding over SPDY: the client opens an error and a data stream per connection,
-/// tied by `requestid`, naming the pod's port in `port`.
-async fn spdy_port_forward(
-    session: &Session,
-    cfg: &StreamConfig,
-    backend: Arc<dyn Backend>,
-    pod_id: &str,
-    allowed: &[u16],
-) {
-    struct Half {
-        error: Option<Stream>,
-        data: Option<Stream>,
-        since: Instant,
-    }
-    let mut pairs: HashMap<String, Half> = HashMap::new();
-    let gone = CancellationToken::new();
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    loop {
-        let s = tokio::select! {
-            s = session.accept() => match s { Some(s) => s, None => break },
-            _ = tick.tick() => {
-                // Pairs whose other half never came.
-                let limit = cfg.stream_creation_timeout;
-                let stale: Vec<String> = pairs.iter().filter(|(_, h)| h.since.elapsed() > limit).map(|(k, _)| k.clone()).collect();
-                for k in stale {
-                    if let Some(h) = pairs.remove(&k) {
-                        for s in [h.error, h.data].into_iter().flatten() {
-                            let _ = s.tx.reset().await;
-                        }
-                    }
-                }
-                continue;
-            }
-        };
-        let kind = spdy::header(&s.headers, proto::STREAM_TYPE).unwrap_or("");
-        // Clients older than request ids pair streams by id: data = error + 2.
-        let rid = match spdy::header(&s.headers, proto::REQUEST_ID) {
-            Some(r) => r.to_string(),
-            None if kind == "data" => (s.id.saturating_sub(2)).to_string(),
-            None => s.id.to_string(),
-        };
-        let h = pairs.entry(rid.clone()).or_insert(Half {
-            error: None,
-            data: None,
-            since: Instant::now(),
-        });
-        match kind {
-            "error" => h.error = Some(s),
-            "data" => h.data = Some(s),
-            other => {
-                tracing::debug!(stream_type = other, "port-forward: unexpected stream");
-                let _ = s.tx.reset().await;
-                continue;
-            }
-        }
-        if h.error.is_some() && h.data.is_some() {
-            let Some(Half {
-                error: Some(error),
-                data: Some(data),
-                ..
-            }) = pairs.remove(&rid)
-            else {
-                continue;
-            };
-            let port = spdy::header(&data.headers, proto::PORT)
-                .and_then(|p| p.parse::<u16>().ok())
-                .filter(|p| *p != 0);
-            let backend = backend.clone();
-            let pod = pod_id.to_string();
-            let allowed = allowed.to_vec();
-            let gone = gone.clone();
-            tokio::spawn(async move {
-                let res = match port {
-                    None => Err("the port header is missing or not a port number".to_string()),
-                    Some(p) if !allowed.is_empty() && !allowed.contains(&p) => Err(format!(
-                        "port {p} was not named in the PortForward request ({allowed:?})"
-                    )),
-                    Some(p) => match backend.port_forward(&pod, p).await {
-                        Ok(tcp) => {
-                            let (to_client, pump) = pump_out(data.tx.clone());
-                            forward(tcp, data.rx, to_client, gone).await;
-                            let _ = pump.await;
-                            Ok(())
-                        }
-                        Err(e) => Err(e.to_string()),
-                    },
-                };
-                if let Err(e) = res {
-                    let msg = format!(
-                        "error forwarding port {} to pod {pod}: {e}",
-                        port.map(|p| p.to_string()).unwrap_or_default()
-                    );
-                    tracing::info!("{msg}");
-                    let _ = error.tx.write(Bytes::from(msg)).await;
-                }
-                let _ = error.tx.close().await;
-                let _ = data.tx.close().await;
-            });
-        }
-    }
-    gone.cancel();
-}
-
-/// Copies between a TCP connection and a stream until the pod's side is done (or the
-/// client went away); the client's half-close is passed on as a TCP half-close.
-pub(crate) async fn forward(
-    tcp: tokio::net::TcpStream,
-    mut from_client: mpsc::Receiver<Bytes>,
-    to_client: mpsc::Sender<Bytes>,
-    gone: CancellationToken,
-) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let (mut r, mut w) = tcp.into_split();
-    let up = tokio::spawn(async move {
-        while let Some(b) = from_client.recv().await {
-            if w.write_all(&b).await.is_err() {
-                return;
-            }
-        }
-        let _ = w.shutdown().await;
-    });
-    let down = async {
-        let mut buf = vec![0u8; 32 * 1024];
-        loop {
-            match r.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => {
-                    if to_client
-                        .send(Bytes::copy_from_slice(&buf[..n]))
-                        .await
-                        .is_err()
-                    {
-                        return;
-                    }
-                }
-            }
-        }
-    };
-    tokio::select! {
-        _ = down => {}
-        _ = gone.cancelled() => {}
-    }
-    up.abort();
 }

@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use crate::idle::IdleIo;
 use crate::probe::{PeerProbe, watching};
 use crate::proto::{self, CH_CLOSE, CH_ERROR, CH_RESIZE, CH_STDERR, CH_STDIN, CH_STDOUT};
-use crate::server::{drain, resize_channel, run_remote_command};
+use crate::pump::{drain, resize_channel, run_remote_command};
 use crate::{Backend, Io, Request};
 
 const BASE64_V1: &str = "base64.channel.k8s.io";
@@ -88,8 +88,8 @@ pub(crate) fn upgrade(
     backend: Arc<dyn Backend>,
     request: Request,
     mut req: HttpRequest<Incoming>,
-    cfg: &crate::server::StreamConfig,
-    (slot, probe): (crate::server::SessionSlot, Option<PeerProbe>),
+    cfg: &crate::config::StreamConfig,
+    (slot, probe): (impl Send + 'static, Option<PeerProbe>),
 ) -> Response<Full<Bytes>> {
     let idle_timeout = cfg.idle_timeout;
     let hv = |n: &str| {
@@ -205,7 +205,7 @@ pub(crate) fn upgrade(
             other => remote_command(ws, framing, v5, status_json, backend, other, probe).await,
         }
     });
-    let mut r = crate::server::switching_protocols("websocket");
+    let mut r = crate::pump::switching_protocols("websocket");
     let h = r.headers_mut();
     let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
     if let Ok(v) = header::HeaderValue::from_str(&accept) {
@@ -382,7 +382,7 @@ async fn port_forward(
                             }
                         }
                     });
-                    crate::server::forward(tcp, in_rx, to_client, gone).await;
+                    crate::pump::forward(tcp, in_rx, to_client, gone).await;
                     let _ = pump.await;
                 }
                 Err(e) => {
