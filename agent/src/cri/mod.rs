@@ -1,10 +1,12 @@
 //! The CRI gRPC services. This is the one place where library errors become gRPC statuses
 //! and where every call gets its span and its log line.
 
-mod container;
+mod container_config;
+mod container_status;
 mod image;
 mod runtime;
 mod sandbox;
+mod security;
 mod stream;
 mod validate;
 

@@ -6,9 +6,7 @@ use berth_cri_api::v1 as cri;
 use berth_sandbox::pod::{Dns, PodConfig, PodFilter, PodMeta, PodRecord, PodState, PortMapping};
 use tonic::Status;
 
-fn invalid(msg: impl Into<String>) -> Status {
-    Status::invalid_argument(msg.into())
-}
+use super::validate::invalid;
 
 fn to_btree(m: HashMap<String, String>) -> BTreeMap<String, String> {
     m.into_iter().collect()
@@ -76,8 +74,8 @@ pub(crate) fn pod_config(req: cri::RunPodSandboxRequest) -> Result<PodConfig, St
     let ns = sc.namespace_options.unwrap_or_default();
     let node = cri::NamespaceMode::Node as i32;
     #[allow(deprecated)]
-    let seccomp = super::container::seccomp(sc.seccomp.as_ref(), &sc.seccomp_profile_path)?;
-    let (run_as_user, run_as_group, supplemental_groups) = super::container::user_ids(
+    let seccomp = super::security::seccomp(sc.seccomp.as_ref(), &sc.seccomp_profile_path)?;
+    let (run_as_user, run_as_group, supplemental_groups) = super::security::user_ids(
         sc.run_as_user.as_ref(),
         sc.run_as_group.as_ref(),
         &sc.supplemental_groups,

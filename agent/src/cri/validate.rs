@@ -26,8 +26,9 @@ pub(crate) const MAX_DNS_ENTRIES: usize = 64;
 
 pub(crate) use berth_sandbox::shown;
 
-fn invalid(msg: String) -> Status {
-    Status::invalid_argument(msg)
+/// An InvalidArgument status saying `msg`.
+pub(crate) fn invalid(msg: impl Into<String>) -> Status {
+    Status::invalid_argument(msg.into())
 }
 
 /// A name-like value: not empty, at most `max` bytes, no control characters and no `/`.
