@@ -15,11 +15,12 @@
 //!   │            over caps.rs, resources.rs and what they need of the host (host.rs)
 //!   ├─ logs      CRI log files from container output      ├─ users   image accounts
 //!   ├─ seccomp   the default profile                      ├─ stats   cgroup usage
-//!   └─ safefile, process, registrar, session (exec/attach stdio), runsc, error
+//!   └─ safefile, process, registrar, runsc, error
 //! ```
 //!
-//! Images, snapshots and the metadata store come from `berth-image`, network namespaces
-//! and CNI from `berth-network`; nothing here speaks gRPC or HTTP.
+//! Images and snapshots come from `berth-image`, records from `berth-store`, network
+//! namespaces and CNI from `berth-network`, and the stdio of an exec or attach session (as
+//! channels, [`berth_stream::Io`]) from `berth-stream`; nothing here speaks gRPC or HTTP.
 #![warn(missing_docs)]
 
 pub mod container;
@@ -36,7 +37,6 @@ pub mod runsc;
 pub mod runtime;
 pub mod safefile;
 pub mod seccomp;
-pub mod session;
 pub mod shim;
 pub mod spec;
 pub mod stats;

@@ -6,7 +6,6 @@ use std::sync::Arc;
 use berth_cri_api::v1 as cri;
 use berth_errdefs::ErrorKind;
 use berth_sandbox::runtime::Runtime;
-use berth_sandbox::session::{SessionIo, TermSize};
 use berth_stream::{BackendError, Io, Request, StdioOptions, StreamServer};
 use tonic::Status;
 
@@ -15,34 +14,6 @@ use super::status;
 /// The runtime side of the streaming server.
 pub struct StreamBackend {
     pub pods: Arc<Runtime>,
-}
-
-/// The streaming server's session channels as the container code takes them. Terminal
-/// sizes are passed on by a small task (the server offers them to terminal sessions only).
-fn session_io(io: Io) -> SessionIo {
-    let resize = io.resize.map(|mut from| {
-        let (tx, rx) = tokio::sync::mpsc::channel(4);
-        tokio::spawn(async move {
-            while let Some(sz) = from.recv().await {
-                let sz = TermSize {
-                    width: sz.width,
-                    height: sz.height,
-                };
-                if tx.send(sz).await.is_err() {
-                    break;
-                }
-            }
-        });
-        rx
-    });
-    SessionIo {
-        stdin: io.stdin,
-        stdout: io.stdout,
-        stderr: io.stderr,
-        tty: io.tty,
-        resize,
-        disconnected: io.disconnected,
-    }
 }
 
 /// A sandbox error as the streaming server reports it to its client.
@@ -60,7 +31,7 @@ impl berth_stream::Backend for StreamBackend {
     async fn exec(&self, container_id: &str, cmd: Vec<String>, io: Io) -> Result<(), BackendError> {
         match self
             .pods
-            .exec_stream(container_id, cmd, session_io(io))
+            .exec_stream(container_id, cmd, io)
             .await
         {
             Ok(0) => Ok(()),
@@ -71,7 +42,7 @@ impl berth_stream::Backend for StreamBackend {
 
     async fn attach(&self, container_id: &str, io: Io) -> Result<(), BackendError> {
         self.pods
-            .attach(container_id, session_io(io))
+            .attach(container_id, io)
             .await
             .map_err(backend_error)
     }

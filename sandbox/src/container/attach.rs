@@ -7,7 +7,7 @@ impl Runtime {
     /// Attach (the streaming server's `/attach`): connects the session to the container's
     /// own stdio until the container's output ends, the client closes its stdin (closing
     /// the container's stdin too when `stdin_once`), or the client goes away.
-    pub async fn attach(&self, id: &str, io: crate::session::SessionIo) -> Result<()> {
+    pub async fn attach(&self, id: &str, io: berth_stream::Io) -> Result<()> {
         let id = self.resolve_container(id)?;
         let rec = self.container(&id)?;
         if !rec.state.can_exec() {
@@ -22,7 +22,7 @@ impl Runtime {
             .ok_or_else(|| {
                 Error::Precondition(format!("container {id} has no output to attach to"))
             })?;
-        let crate::session::SessionIo {
+        let berth_stream::Io {
             stdin,
             stdout,
             stderr,

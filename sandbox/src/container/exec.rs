@@ -64,7 +64,7 @@ impl Runtime {
                 stop.cancel();
             })
         });
-        let io = crate::session::SessionIo {
+        let io = berth_stream::Io {
             stdin: None,
             stdout: Some(out_tx),
             stderr: Some(err_tx),
@@ -105,7 +105,7 @@ impl Runtime {
         &self,
         id: &str,
         cmd: Vec<String>,
-        io: crate::session::SessionIo,
+        io: berth_stream::Io,
     ) -> Result<u32> {
         let id = self.resolve_container(id)?;
         let rec = self.container(&id)?;
@@ -120,7 +120,7 @@ impl Runtime {
         let s = self.shim_of(&rec.pod_id).ok_or_else(|| {
             Error::Precondition(format!("the pod of container {id} has no running shim"))
         })?;
-        let crate::session::SessionIo {
+        let berth_stream::Io {
             stdin,
             stdout,
             stderr,
