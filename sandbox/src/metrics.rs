@@ -8,7 +8,9 @@
 
 use std::path::Path;
 
-pub use crate::stats::{Cgroup, read_cgroup};
+pub use berth_cgroups::{
+    Cgroup, DeviceIo, cgroup_pids, parse_blkio_v1, parse_io_stat, read_cgroup, read_io,
+};
 
 /// Counter or gauge.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -298,112 +300,6 @@ pub fn descriptor(name: &str) -> Option<&'static Descriptor> {
     DESCRIPTORS.iter().find(|d| d.name == name)
 }
 
-/// One block device's I/O by a cgroup.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct DeviceIo {
-    /// Device major and minor numbers.
-    pub major: u32,
-    /// Minor.
-    pub minor: u32,
-    /// Bytes read.
-    pub read_bytes: u64,
-    /// Bytes written.
-    pub write_bytes: u64,
-    /// Reads.
-    pub reads: u64,
-    /// Writes.
-    pub writes: u64,
-}
-
-/// Adds `value` to the `major:minor` entry of `out`.
-fn device_entry(out: &mut Vec<DeviceIo>, dev: &str) -> Option<usize> {
-    let (ma, mi) = dev.split_once(':')?;
-    let (major, minor) = (ma.parse().ok()?, mi.parse().ok()?);
-    Some(
-        match out
-            .iter()
-            .position(|d| (d.major, d.minor) == (major, minor))
-        {
-            Some(i) => i,
-            None => {
-                out.push(DeviceIo {
-                    major,
-                    minor,
-                    ..Default::default()
-                });
-                out.len() - 1
-            }
-        },
-    )
-}
-
-/// cgroup v1 `blkio.throttle.io_service_bytes` and `…io_serviced` (`8:0 Read 4096` lines).
-pub fn parse_blkio_v1(bytes: &str, ops: &str) -> Vec<DeviceIo> {
-    let mut out = Vec::new();
-    for (text, is_bytes) in [(bytes, true), (ops, false)] {
-        for l in text.lines() {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            let [dev, op, v] = f[..] else { continue };
-            let Some(i) = device_entry(&mut out, dev) else {
-                continue;
-            };
-            let v: u64 = v.parse().unwrap_or(0);
-            let d = &mut out[i];
-            match (op, is_bytes) {
-                ("Read", true) => d.read_bytes = v,
-                ("Write", true) => d.write_bytes = v,
-                ("Read", false) => d.reads = v,
-                ("Write", false) => d.writes = v,
-                _ => {}
-            }
-        }
-    }
-    out
-}
-
-/// cgroup v2 `io.stat` (`8:0 rbytes=… wbytes=… rios=… wios=…` lines).
-pub fn parse_io_stat(text: &str) -> Vec<DeviceIo> {
-    let mut out = Vec::new();
-    for l in text.lines() {
-        let mut f = l.split_whitespace();
-        let Some(i) = f.next().and_then(|dev| device_entry(&mut out, dev)) else {
-            continue;
-        };
-        for kv in f {
-            let Some((k, v)) = kv.split_once('=') else {
-                continue;
-            };
-            let v: u64 = v.parse().unwrap_or(0);
-            let d = &mut out[i];
-            match k {
-                "rbytes" => d.read_bytes = v,
-                "wbytes" => d.write_bytes = v,
-                "rios" => d.reads = v,
-                "wios" => d.writes = v,
-                _ => {}
-            }
-        }
-    }
-    out
-}
-
-/// The I/O of the cgroup at `rel` per block device.
-pub fn read_io(root: &Path, rel: &str) -> Vec<DeviceIo> {
-    let rel = rel.trim_start_matches('/');
-    if rel.split('/').any(|c| c == "..") {
-        return Vec::new();
-    }
-    if root.join("blkio").exists() {
-        let b = root.join("blkio").join(rel);
-        parse_blkio_v1(
-            &read(&b.join("blkio.throttle.io_service_bytes")),
-            &read(&b.join("blkio.throttle.io_serviced")),
-        )
-    } else {
-        parse_io_stat(&read(&root.join(rel).join("io.stat")))
-    }
-}
-
 /// The device's name (`/dev/vda`) from sysfs, else `major:minor`.
 pub fn device_name(major: u32, minor: u32) -> String {
     read(Path::new(&format!("/sys/dev/block/{major}:{minor}/uevent")))
@@ -443,18 +339,6 @@ pub fn device_samples(d: &DeviceIo, name: &str) -> Vec<(&'static str, Vec<String
 
 fn read(p: &Path) -> String {
     std::fs::read_to_string(p).unwrap_or_default()
-}
-
-/// The processes in the cgroup at `rel` (read from the `pids` or `memory` hierarchy, or the
-/// unified one).
-pub fn cgroup_pids(root: &Path, rel: &str) -> Vec<u32> {
-    let rel = rel.trim_start_matches('/');
-    ["pids", "memory", ""]
-        .iter()
-        .map(|h| root.join(h).join(rel).join("cgroup.procs"))
-        .find_map(|p| std::fs::read_to_string(p).ok())
-        .map(|t| t.lines().filter_map(|l| l.trim().parse().ok()).collect())
-        .unwrap_or_default()
 }
 
 /// What the container's processes hold.
@@ -766,25 +650,6 @@ mod tests {
         // A path that climbs out is refused; a container that is gone reads as None.
         assert!(read_cgroup(root.path(), "/kubepods/../../etc").is_none());
         assert!(read_cgroup(root.path(), "/kubepods/pod1/gone").is_none());
-    }
-
-    #[test]
-    fn block_io_from_either_cgroup_version() {
-        let v1 = parse_blkio_v1(
-            "8:0 Read 4096\n8:0 Write 8192\n8:0 Sync 0\n8:0 Total 12288\nTotal 12288\n",
-            "8:0 Read 1\n8:0 Write 2\n8:0 Total 3\nTotal 3\n",
-        );
-        let want = DeviceIo {
-            major: 8,
-            minor: 0,
-            read_bytes: 4096,
-            write_bytes: 8192,
-            reads: 1,
-            writes: 2,
-        };
-        assert_eq!(v1, vec![want]);
-        let v2 = parse_io_stat("8:0 rbytes=4096 wbytes=8192 rios=1 wios=2 dbytes=0 dios=0\n");
-        assert_eq!(v2, vec![want]);
     }
 
     #[test]

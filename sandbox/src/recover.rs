@@ -31,7 +31,7 @@ use std::time::Duration;
 use tokio::net::unix::pipe;
 use tokio::sync::OwnedMutexGuard;
 
-use crate::container::{ContainerEventKind, ContainerRecord, ContainerState};
+use crate::container::{ContainerRecord, ContainerState};
 use crate::error::Result;
 use crate::logs::{ContainerLog, open_fifo_reader, open_fifo_writer};
 use crate::now_ns;
@@ -375,26 +375,9 @@ impl Runtime {
         self.mark_exited_unknown(id, "Unknown", why);
     }
 
-    fn mark_exited_unknown(&self, id: &str, reason: &str, why: &str) {
-        let mut changed = false;
-        let res = self.observe_container(id, |r| {
-            if r.state == ContainerState::Exited {
-                return;
-            }
-            changed = true;
-            r.state = ContainerState::Exited;
-            r.exit_code = 255;
-            r.reason = reason.into();
-            r.message = why.into();
-            r.finished_ns = now_ns();
-        });
-        if let Err(e) = &res {
-            // Known in memory all the same (see observe_container).
-            tracing::error!(container = id, err = %e, "failed to record the container as exited");
-        }
-        if changed && let Ok(rec) = self.container(id) {
+    fn mark_exited_unknown(&self, id: &str, reason: &'static str, why: &str) {
+        if self.record_exit(id, (255, 0), |_| reason, Some(why)) {
             self.container_logs().remove(id);
-            self.emit(&rec, ContainerEventKind::Stopped);
         }
     }
 

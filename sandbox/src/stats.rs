@@ -1,5 +1,5 @@
-//! Resource usage from a container's cgroup (v1 controllers, or the v2 unified hierarchy)
-//! and its writable layer.
+//! Resource usage of a container: its cgroup's (read by `berth-cgroups`), its processes'
+//! start time, its writable layer's.
 
 use std::path::Path;
 
@@ -20,16 +20,7 @@ pub struct Usage {
     pub major_page_faults: u64,
 }
 
-fn read_u64(p: &Path) -> Option<u64> {
-    std::fs::read_to_string(p).ok()?.trim().parse().ok()
-}
-
-fn stat_field(text: &str, key: &str) -> Option<u64> {
-    text.lines().find_map(|l| {
-        let (k, v) = l.split_once(' ')?;
-        (k == key).then(|| v.trim().parse().ok()).flatten()
-    })
-}
+use berth_cgroups::{read_cgroup, stat_field};
 
 /// When process `pid` started (ns since the epoch), from `/proc` (to the clock tick).
 pub fn process_start_ns(pid: u32) -> Option<i64> {
@@ -55,135 +46,6 @@ pub fn cgroup_usage(root: &Path, cgroups_path: &str) -> Option<Usage> {
         rss: c.rss,
         page_faults: c.page_faults,
         major_page_faults: c.major_page_faults,
-    })
-}
-
-/// A cgroup's counters (v1 controllers or the v2 unified hierarchy).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Cgroup {
-    /// CPU time, total, user and system (ns).
-    pub cpu_ns: u64,
-    /// User CPU time (ns).
-    pub cpu_user_ns: u64,
-    /// System CPU time (ns).
-    pub cpu_system_ns: u64,
-    /// CFS periods elapsed.
-    pub periods: u64,
-    /// CFS periods throttled.
-    pub throttled_periods: u64,
-    /// Time throttled (ns).
-    pub throttled_ns: u64,
-    /// Memory usage, page cache included.
-    pub memory: u64,
-    /// Inactive page cache.
-    pub inactive_file: u64,
-    /// Highest usage.
-    pub memory_max: u64,
-    /// Page cache.
-    pub cache: u64,
-    /// Anonymous memory.
-    pub rss: u64,
-    /// Mapped files.
-    pub mapped_file: u64,
-    /// Swap.
-    pub swap: u64,
-    /// Kernel memory.
-    pub kernel: u64,
-    /// Times the limit was hit.
-    pub failcnt: u64,
-    /// Page faults (every one, the major ones included).
-    pub page_faults: u64,
-    /// Major page faults.
-    pub major_page_faults: u64,
-    /// OOM kills.
-    pub oom_kills: u64,
-    /// The pids limit (None: unlimited).
-    pub pids_max: Option<u64>,
-}
-
-fn read(p: &Path) -> String {
-    std::fs::read_to_string(p).unwrap_or_default()
-}
-
-fn num(p: &Path) -> u64 {
-    read_u64(p).unwrap_or(0)
-}
-
-/// A `key value` line's value (memory.stat, cpu.stat, cpuacct.stat, memory.events), or 0.
-fn field(text: &str, key: &str) -> u64 {
-    stat_field(text, key).unwrap_or(0)
-}
-
-/// `pids.max`: a number or `max`.
-fn pids_max(text: &str) -> Option<u64> {
-    text.trim().parse().ok()
-}
-
-/// Reads the cgroup at `rel` (the spec's `cgroupsPath`) under `root` (`/sys/fs/cgroup`);
-/// None when it is not there (the container is gone).
-pub fn read_cgroup(root: &Path, rel: &str) -> Option<Cgroup> {
-    let rel = rel.trim_start_matches('/');
-    if rel.split('/').any(|c| c == "..") {
-        return None;
-    }
-    let unified = root.join(rel);
-    if !root.join("memory").exists() {
-        let cpu = std::fs::read_to_string(unified.join("cpu.stat")).ok()?;
-        let mem = read(&unified.join("memory.stat"));
-        let events = read(&unified.join("memory.events"));
-        let usage = num(&unified.join("memory.current"));
-        return Some(Cgroup {
-            cpu_ns: field(&cpu, "usage_usec") * 1000,
-            cpu_user_ns: field(&cpu, "user_usec") * 1000,
-            cpu_system_ns: field(&cpu, "system_usec") * 1000,
-            periods: field(&cpu, "nr_periods"),
-            throttled_periods: field(&cpu, "nr_throttled"),
-            throttled_ns: field(&cpu, "throttled_usec") * 1000,
-            memory: usage,
-            inactive_file: field(&mem, "inactive_file"),
-            memory_max: num(&unified.join("memory.peak")).max(usage),
-            cache: field(&mem, "file"),
-            rss: field(&mem, "anon"),
-            mapped_file: field(&mem, "file_mapped"),
-            swap: num(&unified.join("memory.swap.current")),
-            kernel: field(&mem, "kernel"),
-            failcnt: field(&events, "max"),
-            page_faults: field(&mem, "pgfault"),
-            major_page_faults: field(&mem, "pgmajfault"),
-            oom_kills: field(&events, "oom_kill"),
-            pids_max: pids_max(&read(&unified.join("pids.max"))),
-        });
-    }
-    let h = |c: &str| root.join(c).join(rel);
-    let cpu_ns = read_u64(&h("cpuacct").join("cpuacct.usage"))?;
-    // cpuacct.stat is in clock ticks.
-    let ticks = read(&h("cpuacct").join("cpuacct.stat"));
-    let tick_ns = 1_000_000_000 / rustix::param::clock_ticks_per_second().max(1);
-    let cpu = read(&h("cpu").join("cpu.stat"));
-    let mem = read(&h("memory").join("memory.stat"));
-    let m = |f: &str| num(&h("memory").join(f));
-    let memsw = m("memory.memsw.usage_in_bytes");
-    let usage = m("memory.usage_in_bytes");
-    Some(Cgroup {
-        cpu_ns,
-        cpu_user_ns: field(&ticks, "user") * tick_ns,
-        cpu_system_ns: field(&ticks, "system") * tick_ns,
-        periods: field(&cpu, "nr_periods"),
-        throttled_periods: field(&cpu, "nr_throttled"),
-        throttled_ns: field(&cpu, "throttled_time"),
-        memory: usage,
-        inactive_file: field(&mem, "total_inactive_file"),
-        memory_max: m("memory.max_usage_in_bytes"),
-        cache: field(&mem, "total_cache"),
-        rss: field(&mem, "total_rss"),
-        mapped_file: field(&mem, "total_mapped_file"),
-        swap: memsw.saturating_sub(usage),
-        kernel: m("memory.kmem.usage_in_bytes"),
-        failcnt: m("memory.failcnt"),
-        page_faults: field(&mem, "total_pgfault"),
-        major_page_faults: field(&mem, "total_pgmajfault"),
-        oom_kills: field(&read(&h("memory").join("memory.oom_control")), "oom_kill"),
-        pids_max: pids_max(&read(&h("pids").join("pids.max"))),
     })
 }
 

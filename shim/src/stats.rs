@@ -2,6 +2,8 @@
 //! or `io.containerd.cgroups.v2.Metrics`), read from the cgroup its init process was put in.
 
 use std::collections::HashMap;
+
+use berth_cgroups::read_kv;
 use std::path::{Path, PathBuf};
 
 use containerd_shim_protos::cgroups::metrics as v1;
@@ -111,8 +113,7 @@ impl Cgroups {
                     total: read_u64(&d.join("cpuacct.usage")),
                     user: stat.get("user").copied().unwrap_or(0) * 10_000_000,
                     kernel: stat.get("system").copied().unwrap_or(0) * 10_000_000,
-                    per_cpu: std::fs::read_to_string(d.join("cpuacct.usage_percpu"))
-                        .unwrap_or_default()
+                    per_cpu: berth_cgroups::read_text(&d.join("cpuacct.usage_percpu"))
                         .split_whitespace()
                         .filter_map(|v| v.parse().ok())
                         .collect(),
@@ -237,22 +238,7 @@ fn v2_metrics(dir: &Path) -> v2::Metrics {
 
 /// A number from a cgroup file; `max` and what cannot be read are 0 (no limit, no value).
 fn read_u64(p: &Path) -> u64 {
-    std::fs::read_to_string(p)
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(0)
-}
-
-/// `key value` lines of a cgroup file.
-fn read_kv(p: &Path) -> HashMap<String, u64> {
-    std::fs::read_to_string(p)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| {
-            let (k, v) = l.split_once(' ')?;
-            Some((k.to_string(), v.trim().parse().ok()?))
-        })
-        .collect()
+    berth_cgroups::read_u64(p).unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -29,11 +29,7 @@ fn backend_error(e: berth_sandbox::Error) -> BackendError {
 #[async_trait::async_trait]
 impl berth_stream::Backend for StreamBackend {
     async fn exec(&self, container_id: &str, cmd: Vec<String>, io: Io) -> Result<(), BackendError> {
-        match self
-            .pods
-            .exec_stream(container_id, cmd, io)
-            .await
-        {
+        match self.pods.exec_stream(container_id, cmd, io).await {
             Ok(0) => Ok(()),
             Ok(code) => Err(BackendError::Exit(code as i32)),
             Err(e) => Err(backend_error(e)),

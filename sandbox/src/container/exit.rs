@@ -17,6 +17,34 @@ impl Runtime {
             return true;
         }
         let cgroup_oom = status == 137 && self.oom_killed(&rec);
+        self.record_exit(
+            id,
+            (status as i32, at_ns),
+            |r| {
+                if r.oom || cgroup_oom {
+                    "OOMKilled"
+                } else if status == 0 {
+                    "Completed"
+                } else {
+                    "Error"
+                }
+            },
+            None,
+        );
+        true
+    }
+
+    /// The one transition to Exited: with `code` at `at_ns` (0: now), the reason `reason`
+    /// gives for the record, and `message` if any. Persisted, then told to event
+    /// subscribers; nothing when the container had exited already. Returns whether it
+    /// changed.
+    pub(crate) fn record_exit(
+        &self,
+        id: &str,
+        (code, at_ns): (i32, i64),
+        reason: impl FnOnce(&ContainerRecord) -> &'static str,
+        message: Option<&str>,
+    ) -> bool {
         let mut changed = false;
         let res = self.observe_container(id, |r| {
             if r.state == ContainerState::Exited {
@@ -24,28 +52,21 @@ impl Runtime {
             }
             changed = true;
             r.state = ContainerState::Exited;
-            r.exit_code = status as i32;
+            r.exit_code = code;
             r.finished_ns = if at_ns > 0 { at_ns } else { now_ns() };
-            r.reason = if r.oom || cgroup_oom {
-                "OOMKilled".into()
-            } else if status == 0 {
-                "Completed".into()
-            } else {
-                "Error".into()
-            };
-        });
-        match res {
-            Ok(rec) if changed => self.emit(&rec, ContainerEventKind::Stopped),
-            Ok(_) => {}
-            Err(e) => {
-                // Known in memory all the same (see observe_container).
-                tracing::error!(container = id, err = %e, "failed to persist container exit");
-                if let (true, Ok(rec)) = (changed, self.container(id)) {
-                    self.emit(&rec, ContainerEventKind::Stopped);
-                }
+            r.reason = reason(r).into();
+            if let Some(m) = message {
+                r.message = m.into();
             }
+        });
+        if let Err(e) = &res {
+            // Known in memory all the same (see observe_container).
+            tracing::error!(container = id, err = %e, "failed to persist a container's exit");
         }
-        true
+        if changed && let Ok(rec) = res.or_else(|_| self.container(id)) {
+            self.emit(&rec, ContainerEventKind::Stopped);
+        }
+        changed
     }
 
     pub(crate) fn on_container_oom(&self, id: &str) {
