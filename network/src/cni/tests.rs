@@ -2,6 +2,8 @@
 
 use std::process::Command;
 
+use serde_json::Map;
+
 use super::*;
 use crate::netns::NetnsDir;
 
