@@ -15,6 +15,7 @@
 
 mod frame;
 mod fuzz;
+mod reader;
 mod session;
 mod writer;
 
