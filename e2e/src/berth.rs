@@ -467,7 +467,7 @@ impl Berth {
             let mut cri = connect(&socket).await.ok()?;
             tokio::time::timeout(
                 Duration::from_secs(60),
-                crate::faults::remove_all_pods(&mut cri.runtime),
+                crate::cleanup::remove_all_pods(&mut cri.runtime),
             )
             .await
             .ok()

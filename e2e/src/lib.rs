@@ -7,6 +7,7 @@
 
 pub mod apps;
 pub mod berth;
+pub mod cleanup;
 pub mod containerd;
 pub mod crypt;
 pub mod faults;

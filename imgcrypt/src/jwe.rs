@@ -18,6 +18,9 @@ use crate::{Error, Result};
 
 type Header = Map<String, Value>;
 
+/// RSA private-key operations and EC agreements per layer, at most: unwrapping is CPU work
+/// the image's author chooses the amount of.
+const MAX_ATTEMPTS: usize = 256;
 /// One JWE, at most (bytes): a recipient takes well under a kilobyte.
 const MAX_JWE: usize = 256 << 10;
 /// Recipients of one JWE, at most.
@@ -215,10 +218,10 @@ pub(crate) fn decrypt(
         if cancel.load(std::sync::atomic::Ordering::Relaxed) {
             return Err(Error::Malformed("unwrapping cancelled".into()));
         }
-        if attempts.len() >= crate::layer::MAX_ATTEMPTS {
+        if attempts.len() >= MAX_ATTEMPTS {
             return Err(Error::Malformed(format!(
                 "more than {} key unwrapping attempts for one layer: too many recipients",
-                crate::layer::MAX_ATTEMPTS
+                MAX_ATTEMPTS
             )));
         }
         Ok(())

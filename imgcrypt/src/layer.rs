@@ -23,8 +23,6 @@ const CIPHER: &str = "AES_256_CTR_HMAC_SHA256";
 /// node's keys, an RSA decryption each): bounded, so that an image cannot keep a core busy.
 /// ocicrypt writes one JWE per encryption (and one more per added recipient batch).
 const MAX_JWES: usize = 16;
-/// RSA private-key operations and EC agreements per layer.
-pub(crate) const MAX_ATTEMPTS: usize = 256;
 const CHUNK: usize = 64 << 10;
 
 /// The JWE payload (Go's `[]byte` fields are standard base64 in JSON, `null` when empty).

@@ -81,7 +81,7 @@ async fn main() -> anyhow::Result<()> {
     }
     env.reconnect().await?;
     let mut rt = env.cri.runtime.clone();
-    faults::remove_all_pods(&mut rt).await;
+    berth_e2e::cleanup::remove_all_pods(&mut rt).await;
 
     let cgroups = CgroupParent::new(0);
     let mut dead = Vec::new();
@@ -133,7 +133,7 @@ async fn main() -> anyhow::Result<()> {
         c_serve.push(containerd.restart().await?);
     }
     let mut crt = containerd.cri().await?.runtime.clone();
-    faults::remove_all_pods(&mut crt).await;
+    berth_e2e::cleanup::remove_all_pods(&mut crt).await;
     let c_count = count / 4;
     let mut c_fault_serve = Vec::new();
     for i in 0..c_count {
@@ -184,7 +184,7 @@ async fn main() -> anyhow::Result<()> {
         let _ = call.await;
         c_fault_serve.push(containerd.restart().await?);
         let mut crt = containerd.cri().await?.runtime.clone();
-        faults::remove_all_pods(&mut crt).await;
+        berth_e2e::cleanup::remove_all_pods(&mut crt).await;
     }
     // What containerd's clean-up left after all of them (visible from outside it).
     let (c_leases, c_veths) = (side.net.leases(), side.net.veths());

@@ -17,11 +17,13 @@ mod frame;
 mod fuzz;
 mod reader;
 mod session;
+mod stream;
 mod writer;
 
 pub use frame::{decode_frames, decode_header_block};
 pub use fuzz::fuzz_session;
-pub use session::{Limits, Role, Session, Stream, StreamWriter};
+pub use session::{Limits, Session};
+pub use stream::{Role, Stream, StreamWriter};
 
 const VERSION: u16 = 3;
 const SYN_STREAM: u16 = 1;

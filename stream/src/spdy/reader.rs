@@ -10,7 +10,7 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::mpsc;
 
 use super::frame::{Frame, Inflater, read_frame};
-use super::session::{Role, Slot, Stream, Table, gone};
+use super::stream::{Role, Slot, Stream, Table, gone};
 use super::writer::Out;
 use super::*;
 use crate::probe::PeerProbe;
