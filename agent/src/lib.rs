@@ -1,4 +1,24 @@
 //! The berth daemon: configuration, the CRI server and the command line.
+//!
+//! ```text
+//!  main.rs → cli.rs (flags) → run(): serve, config, doctor, install, fuse-holder
+//!  server.rs   builds the image service, the sandbox runtime and the streaming server from
+//!              the config, then serves CRI on the socket (h2fix.rs, deadline.rs: transport)
+//!  cri/        the CRI adapter: convert, validate, call one domain method, map the error
+//!    mod.rs        call(): span, log, the one error → gRPC code mapping (code())
+//!    runtime/      RuntimeService: mod.rs delegates each call to pod.rs, containers.rs,
+//!                  sessions.rs (Exec, Attach, PortForward, ExecSync) or stats.rs
+//!    image.rs      ImageService
+//!    sandbox.rs, container_config.rs, container_status.rs, security.rs: conversions
+//!    validate.rs   bounds on request strings      stream.rs: the streaming backend
+//!  config.rs   the TOML config (deploy/config.toml is its default, commented)
+//!  doctor/     berth doctor's checks, by what they look at    install.rs: install/uninstall
+//! ```
+//!
+//! Where a change goes: a new CRI field is converted in `cri/` (the request side in
+//! `container_config.rs` or `sandbox.rs`, the answer in `container_status.rs`) and carried
+//! by the sandbox crate's config types; a new config key in `config.rs` and
+//! `deploy/config.toml`; a new error kind in `berth-errdefs` and `cri::code`.
 
 pub mod cli;
 pub mod config;

@@ -1,6 +1,6 @@
 //! Reading cgroups, for berth and its shim: a cgroup's counters (CPU, memory, pids, I/O) on
-//! a v1 host (one hierarchy per controller, hybrid hosts included) or a v2 one, the
-//! processes in it, and its removal. The one place cgroup files are read; what each caller
+//! a v1 host (one hierarchy per controller, hybrid hosts included) or a v2 one, and the
+//! processes in it. The one place cgroup files are read; what each caller
 //! makes of the counters (CRI stats, Prometheus-style metrics, containerd's metrics
 //! messages) is its own.
 #![warn(missing_docs)]

@@ -11,7 +11,7 @@ use crate::error::{Error, Result};
 use crate::reference::Digest;
 use crate::registry::{Session, transport_reason};
 
-/// Resumptions in a row that may bring less than [`PROGRESS`] each before the download
+/// Resumptions in a row that may bring less than `PROGRESS` each before the download
 /// fails (containerd's fetcher allows three retries without progress as well).
 pub const MAX_IDLE_RESUMES: u32 = 3;
 /// What a resumed request must deliver for its resumption not to count against

@@ -207,7 +207,7 @@ impl Snapshotter {
     /// Creates the read-only view `key` of chain `top` (an image volume) and returns the
     /// mount that shows it: an overlay of the chain's layers, read-only. Like a writable
     /// snapshot it keeps the chain from garbage collection until it is removed
-    /// ([`Snapshots::remove_active`]), and its record is made durable the same way.
+    /// ([`Snapshotter::remove_active`]), and its record is made durable the same way.
     pub fn view(&self, key: &str, top: &Digest) -> Result<MountSpec> {
         self.create_active(key, Some(top), true)?;
         let mut m = self.mounts(key)?;

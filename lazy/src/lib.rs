@@ -10,6 +10,13 @@
 //! This crate reads the footer and the TOC out of a few ranges of the blob, verifies the TOC
 //! against the digest the manifest annotates the layer with, and serves each chunk on demand,
 //! checking it against its digest.
+//!
+//! ```text
+//!  toc.rs (+ toc/json.rs, toc/build.rs)  the footer, the TOC streamed within its bounds
+//!  fetch.rs   reading the TOC and chunks out of byte ranges
+//!  layer.rs   a layer served from its ranges and its chunk cache
+//!  fuse.rs (+ fuse/ops.rs)  the FUSE server      holder.rs  keeping connections across restarts
+//! ```
 #![warn(missing_docs)]
 
 pub mod fetch;

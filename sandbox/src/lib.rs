@@ -6,7 +6,8 @@
 //!   │               record.rs (PodRecord, PodState) state.rs (record changes) files.rs config.rs
 //!   │   container/  create.rs start.rs stop.rs remove.rs status.rs exec.rs attach.rs
 //!   │               update.rs exit.rs stats.rs record.rs state.rs config.rs
-//!   │   runtime/spare.rs  the spare shim      recover.rs  restart      reaper.rs  orphans
+//!   │   runtime/spare.rs  the spare shim      runtime/node.rs  network and handler status
+//!   │   recover.rs  restart (recover/dead_shim.rs: after a shim died)   reaper.rs  orphans
 //!   │
 //!   ├─ records   tables of records (map, names, per-id locks) over the metadata store
 //!   ├─ shim/     the shim v2 binary (binary.rs), the task API client (client.rs), events,
@@ -14,13 +15,18 @@
 //!   ├─ spec/     OCI specs: typed model (oci.rs), pure builders (pause.rs, container.rs)
 //!   │            over caps.rs, resources.rs and what they need of the host (host.rs)
 //!   ├─ logs      CRI log files from container output      ├─ users   image accounts
-//!   ├─ seccomp   the default profile                      ├─ stats   cgroup usage
+//!   ├─ seccomp   profiles: the default one, Localhost files ├─ stats   usage (cgroups:
+//!   ├─ metrics   cAdvisor-style pod metrics                 │          berth-cgroups)
 //!   └─ safefile, process, registrar, runsc, error
 //! ```
 //!
 //! Images and snapshots come from `berth-image`, records from `berth-store`, network
 //! namespaces and CNI from `berth-network`, and the stdio of an exec or attach session (as
 //! channels, [`berth_stream::Io`]) from `berth-stream`; nothing here speaks gRPC or HTTP.
+//!
+//! Where a change goes: a new CRI field lands in the config types (`container/config.rs`,
+//! `pod/config.rs`) and is used where the spec is built (`spec/`) or where its verb is
+//! (`container/<verb>.rs`); a new error in `error.rs`, with its kind from `berth-errdefs`.
 #![warn(missing_docs)]
 
 pub mod container;

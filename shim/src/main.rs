@@ -14,6 +14,21 @@
 //!   prints a `DeleteResponse`;
 //! - the daemon publishes task events to `$TTRPC_ADDRESS`, logs to the bundle's `log` fifo,
 //!   reaps every child as a subreaper and exits on `Shutdown` once it has no tasks.
+//!
+//! ```text
+//!  main.rs → args.rs → start.rs (start the daemon) | delete.rs | server.rs (the daemon)
+//!  server.rs  accepts ttrpc connections (frame.rs: ttrpc's framing), a thread per request
+//!  task/      the task service: mod.rs dispatches each call to a verb file (create.rs,
+//!             start.rs: Start and Delete, signal.rs: Pause/Resume/Kill, exec.rs,
+//!             query.rs: State and Pids, resources.rs: Update/Wait/Stats/Connect, exit.rs)
+//!  container.rs  a task    process.rs  its processes and the states they pass through
+//!  runtime.rs  running runc or crun    stdio.rs  a process's stdio and terminal
+//!  reaper.rs, oom.rs, stats.rs (cgroup metrics, read by berth-cgroups), mount.rs, events.rs
+//! ```
+//!
+//! Where a change goes: a new task verb is a method in `task/` named in `task/mod.rs`'s
+//! dispatch; a verb that acts on a process checks `Process::check` with a `Verb`, whose
+//! table in `process.rs` says in which states it may.
 
 mod args;
 mod container;

@@ -6,6 +6,16 @@
 //! remote-command (`v4.channel.k8s.io` and older, `v5.channel.k8s.io` on WebSocket) and
 //! port-forward (`portforward.k8s.io`) protocols. This crate speaks those protocols and
 //! hands the runtime plain channels through [`Backend`]; it knows nothing of containers.
+//!
+//! ```text
+//!  server.rs    tokens, the listener, sessions per client, routing an upgrade
+//!  spdy_serve.rs  the SPDY sessions behind the URLs (remote command, port-forward)
+//!  ws.rs          the WebSocket ones          pump.rs: what both transports share
+//!  spdy/        SPDY/3.1: frame.rs, session.rs, reader.rs, writer.rs, stream.rs
+//!  proto.rs     the Kubernetes protocols' versions, status messages, resize messages
+//!  probe.rs     noticing a client's hang-up while its session waits
+//!  idle.rs, config.rs, client.rs (berth's own client: tests and benchmarks)
+//! ```
 
 pub mod client;
 pub mod config;

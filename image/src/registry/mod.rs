@@ -3,7 +3,7 @@
 //! Why not `oci-client`: it configures TLS once per client and has no notion of per-host CAs,
 //! client certificates, extra headers, `override_path`, capabilities or the mirror fallback
 //! loop that containerd's hosts.toml promises. Here each [`RegistryHost`] gets its own HTTP
-//! client (cached by its TLS settings) and every request goes through [`Session::first_ok`],
+//! client (cached by its TLS settings) and every request goes through `Session::first_ok`,
 //! which tries the hosts in order and falls through on transport errors and error statuses.
 
 mod auth;
