@@ -3,6 +3,7 @@
 
 use std::io::{Read, Write};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use sha2::{Digest as _, Sha256};
@@ -69,22 +70,32 @@ pub fn open(
 
 /// [`open`], keeping the verified TOC JSON at `path` (to serve the layer again without the
 /// registry) instead of in memory: it is streamed there, checked against its digest, and
-/// parsed from there entry by entry. Nothing is left at `path` on error.
+/// parsed from there entry by entry. Nothing is left at `path` on error. Setting `cancel`
+/// (the pull's caller went away) stops the inflating and the parsing at their next read or
+/// write, which come every few KiB.
 pub fn open_to(
     blob: &dyn BlobReader,
     blob_size: u64,
     toc_digest: &str,
     limits: &Limits,
     path: &Path,
+    cancel: &AtomicBool,
 ) -> Result<Toc> {
     let (toc_offset, member) = toc_member(blob, blob_size, limits)?;
     let tmp = path.with_extension("tmp");
     let r = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
+        let mut f = Unless {
+            io: std::fs::File::create(&tmp)?,
+            cancel,
+        };
         toc::copy_toc(&member, toc_digest, limits.toc_budget(blob_size), &mut f)?;
         drop(member);
         f.flush()?;
-        let toc = Toc::parse_reader(std::fs::File::open(&tmp)?, toc_offset, blob_size, limits)?;
+        let json = Unless {
+            io: std::fs::File::open(&tmp)?,
+            cancel,
+        };
+        let toc = Toc::parse_reader(json, toc_offset, blob_size, limits)?;
         std::fs::rename(&tmp, path)?;
         Ok(toc)
     })();
@@ -92,6 +103,39 @@ pub fn open_to(
         let _ = std::fs::remove_file(&tmp);
     }
     r
+}
+
+/// A reader or writer that fails once `cancel` is set.
+struct Unless<'a, T> {
+    io: T,
+    cancel: &'a AtomicBool,
+}
+
+impl<T> Unless<'_, T> {
+    fn check(&self) -> std::io::Result<()> {
+        if self.cancel.load(Ordering::Relaxed) {
+            // Not `Interrupted`: readers retry that.
+            return Err(std::io::Error::other("the pull was cancelled"));
+        }
+        Ok(())
+    }
+}
+
+impl<T: Read> Read for Unless<'_, T> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.check()?;
+        self.io.read(buf)
+    }
+}
+
+impl<T: Write> Write for Unless<'_, T> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.check()?;
+        self.io.write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.io.flush()
+    }
 }
 
 /// The uncompressed bytes of `chunk` of `file` (for messages), verified against its digest.

@@ -470,6 +470,8 @@ mod meter {
 
 mod hostile {
     use super::meter::peak;
+    use std::sync::atomic::AtomicBool;
+
     use crate::toc::{Limits, Toc};
 
     const D: &str = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
@@ -600,7 +602,8 @@ mod hostile {
             max_tree: 1000,
             ..Limits::default()
         };
-        let r = crate::fetch::open_to(&b, b.len() as u64, super::TOC_DIGEST, &tight, &path);
+        let go = AtomicBool::new(false);
+        let r = crate::fetch::open_to(&b, b.len() as u64, super::TOC_DIGEST, &tight, &path, &go);
         assert!(r.is_err());
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
         let t = crate::fetch::open_to(
@@ -609,6 +612,7 @@ mod hostile {
             super::TOC_DIGEST,
             &Limits::default(),
             &path,
+            &go,
         )
         .unwrap();
         let again = Toc::parse_reader(
@@ -619,5 +623,27 @@ mod hostile {
         )
         .unwrap();
         assert_eq!(again.nodes.len(), t.nodes.len());
+    }
+
+    #[test]
+    fn a_cancelled_pull_stops_reading_its_toc_and_keeps_nothing() {
+        let b = super::blob();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("toc.json");
+        let cancelled = AtomicBool::new(true);
+        let r = crate::fetch::open_to(
+            &b,
+            b.len() as u64,
+            super::TOC_DIGEST,
+            &Limits::default(),
+            &path,
+            &cancelled,
+        );
+        let e = r
+            .err()
+            .expect("a cancelled pull opened its layer")
+            .to_string();
+        assert!(e.contains("cancelled"), "{e}");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }
 }

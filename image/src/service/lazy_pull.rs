@@ -3,6 +3,7 @@
 
 use std::io::{self};
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 
 use crate::error::{Error, Result};
 use crate::hosts;
@@ -26,6 +27,7 @@ impl ImageService {
         toc_digest: &str,
         chain: &Digest,
         parent: Option<&Digest>,
+        cancel: &Arc<AtomicBool>,
     ) -> Result<()> {
         let blob = RegistryBlob {
             session: session.clone(),
@@ -35,8 +37,10 @@ impl ImageService {
         let tmp = self.snapshots.tmp()?;
         let (size, want) = (desc.size, toc_digest.to_string());
         let (limits, toc_path) = (self.cfg.lazy.limits, tmp.dir().join(LAZY_TOC));
+        let cancel = cancel.clone();
         let (toc, blob) = tokio::task::spawn_blocking(move || {
-            berth_lazy::fetch::open_to(&blob, size, &want, &limits, &toc_path).map(|t| (t, blob))
+            berth_lazy::fetch::open_to(&blob, size, &want, &limits, &toc_path, &cancel)
+                .map(|t| (t, blob))
         })
         .await
         .map_err(|e| Error::io("open a lazy layer", io::Error::other(e)))?

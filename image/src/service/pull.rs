@@ -233,10 +233,11 @@ impl ImageService {
             && let Some(toc_digest) = crate::lazy::toc_digest(desc)
         {
             match self
-                .pull_lazily(session, r, desc, toc_digest, chain, parent)
+                .pull_lazily(session, r, desc, toc_digest, chain, parent, &cancel)
                 .await
             {
                 Ok(()) => return Ok(()),
+                Err(_) if cancel.load(Ordering::Relaxed) => return Err(cancelled(&desc.digest)),
                 Err(e) => tracing::info!(
                     layer = %desc.digest,
                     err = %e,
