@@ -21,10 +21,8 @@ impl ImageService {
     /// downloading it; its chunks come on first read and in the background.
     pub(super) async fn pull_lazily(
         &self,
-        session: &Arc<Session>,
-        r: &Reference,
-        desc: &Descriptor,
-        toc_digest: &str,
+        (session, r): (&Arc<Session>, &Reference),
+        (desc, toc_digest): (&Descriptor, &str),
         chain: &Digest,
         parent: Option<&Digest>,
         cancel: &Arc<AtomicBool>,

@@ -233,7 +233,7 @@ impl ImageService {
             && let Some(toc_digest) = crate::lazy::toc_digest(desc)
         {
             match self
-                .pull_lazily(session, r, desc, toc_digest, chain, parent, &cancel)
+                .pull_lazily((session, r), (desc, toc_digest), chain, parent, &cancel)
                 .await
             {
                 Ok(()) => return Ok(()),
