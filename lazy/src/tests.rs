@@ -639,10 +639,10 @@ mod hostile {
             &path,
             &cancelled,
         );
-        let e = r
-            .err()
-            .expect("a cancelled pull opened its layer")
-            .to_string();
+        let Err(e) = r else {
+            panic!("a cancelled pull opened its layer");
+        };
+        let e = e.to_string();
         assert!(e.contains("cancelled"), "{e}");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }
