@@ -17,7 +17,11 @@ pub fn berth_bin() -> PathBuf {
     }
 }
 
+/// What one hostile input (an image, a TOC, a session) may grow berth's RSS by: 64 MiB.
+pub const HOSTILE_RSS_BOUND_KIB: u64 = 64 << 10;
+
 /// A running berth; stopped (SIGTERM, then SIGKILL) and its directories removed on drop.
+
 pub struct Berth {
     child: Option<Child>,
     dir: tempfile::TempDir,
@@ -371,6 +375,19 @@ impl Berth {
     pub fn peak_rss_kib(&self) -> Option<u64> {
         let pid = self.child.as_ref()?.id();
         crate::status_kib(pid, "VmHWM:")
+    }
+
+    /// Panics unless the daemon's peak RSS since [`Self::reset_peak_rss`] (which returned
+    /// `before`) grew by less than [`HOSTILE_RSS_BOUND_KIB`]: issue 24's bound for what one
+    /// hostile input may cost.
+    pub fn assert_rss_bounded(&self, before: u64, what: &str) {
+        let peak = self.peak_rss_kib().expect("berth is not running");
+        eprintln!("{what}: RSS {before} KiB before, peak {peak} KiB");
+        assert!(
+            peak.saturating_sub(before) < HOSTILE_RSS_BOUND_KIB,
+            "{what}: RSS {before} KiB before, peak {peak} KiB (more than {} MiB grown)",
+            HOSTILE_RSS_BOUND_KIB >> 10
+        );
     }
 
     /// CPU time the daemon has used (user and system).

@@ -16,7 +16,6 @@ use berth_stream::client::{self, RemoteCommand};
 use tonic::Code;
 
 /// What berth's peak RSS may grow by while one hostile client works on it (KiB).
-const MEMORY_BOUND_KIB: u64 = 64 << 10;
 
 const IN_OUT: StdioOptions = StdioOptions {
     stdin: true,
@@ -75,11 +74,8 @@ async fn one_port_forward_client_cannot_grow_berth_without_bound() {
             }
         }
     }
-    let peak = env.berth.peak_rss_kib().unwrap();
-    assert!(
-        peak.saturating_sub(before) < MEMORY_BOUND_KIB,
-        "RSS {before} KiB before 100,000 streams, peak {peak} KiB"
-    );
+    env.berth
+        .assert_rss_bounded(before, "100,000 port-forward streams");
     assert!(refused > 90_000, "{refused} of 100,000 refused");
     session.close().await;
     // The next client is served.
@@ -101,6 +97,7 @@ async fn an_exec_whose_client_opens_too_many_streams_dies_when_the_client_hangs_
     let (session, _) = client::spdy_connect(&url, &["v4.channel.k8s.io"])
         .await
         .unwrap();
+    let before = env.berth.reset_peak_rss();
     let mut kept = Vec::new();
     for kind in ["error", "stdin", "stdout"] {
         kept.push(
@@ -131,6 +128,7 @@ async fn an_exec_whose_client_opens_too_many_streams_dies_when_the_client_hangs_
         "the exec'd process outlived its client\n{}",
         env.berth.log()
     );
+    env.berth.assert_rss_bounded(before, "an exec stream flood");
     teardown(&env, &pod).await;
 }
 
