@@ -21,7 +21,6 @@ pub fn berth_bin() -> PathBuf {
 pub const HOSTILE_RSS_BOUND_KIB: u64 = 64 << 10;
 
 /// A running berth; stopped (SIGTERM, then SIGKILL) and its directories removed on drop.
-
 pub struct Berth {
     child: Option<Child>,
     dir: tempfile::TempDir,
@@ -135,7 +134,8 @@ impl Berth {
         Self::start_in(extra, "warn", crate::bench_state_on_tmpfs())
     }
 
-    fn start_at_level(extra: &str, log_level: &'static str) -> anyhow::Result<Self> {
+    /// As [`Berth::start_with_config`], logging at `log_level`.
+    pub fn start_at_level(extra: &str, log_level: &'static str) -> anyhow::Result<Self> {
         Self::start_in(extra, log_level, false)
     }
 
@@ -382,7 +382,10 @@ impl Berth {
     /// hostile input may cost.
     pub fn assert_rss_bounded(&self, before: u64, what: &str) {
         let peak = self.peak_rss_kib().expect("berth is not running");
-        eprintln!("{what}: RSS {before} KiB before, peak {peak} KiB");
+        #[allow(clippy::print_stderr)]
+        {
+            eprintln!("{what}: RSS {before} KiB before, peak {peak} KiB");
+        }
         assert!(
             peak.saturating_sub(before) < HOSTILE_RSS_BOUND_KIB,
             "{what}: RSS {before} KiB before, peak {peak} KiB (more than {} MiB grown)",
