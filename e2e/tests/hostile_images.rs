@@ -17,9 +17,6 @@ use berth_e2e::stargz::{HOSTILE_FILE, convert, hostile};
 use berth_e2e::{ImageBuilder, Layer, PodEnv, wait_until};
 use tonic::Code;
 
-/// What berth's peak RSS may grow by while it handles one hostile input (KiB). The issue's
-/// goal: no input of 1 MB or less makes berth allocate more than 64 MB.
-
 const D: &str = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
 
 fn toc(entries: &[String]) -> Vec<u8> {

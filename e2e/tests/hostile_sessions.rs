@@ -15,8 +15,6 @@ use berth_stream::StdioOptions;
 use berth_stream::client::{self, RemoteCommand};
 use tonic::Code;
 
-/// What berth's peak RSS may grow by while one hostile client works on it (KiB).
-
 const IN_OUT: StdioOptions = StdioOptions {
     stdin: true,
     stdout: true,
