@@ -212,6 +212,11 @@ disabled_plugins = [{aufs}"io.containerd.snapshotter.v1.btrfs", "io.containerd.s
         crate::berth::connect(&self.socket).await
     }
 
+    /// The daemon's pid.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
     /// RSS of the daemon in KiB.
     pub fn rss_kib(&self) -> Option<u64> {
         self.child.as_ref().and_then(|c| crate::rss_kib(c.id()))

@@ -24,6 +24,7 @@ enum Entry {
     },
     Dir {
         path: String,
+        mode: u32,
     },
     Symlink {
         path: String,
@@ -91,9 +92,17 @@ impl Layer {
         self
     }
 
-    /// Adds a directory.
-    pub fn dir(mut self, path: &str) -> Self {
-        self.entries.push(Entry::Dir { path: path.into() });
+    /// Adds a directory (mode 0755).
+    pub fn dir(self, path: &str) -> Self {
+        self.dir_mode(path, 0o755)
+    }
+
+    /// Adds a directory with `mode` (`0o1777` for a `/tmp`).
+    pub fn dir_mode(mut self, path: &str, mode: u32) -> Self {
+        self.entries.push(Entry::Dir {
+            path: path.into(),
+            mode,
+        });
         self
     }
 
@@ -152,6 +161,51 @@ impl Layer {
         .file("etc/group", "root:x:0:\nwww-data:x:33:\n"))
     }
 
+    /// A fuller busybox root, as the upstream `busybox` and `alpine`-based test images have:
+    /// every applet of Debian's static busybox linked in `/bin`, a `/tmp` anyone can write,
+    /// `/etc/passwd` and `/etc/group` with `root`, `nobody` and `www-data`, and the usual
+    /// empty directories.
+    pub fn busybox_full() -> anyhow::Result<Self> {
+        let bin = std::fs::read("/bin/busybox").map_err(|e| {
+            anyhow::anyhow!("read /bin/busybox (apt-get install busybox-static): {e}")
+        })?;
+        let list = std::process::Command::new("/bin/busybox")
+            .arg("--list")
+            .output()?;
+        anyhow::ensure!(list.status.success(), "busybox --list failed");
+        let mut l = Layer::new();
+        for d in [
+            "bin/", "dev/", "etc/", "home/", "proc/", "root/", "sys/", "usr/",
+        ] {
+            l = l.dir(d);
+        }
+        for d in [
+            "usr/bin/",
+            "usr/sbin/",
+            "usr/local/",
+            "usr/local/bin/",
+            "var/",
+        ] {
+            l = l.dir(d);
+        }
+        l = l
+            .dir("var/run/")
+            .dir("var/log/")
+            .dir_mode("tmp/", 0o1777)
+            .file_mode("bin/busybox", bin, 0o755);
+        for applet in String::from_utf8(list.stdout)?.split_whitespace() {
+            if applet != "busybox" {
+                l = l.hardlink(&format!("bin/{applet}"), "bin/busybox");
+            }
+        }
+        Ok(l.file(
+            "etc/passwd",
+            "root:x:0:0:root:/root:/bin/sh\nwww-data:x:33:33:www-data:/var/www:/bin/sh\n\
+             nobody:x:65534:65534:nobody:/nonexistent:/bin/false\n",
+        )
+        .file("etc/group", "root:x:0:\nwww-data:x:33:\nnogroup:x:65534:\n"))
+    }
+
     /// The uncompressed tar stream.
     pub fn tar(&self) -> Vec<u8> {
         let mut out = Vec::new();
@@ -160,7 +214,7 @@ impl Layer {
                 Entry::File { path, data, mode } => {
                     (path, tar::EntryType::Regular, *mode, "", data)
                 }
-                Entry::Dir { path } => (path, tar::EntryType::Directory, 0o755, "", &[]),
+                Entry::Dir { path, mode } => (path, tar::EntryType::Directory, *mode, "", &[]),
                 Entry::Fifo { path } => (path, tar::EntryType::Fifo, 0o644, "", &[]),
                 Entry::CharDevice { path, .. } => (path, tar::EntryType::Char, 0o666, "", &[]),
                 Entry::Symlink { path, target } => {
@@ -265,7 +319,10 @@ pub fn sha256(data: &[u8]) -> String {
 pub struct ImageBuilder {
     layers: Vec<Layer>,
     user: String,
+    entrypoint: Vec<String>,
     cmd: Vec<String>,
+    env: Vec<String>,
+    workdir: String,
     arch: String,
     docker_media_types: bool,
 }
@@ -287,7 +344,10 @@ impl ImageBuilder {
         ImageBuilder {
             layers,
             user: String::new(),
+            entrypoint: Vec::new(),
             cmd: vec!["sh".into()],
+            env: vec!["PATH=/bin".into()],
+            workdir: String::new(),
             arch: "amd64".into(),
             docker_media_types: false,
         }
@@ -296,6 +356,24 @@ impl ImageBuilder {
     /// Sets the config `User`.
     pub fn user(mut self, u: &str) -> Self {
         self.user = u.into();
+        self
+    }
+
+    /// Sets the config `Entrypoint`.
+    pub fn entrypoint(mut self, e: &[&str]) -> Self {
+        self.entrypoint = e.iter().map(|s| s.to_string()).collect();
+        self
+    }
+
+    /// Sets the config `Env` (`PATH=/bin` unless told otherwise).
+    pub fn env(mut self, env: &[&str]) -> Self {
+        self.env = env.iter().map(|s| s.to_string()).collect();
+        self
+    }
+
+    /// Sets the config `WorkingDir`.
+    pub fn workdir(mut self, dir: &str) -> Self {
+        self.workdir = dir.into();
         self
     }
 
@@ -336,6 +414,18 @@ impl ImageBuilder {
         })
     }
 
+    /// The image config's `config` object.
+    fn config(&self) -> serde_json::Value {
+        let mut c = serde_json::json!({"User": self.user, "Cmd": self.cmd, "Env": self.env});
+        if !self.entrypoint.is_empty() {
+            c["Entrypoint"] = serde_json::json!(self.entrypoint);
+        }
+        if !self.workdir.is_empty() {
+            c["WorkingDir"] = serde_json::json!(self.workdir);
+        }
+        c
+    }
+
     async fn upload(
         &self,
         c: &Client<'_>,
@@ -364,7 +454,7 @@ impl ImageBuilder {
         let config = serde_json::json!({
             "architecture": self.arch,
             "os": "linux",
-            "config": {"User": self.user, "Cmd": self.cmd, "Env": ["PATH=/bin"]},
+            "config": self.config(),
             "rootfs": {"type": "layers", "diff_ids": diff_ids},
         });
         let config = serde_json::to_vec(&config)?;

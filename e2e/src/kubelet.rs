@@ -143,14 +143,24 @@ fn cgroup_hierarchies() -> Vec<PathBuf> {
     out
 }
 
-/// Removes the cgroup directory `dir` and everything below it, deepest first.
-fn remove_cgroup_tree(dir: &Path) {
+/// Removes the cgroup directory `dir` and everything below it, deepest first; a process
+/// still in one (the kubelet moves processes into its system cgroups) goes back to the root
+/// of its hierarchy first.
+pub(crate) fn remove_cgroup_tree(dir: &Path) {
     let Ok(rd) = std::fs::read_dir(dir) else {
         return;
     };
     for e in rd.flatten() {
         if e.file_type().is_ok_and(|t| t.is_dir()) {
             remove_cgroup_tree(&e.path());
+        }
+    }
+    let root = dir
+        .ancestors()
+        .find(|a| a.parent() == Some(Path::new("/sys/fs/cgroup")));
+    if let (Some(root), Ok(procs)) = (root, std::fs::read_to_string(dir.join("cgroup.procs"))) {
+        for pid in procs.lines() {
+            let _ = std::fs::write(root.join("cgroup.procs"), pid);
         }
     }
     let _ = std::fs::remove_dir(dir);

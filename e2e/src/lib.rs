@@ -14,6 +14,8 @@ pub mod faults;
 pub mod image;
 pub mod kubelet;
 pub mod net;
+pub mod node_e2e;
+pub mod node_images;
 pub mod pods;
 pub mod proxy;
 pub mod registry;

@@ -43,3 +43,29 @@ pub fn require(path: &std::path::Path, script: &str) -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// The node e2e suite's version (`scripts/install-e2e-node.sh`): the kubelet's.
+pub const NODE_E2E_VERSION: &str = KUBELET_VERSION;
+
+/// What `scripts/install-e2e-node.sh` builds: `e2e_node.test`, `ginkgo` and `agnhost`, in
+/// `$BERTH_NODE_E2E_DIR`, else the install script's cache.
+pub fn node_e2e_dir() -> PathBuf {
+    tool("BERTH_NODE_E2E_DIR", format!("e2e-node-{NODE_E2E_VERSION}"))
+}
+
+/// A static binary from C source `src`, built with the machine's gcc (scripts/install-deps.sh
+/// installs it); `name` names it in messages.
+pub fn static_c_binary(name: &str, src: &str) -> anyhow::Result<Vec<u8>> {
+    let dir = tempfile::tempdir()?;
+    let c = dir.path().join(format!("{name}.c"));
+    std::fs::write(&c, src)?;
+    let out = dir.path().join(name);
+    let status = std::process::Command::new("gcc")
+        .args(["-static", "-O2", "-o"])
+        .arg(&out)
+        .arg(&c)
+        .status()
+        .map_err(|e| anyhow::anyhow!("run gcc (scripts/install-deps.sh installs it): {e}"))?;
+    anyhow::ensure!(status.success(), "gcc -static {name}.c failed");
+    Ok(std::fs::read(out)?)
+}

@@ -1179,25 +1179,13 @@ async fn cri_1_37_stop_signal_mount_options_and_stream_calls_work() {
     env.assert_clean();
 }
 
-/// A static binary that prints its effective uid (built with the machine's gcc).
+/// A static binary that prints its effective uid.
 fn euid_binary() -> Vec<u8> {
-    let dir = tempfile::tempdir().unwrap();
-    let src = dir.path().join("euid.c");
-    std::fs::write(
-        &src,
+    berth_e2e::tools::static_c_binary(
+        "euid",
         "#include <stdio.h>\n#include <unistd.h>\nint main(void){printf(\"%d\\n\",(int)geteuid());return 0;}\n",
     )
-    .unwrap();
-    let out = dir.path().join("euid");
-    let ok = std::process::Command::new("gcc")
-        .args(["-static", "-O2", "-o"])
-        .arg(&out)
-        .arg(&src)
-        .status()
-        .expect("gcc (scripts/install-deps.sh installs it)")
-        .success();
-    assert!(ok, "gcc -static failed");
-    std::fs::read(out).unwrap()
+    .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread")]

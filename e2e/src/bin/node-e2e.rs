@@ -1,0 +1,116 @@
+//! Kubernetes' node e2e suite against berth (both handlers) and containerd 2.x on this
+//! machine, one after the other, with one table of specs run, passed, failed and skipped per
+//! runtime, and the specs that fail on berth but pass on containerd.
+//!
+//! `cargo build --release -p berth -p berth-e2e && BERTH_BIN=target/release/berth target/release/node-e2e [options]`
+//!
+//! Options: `--runtime berth|berth-runc|containerd` (repeatable; default all three),
+//! `--focus RE`, `--skip RE` (ginkgo's), `--skip-file FILE` (one regular expression per line
+//! before a tab and the reason; `#` comments), `--procs N` (3), `--timeout-minutes N` (120),
+//! `--report-dir DIR` (`target/node-e2e`), `--kubelet-flag FLAG` (repeatable),
+//! `--require-pass` (exit 1 if any spec fails on any runtime).
+
+#![allow(clippy::print_stdout)]
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use berth_e2e::node_e2e::{self, Options, Outcome, Runtime, Suite, World};
+
+/// The NodeConformance selection of the suite's own CI.
+const CONFORMANCE: &str = r"\[NodeConformance\]";
+const NOT_CI: &str = r"\[Flaky\]|\[Serial\]|\[Slow\]";
+
+fn skips_from(file: &str) -> anyhow::Result<Vec<String>> {
+    let text = std::fs::read_to_string(file).with_context(|| format!("read {file}"))?;
+    Ok(text
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+        .map(|l| l.split('\t').next().unwrap_or(l).trim().to_string())
+        .collect())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let mut runtimes = Vec::new();
+    let mut opts = Options {
+        focus: CONFORMANCE.into(),
+        skip: NOT_CI.into(),
+        procs: 3,
+        timeout: Duration::from_secs(120 * 60),
+        report_dir: PathBuf::from("target/node-e2e"),
+        kubelet_flags: Vec::new(),
+    };
+    let mut require_pass = false;
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        let mut val = || args.next().with_context(|| format!("{a} needs a value"));
+        match a.as_str() {
+            "--runtime" => runtimes.push(Runtime::parse(&val()?)?),
+            "--focus" => opts.focus = val()?,
+            "--skip" => opts.skip = val()?,
+            "--skip-file" => {
+                let extra = skips_from(&val()?)?;
+                let mut all: Vec<String> = vec![opts.skip.clone()];
+                all.extend(extra);
+                opts.skip = all
+                    .into_iter()
+                    .filter(|s| !s.is_empty())
+                    .collect::<Vec<_>>()
+                    .join("|");
+            }
+            "--procs" => opts.procs = val()?.parse()?,
+            "--timeout-minutes" => opts.timeout = Duration::from_secs(val()?.parse::<u64>()? * 60),
+            "--report-dir" => opts.report_dir = val()?.into(),
+            "--kubelet-flag" => opts.kubelet_flags.push(val()?),
+            "--require-pass" => require_pass = true,
+            _ => anyhow::bail!("unknown argument {a:?} (see the top of e2e/src/bin/node-e2e.rs)"),
+        }
+    }
+    if runtimes.is_empty() {
+        runtimes = vec![Runtime::Berth, Runtime::BerthRunc, Runtime::Containerd];
+    }
+    let suite = Suite::find()?;
+    let world = World::start(&suite).await?;
+    let mut reports = Vec::new();
+    for rt in runtimes {
+        println!("node-e2e: {} …", rt.name());
+        let r = node_e2e::run(&suite, &world, rt, &opts)
+            .with_context(|| format!("the suite against {}", rt.name()))?;
+        println!(
+            "node-e2e: {}: {} passed, {} failed, {} skipped ({})",
+            rt.name(),
+            r.count(Outcome::Passed),
+            r.count(Outcome::Failed),
+            r.count(Outcome::Skipped),
+            r.dir.display()
+        );
+        reports.push(r);
+    }
+    println!("\n{}", node_e2e::table(&reports));
+    let baseline = reports.iter().find(|r| r.runtime == Runtime::Containerd);
+    for r in &reports {
+        let failed = r.failed();
+        if failed.is_empty() {
+            continue;
+        }
+        println!("\nFailed on {} ({}):", r.runtime.name(), failed.len());
+        for name in failed {
+            let theirs = baseline
+                .filter(|b| b.runtime != r.runtime)
+                .and_then(|b| b.specs.get(name));
+            let note = match theirs {
+                Some(Outcome::Passed) => "  <- passes on containerd",
+                Some(Outcome::Failed) => "  (fails on containerd too)",
+                _ => "",
+            };
+            println!("- {name}{note}");
+        }
+    }
+    let any_failed = reports.iter().any(|r| !r.failed().is_empty());
+    if require_pass && any_failed {
+        anyhow::bail!("specs failed");
+    }
+    Ok(())
+}
