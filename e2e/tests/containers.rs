@@ -1252,3 +1252,67 @@ async fn an_image_volume_keeps_nosuid_and_nodev_inside_the_container() {
     env.remove(&pod).await.unwrap();
     env.assert_clean();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_status_names_the_image_by_the_tag_the_pod_named_as_containerd_does() {
+    use berth_e2e::apps::{APP, app_image};
+    let env = env_with("").await;
+    // The same image under a second tag: the status must name the tag the pod's author
+    // wrote, not whichever tag comes first, nor the image id (issue 26: `kubectl get pod`
+    // showed `image: sha256:…`).
+    let second = "app.invalid/berth-e2e/app:second";
+    app_image()
+        .push(&env.registry, "berth-e2e/app", Some("second"))
+        .await
+        .unwrap();
+    let id = env.cri.pull(second).await.unwrap();
+    assert!(id.starts_with("sha256:"), "{id}");
+    assert_eq!(env.cri.pull(APP).await.unwrap(), id);
+    let pcfg = pod_config("image-name");
+    let pod = env.run(pcfg.clone()).await.unwrap();
+    // As the kubelet asks: the image by id, and as the pod named it.
+    let named = |name: &str, user: &str| {
+        let mut c = ctr(name, &["sleep", "3600"]);
+        c.image = Some(cri::ImageSpec {
+            image: id.clone(),
+            user_specified_image: user.into(),
+            ..Default::default()
+        });
+        c
+    };
+    for (name, user, shown) in [
+        ("by-second", second, second),
+        ("by-first", APP, APP),
+        // Not a tag of this image (retagged since): containerd names its first tag.
+        ("by-other", "app.invalid/berth-e2e/app:gone", APP),
+    ] {
+        let c = create(&env, &pod, &pcfg, named(name, user)).await.unwrap();
+        let st = status(&env, &c).await;
+        let image = st.image.unwrap();
+        assert_eq!(image.image, shown, "{name}");
+        assert_eq!(image.user_specified_image, user, "{name}");
+        assert_eq!(st.image_id, id, "{name}");
+        // ListContainers names the image as it was asked for, with its id as the ref (the
+        // kubelet's image garbage collection matches it with ListImages).
+        let listed = env
+            .cri
+            .runtime
+            .clone()
+            .list_containers(cri::ListContainersRequest {
+                filter: Some(cri::ContainerFilter {
+                    id: c.clone(),
+                    ..Default::default()
+                }),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .containers;
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].image.as_ref().unwrap().image, id, "{name}");
+        assert_eq!(listed[0].image_ref, id, "{name}");
+    }
+    env.stop(&pod).await.unwrap();
+    env.remove(&pod).await.unwrap();
+    env.assert_clean();
+}

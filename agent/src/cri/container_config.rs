@@ -30,9 +30,19 @@ pub(crate) fn container_config(
             v::shown(&m.name)
         )));
     }
-    let image = c.image.map(|i| i.image).unwrap_or_default();
+    let (image, user_specified_image) = c
+        .image
+        .map(|i| (i.image, i.user_specified_image))
+        .unwrap_or_default();
     if image.is_empty() {
         return Err(invalid("config.image.image is required"));
+    }
+    if !user_specified_image.is_empty() {
+        v::word(
+            "config.image.user_specified_image",
+            &user_specified_image,
+            v::MAX_PATH,
+        )?;
     }
     if c.log_path.starts_with('/')
         || c.log_path.split('/').any(|p| p == "..")
@@ -57,6 +67,7 @@ pub(crate) fn container_config(
             name: m.name,
             attempt: m.attempt,
             image,
+            user_specified_image,
             command: c.command,
             args: c.args,
             working_dir: c.working_dir,

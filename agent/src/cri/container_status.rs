@@ -79,10 +79,11 @@ fn meta(r: &ContainerRecord) -> cri::ContainerMetadata {
     }
 }
 
+/// The image as the caller named it (ListContainers answers with it, as containerd does).
 fn image(r: &ContainerRecord) -> cri::ImageSpec {
     cri::ImageSpec {
-        image: r.image_id.clone(),
-        user_specified_image: r.config.image.clone(),
+        image: r.config.image.clone(),
+        user_specified_image: r.config.user_specified_image.clone(),
         ..Default::default()
     }
 }
@@ -98,7 +99,9 @@ pub(crate) fn to_container(r: &ContainerRecord) -> cri::Container {
         pod_sandbox_id: r.pod_id.clone(),
         metadata: Some(meta(r)),
         image: Some(image(r)),
-        image_ref: r.image_ref.clone(),
+        // The image id, as containerd answers here (the kubelet's image garbage collection
+        // matches it with ListImages' ids); ContainerStatus has the repo digest.
+        image_ref: r.image_id.clone(),
         image_id: r.image_id.clone(),
         state: state(r.state),
         created_at: r.created_ns,
@@ -107,8 +110,9 @@ pub(crate) fn to_container(r: &ContainerRecord) -> cri::Container {
     }
 }
 
-/// ContainerStatus.
-pub(crate) fn to_container_status(r: &ContainerRecord) -> cri::ContainerStatus {
+/// ContainerStatus; `image_name` is what it says the image is (see
+/// `Runtime::container_image_name`): the kubelet shows it as the container's image.
+pub(crate) fn to_container_status(r: &ContainerRecord, image_name: String) -> cri::ContainerStatus {
     let user = r
         .spec
         .as_ref()
@@ -122,7 +126,11 @@ pub(crate) fn to_container_status(r: &ContainerRecord) -> cri::ContainerStatus {
         started_at: r.started_ns,
         finished_at: r.finished_ns,
         exit_code: r.exit_code,
-        image: Some(image(r)),
+        image: Some(cri::ImageSpec {
+            image: image_name,
+            user_specified_image: r.config.user_specified_image.clone(),
+            ..Default::default()
+        }),
         image_ref: r.image_ref.clone(),
         reason: r.reason.clone(),
         message: r.message.clone(),

@@ -165,8 +165,11 @@ pub struct ContainerConfig {
     pub name: String,
     /// Attempt.
     pub attempt: u32,
-    /// The image as the caller named it.
+    /// The image as the caller named it (the kubelet names it by id).
     pub image: String,
+    /// The image as the pod's author wrote it (`ImageSpec.user_specified_image`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub user_specified_image: String,
     /// Replaces the image's entrypoint.
     pub command: Vec<String>,
     /// Replaces the image's cmd.

@@ -14,6 +14,22 @@ impl Runtime {
             .ok_or_else(|| Error::NotFound(format!("container {} not found", crate::shown(id))))
     }
 
+    /// The image ContainerStatus names, as containerd names it: a tag of the container's
+    /// image as it is now (the one the pod's author wrote when it is one of them, else the
+    /// first), else what the caller named it by (the image id).
+    pub fn container_image_name(&self, r: &ContainerRecord) -> String {
+        let Ok(image) = self.images().resolve(&r.image_id) else {
+            return r.config.image.clone();
+        };
+        let wanted = berth_image::reference::Reference::parse(&r.config.user_specified_image)
+            .map(|x| x.to_string())
+            .ok();
+        wanted
+            .filter(|w| image.repo_tags.contains(w))
+            .or_else(|| image.repo_tags.first().cloned())
+            .unwrap_or_else(|| r.config.image.clone())
+    }
+
     /// Finds a container by id or unique prefix.
     pub fn resolve_container(&self, id: &str) -> Result<String> {
         self.containers().resolve(id, "container")

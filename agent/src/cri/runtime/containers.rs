@@ -128,7 +128,10 @@ pub(super) async fn container_status(
             .map_err(super::super::status)?;
         let rec = this.pods.container(&id).map_err(super::super::status)?;
         Ok(cri::ContainerStatusResponse {
-            status: Some(ctr::to_container_status(&rec)),
+            status: Some(ctr::to_container_status(
+                &rec,
+                this.pods.container_image_name(&rec),
+            )),
             info: if req.verbose {
                 ctr::verbose_info(&rec)
             } else {
@@ -200,7 +203,10 @@ pub(super) async fn get_container_events(
         loop {
             match rx.recv().await {
                 Ok(e) => {
-                    let status = pods.container(&e.container_id).ok().map(|r| ctr::to_container_status(&r));
+                    let status = pods
+                        .container(&e.container_id)
+                        .ok()
+                        .map(|r| ctr::to_container_status(&r, pods.container_image_name(&r)));
                     let pod = pods.get(&e.pod_id).ok().map(|p| to_status(&p));
                     yield Ok(ctr::to_event(&e, status, pod));
                 }
