@@ -176,11 +176,25 @@ pub async fn exec(
 /// until it exits; returns its exit code and its output (stdout and stderr, from its CRI log),
 /// then removes the pod.
 pub async fn run_to_exit(env: &PodEnv, pod_name: &str, image: &str, cmd: &[&str]) -> (i32, String) {
+    run_config_to_exit(env, pod_name, ctr_of(image, "main", cmd)).await
+}
+
+/// [`run_to_exit`] of a container config of the caller's.
+pub async fn run_config_to_exit(
+    env: &PodEnv,
+    pod_name: &str,
+    mut c: cri::ContainerConfig,
+) -> (i32, String) {
+    let image = c
+        .image
+        .as_ref()
+        .map(|i| i.image.clone())
+        .unwrap_or_default();
+    let cmd = c.command.clone();
     let logs = tempfile::tempdir().unwrap();
     let mut pcfg = crate::pods::pod_config(pod_name);
     pcfg.log_directory = logs.path().display().to_string();
     let pod = env.run(pcfg.clone()).await.unwrap();
-    let mut c = ctr_of(image, "main", cmd);
     c.log_path = "main.log".into();
     let id = create(env, &pod, &pcfg, c).await.unwrap();
     start(env, &id).await;

@@ -16,6 +16,7 @@ pub enum Compression {
     Zstd,
 }
 
+#[derive(Clone)]
 enum Entry {
     File {
         path: String,
@@ -45,6 +46,7 @@ enum Entry {
 }
 
 /// One layer: tar entries written exactly as given (no path cleaning: hostile names pass).
+#[derive(Clone)]
 pub struct Layer {
     entries: Vec<Entry>,
     compression: Compression,

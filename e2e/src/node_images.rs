@@ -6,6 +6,8 @@
 //! through a `certs.d` mirror of `registry.k8s.io`, as a node behind an air gap does: the
 //! suite's image names are never changed.
 
+use anyhow::Context;
+
 use crate::image::{ImageBuilder, Layer};
 use crate::registry::Registry;
 
@@ -84,6 +86,55 @@ int main(int argc, char **argv) {
 }
 "#;
 
+/// `nmeter` as the lifecycle specs use it (`nmeter -d0 '%3t' | head -n1`: the time of day
+/// with milliseconds): Debian's busybox is built without it. Prints the format once per
+/// `-d` milliseconds, `%Nt` as HH:MM:SS with N decimals, until its reader goes.
+const NMETER_C: &str = r#"#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/time.h>
+#include <time.h>
+#include <unistd.h>
+
+int main(int argc, char **argv) {
+    long delay_ms = 1000;
+    const char *fmt = NULL;
+    for (int i = 1; i < argc; i++) {
+        if (strncmp(argv[i], "-d", 2) == 0)
+            delay_ms = atol(argv[i][2] ? argv[i] + 2 : (i + 1 < argc ? argv[++i] : "1000"));
+        else
+            fmt = argv[i];
+    }
+    if (!fmt) { fprintf(stderr, "usage: nmeter [-dMSEC] FORMAT\n"); return 1; }
+    for (;;) {
+        struct timeval tv;
+        gettimeofday(&tv, NULL);
+        struct tm tm;
+        localtime_r(&tv.tv_sec, &tm);
+        for (const char *p = fmt; *p; p++) {
+            if (p[0] == '%' && p[1] >= '0' && p[1] <= '9' && p[2] == 't') {
+                int digits = p[1] - '0';
+                printf("%02d:%02d:%02d", tm.tm_hour, tm.tm_min, tm.tm_sec);
+                if (digits > 0) {
+                    char frac[7];
+                    snprintf(frac, sizeof frac, "%06ld", (long)tv.tv_usec);
+                    printf(".%.*s", digits > 6 ? 6 : digits, frac);
+                }
+                p += 2;
+            } else if (p[0] == '%' && p[1] == 't') {
+                printf("%02d:%02d:%02d", tm.tm_hour, tm.tm_min, tm.tm_sec);
+                p += 1;
+            } else {
+                putchar(*p);
+            }
+        }
+        putchar('\n');
+        if (fflush(stdout) != 0 || ferror(stdout)) return 0;
+        if (delay_ms > 0) usleep((useconds_t)delay_ms * 1000);
+    }
+}
+"#;
+
 /// What an Alpine-based upstream image says it is (the image-volume specs read it).
 const ALPINE_OS_RELEASE: &str = "# berth's offline stand-in for an Alpine-based test image\n\
 NAME=\"Alpine Linux\"\nID=alpine\nPRETTY_NAME=\"Alpine Linux (berth offline stand-in)\"\n";
@@ -103,58 +154,92 @@ fn web_server(root: &str) -> String {
     )
 }
 
-/// The busybox root the stand-ins share, with `/etc/os-release` saying `os_release`.
-fn base(os_release: &str) -> anyhow::Result<Layer> {
-    Ok(Layer::busybox_full()?.file("etc/os-release", os_release))
+/// What the stand-ins add over Debian's busybox so that they behave as the upstream images
+/// do, with the libraries they load: `/bin/sh` is Debian's bash, since Debian's busybox ash
+/// drops environment variables whose names are not shell identifiers (`data-1`, which a
+/// ConfigMap may hold) where upstream's passes them on; `curl` (agnhost's image has it, the
+/// networking specs call it); and `nmeter`.
+fn host_tools_layer(nmeter: &[u8]) -> anyhow::Result<Layer> {
+    let mut l = Layer::new()
+        .dir("lib/")
+        .dir("lib64/")
+        .dir("lib/x86_64-linux-gnu/")
+        .file_mode("bin/nmeter", nmeter.to_vec(), 0o755);
+    let mut libs = std::collections::BTreeSet::new();
+    for (bin, at) in [
+        ("/bin/bash", "bin/sh"),
+        ("/bin/bash", "bin/bash"),
+        ("/usr/bin/curl", "usr/bin/curl"),
+    ] {
+        let data = std::fs::read(bin)
+            .with_context(|| format!("read {bin} (scripts/install-deps.sh installs it)"))?;
+        l = l.file_mode(at, data, 0o755);
+        let ldd = std::process::Command::new("ldd").arg(bin).output()?;
+        anyhow::ensure!(ldd.status.success(), "ldd {bin} failed");
+        for line in String::from_utf8(ldd.stdout)?.lines() {
+            // `libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x…)` or `/lib64/ld-linux… (0x…)`.
+            if let Some(p) = line
+                .split("=>")
+                .last()
+                .and_then(|r| r.split_whitespace().next())
+                .filter(|p| p.starts_with('/'))
+            {
+                libs.insert(p.to_string());
+            }
+        }
+    }
+    for p in libs {
+        let data = std::fs::read(&p).with_context(|| format!("read {p}"))?;
+        anyhow::ensure!(
+            p.starts_with("/lib/x86_64-linux-gnu/") || p.starts_with("/lib64/"),
+            "a library outside /lib/x86_64-linux-gnu and /lib64: {p}"
+        );
+        l = l.file_mode(p.trim_start_matches('/'), data, 0o755);
+    }
+    Ok(l)
 }
 
-/// The agnhost image's layers: the real agnhost in an Alpine-like busybox root with the user
-/// and group its specs look for.
-fn agnhost_layers(bin: &[u8]) -> anyhow::Result<Vec<Layer>> {
-    let root = Layer::busybox_full()?
-        .file("etc/os-release", ALPINE_OS_RELEASE)
-        .file(
-            "etc/passwd",
-            "root:x:0:0:root:/root:/bin/sh\n\
-             nobody:x:65534:65534:nobody:/:/sbin/nologin\n\
-             user-defined-in-image:x:1000:1000::/home/user-defined-in-image:/bin/sh\n",
+/// The root the stand-ins share: Debian's busybox with every applet, the shell layer, and
+/// `/etc/os-release` saying `os_release`; then `top`, the image's own files.
+struct Roots {
+    tools: Layer,
+}
+
+impl Roots {
+    fn with(&self, os_release: &str, top: Layer) -> anyhow::Result<Vec<Layer>> {
+        Ok(vec![
+            Layer::busybox_full()?.file("etc/os-release", os_release),
+            self.tools.clone(),
+            top,
+        ])
+    }
+
+    /// The agnhost image's layers: the real agnhost in an Alpine-like root with the user
+    /// and group its specs look for.
+    fn agnhost(&self, bin: &[u8]) -> anyhow::Result<Vec<Layer>> {
+        self.with(
+            ALPINE_OS_RELEASE,
+            Layer::new()
+                .file(
+                    "etc/passwd",
+                    "root:x:0:0:root:/root:/bin/sh\n\
+                     nobody:x:65534:65534:nobody:/:/sbin/nologin\n\
+                     user-defined-in-image:x:1000:1000::/home/user-defined-in-image:/bin/sh\n",
+                )
+                .file(
+                    "etc/group",
+                    "root:x:0:root\nnogroup:x:65534:\nuser-defined-in-image:x:1000:\n\
+                     group-defined-in-image:x:50000:user-defined-in-image\n",
+                )
+                .dir("home/user-defined-in-image/")
+                .dir("uploads/")
+                .file_mode("agnhost", bin.to_vec(), 0o755)
+                .symlink("agnhost-2", "agnhost"),
         )
-        .file(
-            "etc/group",
-            "root:x:0:root\nnogroup:x:65534:\nuser-defined-in-image:x:1000:\n\
-             group-defined-in-image:x:50000:user-defined-in-image\n",
-        )
-        .dir("home/user-defined-in-image/")
-        .dir("uploads/");
-    let app = Layer::new()
-        .file_mode("agnhost", bin.to_vec(), 0o755)
-        .symlink("agnhost-2", "agnhost");
-    Ok(vec![root, app])
-}
+    }
 
-/// One image of the set: its upstream reference and how it is built.
-pub struct NodeImage {
-    /// The reference the suite pulls, e.g. `registry.k8s.io/e2e-test-images/agnhost:2.56`.
-    pub reference: &'static str,
-    /// The image.
-    pub image: ImageBuilder,
-}
-
-/// Every image the node e2e suite's conformance and node-feature specs pull that can be
-/// built here; `agnhost` is the static agnhost binary.
-pub fn images(agnhost_bin: &[u8]) -> anyhow::Result<Vec<NodeImage>> {
-    let pause = crate::tools::static_c_binary("pause", PAUSE_C)?;
-    let nnp = crate::tools::static_c_binary("nnp", NNP_C)?;
-    let ipcs = crate::tools::static_c_binary("ipcs", IPCS_C)?;
-    let busybox = || -> anyhow::Result<ImageBuilder> {
-        Ok(ImageBuilder::new(vec![base(
-            "# berth's offline stand-in for busybox\nNAME=\"BusyBox\"\nID=busybox\n",
-        )?])
-        .cmd(&["sh"])
-        .env(&[PATH]))
-    };
-    let nginx = || -> anyhow::Result<ImageBuilder> {
-        let l = base(ALPINE_OS_RELEASE)?
+    fn nginx(&self) -> anyhow::Result<ImageBuilder> {
+        let top = Layer::new()
             .file_mode("usr/sbin/nginx", web_server("/usr/share/nginx/html"), 0o755)
             .dir("usr/share/nginx/")
             .dir("usr/share/nginx/html/")
@@ -162,12 +247,13 @@ pub fn images(agnhost_bin: &[u8]) -> anyhow::Result<Vec<NodeImage>> {
                 "usr/share/nginx/html/index.html",
                 "<html><body><h1>Welcome to nginx!</h1></body></html>\n",
             );
-        Ok(ImageBuilder::new(vec![l])
+        Ok(ImageBuilder::new(self.with(ALPINE_OS_RELEASE, top)?)
             .cmd(&["nginx", "-g", "daemon off;"])
             .env(&[PATH]))
-    };
-    let httpd = || -> anyhow::Result<ImageBuilder> {
-        let l = base(ALPINE_OS_RELEASE)?
+    }
+
+    fn httpd(&self) -> anyhow::Result<ImageBuilder> {
+        let top = Layer::new()
             .file_mode(
                 "usr/local/bin/httpd-foreground",
                 web_server("/usr/local/apache2/htdocs"),
@@ -179,90 +265,113 @@ pub fn images(agnhost_bin: &[u8]) -> anyhow::Result<Vec<NodeImage>> {
                 "usr/local/apache2/htdocs/index.html",
                 "<html><body><h1>It works!</h1></body></html>\n",
             );
-        Ok(ImageBuilder::new(vec![l])
+        Ok(ImageBuilder::new(self.with(ALPINE_OS_RELEASE, top)?)
             .cmd(&["httpd-foreground"])
             .workdir("/usr/local/apache2")
             .env(&[PATH]))
+    }
+}
+
+/// One image of the set: its upstream reference and how it is built.
+pub struct NodeImage {
+    /// The reference the suite pulls, e.g. `registry.k8s.io/e2e-test-images/agnhost:2.56`.
+    pub reference: &'static str,
+    /// The image.
+    pub image: ImageBuilder,
+}
+
+/// Every image the node e2e suite's conformance and node-feature specs pull that can be
+/// built here; `agnhost_bin` is the static agnhost binary.
+pub fn images(agnhost_bin: &[u8]) -> anyhow::Result<Vec<NodeImage>> {
+    let pause = crate::tools::static_c_binary("pause", PAUSE_C)?;
+    let nnp = crate::tools::static_c_binary("nnp", NNP_C)?;
+    let ipcs = crate::tools::static_c_binary("ipcs", IPCS_C)?;
+    let roots = Roots {
+        tools: host_tools_layer(&crate::tools::static_c_binary("nmeter", NMETER_C)?)?,
     };
-    let mut v = vec![
-        NodeImage {
-            reference: PAUSE,
-            image: ImageBuilder::new(vec![Layer::new().file_mode("pause", pause, 0o755)])
-                .entrypoint(&["/pause"])
-                .cmd(&[])
-                .user("65535:65535")
-                .env(&[PATH]),
-        },
-        NodeImage {
-            reference: "registry.k8s.io/e2e-test-images/busybox:1.37.0-1",
-            image: busybox()?,
-        },
-        NodeImage {
-            reference: "registry.k8s.io/e2e-test-images/agnhost:2.56",
-            image: ImageBuilder::new(agnhost_layers(agnhost_bin)?)
-                .entrypoint(&["/agnhost"])
-                .cmd(&["pause"])
-                .env(&[PATH]),
-        },
-        NodeImage {
-            reference: "registry.k8s.io/e2e-test-images/nginx:1.14-4",
-            image: nginx()?,
-        },
-        NodeImage {
-            reference: "registry.k8s.io/e2e-test-images/nginx:1.15-4",
-            image: nginx()?,
-        },
-        NodeImage {
-            reference: "registry.k8s.io/e2e-test-images/httpd:2.4.38-4",
-            image: httpd()?,
-        },
-        NodeImage {
-            reference: "registry.k8s.io/e2e-test-images/httpd:2.4.39-4",
-            image: httpd()?,
-        },
-        NodeImage {
-            reference: "registry.k8s.io/e2e-test-images/nonewprivs:1.3",
-            image: ImageBuilder::new(vec![base(ALPINE_OS_RELEASE)?.file_mode(
-                "usr/local/bin/nnp",
-                nnp,
-                0o4755,
-            )])
-            .cmd(&["nnp"])
-            .env(&[PATH]),
-        },
-        NodeImage {
-            reference: "registry.k8s.io/e2e-test-images/nonroot:1.4",
-            image: ImageBuilder::new(vec![base(DEBIAN_OS_RELEASE)?])
-                .user("1234")
-                .cmd(&["sh"])
-                .env(&[PATH]),
-        },
-        NodeImage {
-            reference: "registry.k8s.io/e2e-test-images/ipc-utils:1.3",
-            image: ImageBuilder::new(vec![base(ALPINE_OS_RELEASE)?.file_mode(
-                "usr/bin/ipcs",
-                ipcs,
-                0o755,
-            )])
-            .cmd(&["sh"])
-            .env(&[PATH]),
-        },
-    ];
-    // kitten: agnhost serving two files, which the image-volume specs read.
-    let mut layers = agnhost_layers(agnhost_bin)?;
-    layers.push(
+    let busybox = "# berth's offline stand-in for busybox\nNAME=\"BusyBox\"\nID=busybox\n";
+    let e2e = |name: &'static str, image: ImageBuilder| NodeImage {
+        reference: name,
+        image,
+    };
+    let mut kitten = roots.agnhost(agnhost_bin)?;
+    kitten.push(
         Layer::new()
             .file("kitten.jpg", crate::image::noise(4096, 7))
             .file("data.json", "{\"image\": \"kitten.jpg\"}\n"),
     );
-    v.push(NodeImage {
-        reference: "registry.k8s.io/e2e-test-images/kitten:1.7",
-        image: ImageBuilder::new(layers)
-            .entrypoint(&["/agnhost"])
-            .cmd(&["test-webserver"])
+    Ok(vec![
+        e2e(
+            PAUSE,
+            ImageBuilder::new(vec![Layer::new().file_mode("pause", pause, 0o755)])
+                .entrypoint(&["/pause"])
+                .cmd(&[])
+                .user("65535:65535")
+                .env(&[PATH]),
+        ),
+        e2e(
+            "registry.k8s.io/e2e-test-images/busybox:1.37.0-1",
+            ImageBuilder::new(roots.with(busybox, Layer::new())?)
+                .cmd(&["sh"])
+                .env(&[PATH]),
+        ),
+        e2e(
+            "registry.k8s.io/e2e-test-images/agnhost:2.56",
+            ImageBuilder::new(roots.agnhost(agnhost_bin)?)
+                .entrypoint(&["/agnhost"])
+                .cmd(&["pause"])
+                .env(&[PATH]),
+        ),
+        e2e(
+            "registry.k8s.io/e2e-test-images/nginx:1.14-4",
+            roots.nginx()?,
+        ),
+        e2e(
+            "registry.k8s.io/e2e-test-images/nginx:1.15-4",
+            roots.nginx()?,
+        ),
+        e2e(
+            "registry.k8s.io/e2e-test-images/httpd:2.4.38-4",
+            roots.httpd()?,
+        ),
+        e2e(
+            "registry.k8s.io/e2e-test-images/httpd:2.4.39-4",
+            roots.httpd()?,
+        ),
+        e2e(
+            "registry.k8s.io/e2e-test-images/nonewprivs:1.3",
+            ImageBuilder::new(roots.with(
+                ALPINE_OS_RELEASE,
+                Layer::new().file_mode("usr/local/bin/nnp", nnp, 0o4755),
+            )?)
+            .cmd(&["nnp"])
             .env(&[PATH]),
-    });
-    Ok(v)
+        ),
+        e2e(
+            "registry.k8s.io/e2e-test-images/nonroot:1.4",
+            ImageBuilder::new(roots.with(DEBIAN_OS_RELEASE, Layer::new())?)
+                .user("1234")
+                .cmd(&["sh"])
+                .env(&[PATH]),
+        ),
+        e2e(
+            "registry.k8s.io/e2e-test-images/ipc-utils:1.3",
+            ImageBuilder::new(roots.with(
+                ALPINE_OS_RELEASE,
+                Layer::new().file_mode("usr/bin/ipcs", ipcs, 0o755),
+            )?)
+            .cmd(&["sh"])
+            .env(&[PATH]),
+        ),
+        // kitten: agnhost serving two files, which the image-volume specs read.
+        e2e(
+            "registry.k8s.io/e2e-test-images/kitten:1.7",
+            ImageBuilder::new(kitten)
+                .entrypoint(&["/agnhost"])
+                .cmd(&["test-webserver"])
+                .env(&[PATH]),
+        ),
+    ])
 }
 
 /// Builds every image and pushes it to `reg` under its upstream repository path (the path a
