@@ -5,7 +5,7 @@
 //!
 //! What a run leaves behind is removed whatever happened: the suite's process group (the
 //! kubelet included), the runtime's pods, every mount under the kubelet's root, and the
-//! kubelet's root itself and cgroups when the run created them.
+//! kubelet's root, cgroups and pod logs that the run created.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -262,6 +262,19 @@ fn path_without_systemd_run(dir: &Path) -> anyhow::Result<String> {
 struct HostState {
     kubelet_root_existed: bool,
     cgroups: Vec<PathBuf>,
+    /// What was in the kubelet's fixed log directories.
+    logs: Vec<PathBuf>,
+}
+
+/// Where a kubelet keeps its pods' logs, and links them, whatever its root.
+const KUBELET_LOG_DIRS: [&str; 2] = ["/var/log/pods", "/var/log/containers"];
+
+fn kubelet_logs() -> Vec<PathBuf> {
+    KUBELET_LOG_DIRS
+        .iter()
+        .filter_map(|d| std::fs::read_dir(d).ok())
+        .flat_map(|rd| rd.flatten().map(|e| e.path()))
+        .collect()
 }
 
 /// The cgroup directories the kubelet creates at the top of each hierarchy.
@@ -288,6 +301,7 @@ impl HostState {
         HostState {
             kubelet_root_existed: Path::new(KUBELET_ROOT).exists(),
             cgroups: top_cgroups(),
+            logs: kubelet_logs(),
         }
     }
 
@@ -301,6 +315,11 @@ impl HostState {
         for c in top_cgroups() {
             if !self.cgroups.contains(&c) {
                 crate::kubelet::remove_cgroup_tree(&c);
+            }
+        }
+        for p in kubelet_logs() {
+            if !self.logs.contains(&p) {
+                let _ = std::fs::remove_dir_all(&p).or_else(|_| std::fs::remove_file(&p));
             }
         }
     }

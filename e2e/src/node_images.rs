@@ -215,8 +215,9 @@ impl Roots {
     }
 
     /// The agnhost image's layers: the real agnhost in an Alpine-like root with the user
-    /// and group its specs look for.
+    /// and group its specs look for, and a certificate for its TLS servers.
     fn agnhost(&self, bin: &[u8]) -> anyhow::Result<Vec<Layer>> {
+        let (crt, key) = crate::tls::self_signed_localhost()?;
         self.with(
             ALPINE_OS_RELEASE,
             Layer::new()
@@ -233,6 +234,8 @@ impl Roots {
                 )
                 .dir("home/user-defined-in-image/")
                 .dir("uploads/")
+                .file("localhost.crt", crt)
+                .file("localhost.key", key)
                 .file_mode("agnhost", bin.to_vec(), 0o755)
                 .symlink("agnhost-2", "agnhost"),
         )

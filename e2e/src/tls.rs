@@ -76,3 +76,41 @@ pub fn ca_and_server_cert(
     ]);
     (p("ca.pem"), p("server.pem"), p("server.key"))
 }
+
+/// A self-signed certificate and its key for `localhost` and 127.0.0.1 (PEM): what
+/// agnhost's image carries for its TLS servers.
+pub fn self_signed_localhost() -> anyhow::Result<(Vec<u8>, Vec<u8>)> {
+    let dir = tempfile::tempdir()?;
+    let out = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            "localhost.key",
+            "-out",
+            "localhost.crt",
+            "-days",
+            "3650",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost,IP:127.0.0.1",
+        ])
+        .current_dir(dir.path())
+        .output()
+        .map_err(|e| anyhow::anyhow!("run openssl (apt-get install openssl): {e}"))?;
+    anyhow::ensure!(
+        out.status.success(),
+        "openssl req: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok((
+        std::fs::read(dir.path().join("localhost.crt"))?,
+        std::fs::read(dir.path().join("localhost.key"))?,
+    ))
+}

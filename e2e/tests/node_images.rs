@@ -99,7 +99,12 @@ async fn the_node_e2e_images_behave_as_the_suite_expects() {
         &env,
         "agnhost",
         &agnhost,
-        &["sh", "-c", "/agnhost --help >/dev/null && curl --version"],
+        &[
+            "sh",
+            "-c",
+            "/agnhost --help >/dev/null && test -s /localhost.crt && test -s /localhost.key \\
+             && curl --version",
+        ],
     )
     .await;
     assert_eq!(code, 0, "{out}");
@@ -142,6 +147,47 @@ async fn the_node_e2e_images_behave_as_the_suite_expects() {
         }
         assert!(got.contains(page), "{image}: {got:?}");
         stops_on_sigterm(&env, &image, &id).await;
+        env.stop(&pod).await.unwrap();
+        env.remove(&pod).await.unwrap();
+    }
+    // agnhost's TLS server, as the lifecycle-hook specs start it, with the image's own
+    // certificate.
+    {
+        let pcfg = pod_config("netexec");
+        let pod = env.run(pcfg.clone()).await.unwrap();
+        let mut c = ctr_of(&agnhost, "main", &[]);
+        c.args = [
+            "netexec",
+            "--http-port",
+            "9090",
+            "--udp-port",
+            "9091",
+            "--tls-cert-file",
+            "/localhost.crt",
+            "--tls-private-key-file",
+            "/localhost.key",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        c.command.clear();
+        let id = create(&env, &pod, &pcfg, c).await.unwrap();
+        start(&env, &id).await;
+        let mut got = String::new();
+        let end = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < end && got != "hi" {
+            let r = exec(
+                &env,
+                &id,
+                &["curl", "-ks", "https://127.0.0.1:9090/echo?msg=hi"],
+                5,
+            )
+            .await
+            .unwrap();
+            got = String::from_utf8_lossy(&r.stdout).into_owned();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(got, "hi", "agnhost netexec over TLS");
         env.stop(&pod).await.unwrap();
         env.remove(&pod).await.unwrap();
     }
