@@ -135,6 +135,41 @@ int main(int argc, char **argv) {
 }
 "#;
 
+/// `/bin/sh` of the stand-ins: busybox ash, as upstream's images have (the specs match its
+/// messages, e.g. `/bin/sh: can't create /file: Read-only file system`), except that
+/// Debian's busybox 1.35 ash drops environment variables whose names are not shell
+/// identifiers (`data-1`, which a ConfigMap may hold) where upstream's 1.37 passes them on:
+/// when the environment holds such a name, bash (which passes them on) runs instead.
+const SH_C: &str = r#"#include <ctype.h>
+#include <stdio.h>
+#include <unistd.h>
+
+extern char **environ;
+
+static int identifier(const char *e) {
+    if (!(isalpha((unsigned char)e[0]) || e[0] == '_')) return 0;
+    for (const char *p = e + 1; *p && *p != '='; p++)
+        if (!(isalnum((unsigned char)*p) || *p == '_')) return 0;
+    return 1;
+}
+
+/* argv[0] is kept: busybox picks its applet by it (`sh`, `/bin/sh`), and both shells name
+ * themselves by it in their messages. */
+int main(int argc, char **argv) {
+    (void)argc;
+    for (char **e = environ; *e; e++) {
+        if (!identifier(*e)) {
+            execv("/bin/bash", argv);
+            perror("/bin/bash");
+            return 127;
+        }
+    }
+    execv("/bin/ash", argv);
+    perror("/bin/ash");
+    return 127;
+}
+"#;
+
 /// What an Alpine-based upstream image says it is (the image-volume specs read it).
 const ALPINE_OS_RELEASE: &str = "# berth's offline stand-in for an Alpine-based test image\n\
 NAME=\"Alpine Linux\"\nID=alpine\nPRETTY_NAME=\"Alpine Linux (berth offline stand-in)\"\n";
@@ -155,22 +190,19 @@ fn web_server(root: &str) -> String {
 }
 
 /// What the stand-ins add over Debian's busybox so that they behave as the upstream images
-/// do, with the libraries they load: `/bin/sh` is Debian's bash, since Debian's busybox ash
-/// drops environment variables whose names are not shell identifiers (`data-1`, which a
-/// ConfigMap may hold) where upstream's passes them on; `curl` (agnhost's image has it, the
-/// networking specs call it); and `nmeter`.
-fn host_tools_layer(nmeter: &[u8]) -> anyhow::Result<Layer> {
+/// do, with the libraries they load: the `/bin/sh` of [`SH_C`] and the bash it may run,
+/// `curl` (agnhost's image has it, the networking specs call it), and `nmeter`.
+fn host_tools_layer() -> anyhow::Result<Layer> {
+    let sh = crate::tools::static_c_binary("sh", SH_C)?;
+    let nmeter = crate::tools::static_c_binary("nmeter", NMETER_C)?;
     let mut l = Layer::new()
         .dir("lib/")
         .dir("lib64/")
         .dir("lib/x86_64-linux-gnu/")
-        .file_mode("bin/nmeter", nmeter.to_vec(), 0o755);
+        .file_mode("bin/sh", sh, 0o755)
+        .file_mode("bin/nmeter", nmeter, 0o755);
     let mut libs = std::collections::BTreeSet::new();
-    for (bin, at) in [
-        ("/bin/bash", "bin/sh"),
-        ("/bin/bash", "bin/bash"),
-        ("/usr/bin/curl", "usr/bin/curl"),
-    ] {
+    for (bin, at) in [("/bin/bash", "bin/bash"), ("/usr/bin/curl", "usr/bin/curl")] {
         let data = std::fs::read(bin)
             .with_context(|| format!("read {bin} (scripts/install-deps.sh installs it)"))?;
         l = l.file_mode(at, data, 0o755);
@@ -290,7 +322,7 @@ pub fn images(agnhost_bin: &[u8]) -> anyhow::Result<Vec<NodeImage>> {
     let nnp = crate::tools::static_c_binary("nnp", NNP_C)?;
     let ipcs = crate::tools::static_c_binary("ipcs", IPCS_C)?;
     let roots = Roots {
-        tools: host_tools_layer(&crate::tools::static_c_binary("nmeter", NMETER_C)?)?,
+        tools: host_tools_layer()?,
     };
     let busybox = "# berth's offline stand-in for busybox\nNAME=\"BusyBox\"\nID=busybox\n";
     let e2e = |name: &'static str, image: ImageBuilder| NodeImage {

@@ -72,6 +72,21 @@ async fn the_node_e2e_images_behave_as_the_suite_expects() {
     let (code, out) = run_config_to_exit(&env, "env", c).await;
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("data-1=value-1"), "{out}");
+    // And the shell is busybox's otherwise: the specs match its messages.
+    let mut c = ctr_of(
+        &busybox,
+        "main",
+        &["/bin/sh", "-c", "echo test > /file; sleep 1"],
+    );
+    c.linux = Some(cri::LinuxContainerConfig {
+        security_context: Some(cri::LinuxContainerSecurityContext {
+            readonly_rootfs: true,
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let (_, out) = run_config_to_exit(&env, "ro", c).await;
+    assert_eq!(out, "/bin/sh: can't create /file: Read-only file system\n");
 
     // The lifecycle specs' timestamps.
     let (code, out) = run_to_exit(
