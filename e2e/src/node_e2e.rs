@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 
 use crate::containerd::{Containerd, Flavor};
-use crate::node_images::{self, PAUSE, UPSTREAM};
+use crate::node_images::{self, PAUSE, UPSTREAMS};
 use crate::{Berth, Registry, TestNet};
 
 /// Where the suite puts the kubelet's root (fixed in the suite).
@@ -162,19 +162,21 @@ impl World {
     /// Starts the registry, pushes the images, creates the network.
     pub async fn start(suite: &Suite) -> anyhow::Result<Self> {
         let registry = Registry::start()?;
-        let agnhost = std::fs::read(&suite.agnhost)
-            .with_context(|| format!("read {}", suite.agnhost.display()))?;
-        node_images::push_all(&registry, &agnhost).await?;
+        let mut bins = node_images::Binaries::find()?;
+        bins.agnhost = suite.agnhost.clone();
+        node_images::push_all(&registry, &bins).await?;
         let net = TestNet::new()?;
         let certs_d = tempfile::Builder::new()
             .prefix("berth-node-e2e-certs-")
             .tempdir()?;
-        let host = certs_d.path().join(UPSTREAM);
-        std::fs::create_dir_all(&host)?;
-        std::fs::write(
-            host.join("hosts.toml"),
-            node_images::mirror_hosts(&registry.addr),
-        )?;
+        for h in UPSTREAMS {
+            let host = certs_d.path().join(h);
+            std::fs::create_dir_all(&host)?;
+            std::fs::write(
+                host.join("hosts.toml"),
+                node_images::mirror_hosts(h, &registry.addr),
+            )?;
+        }
         Ok(World {
             registry,
             net,
@@ -201,7 +203,9 @@ impl Running {
                     ),
                     "info",
                 )?;
-                b.hosts_toml(UPSTREAM, &node_images::mirror_hosts(&world.registry.addr))?;
+                for h in UPSTREAMS {
+                    b.hosts_toml(h, &node_images::mirror_hosts(h, &world.registry.addr))?;
+                }
                 Running::Berth(Box::new(b))
             }
             Runtime::Containerd => Running::Containerd(Containerd::start_flavor(
@@ -233,6 +237,62 @@ impl Running {
             Running::Berth(_) => "berth",
             Running::Containerd(_) => "containerd",
         }
+    }
+}
+
+/// The cgroup the runtime and its shims run in (in every hierarchy), as a node's service
+/// manager gives a runtime one: the suite's resource collector reports its CPU and memory by
+/// it, and the kubelet leaves it alone (it moves the processes of the root cgroup into its
+/// system cgroup).
+const RUNTIME_CGROUP: &str = "node-e2e-runtime";
+
+/// Each cgroup hierarchy's directory, with the cgroup this process is in there.
+fn own_cgroups() -> Vec<(PathBuf, String)> {
+    let text = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    let root = Path::new("/sys/fs/cgroup");
+    text.lines()
+        .filter_map(|l| {
+            let mut f = l.splitn(3, ':');
+            let (_, controllers, path) = (f.next()?, f.next()?, f.next()?);
+            let dir = if controllers.is_empty() {
+                if root.join("unified").is_dir() {
+                    root.join("unified")
+                } else {
+                    root.to_path_buf()
+                }
+            } else if let Some(name) = controllers.strip_prefix("name=") {
+                root.join(name)
+            } else {
+                root.join(controllers)
+            };
+            dir.join("cgroup.procs")
+                .exists()
+                .then(|| (dir, path.to_string()))
+        })
+        .collect()
+}
+
+/// Runs `start` (which starts the runtime) with this process in [`RUNTIME_CGROUP`], so that
+/// what it starts is there; this process goes back where it was.
+fn in_runtime_cgroup<T>(start: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<T> {
+    let own = own_cgroups();
+    for (dir, _) in &own {
+        let c = dir.join(RUNTIME_CGROUP);
+        std::fs::create_dir_all(&c)?;
+        std::fs::write(c.join("cgroup.procs"), "0")
+            .with_context(|| format!("enter {}", c.display()))?;
+    }
+    let r = start();
+    for (dir, path) in &own {
+        let back = dir.join(path.trim_start_matches('/')).join("cgroup.procs");
+        std::fs::write(&back, "0").with_context(|| format!("go back to {}", back.display()))?;
+    }
+    r
+}
+
+fn remove_runtime_cgroup() {
+    for (dir, _) in own_cgroups() {
+        crate::kubelet::remove_cgroup_tree(&dir.join(RUNTIME_CGROUP));
     }
 }
 
@@ -368,7 +428,7 @@ pub fn run(suite: &Suite, world: &World, rt: Runtime, opts: &Options) -> anyhow:
         .prefix("berth-node-e2e-")
         .tempdir_in("/var/tmp")?;
     let host = HostState::note();
-    let runtime = Running::start(rt, world, work.path())?;
+    let runtime = in_runtime_cgroup(|| Running::start(rt, world, work.path()))?;
     let r = run_suite(suite, &runtime, opts, &dir, work.path());
     if let Running::Berth(b) = &runtime {
         let _ = std::fs::write(dir.join("berth.log"), b.log());
@@ -380,6 +440,7 @@ pub fn run(suite: &Suite, world: &World, rt: Runtime, opts: &Options) -> anyhow:
         );
     }
     drop(runtime);
+    remove_runtime_cgroup();
     host.restore();
     let took = r?;
     let xml = std::fs::read_to_string(dir.join("junit.xml"))

@@ -6,6 +6,8 @@
 //! through a `certs.d` mirror of `registry.k8s.io`, as a node behind an air gap does: the
 //! suite's image names are never changed.
 
+use std::path::{Path, PathBuf};
+
 use anyhow::Context;
 
 use crate::image::{ImageBuilder, Layer};
@@ -189,25 +191,16 @@ fn web_server(root: &str) -> String {
     )
 }
 
-/// What the stand-ins add over Debian's busybox so that they behave as the upstream images
-/// do, with the libraries they load: the `/bin/sh` of [`SH_C`] and the bash it may run,
-/// `curl` (agnhost's image has it, the networking specs call it), and `nmeter`.
-fn host_tools_layer() -> anyhow::Result<Layer> {
-    let sh = crate::tools::static_c_binary("sh", SH_C)?;
-    let nmeter = crate::tools::static_c_binary("nmeter", NMETER_C)?;
-    let mut l = Layer::new()
-        .dir("lib/")
-        .dir("lib64/")
-        .dir("lib/x86_64-linux-gnu/")
-        .file_mode("bin/sh", sh, 0o755)
-        .file_mode("bin/nmeter", nmeter, 0o755);
+/// Host binaries at the image paths given, with the shared libraries they load (as `ldd`
+/// names them, at the same paths).
+fn host_binaries(l: Layer, bins: &[(&Path, &str)]) -> anyhow::Result<Layer> {
+    let mut l = l.dir("lib/").dir("lib64/").dir("lib/x86_64-linux-gnu/");
     let mut libs = std::collections::BTreeSet::new();
-    for (bin, at) in [("/bin/bash", "bin/bash"), ("/usr/bin/curl", "usr/bin/curl")] {
-        let data = std::fs::read(bin)
-            .with_context(|| format!("read {bin} (scripts/install-deps.sh installs it)"))?;
+    for (bin, at) in bins {
+        let data = std::fs::read(bin).with_context(|| format!("read {}", bin.display()))?;
         l = l.file_mode(at, data, 0o755);
         let ldd = std::process::Command::new("ldd").arg(bin).output()?;
-        anyhow::ensure!(ldd.status.success(), "ldd {bin} failed");
+        anyhow::ensure!(ldd.status.success(), "ldd {} failed", bin.display());
         for line in String::from_utf8(ldd.stdout)?.lines() {
             // `libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x…)` or `/lib64/ld-linux… (0x…)`.
             if let Some(p) = line
@@ -229,6 +222,24 @@ fn host_tools_layer() -> anyhow::Result<Layer> {
         l = l.file_mode(p.trim_start_matches('/'), data, 0o755);
     }
     Ok(l)
+}
+
+/// What the stand-ins add over Debian's busybox so that they behave as the upstream images
+/// do: the `/bin/sh` of [`SH_C`] and the bash it may run, `curl` (agnhost's image has it,
+/// the networking specs call it), and `nmeter`.
+fn host_tools_layer() -> anyhow::Result<Layer> {
+    let sh = crate::tools::static_c_binary("sh", SH_C)?;
+    let nmeter = crate::tools::static_c_binary("nmeter", NMETER_C)?;
+    host_binaries(
+        Layer::new()
+            .file_mode("bin/sh", sh, 0o755)
+            .file_mode("bin/nmeter", nmeter, 0o755),
+        &[
+            (Path::new("/bin/bash"), "bin/bash"),
+            (Path::new("/usr/bin/curl"), "usr/bin/curl"),
+        ],
+    )
+    .context("scripts/install-deps.sh installs bash and curl")
 }
 
 /// The root the stand-ins share: Debian's busybox with every applet, the shell layer, and
@@ -315,9 +326,40 @@ pub struct NodeImage {
     pub image: ImageBuilder,
 }
 
+/// The binaries the images are made of that are built elsewhere.
+pub struct Binaries {
+    /// The static agnhost (`scripts/install-e2e-node.sh`).
+    pub agnhost: PathBuf,
+    /// The cAdvisor stand-in (`cadvisor-standin`, built with berth-e2e), for the density
+    /// specs; without it, no `gcr.io/cadvisor/cadvisor` image.
+    pub cadvisor: Option<PathBuf>,
+}
+
+impl Binaries {
+    /// Where the install script and cargo put them: agnhost in the tools cache, the cAdvisor
+    /// stand-in beside the running executable (or its parent, for a test binary in `deps/`).
+    pub fn find() -> anyhow::Result<Self> {
+        let agnhost = crate::tools::node_e2e_dir().join("agnhost");
+        crate::tools::require(&agnhost, "install-e2e-node.sh")?;
+        let exe = std::env::current_exe()?;
+        let cadvisor = exe
+            .ancestors()
+            .skip(1)
+            .take(2)
+            .map(|d| d.join("cadvisor-standin"))
+            .find(|p| p.exists());
+        Ok(Binaries { agnhost, cadvisor })
+    }
+}
+
+/// The cAdvisor image the density specs run (their resource collector reads it).
+pub const CADVISOR: &str = "gcr.io/cadvisor/cadvisor:v0.47.2";
+
 /// Every image the node e2e suite's conformance and node-feature specs pull that can be
-/// built here; `agnhost_bin` is the static agnhost binary.
-pub fn images(agnhost_bin: &[u8]) -> anyhow::Result<Vec<NodeImage>> {
+/// built here.
+pub fn images(bins: &Binaries) -> anyhow::Result<Vec<NodeImage>> {
+    let agnhost_bin = &std::fs::read(&bins.agnhost)
+        .with_context(|| format!("read {}", bins.agnhost.display()))?;
     let pause = crate::tools::static_c_binary("pause", PAUSE_C)?;
     let nnp = crate::tools::static_c_binary("nnp", NNP_C)?;
     let ipcs = crate::tools::static_c_binary("ipcs", IPCS_C)?;
@@ -335,7 +377,7 @@ pub fn images(agnhost_bin: &[u8]) -> anyhow::Result<Vec<NodeImage>> {
             .file("kitten.jpg", crate::image::noise(4096, 7))
             .file("data.json", "{\"image\": \"kitten.jpg\"}\n"),
     );
-    Ok(vec![
+    let mut v = vec![
         e2e(
             PAUSE,
             ImageBuilder::new(vec![Layer::new().file_mode("pause", pause, 0o755)])
@@ -406,18 +448,36 @@ pub fn images(agnhost_bin: &[u8]) -> anyhow::Result<Vec<NodeImage>> {
                 .cmd(&["test-webserver"])
                 .env(&[PATH]),
         ),
-    ])
+    ];
+    if let Some(c) = &bins.cadvisor {
+        let l = host_binaries(
+            Layer::new().dir("usr/").dir("usr/bin/"),
+            &[(c, "usr/bin/cadvisor")],
+        )?;
+        v.push(e2e(
+            CADVISOR,
+            ImageBuilder::new(vec![l])
+                .entrypoint(&["/usr/bin/cadvisor", "-logtostderr"])
+                .cmd(&[])
+                .env(&[PATH]),
+        ));
+    }
+    Ok(v)
 }
 
+/// The registries the images come from: each needs a `certs.d` mirror.
+pub const UPSTREAMS: [&str; 2] = [UPSTREAM, "gcr.io"];
+
 /// Builds every image and pushes it to `reg` under its upstream repository path (the path a
-/// plain `certs.d` mirror of `registry.k8s.io` asks for). Returns the references.
-pub async fn push_all(reg: &Registry, agnhost_bin: &[u8]) -> anyhow::Result<Vec<String>> {
+/// plain `certs.d` mirror asks for). Returns the references.
+pub async fn push_all(reg: &Registry, bins: &Binaries) -> anyhow::Result<Vec<String>> {
     let mut refs = Vec::new();
-    for img in images(agnhost_bin)? {
-        let rest = img
+    for img in images(bins)? {
+        let (host, rest) = img
             .reference
-            .strip_prefix(&format!("{UPSTREAM}/"))
-            .expect("an upstream reference");
+            .split_once('/')
+            .expect("a reference with a registry");
+        anyhow::ensure!(UPSTREAMS.contains(&host), "{host} is not mirrored");
         let (repo, tag) = rest.rsplit_once(':').expect("a tagged reference");
         img.image.push(reg, repo, Some(tag)).await?;
         refs.push(img.reference.to_string());
@@ -425,7 +485,7 @@ pub async fn push_all(reg: &Registry, agnhost_bin: &[u8]) -> anyhow::Result<Vec<
     Ok(refs)
 }
 
-/// The `hosts.toml` that sends `registry.k8s.io` pulls to the registry at `addr`.
-pub fn mirror_hosts(addr: &impl std::fmt::Display) -> String {
-    crate::pods::mirror_hosts(UPSTREAM, addr)
+/// The `hosts.toml` that sends pulls from `host` to the registry at `addr`.
+pub fn mirror_hosts(host: &str, addr: &impl std::fmt::Display) -> String {
+    crate::pods::mirror_hosts(host, addr)
 }

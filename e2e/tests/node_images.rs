@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use berth_cri_api::v1 as cri;
 use berth_e2e::apps::{create, ctr_of, exec, run_config_to_exit, run_to_exit, start, status, stop};
-use berth_e2e::node_images::{self, PAUSE, UPSTREAM};
+use berth_e2e::node_images::{self, CADVISOR, PAUSE, UPSTREAMS};
 use berth_e2e::pods::pod_config;
 use berth_e2e::{PodEnv, TestNet};
 
@@ -16,15 +16,17 @@ async fn node_env() -> PodEnv {
     let env = PodEnv::start_with(TestNet::new().unwrap(), "")
         .await
         .unwrap();
-    let agnhost_path = berth_e2e::tools::node_e2e_dir().join("agnhost");
-    berth_e2e::tools::require(&agnhost_path, "install-e2e-node.sh").unwrap();
-    let agnhost = std::fs::read(agnhost_path).unwrap();
-    let refs = node_images::push_all(&env.registry, &agnhost)
-        .await
-        .unwrap();
-    env.berth
-        .hosts_toml(UPSTREAM, &node_images::mirror_hosts(&env.registry.addr))
-        .unwrap();
+    let bins = node_images::Binaries::find().unwrap();
+    assert!(
+        bins.cadvisor.is_some(),
+        "no cadvisor-standin beside the test (cargo build -p berth-e2e --bins)"
+    );
+    let refs = node_images::push_all(&env.registry, &bins).await.unwrap();
+    for h in UPSTREAMS {
+        env.berth
+            .hosts_toml(h, &node_images::mirror_hosts(h, &env.registry.addr))
+            .unwrap();
+    }
     for r in refs {
         env.cri
             .pull(&r)
@@ -203,6 +205,48 @@ async fn the_node_e2e_images_behave_as_the_suite_expects() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         assert_eq!(got, "hi", "agnhost netexec over TLS");
+        env.stop(&pod).await.unwrap();
+        env.remove(&pod).await.unwrap();
+    }
+    // The cAdvisor stand-in answers the resource collector's question about a cgroup.
+    {
+        let pcfg = pod_config("cadvisor");
+        let pod = env.run(pcfg.clone()).await.unwrap();
+        let mut c = ctr_of(CADVISOR, "main", &[]);
+        c.command.clear();
+        c.args = vec!["--housekeeping_interval=1s".into(), "--port=8090".into()];
+        let id = create(&env, &pod, &pcfg, c).await.unwrap();
+        start(&env, &id).await;
+        let ip = env
+            .cri
+            .runtime
+            .clone()
+            .pod_sandbox_status(cri::PodSandboxStatusRequest {
+                pod_sandbox_id: pod.clone(),
+                verbose: false,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .status
+            .and_then(|s| s.network)
+            .map(|n| n.ip)
+            .unwrap();
+        let url = format!("http://{ip}:8090/api/v2.1/stats/?type=name&count=1&recursive=false");
+        let mut got = serde_json::Value::Null;
+        let end = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < end && got.is_null() {
+            if let Ok(r) = reqwest::get(&url).await
+                && let Ok(v) = r.json::<serde_json::Value>().await
+            {
+                got = v;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let stats = &got["/"]["stats"][0];
+        assert!(stats["memory"]["working_set"].is_u64(), "{got}");
+        assert!(stats["cpu"]["usage"]["total"].is_u64(), "{got}");
+        assert!(stats["timestamp"].is_string(), "{got}");
         env.stop(&pod).await.unwrap();
         env.remove(&pod).await.unwrap();
     }
