@@ -225,8 +225,8 @@ fn host_binaries(l: Layer, bins: &[(&Path, &str)]) -> anyhow::Result<Layer> {
 }
 
 /// What the stand-ins add over Debian's busybox so that they behave as the upstream images
-/// do: the `/bin/sh` of [`SH_C`] and the bash it may run, `curl` (agnhost's image has it,
-/// the networking specs call it), and `nmeter`.
+/// do: the `/bin/sh` of [`SH_C`] and the bash it may run, `curl` and OpenBSD's `nc` (agnhost's
+/// image has them; the networking specs call them, `nc -u` included), and `nmeter`.
 fn host_tools_layer() -> anyhow::Result<Layer> {
     let sh = crate::tools::static_c_binary("sh", SH_C)?;
     let nmeter = crate::tools::static_c_binary("nmeter", NMETER_C)?;
@@ -237,9 +237,10 @@ fn host_tools_layer() -> anyhow::Result<Layer> {
         &[
             (Path::new("/bin/bash"), "bin/bash"),
             (Path::new("/usr/bin/curl"), "usr/bin/curl"),
+            (Path::new("/bin/nc.openbsd"), "usr/bin/nc"),
         ],
     )
-    .context("scripts/install-deps.sh installs bash and curl")
+    .context("scripts/install-deps.sh installs bash, curl and netcat-openbsd")
 }
 
 /// The root the stand-ins share: Debian's busybox with every applet, the shell layer, and
@@ -258,12 +259,16 @@ impl Roots {
     }
 
     /// The agnhost image's layers: the real agnhost in an Alpine-like root with the user
-    /// and group its specs look for, and a certificate for its TLS servers.
+    /// and group its specs look for, and a certificate for its TLS servers. Its `/bin/sh` is
+    /// bash: Debian's busybox ash runs its own applets before anything on `PATH`, and the
+    /// specs want the image's OpenBSD `nc` (`nc -u`), which Alpine's ash finds on `PATH`.
     fn agnhost(&self, bin: &[u8]) -> anyhow::Result<Vec<Layer>> {
         let (crt, key) = crate::tls::self_signed_localhost()?;
+        let bash = std::fs::read("/bin/bash")?;
         self.with(
             ALPINE_OS_RELEASE,
             Layer::new()
+                .file_mode("bin/sh", bash, 0o755)
                 .file(
                     "etc/passwd",
                     "root:x:0:0:root:/root:/bin/sh\n\

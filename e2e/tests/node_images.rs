@@ -120,7 +120,7 @@ async fn the_node_e2e_images_behave_as_the_suite_expects() {
             "sh",
             "-c",
             "/agnhost --help >/dev/null && test -s /localhost.crt && test -s /localhost.key \\
-             && curl --version",
+             && nc -h 2>&1 | grep -q 'UDP mode' && curl --version",
         ],
     )
     .await;
