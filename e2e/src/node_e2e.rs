@@ -232,6 +232,22 @@ impl Running {
         }
     }
 
+    /// Where a node's containerd listens, which the kubelet's cAdvisor asks about containers
+    /// (their labels, their network): the baseline containerd is reached there too, through
+    /// a link, as on a node. None for berth, or when something else is there.
+    fn standard_socket_link(&self) -> Option<PathBuf> {
+        let Running::Containerd(c) = self else {
+            return None;
+        };
+        let std = PathBuf::from("/run/containerd/containerd.sock");
+        if std.symlink_metadata().is_ok() {
+            return None;
+        }
+        std::fs::create_dir_all("/run/containerd").ok()?;
+        std::os::unix::fs::symlink(&c.socket, &std).ok()?;
+        Some(std)
+    }
+
     fn process_name(&self) -> &'static str {
         match self {
             Running::Berth(_) => "berth",
@@ -273,19 +289,38 @@ fn own_cgroups() -> Vec<(PathBuf, String)> {
 }
 
 /// Runs `start` (which starts the runtime) with this process in [`RUNTIME_CGROUP`], so that
-/// what it starts is there; this process goes back where it was.
+/// what it starts is there; this process goes back where it was, whatever happened.
 fn in_runtime_cgroup<T>(start: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<T> {
     let own = own_cgroups();
-    for (dir, _) in &own {
-        let c = dir.join(RUNTIME_CGROUP);
-        std::fs::create_dir_all(&c)?;
-        std::fs::write(c.join("cgroup.procs"), "0")
-            .with_context(|| format!("enter {}", c.display()))?;
-    }
-    let r = start();
+    let entered = (|| {
+        for (dir, _) in &own {
+            let c = dir.join(RUNTIME_CGROUP);
+            std::fs::create_dir_all(&c)?;
+            // A v1 cpuset starts empty, and no process may join it until it has CPUs and
+            // memory nodes: those of its parent.
+            for f in ["cpuset.cpus", "cpuset.mems"] {
+                if let Ok(v) = std::fs::read_to_string(c.join(f))
+                    && v.trim().is_empty()
+                {
+                    let parent = std::fs::read_to_string(dir.join(f))?;
+                    std::fs::write(c.join(f), parent.trim())?;
+                }
+            }
+            std::fs::write(c.join("cgroup.procs"), "0")
+                .with_context(|| format!("enter {}", c.display()))?;
+        }
+        anyhow::Ok(())
+    })();
+    let r = entered.and_then(|()| start());
     for (dir, path) in &own {
         let back = dir.join(path.trim_start_matches('/')).join("cgroup.procs");
-        std::fs::write(&back, "0").with_context(|| format!("go back to {}", back.display()))?;
+        if let Err(e) = std::fs::write(&back, "0") {
+            remove_runtime_cgroup();
+            return Err(e).with_context(|| format!("go back to {}", back.display()));
+        }
+    }
+    if r.is_err() {
+        remove_runtime_cgroup();
     }
     r
 }
@@ -429,7 +464,11 @@ pub fn run(suite: &Suite, world: &World, rt: Runtime, opts: &Options) -> anyhow:
         .tempdir_in("/var/tmp")?;
     let host = HostState::note();
     let runtime = in_runtime_cgroup(|| Running::start(rt, world, work.path()))?;
+    let link = runtime.standard_socket_link();
     let r = run_suite(suite, &runtime, opts, &dir, work.path());
+    if let Some(l) = link {
+        let _ = std::fs::remove_file(l);
+    }
     if let Running::Berth(b) = &runtime {
         let _ = std::fs::write(dir.join("berth.log"), b.log());
     }

@@ -43,7 +43,25 @@ async fn main() -> anyhow::Result<()> {
         kubelet_flags: Vec::new(),
     };
     let mut require_pass = false;
-    let mut args = std::env::args().skip(1);
+    // `--opt value` or `--opt=value` (a value may itself look like `--flag=x`).
+    const OPTS: [&str; 8] = [
+        "--runtime",
+        "--focus",
+        "--skip",
+        "--skip-file",
+        "--procs",
+        "--timeout-minutes",
+        "--report-dir",
+        "--kubelet-flag",
+    ];
+    let mut args = std::env::args()
+        .skip(1)
+        .flat_map(|a| match a.split_once('=') {
+            Some((k, v)) if OPTS.contains(&k) => vec![k.to_string(), v.to_string()],
+            _ => vec![a],
+        })
+        .collect::<Vec<_>>()
+        .into_iter();
     while let Some(a) = args.next() {
         let mut val = || args.next().with_context(|| format!("{a} needs a value"));
         match a.as_str() {
