@@ -120,7 +120,10 @@ async fn two_containers_share_localhost_and_exec_sync_reports_output_and_codes()
         image_fs[0].fs_id,
         "{image_fs:?}"
     );
-    assert!(s.memory.unwrap().working_set_bytes.unwrap().value > 0);
+    let m = s.memory.unwrap();
+    assert!(m.working_set_bytes.unwrap().value > 0);
+    // No memory limit: nothing to say is available (containerd's answer too).
+    assert_eq!(m.available_bytes.map(|v| v.value), Some(0));
     assert!(s.cpu.unwrap().usage_core_nano_seconds.unwrap().value > 0);
     let s = stats(&client).await;
     // /tmp (copied up) and the file.
@@ -723,7 +726,14 @@ async fn pod_metrics_are_read_from_the_cgroup_proc_and_the_pods_network() {
     };
     let pcfg = pod_config("metrics");
     let pod = env.run(pcfg.clone()).await.unwrap();
-    let mut c = ctr("busy", &["sh", "-c", "sleep 3600 & sleep 3600"]);
+    let mut c = ctr(
+        "busy",
+        &[
+            "sh",
+            "-c",
+            "mkdir /w; touch /w/a /w/b; sleep 3600 & sleep 3600",
+        ],
+    );
     c.linux = Some(cri::LinuxContainerConfig {
         resources: Some(cri::LinuxContainerResources {
             cpu_period: 100_000,
@@ -797,7 +807,26 @@ async fn pod_metrics_are_read_from_the_cgroup_proc_and_the_pods_network() {
     assert!(v("container_memory_usage_bytes") > 0);
     assert!(v("container_memory_working_set_bytes") <= v("container_memory_usage_bytes"));
     assert!(v("container_fs_limit_bytes") > 0);
-    assert!(v("container_fs_inodes_total") >= v("container_fs_inodes_free"));
+    // As cAdvisor reports a container's filesystem: the inodes its writable layer uses (the
+    // directory and two files written, a few more of overlayfs' own), no free count.
+    // ContainerStats: what the 64 MiB limit leaves.
+    let m = rt
+        .container_stats(cri::ContainerStatsRequest {
+            container_id: id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .stats
+        .unwrap()
+        .memory
+        .unwrap();
+    let ws = m.working_set_bytes.unwrap().value;
+    let avail = m.available_bytes.unwrap().value;
+    assert!(ws > 0 && ws + avail == 64 << 20, "{ws} + {avail}");
+    let inodes = v("container_fs_inodes_total");
+    assert!((3..100).contains(&inodes), "{inodes}");
+    assert_eq!(v("container_fs_inodes_free"), 0);
     let started = v("container_start_time_seconds");
     assert!(
         started + 60 >= before && started <= before + 1,

@@ -280,7 +280,12 @@ pub(crate) fn to_stats(
                 rss_bytes: u64v(cg.rss),
                 page_faults: u64v(cg.page_faults),
                 major_page_faults: u64v(cg.major_page_faults),
-                available_bytes: None,
+                // What the limit leaves, as containerd and cAdvisor report it (0: no limit).
+                available_bytes: u64v(
+                    u64::try_from(r.config.resources.memory_limit)
+                        .unwrap_or(0)
+                        .saturating_sub(cg.working_set),
+                ),
                 psi: None,
             }),
         ),

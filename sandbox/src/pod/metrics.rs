@@ -69,10 +69,8 @@ impl Runtime {
             for c in ctrs {
                 // The writable layer's size, measured at most once per TTL (shared with
                 // ContainerStats).
-                let layer = self
-                    .writable_layer_usage(&c.id)
-                    .await
-                    .map_or(0, |(bytes, _)| bytes);
+                let (layer, layer_inodes) =
+                    self.writable_layer_usage(&c.id).await.unwrap_or((0, 0));
                 let r = &c.config.resources;
                 let positive = |v: i64| u64::try_from(v).unwrap_or(0);
                 pod_probes.push(Probe {
@@ -80,6 +78,7 @@ impl Runtime {
                     reading: Reading {
                         fs: metrics::Fs {
                             usage: layer,
+                            inodes_used: layer_inodes,
                             ..Default::default()
                         },
                         limits: metrics::Limits {
@@ -154,6 +153,7 @@ fn read_all(
                     }
                     p.reading.fs = metrics::Fs {
                         usage: p.reading.fs.usage,
+                        inodes_used: p.reading.fs.inodes_used,
                         ..fs
                     };
                     p.reading.now_s = now_s();
