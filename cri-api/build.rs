@@ -1,5 +1,6 @@
 //! Compiles the vendored CRI `api.proto` (see `proto/VERSION` and
-//! `scripts/update-cri-proto.sh`) into prost messages and tonic servers and clients.
+//! `scripts/update-cri-proto.sh`) into prost messages and tonic servers and clients, and the
+//! small part of containerd's API in `proto/containerd/` (written for berth).
 
 fn main() -> std::io::Result<()> {
     tonic_prost_build::configure()
@@ -8,5 +9,16 @@ fn main() -> std::io::Result<()> {
         // RPCs newer than what berth implements answer Unimplemented, as the CRI asks of a
         // runtime that lacks them; the kubelet falls back.
         .generate_default_stubs(true)
-        .compile_protos(&["proto/api.proto"], &["proto"])
+        .compile_protos(&["proto/api.proto"], &["proto"])?;
+    // The containerd calls the kubelet's cAdvisor makes (see `proto/containerd/`): servers
+    // only need the declared methods, clients are for the tests.
+    tonic_prost_build::configure().compile_protos(
+        &[
+            "proto/containerd/wire.proto",
+            "proto/containerd/version.proto",
+            "proto/containerd/containers.proto",
+            "proto/containerd/tasks.proto",
+        ],
+        &["proto"],
+    )
 }

@@ -30,6 +30,24 @@ pub struct Config {
     pub cni: CniConfig,
     pub runtime: RuntimeConfig,
     pub stream: StreamConfig,
+    pub cadvisor: CadvisorConfig,
+}
+
+/// What the kubelet's built-in cAdvisor is answered (see `crate::cadvisor`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CadvisorConfig {
+    /// Where berth answers the containerd calls cAdvisor makes about containers (empty: not
+    /// served); taken only when nothing serves there.
+    pub containerd_socket: PathBuf,
+}
+
+impl Default for CadvisorConfig {
+    fn default() -> Self {
+        CadvisorConfig {
+            containerd_socket: "/run/containerd/containerd.sock".into(),
+        }
+    }
 }
 
 /// The streaming server behind Exec, Attach and PortForward.
@@ -284,6 +302,7 @@ impl Default for Config {
                 handlers,
             },
             stream: StreamConfig::default(),
+            cadvisor: CadvisorConfig::default(),
         }
     }
 }

@@ -11,6 +11,7 @@
 //!    image.rs      ImageService
 //!    sandbox.rs, container_config.rs, container_status.rs, security.rs: conversions
 //!    validate.rs   bounds on request strings      stream.rs: the streaming backend
+//!  cadvisor.rs the containerd calls the kubelet's cAdvisor makes, answered from the records
 //!  config.rs   the TOML config (deploy/config.toml is its default, commented)
 //!  doctor/     berth doctor's checks, by what they look at    install.rs: install/uninstall
 //! ```
@@ -20,6 +21,7 @@
 //! by the sandbox crate's config types; a new config key in `config.rs` and
 //! `deploy/config.toml`; a new error kind in `berth-errdefs` and `cri::code`.
 
+pub mod cadvisor;
 pub mod cli;
 pub mod config;
 pub mod cri;

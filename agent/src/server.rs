@@ -101,6 +101,22 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     })?;
 
     let listener = bind(&cfg.address)?;
+    // After the CRI socket: a second berth on this root has failed above and must not take
+    // the socket this one serves.
+    let _cadvisor = if cfg.cadvisor.containerd_socket.as_os_str().is_empty() {
+        None
+    } else {
+        crate::cadvisor::serve(
+            &cfg.cadvisor.containerd_socket,
+            crate::cadvisor::CadvisorApi::new(pods.clone(), cfg.sandbox_image.clone()),
+        )
+        .with_context(|| {
+            format!(
+                "serve cAdvisor's containerd calls on {} (cadvisor.containerd_socket)",
+                cfg.cadvisor.containerd_socket.display()
+            )
+        })?
+    };
     let cfg = Arc::new(cfg);
     let runtime = RuntimeServiceServer::new(RuntimeCri::new(cfg.clone(), pods.clone(), stream))
         .max_decoding_message_size(MAX_MESSAGE)
@@ -288,6 +304,17 @@ fn recursive_read_only_supported(runtime: &str) -> bool {
 
 /// Binds the socket (mode 0660), replacing a stale one but never one a live server answers on.
 fn bind(path: &Path) -> anyhow::Result<UnixListener> {
+    bind_unless_served(path)?.with_context(|| {
+        format!(
+            "{} is in use: another process is serving on it",
+            path.display()
+        )
+    })
+}
+
+/// Listens on the unix socket at `path` (mode 0660), replacing a stale socket file; None when
+/// another process serves there.
+pub(crate) fn bind_unless_served(path: &Path) -> anyhow::Result<Option<UnixListener>> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
     }
@@ -301,10 +328,7 @@ fn bind(path: &Path) -> anyhow::Result<UnixListener> {
                 );
             }
             if std::os::unix::net::UnixStream::connect(path).is_ok() {
-                bail!(
-                    "{} is in use: another process is serving on it",
-                    path.display()
-                );
+                return Ok(None);
             }
             std::fs::remove_file(path)
                 .with_context(|| format!("remove stale socket {}", path.display()))?;
@@ -317,7 +341,7 @@ fn bind(path: &Path) -> anyhow::Result<UnixListener> {
         UnixListener::bind(path).with_context(|| format!("listen on {}", path.display()))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
         .with_context(|| format!("chmod {}", path.display()))?;
-    Ok(listener)
+    Ok(Some(listener))
 }
 
 async fn shutdown_signal() {

@@ -3,13 +3,52 @@
 //! The protobuf types and the tonic server and client stubs are generated at build time from
 //! the Kubernetes `api.proto` vendored in `proto/` (the release in `proto/VERSION`, taken from
 //! the `k8s.io/cri-api` Go module by `scripts/update-cri-proto.sh`). The rest of the
-//! workspace names one path, `berth_cri_api::v1`.
+//! workspace names one path, `berth_cri_api::v1`; `berth_cri_api::containerd` is the small
+//! part of containerd's API the kubelet's cAdvisor calls, which berth also answers.
 #![warn(missing_docs)]
 
 /// `runtime.v1`: messages, `runtime_service_server`, `image_service_server` and the clients.
 #[allow(missing_docs, clippy::all, clippy::pedantic)]
 pub mod v1 {
     tonic::include_proto!("runtime.v1");
+}
+
+/// The part of containerd's API that the kubelet's built-in cAdvisor calls to learn which pod
+/// and container a cgroup belongs to (`proto/containerd/`): the version, containers and
+/// tasks services' `Version` and `Get`. Modules nest as the protobuf packages do.
+#[allow(missing_docs, clippy::all, clippy::pedantic)]
+pub mod containerd {
+    pub mod services {
+        pub mod version {
+            pub mod v1 {
+                tonic::include_proto!("containerd.services.version.v1");
+            }
+        }
+        pub mod containers {
+            pub mod v1 {
+                tonic::include_proto!("containerd.services.containers.v1");
+            }
+        }
+        pub mod tasks {
+            pub mod v1 {
+                tonic::include_proto!("containerd.services.tasks.v1");
+            }
+        }
+    }
+    pub mod v1 {
+        pub mod types {
+            tonic::include_proto!("containerd.v1.types");
+        }
+    }
+}
+
+/// The protobuf well-known types containerd's messages carry, by their wire form
+/// (`proto/containerd/wire.proto`: package `berth.wire`).
+#[allow(missing_docs, clippy::all, clippy::pedantic)]
+pub mod berth {
+    pub mod wire {
+        tonic::include_proto!("berth.wire");
+    }
 }
 
 /// The `k8s.io/cri-api` release whose `api.proto` berth is built from.

@@ -172,6 +172,16 @@ impl Berth {
         } else {
             format!("{extra}\n[registry]\n{path_line}")
         };
+        // The containerd calls of the kubelet's cAdvisor are answered in the temp dir unless
+        // the caller says where (the host's path is the node's, not a test's).
+        let text = if text.contains("[cadvisor]\n") {
+            text
+        } else {
+            format!(
+                "{text}\n[cadvisor]\ncontainerd_socket = \"{}\"\n",
+                dir.path().join("containerd.sock").display()
+            )
+        };
         let text = with_default_handler(&text);
         std::fs::write(&config, text)?;
         let mut b = Berth {
@@ -529,6 +539,12 @@ impl Berth {
             .collect()
     }
 
+    /// Where this berth answers the containerd calls of the kubelet's cAdvisor, unless the
+    /// test's config named another place.
+    pub fn cadvisor_socket(&self) -> PathBuf {
+        self.dir.path().join("containerd.sock")
+    }
+
     /// The berth temp directory (root, state, socket and config live under it).
     pub fn dir(&self) -> &Path {
         self.dir.path()
@@ -567,7 +583,7 @@ fn with_default_handler(text: &str) -> String {
 
 /// Runs `fut` to its end on a runtime of its own, on a thread of its own: the fixture is
 /// used from synchronous code and from `Drop`, which may run inside a test's runtime.
-fn on_own_runtime<T: Send + 'static>(
+pub(crate) fn on_own_runtime<T: Send + 'static>(
     fut: impl std::future::Future<Output = Option<T>> + Send + 'static,
 ) -> Option<T> {
     std::thread::spawn(move || {

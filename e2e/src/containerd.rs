@@ -279,6 +279,28 @@ disabled_plugins = [{aufs}"io.containerd.snapshotter.v1.btrfs", "io.containerd.s
 }
 
 impl Containerd {
+    /// Stops and removes every pod over CRI, as the kubelet would, so that CNI DEL runs
+    /// (the pods' network namespaces, leases and veths go) before containerd stops.
+    pub fn remove_all_pods(&mut self) {
+        if self
+            .child
+            .as_mut()
+            .is_none_or(|c| !matches!(c.try_wait(), Ok(None)))
+        {
+            return;
+        }
+        let socket = self.socket.clone();
+        let _ = crate::berth::on_own_runtime(async move {
+            let mut cri = crate::berth::connect(&socket).await.ok()?;
+            tokio::time::timeout(
+                Duration::from_secs(60),
+                crate::cleanup::remove_all_pods(&mut cri.runtime),
+            )
+            .await
+            .ok()
+        });
+    }
+
     /// The shims this containerd runs (each names this daemon's socket as its `-address`).
     pub fn shim_pids(&self) -> Vec<u32> {
         self.leftover_shims()
@@ -310,6 +332,7 @@ impl Containerd {
 
 impl Drop for Containerd {
     fn drop(&mut self) {
+        self.remove_all_pods();
         self.stop();
         for pid in self.leftover_shims() {
             crate::signal(pid, libc::SIGKILL);

@@ -98,6 +98,16 @@ impl Registry {
             .count()
     }
 
+    /// The registry's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Its temp directory (configuration, storage and log).
+    pub fn dir(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
     /// Where the registry keeps its data (for tests that corrupt it).
     pub fn data_dir(&self) -> PathBuf {
         self.dir.path().join("data")

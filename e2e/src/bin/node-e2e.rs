@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
-use berth_e2e::node_e2e::{self, Options, Outcome, Runtime, Suite, World};
+use berth_e2e::node_e2e::{self, Journal, Options, Outcome, Runtime, Suite, World};
 
 /// The NodeConformance selection of the suite's own CI.
 const CONFORMANCE: &str = r"\[NodeConformance\]";
@@ -90,21 +90,14 @@ async fn main() -> anyhow::Result<()> {
         runtimes = vec![Runtime::Berth, Runtime::BerthRunc, Runtime::Containerd];
     }
     let suite = Suite::find()?;
-    let world = World::start(&suite).await?;
-    let mut reports = Vec::new();
-    for rt in runtimes {
-        println!("node-e2e: {} …", rt.name());
-        let r = node_e2e::run(&suite, &world, rt, &opts)
-            .with_context(|| format!("the suite against {}", rt.name()))?;
-        println!(
-            "node-e2e: {}: {} passed, {} failed, {} skipped ({})",
-            rt.name(),
-            r.count(Outcome::Passed),
-            r.count(Outcome::Failed),
-            r.count(Outcome::Skipped),
-            r.dir.display()
-        );
-        reports.push(r);
+    node_e2e::check_disk()?;
+    node_e2e::catch_interrupts();
+    let mut journal = Journal::open()?;
+    let reports = run_all(&suite, &runtimes, &opts, &mut journal).await;
+    journal.close();
+    let reports = reports?;
+    if node_e2e::interrupted() {
+        println!("node-e2e: interrupted");
     }
     println!("\n{}", node_e2e::table(&reports));
     let baseline = reports.iter().find(|r| r.runtime == Runtime::Containerd);
@@ -130,5 +123,38 @@ async fn main() -> anyhow::Result<()> {
     if require_pass && any_failed {
         anyhow::bail!("specs failed");
     }
+    if node_e2e::interrupted() {
+        std::process::exit(130);
+    }
     Ok(())
+}
+
+/// Runs the suite against each runtime in turn (none after an interrupt); the world goes
+/// before this returns, so that the journal can close.
+async fn run_all(
+    suite: &Suite,
+    runtimes: &[Runtime],
+    opts: &Options,
+    journal: &mut Journal,
+) -> anyhow::Result<Vec<node_e2e::Report>> {
+    let world = World::start(suite, journal).await?;
+    let mut reports = Vec::new();
+    for &rt in runtimes {
+        if node_e2e::interrupted() {
+            break;
+        }
+        println!("node-e2e: {} …", rt.name());
+        let r = node_e2e::run(suite, &world, rt, opts, journal)
+            .with_context(|| format!("the suite against {}", rt.name()))?;
+        println!(
+            "node-e2e: {}: {} passed, {} failed, {} skipped ({})",
+            rt.name(),
+            r.count(Outcome::Passed),
+            r.count(Outcome::Failed),
+            r.count(Outcome::Skipped),
+            r.dir.display()
+        );
+        reports.push(r);
+    }
+    Ok(reports)
 }

@@ -5,11 +5,23 @@
 //!
 //! What a run leaves behind is removed whatever happened: the suite's process group (the
 //! kubelet included), the runtime's pods, every mount under the kubelet's root, and the
-//! kubelet's root, cgroups and pod logs that the run created.
+//! kubelet's root, cgroups and pod logs that the run created. SIGINT and SIGTERM interrupt
+//! the suite and then tear down as usual ([`catch_interrupts`]); what a run that was killed
+//! outright left, the next one removes, from its [`Journal`].
+//!
+//! - `mod.rs`: the runtimes, the shared world, one run of the suite;
+//! - `host.rs`: the host state a run changes (cgroups, the kubelet's root and logs);
+//! - `journal.rs`: the record of it on the host, and the one-run-at-a-time lock;
+//! - `report.rs`: reading ginkgo's JUnit report, the table of results.
+
+mod host;
+mod journal;
+mod report;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -17,6 +29,66 @@ use anyhow::Context;
 use crate::containerd::{Containerd, Flavor};
 use crate::node_images::{self, PAUSE, UPSTREAMS};
 use crate::{Berth, Registry, TestNet};
+
+pub use journal::Journal;
+pub use report::{parse_junit, table};
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_interrupt(_: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+/// From now on SIGINT and SIGTERM do not kill this process before it cleans up: the suite
+/// is told (ginkgo reports what ran and stops), the run is torn down, no further runtime
+/// is run ([`interrupted`]).
+pub fn catch_interrupts() {
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        unsafe {
+            libc::signal(sig, on_interrupt as *const () as libc::sighandler_t);
+        }
+    }
+}
+
+/// The suite's kubelet evicts every pod while less than this share of its root's
+/// filesystem is free (its `nodefs.available` hard threshold, 10%), and the run needs room.
+const MIN_FREE_PERCENT: u64 = 12;
+
+/// Fails, saying what to do, when the kubelet's filesystem is too full for the suite: its
+/// pods would be evicted for disk pressure and fail for that alone.
+pub fn check_disk() -> anyhow::Result<()> {
+    let at = Path::new(KUBELET_ROOT)
+        .ancestors()
+        .find(|p| p.exists())
+        .unwrap_or(Path::new("/"));
+    let c = std::ffi::CString::new(at.as_os_str().as_encoded_bytes())?;
+    // SAFETY: statvfs(3) fills the zeroed struct for a NUL-terminated path.
+    let st = unsafe {
+        let mut st: libc::statvfs = std::mem::zeroed();
+        if libc::statvfs(c.as_ptr(), &mut st) != 0 {
+            return Err(std::io::Error::last_os_error())
+                .context(format!("statvfs {}", at.display()));
+        }
+        st
+    };
+    let (free, size) = (st.f_bavail, st.f_blocks.max(1));
+    let percent = free * 100 / size;
+    anyhow::ensure!(
+        percent >= MIN_FREE_PERCENT,
+        "{} has {percent}% free ({} GiB): the suite's kubelet evicts every pod below 10% \
+         (nodefs.available); free {} GiB or more before running it",
+        at.display(),
+        free * st.f_frsize / (1 << 30),
+        (size * MIN_FREE_PERCENT / 100 - free) * st.f_frsize / (1 << 30) + 1
+    );
+    Ok(())
+}
+
+/// Whether SIGINT or SIGTERM came.
+pub fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::SeqCst)
+}
 
 /// Where the suite puts the kubelet's root (fixed in the suite).
 pub const KUBELET_ROOT: &str = "/var/lib/kubelet";
@@ -160,15 +232,20 @@ pub struct World {
 
 impl World {
     /// Starts the registry, pushes the images, creates the network.
-    pub async fn start(suite: &Suite) -> anyhow::Result<Self> {
+    pub async fn start(suite: &Suite, journal: &mut Journal) -> anyhow::Result<Self> {
         let registry = Registry::start()?;
+        journal.process(registry.pid())?;
+        journal.dir(registry.dir())?;
         let mut bins = node_images::Binaries::find()?;
         bins.agnhost = suite.agnhost.clone();
         node_images::push_all(&registry, &bins).await?;
         let net = TestNet::new()?;
+        journal.dir(net.dir())?;
+        journal.bridge(&net.bridge)?;
         let certs_d = tempfile::Builder::new()
             .prefix("berth-node-e2e-certs-")
             .tempdir()?;
+        journal.dir(certs_d.path())?;
         for h in UPSTREAMS {
             let host = certs_d.path().join(h);
             std::fs::create_dir_all(&host)?;
@@ -185,6 +262,9 @@ impl World {
     }
 }
 
+/// Where a node's containerd listens, which the kubelet's cAdvisor asks about containers.
+const CONTAINERD_SOCKET: &str = "/run/containerd/containerd.sock";
+
 /// A runtime started for one run.
 enum Running {
     Berth(Box<Berth>),
@@ -196,9 +276,12 @@ impl Running {
         Ok(match rt {
             Runtime::Berth | Runtime::BerthRunc => {
                 let handler = if rt == Runtime::Berth { "crun" } else { "runc" };
+                // The kubelet's cAdvisor asks about containers where a node's containerd
+                // listens: berth answers there, as it would on a node.
                 let b = Berth::start_at_level(
                     &format!(
-                        "sandbox_image = \"{PAUSE}\"\n{}\n[runtime]\ndefault_handler = \"{handler}\"\n",
+                        "sandbox_image = \"{PAUSE}\"\n{}\n[runtime]\ndefault_handler = \"{handler}\"\n\
+                         [cadvisor]\ncontainerd_socket = \"{CONTAINERD_SOCKET}\"\n",
                         world.net.config_toml()
                     ),
                     "info",
@@ -232,20 +315,39 @@ impl Running {
         }
     }
 
+    /// Notes the runtime's process and its directory (berth's; containerd's is in the run's).
+    fn record(&self, journal: &mut Journal) -> anyhow::Result<()> {
+        if let Some(pid) = self.pid() {
+            journal.process(pid)?;
+        }
+        if let Running::Berth(b) = self {
+            journal.dir(b.dir())?;
+        }
+        Ok(())
+    }
+
     /// Where a node's containerd listens, which the kubelet's cAdvisor asks about containers
     /// (their labels, their network): the baseline containerd is reached there too, through
     /// a link, as on a node. None for berth, or when something else is there.
-    fn standard_socket_link(&self) -> Option<PathBuf> {
+    fn standard_socket_link(&self, journal: &mut Journal) -> Option<PathBuf> {
         let Running::Containerd(c) = self else {
             return None;
         };
-        let std = PathBuf::from("/run/containerd/containerd.sock");
+        let std = PathBuf::from(CONTAINERD_SOCKET);
         if std.symlink_metadata().is_ok() {
             return None;
         }
+        journal.link(&std).ok()?;
         std::fs::create_dir_all("/run/containerd").ok()?;
         std::os::unix::fs::symlink(&c.socket, &std).ok()?;
         Some(std)
+    }
+
+    fn remove_all_pods(&mut self) {
+        match self {
+            Running::Berth(b) => b.remove_all_pods(),
+            Running::Containerd(c) => c.remove_all_pods(),
+        }
     }
 
     fn process_name(&self) -> &'static str {
@@ -256,216 +358,29 @@ impl Running {
     }
 }
 
-/// The cgroup the runtime and its shims run in (in every hierarchy), as a node's service
-/// manager gives a runtime one: the suite's resource collector reports its CPU and memory by
-/// it, and the kubelet leaves it alone (it moves the processes of the root cgroup into its
-/// system cgroup).
-const RUNTIME_CGROUP: &str = "node-e2e-runtime";
-
-/// Each cgroup hierarchy's directory, with the cgroup this process is in there.
-fn own_cgroups() -> Vec<(PathBuf, String)> {
-    let text = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
-    let root = Path::new("/sys/fs/cgroup");
-    text.lines()
-        .filter_map(|l| {
-            let mut f = l.splitn(3, ':');
-            let (_, controllers, path) = (f.next()?, f.next()?, f.next()?);
-            let dir = if controllers.is_empty() {
-                if root.join("unified").is_dir() {
-                    root.join("unified")
-                } else {
-                    root.to_path_buf()
-                }
-            } else if let Some(name) = controllers.strip_prefix("name=") {
-                root.join(name)
-            } else {
-                root.join(controllers)
-            };
-            dir.join("cgroup.procs")
-                .exists()
-                .then(|| (dir, path.to_string()))
-        })
-        .collect()
-}
-
-/// Runs `start` (which starts the runtime) with this process in [`RUNTIME_CGROUP`], so that
-/// what it starts is there; this process goes back where it was, whatever happened.
-fn in_runtime_cgroup<T>(start: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<T> {
-    let own = own_cgroups();
-    let entered = (|| {
-        for (dir, _) in &own {
-            let c = dir.join(RUNTIME_CGROUP);
-            std::fs::create_dir_all(&c)?;
-            // A v1 cpuset starts empty, and no process may join it until it has CPUs and
-            // memory nodes: those of its parent.
-            for f in ["cpuset.cpus", "cpuset.mems"] {
-                if let Ok(v) = std::fs::read_to_string(c.join(f))
-                    && v.trim().is_empty()
-                {
-                    let parent = std::fs::read_to_string(dir.join(f))?;
-                    std::fs::write(c.join(f), parent.trim())?;
-                }
-            }
-            std::fs::write(c.join("cgroup.procs"), "0")
-                .with_context(|| format!("enter {}", c.display()))?;
-        }
-        anyhow::Ok(())
-    })();
-    let r = entered.and_then(|()| start());
-    for (dir, path) in &own {
-        let back = dir.join(path.trim_start_matches('/')).join("cgroup.procs");
-        if let Err(e) = std::fs::write(&back, "0") {
-            remove_runtime_cgroup();
-            return Err(e).with_context(|| format!("go back to {}", back.display()));
-        }
-    }
-    if r.is_err() {
-        remove_runtime_cgroup();
-    }
-    r
-}
-
-fn remove_runtime_cgroup() {
-    for (dir, _) in own_cgroups() {
-        crate::kubelet::remove_cgroup_tree(&dir.join(RUNTIME_CGROUP));
-    }
-}
-
-/// A directory for `PATH` holding every command of `PATH` but `systemd-run`: where the suite
-/// finds `systemd-run` it starts the kubelet through it, which fails on a machine whose PID
-/// 1 is not systemd.
-fn path_without_systemd_run(dir: &Path) -> anyhow::Result<String> {
-    let bin = dir.join("path");
-    std::fs::create_dir_all(&bin)?;
-    let path = std::env::var("PATH").unwrap_or_else(|_| "/usr/sbin:/usr/bin:/sbin:/bin".into());
-    for d in path.split(':').filter(|d| !d.is_empty()) {
-        let Ok(rd) = std::fs::read_dir(d) else {
-            continue;
-        };
-        for e in rd.flatten() {
-            let name = e.file_name();
-            if name == "systemd-run" || bin.join(&name).symlink_metadata().is_ok() {
-                continue;
-            }
-            std::os::unix::fs::symlink(e.path(), bin.join(&name))?;
-        }
-    }
-    Ok(bin.display().to_string())
-}
-
-/// What the run changes on the host outside its own directories, noted before it starts.
-struct HostState {
-    kubelet_root_existed: bool,
-    cgroups: Vec<PathBuf>,
-    /// What was in the kubelet's fixed log directories.
-    logs: Vec<PathBuf>,
-}
-
-/// Where a kubelet keeps its pods' logs, and links them, whatever its root.
-const KUBELET_LOG_DIRS: [&str; 2] = ["/var/log/pods", "/var/log/containers"];
-
-fn kubelet_logs() -> Vec<PathBuf> {
-    KUBELET_LOG_DIRS
-        .iter()
-        .filter_map(|d| std::fs::read_dir(d).ok())
-        .flat_map(|rd| rd.flatten().map(|e| e.path()))
-        .collect()
-}
-
-/// The cgroup directories the kubelet creates at the top of each hierarchy.
-const KUBELET_CGROUPS: [&str; 4] = ["kubepods", "kubelet", "system", "docker-daemon"];
-
-fn top_cgroups() -> Vec<PathBuf> {
-    let mut v = Vec::new();
-    let Ok(rd) = std::fs::read_dir("/sys/fs/cgroup") else {
-        return v;
-    };
-    for h in rd.flatten() {
-        for c in KUBELET_CGROUPS {
-            let p = h.path().join(c);
-            if p.is_dir() {
-                v.push(p);
-            }
-        }
-    }
-    v
-}
-
-impl HostState {
-    fn note() -> Self {
-        HostState {
-            kubelet_root_existed: Path::new(KUBELET_ROOT).exists(),
-            cgroups: top_cgroups(),
-            logs: kubelet_logs(),
-        }
-    }
-
-    /// Unmounts what the kubelet left mounted; removes its root and cgroups if the run made
-    /// them (a cgroup only once empty: its processes moved back to the root first).
-    fn restore(&self) {
-        crate::unmount_under(Path::new(KUBELET_ROOT));
-        if !self.kubelet_root_existed {
-            let _ = std::fs::remove_dir_all(KUBELET_ROOT);
-        }
-        for c in top_cgroups() {
-            if !self.cgroups.contains(&c) {
-                crate::kubelet::remove_cgroup_tree(&c);
-            }
-        }
-        for p in kubelet_logs() {
-            if !self.logs.contains(&p) {
-                let _ = std::fs::remove_dir_all(&p).or_else(|_| std::fs::remove_file(&p));
-            }
-        }
-    }
-}
-
-/// Parses the JUnit report ginkgo writes: every `<testcase>` by name, with its status.
-pub fn parse_junit(xml: &str) -> BTreeMap<String, Outcome> {
-    let mut out = BTreeMap::new();
-    for tc in xml.split("<testcase ").skip(1) {
-        let head = tc.split('>').next().unwrap_or("");
-        let attr = |k: &str| {
-            let key = format!("{k}=\"");
-            head.find(&key).map(|i| {
-                let rest = &head[i + key.len()..];
-                unescape(&rest[..rest.find('"').unwrap_or(rest.len())])
-            })
-        };
-        let Some(name) = attr("name") else { continue };
-        let outcome = match attr("status").as_deref() {
-            Some("passed") => Outcome::Passed,
-            Some("skipped") | Some("pending") => Outcome::Skipped,
-            _ => Outcome::Failed,
-        };
-        // Ginkgo's suite-level nodes (BeforeSuite and the like) are reported too: keep them,
-        // a failure there is a failure of the run.
-        out.insert(name, outcome);
-    }
-    out
-}
-
-fn unescape(s: &str) -> String {
-    s.replace("&lt;", "<")
-        .replace("&gt;", ">")
-        .replace("&quot;", "\"")
-        .replace("&#39;", "'")
-        .replace("&apos;", "'")
-        .replace("&amp;", "&")
-}
-
 /// Runs the suite against `rt` and tears everything down.
-pub fn run(suite: &Suite, world: &World, rt: Runtime, opts: &Options) -> anyhow::Result<Report> {
+pub fn run(
+    suite: &Suite,
+    world: &World,
+    rt: Runtime,
+    opts: &Options,
+    journal: &mut Journal,
+) -> anyhow::Result<Report> {
     let dir = opts.report_dir.join(rt.name());
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
     let work = tempfile::Builder::new()
         .prefix("berth-node-e2e-")
         .tempdir_in("/var/tmp")?;
-    let host = HostState::note();
-    let runtime = in_runtime_cgroup(|| Running::start(rt, world, work.path()))?;
-    let link = runtime.standard_socket_link();
-    let r = run_suite(suite, &runtime, opts, &dir, work.path());
+    journal.dir(work.path())?;
+    // berth takes the containerd socket when it is free (and removes it when it stops).
+    if rt != Runtime::Containerd && Path::new(CONTAINERD_SOCKET).symlink_metadata().is_err() {
+        journal.link(Path::new(CONTAINERD_SOCKET))?;
+    }
+    let mut runtime = host::in_runtime_cgroup(|| Running::start(rt, world, work.path()))?;
+    let recorded = runtime.record(journal);
+    let link = runtime.standard_socket_link(journal);
+    let r = recorded.and_then(|()| run_suite(suite, &runtime, opts, &dir, work.path(), journal));
     if let Some(l) = link {
         let _ = std::fs::remove_file(l);
     }
@@ -478,9 +393,12 @@ pub fn run(suite: &Suite, world: &World, rt: Runtime, opts: &Options) -> anyhow:
             dir.join("containerd.log"),
         );
     }
+    // The pods the suite left (it was interrupted, or the kubelet died), removed through
+    // CRI as the kubelet would: their networks are released before the runtime stops.
+    runtime.remove_all_pods();
     drop(runtime);
-    remove_runtime_cgroup();
-    host.restore();
+    host::remove_runtime_cgroup();
+    journal.host().restore();
     let took = r?;
     let xml = std::fs::read_to_string(dir.join("junit.xml"))
         .with_context(|| format!("no JUnit report in {}", dir.display()))?;
@@ -498,11 +416,12 @@ fn run_suite(
     opts: &Options,
     dir: &Path,
     work: &Path,
+    journal: &mut Journal,
 ) -> anyhow::Result<Duration> {
     let endpoint = format!("unix://{}", runtime.socket().display());
     let pid_file = work.join("runtime.pid");
     std::fs::write(&pid_file, runtime.pid().unwrap_or(0).to_string())?;
-    let path = path_without_systemd_run(work)?;
+    let path = host::path_without_systemd_run(work)?;
     let mut cmd = Command::new(&suite.ginkgo);
     cmd.current_dir(work)
         .env("PATH", path)
@@ -542,7 +461,13 @@ fn run_suite(
     let t0 = Instant::now();
     let mut child = cmd.spawn().context("start ginkgo")?;
     let group = child.id() as i32;
-    let status = child.wait();
+    if let Err(e) = journal.group(child.id()) {
+        append_log(
+            dir,
+            &format!("node-e2e: ginkgo's group not journaled: {e:#}\n"),
+        );
+    }
+    let status = wait_for_suite(&mut child, group);
     // Whatever the suite left running in its group (a kubelet after a crash).
     // SAFETY: kill(2) on the process group this run created.
     unsafe {
@@ -564,6 +489,44 @@ fn run_suite(
     Ok(took)
 }
 
+/// Waits for ginkgo to end; on SIGINT or SIGTERM, interrupts it (it runs the specs'
+/// clean-up, stops the kubelet and reports), again a minute later, and kills its group if it
+/// is still there a minute after that.
+fn wait_for_suite(
+    child: &mut std::process::Child,
+    group: i32,
+) -> std::io::Result<std::process::ExitStatus> {
+    let mut since: Option<Instant> = None;
+    let mut sent = 0;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(status);
+        }
+        if interrupted() {
+            let t = *since.get_or_insert_with(Instant::now);
+            let due = match sent {
+                0 => true,
+                1 => t.elapsed() > Duration::from_secs(60),
+                2 => t.elapsed() > Duration::from_secs(120),
+                _ => false,
+            };
+            if due {
+                let sig = if sent < 2 {
+                    libc::SIGINT
+                } else {
+                    libc::SIGKILL
+                };
+                // SAFETY: kill(2) on the process group this run created.
+                unsafe {
+                    libc::kill(-group, sig);
+                }
+                sent += 1;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 fn append_log(dir: &Path, s: &str) {
     use std::io::Write;
     if let Ok(mut f) = std::fs::OpenOptions::new()
@@ -572,48 +535,5 @@ fn append_log(dir: &Path, s: &str) {
         .open(dir.join("ginkgo.log"))
     {
         let _ = f.write_all(s.as_bytes());
-    }
-}
-
-/// The results as a Markdown table, one row per runtime.
-pub fn table(reports: &[Report]) -> String {
-    let mut s = String::from(
-        "| runtime | specs run | passed | failed | skipped | time |\n|---|---|---|---|---|---|\n",
-    );
-    for r in reports {
-        let (p, f, sk) = (
-            r.count(Outcome::Passed),
-            r.count(Outcome::Failed),
-            r.count(Outcome::Skipped),
-        );
-        s.push_str(&format!(
-            "| {} | {} | {p} | {f} | {sk} | {}m{:02}s |\n",
-            r.runtime.name(),
-            p + f,
-            r.took.as_secs() / 60,
-            r.took.as_secs() % 60
-        ));
-    }
-    s
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn junit_testcases_are_read_with_their_status() {
-        let xml = r#"<testsuites><testsuite name="E2eNode Suite">
-<testcase name="[It] a &amp; b [NodeConformance]" classname="E2eNode Suite" status="passed" time="1.2"></testcase>
-<testcase name="[It] fails" classname="E2eNode Suite" status="failed" time="3"><failure message="x">boom</failure></testcase>
-<testcase name="[It] not run" classname="E2eNode Suite" status="skipped" time="0"><skipped message="skipped"></skipped></testcase>
-<testcase name="[SynchronizedBeforeSuite]" classname="E2eNode Suite" status="timedout" time="9"></testcase>
-</testsuite></testsuites>"#;
-        let m = parse_junit(xml);
-        assert_eq!(m.len(), 4);
-        assert_eq!(m["[It] a & b [NodeConformance]"], Outcome::Passed);
-        assert_eq!(m["[It] fails"], Outcome::Failed);
-        assert_eq!(m["[It] not run"], Outcome::Skipped);
-        assert_eq!(m["[SynchronizedBeforeSuite]"], Outcome::Failed);
     }
 }
