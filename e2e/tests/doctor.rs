@@ -89,6 +89,28 @@ async fn doctor_finds_what_is_broken_and_says_how_to_fix_it() {
         "{c}"
     );
 
+    // The kubelet's cAdvisor: berth answers it on the socket its config names; a socket
+    // nobody serves is a warning, not a failure (pods run, their cAdvisor metrics go
+    // unlabelled).
+    let with_cadvisor = |path: &std::path::Path| {
+        format!(
+            "{good}\n[cadvisor]\ncontainerd_socket = \"{}\"\n",
+            path.display()
+        )
+    };
+    let (ok, checks) = doctor(&env, &with_cadvisor(&env.berth.cadvisor_socket()));
+    assert!(ok, "{checks:#?}");
+    assert_eq!(check(&checks, "cadvisor")["ok"], true, "{checks:#?}");
+    let nobody = env.berth.dir().join("nobody.sock");
+    let (ok, checks) = doctor(&env, &with_cadvisor(&nobody));
+    assert!(ok, "a warning only: {checks:#?}");
+    let c = check(&checks, "cadvisor");
+    assert_eq!(
+        (c["ok"].clone(), c["required"].clone()),
+        (false.into(), false.into()),
+        "{c}"
+    );
+
     // An empty CNI directory.
     let empty = tempfile::tempdir().unwrap();
     let (ok, checks) = doctor(

@@ -128,7 +128,64 @@ pub(super) async fn daemon(cfg: &Config) -> Vec<Check> {
             "check berth's log",
         )),
     }
+    out.push(cadvisor(cfg).await);
     out
+}
+
+/// Whether the kubelet's cAdvisor gets berth's answers about containers (see
+/// `crate::cadvisor`). A warning when not: pods run, their cAdvisor metrics lack labels.
+async fn cadvisor(cfg: &Config) -> Check {
+    let path = &cfg.cadvisor.containerd_socket;
+    let warn = |detail: String, fix: &str| {
+        let mut c = fail("daemon", "cadvisor", detail, fix);
+        c.required = false;
+        c
+    };
+    if path.as_os_str().is_empty() {
+        return warn(
+            "cadvisor.containerd_socket is off: the kubelet's /metrics/cadvisor and Summary API \
+             see berth's containers without their pod and container"
+                .into(),
+            "set cadvisor.containerd_socket = \"/run/containerd/containerd.sock\" and restart \
+             berth, then the kubelet",
+        );
+    }
+    let version = async {
+        let channel = connect(path).await?;
+        let v =
+            berth_cri_api::containerd::services::version::v1::version_client::VersionClient::new(
+                channel,
+            )
+            .version(berth_cri_api::berth::wire::Empty {})
+            .await?;
+        anyhow::Ok(v.into_inner().version)
+    };
+    match tokio::time::timeout(Duration::from_secs(5), version).await {
+        Ok(Ok(v)) if v.starts_with("berth ") => pass(
+            "daemon",
+            "cadvisor",
+            format!(
+                "{} answers the kubelet's cAdvisor about berth's containers",
+                path.display()
+            ),
+        ),
+        Ok(Ok(v)) => warn(
+            format!(
+                "{} is served by containerd {v}: the kubelet's cAdvisor asks it, and berth's \
+                 containers go unlabelled in /metrics/cadvisor and the Summary API",
+                path.display()
+            ),
+            "if that containerd runs no pods for this kubelet, stop it and restart berth, then the kubelet",
+        ),
+        Ok(Err(e)) => warn(
+            format!("{} does not answer: {e}", path.display()),
+            "check berth's log for cadvisor; restart berth, then the kubelet",
+        ),
+        Err(_) => warn(
+            format!("{} did not answer within 5 s", path.display()),
+            "check berth's log for cadvisor",
+        ),
+    }
 }
 
 /// The sandbox image is not in the store: the first pod will pull it. Can it? Its manifest is
