@@ -131,6 +131,9 @@ fn kubelet_logs() -> Vec<PathBuf> {
 /// The cgroup directories the kubelet creates at the top of each hierarchy.
 const KUBELET_CGROUPS: [&str; 4] = ["kubepods", "kubelet", "system", "docker-daemon"];
 
+/// Those of [`KUBELET_CGROUPS`] that hold only what the run started.
+const RUN_OWN_CGROUPS: [&str; 2] = ["kubepods", "kubelet"];
+
 fn top_cgroups() -> Vec<PathBuf> {
     let mut v = Vec::new();
     let Ok(rd) = std::fs::read_dir("/sys/fs/cgroup") else {
@@ -164,11 +167,18 @@ fn named_netns() -> Vec<String> {
         .collect()
 }
 
-/// The kubelet's cgroups and the runtime's that are there and were not in `before`.
-pub fn cgroups_made_since(before: &HostState) -> Vec<PathBuf> {
+/// The cgroups whose processes are the run's own, there and not in `before`: the pods'
+/// (`kubepods`), the kubelet's, and the runtime's with its shims. Never the kubelet's
+/// `system` cgroup: without systemd the kubelet moves every process of the root cgroup into
+/// it, the host's own and whoever started the run among them.
+pub fn cgroups_of_the_run(before: &HostState) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = top_cgroups()
         .into_iter()
         .filter(|c| !before.cgroups.contains(c))
+        .filter(|c| {
+            c.file_name()
+                .is_some_and(|n| RUN_OWN_CGROUPS.iter().any(|o| n == *o))
+        })
         .collect();
     v.extend(
         own_cgroups()

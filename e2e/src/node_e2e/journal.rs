@@ -185,7 +185,7 @@ impl Journal {
 }
 
 /// Removes what a dead run's journal names, in the order that lets each step work: its
-/// processes first (and everything in the cgroups it made: the pods' and the runtime's
+/// processes first (and everything in the cgroups that hold only its own: the pods', the kubelet's and the runtime's
 /// processes), then mounts, directories and links, then the host's kubelet state.
 fn recover(e: &Entries) {
     for &(pgid, start) in &e.groups {
@@ -201,7 +201,7 @@ fn recover(e: &Entries) {
             crate::signal(pid, libc::SIGKILL);
         }
     }
-    let made = host::cgroups_made_since(&e.host);
+    let made = host::cgroups_of_the_run(&e.host);
     let emptied = crate::wait_until(Duration::from_secs(10), || {
         let pids = host::processes_in(&made);
         for &pid in &pids {

@@ -373,7 +373,15 @@ pub fn run(
         .prefix("berth-node-e2e-")
         .tempdir_in("/var/tmp")?;
     journal.dir(work.path())?;
-    // berth takes the containerd socket when it is free (and removes it when it stops).
+    // berth takes the containerd socket when it is free (and removes it when it stops);
+    // containerd leaves its shims' sockets and runc's state under the socket's directory
+    // whatever its own state directory is.
+    let socket_dir = Path::new(CONTAINERD_SOCKET)
+        .parent()
+        .unwrap_or(Path::new("/run"));
+    if !socket_dir.exists() {
+        journal.dir(socket_dir)?;
+    }
     if rt != Runtime::Containerd && Path::new(CONTAINERD_SOCKET).symlink_metadata().is_err() {
         journal.link(Path::new(CONTAINERD_SOCKET))?;
     }
