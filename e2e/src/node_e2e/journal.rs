@@ -99,6 +99,8 @@ impl Journal {
                      ports and cgroups; wait for it to end or stop it (its journal: {PATH})"
                 );
             }
+            // The runner's console: what it does to the host before it starts.
+            #[allow(clippy::print_stderr)]
             eprintln!(
                 "node-e2e: removing what an interrupted run{} left",
                 prev.runner
@@ -210,6 +212,7 @@ fn recover(e: &Entries) {
         pids.is_empty()
     });
     if !emptied {
+        #[allow(clippy::print_stderr)]
         eprintln!("node-e2e: processes of the interrupted run outlived SIGKILL for 10 s");
     }
     for d in &e.dirs {
