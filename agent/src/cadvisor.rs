@@ -66,13 +66,16 @@ impl CadvisorApi {
         if let Ok(c) = self.pods.container(id) {
             return Some(Found::Container(c));
         }
-        self.pods.get(id).ok().map(Found::Sandbox)
+        self.pods
+            .get_even_starting(id)
+            .map(|(p, starting)| Found::Sandbox(p, starting))
     }
 }
 
 enum Found {
     Container(Arc<ContainerRecord>),
-    Sandbox(Arc<PodRecord>),
+    /// With whether its RunPodSandbox is still under way.
+    Sandbox(Arc<PodRecord>, bool),
 }
 
 /// The namespace check containerd makes: none given is FailedPrecondition; another one
@@ -106,8 +109,12 @@ fn timestamp(ns: i64) -> Option<wire::Timestamp> {
     })
 }
 
+/// The spec as containerd sends it. Always one: cAdvisor reads the spec's bytes without
+/// checking it has one (an empty object when berth has none yet).
 fn spec_any<T: serde::Serialize>(spec: Option<&T>) -> Option<wire::Any> {
-    let value = serde_json::to_vec(spec?).ok()?;
+    let value = spec
+        .and_then(|s| serde_json::to_vec(s).ok())
+        .unwrap_or_else(|| b"{}".to_vec());
     Some(wire::Any {
         type_url: SPEC_TYPE_URL.into(),
         value,
@@ -134,7 +141,7 @@ impl CadvisorApi {
                 sandbox: c.pod_id.clone(),
                 ..Default::default()
             },
-            Found::Sandbox(p) => containers::Container {
+            Found::Sandbox(p, _) => containers::Container {
                 id: p.id.clone(),
                 labels: labels(&p.config.labels, "sandbox"),
                 image: self.sandbox_image.clone(),
@@ -149,7 +156,7 @@ impl CadvisorApi {
     }
 
     fn runtime_of(&self, pod_id: &str) -> Option<containers::container::Runtime> {
-        let pod = self.pods.get(pod_id).ok()?;
+        let (pod, _) = self.pods.get_even_starting(pod_id)?;
         let handler = self.pods.handlers().get(&pod.handler)?;
         Some(containers::container::Runtime {
             name: handler.runtime_type.clone(),
@@ -171,11 +178,17 @@ fn task_of(found: &Found) -> Option<Process> {
                 ContainerState::Exited => return None,
             },
         ),
-        Found::Sandbox(p) => match p.state {
-            PodState::Ready => (&p.id, p.pid, TaskStatus::Running),
-            PodState::NotReady => return None,
-        },
+        // A pod starting has a task once its pause process has a pid.
+        Found::Sandbox(p, true) if p.pid > 0 => (&p.id, p.pid, TaskStatus::Running),
+        Found::Sandbox(p, false) if p.state == PodState::Ready => {
+            (&p.id, p.pid, TaskStatus::Running)
+        }
+        Found::Sandbox(..) => return None,
     };
+    // No pid yet: the task is still being created (cAdvisor asks again).
+    if pid == 0 {
+        return None;
+    }
     Some(Process {
         container_id: id.clone(),
         id: id.clone(),

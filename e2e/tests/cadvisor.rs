@@ -168,6 +168,135 @@ async fn cadvisor_learns_a_cgroups_pod_and_container_from_berth_as_from_containe
     env.remove(&pod).await.expect("RemovePodSandbox");
 }
 
+/// A CNI plugin for the end of a chain that holds ADD for 500 ms and passes the result it was
+/// given on (the `prevResult` object of its config, found by its braces).
+const SLOW_PASS_C: &str = r##"
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+int main(void) {
+    static char in[1 << 20];
+    size_t n = fread(in, 1, sizeof in - 1, stdin);
+    in[n] = 0;
+    const char *cmd = getenv("CNI_COMMAND");
+    if (cmd && strcmp(cmd, "VERSION") == 0) {
+        puts("{\"cniVersion\":\"1.0.0\",\"supportedVersions\":[\"1.0.0\"]}");
+        return 0;
+    }
+    if (!cmd || strcmp(cmd, "ADD") != 0) return 0;
+    usleep(500 * 1000);
+    char *p = strstr(in, "\"prevResult\"");
+    if (!p || !(p = strchr(p, '{'))) return 1;
+    int depth = 0, str = 0;
+    for (char *q = p; *q; q++) {
+        if (str) { if (*q == '\\') q++; else if (*q == '"') str = 0; continue; }
+        if (*q == '"') str = 1;
+        else if (*q == '{') depth++;
+        else if (*q == '}' && --depth == 0) { fwrite(p, 1, q - p + 1, stdout); return 0; }
+    }
+    return 1;
+}
+"##;
+
+/// The directories under `dir` named like an id.
+fn id_dirs(dir: &std::path::Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|n| n.len() == 64 && n.bytes().all(|b| b.is_ascii_hexdigit()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pods_cgroup_is_known_from_the_moment_it_exists_before_the_pod_is_ready() {
+    // cAdvisor asks about a cgroup once, when it appears: runc makes the pause container's
+    // while the pod's network is still being set up (here for 500 ms more).
+    let net = berth_e2e::TestNet::with_plugins(&[serde_json::json!({"type": "e2e-slow"})]).unwrap();
+    let bin = berth_e2e::tools::static_c_binary("e2e-slow", SLOW_PASS_C).unwrap();
+    let plugin = net.bin_dir.join("e2e-slow");
+    std::fs::write(&plugin, bin).unwrap();
+    std::fs::set_permissions(&plugin, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    // Declared before the berth, so dropped after it (and its pods).
+    let parent = format!("/berth-e2e-cadvisor-{}", std::process::id());
+    let _parent = CgroupParent(parent.clone());
+    let env = berth_e2e::PodEnv::start_with(net, "").await.unwrap();
+    let channel = berth_cri_api::unix_channel(&env.berth.cadvisor_socket(), None)
+        .await
+        .unwrap();
+    let mut ctrs = containers::containers_client::ContainersClient::new(channel.clone());
+    let mut tasks = tasks::tasks_client::TasksClient::new(channel);
+
+    let mut pcfg = pod_config("starting");
+    pcfg.linux
+        .get_or_insert_with(Default::default)
+        .cgroup_parent = parent.clone();
+    let cgroup_dir =
+        std::path::Path::new("/sys/fs/cgroup/memory").join(parent.trim_start_matches('/'));
+    let rt = env.cri.runtime.clone();
+    let run = tokio::spawn(async move {
+        let mut rt = rt;
+        rt.run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(pcfg),
+            runtime_handler: String::new(),
+        })
+        .await
+    });
+    let mut seen = None;
+    let t0 = std::time::Instant::now();
+    while seen.is_none() && !run.is_finished() && t0.elapsed() < std::time::Duration::from_secs(30)
+    {
+        if let Some(id) = id_dirs(&cgroup_dir).pop() {
+            // What cAdvisor does at that moment.
+            let got = get(&mut ctrs, &id).await;
+            let ready = !env.list(None).await.is_empty();
+            seen = Some((id, got, ready));
+        } else {
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+    }
+    let pod = run
+        .await
+        .unwrap()
+        .expect("RunPodSandbox")
+        .into_inner()
+        .pod_sandbox_id;
+    let (id, got, ready) = seen.expect("the pod's cgroup appeared while it started");
+    assert_eq!(id, pod);
+    assert!(
+        !ready,
+        "the cgroup was seen only once the pod was ready: the test proves nothing"
+    );
+    let got = got.expect("the sandbox is known while it starts");
+    assert_eq!(got.labels["io.cri-containerd.kind"], "sandbox");
+    assert_eq!(
+        task_pid(&mut tasks, &pod)
+            .await
+            .expect("its task once ready"),
+        env.pid(&pod).await.unwrap()
+    );
+    env.stop(&pod).await.unwrap();
+    env.remove(&pod).await.unwrap();
+}
+
+/// A cgroup parent the test's pod named: runc makes it in every hierarchy, and it goes once
+/// the pod went (this is dropped after the test's berth, which removes its pods).
+struct CgroupParent(String);
+
+impl Drop for CgroupParent {
+    fn drop(&mut self) {
+        for h in std::fs::read_dir("/sys/fs/cgroup")
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let _ = std::fs::remove_dir(h.path().join(self.0.trim_start_matches('/')));
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn berth_leaves_the_socket_to_a_containerd_that_serves_it_and_removes_its_own() {
     // A process already serving the path keeps it: berth starts and does not take it.

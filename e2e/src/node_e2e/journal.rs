@@ -81,6 +81,7 @@ fn same_process(pid: u32, start: u64) -> bool {
 impl Journal {
     /// Takes the lock, first removing what a run that ended without cleaning up left; fails
     /// while another run is going.
+    #[allow(clippy::print_stderr)] // the runner's console: what it does to the host
     pub fn open() -> anyhow::Result<Self> {
         let path = Path::new(PATH);
         std::fs::create_dir_all(path.parent().context("journal dir")?)?;
@@ -100,7 +101,6 @@ impl Journal {
                 );
             }
             // The runner's console: what it does to the host before it starts.
-            #[allow(clippy::print_stderr)]
             eprintln!(
                 "node-e2e: removing what an interrupted run{} left",
                 prev.runner
@@ -189,6 +189,7 @@ impl Journal {
 /// Removes what a dead run's journal names, in the order that lets each step work: its
 /// processes first (and everything in the cgroups that hold only its own: the pods', the kubelet's and the runtime's
 /// processes), then mounts, directories and links, then the host's kubelet state.
+#[allow(clippy::print_stderr)] // the runner's console
 fn recover(e: &Entries) {
     for &(pgid, start) in &e.groups {
         if same_process(pgid, start) {
@@ -212,7 +213,6 @@ fn recover(e: &Entries) {
         pids.is_empty()
     });
     if !emptied {
-        #[allow(clippy::print_stderr)]
         eprintln!("node-e2e: processes of the interrupted run outlived SIGKILL for 10 s");
     }
     for d in &e.dirs {

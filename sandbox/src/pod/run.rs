@@ -70,6 +70,12 @@ impl Runtime {
             spec: None,
         };
         let mut undo: Vec<Undo> = Vec::new();
+        // However RunPodSandbox ends (a cancelled call included), the pod is no longer
+        // starting once this returns: it has a record, or nothing.
+        let _starting = Starting {
+            rt: self,
+            id: id.clone(),
+        };
         let res = self
             .run_steps(&mut rec, &handler, &image, &image_config, &mut undo)
             .await;
@@ -273,6 +279,7 @@ impl Runtime {
         }
         let (mounts, spec, bundle) = prepared?;
         rec.spec = Some(Arc::new(spec));
+        self.note_starting(rec);
 
         // The network and the pause container are independent until the pod is reported
         // ready: runc only needs the (empty) netns to exist. CNI ADD runs while the shim starts
@@ -355,6 +362,7 @@ impl Runtime {
             rec.cni_result = Some(Arc::new(result.raw));
         }
         rec.pid = pid;
+        self.note_starting(rec);
         self.register_shim(&id, s);
         Ok(())
     }
@@ -413,5 +421,21 @@ impl Runtime {
                 .map_err(Error::Image),
             Undo::Shim(s) => self.shut_down_pause(&s, id).await,
         }
+    }
+}
+
+/// A pod's RunPodSandbox under way: forgotten when it ends, however it ends.
+struct Starting<'a> {
+    rt: &'a Runtime,
+    id: String,
+}
+
+impl Drop for Starting<'_> {
+    fn drop(&mut self) {
+        self.rt
+            .starting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.id);
     }
 }

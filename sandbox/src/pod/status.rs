@@ -18,6 +18,30 @@ impl Runtime {
             .ok_or_else(|| Error::NotFound(format!("pod sandbox {} not found", crate::shown(id))))
     }
 
+    /// Pod `id` (exact), a pod whose RunPodSandbox is still under way included once its
+    /// pause container's spec is built, with its pid once the task runs: the kubelet's
+    /// cAdvisor asks about a pod's cgroup as soon as runc makes it, before the pod is ready
+    /// (containerd has the container's metadata by then too). ListPodSandbox and every CRI
+    /// call see a pod only once it is ready. The flag says whether it is still starting.
+    pub fn get_even_starting(&self, id: &str) -> Option<(Arc<PodRecord>, bool)> {
+        if let Some(r) = self.pods.get(id) {
+            return Some((r, false));
+        }
+        self.starting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .map(|r| (r.clone(), true))
+    }
+
+    /// Notes how far the RunPodSandbox of `rec` got (see [`Self::get_even_starting`]).
+    pub(crate) fn note_starting(&self, rec: &PodRecord) {
+        self.starting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(rec.id.clone(), Arc::new(rec.clone()));
+    }
+
     /// ListPodSandbox.
     pub fn list(&self, f: &PodFilter) -> Vec<Arc<PodRecord>> {
         let mut out = self.pods.filter(|r| {

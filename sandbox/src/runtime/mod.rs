@@ -96,6 +96,9 @@ pub struct Runtime {
     pub(crate) recovering: std::sync::atomic::AtomicUsize,
     /// Containers whose task this berth has deleted from their shim.
     pub(crate) reaped: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// Pods whose RunPodSandbox is under way, as far as it got (see
+    /// [`Runtime::get_even_starting`]).
+    pub(crate) starting: std::sync::Mutex<HashMap<String, Arc<PodRecord>>>,
 }
 
 impl Runtime {
@@ -126,6 +129,7 @@ impl Runtime {
             me: me.clone(),
             recovering: Default::default(),
             reaped: Default::default(),
+            starting: Default::default(),
         });
         // Subscribed before recovery: an exit published while berth reconnects is buffered,
         // not lost.
