@@ -47,7 +47,7 @@ BERTH_E2E_HANDLER=runc BERTH_BIN="$PWD/target/debug/berth" cargo test --locked -
 rc2=${PIPESTATUS[0]}
 [ "$rc" = 0 ] && rc=$rc2
 # Kubernetes' node conformance suite against berth, a real kubelet in API mode: the specs
-# that take under a minute each (about 200 of 236, 10 minutes); the slow ones, both handlers
+# that take under 75 s each (217 of 236, about 12 minutes); the slow ones, both handlers
 # and containerd's side run in scripts/node-e2e.sh. Any failure fails the run.
 echo "== Kubernetes' node conformance suite (e2e_node v1.34.4), the CI subset"
 BERTH_BIN="$PWD/target/debug/berth" target/debug/node-e2e --runtime berth \
