@@ -366,7 +366,8 @@ pub fn run(
     opts: &Options,
     journal: &mut Journal,
 ) -> anyhow::Result<Report> {
-    let dir = opts.report_dir.join(rt.name());
+    // Absolute: ginkgo and the suite run in the work directory.
+    let dir = std::path::absolute(opts.report_dir.join(rt.name()))?;
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
     let work = tempfile::Builder::new()

@@ -29,6 +29,14 @@ impl Runtime {
     pub(crate) async fn delete_dead_tasks(&self, rec: &PodRecord, containers: bool) {
         if containers {
             for c in self.containers_of(&rec.id) {
+                // With the container's lock, and only while it has a record: a
+                // RemoveContainer (a RemovePodSandbox's, which holds no pod lock then) removes
+                // its bundle under that lock, and the shim binary's delete writes into it.
+                let lock = self.containers().lock(&c);
+                let _g = lock.lock().await;
+                if self.container(&c).is_err() {
+                    continue;
+                }
                 self.delete_dead_task(&rec.shim_binary, &c, &self.ctr_dir(&c).join("bundle"))
                     .await;
             }
