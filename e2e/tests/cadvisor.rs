@@ -168,7 +168,7 @@ async fn cadvisor_learns_a_cgroups_pod_and_container_from_berth_as_from_containe
     env.remove(&pod).await.expect("RemovePodSandbox");
 }
 
-/// A CNI plugin for the end of a chain that holds ADD for 500 ms and passes the result it was
+/// A CNI plugin for the end of a chain that holds ADD for 2 s and passes the result it was
 /// given on (the `prevResult` object of its config, found by its braces).
 const SLOW_PASS_C: &str = r##"
 #include <stdio.h>
@@ -185,7 +185,7 @@ int main(void) {
         return 0;
     }
     if (!cmd || strcmp(cmd, "ADD") != 0) return 0;
-    usleep(500 * 1000);
+    usleep(2000 * 1000);
     char *p = strstr(in, "\"prevResult\"");
     if (!p || !(p = strchr(p, '{'))) return 1;
     int depth = 0, str = 0;
@@ -213,7 +213,7 @@ fn id_dirs(dir: &std::path::Path) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_pods_cgroup_is_known_from_the_moment_it_exists_before_the_pod_is_ready() {
     // cAdvisor asks about a cgroup once, when it appears: runc makes the pause container's
-    // while the pod's network is still being set up (here for 500 ms more).
+    // while the pod's network is still being set up (here for 2 s more).
     let net = berth_e2e::TestNet::with_plugins(&[serde_json::json!({"type": "e2e-slow"})]).unwrap();
     let bin = berth_e2e::tools::static_c_binary("e2e-slow", SLOW_PASS_C).unwrap();
     let plugin = net.bin_dir.join("e2e-slow");
@@ -257,6 +257,18 @@ async fn a_pods_cgroup_is_known_from_the_moment_it_exists_before_the_pod_is_read
             tokio::time::sleep(std::time::Duration::from_millis(2)).await;
         }
     }
+    // Its task, with the pause process's pid, once runc created it: still before the pod
+    // is ready (its network takes 2 s more).
+    let mut early_pid = None;
+    if let Some((id, _, _)) = &seen {
+        while early_pid.is_none() && !run.is_finished() {
+            if let Ok(pid) = task_pid(&mut tasks, id).await {
+                early_pid = Some((pid, !env.list(None).await.is_empty()));
+            } else {
+                tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+            }
+        }
+    }
     let pod = run
         .await
         .unwrap()
@@ -271,11 +283,17 @@ async fn a_pods_cgroup_is_known_from_the_moment_it_exists_before_the_pod_is_read
     );
     let got = got.expect("the sandbox is known while it starts");
     assert_eq!(got.labels["io.cri-containerd.kind"], "sandbox");
+    let pause = env.pid(&pod).await.unwrap();
+    assert_eq!(
+        early_pid,
+        Some((pause, false)),
+        "the pause pid while the pod was not ready yet"
+    );
     assert_eq!(
         task_pid(&mut tasks, &pod)
             .await
             .expect("its task once ready"),
-        env.pid(&pod).await.unwrap()
+        pause
     );
     env.stop(&pod).await.unwrap();
     env.remove(&pod).await.unwrap();

@@ -343,6 +343,9 @@ impl Runtime {
                     )
                     .await?;
                 lap("task created");
+                // The pause process exists: cAdvisor, which asks about the pod's new cgroup
+                // for a few seconds only, may have its pid before the network is done.
+                self.note_starting_pid(&id, pid);
                 s.start(&id).await?;
                 lap("task started");
                 Ok(pid)

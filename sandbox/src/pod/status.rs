@@ -42,6 +42,18 @@ impl Runtime {
             .insert(rec.id.clone(), Arc::new(rec.clone()));
     }
 
+    /// Notes the pause process's pid of a pod still starting.
+    pub(crate) fn note_starting_pid(&self, id: &str, pid: u32) {
+        if let Some(r) = self
+            .starting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_mut(id)
+        {
+            Arc::make_mut(r).pid = pid;
+        }
+    }
+
     /// ListPodSandbox.
     pub fn list(&self, f: &PodFilter) -> Vec<Arc<PodRecord>> {
         let mut out = self.pods.filter(|r| {
