@@ -1102,12 +1102,19 @@ async fn cri_1_37_stop_signal_mount_options_and_stream_calls_work() {
         &[
             "sh",
             "-c",
-            "trap 'exit 42' USR1; trap '' TERM; while true; do sleep 1; done",
+            "trap 'exit 42' USR1; trap '' TERM; touch /tmp/trapped; while true; do sleep 1; done",
         ],
     );
     c.stop_signal = cri::Signal::Sigusr1 as i32;
     let id = create(&env, &pod, &pcfg, c).await.unwrap();
     start(&env, &id).await;
+    // Stopped only once the shell has its traps (a signal before that ends it as the
+    // signal's default action does: 138 for SIGUSR1).
+    let trapped = wait_until(Duration::from_secs(10), || {
+        block_on(exec(&env, &id, &["test", "-e", "/tmp/trapped"], 5))
+            .is_ok_and(|r| r.exit_code == 0)
+    });
+    assert!(trapped, "the container's shell never set its traps");
     assert_eq!(
         status(&env, &id).await.stop_signal,
         cri::Signal::Sigusr1 as i32
