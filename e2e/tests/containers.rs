@@ -1102,7 +1102,7 @@ async fn cri_1_37_stop_signal_mount_options_and_stream_calls_work() {
         &[
             "sh",
             "-c",
-            "trap 'exit 42' USR1; trap '' TERM; touch /tmp/trapped; while true; do sleep 1; done",
+            "trap 'exit 42' USR1; trap '' TERM; touch /trapped; while true; do sleep 1; done",
         ],
     );
     c.stop_signal = cri::Signal::Sigusr1 as i32;
@@ -1111,7 +1111,7 @@ async fn cri_1_37_stop_signal_mount_options_and_stream_calls_work() {
     // Stopped only once the shell has its traps (a signal before that ends it as the
     // signal's default action does: 138 for SIGUSR1).
     let trapped = wait_until(Duration::from_secs(10), || {
-        block_on(exec(&env, &id, &["test", "-e", "/tmp/trapped"], 5))
+        block_on(exec(&env, &id, &["sh", "-c", "test -e /trapped"], 5))
             .is_ok_and(|r| r.exit_code == 0)
     });
     assert!(trapped, "the container's shell never set its traps");
