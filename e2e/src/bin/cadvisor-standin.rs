@@ -13,30 +13,6 @@ use std::net::{TcpListener, TcpStream};
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-/// `YYYY-MM-DDTHH:MM:SS.nnnnnnnnnZ` for a time since the Unix epoch.
-fn rfc3339(t: std::time::Duration) -> String {
-    let secs = t.as_secs();
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:09}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        t.subsec_nanos()
-    )
-}
-
 /// Decodes `%XX` escapes.
 fn unescape(s: &str) -> String {
     let b = s.as_bytes();
@@ -68,7 +44,7 @@ fn stats(name: &str) -> Option<serde_json::Value> {
         serde_json::json!({
             "spec": {"has_cpu": true, "has_memory": true},
             "stats": [{
-                "timestamp": rfc3339(now),
+                "timestamp": berth_sandbox::logs::rfc3339_nano(now),
                 "cpu": {"usage": {
                     "total": c.cpu_ns, "user": c.cpu_user_ns, "system": c.cpu_system_ns,
                     "per_cpu_usage": [],
@@ -146,11 +122,17 @@ mod tests {
     fn times_print_as_rfc3339() {
         let t = std::time::Duration::new(1_796_549_400, 5);
         // `date -u -d @1796549400`
-        assert_eq!(super::rfc3339(t), "2026-12-06T09:30:00.000000005Z");
-        let leap = std::time::Duration::from_secs(951_782_400);
-        assert_eq!(super::rfc3339(leap), "2000-02-29T00:00:00.000000000Z");
         assert_eq!(
-            super::rfc3339(std::time::Duration::ZERO),
+            berth_sandbox::logs::rfc3339_nano(t),
+            "2026-12-06T09:30:00.000000005Z"
+        );
+        let leap = std::time::Duration::from_secs(951_782_400);
+        assert_eq!(
+            berth_sandbox::logs::rfc3339_nano(leap),
+            "2000-02-29T00:00:00.000000000Z"
+        );
+        assert_eq!(
+            berth_sandbox::logs::rfc3339_nano(std::time::Duration::ZERO),
             "1970-01-01T00:00:00.000000000Z"
         );
     }
