@@ -4,7 +4,8 @@
 # Runtime: runc, crun (what berth's own shim runs by default), containerd-shim-runc-v2 (from
 # Debian's containerd package; berth never starts the containerd daemon itself), CNI plugins,
 # iptables, iproute2.
-# Build: protobuf-compiler (the CRI protos are compiled at build time), pkg-config, gcc.
+# Build: protobuf-compiler (the CRI protos are compiled at build time), pkg-config, gcc;
+# libseccomp-dev for the current runc scripts/install-runc.sh builds.
 # Tests: docker-registry (started by the tests on 127.0.0.1 only), busybox-static (test images),
 # apache2-utils (htpasswd for the auth tests), openssl (certificates for the streaming TLS test),
 # curl and netcat-openbsd (in the node e2e suite's images, as upstream's agnhost has them).
@@ -14,7 +15,7 @@ set -euo pipefail
 PACKAGES=(runc crun runsc containerd containernetworking-plugins iptables iproute2 util-linux
           protobuf-compiler pkg-config gcc libc6-dev
           docker-registry busybox-static apache2-utils openssl curl netcat-openbsd ca-certificates
-          umoci skopeo)
+          umoci skopeo libseccomp-dev)
 
 [ "$(id -u)" = 0 ] || { echo "install-deps.sh: run as root" >&2; exit 1; }
 

@@ -17,6 +17,8 @@ echo "== tools: berth-estargz (the upstream estargz package, for the lazy-pull t
 scripts/install-estargz.sh >/dev/null
 echo "== tools: Kubernetes' node e2e suite (e2e_node.test, ginkgo, agnhost for its images)"
 scripts/install-e2e-node.sh >/dev/null
+echo "== tools: a current runc (user namespaces need idmapped mounts; Debian's runc 1.1.5 has none)"
+scripts/install-runc.sh >/dev/null
 
 # A CI run starts from a clean clone and builds everything once: incremental state would only
 # cost disk (it was most of the target directory).

@@ -191,6 +191,14 @@ fn pod_manager_config(
             }
             other => other.clone(),
         };
+        // Through a shim that runs an OCI runtime only: runsc (behind berth's adapter) and kata
+        // have neither recursive read-only mounts nor berth's user namespaces.
+        let features = if takes_runc_options && !h.is_runsc() {
+            berth_sandbox::runtime::OciFeatures::probe(binary_name.as_deref().unwrap_or("runc"))
+        } else {
+            berth_sandbox::runtime::OciFeatures::default()
+        };
+        tracing::info!(handler = %name, features = %features.summary(), "runtime handler");
         let options = RuncOptions {
             binary_name,
             // Each handler's runtime keeps its state under berth's state dir.
@@ -210,13 +218,8 @@ fn pod_manager_config(
                 runtime_type: h.runtime_type.clone(),
                 shim,
                 runtime_path: h.runtime_path.clone(),
-                // Through a shim that runs an OCI runtime only: runsc (behind berth's adapter)
-                // and kata have no recursive read-only mounts.
-                recursive_read_only: takes_runc_options
-                    && !h.is_runsc()
-                    && recursive_read_only_supported(
-                        options.binary_name.as_deref().unwrap_or("runc"),
-                    ),
+                recursive_read_only: features.recursive_read_only,
+                user_namespaces: features.user_namespaces,
                 options: if takes_runc_options {
                     options
                 } else {
@@ -250,55 +253,6 @@ fn pod_manager_config(
             max_files: cfg.runtime.container_log_max_files,
         },
         warm_shim: cfg.runtime.warm_shim,
-    })
-}
-
-/// Whether `runtime` (an OCI runtime binary: `runc`, `crun`, a path) makes mounts read-only
-/// recursively here: the kernel has `mount_setattr` (Linux 5.12) and `<runtime> features`
-/// lists the `rro` mount option (runc 1.1). Asked once per handler at start-up; a runtime
-/// that does not answer within 2 s counts as not supporting it.
-fn recursive_read_only_supported(runtime: &str) -> bool {
-    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let mut v = release.split(|c: char| !c.is_ascii_digit());
-    let (major, minor) = (
-        v.next().and_then(|s| s.parse::<u32>().ok()).unwrap_or(0),
-        v.next().and_then(|s| s.parse::<u32>().ok()).unwrap_or(0),
-    );
-    if (major, minor) < (5, 12) {
-        return false;
-    }
-    let Ok(mut child) = std::process::Command::new(runtime)
-        .arg("features")
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-    else {
-        return false;
-    };
-    let end = std::time::Instant::now() + std::time::Duration::from_secs(2);
-    loop {
-        match child.try_wait() {
-            Ok(Some(st)) if st.success() => break,
-            Ok(None) if std::time::Instant::now() < end => {
-                std::thread::sleep(std::time::Duration::from_millis(5));
-            }
-            _ => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return false;
-            }
-        }
-    }
-    let mut out = String::new();
-    if let Some(s) = child.stdout.take() {
-        use std::io::Read as _;
-        let _ = s.take(1 << 20).read_to_string(&mut out);
-    }
-    serde_json::from_str::<serde_json::Value>(&out).is_ok_and(|f| {
-        f["mountOptions"]
-            .as_array()
-            .is_some_and(|o| o.iter().any(|x| x == "rro"))
     })
 }
 

@@ -230,6 +230,20 @@ impl Berth {
             .arg("--log-level")
             .arg(std::env::var("BERTH_E2E_LOG_LEVEL").unwrap_or_else(|_| self.log_level.into()))
             .stdin(Stdio::null());
+        // As on a node where a current runc is installed ahead of the distribution's on $PATH
+        // (scripts/install-runc.sh): the `runc` handler's shim, and berth's feature probe,
+        // find it first.
+        if let Some(dir) = crate::tools::runc()
+            .parent()
+            .filter(|d| d.join("runc").exists())
+        {
+            let path = std::env::var_os("PATH").unwrap_or_default();
+            let mut dirs = vec![dir.to_path_buf()];
+            dirs.extend(std::env::split_paths(&path));
+            if let Ok(p) = std::env::join_paths(dirs) {
+                c.env("PATH", p);
+            }
+        }
         c
     }
 

@@ -34,6 +34,15 @@ pub fn crictl() -> PathBuf {
     )
 }
 
+/// The runc version `scripts/install-runc.sh` builds (Debian 12's 1.1.5 has no idmapped
+/// mounts, which user namespaces need).
+pub const RUNC_VERSION: &str = "v1.5.3";
+
+/// The current runc: `$BERTH_RUNC`, else the install script's cache.
+pub fn runc() -> PathBuf {
+    tool("BERTH_RUNC", format!("runc-{RUNC_VERSION}/runc"))
+}
+
 /// Fails with the script to run when `path` is missing.
 pub fn require(path: &std::path::Path, script: &str) -> anyhow::Result<()> {
     anyhow::ensure!(

@@ -405,6 +405,11 @@ impl Snapshotter {
         self.commit_with(tmp, chain, parent, stats, None)
     }
 
+    /// The directory every snapshot is in (`<root>/snapshots`).
+    pub fn root(&self) -> &Path {
+        &self.dir
+    }
+
     /// The directory of snapshot `id` (its `fs`, and for a lazy layer its TOC and chunks).
     pub fn dir_of(&self, id: u64) -> PathBuf {
         self.dir.join(id.to_string())

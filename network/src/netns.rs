@@ -52,6 +52,34 @@ impl NetnsDir {
         Ok(ns.path().to_path_buf())
     }
 
+    /// Pins the network namespace process `pid` is in at [`path`](Self::path): for a
+    /// namespace the runtime made (a pod in a user namespace of its own has its network
+    /// namespace made inside that, by the runtime). Blocking.
+    pub fn pin_from_pid(&self, name: &str, pid: u32) -> Result<PathBuf> {
+        validate_name(name)?;
+        let path = self.path(name);
+        let failed = |reason: String| Error::Netns {
+            path: path.clone(),
+            reason,
+        };
+        // The directory is made a shared mount of its own first, as `create` makes it: made
+        // later, over a pin already in it, it would hide that pin.
+        Dir(self.dir.clone())
+            .init()
+            .map_err(|e| failed(format!("set up {}: {e}", self.dir.display())))?;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(|e| failed(format!("create the pin file: {e}")))?;
+        let source = format!("/proc/{pid}/ns/net");
+        if let Err(e) = rustix::mount::mount_bind(source.as_str(), &path) {
+            let _ = std::fs::remove_file(&path);
+            return Err(failed(format!("bind {source}: {e}")));
+        }
+        Ok(path)
+    }
+
     /// Unpins and deletes namespace `name`; one that is already gone is not an error.
     pub fn remove(&self, name: &str) -> Result<()> {
         validate_name(name)?;

@@ -15,6 +15,7 @@
 //!   ├─ spec/     OCI specs: typed model (oci.rs), pure builders (pause.rs, container.rs)
 //!   │            over caps.rs, resources.rs and what they need of the host (host.rs)
 //!   ├─ logs      CRI log files from container output      ├─ users   image accounts
+//!   ├─ userns    pods in user namespaces: id mappings, the idmapped view of the layers
 //!   ├─ seccomp   profiles: the default one, Localhost files ├─ stats   usage (cgroups:
 //!   ├─ metrics   cAdvisor-style pod metrics                 │          berth-cgroups)
 //!   └─ safefile, process, registrar, runsc, error
@@ -46,6 +47,7 @@ pub mod seccomp;
 pub mod shim;
 pub mod spec;
 pub mod stats;
+pub mod userns;
 pub mod users;
 
 pub use error::{Classify, Error, ErrorKind, Result};

@@ -180,6 +180,7 @@ impl Runtime {
         self.sweep_runtime_state().await;
         self.sweep_cni().await;
         self.sweep_dirs().await;
+        self.sweep_idmap_views().await;
         self.sweep_snapshots();
         self.sweep_cgroups().await;
         tracing::debug!(
@@ -409,6 +410,32 @@ impl Runtime {
                     }
                     Err(_) => {}
                 }
+            }
+        }
+    }
+
+    /// Idmapped views of the layers (pods in user namespaces) whose pod is gone: detached,
+    /// never recursed into.
+    async fn sweep_idmap_views(&self) {
+        let parent = self.state_dir().join("idmap");
+        let names = dir_names(&parent);
+        if names.is_empty() {
+            return;
+        }
+        let known = self.known_ids();
+        for name in names {
+            if known.iter().any(|id| id.starts_with(&name)) {
+                continue;
+            }
+            let at = parent.join(&name);
+            let released =
+                tokio::task::spawn_blocking(move || crate::userns::release_layers_view(&at)).await;
+            match released {
+                Ok(Ok(())) => orphan("idmapped layer view", &name, "its pod is gone"),
+                Ok(Err(e)) => {
+                    tracing::warn!(name, err = %e, "could not release an orphaned idmapped view")
+                }
+                Err(_) => {}
             }
         }
     }

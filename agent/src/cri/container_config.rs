@@ -185,7 +185,9 @@ fn mount(mt: cri::Mount) -> Result<Mount, Status> {
             options.push(opt.clone());
         }
     }
+    let idmap = super::security::mount_idmap(&mt, &at)?;
     Ok(Mount {
+        idmap,
         container_path: mt.container_path,
         host_path: mt.host_path,
         readonly: mt.readonly,
@@ -244,6 +246,10 @@ fn security(sc: cri::LinuxContainerSecurityContext) -> Result<Security, Status> 
         }
         Err(_) => return Err(invalid(format!("unknown pid namespace mode {}", ns.pid))),
     };
+    let userns = super::security::userns(
+        ns.userns_options.as_ref(),
+        "linux.security_context.namespace_options.userns_options",
+    )?;
     let caps = sc.capabilities.clone().unwrap_or_default();
     let (run_as_user, run_as_group, supplemental_groups) = user_ids(
         sc.run_as_user.as_ref(),
@@ -278,6 +284,7 @@ fn security(sc: cri::LinuxContainerSecurityContext) -> Result<Security, Status> 
         readonly_paths: (!sc.readonly_paths.is_empty()).then_some(sc.readonly_paths),
         seccomp,
         pid,
+        userns,
     })
 }
 

@@ -73,6 +73,29 @@ pub(crate) fn pod_config(req: cri::RunPodSandboxRequest) -> Result<PodConfig, St
     let sc = linux.security_context.unwrap_or_default();
     let ns = sc.namespace_options.unwrap_or_default();
     let node = cri::NamespaceMode::Node as i32;
+    let userns = match super::security::userns(
+        ns.userns_options.as_ref(),
+        "linux.security_context.namespace_options.userns_options",
+    )? {
+        berth_sandbox::userns::UsernsMode::Pod(u) => {
+            // The node's network, pid or IPC namespace belongs to the node's user namespace:
+            // the pod's root could not manage it (Status says user_namespaces_host_network
+            // is not supported).
+            for (shared, what) in [
+                (ns.network == node, "network"),
+                (ns.pid == node, "pid"),
+                (ns.ipc == node, "ipc"),
+            ] {
+                if shared {
+                    return Err(invalid(format!(
+                        "linux.security_context.namespace_options: a pod in a user namespace of its own cannot use the node's {what} namespace"
+                    )));
+                }
+            }
+            Some(u)
+        }
+        _ => None,
+    };
     #[allow(deprecated)]
     let seccomp = super::security::seccomp(sc.seccomp.as_ref(), &sc.seccomp_profile_path)?;
     let (run_as_user, run_as_group, supplemental_groups) = super::security::user_ids(
@@ -100,6 +123,7 @@ pub(crate) fn pod_config(req: cri::RunPodSandboxRequest) -> Result<PodConfig, St
         host_network: ns.network == node,
         host_ipc: ns.ipc == node,
         host_pid: ns.pid == node,
+        userns,
         cgroup_parent: linux.cgroup_parent,
         sysctls: to_btree(linux.sysctls),
         privileged: sc.privileged,
@@ -170,6 +194,24 @@ pub(crate) fn to_status(r: &PodRecord) -> cri::PodSandboxStatus {
                     network: mode(r.config.host_network, cri::NamespaceMode::Pod),
                     pid: mode(r.config.host_pid, cri::NamespaceMode::Container),
                     ipc: mode(r.config.host_ipc, cri::NamespaceMode::Pod),
+                    userns_options: Some(match &r.config.userns {
+                        Some(u) => {
+                            let m = |m: &berth_sandbox::userns::IdMapping| cri::IdMapping {
+                                host_id: m.host_id,
+                                container_id: m.container_id,
+                                length: m.size,
+                            };
+                            cri::UserNamespace {
+                                mode: cri::NamespaceMode::Pod as i32,
+                                uids: vec![m(&u.uids)],
+                                gids: vec![m(&u.gids)],
+                            }
+                        }
+                        None => cri::UserNamespace {
+                            mode: cri::NamespaceMode::Node as i32,
+                            ..Default::default()
+                        },
+                    }),
                     ..Default::default()
                 }),
             }),

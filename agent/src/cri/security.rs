@@ -62,3 +62,64 @@ pub(crate) fn seccomp(field: Option<&cri::SecurityProfile>, path: &str) -> Resul
         ))),
     }
 }
+
+fn id_mappings(m: &[cri::IdMapping]) -> Vec<berth_sandbox::userns::IdMapping> {
+    m.iter()
+        .map(|m| berth_sandbox::userns::IdMapping {
+            container_id: m.container_id,
+            host_id: m.host_id,
+            size: m.length,
+        })
+        .collect()
+}
+
+/// The user namespace a pod or container asks for (`NamespaceOption.userns_options`): the
+/// node's, or the pod's own with one uid and one gid mapping of the pod's root. `field` names
+/// it in messages.
+pub(crate) fn userns(
+    opts: Option<&cri::UserNamespace>,
+    field: &str,
+) -> Result<berth_sandbox::userns::UsernsMode, Status> {
+    use berth_sandbox::userns::{UserNamespace, UsernsMode};
+    let Some(o) = opts else {
+        return Ok(UsernsMode::Unset);
+    };
+    match cri::NamespaceMode::try_from(o.mode) {
+        Ok(cri::NamespaceMode::Node) if o.uids.is_empty() && o.gids.is_empty() => {
+            Ok(UsernsMode::Node)
+        }
+        Ok(cri::NamespaceMode::Node) => Err(invalid(format!(
+            "{field}: mode NODE takes no uids or gids (mappings are for mode POD)"
+        ))),
+        Ok(cri::NamespaceMode::Pod) => {
+            UserNamespace::new(&id_mappings(&o.uids), &id_mappings(&o.gids), field)
+                .map(UsernsMode::Pod)
+                .map_err(|e| invalid(e.to_string()))
+        }
+        Ok(m @ (cri::NamespaceMode::Container | cri::NamespaceMode::Target)) => {
+            Err(invalid(format!(
+                "{field}: mode {} is not supported for user namespaces (NODE or POD)",
+                m.as_str_name()
+            )))
+        }
+        Err(_) => Err(invalid(format!("{field}: unknown mode {}", o.mode))),
+    }
+}
+
+/// A mount's id mappings (an idmapped mount, which the kubelet asks for in a pod with its own
+/// user namespace): none, or one uid and one gid mapping as a pod's.
+pub(crate) fn mount_idmap(
+    mt: &cri::Mount,
+    at: &str,
+) -> Result<Option<berth_sandbox::userns::UserNamespace>, Status> {
+    if mt.uid_mappings.is_empty() && mt.gid_mappings.is_empty() {
+        return Ok(None);
+    }
+    berth_sandbox::userns::UserNamespace::new(
+        &id_mappings(&mt.uid_mappings),
+        &id_mappings(&mt.gid_mappings),
+        &format!("mount at {at}"),
+    )
+    .map(Some)
+    .map_err(|e| invalid(e.to_string()))
+}

@@ -63,6 +63,15 @@ pub(super) async fn handlers(cfg: &Config) -> Vec<Check> {
                 Some(p) => {
                     let v = version(&p, &["--version"]).await.unwrap_or_else(|e| e);
                     detail.push_str(&format!("; {} ({v})", p.display()));
+                    if !h.is_runsc() {
+                        let runtime = p.display().to_string();
+                        let features = tokio::task::spawn_blocking(move || {
+                            berth_sandbox::runtime::OciFeatures::probe(&runtime)
+                        })
+                        .await
+                        .unwrap_or_default();
+                        detail.push_str(&format!("; {}", features.summary()));
+                    }
                     let stranded = controllers_left_on_cgroup2(Path::new("/sys/fs/cgroup"));
                     if engine.contains("crun") && !stranded.is_empty() {
                         push(fail(

@@ -41,6 +41,10 @@ pub struct Mount {
     /// Extra bind mount options: `noexec`, `nodev`, `nosuid`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub options: Vec<String>,
+    /// Seen through the pod's user namespace (an idmapped mount): the mappings the kubelet
+    /// sent with it, which must be the pod's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idmap: Option<crate::userns::UserNamespace>,
 }
 
 /// The image of an image volume (KEP-4639).
@@ -156,6 +160,13 @@ pub struct Security {
     pub seccomp: Seccomp,
     /// Pid namespace.
     pub pid: PidMode,
+    /// User namespace (the pod's: see [`crate::userns::UsernsMode::check_against`]).
+    #[serde(default, skip_serializing_if = "is_unset")]
+    pub userns: crate::userns::UsernsMode,
+}
+
+fn is_unset(m: &crate::userns::UsernsMode) -> bool {
+    *m == crate::userns::UsernsMode::Unset
 }
 
 /// What CreateContainer asked for (validated by the agent).

@@ -46,6 +46,25 @@ impl Runtime {
                 m.container_path, pod.handler
             )));
         }
+        config
+            .security
+            .userns
+            .check_against(pod.config.userns.as_ref())?;
+        if let Some(m) = config
+            .mounts
+            .iter()
+            .find(|m| m.idmap.is_some() && m.idmap != pod.config.userns)
+        {
+            return Err(Error::Invalid(format!(
+                "mount at {}: uid_mappings and gid_mappings (an idmapped mount) must be those of the pod's user namespace, {}",
+                m.container_path,
+                if pod.config.userns.is_some() {
+                    "which differ"
+                } else {
+                    "and the pod runs in the node's"
+                }
+            )));
+        }
         let image = self.images().resolve(&config.image).map_err(|e| {
             Error::NotFound(format!(
                 "image {:?} is not present on this node (pull it first): {e}",
@@ -124,6 +143,20 @@ impl Runtime {
                 tokio::task::spawn_blocking(move || Accounts::from_mounts(&mounts))
                     .await
                     .map_err(|e| Error::io("read the image's accounts", e.into()))??
+            };
+            // In the pod's user namespace: the layers seen through it, the upper one its root's.
+            let mounts = match pod.config.userns {
+                Some(u) => {
+                    let snapshots = self.images().snapshots().root().to_path_buf();
+                    let view = crate::userns::layers_view(self.state_dir(), &pod_id);
+                    let pid = pod.pid;
+                    tokio::task::spawn_blocking(move || {
+                        crate::userns::rootfs(mounts, &snapshots, &view, pid, u.host_root())
+                    })
+                    .await
+                    .map_err(|e| Error::io("idmap the container's layers", e.into()))??
+                }
+                None => mounts,
             };
             let icfg = image_config.config.clone().unwrap_or_default();
             let sec = &config.security;

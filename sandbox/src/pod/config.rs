@@ -67,6 +67,9 @@ pub struct PodConfig {
     pub host_ipc: bool,
     /// Use the host's pid namespace.
     pub host_pid: bool,
+    /// A user namespace of the pod's own (CRI mode POD), or the node's (`None`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub userns: Option<crate::userns::UserNamespace>,
     /// Cgroup parent.
     pub cgroup_parent: String,
     /// Sysctls.

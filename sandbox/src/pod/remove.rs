@@ -32,6 +32,8 @@ impl Runtime {
             return Ok(()); // removed while this call waited for the lock
         };
         unmount(&self.bundle(&id).join("rootfs"))?;
+        // Its containers are gone: the idmapped view of the layers they used goes too.
+        crate::userns::release_layers_view(&crate::userns::layers_view(self.state_dir(), &id))?;
         self.images
             .snapshots()
             .remove_active(&id)

@@ -76,6 +76,15 @@ impl Runtime {
             rt: self,
             id: id.clone(),
         };
+        if let Some(userns) = &config.userns {
+            if !handler.user_namespaces {
+                return Err(Error::Invalid(format!(
+                    "linux.security_context.namespace_options.userns_options: runtime handler {:?} cannot run pods in user namespaces of their own (its runtime needs user namespaces and idmapped mounts: runc 1.2 or later, on Linux 6.3 or later; the Status call lists the handlers that can)",
+                    rec.handler
+                )));
+            }
+            self.admit_userns(&rec, userns)?;
+        }
         let res = self
             .run_steps(&mut rec, &handler, &image, &image_config, &mut undo)
             .await;
@@ -173,6 +182,7 @@ impl Runtime {
             user: (ids.uid, ids.gid, ids.additional),
             hostname: cfg.hostname.clone(),
             netns: rec.netns.clone(),
+            userns: cfg.userns,
             host_ipc: cfg.host_ipc,
             host_pid: cfg.host_pid,
             shm,
@@ -257,7 +267,10 @@ impl Runtime {
         // The namespace is made on a blocking thread (netns-rs makes it on a thread of its own,
         // whose exit costs ~1 ms) while the pod's files, shm, snapshot and spec are prepared:
         // its path is known already, and only CNI and runc need it to exist.
-        let netns_job = (!cfg.host_network).then(|| {
+        // A pod in a user namespace of its own gets its network namespace from the runtime,
+        // inside that user namespace: pinned below once the pause process exists.
+        let own_userns = cfg.userns.is_some() && !cfg.host_network;
+        let netns_job = (!cfg.host_network && !own_userns).then(|| {
             let (dir, name) = (self.netns.clone(), netns_name(&id));
             tokio::task::spawn_blocking(move || dir.create(&name))
         });
@@ -285,14 +298,34 @@ impl Runtime {
         // ready: runc only needs the (empty) netns to exist. CNI ADD runs while the shim starts
         // and runc creates the task; both must succeed, and both are undone on failure.
         let rootfs = crate::shim::rootfs_mounts(mounts);
+        // The pause process's pid once its task exists: the network of a pod in its own user
+        // namespace is that process's, pinned before CNI runs in it.
+        let (pid_tx, pid_rx) = tokio::sync::oneshot::channel::<u32>();
         let network = async {
             if cfg.host_network {
-                return (None, Ok(None));
+                return (vec![], Ok(None));
+            }
+            let mut undo = vec![];
+            if own_userns {
+                // No pid: the task failed, and says why.
+                let Ok(pid) = pid_rx.await else {
+                    return (undo, Ok(None));
+                };
+                let (dir, name) = (self.netns.clone(), netns_name(&id));
+                let pinned = tokio::task::spawn_blocking(move || dir.pin_from_pid(&name, pid))
+                    .await
+                    .map_err(|e| Error::io("pin the pod's network namespace", e.into()))
+                    .and_then(|r| r.map_err(Error::Network));
+                if let Err(e) = pinned {
+                    return (undo, Err(e));
+                }
+                undo.push(Undo::Netns(netns_name(&id)));
+                lap("netns pinned");
             }
             let a = self.attachment(rec);
             let net = match self.cni.network() {
                 Ok(n) => n,
-                Err(e) => return (None, Err(Error::Network(e))),
+                Err(e) => return (undo, Err(Error::Network(e))),
             };
             let r = self
                 .cni
@@ -301,7 +334,8 @@ impl Runtime {
                 .map_err(Error::Network)
                 .map(Some);
             lap("cni add");
-            (Some(Undo::Cni(a)), r)
+            undo.push(Undo::Cni(a));
+            (undo, r)
         };
         let task = async {
             let s = match spare {
@@ -346,6 +380,7 @@ impl Runtime {
                 // The pause process exists: cAdvisor, which asks about the pod's new cgroup
                 // for a few seconds only, may have its pid before the network is done.
                 self.note_starting_pid(&id, pid);
+                let _ = pid_tx.send(pid);
                 s.start(&id).await?;
                 lap("task started");
                 Ok(pid)

@@ -42,6 +42,42 @@ impl Runtime {
             .insert(rec.id.clone(), Arc::new(rec.clone()));
     }
 
+    /// Admits the user namespace of pod `rec` (starting): its host ids must not overlap
+    /// another pod's (the kubelet keeps a pod's range across its sandboxes, so the same pod
+    /// uid may). Notes the pod as starting under the same lock, so that two RunPodSandbox
+    /// calls cannot both pass with overlapping ranges.
+    pub(crate) fn admit_userns(
+        &self,
+        rec: &PodRecord,
+        userns: &crate::userns::UserNamespace,
+    ) -> Result<()> {
+        let mut starting = self.starting.lock().unwrap_or_else(|p| p.into_inner());
+        let others = self
+            .pods
+            .all()
+            .into_iter()
+            .chain(starting.values().cloned());
+        for o in others {
+            if o.id != rec.id
+                && o.config.meta.uid != rec.config.meta.uid
+                && o.config.userns.is_some_and(|u| u.overlaps(userns))
+            {
+                return Err(Error::Invalid(format!(
+                    "linux.security_context.namespace_options.userns_options: host ids {}+{} (uids) and {}+{} (gids) overlap those of pod {}/{} ({}): pods must not share host ids",
+                    userns.uids.host_id,
+                    userns.uids.size,
+                    userns.gids.host_id,
+                    userns.gids.size,
+                    o.config.meta.namespace,
+                    o.config.meta.name,
+                    o.id
+                )));
+            }
+        }
+        starting.insert(rec.id.clone(), Arc::new(rec.clone()));
+        Ok(())
+    }
+
     /// Notes the pause process's pid of a pod still starting.
     pub(crate) fn note_starting_pid(&self, id: &str, pid: u32) {
         if let Some(r) = self

@@ -6,8 +6,11 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+mod features;
 mod node;
 mod spare;
+
+pub use features::{OciFeatures, kernel_version};
 
 pub use node::{HandlerStatus, NetworkStatus};
 
@@ -38,6 +41,9 @@ pub struct Handler {
     /// Its runtime can make a mount read-only recursively (runc's `rro`: runc 1.1 on
     /// Linux 5.12 and later).
     pub recursive_read_only: bool,
+    /// Its runtime can run pods in user namespaces of their own, with idmapped mounts
+    /// (runc 1.2 on Linux 6.3 and later: see [`OciFeatures`]).
+    pub user_namespaces: bool,
 }
 
 /// How the pod manager is set up.

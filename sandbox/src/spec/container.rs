@@ -10,7 +10,8 @@
 //!   at a path replaces the default there; propagation as asked, checked against the
 //!   host's mount;
 //! - namespaces: the pause container's network and UTS (unless host network) and IPC
-//!   (unless host IPC); pid per [`PidMode`];
+//!   (unless host IPC); pid per [`PidMode`]; its user namespace if the pod has one, with the
+//!   pod's files and the mounts the kubelet sent mappings for idmapped;
 //! - privileged: every host device, all capabilities berth holds, nothing masked, `/sys`
 //!   and `/sys/fs/cgroup` writable, no seccomp;
 //! - capabilities ([`caps`](super::caps)), masked and read-only paths (the defaults unless
@@ -136,6 +137,8 @@ impl ContainerSpec<'_> {
                 }),
                 seccomp,
                 rootfs_propagation: rootfs_propagation.map(str::to_string),
+                uid_mappings: self.pod.userns.iter().map(|u| u.uids.oci()).collect(),
+                gid_mappings: self.pod.userns.iter().map(|u| u.gids.oci()).collect(),
             }),
         })
     }
@@ -224,11 +227,15 @@ impl ContainerSpec<'_> {
             "cgroup",
             &["nosuid", "noexec", "nodev", "relatime", ro],
         ));
-        // Every bind keeps the flags its source's mount has (see `MountLocks`).
+        // Every bind keeps the flags its source's mount has (see `MountLocks`). In a user
+        // namespace the pod's own files are seen through it: owned by the pod's root.
         let bind = |dest: &str, src: &Path, options: &[&'static str]| {
             let mut o = options.to_vec();
             o.extend(host.mount_locks(src).options());
-            Mount::bind(dest, src.display().to_string(), &o)
+            idmapped(
+                Mount::bind(dest, src.display().to_string(), &o),
+                self.pod.userns.as_ref(),
+            )
         };
         for f in ["hostname", "hosts", "resolv.conf"] {
             defaults.push(bind(
@@ -298,10 +305,9 @@ impl ContainerSpec<'_> {
                     options.push(o);
                 }
             }
-            mounts.push(Mount::bind(
-                &m.container_path,
-                src.display().to_string(),
-                &options,
+            mounts.push(idmapped(
+                Mount::bind(&m.container_path, src.display().to_string(), &options),
+                m.idmap.as_ref(),
             ));
         }
         Ok((mounts, rootfs_propagation))
@@ -314,6 +320,9 @@ impl ContainerSpec<'_> {
         let pause = self.pause_pid;
         let of_pause = |t: &str| format!("/proc/{pause}/ns/{t}");
         let mut out = vec![Namespace::new(K::Mount)];
+        if self.pod.userns.is_some() {
+            out.push(Namespace::join(K::User, of_pause("user")));
+        }
         if !self.pod.host_network {
             out.push(Namespace::join(K::Network, of_pause("net")));
             out.push(Namespace::join(K::Uts, of_pause("uts")));
@@ -356,6 +365,15 @@ impl ContainerSpec<'_> {
         }
         out
     }
+}
+
+/// `m`, seen through the user namespace `userns` if there is one.
+fn idmapped(mut m: Mount, userns: Option<&crate::userns::UserNamespace>) -> Mount {
+    if let Some(u) = userns {
+        m.uid_mappings = vec![u.uids.oci()];
+        m.gid_mappings = vec![u.gids.oci()];
+    }
+    m
 }
 
 /// A CRI device: the node to create and its cgroup rule.

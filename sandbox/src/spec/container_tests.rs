@@ -317,6 +317,7 @@ fn mount_propagation_is_checked_against_the_hosts_mount() {
             propagation,
             image: None,
             options: vec![],
+            idmap: None,
         }],
         ..Default::default()
     };
@@ -356,6 +357,7 @@ fn a_mount_is_read_write_read_only_or_recursively_read_only() {
             propagation: Propagation::Private,
             image: None,
             options: vec![],
+            idmap: None,
         }],
         ..Default::default()
     };
@@ -751,4 +753,76 @@ fn every_bind_keeps_the_nosuid_nodev_and_noexec_of_its_source_mount() {
         mount(&s, "/etc/hosts")[0].options,
         ["rbind", "rprivate", "rw", "nosuid", "nodev"]
     );
+}
+
+#[test]
+fn in_a_pods_user_namespace_the_container_joins_it_and_idmaps_what_the_pod_owns() {
+    let userns = crate::userns::UserNamespace::new(
+        &[crate::userns::IdMapping {
+            container_id: 0,
+            host_id: 200_000,
+            size: 65_536,
+        }],
+        &[crate::userns::IdMapping {
+            container_id: 0,
+            host_id: 300_000,
+            size: 65_536,
+        }],
+        "t",
+    )
+    .unwrap();
+    let mut p = pod();
+    p.userns = Some(userns);
+    let cri_mount = |at: &str, idmap| CriMount {
+        container_path: at.into(),
+        host_path: "/data".into(),
+        readonly: false,
+        recursive_read_only: false,
+        propagation: Propagation::Private,
+        image: None,
+        options: vec![],
+        idmap,
+    };
+    let c = ContainerConfig {
+        mounts: vec![
+            cri_mount("/mapped", Some(userns)),
+            cri_mount("/plain", None),
+        ],
+        ..Default::default()
+    };
+    let s = build_on(&FakeHost::default(), &c, &p, &busybox(), None).unwrap();
+    let l = linux(&s);
+    assert!(
+        l.namespaces
+            .contains(&Namespace::join(NamespaceKind::User, "/proc/42/ns/user"))
+    );
+    let m = |h| crate::spec::oci::IdMapping {
+        container_id: 0,
+        host_id: h,
+        size: 65_536,
+    };
+    assert_eq!(
+        (&l.uid_mappings[..], &l.gid_mappings[..]),
+        (&[m(200_000)][..], &[m(300_000)][..])
+    );
+    for at in [
+        "/etc/hostname",
+        "/etc/hosts",
+        "/etc/resolv.conf",
+        "/dev/shm",
+        "/mapped",
+    ] {
+        let mt = mount(&s, at)[0];
+        assert_eq!(mt.uid_mappings, [m(200_000)], "{at}");
+        assert_eq!(mt.gid_mappings, [m(300_000)], "{at}");
+    }
+    assert!(mount(&s, "/plain")[0].uid_mappings.is_empty());
+    // The kernel filesystems are the namespace's own, never idmapped.
+    assert!(mount(&s, "/proc")[0].uid_mappings.is_empty());
+
+    // In the node's user namespace: none of it.
+    let s = build(&ContainerConfig::default()).unwrap();
+    let l = linux(&s);
+    assert!(!l.namespaces.iter().any(|n| n.kind == NamespaceKind::User));
+    assert!(l.uid_mappings.is_empty() && mount(&s, "/etc/hosts")[0].uid_mappings.is_empty());
 }

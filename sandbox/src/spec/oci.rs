@@ -148,6 +148,26 @@ pub struct Mount {
     /// mount(8) options.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub options: Vec<String>,
+    /// An idmapped bind mount's uid mappings (runtime-spec 1.1; runc 1.2 makes it).
+    #[serde(rename = "uidMappings", default, skip_serializing_if = "Vec::is_empty")]
+    pub uid_mappings: Vec<IdMapping>,
+    /// An idmapped bind mount's gid mappings.
+    #[serde(rename = "gidMappings", default, skip_serializing_if = "Vec::is_empty")]
+    pub gid_mappings: Vec<IdMapping>,
+}
+
+/// One id mapping of a user namespace or an idmapped mount.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IdMapping {
+    /// First id in the container.
+    #[serde(rename = "containerID")]
+    pub container_id: u32,
+    /// First id on the host.
+    #[serde(rename = "hostID")]
+    pub host_id: u32,
+    /// How many.
+    pub size: u32,
 }
 
 impl Mount {
@@ -158,6 +178,7 @@ impl Mount {
             kind: kind.into(),
             source: source.into(),
             options: options.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
         }
     }
 
@@ -180,6 +201,12 @@ pub struct Linux {
     /// Namespaces to create or join.
     #[serde(default)]
     pub namespaces: Vec<Namespace>,
+    /// The uid mappings of a user namespace the runtime makes (or joins: the same ones).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub uid_mappings: Vec<IdMapping>,
+    /// The gid mappings.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gid_mappings: Vec<IdMapping>,
     /// cgroup limits and the device cgroup's rules.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<Resources>,

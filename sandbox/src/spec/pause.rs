@@ -29,8 +29,13 @@ pub struct SandboxSpec {
     pub user: (u32, u32, Vec<u32>),
     /// The pod's hostname (ignored with the host's network namespace).
     pub hostname: String,
-    /// The pinned network namespace, or `None` for `host_network`.
+    /// The pinned network namespace, or `None` for `host_network`. In a user namespace the
+    /// runtime makes the network namespace instead (one made outside would belong to the
+    /// host's user namespace, where the pod's root cannot mount sysfs), and berth pins it at
+    /// this path once the task exists.
     pub netns: Option<PathBuf>,
+    /// The pod's own user namespace, made here.
+    pub userns: Option<crate::userns::UserNamespace>,
     /// Share the host's IPC namespace.
     pub host_ipc: bool,
     /// Share the host's pid namespace.
@@ -70,8 +75,14 @@ impl SandboxSpec {
             namespaces.push(Namespace::new(NamespaceKind::Ipc));
         }
         if let Some(p) = &self.netns {
-            namespaces.push(Namespace::join(NamespaceKind::Network, p));
+            namespaces.push(match self.userns {
+                Some(_) => Namespace::new(NamespaceKind::Network),
+                None => Namespace::join(NamespaceKind::Network, p),
+            });
             namespaces.push(Namespace::new(NamespaceKind::Uts));
+        }
+        if self.userns.is_some() {
+            namespaces.push(Namespace::new(NamespaceKind::User));
         }
 
         let mut mounts = kernel_mounts("ro");
@@ -142,6 +153,8 @@ impl SandboxSpec {
                 masked_paths: masked,
                 readonly_paths: readonly,
                 seccomp: self.seccomp.clone(),
+                uid_mappings: self.userns.iter().map(|u| u.uids.oci()).collect(),
+                gid_mappings: self.userns.iter().map(|u| u.gids.oci()).collect(),
                 ..Default::default()
             }),
         })
@@ -254,5 +267,51 @@ mod tests {
         assert_eq!(linux.masked_paths, None);
         assert_eq!(linux.readonly_paths, None);
         assert!(!s.process.unwrap().no_new_privileges);
+    }
+
+    #[test]
+    fn a_pod_in_its_own_user_namespace_makes_it_and_its_network_namespace() {
+        let u = crate::userns::UserNamespace::new(
+            &[crate::userns::IdMapping {
+                container_id: 0,
+                host_id: 200_000,
+                size: 65_536,
+            }],
+            &[crate::userns::IdMapping {
+                container_id: 0,
+                host_id: 200_000,
+                size: 65_536,
+            }],
+            "t",
+        )
+        .unwrap();
+        let spec = SandboxSpec {
+            userns: Some(u),
+            ..base()
+        }
+        .build("rootfs")
+        .unwrap();
+        let linux = spec.linux.as_ref().unwrap();
+        // The network namespace is made inside the user namespace, not joined.
+        assert!(
+            linux
+                .namespaces
+                .contains(&Namespace::new(NamespaceKind::User))
+        );
+        assert!(
+            linux
+                .namespaces
+                .contains(&Namespace::new(NamespaceKind::Network))
+        );
+        assert_eq!(linux.uid_mappings, [u.uids.oci()]);
+        assert_eq!(linux.gid_mappings, [u.gids.oci()]);
+        let plain = base().build("rootfs").unwrap();
+        let linux = plain.linux.as_ref().unwrap();
+        assert!(!kinds(&plain).contains(&NamespaceKind::User));
+        assert!(linux.namespaces.contains(&Namespace::join(
+            NamespaceKind::Network,
+            "/run/berth/netns/abc"
+        )));
+        assert!(linux.uid_mappings.is_empty());
     }
 }

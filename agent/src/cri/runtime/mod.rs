@@ -155,7 +155,7 @@ impl RuntimeService for RuntimeCri {
                     name,
                     features: Some(cri::RuntimeHandlerFeatures {
                         recursive_read_only_mounts: h.recursive_read_only,
-                        user_namespaces: false,
+                        user_namespaces: h.user_namespaces,
                     }),
                 })
                 .collect();

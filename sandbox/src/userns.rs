@@ -1,0 +1,422 @@
+//! Pods in user namespaces of their own (KEP-127, CRI `NamespaceMode::POD` user namespaces):
+//! the id mappings the kubelet hands over, and the idmapped mounts that make the image's files
+//! (owned by the host's root) belong to the pod's root without a chown of any layer.
+//!
+//! The pause container makes the user namespace (its runtime writes the mappings); the pod's
+//! containers join it. A container's root filesystem is an overlay whose lower layers are seen
+//! through one idmapped, read-only mount of the snapshots directory per pod
+//! (`<state>/idmap/<pod id prefix>`, made from the pause process's user namespace the first
+//! time a container is created, detached when the pod is removed); its empty upper layer is
+//! given to the pod's root. Bind mounts carry the mappings in the OCI spec and the runtime
+//! idmaps them.
+
+use std::os::fd::{AsFd, AsRawFd};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// `size` ids from `container_id` in the pod are `host_id`… on the host.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct IdMapping {
+    /// First id in the pod.
+    pub container_id: u32,
+    /// First id on the host.
+    pub host_id: u32,
+    /// How many ids.
+    pub size: u32,
+}
+
+impl IdMapping {
+    /// The host ids it covers, as a half-open range.
+    pub fn host_range(&self) -> std::ops::Range<u64> {
+        self.host_id as u64..self.host_id as u64 + self.size as u64
+    }
+
+    /// The host id of pod id `id`, if mapped.
+    pub fn to_host(&self, id: u32) -> Option<u32> {
+        let off = id.checked_sub(self.container_id)?;
+        (off < self.size).then(|| self.host_id + off)
+    }
+
+    /// The OCI spec's form.
+    pub fn oci(&self) -> crate::spec::oci::IdMapping {
+        crate::spec::oci::IdMapping {
+            container_id: self.container_id,
+            host_id: self.host_id,
+            size: self.size,
+        }
+    }
+}
+
+/// A pod's own user namespace: one uid and one gid mapping, each mapping the pod's root.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct UserNamespace {
+    /// uids.
+    pub uids: IdMapping,
+    /// gids.
+    pub gids: IdMapping,
+}
+
+impl UserNamespace {
+    /// Checks what the CRI asked for: one mapping each, the pod's root mapped, the host's
+    /// root not, nothing past the last id. `what` names the field in the message.
+    pub fn new(uids: &[IdMapping], gids: &[IdMapping], what: &str) -> Result<Self> {
+        let one = |m: &[IdMapping], kind: &str| -> Result<IdMapping> {
+            let [m] = m else {
+                return Err(Error::Invalid(format!(
+                    "{what}.{kind}: exactly one mapping is supported (mode POD), got {}",
+                    m.len()
+                )));
+            };
+            if m.container_id != 0 {
+                return Err(Error::Invalid(format!(
+                    "{what}.{kind}: the mapping must start at id 0 in the pod (the pod's root), not {}",
+                    m.container_id
+                )));
+            }
+            if m.size == 0 {
+                return Err(Error::Invalid(format!(
+                    "{what}.{kind}: the mapping's length is 0"
+                )));
+            }
+            if m.host_id == 0 {
+                return Err(Error::Invalid(format!(
+                    "{what}.{kind}: host id 0 would make the pod's root the host's root"
+                )));
+            }
+            if m.host_range().end > u32::MAX as u64 {
+                return Err(Error::Invalid(format!(
+                    "{what}.{kind}: host ids {}+{} run past the last id ({})",
+                    m.host_id,
+                    m.size,
+                    u32::MAX - 1
+                )));
+            }
+            Ok(*m)
+        };
+        Ok(UserNamespace {
+            uids: one(uids, "uids")?,
+            gids: one(gids, "gids")?,
+        })
+    }
+
+    /// The pod's root on the host: (uid, gid).
+    pub fn host_root(&self) -> (u32, u32) {
+        (self.uids.host_id, self.gids.host_id)
+    }
+
+    /// Whether the host ids of the two overlap (uids or gids).
+    pub fn overlaps(&self, other: &UserNamespace) -> bool {
+        let meet =
+            |a: std::ops::Range<u64>, b: std::ops::Range<u64>| a.start < b.end && b.start < a.end;
+        meet(self.uids.host_range(), other.uids.host_range())
+            || meet(self.gids.host_range(), other.gids.host_range())
+    }
+}
+
+/// What a container asked of the user namespace.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub enum UsernsMode {
+    /// Nothing: the pod's.
+    #[default]
+    Unset,
+    /// The host's.
+    Node,
+    /// The pod's own, with these mappings.
+    Pod(UserNamespace),
+}
+
+impl UsernsMode {
+    /// Checks a container's request against its pod's user namespace.
+    pub fn check_against(&self, pod: Option<&UserNamespace>) -> Result<()> {
+        match (self, pod) {
+            (UsernsMode::Unset, _) | (UsernsMode::Node, None) => Ok(()),
+            (UsernsMode::Pod(c), Some(p)) if c == p => Ok(()),
+            (UsernsMode::Node, Some(_)) => Err(Error::Invalid(
+                "linux.security_context.namespace_options.userns_options: the container asks for the node's user namespace in a pod that has its own".into(),
+            )),
+            (UsernsMode::Pod(_), None) => Err(Error::Invalid(
+                "linux.security_context.namespace_options.userns_options: the container asks for a user namespace in a pod that runs in the node's".into(),
+            )),
+            (UsernsMode::Pod(_), Some(_)) => Err(Error::Invalid(
+                "linux.security_context.namespace_options.userns_options: the container's id mappings differ from its pod's".into(),
+            )),
+        }
+    }
+}
+
+/// Where a pod's idmapped view of the snapshots directory is attached. A prefix of the pod id
+/// keeps overlay's `lowerdir=` list short (the mount data must fit in one page).
+pub fn layers_view(state_dir: &Path, pod_id: &str) -> PathBuf {
+    state_dir
+        .join("idmap")
+        .join(&pod_id[..pod_id.len().min(16)])
+}
+
+const MOUNT_ATTR_RDONLY: u64 = 0x1;
+const MOUNT_ATTR_NOSUID: u64 = 0x2;
+const MOUNT_ATTR_NODEV: u64 = 0x4;
+const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
+
+/// `struct mount_attr` (linux/mount.h).
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+/// Attaches at `at` a read-only, nosuid, nodev view of `snapshots` in which ids are seen
+/// through the user namespace of process `pid` (the pod's pause process). Submounts (lazily
+/// pulled layers, FUSE) are not part of it. Blocking.
+pub fn attach_layers_view(snapshots: &Path, at: &Path, pid: u32) -> Result<()> {
+    use rustix::mount::{MoveMountFlags, OpenTreeFlags};
+    let io = |what: &str, e: rustix::io::Errno| Error::io(what.to_string(), e.into());
+    let userns = std::fs::File::open(format!("/proc/{pid}/ns/user"))
+        .map_err(|e| Error::io(format!("open the user namespace of pid {pid}"), e))?;
+    let tree = rustix::mount::open_tree(
+        rustix::fs::CWD,
+        snapshots,
+        OpenTreeFlags::OPEN_TREE_CLONE | OpenTreeFlags::OPEN_TREE_CLOEXEC,
+    )
+    .map_err(|e| io(&format!("clone the mount of {}", snapshots.display()), e))?;
+    let attr = MountAttr {
+        attr_set: MOUNT_ATTR_IDMAP | MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: userns.as_raw_fd() as u64,
+    };
+    // SAFETY: mount_setattr(2) on a file descriptor we own, with an empty path, AT_EMPTY_PATH
+    // and a `struct mount_attr` that lives across the call, its size passed with it.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            tree.as_fd().as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    if r != 0 {
+        return Err(Error::io(
+            format!(
+                "idmap the view of {} (the filesystem must support idmapped mounts)",
+                snapshots.display()
+            ),
+            std::io::Error::last_os_error(),
+        ));
+    }
+    std::fs::create_dir_all(at).map_err(|e| Error::io(format!("create {}", at.display()), e))?;
+    rustix::mount::move_mount(
+        tree.as_fd(),
+        "",
+        rustix::fs::CWD,
+        at,
+        MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
+    )
+    .map_err(|e| io(&format!("attach the idmapped view at {}", at.display()), e))
+}
+
+/// Detaches the view at `at` (if mounted) and removes its directory. Never recurses into it.
+pub fn release_layers_view(at: &Path) -> Result<()> {
+    crate::pod::unmount(at)?;
+    match std::fs::remove_dir(at) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io(format!("remove {}", at.display()), e)),
+    }
+}
+
+/// The rootfs mounts of a container in a user namespace: each `lowerdir` under `snapshots`
+/// seen through `view` instead. A lower layer that is a mount of its own (a lazily pulled
+/// layer) would show empty there, and is refused.
+pub fn remap_lowers(
+    mounts: Vec<berth_image::snapshot::MountSpec>,
+    snapshots: &Path,
+    view: &Path,
+) -> Result<Vec<berth_image::snapshot::MountSpec>> {
+    use std::os::unix::fs::MetadataExt;
+    let dev = std::fs::metadata(snapshots)
+        .map_err(|e| Error::io(format!("stat {}", snapshots.display()), e))?
+        .dev();
+    let remap = |l: &str| -> Result<String> {
+        let p = Path::new(l);
+        let rel = p.strip_prefix(snapshots).map_err(|_| {
+            Error::Invalid(format!(
+                "layer {l} is not under {}: it cannot be idmapped",
+                snapshots.display()
+            ))
+        })?;
+        let on = std::fs::metadata(p).map_err(|e| Error::io(format!("stat {l}"), e))?;
+        if on.dev() != dev {
+            return Err(Error::Invalid(
+                "the image has lazily pulled layers, which pods in user namespaces cannot use yet: pull it whole (lazy_pull off) or run the pod in the node's user namespace".into(),
+            ));
+        }
+        Ok(view.join(rel).display().to_string())
+    };
+    mounts
+        .into_iter()
+        .map(|mut m| {
+            for o in &mut m.options {
+                if let Some(list) = o.strip_prefix("lowerdir=") {
+                    let lowers = list.split(':').map(remap).collect::<Result<Vec<_>>>()?;
+                    *o = format!("lowerdir={}", lowers.join(":"));
+                }
+            }
+            Ok(m)
+        })
+        .collect()
+}
+
+/// The rootfs `mounts` of a container of a pod whose pause process is `pid`: the pod's view
+/// of the layers attached at `view` if it is not yet, the upper layer given to the pod's root
+/// (`root` on the host), the lower ones seen through the view. Blocking.
+pub fn rootfs(
+    mounts: Vec<berth_image::snapshot::MountSpec>,
+    snapshots: &Path,
+    view: &Path,
+    pid: u32,
+    root: (u32, u32),
+) -> Result<Vec<berth_image::snapshot::MountSpec>> {
+    if !is_mount_root(view) {
+        attach_layers_view(snapshots, view, pid)?;
+    }
+    own_upper(&mounts, root)?;
+    remap_lowers(mounts, snapshots, view)
+}
+
+/// Whether `path` is the root of a mount.
+pub fn is_mount_root(path: &Path) -> bool {
+    use rustix::fs::{AtFlags, StatxAttributes, StatxFlags};
+    rustix::fs::statx(
+        rustix::fs::CWD,
+        path,
+        AtFlags::SYMLINK_NOFOLLOW,
+        StatxFlags::BASIC_STATS,
+    )
+    .is_ok_and(|s| s.stx_attributes.contains(StatxAttributes::MOUNT_ROOT))
+}
+
+/// Gives the empty upper layer of an overlay rootfs to the pod's root, so that the pod's root
+/// owns `/` as the image's root would.
+pub fn own_upper(mounts: &[berth_image::snapshot::MountSpec], root: (u32, u32)) -> Result<()> {
+    for m in mounts {
+        for o in &m.options {
+            if let Some(u) = o.strip_prefix("upperdir=") {
+                std::os::unix::fs::lchown(u, Some(root.0), Some(root.1))
+                    .map_err(|e| Error::io(format!("chown {u}"), e))?;
+            }
+        }
+        // A one-layer-less image: its rootfs is the bind of a plain directory.
+        if m.kind == "bind" {
+            std::os::unix::fs::lchown(&m.source, Some(root.0), Some(root.1))
+                .map_err(|e| Error::io(format!("chown {}", m.source), e))?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m(c: u32, h: u32, s: u32) -> IdMapping {
+        IdMapping {
+            container_id: c,
+            host_id: h,
+            size: s,
+        }
+    }
+
+    #[test]
+    fn what_the_kubelet_sends_is_accepted() {
+        let u = UserNamespace::new(&[m(0, 65536, 65536)], &[m(0, 65536, 65536)], "x").unwrap();
+        assert_eq!(u.host_root(), (65536, 65536));
+        assert_eq!(u.uids.to_host(0), Some(65536));
+        assert_eq!(u.uids.to_host(65535), Some(131071));
+        assert_eq!(u.uids.to_host(65536), None);
+    }
+
+    #[test]
+    fn bad_mappings_are_refused_naming_the_field() {
+        let bad = [
+            (vec![], "exactly one"),
+            (vec![m(0, 1000, 10), m(10, 5000, 10)], "exactly one"),
+            (vec![m(1, 1000, 10)], "start at id 0"),
+            (vec![m(0, 1000, 0)], "length is 0"),
+            (vec![m(0, 0, 65536)], "host's root"),
+            (vec![m(0, u32::MAX - 10, 65536)], "past the last id"),
+        ];
+        for (uids, want) in bad {
+            let e = UserNamespace::new(&uids, &[m(0, 1000, 10)], "userns_options")
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(want) && e.contains("userns_options.uids"), "{e}");
+        }
+        let e = UserNamespace::new(&[m(0, 1000, 10)], &[], "userns_options")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("userns_options.gids"), "{e}");
+    }
+
+    #[test]
+    fn overlap_is_per_host_id() {
+        let a = UserNamespace::new(&[m(0, 65536, 65536)], &[m(0, 65536, 65536)], "x").unwrap();
+        let b = UserNamespace::new(&[m(0, 131072, 65536)], &[m(0, 131072, 65536)], "x").unwrap();
+        let c = UserNamespace::new(&[m(0, 131071, 10)], &[m(0, 900000, 10)], "x").unwrap();
+        assert!(!a.overlaps(&b) && !b.overlaps(&a));
+        assert!(a.overlaps(&c) && c.overlaps(&a));
+        assert!(a.overlaps(&a));
+    }
+
+    #[test]
+    fn containers_must_ask_for_their_pods_namespace() {
+        let p = UserNamespace::new(&[m(0, 65536, 65536)], &[m(0, 65536, 65536)], "x").unwrap();
+        let other = UserNamespace::new(&[m(0, 1000, 10)], &[m(0, 1000, 10)], "x").unwrap();
+        assert!(UsernsMode::Unset.check_against(Some(&p)).is_ok());
+        assert!(UsernsMode::Unset.check_against(None).is_ok());
+        assert!(UsernsMode::Node.check_against(None).is_ok());
+        assert!(UsernsMode::Pod(p).check_against(Some(&p)).is_ok());
+        assert!(UsernsMode::Node.check_against(Some(&p)).is_err());
+        assert!(UsernsMode::Pod(p).check_against(None).is_err());
+        assert!(UsernsMode::Pod(other).check_against(Some(&p)).is_err());
+    }
+
+    #[test]
+    fn lowers_are_seen_through_the_view() {
+        let d = tempfile::tempdir().unwrap();
+        let snaps = d.path().join("snapshots");
+        for n in ["1/fs", "2/fs", "3/fs"] {
+            std::fs::create_dir_all(snaps.join(n)).unwrap();
+        }
+        let mounts = vec![berth_image::snapshot::MountSpec {
+            kind: "overlay".into(),
+            source: "overlay".into(),
+            options: vec![
+                format!("workdir={}", snaps.join("3/work").display()),
+                format!("upperdir={}", snaps.join("3/fs").display()),
+                format!(
+                    "lowerdir={}:{}",
+                    snaps.join("2/fs").display(),
+                    snaps.join("1/fs").display()
+                ),
+            ],
+        }];
+        let out = remap_lowers(mounts.clone(), &snaps, Path::new("/run/b/idmap/abc")).unwrap();
+        assert_eq!(out[0].options[0], mounts[0].options[0]);
+        assert_eq!(out[0].options[1], mounts[0].options[1]);
+        assert_eq!(
+            out[0].options[2],
+            "lowerdir=/run/b/idmap/abc/2/fs:/run/b/idmap/abc/1/fs"
+        );
+        // A layer elsewhere is refused rather than shown unmapped.
+        let mut elsewhere = mounts.clone();
+        elsewhere[0].options[2] = "lowerdir=/etc".into();
+        assert!(remap_lowers(elsewhere, &snaps, Path::new("/v")).is_err());
+    }
+}
