@@ -31,6 +31,26 @@ pub struct Config {
     pub runtime: RuntimeConfig,
     pub stream: StreamConfig,
     pub cadvisor: CadvisorConfig,
+    pub cdi: CdiConfig,
+}
+
+/// CDI devices (containerd's `enable_cdi`, `cdi_spec_dirs`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CdiConfig {
+    /// Inject the CDI devices containers ask for (on by default, as in containerd 2.0).
+    pub enable: bool,
+    /// Where spec files are, later directories winning.
+    pub spec_dirs: Vec<PathBuf>,
+}
+
+impl Default for CdiConfig {
+    fn default() -> Self {
+        CdiConfig {
+            enable: true,
+            spec_dirs: vec!["/etc/cdi".into(), "/var/run/cdi".into()],
+        }
+    }
 }
 
 /// What the kubelet's built-in cAdvisor is answered (see `crate::cadvisor`).
@@ -303,6 +323,7 @@ impl Default for Config {
             },
             stream: StreamConfig::default(),
             cadvisor: CadvisorConfig::default(),
+            cdi: CdiConfig::default(),
         }
     }
 }

@@ -253,6 +253,11 @@ fn pod_manager_config(
             max_files: cfg.runtime.container_log_max_files,
         },
         warm_shim: cfg.runtime.warm_shim,
+        cdi_spec_dirs: if cfg.cdi.enable {
+            cfg.cdi.spec_dirs.clone()
+        } else {
+            vec![]
+        },
     })
 }
 

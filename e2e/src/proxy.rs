@@ -8,6 +8,7 @@ use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
 
 /// What to do to a response.
 #[derive(Debug, Clone, Copy)]
@@ -212,6 +213,9 @@ fn responses(
                     let keep = (limit.saturating_sub(start)) as usize;
                     let _ = client.write_all(&data[..keep]);
                     counts.harmed.fetch_add(1, Ordering::Relaxed);
+                    // A reset discards what the socket has not sent yet: the client gets
+                    // exactly `limit` bytes only once they have left (and been acknowledged).
+                    drained(client, Duration::from_secs(10));
                     reset(client);
                     let _ = server.shutdown(Shutdown::Both);
                     return;
@@ -229,6 +233,20 @@ fn responses(
         }
     }
     let _ = client.shutdown(Shutdown::Write);
+}
+
+/// Waits (at most `limit`) until everything written to `s` was sent and acknowledged.
+fn drained(s: &TcpStream, limit: Duration) {
+    let end = std::time::Instant::now() + limit;
+    loop {
+        let mut queued: libc::c_int = 0;
+        // SAFETY: SIOCOUTQ (TIOCOUTQ) on a valid socket writes one int.
+        let r = unsafe { libc::ioctl(s.as_raw_fd(), libc::TIOCOUTQ, &mut queued) };
+        if r != 0 || queued == 0 || std::time::Instant::now() >= end {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
 }
 
 /// Makes the close of `s` a reset rather than a FIN (SO_LINGER with a zero timeout) and

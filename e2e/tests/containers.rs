@@ -1352,3 +1352,263 @@ async fn the_status_names_the_image_by_the_tag_the_pod_named_as_containerd_does(
     env.remove(&pod).await.unwrap();
     env.assert_clean();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_resize_applies_to_the_running_container_and_one_below_its_usage_changes_nothing() {
+    let env = env_with("").await;
+    let pcfg = pod_config("resize");
+    let pod = env.run(pcfg.clone()).await.unwrap();
+    let mut c = ctr(
+        "filler",
+        &[
+            "sh",
+            "-c",
+            // 40 MiB of the pod's shared memory, charged to this container and not reclaimable.
+            "head -c 41943040 /dev/zero > /dev/shm/fill && touch /dev/shm/done && sleep 3600",
+        ],
+    );
+    let res = |memory: i64, shares: i64| cri::LinuxContainerResources {
+        memory_limit_in_bytes: memory,
+        cpu_shares: shares,
+        ..Default::default()
+    };
+    c.linux.as_mut().unwrap().resources = Some(res(64 << 20, 512));
+    let id = create(&env, &pod, &pcfg, c).await.unwrap();
+    start(&env, &id).await;
+    assert!(wait_until(Duration::from_secs(20), || {
+        block_on(exec(&env, &id, &["sh", "-c", "test -e /dev/shm/done"], 5))
+            .is_ok_and(|r| r.exit_code == 0)
+    }));
+    let info = env
+        .cri
+        .runtime
+        .clone()
+        .container_status(cri::ContainerStatusRequest {
+            container_id: id.clone(),
+            verbose: true,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .info;
+    let v: serde_json::Value = serde_json::from_str(&info["info"]).unwrap();
+    let cgroup = v["runtimeSpec"]["linux"]["cgroupsPath"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let read = |ctl: &str, file: &str| -> String {
+        std::fs::read_to_string(format!("/sys/fs/cgroup/{ctl}{cgroup}/{file}"))
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    let update = |r: cri::LinuxContainerResources| {
+        let mut c = env.cri.runtime.clone();
+        let id = id.clone();
+        async move {
+            c.update_container_resources(cri::UpdateContainerResourcesRequest {
+                container_id: id,
+                linux: Some(r),
+                ..Default::default()
+            })
+            .await
+        }
+    };
+    let reported = || async {
+        status(&env, &id)
+            .await
+            .resources
+            .and_then(|r| r.linux)
+            .map(|l| (l.memory_limit_in_bytes, l.cpu_shares))
+    };
+
+    // Larger: in the cgroup and in ContainerStatus.
+    update(res(128 << 20, 1024)).await.unwrap();
+    assert_eq!(
+        read("memory", "memory.limit_in_bytes"),
+        (128u64 << 20).to_string()
+    );
+    assert_eq!(read("cpu", "cpu.shares"), "1024");
+    assert_eq!(reported().await, Some((128 << 20, 1024)));
+
+    // Below what it uses: refused, and the cgroup and the status keep the previous values.
+    let e = update(res(8 << 20, 2048)).await.unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    assert!(
+        e.message().contains("previous ones are in force"),
+        "{}",
+        e.message()
+    );
+    assert_eq!(
+        read("memory", "memory.limit_in_bytes"),
+        (128u64 << 20).to_string()
+    );
+    assert_eq!(read("cpu", "cpu.shares"), "1024");
+    assert_eq!(reported().await, Some((128 << 20, 1024)));
+    // Malformed: refused before anything is written.
+    let e = update(res(-5, 1024)).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+
+    // The pod's resources (the kubelet sizes the pod's cgroup itself): recorded, shown in the
+    // verbose status; an unknown pod is NotFound, a malformed request InvalidArgument.
+    let mut rc = env.cri.runtime.clone();
+    rc.update_pod_sandbox_resources(cri::UpdatePodSandboxResourcesRequest {
+        pod_sandbox_id: pod.clone(),
+        overhead: None,
+        resources: Some(res(256 << 20, 2048)),
+    })
+    .await
+    .unwrap();
+    let (_, pinfo) = env.status(&pod).await.unwrap();
+    let v: serde_json::Value = serde_json::from_str(&pinfo["info"]).unwrap();
+    assert_eq!(v["config"]["resources"]["memory_limit"], 256 << 20, "{v}");
+    for (pod_id, r, code) in [
+        ("0".repeat(64), res(1, 1), Code::NotFound),
+        (pod.clone(), res(1, -2), Code::InvalidArgument),
+    ] {
+        let e = rc
+            .update_pod_sandbox_resources(cri::UpdatePodSandboxResourcesRequest {
+                pod_sandbox_id: pod_id,
+                overhead: None,
+                resources: Some(r),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), code, "{e:?}");
+    }
+    env.stop(&pod).await.unwrap();
+    env.remove(&pod).await.unwrap();
+    env.assert_clean();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cdi_devices_bring_their_nodes_environment_mounts_hooks_and_groups() {
+    // Specs for devices this machine has, as a device plugin or DRA driver leaves them.
+    let cdi = tempfile::tempdir().unwrap();
+    let (etc, run) = (cdi.path().join("etc"), cdi.path().join("run"));
+    std::fs::create_dir_all(&etc).unwrap();
+    std::fs::create_dir_all(&run).unwrap();
+    let shared = cdi.path().join("shared.txt");
+    std::fs::write(&shared, "from the device's spec\n").unwrap();
+    let hook_mark = cdi.path().join("hook-ran");
+    std::fs::write(
+        etc.join("example.yaml"),
+        format!(
+            "cdiVersion: 0.6.0
+kind: example.com/dev
+containerEdits:
+  env: [CDI_SPEC=example]
+devices:
+- name: fuse
+  containerEdits:
+    env: [CDI_FUSE=yes]
+    deviceNodes: [{{path: /dev/fuse}}]
+    mounts: [{{hostPath: {shared}, containerPath: /etc/cdi-shared.txt, options: [ro]}}]
+    additionalGids: [4242]
+    hooks: [{{hookName: createRuntime, path: /bin/sh, args: [sh, -c, 'touch {mark}']}}]
+",
+            shared = shared.display(),
+            mark = hook_mark.display()
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        run.join("kvm.json"),
+        r#"{"cdiVersion":"0.5.0","kind":"example.com/dev","devices":[{"name":"kvm","containerEdits":{"env":["CDI_KVM=yes"],"deviceNodes":[{"path":"/dev/kvm","permissions":"rw"}]}}]}"#,
+    )
+    .unwrap();
+    std::fs::write(run.join("broken.yaml"), "cdiVersion: 0.6.0\nkind: [\n").unwrap();
+    let env = env_with(&format!(
+        "[cdi]\nspec_dirs = [\"{}\", \"{}\"]\n",
+        etc.display(),
+        run.display()
+    ))
+    .await;
+    let pcfg = pod_config("cdi");
+    let pod = env.run(pcfg.clone()).await.unwrap();
+    let mut c = ctr(
+        "dev",
+        &[
+            "sh",
+            "-c",
+            "env > /env.txt && grep ^Groups /proc/self/status > /groups.txt && exec sleep 3600",
+        ],
+    );
+    c.cdi_devices = vec![cri::CdiDevice {
+        name: "example.com/dev=fuse".into(),
+    }];
+    c.annotations
+        .insert("cdi.k8s.io/driver".into(), "example.com/dev=kvm".into());
+    let id = create(&env, &pod, &pcfg, c).await.unwrap();
+    assert!(hook_mark.exists(), "the createRuntime hook did not run");
+    start(&env, &id).await;
+    let r = exec(
+        &env,
+        &id,
+        &[
+            "sh",
+            "-c",
+            "test -c /dev/fuse && test -c /dev/kvm && exec 3</dev/kvm && cat /etc/cdi-shared.txt && grep ^CDI_ /env.txt | sort && cat /groups.txt",
+        ],
+        10,
+    )
+    .await
+    .unwrap();
+    let out = String::from_utf8_lossy(&r.stdout).into_owned();
+    assert_eq!(
+        r.exit_code,
+        0,
+        "{out}{}",
+        String::from_utf8_lossy(&r.stderr)
+    );
+    assert!(
+        out.starts_with(
+            "from the device's spec\nCDI_FUSE=yes\nCDI_KVM=yes\nCDI_SPEC=example\nGroups:"
+        ),
+        "{out}"
+    );
+    assert!(out.contains("4242"), "{out}");
+    // A device the container was not given stays out of reach (the device cgroup).
+    let r = exec(
+        &env,
+        &id,
+        &[
+            "sh",
+            "-c",
+            // /dev/loop-control's numbers: allowed neither by default nor by a CDI spec.
+            "mknod /loop-control c 10 237 && (exec 4</loop-control) 2>&1 || echo denied",
+        ],
+        10,
+    )
+    .await
+    .unwrap();
+    assert!(
+        String::from_utf8_lossy(&r.stdout).contains("denied"),
+        "{r:?}"
+    );
+
+    // A name no spec defines: refused, naming it and the spec file that was left out.
+    let mut c = ctr("missing", &["true"]);
+    c.cdi_devices = vec![cri::CdiDevice {
+        name: "example.com/dev=gpu".into(),
+    }];
+    let e = create(&env, &pod, &pcfg, c).await.unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "{e:?}");
+    assert!(
+        e.message().contains("example.com/dev=gpu")
+            && e.message()
+                .contains(&format!("{}: ", run.join("broken.yaml").display())),
+        "{}",
+        e.message()
+    );
+    // A malformed name: InvalidArgument before anything is made.
+    let mut c = ctr("malformed", &["true"]);
+    c.cdi_devices = vec![cri::CdiDevice {
+        name: "gpu0".into(),
+    }];
+    let e = create(&env, &pod, &pcfg, c).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    env.stop(&pod).await.unwrap();
+    env.remove(&pod).await.unwrap();
+    env.assert_clean();
+}

@@ -882,3 +882,109 @@ async fn an_image_volume_of_a_pod_mounts_the_images_files_read_only() {
     );
     k.assert_no_runtime_errors_since(log_from);
 }
+
+/// The node features of Kubernetes 1.33-1.36 as the kubelet asks for them: a `hostUsers:
+/// false` pod and both supplemental groups policies, under the `runc` handler (the current
+/// runc: Debian's crun has no idmapped mounts). (A standalone kubelet has no RuntimeClass
+/// manager, and without one it takes every handler for one without recursive read-only
+/// mounts: those are driven over CRI and by critest.)
+#[tokio::test(flavor = "multi_thread")]
+async fn user_namespaces_and_group_policies_under_the_kubelet() {
+    berth_e2e::tools::require(&berth_e2e::tools::runc(), "install-runc.sh").unwrap();
+    let env = KubeletEnv::start_with(
+        "[runtime]\ndefault_handler = \"runc\"\n",
+        KubeletOptions::default(),
+    )
+    .await
+    .unwrap();
+    let k = &env.kubelet;
+    let log_from = k.log().len();
+
+    // An image whose /etc/group puts its user 1000 in group 50000.
+    let accounts = berth_e2e::Layer::new()
+        .file(
+            "etc/passwd",
+            "root:x:0:0:root:/root:/bin/sh\ndefault-user:x:1000:1000::/home:/bin/sh\n",
+        )
+        .file(
+            "etc/group",
+            "root:x:0:\ndefault-user:x:1000:\nimage-group:x:50000:default-user\n",
+        );
+    berth_e2e::ImageBuilder::new(vec![berth_e2e::Layer::busybox().unwrap(), accounts])
+        .push(&env.env().registry, "berth-e2e/groups", Some("1"))
+        .await
+        .unwrap();
+    let groups_image = "app.invalid/berth-e2e/groups:1";
+
+    let mut userns = sh(
+        "app",
+        "cat /proc/self/uid_map; echo x > /data/f && stat -c %u /data/f && touch /etc/made && echo rootfs-writable; exec sleep 3600",
+    );
+    userns["volumeMounts"] = json!([{"name": "data", "mountPath": "/data"}]);
+    k.add_pod(&pod(
+        "userns",
+        json!([userns]),
+        json!({"hostUsers": false, "volumes": [{"name": "data", "emptyDir": {}}]}),
+    ))
+    .unwrap();
+
+    for (name, policy) in [("strict", "Strict"), ("merge", "Merge")] {
+        let c = json!({
+            "name": "app",
+            "image": groups_image,
+            "imagePullPolicy": "IfNotPresent",
+            "command": ["/bin/sh", "-c", "id -G; exec sleep 3600"],
+        });
+        k.add_pod(&pod(
+            name,
+            json!([c]),
+            json!({"securityContext": {
+                "runAsUser": 1000,
+                "runAsGroup": 1000,
+                "supplementalGroups": [1234],
+                "supplementalGroupsPolicy": policy,
+            }}),
+        ))
+        .unwrap();
+    }
+
+    // hostUsers: false: the pod's root is a high id on the host; the emptyDir (idmapped) and
+    // the rootfs (idmapped layers) are its root's.
+    let p = k
+        .wait_pod("userns", CONVERGE, "running", all_ready)
+        .await
+        .unwrap();
+    let logs = k.container_logs("userns", "app", "").await.unwrap();
+    let map: Vec<u64> = logs
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    assert!(
+        map.len() == 3 && map[0] == 0 && map[1] >= 65536 && map[2] == 65536,
+        "{logs}"
+    );
+    assert!(logs.ends_with("\n0\nrootfs-writable\n"), "{logs}");
+    let sandbox = berth_pods(&env, &k.pod_name("userns")).await;
+    assert_eq!(sandbox.len(), 1, "{p}");
+
+    // Strict: the pod's groups only; Merge: the image's too. The kubelet reports them.
+    for (name, want) in [("strict", "1000 1234"), ("merge", "1000 1234 50000")] {
+        let p = k
+            .wait_pod(name, CONVERGE, "running", all_ready)
+            .await
+            .unwrap();
+        let logs = k.container_logs(name, "app", "").await.unwrap();
+        assert_eq!(logs.trim(), want, "{name}");
+        let user = &ctr_status(&p, "app")["user"]["linux"];
+        let reported: Vec<String> = user["supplementalGroups"]
+            .as_array()
+            .map(|g| g.iter().map(|v| v.to_string()).collect())
+            .unwrap_or_default();
+        assert_eq!(reported.join(" "), want, "{name}: {user}");
+        assert_eq!(user["uid"], 1000, "{name}: {user}");
+    }
+    k.assert_no_runtime_errors_since(log_from);
+}

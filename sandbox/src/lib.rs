@@ -16,6 +16,7 @@
 //!   │            over caps.rs, resources.rs and what they need of the host (host.rs)
 //!   ├─ logs      CRI log files from container output      ├─ users   image accounts
 //!   ├─ userns    pods in user namespaces: id mappings, the idmapped view of the layers
+//!   ├─ cdi       CDI devices: spec files, names, their edits applied to a spec
 //!   ├─ seccomp   profiles: the default one, Localhost files ├─ stats   usage (cgroups:
 //!   ├─ metrics   cAdvisor-style pod metrics                 │          berth-cgroups)
 //!   └─ safefile, process, registrar, runsc, error
@@ -30,6 +31,7 @@
 //! (`container/<verb>.rs`); a new error in `error.rs`, with its kind from `berth-errdefs`.
 #![warn(missing_docs)]
 
+pub mod cdi;
 pub mod container;
 pub mod error;
 pub mod logs;

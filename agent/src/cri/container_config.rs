@@ -74,13 +74,22 @@ pub(crate) fn container_config(
             envs: envs(c.envs)?,
             mounts: c.mounts.into_iter().map(mount).collect::<Result<_, _>>()?,
             devices: devices(c.devices)?,
+            cdi_devices: c
+                .cdi_devices
+                .into_iter()
+                .map(|d| {
+                    berth_sandbox::cdi::check_name(&d.name)
+                        .map(|()| d.name)
+                        .map_err(|e| invalid(format!("cdi_devices: {e}")))
+                })
+                .collect::<Result<_, _>>()?,
             labels: c.labels.into_iter().collect(),
             annotations: c.annotations.into_iter().collect(),
             log_path: c.log_path,
             stdin: c.stdin,
             stdin_once: c.stdin_once,
             tty: c.tty,
-            resources: resources(linux.resources),
+            resources: resources(linux.resources)?,
             security,
             stop_signal: match cri::Signal::try_from(c.stop_signal) {
                 Ok(cri::Signal::RuntimeDefault) => String::new(),
@@ -289,9 +298,40 @@ fn security(sc: cri::LinuxContainerSecurityContext) -> Result<Security, Status> 
 }
 
 /// CRI resources → berth's.
-pub(crate) fn resources(r: Option<cri::LinuxContainerResources>) -> Resources {
+pub(crate) fn resources(r: Option<cri::LinuxContainerResources>) -> Result<Resources, Status> {
     let r = r.unwrap_or_default();
-    Resources {
+    for (name, v, min) in [
+        ("cpu_period", r.cpu_period, 0),
+        ("cpu_quota", r.cpu_quota, -1),
+        ("cpu_shares", r.cpu_shares, 0),
+        ("memory_limit_in_bytes", r.memory_limit_in_bytes, 0),
+        (
+            "memory_swap_limit_in_bytes",
+            r.memory_swap_limit_in_bytes,
+            -1,
+        ),
+    ] {
+        if v < min {
+            return Err(invalid(format!(
+                "resources.{name} is {v}; it must be at least {min}"
+            )));
+        }
+    }
+    for (name, v) in [
+        ("cpuset_cpus", &r.cpuset_cpus),
+        ("cpuset_mems", &r.cpuset_mems),
+    ] {
+        if !v
+            .bytes()
+            .all(|b| b.is_ascii_digit() || b == b',' || b == b'-')
+        {
+            return Err(invalid(format!(
+                "resources.{name} {} is not a list of numbers and ranges (0-3,5)",
+                v::shown(v)
+            )));
+        }
+    }
+    Ok(Resources {
         cpu_period: r.cpu_period,
         cpu_quota: r.cpu_quota,
         cpu_shares: r.cpu_shares,
@@ -306,5 +346,5 @@ pub(crate) fn resources(r: Option<cri::LinuxContainerResources>) -> Resources {
             .map(|h| (h.page_size, h.limit))
             .collect(),
         unified: r.unified.into_iter().collect(),
-    }
+    })
 }

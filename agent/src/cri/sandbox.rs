@@ -133,6 +133,8 @@ pub(crate) fn pod_config(req: cri::RunPodSandboxRequest) -> Result<PodConfig, St
         supplemental_groups,
         seccomp,
         runtime_handler: req.runtime_handler,
+        resources: None,
+        overhead: None,
     })
 }
 

@@ -193,6 +193,9 @@ pub struct ContainerConfig {
     pub mounts: Vec<Mount>,
     /// Devices.
     pub devices: Vec<Device>,
+    /// CDI devices by fully qualified name (`vendor.com/class=name`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cdi_devices: Vec<String>,
     /// Labels.
     pub labels: BTreeMap<String, String>,
     /// Annotations.

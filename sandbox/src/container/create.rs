@@ -191,6 +191,23 @@ impl Runtime {
                 daemon_oom_score_adj: crate::spec::own_oom_score_adj(),
             }
             .build(&crate::spec::host::RealHost)?;
+            let mut spec = spec;
+            let cdi = crate::cdi::requested(&config.cdi_devices, &config.annotations);
+            if !cdi.is_empty() {
+                if self.cfg.cdi_spec_dirs.is_empty() {
+                    return Err(Error::Invalid(format!(
+                        "the container asks for CDI devices ({}) but CDI is off in berth's config ([cdi] enable)",
+                        cdi.join(", ")
+                    )));
+                }
+                let dirs = self.cfg.cdi_spec_dirs.clone();
+                let edits =
+                    tokio::task::spawn_blocking(move || crate::cdi::resolve(&dirs, &cdi))
+                        .await
+                        .map_err(|e| Error::io("read the CDI specs", e.into()))??;
+                crate::cdi::apply(&mut spec, &edits, &crate::spec::host::RealHost)?;
+                lap("cdi");
+            }
             std::fs::write(
                 bundle.join("config.json"),
                 serde_json::to_vec(&spec).unwrap_or_default(),

@@ -1,4 +1,4 @@
-//! UpdateContainerResources and ReopenContainerLog.
+//! UpdateContainerResources, UpdatePodSandboxResources and ReopenContainerLog.
 
 use std::sync::Arc;
 
@@ -31,7 +31,24 @@ impl Runtime {
             .and_then(|s| s.resources())
             .map(|r| r.devices.clone())
             .unwrap_or_default();
-        s.update(&id, &res).await?;
+        if let Err(e) = s.update(&id, &res).await {
+            // The runtime may have written some cgroup files before one refused (a memory
+            // limit below what the container uses): the ones it had are written back.
+            let had = rec.spec.as_ref().and_then(|s| s.resources()).cloned();
+            let restored = match had {
+                Some(had) => s.update(&id, &had).await.is_ok(),
+                None => false,
+            };
+            tracing::warn!(container = id, err = %e, restored, "resource update refused");
+            return Err(Error::Precondition(format!(
+                "container {id}: the runtime refused the new resources ({e}); {}",
+                if restored {
+                    "the previous ones are in force"
+                } else {
+                    "the previous ones could not all be written back"
+                }
+            )));
+        }
         self.update_container(&id, |rec| {
             Arc::make_mut(&mut rec.config).resources = r.clone();
             if let Some(linux) = rec
@@ -43,6 +60,30 @@ impl Runtime {
             }
         })?;
         Ok(())
+    }
+
+    /// UpdatePodSandboxResources: the kubelet resizes the pod's cgroup itself (it owns the
+    /// pod-level cgroup) and tells the runtime; berth records the pod's new resources and
+    /// overhead (verbose PodSandboxStatus shows them). An unknown pod is NotFound.
+    pub async fn update_pod_resources(
+        &self,
+        id: &str,
+        overhead: Option<Resources>,
+        resources: Option<Resources>,
+    ) -> Result<()> {
+        let id = self.resolve(id)?;
+        let lock = self.pods().lock(&id);
+        let _g = lock.lock().await;
+        self.get(&id)?;
+        self.change_pod(&id, |rec| {
+            let c = Arc::make_mut(&mut rec.config);
+            if overhead.is_some() {
+                c.overhead = overhead;
+            }
+            if resources.is_some() {
+                c.resources = resources;
+            }
+        })
     }
 
     /// ReopenContainerLog.

@@ -93,6 +93,13 @@ pub struct PodConfig {
     pub seccomp: crate::container::Seccomp,
     /// RuntimeClass handler.
     pub runtime_handler: String,
+    /// The pod's resources (the sum of its containers'), as UpdatePodSandboxResources last
+    /// said: the kubelet sizes the pod's cgroup itself; berth keeps them for what it reports.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<crate::container::Resources>,
+    /// The pod's overhead (its RuntimeClass's), as UpdatePodSandboxResources last said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overhead: Option<crate::container::Resources>,
 }
 
 /// A pod's seccomp as its record holds it: the filter the pause container runs with.

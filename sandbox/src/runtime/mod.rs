@@ -65,6 +65,8 @@ pub struct RuntimeConfig {
     pub log_rotation: crate::logs::Rotation,
     /// Keep one shim started ahead of time, so RunPodSandbox skips `shim start`.
     pub warm_shim: bool,
+    /// Where CDI spec files are, later ones winning; empty when CDI is off.
+    pub cdi_spec_dirs: Vec<PathBuf>,
 }
 
 /// What the stats calls remember of a container between calls; it goes with the container.

@@ -95,6 +95,7 @@ impl ContainerSpec<'_> {
         let ids = &self.ids;
         Ok(Spec {
             oci_version: OCI_VERSION.into(),
+            hooks: None,
             process: Some(Process {
                 terminal: c.tty,
                 user: User {

@@ -113,6 +113,7 @@ impl SandboxSpec {
         let (uid, gid, groups) = &self.user;
         Ok(Spec {
             oci_version: OCI_VERSION.into(),
+            hooks: None,
             process: Some(Process {
                 terminal: false,
                 user: User {

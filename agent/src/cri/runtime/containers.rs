@@ -153,11 +153,40 @@ pub(super) async fn update_container_resources(
         span,
         Kind::Mutation,
         detached(async move {
-            let r = ctr_in::resources(req.linux);
+            let r = ctr_in::resources(req.linux)?;
             pods.update_container_resources(&req.container_id, &r)
                 .await
                 .map_err(super::super::status)?;
             Ok(cri::UpdateContainerResourcesResponse {})
+        }),
+    )
+    .await
+}
+
+pub(super) async fn update_pod_sandbox_resources(
+    this: &RuntimeCri,
+    req: Request<cri::UpdatePodSandboxResourcesRequest>,
+) -> Result<Response<cri::UpdatePodSandboxResourcesResponse>, Status> {
+    let req = req.into_inner();
+    let span =
+        tracing::info_span!("UpdatePodSandboxResources", pod_sandbox_id = %req.pod_sandbox_id);
+    let pods = this.pods.clone();
+    call(
+        span,
+        Kind::Mutation,
+        detached(async move {
+            let overhead = req
+                .overhead
+                .map(|r| ctr_in::resources(Some(r)))
+                .transpose()?;
+            let resources = req
+                .resources
+                .map(|r| ctr_in::resources(Some(r)))
+                .transpose()?;
+            pods.update_pod_resources(&req.pod_sandbox_id, overhead, resources)
+                .await
+                .map_err(super::super::status)?;
+            Ok(cri::UpdatePodSandboxResourcesResponse {})
         }),
     )
     .await

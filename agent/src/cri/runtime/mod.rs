@@ -332,6 +332,13 @@ impl RuntimeService for RuntimeCri {
         containers::update_container_resources(self, req).await
     }
 
+    async fn update_pod_sandbox_resources(
+        &self,
+        req: Request<cri::UpdatePodSandboxResourcesRequest>,
+    ) -> Result<Response<cri::UpdatePodSandboxResourcesResponse>, Status> {
+        containers::update_pod_sandbox_resources(self, req).await
+    }
+
     async fn reopen_container_log(
         &self,
         req: Request<cri::ReopenContainerLogRequest>,
