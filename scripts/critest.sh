@@ -22,6 +22,8 @@ runc_dir=$(scripts/install-runc.sh)
 "$world/setup.sh" >/dev/null
 
 dir=$(mktemp -d /tmp/berth-critest.XXXXXX)
+# A pod in a user namespace must reach its root filesystem under berth's state directory.
+chmod 0711 "$dir"
 log="$PWD/target/critest-$handler.log"
 mkdir -p target
 berth_pid=

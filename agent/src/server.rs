@@ -27,6 +27,13 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o711))
             .with_context(|| format!("chmod {}", d.display()))?;
     }
+    if let Some(dir) = berth_sandbox::userns::closed_ancestor(&cfg.state) {
+        tracing::warn!(
+            dir = %dir.display(),
+            fix = format!("chmod o+x {}", dir.display()),
+            "pods in user namespaces cannot start: their processes cannot pass this directory on the way to their root filesystem"
+        );
+    }
     // Said at every start, not only by `berth doctor`: on a disk every container start waits.
     let state_fs = crate::doctor::state_dir(&cfg.state);
     if !state_fs.ok {

@@ -147,6 +147,22 @@ impl UsernsMode {
     }
 }
 
+/// The first directory on the way to `path` (itself included) that ids other than the host's
+/// root cannot pass (no search permission for others): a pod's root in a user namespace
+/// could not reach its root filesystem under it.
+pub fn closed_ancestor(path: &Path) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut cur = PathBuf::new();
+    for c in path.components() {
+        cur.push(c);
+        let meta = std::fs::metadata(&cur).ok()?;
+        if meta.is_dir() && meta.permissions().mode() & 0o001 == 0 {
+            return Some(cur);
+        }
+    }
+    None
+}
+
 /// Where a pod's idmapped view of the snapshots directory is attached. A prefix of the pod id
 /// keeps overlay's `lowerdir=` list short (the mount data must fit in one page).
 pub fn layers_view(state_dir: &Path, pod_id: &str) -> PathBuf {
@@ -418,5 +434,20 @@ mod tests {
         let mut elsewhere = mounts.clone();
         elsewhere[0].options[2] = "lowerdir=/etc".into();
         assert!(remap_lowers(elsewhere, &snaps, Path::new("/v")).is_err());
+    }
+
+    #[test]
+    fn a_closed_directory_on_the_way_is_found() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let deep = d.path().join("a/b/c");
+        std::fs::create_dir_all(&deep).unwrap();
+        for p in [d.path(), &d.path().join("a"), &d.path().join("a/b"), &deep] {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o711)).unwrap();
+        }
+        assert_eq!(closed_ancestor(&deep), None);
+        std::fs::set_permissions(d.path().join("a"), std::fs::Permissions::from_mode(0o700))
+            .unwrap();
+        assert_eq!(closed_ancestor(&deep), Some(d.path().join("a")));
     }
 }

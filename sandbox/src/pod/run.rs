@@ -83,6 +83,13 @@ impl Runtime {
                     rec.handler
                 )));
             }
+            if let Some(dir) = crate::userns::closed_ancestor(self.state_dir()) {
+                return Err(Error::Precondition(format!(
+                    "a pod in a user namespace cannot reach its root filesystem: {} is closed to ids other than the host's root (chmod o+x {})",
+                    dir.display(),
+                    dir.display()
+                )));
+            }
             self.admit_userns(&rec, userns)?;
         }
         let res = self
