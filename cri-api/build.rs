@@ -20,5 +20,8 @@ fn main() -> std::io::Result<()> {
             "proto/containerd/tasks.proto",
         ],
         &["proto"],
-    )
+    )?;
+    // The kubelet's device plugin API, for the tests' device plugin.
+    tonic_prost_build::configure()
+        .compile_protos(&["proto/deviceplugin/deviceplugin.proto"], &["proto"])
 }

@@ -42,6 +42,15 @@ pub mod containerd {
     }
 }
 
+/// The kubelet's device plugin API (`proto/deviceplugin/`, package `v1beta1`): what berth's
+/// tests need to play a device plugin that hands containers CDI devices.
+#[allow(missing_docs, clippy::all, clippy::pedantic)]
+pub mod deviceplugin {
+    pub mod v1beta1 {
+        tonic::include_proto!("v1beta1");
+    }
+}
+
 /// The protobuf well-known types containerd's messages carry, by their wire form
 /// (`proto/containerd/wire.proto`: package `berth.wire`).
 #[allow(missing_docs, clippy::all, clippy::pedantic)]

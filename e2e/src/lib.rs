@@ -10,6 +10,7 @@ pub mod berth;
 pub mod cleanup;
 pub mod containerd;
 pub mod crypt;
+pub mod device_plugin;
 pub mod faults;
 pub mod image;
 pub mod kubelet;

@@ -988,3 +988,67 @@ async fn user_namespaces_and_group_policies_under_the_kubelet() {
     }
     k.assert_no_runtime_errors_since(log_from);
 }
+
+/// A device plugin (a vendor's, as it registers with the kubelet) hands a container a CDI
+/// device: the kubelet passes the name over CRI, berth applies the vendor's CDI spec.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_device_plugin_hands_a_container_a_cdi_device() {
+    let cdi = tempfile::tempdir().unwrap();
+    std::fs::write(
+        cdi.path().join("vendor.yaml"),
+        "cdiVersion: 0.6.0\nkind: example.com/vendor\ndevices:\n- name: fuse\n  containerEdits:\n    env: [VENDOR_DEVICE=fuse]\n    deviceNodes: [{path: /dev/fuse}]\n",
+    )
+    .unwrap();
+    let env = KubeletEnv::start_with(
+        &format!("[cdi]\nspec_dirs = [\"{}\"]\n", cdi.path().display()),
+        KubeletOptions::default(),
+    )
+    .await
+    .unwrap();
+    let k = &env.kubelet;
+    let log_from = k.log().len();
+    // The kubelet takes registrations once its device manager listens (after the runtime
+    // answered it).
+    let registration =
+        std::path::Path::new(berth_e2e::device_plugin::DEVICE_PLUGIN_DIR).join("kubelet.sock");
+    let up = tokio::time::timeout(CONVERGE, async {
+        while !k.log()[log_from..].contains("\"Starting device plugin registration server\"")
+            || !registration.exists()
+        {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await;
+    assert!(up.is_ok(), "{}", k.log_tail(40));
+    let _plugin = berth_e2e::device_plugin::VendorPlugin::start(
+        "example.com/fuse",
+        "berth-e2e-fuse.sock",
+        &["fuse"],
+        "example.com/vendor",
+    )
+    .await
+    .unwrap();
+    // Its device counts once the kubelet has read the plugin's list.
+    let listed = tokio::time::timeout(CONVERGE, async {
+        while !k.log()[log_from..].contains(
+            "\"Processed device updates for resource\" resourceName=\"example.com/fuse\" totalCount=1 healthyCount=1",
+        ) {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await;
+    assert!(listed.is_ok(), "{}", k.log_tail(40));
+
+    let mut c = sh(
+        "app",
+        "test -c /dev/fuse && echo device=$VENDOR_DEVICE; exec sleep 3600",
+    );
+    c["resources"] = json!({"limits": {"example.com/fuse": 1}});
+    k.add_pod(&pod("cdi", json!([c]), json!({}))).unwrap();
+    k.wait_pod("cdi", CONVERGE, "running", all_ready)
+        .await
+        .unwrap();
+    let logs = k.container_logs("cdi", "app", "").await.unwrap();
+    assert_eq!(logs, "device=fuse\n");
+    k.assert_no_runtime_errors_since(log_from);
+}

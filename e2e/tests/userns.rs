@@ -133,7 +133,20 @@ async fn the_root_of_a_pod_in_its_own_user_namespace_is_nobody_on_the_host() {
         },
         ..Default::default()
     };
-    c.mounts = vec![mnt("/idmapped", true), mnt("/plain", false)];
+    // An image volume (the app image itself), idmapped as the kubelet asks for every volume.
+    let image_volume = cri::Mount {
+        container_path: "/image".into(),
+        readonly: true,
+        image: Some(cri::ImageSpec {
+            image: berth_e2e::apps::APP.into(),
+            user_specified_image: berth_e2e::apps::APP.into(),
+            ..Default::default()
+        }),
+        uid_mappings: vec![mapping(0, HOST_ID, SIZE)],
+        gid_mappings: vec![mapping(0, HOST_ID, SIZE)],
+        ..Default::default()
+    };
+    c.mounts = vec![mnt("/idmapped", true), mnt("/plain", false), image_volume];
     let id = create(&env, &pod, &pcfg, c).await.unwrap();
     start(&env, &id).await;
 
@@ -154,6 +167,8 @@ async fn the_root_of_a_pod_in_its_own_user_namespace_is_nobody_on_the_host() {
     )
     .await;
     assert_eq!((code, o.as_str()), (0, "0\n0:0\n0:0\n0\n"), "{o}");
+    let (code, o) = out(&env, &id, &["sh", "-c", "stat -c %u /image/bin/busybox"]).await;
+    assert_eq!((code, o.as_str()), (0, "0\n"), "{o}");
     // The image's layer on the host is untouched: still the host root's, unchanged.
     let layer_passwd = std::fs::read_dir(env.berth.root.join("snapshots"))
         .unwrap()
@@ -224,8 +239,81 @@ async fn the_root_of_a_pod_in_its_own_user_namespace_is_nobody_on_the_host() {
     assert_eq!(code, 0, "{o}");
     assert!(o.contains("200000"), "{o}");
 
-    env.stop(&pod).await.unwrap();
-    env.remove(&pod).await.unwrap();
+    // Port-forward reaches a server in the pod's network namespace (made inside its user
+    // namespace), its log is written, its stats are read.
+    let logs = tempfile::tempdir().unwrap();
+    let mut web_cfg = pod_in("userns-web", own(2 * HOST_ID));
+    web_cfg.log_directory = logs.path().display().to_string();
+    let web_pod = env.run_with_handler(web_cfg.clone(), "runc").await.unwrap();
+    let web = create(
+        &env,
+        &web_pod,
+        &web_cfg,
+        ctr_in(
+            &web_cfg,
+            "web",
+            &["sh", "-c", "echo serving; exec httpd -f -p 8080 -h /www"],
+        ),
+    )
+    .await
+    .unwrap();
+    start(&env, &web).await;
+    let url = berth_e2e::apps::port_forward_url(&env, &web_pod, &[])
+        .await
+        .unwrap();
+    let (session, _) = berth_stream::client::spdy_connect(&url, &["portforward.k8s.io"])
+        .await
+        .unwrap();
+    let mut served = String::new();
+    for i in 0..50 {
+        let mut f = berth_stream::client::spdy_forward(&session, 8080, i)
+            .await
+            .unwrap();
+        f.to_pod
+            .send(bytes::Bytes::from_static(
+                b"GET / HTTP/1.0\r\nHost: x\r\n\r\n",
+            ))
+            .await
+            .unwrap();
+        let mut got = Vec::new();
+        while let Ok(Some(b)) =
+            tokio::time::timeout(Duration::from_secs(10), f.from_pod.recv()).await
+        {
+            got.extend_from_slice(&b);
+        }
+        served = String::from_utf8_lossy(&got).into_owned();
+        if served.contains("hello over localhost") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(served.contains("hello over localhost"), "{served}");
+    let log = std::fs::read_to_string(logs.path().join("web.log")).unwrap_or_default();
+    assert!(log.contains(" stdout F serving"), "{log}");
+    let stats = env
+        .cri
+        .runtime
+        .clone()
+        .container_stats(cri::ContainerStatsRequest {
+            container_id: web.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .stats
+        .unwrap();
+    assert!(
+        stats
+            .memory
+            .and_then(|m| m.working_set_bytes)
+            .is_some_and(|v| v.value > 0),
+        "{stats:?}"
+    );
+
+    for p in [&pod, &web_pod] {
+        env.stop(p).await.unwrap();
+        env.remove(p).await.unwrap();
+    }
     env.assert_clean();
     let views: Vec<_> = std::fs::read_dir(env.berth.state.join("idmap"))
         .map(|d| d.flatten().map(|e| e.file_name()).collect())

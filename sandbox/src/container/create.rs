@@ -130,10 +130,31 @@ impl Runtime {
                 .prepare(&id, image.top_chain())
                 .map_err(Error::Image)?;
             lap("snapshot");
+            // In the pod's user namespace: the layers seen through its idmapped view of them
+            // (made with the first container), the upper one its root's.
+            let snapshots = self.images().snapshots().root().to_path_buf();
+            let layers_view = crate::userns::layers_view(self.state_dir(), &pod_id);
+            let rootfs = match pod.config.userns {
+                Some(u) => {
+                    let (mounts, snapshots, view) =
+                        (mounts.clone(), snapshots.clone(), layers_view.clone());
+                    let pid = pod.pid;
+                    tokio::task::spawn_blocking(move || {
+                        crate::userns::rootfs(mounts, &snapshots, &view, pid, u.host_root())
+                    })
+                    .await
+                    .map_err(|e| Error::io("idmap the container's layers", e.into()))??
+                }
+                None => mounts.clone(),
+            };
             // Image volumes: mounted, and the record keeps where (their host paths).
             if config.mounts.iter().any(|m| m.image.is_some()) {
                 let mut c = config.clone();
-                self.mount_image_volumes(&id, &dir, &mut c)?;
+                let userns = pod
+                    .config
+                    .userns
+                    .map(|_| (snapshots.as_path(), layers_view.as_path()));
+                self.mount_image_volumes(&id, &dir, &mut c, userns)?;
                 rec.config = Arc::new(c);
                 lap("image volumes");
             }
@@ -144,20 +165,7 @@ impl Runtime {
                     .await
                     .map_err(|e| Error::io("read the image's accounts", e.into()))??
             };
-            // In the pod's user namespace: the layers seen through it, the upper one its root's.
-            let mounts = match pod.config.userns {
-                Some(u) => {
-                    let snapshots = self.images().snapshots().root().to_path_buf();
-                    let view = crate::userns::layers_view(self.state_dir(), &pod_id);
-                    let pid = pod.pid;
-                    tokio::task::spawn_blocking(move || {
-                        crate::userns::rootfs(mounts, &snapshots, &view, pid, u.host_root())
-                    })
-                    .await
-                    .map_err(|e| Error::io("idmap the container's layers", e.into()))??
-                }
-                None => mounts,
-            };
+            let mounts = rootfs;
             let icfg = image_config.config.clone().unwrap_or_default();
             let sec = &config.security;
             let ids = accounts.resolve(

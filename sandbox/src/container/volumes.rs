@@ -32,6 +32,7 @@ impl Runtime {
         id: &str,
         dir: &Path,
         config: &mut ContainerConfig,
+        userns: Option<(&Path, &Path)>,
     ) -> Result<()> {
         for (i, m) in config.mounts.iter_mut().enumerate() {
             let Some(im) = m.image.as_mut() else {
@@ -54,6 +55,17 @@ impl Runtime {
                 .snapshots()
                 .view(&view_key(id, i), top)
                 .map_err(Error::Image)?;
+            // In a pod's user namespace the view is made of its idmapped layers: overlayfs
+            // cannot be idmapped itself, and the files are then seen as the pod sees them.
+            let view = match userns {
+                Some((snapshots, layers)) => {
+                    m.idmap = None;
+                    crate::userns::remap_lowers(vec![view], snapshots, layers)?
+                        .pop()
+                        .ok_or_else(|| Error::Invalid("an image volume without a mount".into()))?
+                }
+                None => view,
+            };
             let target = dir.join(DIR).join(i.to_string());
             std::fs::create_dir_all(&target)
                 .map_err(|e| Error::io(format!("create {}", target.display()), e))?;
