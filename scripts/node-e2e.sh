@@ -7,6 +7,8 @@
 #   scripts/node-e2e.sh                         # NodeConformance, all three runtimes
 #   scripts/node-e2e.sh --runtime berth         # one runtime (repeatable)
 #   scripts/node-e2e.sh --focus 'Density' --skip '\[Flaky\]'    # any other selection
+#   scripts/node-e2e.sh --features              # the node features' specs (user namespaces,
+#                                               # supplemental groups policy, in-place resize)
 #
 # Every option of `node-e2e` is passed on (see e2e/src/bin/node-e2e.rs). The specs that
 # cannot pass on this machine whatever the runtime are skipped, with their reasons, from
@@ -18,6 +20,13 @@ scripts/install-deps.sh
 scripts/install-kubelet.sh >/dev/null
 scripts/install-containerd.sh >/dev/null
 scripts/install-e2e-node.sh >/dev/null
+scripts/install-runc.sh >/dev/null
+if [ "${1:-}" = --features ]; then
+    shift
+    set -- --runtime berth-runc --runtime containerd \
+        --focus 'Security Context When creating a pod with HostUsers|SupplementalGroupsPolicy|Pod InPlace Resize Container' \
+        --skip '\[Serial\]|\[Slow\]|\[Flaky\]' "$@"
+fi
 cargo build --release --locked -p berth -p berth-e2e --bin berth --bin node-e2e --bin cadvisor-standin
 scripts/build-shim.sh release >/dev/null
 BERTH_BIN="$PWD/target/release/berth" exec target/release/node-e2e \

@@ -57,10 +57,21 @@ BERTH_BIN="$PWD/target/debug/berth" target/debug/node-e2e --runtime berth \
     --require-pass --report-dir target/node-e2e-ci 2>&1 | tee -a "$log"
 rc3=${PIPESTATUS[0]}
 [ "$rc" = 0 ] && rc=$rc3
+# The node features' specs, where the kubelet drives them through its API server: pods with
+# hostUsers: false, both supplemental-groups policies, in-place resize (about 4 minutes),
+# under the runc handler (the current runc; Debian's crun cannot idmap mounts).
+echo "== Kubernetes' node e2e: user namespaces, supplemental groups policy, in-place resize"
+BERTH_BIN="$PWD/target/debug/berth" target/debug/node-e2e --runtime berth-runc \
+    --focus 'Security Context When creating a pod with HostUsers|SupplementalGroupsPolicy|Pod InPlace Resize Container' \
+    --skip '\[Serial\]|\[Slow\]|\[Flaky\]' --skip-file scripts/node-e2e-skips.txt \
+    --require-pass --report-dir target/node-e2e-features 2>&1 | tee -a "$log"
+rc4=${PIPESTATUS[0]}
+[ "$rc" = 0 ] && rc=$rc4
 set -e
 passed=$(grep -Eo '^test result: .* ([0-9]+) passed' "$log" | grep -Eo '[0-9]+ passed' | awk '{s+=$1} END {print s+0}')
 failed=$(grep -Eo '^test result: .* ([0-9]+) failed' "$log" | grep -Eo '[0-9]+ failed' | awk '{s+=$1} END {print s+0}')
 node=$(grep -Eo '^node-e2e: berth: [0-9]+ passed, [0-9]+ failed' "$log" | tail -1)
+features=$(grep -Eo '^node-e2e: berth-runc: [0-9]+ passed, [0-9]+ failed' "$log" | tail -1)
 echo
-echo "tests: $passed passed, $failed failed${node:+; ${node#node-e2e: }}"
+echo "tests: $passed passed, $failed failed${node:+; ${node#node-e2e: }}${features:+; ${features#node-e2e: }}"
 exit "$rc"
