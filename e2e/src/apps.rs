@@ -38,6 +38,25 @@ pub fn app_image() -> ImageBuilder {
     .cmd(&["/bin/sh"])
 }
 
+/// Where [`groups_image`] is served from (through the app registry's mirror).
+pub const GROUPS: &str = "app.invalid/berth-e2e/groups:1";
+
+/// busybox whose /etc/group puts its user 1000 (`default-user`) in group 50000 as well
+/// (critest's test-image-predefined-group, rebuilt here): what the supplemental-groups
+/// policies differ on. Pushed as `berth-e2e/groups:1`, pulled as [`GROUPS`].
+pub fn groups_image() -> ImageBuilder {
+    let accounts = Layer::new()
+        .file(
+            "etc/passwd",
+            "root:x:0:0:root:/root:/bin/sh\ndefault-user:x:1000:1000::/home:/bin/sh\n",
+        )
+        .file(
+            "etc/group",
+            "root:x:0:\ndefault-user:x:1000:\ngroup-defined-in-image:x:50000:default-user\n",
+        );
+    ImageBuilder::new(vec![Layer::busybox().unwrap(), accounts])
+}
+
 /// A [`PodEnv`] with `extra` in berth's config and the app image pulled.
 pub async fn env_with(extra: &str) -> PodEnv {
     let env = PodEnv::start_with(TestNet::new().unwrap(), extra)

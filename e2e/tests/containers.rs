@@ -311,8 +311,8 @@ async fn memory_limit_kills_are_reported_as_oom_killed() {
     env.assert_clean();
 }
 
-/// The pid ContainerStatus reports in its verbose info.
-async fn verbose_pid(env: &berth_e2e::pods::PodEnv, id: &str) -> u32 {
+/// ContainerStatus' verbose info (`pid`, `runtimeSpec`, …).
+async fn verbose_info(env: &berth_e2e::pods::PodEnv, id: &str) -> serde_json::Value {
     let info = env
         .cri
         .runtime
@@ -325,8 +325,12 @@ async fn verbose_pid(env: &berth_e2e::pods::PodEnv, id: &str) -> u32 {
         .unwrap()
         .into_inner()
         .info;
-    let v: serde_json::Value = serde_json::from_str(&info["info"]).unwrap();
-    v["pid"].as_u64().unwrap() as u32
+    serde_json::from_str(&info["info"]).unwrap()
+}
+
+/// The pid ContainerStatus reports in its verbose info.
+async fn verbose_pid(env: &berth_e2e::pods::PodEnv, id: &str) -> u32 {
+    verbose_info(env, id).await["pid"].as_u64().unwrap() as u32
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -648,22 +652,11 @@ async fn supplemental_groups_merge_the_images_groups_unless_strict() {
     // Status says berth honours the policy (critest runs its specs only then).
     let st = runtime_status(&env).await;
     assert!(st.features.is_some_and(|f| f.supplemental_groups_policy));
-    // An image whose /etc/group puts its user 1000 in group 50000 (critest's
-    // test-image-predefined-group, rebuilt here).
-    let accounts = berth_e2e::Layer::new()
-        .file(
-            "etc/passwd",
-            "root:x:0:0:root:/root:/bin/sh\ndefault-user:x:1000:1000::/home:/bin/sh\n",
-        )
-        .file(
-            "etc/group",
-            "root:x:0:\ndefault-user:x:1000:\ngroup-defined-in-image:x:50000:default-user\n",
-        );
-    berth_e2e::ImageBuilder::new(vec![berth_e2e::Layer::busybox().unwrap(), accounts])
+    berth_e2e::apps::groups_image()
         .push(&env.registry, "berth-e2e/groups", Some("1"))
         .await
         .unwrap();
-    let image = "app.invalid/berth-e2e/groups:1";
+    let image = berth_e2e::apps::GROUPS;
     env.cri.pull(image).await.unwrap();
     let pcfg = pod_config("groups");
     let pod = env.run(pcfg.clone()).await.unwrap();
@@ -1379,20 +1372,7 @@ async fn a_resize_applies_to_the_running_container_and_one_below_its_usage_chang
         block_on(exec(&env, &id, &["sh", "-c", "test -e /dev/shm/done"], 5))
             .is_ok_and(|r| r.exit_code == 0)
     }));
-    let info = env
-        .cri
-        .runtime
-        .clone()
-        .container_status(cri::ContainerStatusRequest {
-            container_id: id.clone(),
-            verbose: true,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .info;
-    let v: serde_json::Value = serde_json::from_str(&info["info"]).unwrap();
-    let cgroup = v["runtimeSpec"]["linux"]["cgroupsPath"]
+    let cgroup = verbose_info(&env, &id).await["runtimeSpec"]["linux"]["cgroupsPath"]
         .as_str()
         .unwrap()
         .to_string();
@@ -1542,6 +1522,11 @@ devices:
     let id = create(&env, &pod, &pcfg, c).await.unwrap();
     assert!(hook_mark.exists(), "the createRuntime hook did not run");
     start(&env, &id).await;
+    // The container's shell writes what it was given, then sleeps: read it once written.
+    assert!(wait_until(Duration::from_secs(20), || {
+        block_on(exec(&env, &id, &["sh", "-c", "test -s /groups.txt"], 5))
+            .is_ok_and(|r| r.exit_code == 0)
+    }));
     let r = exec(
         &env,
         &id,

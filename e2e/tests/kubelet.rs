@@ -73,6 +73,27 @@ fn ctr_status<'a>(p: &'a Value, name: &str) -> &'a Value {
         .unwrap_or(&Value::Null)
 }
 
+/// The log of `container` of pod `name` once `done` says it has all the test waits for: the
+/// kubelet reports a container running before what it prints has reached its log.
+async fn logs_when(
+    k: &berth_e2e::kubelet::Kubelet,
+    name: &str,
+    container: &str,
+    done: impl Fn(&str) -> bool,
+) -> String {
+    let end = std::time::Instant::now() + CONVERGE;
+    loop {
+        let logs = k
+            .container_logs(name, container, "")
+            .await
+            .unwrap_or_default();
+        if done(&logs) || std::time::Instant::now() >= end {
+            return logs;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 fn all_ready(p: &Value) -> bool {
     phase(p) == "Running"
         && p["status"]["containerStatuses"]
@@ -900,21 +921,11 @@ async fn user_namespaces_and_group_policies_under_the_kubelet() {
     let k = &env.kubelet;
     let log_from = k.log().len();
 
-    // An image whose /etc/group puts its user 1000 in group 50000.
-    let accounts = berth_e2e::Layer::new()
-        .file(
-            "etc/passwd",
-            "root:x:0:0:root:/root:/bin/sh\ndefault-user:x:1000:1000::/home:/bin/sh\n",
-        )
-        .file(
-            "etc/group",
-            "root:x:0:\ndefault-user:x:1000:\nimage-group:x:50000:default-user\n",
-        );
-    berth_e2e::ImageBuilder::new(vec![berth_e2e::Layer::busybox().unwrap(), accounts])
+    berth_e2e::apps::groups_image()
         .push(&env.env().registry, "berth-e2e/groups", Some("1"))
         .await
         .unwrap();
-    let groups_image = "app.invalid/berth-e2e/groups:1";
+    let groups_image = berth_e2e::apps::GROUPS;
 
     let mut userns = sh(
         "app",
@@ -954,7 +965,7 @@ async fn user_namespaces_and_group_policies_under_the_kubelet() {
         .wait_pod("userns", CONVERGE, "running", all_ready)
         .await
         .unwrap();
-    let logs = k.container_logs("userns", "app", "").await.unwrap();
+    let logs = logs_when(k, "userns", "app", |l| l.contains("rootfs-writable")).await;
     let map: Vec<u64> = logs
         .lines()
         .next()
@@ -976,7 +987,7 @@ async fn user_namespaces_and_group_policies_under_the_kubelet() {
             .wait_pod(name, CONVERGE, "running", all_ready)
             .await
             .unwrap();
-        let logs = k.container_logs(name, "app", "").await.unwrap();
+        let logs = logs_when(k, name, "app", |l| l.ends_with('\n')).await;
         assert_eq!(logs.trim(), want, "{name}");
         let user = &ctr_status(&p, "app")["user"]["linux"];
         let reported: Vec<String> = user["supplementalGroups"]
@@ -1048,7 +1059,7 @@ async fn a_device_plugin_hands_a_container_a_cdi_device() {
     k.wait_pod("cdi", CONVERGE, "running", all_ready)
         .await
         .unwrap();
-    let logs = k.container_logs("cdi", "app", "").await.unwrap();
+    let logs = logs_when(k, "cdi", "app", |l| l.ends_with('\n')).await;
     assert_eq!(logs, "device=fuse\n");
     k.assert_no_runtime_errors_since(log_from);
 }

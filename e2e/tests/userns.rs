@@ -288,8 +288,12 @@ async fn the_root_of_a_pod_in_its_own_user_namespace_is_nobody_on_the_host() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(served.contains("hello over localhost"), "{served}");
-    let log = std::fs::read_to_string(logs.path().join("web.log")).unwrap_or_default();
-    assert!(log.contains(" stdout F serving"), "{log}");
+    // What the container printed reaches its log soon after, not at once.
+    let log_path = logs.path().join("web.log");
+    let logged = berth_e2e::wait_until(Duration::from_secs(10), || {
+        std::fs::read_to_string(&log_path).is_ok_and(|l| l.contains(" stdout F serving"))
+    });
+    assert!(logged, "{:?}", std::fs::read_to_string(&log_path));
     let stats = env
         .cri
         .runtime

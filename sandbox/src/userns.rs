@@ -102,6 +102,20 @@ impl UserNamespace {
         })
     }
 
+    /// One mapping each, from id 0 in the pod to `uid` and `gid` on the host, `size` ids long
+    /// (what the kubelet sends), unchecked.
+    pub fn from_root(uid: u32, gid: u32, size: u32) -> Self {
+        let m = |host_id| IdMapping {
+            container_id: 0,
+            host_id,
+            size,
+        };
+        UserNamespace {
+            uids: m(uid),
+            gids: m(gid),
+        }
+    }
+
     /// The pod's root on the host: (uid, gid).
     pub fn host_root(&self) -> (u32, u32) {
         (self.uids.host_id, self.gids.host_id)

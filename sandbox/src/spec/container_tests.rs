@@ -757,20 +757,7 @@ fn every_bind_keeps_the_nosuid_nodev_and_noexec_of_its_source_mount() {
 
 #[test]
 fn in_a_pods_user_namespace_the_container_joins_it_and_idmaps_what_the_pod_owns() {
-    let userns = crate::userns::UserNamespace::new(
-        &[crate::userns::IdMapping {
-            container_id: 0,
-            host_id: 200_000,
-            size: 65_536,
-        }],
-        &[crate::userns::IdMapping {
-            container_id: 0,
-            host_id: 300_000,
-            size: 65_536,
-        }],
-        "t",
-    )
-    .unwrap();
+    let userns = crate::userns::UserNamespace::from_root(200_000, 300_000, 65_536);
     let mut p = pod();
     p.userns = Some(userns);
     let cri_mount = |at: &str, idmap| CriMount {

@@ -272,20 +272,7 @@ mod tests {
 
     #[test]
     fn a_pod_in_its_own_user_namespace_makes_it_and_its_network_namespace() {
-        let u = crate::userns::UserNamespace::new(
-            &[crate::userns::IdMapping {
-                container_id: 0,
-                host_id: 200_000,
-                size: 65_536,
-            }],
-            &[crate::userns::IdMapping {
-                container_id: 0,
-                host_id: 200_000,
-                size: 65_536,
-            }],
-            "t",
-        )
-        .unwrap();
+        let u = crate::userns::UserNamespace::from_root(200_000, 200_000, 65_536);
         let spec = SandboxSpec {
             userns: Some(u),
             ..base()
