@@ -1019,11 +1019,13 @@ async fn a_device_plugin_hands_a_container_a_cdi_device() {
     let k = &env.kubelet;
     let log_from = k.log().len();
     // The kubelet takes registrations once its device manager listens (after the runtime
-    // answered it).
+    // answered it; maybe before this test looked at its log: the whole log is searched).
     let registration =
         std::path::Path::new(berth_e2e::device_plugin::DEVICE_PLUGIN_DIR).join("kubelet.sock");
     let up = tokio::time::timeout(CONVERGE, async {
-        while !k.log()[log_from..].contains("\"Starting device plugin registration server\"")
+        while !k
+            .log()
+            .contains("\"Starting device plugin registration server\"")
             || !registration.exists()
         {
             tokio::time::sleep(Duration::from_millis(200)).await;
