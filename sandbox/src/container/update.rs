@@ -32,6 +32,15 @@ impl Runtime {
             .map(|r| r.devices.clone())
             .unwrap_or_default();
         if let Err(e) = s.update(&id, &res).await {
+            // A shim that is gone or did not answer wrote nothing: its own error says so.
+            if matches!(
+                e.kind(),
+                crate::ErrorKind::Unavailable
+                    | crate::ErrorKind::NotFound
+                    | crate::ErrorKind::DeadlineExceeded
+            ) {
+                return Err(e);
+            }
             // The runtime may have written some cgroup files before one refused (a memory
             // limit below what the container uses): the ones it had are written back.
             let had = rec.spec.as_ref().and_then(|s| s.resources()).cloned();
