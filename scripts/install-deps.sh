@@ -9,13 +9,14 @@
 # Tests: docker-registry (started by the tests on 127.0.0.1 only), busybox-static (test images),
 # apache2-utils (htpasswd for the auth tests), openssl (certificates for the streaming TLS test),
 # curl and netcat-openbsd (in the node e2e suite's images, as upstream's agnhost has them).
+# prometheus (its daemon started by the metrics tests, on 127.0.0.1 only, never as a service).
 # Images: umoci and skopeo build and move the DaemonSet image (scripts/build-deploy-image.sh).
 set -euo pipefail
 
 PACKAGES=(runc crun runsc containerd containernetworking-plugins iptables iproute2 util-linux
           protobuf-compiler pkg-config gcc libc6-dev
           docker-registry busybox-static apache2-utils openssl curl netcat-openbsd ca-certificates
-          umoci skopeo libseccomp-dev)
+          umoci skopeo libseccomp-dev prometheus)
 
 [ "$(id -u)" = 0 ] || { echo "install-deps.sh: run as root" >&2; exit 1; }
 

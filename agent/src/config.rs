@@ -32,6 +32,18 @@ pub struct Config {
     pub stream: StreamConfig,
     pub cadvisor: CadvisorConfig,
     pub cdi: CdiConfig,
+    pub metrics: MetricsConfig,
+}
+
+/// The Prometheus endpoint (containerd's `[metrics]`, CRI-O's `enable_metrics`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// `host:port` to serve `/metrics` on; empty: no endpoint.
+    pub address: String,
+    /// PEM certificate chain and key to serve TLS; both empty: plain HTTP.
+    pub tls_cert: PathBuf,
+    pub tls_key: PathBuf,
 }
 
 /// CDI devices (containerd's `enable_cdi`, `cdi_spec_dirs`).
@@ -324,6 +336,7 @@ impl Default for Config {
             stream: StreamConfig::default(),
             cadvisor: CadvisorConfig::default(),
             cdi: CdiConfig::default(),
+            metrics: MetricsConfig::default(),
         }
     }
 }
@@ -442,6 +455,23 @@ impl Config {
         if self.stream.tls_cert.as_os_str().is_empty() != self.stream.tls_key.as_os_str().is_empty()
         {
             bail!("stream.tls_cert and stream.tls_key: set both, or neither");
+        }
+        if !self.metrics.address.is_empty()
+            && self
+                .metrics
+                .address
+                .parse::<std::net::SocketAddr>()
+                .is_err()
+        {
+            bail!(
+                "metrics.address: {:?} is not an IP address and port (e.g. \"127.0.0.1:1338\")",
+                self.metrics.address
+            );
+        }
+        if self.metrics.tls_cert.as_os_str().is_empty()
+            != self.metrics.tls_key.as_os_str().is_empty()
+        {
+            bail!("metrics.tls_cert and metrics.tls_key: set both, or neither");
         }
         if self.runtime.container_log_max_files == 0 {
             bail!("runtime.container_log_max_files: must be at least 1");

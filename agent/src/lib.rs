@@ -12,6 +12,7 @@
 //!    sandbox.rs, container_config.rs, container_status.rs, security.rs: conversions
 //!    validate.rs   bounds on request strings      stream.rs: the streaming backend
 //!  cadvisor.rs the containerd calls the kubelet's cAdvisor makes, answered from the records
+//!  metrics.rs  the Prometheus endpoint (metrics.address) and the layer timing CRI calls
 //!  config.rs   the TOML config (deploy/config.toml is its default, commented)
 //!  doctor/     berth doctor's checks, by what they look at    install.rs: install/uninstall
 //! ```
@@ -30,6 +31,7 @@ pub mod doctor;
 pub mod h2fix;
 pub mod install;
 pub mod logging;
+pub mod metrics;
 pub mod server;
 
 use anyhow::Context;

@@ -124,6 +124,11 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
             )
         })?
     };
+    let _metrics = crate::metrics::serve(
+        &cfg.metrics,
+        Arc::new(crate::metrics::Families::new(pods.clone())),
+    )
+    .await?;
     let cfg = Arc::new(cfg);
     let runtime = RuntimeServiceServer::new(RuntimeCri::new(cfg.clone(), pods.clone(), stream))
         .max_decoding_message_size(MAX_MESSAGE)
@@ -133,6 +138,7 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         .max_encoding_message_size(MAX_MESSAGE);
     tracing::info!(address = %cfg.address.display(), "serving CRI");
     let res = tonic::transport::Server::builder()
+        .layer(crate::metrics::MetricsLayer)
         .layer(crate::deadline::DeadlineLayer)
         .add_service(runtime)
         .add_service(image)

@@ -18,6 +18,7 @@ pub mod net;
 pub mod node_e2e;
 pub mod node_images;
 pub mod pods;
+pub mod prometheus;
 pub mod proxy;
 pub mod registry;
 pub mod stargz;

@@ -11,6 +11,7 @@ mod plugin;
 pub use config::{Attachment, CniPaths, CniResult, IpConfig, NetworkList};
 
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use serde_json::{Value, json};
 
@@ -69,17 +70,20 @@ impl Cni {
         validate(a)?;
         let _one_at_a_time = self.lock.lock().await;
         let mut prev: Option<Value> = None;
+        let started = Instant::now();
         for plugin in &net.plugins {
             match self.exec(net, plugin, "ADD", a, prev.as_ref()).await {
                 Ok(r) => prev = Some(r),
                 Err(e) => {
+                    let e = observed("ADD", started, Err(e));
                     if let Err(del) = self.del_with(net, a, None).await {
                         tracing::warn!(container = a.container_id, err = %del, "CNI DEL after a failed ADD also failed");
                     }
-                    return Err(e);
+                    return e;
                 }
             }
         }
+        observed("ADD", started, Ok(()))?;
         let result = prev.unwrap_or_else(|| json!({"cniVersion": net.cni_version}));
         let cache = json!({
             "kind": "cniCacheV1",
@@ -108,10 +112,14 @@ impl Cni {
             return Ok(());
         }
         let prev = cache.get("result").cloned();
+        let started = Instant::now();
         for plugin in &net.plugins {
-            self.exec(&net, plugin, "CHECK", a, prev.as_ref()).await?;
+            let r = self.exec(&net, plugin, "CHECK", a, prev.as_ref()).await;
+            if r.is_err() {
+                return observed("CHECK", started, r.map(drop));
+            }
         }
-        Ok(())
+        observed("CHECK", started, Ok(()))
     }
 
     /// The cached ADD result, if any (what PodSandboxStatus reports after a restart).
@@ -208,14 +216,27 @@ impl Cni {
         prev: Option<&Value>,
     ) -> Result<()> {
         let prev = if net.has_check() { prev } else { None };
+        let started = Instant::now();
         let mut first_err = None;
         for plugin in net.plugins.iter().rev() {
             if let Err(e) = self.exec(net, plugin, "DEL", a, prev).await {
                 first_err.get_or_insert(e);
             }
         }
-        first_err.map_or(Ok(()), Err)
+        observed("DEL", started, first_err.map_or(Ok(()), Err))
     }
+}
+
+/// Counts one invocation of the chain for `verb` in berth's metrics, and passes `r` on.
+fn observed<T>(verb: &'static str, started: Instant, r: Result<T>) -> Result<T> {
+    berth_metrics::CNI_CALL_DURATION
+        .with(&[verb])
+        .observe_duration(started.elapsed());
+    let kind = r.as_ref().err().map(|e| format!("{:?}", e.kind()));
+    berth_metrics::CNI_CALLS
+        .with(&[verb, &berth_metrics::result_label(kind.as_deref())])
+        .inc();
+    r
 }
 
 fn cached_network(cache: &Value) -> Result<NetworkList> {

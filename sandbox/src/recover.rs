@@ -167,6 +167,9 @@ impl Runtime {
             });
         }
         while tasks.join_next().await.is_some() {}
+        berth_metrics::RECOVERY_DURATION
+            .with(&[])
+            .set(started.elapsed().as_secs_f64());
         tracing::info!(
             pods = count,
             elapsed_ms = started.elapsed().as_millis() as u64,

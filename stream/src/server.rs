@@ -60,10 +60,13 @@ struct Inner {
 pub(crate) struct SessionSlot {
     sessions: Arc<Mutex<HashMap<std::net::IpAddr, usize>>>,
     ip: std::net::IpAddr,
+    /// `exec`, `attach` or `portforward`: the session's series in berth's metrics.
+    kind: &'static str,
 }
 
 impl Drop for SessionSlot {
     fn drop(&mut self) {
+        berth_metrics::STREAM_SESSIONS.with(&[self.kind]).dec();
         let mut m = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(n) = m.get_mut(&self.ip) {
             *n -= 1;
@@ -76,16 +79,19 @@ impl Drop for SessionSlot {
 
 impl Inner {
     /// A slot for one more session of `ip`, unless it holds its share.
-    fn session_slot(&self, ip: std::net::IpAddr) -> Option<SessionSlot> {
+    fn session_slot(&self, ip: std::net::IpAddr, kind: &'static str) -> Option<SessionSlot> {
         let mut m = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
         let n = m.entry(ip).or_insert(0);
         if *n >= self.cfg.max_sessions_per_client.max(1) {
             return None;
         }
         *n += 1;
+        berth_metrics::STREAM_SESSIONS.with(&[kind]).inc();
+        berth_metrics::STREAM_SESSIONS_OPENED.with(&[kind]).inc();
         Some(SessionSlot {
             sessions: self.sessions.clone(),
             ip,
+            kind,
         })
     }
 }
@@ -118,7 +124,7 @@ impl StreamServer {
         let listener = tokio::net::TcpListener::bind(cfg.listen).await?;
         let addr = listener.local_addr()?;
         let tls = match &cfg.tls {
-            Some((cert, key)) => Some(tls_acceptor(cert, key)?),
+            Some((cert, key)) => Some(tls_acceptor("streaming server", cert, key)?),
             None => None,
         };
         // A wildcard listen address is advertised as loopback: the kubelet runs here.
@@ -214,16 +220,19 @@ impl Request {
     }
 }
 
-fn tls_acceptor(
+/// A TLS acceptor serving this PEM certificate chain and key; errors name `what` (the
+/// config section) and the file.
+pub fn tls_acceptor(
+    what: &str,
     cert: &std::path::Path,
     key: &std::path::Path,
 ) -> std::io::Result<tokio_rustls::TlsAcceptor> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let bad = |what: &str, p: &std::path::Path, e: String| {
+    let bad = |kind: &str, p: &std::path::Path, e: String| {
         std::io::Error::new(
             std::io::ErrorKind::InvalidInput,
-            format!("streaming TLS {what} {}: {e}", p.display()),
+            format!("{what}: TLS {kind} {}: {e}", p.display()),
         )
     };
     let certs = CertificateDer::pem_file_iter(cert)
@@ -360,7 +369,7 @@ fn route(inner: Arc<Inner>, mut req: HttpRequest<Incoming>, peer: Peer) -> Respo
         return plain(StatusCode::NOT_FOUND, "unknown or expired streaming token");
     };
     let request = pending.req;
-    let Some(slot) = inner.session_slot(peer.addr.ip()) else {
+    let Some(slot) = inner.session_slot(peer.addr.ip(), request.kind()) else {
         tracing::info!(peer = %peer.addr, max = inner.cfg.max_sessions_per_client, "streaming: a client holds too many sessions; refusing one");
         return plain(
             StatusCode::TOO_MANY_REQUESTS,

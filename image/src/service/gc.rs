@@ -91,20 +91,25 @@ impl ImageService {
         );
         let removed = tokio::task::spawn_blocking(move || -> Result<(usize, usize)> {
             let mut removed = (0, 0);
+            let mut freed = 0;
             // Children before parents is not needed: each snapshot is its own directory.
-            for (chain, _) in snapshots.list()? {
+            for (chain, s) in snapshots.list()? {
                 if !chains.contains(&chain) {
                     lazy.stop(&chain);
                     snapshots.remove(&chain, &trash)?;
                     removed.0 += 1;
+                    freed += s.size;
                 }
             }
-            for (d, _) in content.list()? {
+            for (d, size) in content.list()? {
                 if !blobs.contains(&d) {
                     content.delete(&d, &trash)?;
                     removed.1 += 1;
+                    freed += size;
                 }
             }
+            berth_metrics::IMAGE_GC_RUNS.with(&[]).inc();
+            berth_metrics::IMAGE_GC_FREED_BYTES.with(&[]).inc_by(freed);
             Ok(removed)
         })
         .await

@@ -38,7 +38,26 @@ impl ImageService {
         creds: Option<Credentials>,
         cancel: CancellationToken,
     ) -> Result<ImageRecord> {
-        let (rec, orphaned) = match self.pull_inner(reference, creds, &cancel).await {
+        let started = std::time::Instant::now();
+        let fetched = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let res = FETCHED
+            .scope(fetched.clone(), self.pull_inner(reference, creds, &cancel))
+            .await;
+        let mode = match &res {
+            Ok((rec, _)) if self.has_lazy_layers(rec) => "lazy",
+            _ => "whole",
+        };
+        let kind = res.as_ref().err().map(|e| format!("{:?}", e.kind()));
+        berth_metrics::IMAGE_PULLS
+            .with(&[mode, &berth_metrics::result_label(kind.as_deref())])
+            .inc();
+        berth_metrics::IMAGE_PULL_DURATION
+            .with(&[mode])
+            .observe_duration(started.elapsed());
+        berth_metrics::IMAGE_PULL_BYTES
+            .with(&[mode])
+            .inc_by(fetched.load(Ordering::Relaxed));
+        let (rec, orphaned) = match res {
             Ok(r) => r,
             Err(e) if cancel.is_cancelled() => {
                 // Nobody waits for the answer: said here, or it is never said.
@@ -53,6 +72,13 @@ impl ImageService {
         }
         Ok(rec)
     }
+    /// Whether any layer of `rec` is mounted lazily (an eStargz layer fetched as it is read).
+    fn has_lazy_layers(&self, rec: &ImageRecord) -> bool {
+        rec.chain_ids
+            .iter()
+            .any(|c| matches!(self.snapshots.get(c), Ok(Some(s)) if s.lazy.is_some()))
+    }
+
     pub(super) async fn pull_inner(
         &self,
         reference: &str,
@@ -76,6 +102,7 @@ impl ImageService {
         let _relay = AbortOnDrop(relay);
 
         let top = unless_cancelled(token, &r, session.resolve(&r)).await?;
+        count_fetched(top.body.len() as u64);
         let mut blobs = vec![(top.digest.clone(), top.body.len() as u64)];
         self.content.write_all(&top.digest, &top.body)?;
         let manifest_doc =
@@ -89,6 +116,7 @@ impl ImageService {
                                 reference: r.to_string(),
                             })?;
                     let m = unless_cancelled(token, &r, session.manifest(&desc.digest)).await?;
+                    count_fetched(m.body.len() as u64);
                     self.content.write_all(&m.digest, &m.body)?;
                     blobs.push((m.digest.clone(), m.body.len() as u64));
                     match Document::parse(
@@ -205,6 +233,7 @@ impl ImageService {
         let _g = lock.lock().await;
         if self.content.size(&desc.digest).is_none() {
             let body = session.blob_bytes(&desc.digest, MAX_CONFIG).await?;
+            count_fetched(body.len() as u64);
             self.content.write_all(&desc.digest, &body)?;
         }
         self.content.read(&desc.digest, MAX_CONFIG as u64)
@@ -316,6 +345,7 @@ impl ImageService {
             };
             match chunk {
                 Ok(Some(c)) => {
+                    count_fetched(c.len() as u64);
                     if tx.send(Ok(c)).await.is_err() {
                         break; // the unpacker stopped: its error says why
                     }
@@ -338,6 +368,16 @@ impl ImageService {
             (r, _) => r,
         }
     }
+}
+
+tokio::task_local! {
+    /// Bytes the pull running on this task fetched from the registry (berth's metrics). The
+    /// layer jobs run on the pull's own task, so they see it too.
+    static FETCHED: Arc<std::sync::atomic::AtomicU64>;
+}
+
+fn count_fetched(n: u64) {
+    let _ = FETCHED.try_with(|f| f.fetch_add(n, Ordering::Relaxed));
 }
 
 /// `fut`, unless `token` is cancelled first.

@@ -112,12 +112,13 @@ impl Runtime {
             oom: false,
         };
 
-        let t0 = std::time::Instant::now();
-        let lap = |step: &str| {
+        let steps = berth_metrics::Steps::start("create_container");
+        let lap = |step: &'static str| {
+            let at = steps.lap(step);
             tracing::trace!(
                 container = id,
                 step,
-                us = t0.elapsed().as_micros() as u64,
+                us = at.as_micros() as u64,
                 "create step"
             )
         };
@@ -156,7 +157,7 @@ impl Runtime {
                     .map(|_| (snapshots.as_path(), layers_view.as_path()));
                 self.mount_image_volumes(&id, &dir, &mut c, userns)?;
                 rec.config = Arc::new(c);
-                lap("image volumes");
+                lap("image_volumes");
             }
             let config = rec.config.clone();
             let accounts = {
@@ -275,7 +276,7 @@ impl Runtime {
                     handler,
                 )
                 .await?;
-            lap("shim create");
+            lap("shim_create");
             let log = ContainerLog::start(
                 rec.log_path.as_deref(),
                 self.log_rotation(),

@@ -28,7 +28,10 @@ impl Runtime {
         // Stamped before the call: a process that exits at once must not look as if it
         // finished before it started.
         let started = now_ns();
-        match shim.start(&id).await {
+        let steps = berth_metrics::Steps::start("start_container");
+        let res = shim.start(&id).await;
+        steps.lap("shim_start");
+        match res {
             Ok(pid) => {
                 // The exit event may be handled while (or before) this runs: the record is
                 // changed in one step, never from a stale copy. Deferred: after a crash the
@@ -43,6 +46,7 @@ impl Runtime {
                     }
                 })?;
                 self.emit(&rec, ContainerEventKind::Started);
+                steps.lap("record");
                 Ok(())
             }
             Err(e) => {

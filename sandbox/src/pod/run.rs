@@ -129,7 +129,7 @@ impl Runtime {
         image: &berth_image::ImageRecord,
         image_config: &berth_image::manifest::ImageConfig,
         undo: &mut Vec<Undo>,
-        lap: &dyn Fn(&str),
+        lap: &dyn Fn(&'static str),
     ) -> Result<(Vec<berth_image::snapshot::MountSpec>, Spec, PathBuf)> {
         let (id, cfg) = (&rec.id, &rec.config);
         write_pod_files(dir, cfg)?;
@@ -229,15 +229,12 @@ impl Runtime {
     ) -> Result<()> {
         let id = rec.id.clone();
         let cfg = rec.config.clone();
-        let t0 = std::time::Instant::now();
-        let lap = |step: &str| {
-            tracing::trace!(
-                pod = id,
-                step,
-                us = t0.elapsed().as_micros() as u64,
-                "run step"
-            )
+        let steps = berth_metrics::Steps::start("run_pod_sandbox");
+        let lap_in = |s: &berth_metrics::Steps, step: &'static str| {
+            let at = s.lap(step);
+            tracing::trace!(pod = id, step, us = at.as_micros() as u64, "run step")
         };
+        let lap = |step: &'static str| lap_in(&steps, step);
         // Recorded before any network work: whatever happens next, a record exists that a
         // later Stop/Remove (or the rollback) uses to release the IP and the namespace (whose
         // path is known before it exists; removing a namespace never made is not an error).
@@ -269,7 +266,7 @@ impl Runtime {
             (s, log)
         });
         let shim_undo_pushed = spare.is_some();
-        lap("record+dir");
+        lap("record");
 
         // The namespace is made on a blocking thread (netns-rs makes it on a thread of its own,
         // whose exit costs ~1 ms) while the pod's files, shm, snapshot and spec are prepared:
@@ -308,6 +305,7 @@ impl Runtime {
         // The pause process's pid once its task exists: the network of a pod in its own user
         // namespace is that process's, pinned before CNI runs in it.
         let (pid_tx, pid_rx) = tokio::sync::oneshot::channel::<u32>();
+        let (net_steps, task_steps) = (steps.branch(), steps.branch());
         let network = async {
             if cfg.host_network {
                 return (vec![], Ok(None));
@@ -327,7 +325,7 @@ impl Runtime {
                     return (undo, Err(e));
                 }
                 undo.push(Undo::Netns(netns_name(&id)));
-                lap("netns pinned");
+                lap_in(&net_steps, "netns_pin");
             }
             let a = self.attachment(rec);
             let net = match self.cni.network() {
@@ -340,7 +338,7 @@ impl Runtime {
                 .await
                 .map_err(Error::Network)
                 .map(Some);
-            lap("cni add");
+            lap_in(&net_steps, "cni_add");
             undo.push(Undo::Cni(a));
             (undo, r)
         };
@@ -371,7 +369,8 @@ impl Runtime {
                     }
                 }
             };
-            lap("shim started");
+            lap_in(&task_steps, "shim");
+            berth_metrics::SHIM_STARTS.with(&[&rec.handler]).inc();
             let started = async {
                 let pid = s
                     .create(
@@ -383,13 +382,13 @@ impl Runtime {
                         Some(handler.options.clone()),
                     )
                     .await?;
-                lap("task created");
+                lap_in(&task_steps, "task_create");
                 // The pause process exists: cAdvisor, which asks about the pod's new cgroup
                 // for a few seconds only, may have its pid before the network is done.
                 self.note_starting_pid(&id, pid);
                 let _ = pid_tx.send(pid);
                 s.start(&id).await?;
-                lap("task started");
+                lap_in(&task_steps, "task_start");
                 Ok(pid)
             }
             .await;

@@ -110,6 +110,7 @@ impl Runtime {
             shim_pid = pid,
             "the pod's shim died; its pod is NotReady and its containers exited"
         );
+        berth_metrics::SHIM_DEATHS.with(&[&rec.handler]).inc();
         self.forget_shim(pod_id);
         shim::remove_dead_socket(address);
         // What runc still runs for the pod (its processes outlive the shim) is killed and

@@ -361,6 +361,17 @@ impl Runtime {
     pub(crate) fn forget_shim(&self, id: &str) {
         self.shims.forget(id);
     }
+
+    /// How many pods have a shim now, by their handler (berth's metrics).
+    pub fn shims_by_handler(&self) -> std::collections::BTreeMap<String, usize> {
+        let mut out = std::collections::BTreeMap::new();
+        for id in self.shims.pods() {
+            if let Ok(rec) = self.get(&id) {
+                *out.entry(rec.handler.clone()).or_insert(0) += 1;
+            }
+        }
+        out
+    }
 }
 
 impl std::fmt::Debug for Runtime {

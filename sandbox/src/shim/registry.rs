@@ -25,6 +25,16 @@ impl Shims {
             .cloned()
     }
 
+    /// The pods that have a shim.
+    pub(crate) fn pods(&self) -> Vec<String> {
+        self.shims
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .cloned()
+            .collect()
+    }
+
     /// Makes `s` the shim of pod `pod_id`.
     pub(crate) fn insert(&self, pod_id: &str, s: Shim) {
         self.shims
