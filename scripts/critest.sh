@@ -3,13 +3,15 @@
 # the critest world (a local registry mirroring every image critest pulls, a certs.d tree and a
 # CNI conflist: see shared/critest-world/README.md beside this checkout), and prints critest's
 # summary. berth runs with the current runc first on its $PATH (scripts/install-runc.sh), as
-# the e2e tests run it.
+# the e2e tests run it, and its NRI socket is given to critest (`-nri-socket`), so that the
+# NRI specs run too.
 #
 #   scripts/critest.sh [HANDLER]       # default: berth's default handler (crun)
 #
 # $CRITEST_WORLD names the world's directory (default ../shared/critest-world); $BERTH_BIN the
 # berth binary (default target/debug/berth); extra critest flags go in $CRITEST_FLAGS. The
-# full log is kept in target/critest-<handler>.log. Needs root.
+# full log is kept in target/critest-<handler>.log, berth's in
+# target/critest-<handler>-berth.log. Needs root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 handler="${1:-crun}"
@@ -34,6 +36,7 @@ cleanup() {
         kill "$berth_pid" 2>/dev/null || true
         wait "$berth_pid" 2>/dev/null || true
     fi
+    cp "$dir/berth.log" "$PWD/target/critest-$handler-berth.log" 2>/dev/null || true
     # Only what this run mounted, deepest first.
     awk -v d="$dir" '$5 ~ "^"d {print $5}' /proc/self/mountinfo | sort -r | while read -r m; do
         umount -l "$m" 2>/dev/null || true
@@ -53,6 +56,10 @@ bin_dirs = ["/usr/lib/cni"]
 default_handler = "$handler"
 [cadvisor]
 containerd_socket = ""
+[nri]
+socket_path = "$dir/nri.sock"
+plugin_path = "$dir/nri-plugins"
+plugin_config_path = "$dir/nri-conf.d"
 EOF
 PATH="$runc_dir:$PATH" "$berth" --config "$dir/config.toml" --root "$dir/root" --state "$dir/state" \
     --address "$dir/berth.sock" > "$dir/berth.log" 2>&1 &
@@ -66,7 +73,7 @@ done
 set +e
 # shellcheck disable=SC2086
 "$tools/critest" --runtime-endpoint "unix://$dir/berth.sock" --image-endpoint "unix://$dir/berth.sock" \
-    --ginkgo.no-color ${CRITEST_FLAGS:-} > "$log" 2>&1
+    -nri-socket "$dir/nri.sock" --ginkgo.no-color ${CRITEST_FLAGS:-} > "$log" 2>&1
 rc=$?
 set -e
 echo "critest ($handler): $(grep -E '^Ran [0-9]+ of [0-9]+ Specs' "$log" | tail -1)"

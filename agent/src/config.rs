@@ -33,6 +33,7 @@ pub struct Config {
     pub cadvisor: CadvisorConfig,
     pub cdi: CdiConfig,
     pub metrics: MetricsConfig,
+    pub nri: NriConfig,
 }
 
 /// The Prometheus endpoint (containerd's `[metrics]`, CRI-O's `enable_metrics`).
@@ -44,6 +45,44 @@ pub struct MetricsConfig {
     /// PEM certificate chain and key to serve TLS; both empty: plain HTTP.
     pub tls_cert: PathBuf,
     pub tls_key: PathBuf,
+}
+
+/// NRI (containerd's `[plugins."io.containerd.nri.v1.nri"]`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct NriConfig {
+    /// NRI on (as in containerd 2.0).
+    pub enable: bool,
+    /// Where external plugins connect.
+    pub socket_path: PathBuf,
+    /// Plugins started with berth: executables named `NN-name`.
+    pub plugin_path: PathBuf,
+    /// Their configuration files (`NN-name.conf` or `name.conf`).
+    pub plugin_config_path: PathBuf,
+    /// How long a plugin has to register once connected (ms).
+    pub plugin_registration_timeout_ms: u64,
+    /// How long a plugin has to answer a call (ms).
+    pub plugin_request_timeout_ms: u64,
+    /// No external plugins: only those started from `plugin_path`.
+    pub disable_connections: bool,
+    /// Plugins (`NN-name` or `name`) whose failure to answer fails the call instead of
+    /// being skipped.
+    pub required_plugins: Vec<String>,
+}
+
+impl Default for NriConfig {
+    fn default() -> Self {
+        NriConfig {
+            enable: true,
+            socket_path: "/var/run/nri/nri.sock".into(),
+            plugin_path: "/opt/nri/plugins".into(),
+            plugin_config_path: "/etc/nri/conf.d".into(),
+            plugin_registration_timeout_ms: 5000,
+            plugin_request_timeout_ms: 2000,
+            disable_connections: false,
+            required_plugins: vec![],
+        }
+    }
 }
 
 /// CDI devices (containerd's `enable_cdi`, `cdi_spec_dirs`).
@@ -337,6 +376,7 @@ impl Default for Config {
             cadvisor: CadvisorConfig::default(),
             cdi: CdiConfig::default(),
             metrics: MetricsConfig::default(),
+            nri: NriConfig::default(),
         }
     }
 }
@@ -467,6 +507,20 @@ impl Config {
                 "metrics.address: {:?} is not an IP address and port (e.g. \"127.0.0.1:1338\")",
                 self.metrics.address
             );
+        }
+        for (key, ms) in [
+            (
+                "nri.plugin_registration_timeout_ms",
+                self.nri.plugin_registration_timeout_ms,
+            ),
+            (
+                "nri.plugin_request_timeout_ms",
+                self.nri.plugin_request_timeout_ms,
+            ),
+        ] {
+            if !(10..=600_000).contains(&ms) {
+                bail!("{key}: {ms} is out of range (10 to 600000)");
+            }
         }
         if self.metrics.tls_cert.as_os_str().is_empty()
             != self.metrics.tls_key.as_os_str().is_empty()

@@ -94,6 +94,7 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         pods = pods.list(&Default::default()).len(),
         "pod sandboxes recovered"
     );
+    pods.start_nri().await.context("start NRI")?;
 
     let stream = berth_stream::StreamServer::start(
         stream_config(&cfg)?,
@@ -148,6 +149,9 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         )
         .await;
     pods.release_spare().await;
+    if let Some(nri) = pods.nri() {
+        nri.shutdown();
+    }
     if let Err(e) = store.flush() {
         tracing::warn!(err = %e, "cannot make the last record writes durable");
     }
@@ -271,6 +275,20 @@ fn pod_manager_config(
         } else {
             vec![]
         },
+        nri: cfg.nri.enable.then(|| {
+            berth_nri::Nri::new(berth_nri::NriConfig {
+                socket_path: (!cfg.nri.disable_connections).then(|| cfg.nri.socket_path.clone()),
+                plugin_path: cfg.nri.plugin_path.clone(),
+                plugin_config_path: cfg.nri.plugin_config_path.clone(),
+                timeouts: berth_nri::Timeouts {
+                    registration: std::time::Duration::from_millis(
+                        cfg.nri.plugin_registration_timeout_ms,
+                    ),
+                    request: std::time::Duration::from_millis(cfg.nri.plugin_request_timeout_ms),
+                },
+                required_plugins: cfg.nri.required_plugins.clone(),
+            })
+        }),
     })
 }
 

@@ -182,6 +182,18 @@ impl Berth {
                 dir.path().join("containerd.sock").display()
             )
         };
+        // NRI's socket and plugin directory are the test's own unless the caller says (the
+        // host's are the node's).
+        let text = if text.contains("[nri]\n") {
+            text
+        } else {
+            format!(
+                "{text}\n[nri]\nsocket_path = \"{}\"\nplugin_path = \"{}\"\nplugin_config_path = \"{}\"\n",
+                dir.path().join("nri.sock").display(),
+                dir.path().join("nri-plugins").display(),
+                dir.path().join("nri-conf.d").display()
+            )
+        };
         let text = with_default_handler(&text);
         std::fs::write(&config, text)?;
         let mut b = Berth {

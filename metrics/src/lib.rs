@@ -136,6 +136,25 @@ pub static STREAM_SESSIONS_OPENED: Family<Counter> = Family::counter(
     &["kind"],
 );
 
+/// NRI plugins connected now.
+pub static NRI_PLUGINS: Family<Gauge> =
+    Family::gauge("berth_nri_plugins", "NRI plugins connected now.", &[]);
+
+/// Calls to NRI plugins.
+pub static NRI_CALLS: Family<Counter> = Family::counter(
+    "berth_nri_plugin_calls",
+    "Calls to NRI plugins, by event and result (ok, error, timeout, closed).",
+    &["event", "result"],
+);
+
+/// How long NRI plugins took to answer.
+pub static NRI_CALL_DURATION: Family<Histogram> = Family::histogram(
+    "berth_nri_plugin_call_duration_seconds",
+    "How long NRI plugins took to answer, by event.",
+    &["event"],
+    || Histogram::new(LATENCY),
+);
+
 /// Every family above, in the order they are served.
 pub fn catalogue() -> Vec<&'static dyn Collect> {
     vec![
@@ -154,6 +173,9 @@ pub fn catalogue() -> Vec<&'static dyn Collect> {
         &CNI_CALL_DURATION,
         &STREAM_SESSIONS,
         &STREAM_SESSIONS_OPENED,
+        &NRI_PLUGINS,
+        &NRI_CALLS,
+        &NRI_CALL_DURATION,
     ]
 }
 

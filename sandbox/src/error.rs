@@ -29,6 +29,9 @@ pub enum Error {
     /// Networking failed.
     #[error("network: {0}")]
     Network(berth_network::Error),
+    /// An NRI plugin refused, conflicted with another, or asked for what berth cannot do.
+    #[error(transparent)]
+    Nri(berth_nri::Error),
     /// A name or id is already taken.
     #[error("{0}")]
     AlreadyExists(String),
@@ -101,6 +104,7 @@ impl Error {
             Error::Image(e) | Error::SandboxImage { error: e, .. } => e.kind(),
             Error::Store(e) => e.kind(),
             Error::Network(e) => e.kind(),
+            Error::Nri(e) => e.kind(),
             Error::AlreadyExists(_) => ErrorKind::AlreadyExists,
             Error::Precondition(_) => ErrorKind::FailedPrecondition,
             Error::Timeout(_) => ErrorKind::DeadlineExceeded,

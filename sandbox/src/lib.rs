@@ -36,6 +36,7 @@ pub mod container;
 pub mod error;
 pub mod logs;
 pub mod metrics;
+pub mod nri;
 pub mod pod;
 pub mod process;
 mod reaper;

@@ -122,6 +122,10 @@ impl Runtime {
                 "create step"
             )
         };
+        // Whether plugins were told of the container (and must hear it go, if it fails), and
+        // the updates to other containers they answered with.
+        let mut nri_told = false;
+        let mut nri_updates = vec![];
         let res: Result<()> = async {
             std::fs::create_dir_all(bundle.join("rootfs"))
                 .map_err(|e| Error::io(format!("create {}", bundle.display()), e))?;
@@ -217,6 +221,33 @@ impl Runtime {
                 crate::cdi::apply(&mut spec, &edits, &crate::spec::host::RealHost)?;
                 lap("cdi");
             }
+            // Plugins adjust the container before anyone sees it: from here until its
+            // record is kept, no plugin is synchronized in between.
+            let _sync = self.nri_block_sync().await;
+            if let Some(nri) = self.nri() {
+                let created = nri
+                    .create_container(
+                        &crate::nri::pod(&pod),
+                        &crate::nri::container(&rec, Some(&spec)),
+                    )
+                    .await
+                    .map_err(Error::Nri)?;
+                nri_told = true;
+                let mut cdi = vec![];
+                for (plugin, a) in &created.adjustments {
+                    cdi.extend(crate::nri::apply(&mut spec, plugin, a)?);
+                }
+                if !cdi.is_empty() {
+                    let dirs = self.cfg.cdi_spec_dirs.clone();
+                    let edits =
+                        tokio::task::spawn_blocking(move || crate::cdi::resolve(&dirs, &cdi))
+                            .await
+                            .map_err(|e| Error::io("read the CDI specs", e.into()))??;
+                    crate::cdi::apply(&mut spec, &edits, &crate::spec::host::RealHost)?;
+                }
+                nri_updates = created.updates;
+                lap("nri");
+            }
             std::fs::write(
                 bundle.join("config.json"),
                 serde_json::to_vec(&spec).unwrap_or_default(),
@@ -296,9 +327,32 @@ impl Runtime {
             Ok(()) => {
                 reservation.commit();
                 self.emit(&rec, ContainerEventKind::Created);
+                if !nri_updates.is_empty() {
+                    let failed = self.apply_nri_updates(nri_updates).await;
+                    if !failed.is_empty() {
+                        tracing::warn!(
+                            container = id,
+                            failed = failed.len(),
+                            "updates NRI plugins asked for at a container's creation failed"
+                        );
+                    }
+                }
+                self.nri_container_event(berth_nri::Event::PostCreateContainer, &rec)
+                    .await;
                 Ok(id)
             }
             Err(e) => {
+                if nri_told && let Some(nri) = self.nri() {
+                    // Plugins that adjusted it hear it went.
+                    let (p, c) = (
+                        crate::nri::pod(&pod),
+                        crate::nri::container(&rec, rec.spec.as_deref()),
+                    );
+                    let _ = nri.stop_container(&p, &c).await;
+                    let _ = nri
+                        .container(berth_nri::Event::RemoveContainer, &p, &c)
+                        .await;
+                }
                 let _ = shim.delete(&id).await;
                 self.container_logs().remove(&id);
                 let _ = self.images().snapshots().remove_active(&id);

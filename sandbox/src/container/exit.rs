@@ -65,6 +65,14 @@ impl Runtime {
         }
         if changed && let Ok(rec) = res.or_else(|_| self.container(id)) {
             self.emit(&rec, ContainerEventKind::Stopped);
+            if self.nri().is_some() {
+                let (me, id) = (self.me(), id.to_string());
+                tokio::spawn(async move {
+                    if let Some(m) = me.upgrade() {
+                        m.nri_stopped(&id).await;
+                    }
+                });
+            }
         }
         changed
     }

@@ -32,11 +32,16 @@ impl Runtime {
         if rec.state.needs_stop() {
             self.stop_container(&id, Duration::ZERO).await?;
         }
+        // Plugins hear that it stopped (if its exit has not told them yet), then that it goes.
+        self.nri_stopped(&id).await;
+        let _sync = self.nri_block_sync().await;
         let lock = self.containers().lock(&id);
         let _g = lock.lock().await;
-        if self.container(&id).is_err() {
+        let Ok(rec) = self.container(&id) else {
             return Ok(()); // removed while this call waited for the lock
-        }
+        };
+        self.nri_container_event(berth_nri::Event::RemoveContainer, &rec)
+            .await;
         self.reap_container(&id).await;
         let bundle = self.ctr_dir(&id).join("bundle");
         crate::pod::unmount(&bundle.join("rootfs"))?;
@@ -69,6 +74,7 @@ impl Runtime {
             .await;
         }
         self.containers().remove(&id)?;
+        self.nri_forget(&id);
         self.note_reaped(&id, false);
         self.stats_memory().remove(&id);
         self.emit(&rec, ContainerEventKind::Deleted);

@@ -29,7 +29,24 @@ impl Runtime {
         // finished before it started.
         let started = now_ns();
         let steps = berth_metrics::Steps::start("start_container");
-        let res = shim.start(&id).await;
+        let _sync = self.nri_block_sync().await;
+        // Plugins hear of the start first; one that refuses it fails it.
+        let refused = match (self.nri(), self.get(&rec.pod_id)) {
+            (Some(nri), Ok(pod)) => nri
+                .container(
+                    berth_nri::Event::StartContainer,
+                    &crate::nri::pod(&pod),
+                    &crate::nri::container(&rec, rec.spec.as_deref()),
+                )
+                .await
+                .err()
+                .map(Error::Nri),
+            _ => None,
+        };
+        let res = match refused {
+            Some(e) => Err(e),
+            None => shim.start(&id).await,
+        };
         steps.lap("shim_start");
         match res {
             Ok(pid) => {
@@ -47,6 +64,8 @@ impl Runtime {
                 })?;
                 self.emit(&rec, ContainerEventKind::Started);
                 steps.lap("record");
+                self.nri_container_event(berth_nri::Event::PostStartContainer, &rec)
+                    .await;
                 Ok(())
             }
             Err(e) => {

@@ -52,6 +52,10 @@ pub struct PodRecord {
     /// Stop has run CNI DEL and removed the netns: a later Stop (Remove stops first) need not.
     #[serde(default)]
     pub network_down: bool,
+    /// StopPodSandbox has finished once: a later one changes nothing and tells no NRI
+    /// plugin.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stopped: bool,
     /// IPs from CNI, primary first.
     pub ips: Vec<String>,
     /// The pause process.

@@ -31,6 +31,11 @@ impl Runtime {
         let Ok(rec) = self.get(&id) else {
             return Ok(()); // removed while this call waited for the lock
         };
+        {
+            let _sync = self.nri_block_sync().await;
+            self.nri_pod_event(berth_nri::Event::RemovePodSandbox, &rec)
+                .await;
+        }
         unmount(&self.bundle(&id).join("rootfs"))?;
         // Its containers are gone: the idmapped view of the layers they used goes too.
         crate::userns::release_layers_view(&crate::userns::layers_view(self.state_dir(), &id))?;

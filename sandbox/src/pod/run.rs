@@ -62,6 +62,7 @@ impl Runtime {
             state: PodState::NotReady,
             netns: None,
             network_down: false,
+            stopped: false,
             ips: vec![],
             pid: 0,
             handler: handler_name,
@@ -95,6 +96,16 @@ impl Runtime {
         let res = self
             .run_steps(&mut rec, &handler, &image, &image_config, &mut undo)
             .await;
+        // Plugins hear of the pod before anyone else sees it; one that refuses it fails it,
+        // and what was made is undone.
+        let _sync = self.nri_block_sync().await;
+        let res = match (res, self.nri()) {
+            (Ok(()), Some(nri)) => nri
+                .pod(berth_nri::Event::RunPodSandbox, &crate::nri::pod(&rec))
+                .await
+                .map_err(Error::Nri),
+            (r, _) => r,
+        };
         match res {
             Ok(()) => {
                 rec.state = PodState::Ready;

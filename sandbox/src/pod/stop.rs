@@ -27,6 +27,15 @@ impl Runtime {
         };
         self.stop_pod_containers(&id).await?;
         self.stop_task(&rec).await?;
+        if !rec.stopped && self.nri().is_some() {
+            // Its containers' stops first, then the pod's, while it still has its network.
+            for c in self.containers_of(&id) {
+                self.nri_stopped(&c).await;
+            }
+            let _sync = self.nri_block_sync().await;
+            self.nri_pod_event(berth_nri::Event::StopPodSandbox, &rec)
+                .await;
+        }
         let network = rec.netns.as_ref().filter(|_| !rec.network_down);
         if let Some(ns) = network {
             let a = self.attachment(&rec);
@@ -65,6 +74,7 @@ impl Runtime {
         self.change_pod(&id, |r| {
             r.state = PodState::NotReady;
             r.network_down = r.netns.is_some();
+            r.stopped = true;
         })
     }
 

@@ -67,6 +67,8 @@ pub struct RuntimeConfig {
     pub warm_shim: bool,
     /// Where CDI spec files are, later ones winning; empty when CDI is off.
     pub cdi_spec_dirs: Vec<PathBuf>,
+    /// NRI, when it is on.
+    pub nri: Option<berth_nri::Nri>,
 }
 
 /// What the stats calls remember of a container between calls; it goes with the container.
@@ -90,6 +92,8 @@ pub struct Runtime {
     pub(crate) pods: Records<PodRecord>,
     pub(crate) shims: Shims,
     pub(crate) hub: EventHub,
+    /// Each container's NRI StopContainer delivery (see [`crate::nri`]).
+    pub(crate) nri_stops: crate::nri::StopOnce,
     pub(crate) containers: Records<crate::container::ContainerRecord>,
     pub(crate) container_logs: std::sync::Mutex<HashMap<String, crate::logs::ContainerLog>>,
     pub(crate) container_events: tokio::sync::broadcast::Sender<crate::container::ContainerEvent>,
@@ -129,6 +133,7 @@ impl Runtime {
             pods: Records::new(store.clone()),
             shims: Shims::default(),
             hub,
+            nri_stops: Default::default(),
             containers: Records::new(store.clone()),
             container_logs: Default::default(),
             container_events: tokio::sync::broadcast::channel(1024).0,

@@ -112,6 +112,7 @@ impl ContainerSpec<'_> {
                     c.resources.oom_score_adj,
                     self.daemon_oom_score_adj,
                 )),
+                rlimits: vec![],
             }),
             root: Some(Root {
                 path: "rootfs".into(),

@@ -125,6 +125,21 @@ pub struct Process {
     /// Its `oom_score_adj`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub oom_score_adj: Option<i64>,
+    /// Its resource limits (`RLIMIT_NOFILE`, …), set by NRI plugins.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rlimits: Vec<Rlimit>,
+}
+
+/// A POSIX resource limit.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rlimit {
+    /// `RLIMIT_NOFILE`, …
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The hard limit.
+    pub hard: u64,
+    /// The soft limit.
+    pub soft: u64,
 }
 
 /// uid, gid and supplementary groups.
@@ -338,6 +353,16 @@ pub struct Resources {
     /// cgroup v2 files to write.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub unified: BTreeMap<String, String>,
+    /// The pids limit (set by NRI plugins).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pids: Option<Pids>,
+}
+
+/// The pids cgroup's limit.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pids {
+    /// At most this many tasks.
+    pub limit: i64,
 }
 
 /// A device cgroup rule.

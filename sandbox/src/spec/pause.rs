@@ -130,6 +130,7 @@ impl SandboxSpec {
                     SANDBOX_OOM_SCORE_ADJ,
                     self.daemon_oom_score_adj,
                 )),
+                rlimits: vec![],
             }),
             root: Some(Root {
                 path: rootfs.into(),

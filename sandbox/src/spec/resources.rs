@@ -36,6 +36,7 @@ pub fn linux_resources(r: &Asked, hugetlb: bool) -> super::oci::Resources {
             })
             .collect(),
         unified: r.unified.clone(),
+        pids: None,
     }
 }
 
