@@ -19,6 +19,8 @@ echo "== tools: Kubernetes' node e2e suite (e2e_node.test, ginkgo, agnhost for i
 scripts/install-e2e-node.sh >/dev/null
 echo "== tools: a current runc (user namespaces need idmapped mounts; Debian's runc 1.1.5 has none)"
 scripts/install-runc.sh >/dev/null
+echo "== tools: NRI plugins (NRI's sample ulimit-adjuster, berth's test plugin on NRI's stub)"
+scripts/install-nri-plugins.sh >/dev/null
 
 # A CI run starts from a clean clone and builds everything once: incremental state would only
 # cost disk (it was most of the target directory).

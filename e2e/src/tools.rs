@@ -78,3 +78,26 @@ pub fn static_c_binary(name: &str, src: &str) -> anyhow::Result<Vec<u8>> {
     anyhow::ensure!(status.success(), "gcc -static {name}.c failed");
     Ok(std::fs::read(out)?)
 }
+
+/// NRI's sample ulimit-adjuster (`scripts/install-nri-plugins.sh`): `$BERTH_ULIMIT_ADJUSTER`,
+/// else the install script's cache.
+pub fn ulimit_adjuster() -> PathBuf {
+    tool(
+        "BERTH_ULIMIT_ADJUSTER",
+        "nri-plugins-v0.4.0/ulimit-adjuster".into(),
+    )
+}
+
+/// berth's NRI test plugin (`e2e/nri-plugin`, built by `scripts/install-nri-plugins.sh`):
+/// `$BERTH_NRI_TEST_PLUGIN`, else `target/nri-test-plugin`.
+pub fn nri_test_plugin() -> PathBuf {
+    std::env::var_os("BERTH_NRI_TEST_PLUGIN").map_or_else(
+        || {
+            PathBuf::from(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../target/nri-test-plugin"
+            ))
+        },
+        PathBuf::from,
+    )
+}

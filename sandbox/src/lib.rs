@@ -17,6 +17,8 @@
 //!   ├─ logs      CRI log files from container output      ├─ users   image accounts
 //!   ├─ userns    pods in user namespaces: id mappings, the idmapped view of the layers
 //!   ├─ cdi       CDI devices: spec files, names, their edits applied to a spec
+//!   ├─ nri       NRI: pods and containers as NRI's messages, plugins' adjustments applied
+//!   │            to a spec, their updates, the events (`berth-nri` holds the plugins)
 //!   ├─ seccomp   profiles: the default one, Localhost files ├─ stats   usage (cgroups:
 //!   ├─ metrics   cAdvisor-style pod metrics                 │          berth-cgroups)
 //!   └─ safefile, process, registrar, runsc, error
