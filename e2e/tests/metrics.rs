@@ -205,3 +205,38 @@ async fn the_endpoint_refuses_what_it_does_not_serve() {
         "{text}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_over_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = berth_e2e::tls::ca_and_server_cert(dir.path());
+    let env = PodEnv::start_with(
+        TestNet::new().unwrap(),
+        &format!(
+            "[metrics]\naddress = \"127.0.0.1:0\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\n",
+            cert.display(),
+            key.display()
+        ),
+    )
+    .await
+    .unwrap();
+    let address = metrics_address(&env);
+    let curl = |url: String| {
+        std::process::Command::new("curl")
+            .args(["-sS", "--max-time", "10", "--cacert"])
+            .arg(&ca)
+            .arg(url)
+            .output()
+            .unwrap()
+    };
+    let out = curl(format!("https://{address}/metrics"));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("# TYPE berth_cri_requests_total counter"),
+        "{}{text}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Plain HTTP to the TLS port gets no metrics.
+    let out = curl(format!("http://{address}/metrics"));
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("berth_"));
+}
