@@ -272,3 +272,97 @@ mod tests {
         let _ = code::DEADLINE_EXCEEDED;
     }
 }
+
+#[cfg(test)]
+mod hostile {
+    //! A plugin's side of the connection is hostile: frames and messages over their limits,
+    //! bytes that decode to nothing, or silence end the connection promptly, never with a
+    //! panic or an allocation of what the peer claims.
+
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    struct NoHost;
+
+    impl Host for NoHost {
+        fn snapshot(&self) -> (Vec<api::PodSandbox>, Vec<api::Container>) {
+            (vec![], vec![])
+        }
+        fn update(
+            &self,
+            updates: Vec<api::ContainerUpdate>,
+        ) -> std::pin::Pin<Box<dyn Future<Output = Vec<api::ContainerUpdate>> + Send + '_>>
+        {
+            Box::pin(async move { updates })
+        }
+    }
+
+    /// Connects berth's side to a peer that writes `bytes`; returns what connect said.
+    async fn connect_to(bytes: Vec<u8>) -> Result<Plugin, String> {
+        let (ours, mut theirs) = tokio::net::UnixStream::pair().unwrap();
+        let t = Timeouts {
+            registration: Duration::from_millis(300),
+            request: Duration::from_millis(300),
+        };
+        let writer = tokio::spawn(async move {
+            let _ = theirs.write_all(&bytes).await;
+            // Kept open: berth must not wait for the peer to close.
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        });
+        let r = Plugin::connect(ours, None, |_, _| String::new(), Arc::new(NoHost), &t).await;
+        writer.abort();
+        r
+    }
+
+    fn frame(conn: u32, len: u32, body: &[u8]) -> Vec<u8> {
+        let mut f = conn.to_be_bytes().to_vec();
+        f.extend_from_slice(&len.to_be_bytes());
+        f.extend_from_slice(body);
+        f
+    }
+
+    #[tokio::test]
+    async fn hostile_peers_are_refused_promptly() {
+        let ttrpc_header = |len: u32, stream: u32, kind: u8| {
+            let mut h = len.to_be_bytes().to_vec();
+            h.extend_from_slice(&stream.to_be_bytes());
+            h.extend_from_slice(&[kind, 0]);
+            h
+        };
+        // (what, bytes, whether berth closes at once rather than waiting out registration)
+        let cases: Vec<(&str, Vec<u8>, bool)> = vec![
+            ("a frame claiming 4 GiB", frame(2, u32::MAX, b""), true),
+            (
+                "a ttrpc message claiming 4 GiB",
+                frame(2, 10, &ttrpc_header(u32::MAX, 1, 1)),
+                true,
+            ),
+            (
+                "a request that does not decode",
+                frame(
+                    2,
+                    13,
+                    &[ttrpc_header(3, 1, 1), vec![0xff, 0xff, 0xff]].concat(),
+                ),
+                true,
+            ),
+            ("garbage", (0..=255u8).cycle().take(10_000).collect(), true),
+            ("silence", vec![], false),
+        ];
+        for (what, bytes, at_once) in cases {
+            let t = std::time::Instant::now();
+            let e = connect_to(bytes).await.map(drop).unwrap_err();
+            if at_once {
+                assert_eq!(e, "the connection closed before it registered", "{what}");
+            } else {
+                assert_eq!(e, "it did not register within 300ms", "{what}");
+            }
+            // The registration timeout (300 ms) is the longest any of them may cost.
+            assert!(
+                t.elapsed() < Duration::from_secs(3),
+                "{what}: {:?}",
+                t.elapsed()
+            );
+        }
+    }
+}
