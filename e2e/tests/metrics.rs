@@ -10,6 +10,16 @@ use berth_e2e::net::TestNet;
 use berth_e2e::pods::pod_config;
 use berth_e2e::prometheus::Prometheus;
 
+/// A berth serving metrics on a free port, with `extra` in its `[metrics]` table.
+async fn metrics_env(extra: &str) -> PodEnv {
+    PodEnv::start_with(
+        TestNet::new().unwrap(),
+        &format!("[metrics]\naddress = \"127.0.0.1:0\"\n{extra}"),
+    )
+    .await
+    .unwrap()
+}
+
 /// The address berth says it serves its metrics on (it was given port 0).
 fn metrics_address(env: &PodEnv) -> String {
     let log = env.berth.log();
@@ -37,12 +47,7 @@ async fn scrape(address: &str, accept: &str) -> (String, String) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn prometheus_scrapes_berth_and_promql_counts_the_calls_made() {
-    let env = PodEnv::start_with(
-        TestNet::new().unwrap(),
-        "[metrics]\naddress = \"127.0.0.1:0\"\n",
-    )
-    .await
-    .unwrap();
+    let env = metrics_env("").await;
     let address = metrics_address(&env);
 
     // Both formats; the text one passes promtool's lint (names, units, help, types).
@@ -178,12 +183,7 @@ async fn prometheus_scrapes_berth_and_promql_counts_the_calls_made() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_endpoint_refuses_what_it_does_not_serve() {
-    let env = PodEnv::start_with(
-        TestNet::new().unwrap(),
-        "[metrics]\naddress = \"127.0.0.1:0\"\n",
-    )
-    .await
-    .unwrap();
+    let env = metrics_env("").await;
     let address = metrics_address(&env);
     let http = reqwest::Client::new();
     let r = http.get(format!("http://{address}/")).send().await.unwrap();
@@ -210,16 +210,12 @@ async fn the_endpoint_refuses_what_it_does_not_serve() {
 async fn metrics_over_tls() {
     let dir = tempfile::tempdir().unwrap();
     let (ca, cert, key) = berth_e2e::tls::ca_and_server_cert(dir.path());
-    let env = PodEnv::start_with(
-        TestNet::new().unwrap(),
-        &format!(
-            "[metrics]\naddress = \"127.0.0.1:0\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\n",
-            cert.display(),
-            key.display()
-        ),
-    )
-    .await
-    .unwrap();
+    let env = metrics_env(&format!(
+        "tls_cert = \"{}\"\ntls_key = \"{}\"\n",
+        cert.display(),
+        key.display()
+    ))
+    .await;
     let address = metrics_address(&env);
     let curl = |url: String| {
         std::process::Command::new("curl")

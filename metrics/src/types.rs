@@ -210,23 +210,34 @@ impl<M> Family<M> {
     }
 }
 
+impl<M> Family<M> {
+    const fn new(desc: Desc, make: fn() -> M, value: fn(&M) -> Value) -> Self {
+        Family {
+            desc,
+            make,
+            children: RwLock::new(BTreeMap::new()),
+            value,
+        }
+    }
+}
+
 impl Family<Counter> {
     pub const fn counter(
         name: &'static str,
         help: &'static str,
         labels: &'static [&'static str],
     ) -> Self {
-        Family {
-            desc: Desc {
+        let kind = Type::Counter;
+        Family::new(
+            Desc {
                 name,
                 help,
                 labels,
-                kind: Type::Counter,
+                kind,
             },
-            make: Counter::default,
-            children: RwLock::new(BTreeMap::new()),
-            value: |c| Value::Number(c.get() as f64),
-        }
+            Counter::default,
+            |c| Value::Number(c.get() as f64),
+        )
     }
 }
 
@@ -236,17 +247,17 @@ impl Family<Gauge> {
         help: &'static str,
         labels: &'static [&'static str],
     ) -> Self {
-        Family {
-            desc: Desc {
+        let kind = Type::Gauge;
+        Family::new(
+            Desc {
                 name,
                 help,
                 labels,
-                kind: Type::Gauge,
+                kind,
             },
-            make: Gauge::default,
-            children: RwLock::new(BTreeMap::new()),
-            value: |g| Value::Number(g.get()),
-        }
+            Gauge::default,
+            |g| Value::Number(g.get()),
+        )
     }
 }
 
@@ -260,17 +271,17 @@ impl Family<Histogram> {
         labels: &'static [&'static str],
         buckets: Buckets,
     ) -> Self {
-        Family {
-            desc: Desc {
+        let kind = Type::Histogram;
+        Family::new(
+            Desc {
                 name,
                 help,
                 labels,
-                kind: Type::Histogram,
+                kind,
             },
-            make: buckets,
-            children: RwLock::new(BTreeMap::new()),
-            value: Histogram::value,
-        }
+            buckets,
+            Histogram::value,
+        )
     }
 }
 
