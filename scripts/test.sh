@@ -21,6 +21,8 @@ echo "== tools: a current runc (user namespaces need idmapped mounts; Debian's r
 scripts/install-runc.sh >/dev/null
 echo "== tools: NRI plugins (NRI's sample ulimit-adjuster, berth's test plugin on NRI's stub)"
 scripts/install-nri-plugins.sh >/dev/null
+echo "== tools: cosign (signs the signed-image tests' images, offline)"
+scripts/install-cosign.sh >/dev/null
 
 # A CI run starts from a clean clone and builds everything once: incremental state would only
 # cost disk (it was most of the target directory).

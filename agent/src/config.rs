@@ -26,6 +26,7 @@ pub struct Config {
     pub log: LogConfig,
     pub registry: RegistryConfig,
     pub image_decryption: ImageDecryptionConfig,
+    pub image_policy: ImagePolicyConfig,
     pub lazy_pull: LazyPullConfig,
     pub cni: CniConfig,
     pub runtime: RuntimeConfig,
@@ -34,6 +35,15 @@ pub struct Config {
     pub cdi: CdiConfig,
     pub metrics: MetricsConfig,
     pub nri: NriConfig,
+}
+
+/// Which images the node trusts (see `berth_image::policy`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct ImagePolicyConfig {
+    /// A `policy.json` (containers/image's format: CRI-O's `signature_policy`); empty: every
+    /// image is accepted.
+    pub path: PathBuf,
 }
 
 /// The Prometheus endpoint (containerd's `[metrics]`, CRI-O's `enable_metrics`).
@@ -363,6 +373,7 @@ impl Default for Config {
             log: LogConfig::default(),
             registry: RegistryConfig::default(),
             image_decryption: ImageDecryptionConfig::default(),
+            image_policy: ImagePolicyConfig::default(),
             lazy_pull: LazyPullConfig::default(),
             cni: CniConfig::default(),
             runtime: RuntimeConfig {

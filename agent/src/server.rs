@@ -53,6 +53,8 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
             max_concurrent_downloads: cfg.max_concurrent_downloads,
             timeouts: cfg.registry_timeouts(),
             decryption_keys_dir: cfg.image_decryption.keys_dir.clone(),
+            policy_path: (!cfg.image_policy.path.as_os_str().is_empty())
+                .then(|| cfg.image_policy.path.clone()),
             lazy: berth_image::lazy::LazyConfig {
                 registries: cfg.lazy_pull.registries.clone(),
                 background_fetch: cfg.lazy_pull.background_fetch,

@@ -101,3 +101,11 @@ pub fn nri_test_plugin() -> PathBuf {
         PathBuf::from,
     )
 }
+
+/// The cosign version `scripts/install-cosign.sh` builds.
+pub const COSIGN_VERSION: &str = "v2.6.5";
+
+/// cosign: `$BERTH_COSIGN`, else the install script's cache.
+pub fn cosign() -> PathBuf {
+    tool("BERTH_COSIGN", format!("cosign-{COSIGN_VERSION}/cosign"))
+}

@@ -22,6 +22,12 @@ pub enum Error {
     /// No local image matches the reference.
     #[error("image {0:?} not found")]
     ImageNotFound(String),
+    /// The signature policy file (or a key it names) cannot be used.
+    #[error("signature policy {0}")]
+    Policy(String),
+    /// The signature policy does not trust the image.
+    #[error("{0}")]
+    NotTrusted(Box<NotTrusted>),
     /// A hosts.toml (or the certs.d directory holding it) is malformed.
     #[error("{}{}: {reason}", file.display(), line.map(|l| format!(":{l}")).unwrap_or_default())]
     HostsConfig {
@@ -139,6 +145,7 @@ impl Error {
             Error::ImageNotFound(_) | Error::RemoteNotFound { .. } => ErrorKind::NotFound,
             Error::NoMatchingPlatform { .. } => ErrorKind::NotFound,
             Error::HostsConfig { .. } => ErrorKind::FailedPrecondition,
+            Error::Policy(_) | Error::NotTrusted(_) => ErrorKind::FailedPrecondition,
             Error::Unauthorized { .. } => ErrorKind::Unauthenticated,
             Error::Registry { .. } => ErrorKind::Unavailable,
             Error::DigestMismatch { .. } | Error::Tampered { .. } => ErrorKind::DataLoss,
@@ -169,6 +176,20 @@ impl Classify for Error {
     fn kind(&self) -> ErrorKind {
         Error::kind(self)
     }
+}
+
+/// Why the signature policy refused an image.
+#[derive(Debug, thiserror::Error)]
+#[error("image {image} is not trusted: policy scope {scope:?} requires {requires}, and {reason}")]
+pub struct NotTrusted {
+    /// The image as the pod names it.
+    pub image: String,
+    /// The policy scope that applied.
+    pub scope: String,
+    /// What the scope requires.
+    pub requires: String,
+    /// Why the image does not meet it.
+    pub reason: String,
 }
 
 /// The crate's result type.

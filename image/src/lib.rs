@@ -27,6 +27,7 @@ pub mod hosts;
 pub mod lazy;
 pub mod manifest;
 pub mod mountpoints;
+pub mod policy;
 pub mod reference;
 pub mod registry;
 pub mod service;

@@ -123,6 +123,16 @@ impl Reference {
         }
     }
 
+    /// The same repository at tag `tag` (a tag berth makes: a signature's).
+    pub fn with_tag(&self, tag: &str) -> Reference {
+        Reference {
+            domain: self.domain.clone(),
+            path: self.path.clone(),
+            tag: Some(tag.to_string()),
+            digest: None,
+        }
+    }
+
     /// The same repository pinned to `digest` (a "repo digest").
     pub fn with_digest(&self, digest: Digest) -> Reference {
         Reference {

@@ -122,6 +122,8 @@ impl ImageService for ImageCri {
                     "manifest": rec.manifest.to_string(),
                     // Layers encrypted with ocicrypt, opened with the node's keys at pull.
                     "encrypted": rec.encrypted,
+                    // How the signature policy accepted it (absent without a policy).
+                    "verified": rec.verified,
                     "imageSpec": spec,
                 });
                 let mut v = v;

@@ -36,6 +36,9 @@ pub struct ImageRecord {
     /// Whether any of its layers is encrypted (ocicrypt).
     #[serde(default)]
     pub encrypted: bool,
+    /// How the signature policy accepted it (the scope and the key), if there was a policy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verified: Option<String>,
 }
 
 impl ImageRecord {

@@ -19,6 +19,7 @@ mod index;
 mod lazy_pull;
 mod pull;
 mod readers;
+mod verify;
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -58,6 +59,9 @@ pub struct ImageServiceConfig {
     pub decryption_keys_dir: PathBuf,
     /// Which registries' eStargz layers are pulled lazily.
     pub lazy: crate::lazy::LazyConfig,
+    /// The signature policy (`policy.json`), read anew for every pull; `None`: every image
+    /// is accepted.
+    pub policy_path: Option<PathBuf>,
 }
 
 /// Bytes and inodes used by images.

@@ -101,8 +101,17 @@ impl ImageService {
         };
         let _relay = AbortOnDrop(relay);
 
+        // The policy first: nothing of an image it refuses is stored or fetched, and a scope
+        // that rejects asks no registry.
+        let applied = self.policy_for(&r).await?;
         let top = unless_cancelled(token, &r, session.resolve(&r)).await?;
         count_fetched(top.body.len() as u64);
+        let verified = unless_cancelled(
+            token,
+            &r,
+            self.verify_policy(&r, &session, &top, applied.as_ref()),
+        )
+        .await?;
         let mut blobs = vec![(top.digest.clone(), top.body.len() as u64)];
         self.content.write_all(&top.digest, &top.body)?;
         let manifest_doc =
@@ -221,6 +230,7 @@ impl ImageService {
                 .unwrap_or_default(),
             created_ns: now_ns(),
             encrypted: layer_keys.iter().any(Option::is_some),
+            verified,
         };
         self.commit_record(record).await
     }

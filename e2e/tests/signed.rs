@@ -1,0 +1,293 @@
+//! Signed images: a signature policy (`[image_policy] path`, containers' policy.json) applied
+//! to every pull, with signatures made here by cosign (keys it generates, no transparency
+//! log) and pushed to the test registry, pulled through a hosts.toml mirror. Each case the
+//! policy refuses is refused before anything of the image is stored.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use berth_cri_api::v1 as cri;
+use berth_e2e::PodEnv;
+use berth_e2e::apps::{app_image, groups_image};
+use berth_e2e::image::{get, put_manifest};
+use berth_e2e::net::TestNet;
+use berth_e2e::pods::mirror_hosts;
+use berth_e2e::tools;
+
+/// A cosign key pair in `dir` (`cosign.key`, `cosign.pub`).
+fn key_pair(dir: &Path) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    let out = Command::new(tools::cosign())
+        .arg("generate-key-pair")
+        .env("COSIGN_PASSWORD", "")
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    dir.join("cosign.pub")
+}
+
+/// Signs `repo@digest` in `registry` with the key in `key_dir`, claiming `identity`.
+fn sign(registry: &str, repo: &str, digest: &str, key_dir: &Path, identity: &str) {
+    let out = Command::new(tools::cosign())
+        .args(["sign", "--yes", "--tlog-upload=false"])
+        .args(["--allow-insecure-registry", "--allow-http-registry"])
+        .arg("--key")
+        .arg(key_dir.join("cosign.key"))
+        .args(["--sign-container-identity", identity])
+        .arg(format!("{registry}/{repo}@{digest}"))
+        .env("COSIGN_PASSWORD", "")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "cosign sign {repo}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The signature tag cosign uses for `digest`.
+fn sig_tag(digest: &str) -> String {
+    digest.replace(':', "-") + ".sig"
+}
+
+async fn pull(env: &PodEnv, image: &str) -> Result<String, tonic::Status> {
+    env.cri
+        .image
+        .clone()
+        .pull_image(cri::PullImageRequest {
+            image: Some(cri::ImageSpec {
+                image: image.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .map(|r| r.into_inner().image_ref)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_policy_accepts_what_its_keys_signed_and_refuses_the_rest_before_storing_it() {
+    tools::require(&tools::cosign(), "install-cosign.sh").unwrap();
+    let keys = tempfile::tempdir().unwrap();
+    let (a, b) = (keys.path().join("a"), keys.path().join("b"));
+    let a_pub = key_pair(&a);
+    key_pair(&b);
+    let policy = keys.path().join("policy.json");
+    std::fs::write(
+        &policy,
+        serde_json::json!({
+            "default": [{"type": "reject"}],
+            "transports": {"docker": {
+                "app.invalid/berth-e2e": [{
+                    "type": "sigstoreSigned",
+                    "keyPath": a_pub,
+                    "signedIdentity": {"type": "matchRepository"}
+                }],
+                "app.invalid/berth-e2e/open": [{"type": "insecureAcceptAnything"}],
+                "pause.invalid": [{"type": "insecureAcceptAnything"}]
+            }}
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let env = PodEnv::start_with(
+        TestNet::new().unwrap(),
+        &format!("[image_policy]\npath = \"{}\"\n", policy.display()),
+    )
+    .await
+    .unwrap();
+    // The test registry is both the mirror and the server of app.invalid: a signature
+    // neither has is not found (with an unreachable upstream it would be Unavailable).
+    let hosts = mirror_hosts("app.invalid", &env.registry.addr).replace(
+        "server = \"https://app.invalid\"",
+        &format!("server = \"http://{}\"", env.registry.addr),
+    );
+    env.berth.hosts_toml("app.invalid", &hosts).unwrap();
+    let reg = &env.registry;
+    let push = |repo: &'static str, tag: &'static str, groups: bool| async move {
+        let img = if groups { groups_image() } else { app_image() };
+        // Each its own manifest, so that what is stored can be told apart.
+        let mark = format!("BERTH_TEST_IMAGE={repo}:{tag}");
+        img.env(&[mark.as_str()])
+            .push(reg, &format!("berth-e2e/{repo}"), Some(tag))
+            .await
+            .unwrap()
+            .digest
+    };
+    let signed = push("signed", "1", false).await;
+    sign(
+        &reg.addr,
+        "berth-e2e/signed",
+        &signed,
+        &a,
+        "app.invalid/berth-e2e/signed",
+    );
+    push("unsigned", "1", false).await;
+    let other_key = push("otherkey", "1", false).await;
+    sign(
+        &reg.addr,
+        "berth-e2e/otherkey",
+        &other_key,
+        &b,
+        "app.invalid/berth-e2e/otherkey",
+    );
+    let moved = push("moved", "1", false).await;
+    sign(
+        &reg.addr,
+        "berth-e2e/moved",
+        &moved,
+        &a,
+        "app.invalid/berth-e2e/elsewhere",
+    );
+    // A signature of one image put where another's would be.
+    let first = push("digest", "1", false).await;
+    let second = push("digest", "2", true).await;
+    sign(
+        &reg.addr,
+        "berth-e2e/digest",
+        &first,
+        &a,
+        "app.invalid/berth-e2e/digest",
+    );
+    let sig = get(reg, "berth-e2e/digest", "manifests", &sig_tag(&first))
+        .await
+        .unwrap();
+    put_manifest(
+        reg,
+        "berth-e2e/digest",
+        &sig_tag(&second),
+        "application/vnd.oci.image.manifest.v1+json",
+        sig,
+    )
+    .await
+    .unwrap();
+    // A signature whose bytes were changed.
+    let tampered = push("tampered", "1", false).await;
+    sign(
+        &reg.addr,
+        "berth-e2e/tampered",
+        &tampered,
+        &a,
+        "app.invalid/berth-e2e/tampered",
+    );
+    let sig = get(reg, "berth-e2e/tampered", "manifests", &sig_tag(&tampered))
+        .await
+        .unwrap();
+    let mut m: serde_json::Value = serde_json::from_slice(&sig).unwrap();
+    let s = m["layers"][0]["annotations"]["dev.cosignproject.cosign/signature"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // Another valid base64 signature of the same length: its first byte changed.
+    let forged = if s.starts_with('M') {
+        s.replacen('M', "N", 1)
+    } else {
+        format!("M{}", &s[1..])
+    };
+    m["layers"][0]["annotations"]["dev.cosignproject.cosign/signature"] = forged.into();
+    put_manifest(
+        reg,
+        "berth-e2e/tampered",
+        &sig_tag(&tampered),
+        "application/vnd.oci.image.manifest.v1+json",
+        serde_json::to_vec(&m).unwrap(),
+    )
+    .await
+    .unwrap();
+    push("open", "1", false).await;
+
+    // Signed by the policy's key, for its repository: pulled, and the image says how.
+    let id = pull(&env, "app.invalid/berth-e2e/signed:1").await.unwrap();
+    let st = env
+        .cri
+        .image
+        .clone()
+        .image_status(cri::ImageStatusRequest {
+            image: Some(cri::ImageSpec {
+                image: id,
+                ..Default::default()
+            }),
+            verbose: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let info: serde_json::Value = serde_json::from_str(&st.info["info"]).unwrap();
+    let verified = info["verified"].as_str().unwrap_or_default();
+    assert!(
+        verified.contains("app.invalid/berth-e2e")
+            && verified.contains(&a_pub.display().to_string()),
+        "{info}"
+    );
+    // A scope that accepts anything; a registry no scope names (the default: reject).
+    pull(&env, "app.invalid/berth-e2e/open:1").await.unwrap();
+
+    for (image, says, digest) in [
+        (
+            "app.invalid/berth-e2e/unsigned:1",
+            "has no cosign signature",
+            None,
+        ),
+        (
+            "app.invalid/berth-e2e/otherkey:1",
+            "does not verify with the policy's keys",
+            Some(&other_key),
+        ),
+        (
+            "app.invalid/berth-e2e/moved:1",
+            "claims identity app.invalid/berth-e2e/elsewhere",
+            Some(&moved),
+        ),
+        (
+            "app.invalid/berth-e2e/digest:2",
+            "not this image's",
+            Some(&second),
+        ),
+        (
+            "app.invalid/berth-e2e/tampered:1",
+            "does not verify with the policy's keys",
+            Some(&tampered),
+        ),
+        (
+            "other.invalid/berth-e2e/signed:1",
+            "the scope rejects every image",
+            None,
+        ),
+    ] {
+        let e = pull(&env, image).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{image}: {e:?}");
+        assert!(
+            e.message()
+                .contains(&format!("image {image} is not trusted"))
+                && e.message().contains(says),
+            "{image}: {}",
+            e.message()
+        );
+        // Nothing of it was stored: not its manifest, not an image.
+        if let Some(d) = digest {
+            let blob = env
+                .berth
+                .root
+                .join("content/blobs/sha256")
+                .join(d.trim_start_matches("sha256:"));
+            assert!(!blob.exists(), "{image}: its manifest was stored");
+        }
+    }
+    let listed = env
+        .cri
+        .image
+        .clone()
+        .list_images(cri::ListImagesRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .images;
+    let tags: Vec<_> = listed.iter().flat_map(|i| i.repo_tags.clone()).collect();
+    assert_eq!(tags.len(), 2, "{tags:?}");
+    env.assert_clean();
+}
