@@ -7,6 +7,31 @@ use crate::config::Config;
 
 use super::{Check, fail, pass};
 
+/// The signature policy: each scope and what it requires (its keys loaded), or why the
+/// policy cannot be used (then every pull fails).
+pub(super) fn signature_policy(path: &Path) -> Vec<Check> {
+    if path.as_os_str().is_empty() {
+        return vec![pass(
+            "images",
+            "signature policy",
+            "none ([image_policy] path): every image is accepted",
+        )];
+    }
+    match berth_image::policy::Policy::load(path) {
+        Ok(p) => p
+            .describe()
+            .into_iter()
+            .map(|(scope, reqs)| pass("images", format!("policy scope {scope:?}"), reqs))
+            .collect(),
+        Err(e) => vec![fail(
+            "images",
+            "signature policy",
+            e.to_string(),
+            "fix the file or the keys it names: every pull fails until then",
+        )],
+    }
+}
+
 pub(super) fn registry(cfg: &Config) -> Vec<Check> {
     let Some(dir) = cfg.registry_config_path() else {
         return vec![pass(

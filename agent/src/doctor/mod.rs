@@ -68,6 +68,7 @@ pub async fn run(cfg: &Config) -> Vec<Check> {
     c.extend(network::cni(cfg));
     c.extend(images::registry(cfg));
     c.extend(images::decryption_keys(&cfg.image_decryption.keys_dir));
+    c.extend(images::signature_policy(&cfg.image_policy.path));
     c.push(images::fuse(!cfg.lazy_pull.registries.is_empty()));
     c.push(images::quarantined_layers(&cfg.root));
     c.extend(daemon::daemon(cfg).await);
