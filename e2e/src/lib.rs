@@ -9,6 +9,7 @@ pub mod apps;
 pub mod berth;
 pub mod cleanup;
 pub mod containerd;
+pub mod cosign;
 pub mod crypt;
 pub mod device_plugin;
 pub mod faults;

@@ -1065,3 +1065,95 @@ async fn a_device_plugin_hands_a_container_a_cdi_device() {
     assert_eq!(logs, "device=fuse\n");
     k.assert_no_runtime_errors_since(log_from);
 }
+
+/// A node whose signature policy asks for cosign signatures: the kubelet's pod with an
+/// unsigned image waits in ErrImagePull with berth's reason, the signed one runs.
+#[tokio::test(flavor = "multi_thread")]
+async fn under_a_signature_policy_an_unsigned_image_is_refused_and_a_signed_one_runs() {
+    let keys = tempfile::tempdir().unwrap();
+    let key = berth_e2e::cosign::KeyPair::generate(&keys.path().join("k")).unwrap();
+    let policy = keys.path().join("policy.json");
+    std::fs::write(
+        &policy,
+        json!({
+            "default": [{"type": "reject"}],
+            "transports": {"docker": {
+                "app.invalid/berth-e2e/trusted": [{
+                    "type": "sigstoreSigned",
+                    "keyPath": key.public(),
+                    "signedIdentity": {"type": "matchRepository"}
+                }],
+                "app.invalid/berth-e2e/app": [{"type": "insecureAcceptAnything"}],
+                "pause.invalid": [{"type": "insecureAcceptAnything"}]
+            }}
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let env = KubeletEnv::start_with(
+        &format!("[image_policy]\npath = \"{}\"\n", policy.display()),
+        KubeletOptions::default(),
+    )
+    .await
+    .unwrap();
+    let reg = &env.env().registry;
+    // The registry serves app.invalid itself: a signature it lacks is not found (an
+    // unreachable upstream behind it would make that Unavailable).
+    env.env()
+        .berth
+        .hosts_toml(
+            "app.invalid",
+            &format!(
+                "server = \"http://{0}\"\n[host.\"http://{0}\"]\ncapabilities = [\"pull\", \"resolve\"]\n",
+                reg.addr
+            ),
+        )
+        .unwrap();
+    let mut digests = vec![];
+    for tag in ["signed", "unsigned"] {
+        let mark = format!("BERTH_TEST_IMAGE={tag}");
+        digests.push(
+            berth_e2e::apps::app_image()
+                .env(&[mark.as_str()])
+                .push(reg, "berth-e2e/trusted", Some(tag))
+                .await
+                .unwrap()
+                .digest,
+        );
+    }
+    key.sign(
+        &reg.addr,
+        "berth-e2e/trusted",
+        &digests[0],
+        "app.invalid/berth-e2e/trusted",
+    )
+    .unwrap();
+    let k = &env.kubelet;
+    for tag in ["signed", "unsigned"] {
+        k.add_pod(&pod(
+            tag,
+            json!([{
+                "name": "main",
+                "image": format!("app.invalid/berth-e2e/trusted:{tag}"),
+                "imagePullPolicy": "IfNotPresent",
+                "command": ["sleep", "3600"],
+            }]),
+            json!({}),
+        ))
+        .unwrap();
+    }
+    k.wait_pod("signed", CONVERGE, "running", all_ready)
+        .await
+        .unwrap();
+    let refused = |p: &Value| {
+        let w = &ctr_status(p, "main")["state"]["waiting"];
+        w["reason"] == "ErrImagePull"
+            && w["message"].as_str().is_some_and(|m| {
+                m.contains("image app.invalid/berth-e2e/trusted:unsigned is not trusted")
+                    && m.contains("has no cosign signature")
+            })
+    };
+    k.wait_pod("unsigned", CONVERGE, "refused with berth's reason", refused)
+        .await
+        .unwrap();
+}

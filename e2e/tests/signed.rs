@@ -3,57 +3,13 @@
 //! log) and pushed to the test registry, pulled through a hosts.toml mirror. Each case the
 //! policy refuses is refused before anything of the image is stored.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
-
 use berth_cri_api::v1 as cri;
 use berth_e2e::PodEnv;
 use berth_e2e::apps::{app_image, groups_image};
+use berth_e2e::cosign::{KeyPair, sig_tag};
 use berth_e2e::image::{get, put_manifest};
 use berth_e2e::net::TestNet;
 use berth_e2e::pods::mirror_hosts;
-use berth_e2e::tools;
-
-/// A cosign key pair in `dir` (`cosign.key`, `cosign.pub`).
-fn key_pair(dir: &Path) -> PathBuf {
-    std::fs::create_dir_all(dir).unwrap();
-    let out = Command::new(tools::cosign())
-        .arg("generate-key-pair")
-        .env("COSIGN_PASSWORD", "")
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    dir.join("cosign.pub")
-}
-
-/// Signs `repo@digest` in `registry` with the key in `key_dir`, claiming `identity`.
-fn sign(registry: &str, repo: &str, digest: &str, key_dir: &Path, identity: &str) {
-    let out = Command::new(tools::cosign())
-        .args(["sign", "--yes", "--tlog-upload=false"])
-        .args(["--allow-insecure-registry", "--allow-http-registry"])
-        .arg("--key")
-        .arg(key_dir.join("cosign.key"))
-        .args(["--sign-container-identity", identity])
-        .arg(format!("{registry}/{repo}@{digest}"))
-        .env("COSIGN_PASSWORD", "")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "cosign sign {repo}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// The signature tag cosign uses for `digest`.
-fn sig_tag(digest: &str) -> String {
-    digest.replace(':', "-") + ".sig"
-}
 
 async fn pull(env: &PodEnv, image: &str) -> Result<String, tonic::Status> {
     env.cri
@@ -72,11 +28,10 @@ async fn pull(env: &PodEnv, image: &str) -> Result<String, tonic::Status> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_policy_accepts_what_its_keys_signed_and_refuses_the_rest_before_storing_it() {
-    tools::require(&tools::cosign(), "install-cosign.sh").unwrap();
     let keys = tempfile::tempdir().unwrap();
-    let (a, b) = (keys.path().join("a"), keys.path().join("b"));
-    let a_pub = key_pair(&a);
-    key_pair(&b);
+    let a = KeyPair::generate(&keys.path().join("a")).unwrap();
+    let b = KeyPair::generate(&keys.path().join("b")).unwrap();
+    let a_pub = a.public();
     let policy = keys.path().join("policy.json");
     std::fs::write(
         &policy,
@@ -120,40 +75,40 @@ async fn the_policy_accepts_what_its_keys_signed_and_refuses_the_rest_before_sto
             .digest
     };
     let signed = push("signed", "1", false).await;
-    sign(
+    a.sign(
         &reg.addr,
         "berth-e2e/signed",
         &signed,
-        &a,
         "app.invalid/berth-e2e/signed",
-    );
+    )
+    .unwrap();
     push("unsigned", "1", false).await;
     let other_key = push("otherkey", "1", false).await;
-    sign(
+    b.sign(
         &reg.addr,
         "berth-e2e/otherkey",
         &other_key,
-        &b,
         "app.invalid/berth-e2e/otherkey",
-    );
+    )
+    .unwrap();
     let moved = push("moved", "1", false).await;
-    sign(
+    a.sign(
         &reg.addr,
         "berth-e2e/moved",
         &moved,
-        &a,
         "app.invalid/berth-e2e/elsewhere",
-    );
+    )
+    .unwrap();
     // A signature of one image put where another's would be.
     let first = push("digest", "1", false).await;
     let second = push("digest", "2", true).await;
-    sign(
+    a.sign(
         &reg.addr,
         "berth-e2e/digest",
         &first,
-        &a,
         "app.invalid/berth-e2e/digest",
-    );
+    )
+    .unwrap();
     let sig = get(reg, "berth-e2e/digest", "manifests", &sig_tag(&first))
         .await
         .unwrap();
@@ -168,13 +123,13 @@ async fn the_policy_accepts_what_its_keys_signed_and_refuses_the_rest_before_sto
     .unwrap();
     // A signature whose bytes were changed.
     let tampered = push("tampered", "1", false).await;
-    sign(
+    a.sign(
         &reg.addr,
         "berth-e2e/tampered",
         &tampered,
-        &a,
         "app.invalid/berth-e2e/tampered",
-    );
+    )
+    .unwrap();
     let sig = get(reg, "berth-e2e/tampered", "manifests", &sig_tag(&tampered))
         .await
         .unwrap();
