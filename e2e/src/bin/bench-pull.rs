@@ -4,7 +4,9 @@
 //! for a small image (busybox, one layer), where per-pull overheads dominate. Prints PullImage
 //! and RemoveImage medians and the berth/containerd time ratios. Last, the cost of decryption:
 //! the large image encrypted by skopeo (JWE, RSA-OAEP) against the same image in the clear,
-//! both pulled by berth, alternating.
+//! both pulled by berth, alternating. Then what a signature policy costs: the small image,
+//! signed by cosign, pulled by a berth whose policy asks for the signature, and under a scope
+//! that accepts anything, against a berth without a policy, alternating.
 //!
 //! `cargo build --release -p berth -p berth-e2e && BERTH_BIN=target/release/berth target/release/bench-pull`
 
@@ -222,6 +224,63 @@ async fn main() -> anyhow::Result<()> {
         enc.as_secs_f64() * 1e3,
         clear.as_secs_f64() * 1e3,
         enc.as_secs_f64() / clear.as_secs_f64()
+    );
+    // Signature verification: a second berth with a policy; the first has none.
+    let keys = tempfile::tempdir()?;
+    let key = berth_e2e::cosign::KeyPair::generate(&keys.path().join("k"))?;
+    let small_digest = ImageBuilder::new(vec![Layer::busybox()?])
+        .push(&reg, "bench/signed", Some("1"))
+        .await?
+        .digest;
+    key.sign(
+        &reg.addr,
+        "bench/signed",
+        &small_digest,
+        &format!("{}/bench/signed", reg.addr),
+    )?;
+    ImageBuilder::new(vec![Layer::busybox()?])
+        .push(&reg, "bench/open", Some("1"))
+        .await?;
+    let policy = keys.path().join("policy.json");
+    std::fs::write(
+        &policy,
+        serde_json::json!({
+            "default": [{"type": "reject"}],
+            "transports": {"docker": {
+                format!("{}/bench/signed", reg.addr): [{
+                    "type": "sigstoreSigned", "keyPath": key.public(),
+                    "signedIdentity": {"type": "matchRepository"}
+                }],
+                format!("{}/bench/open", reg.addr): [{"type": "insecureAcceptAnything"}]
+            }}
+        })
+        .to_string(),
+    )?;
+    let verifying = Berth::start_for_bench(&format!(
+        "[image_policy]\npath = \"{}\"\n",
+        policy.display()
+    ))?;
+    verifying.hosts_toml(&reg.addr, &format!("server = \"http://{}\"\n", reg.addr))?;
+    let vcri = verifying.cri().await?;
+    let (signed, open) = (
+        format!("{}/bench/signed:1", reg.addr),
+        format!("{}/bench/open:1", reg.addr),
+    );
+    timed_pull(&vcri, &signed).await?;
+    timed_pull(&vcri, &open).await?;
+    timed_pull(&cri, &signed).await?;
+    let (mut plain, mut checked, mut accepted) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..SMALL_ROUNDS {
+        plain.push(timed_pull(&cri, &signed).await?.0);
+        checked.push(timed_pull(&vcri, &signed).await?.0);
+        accepted.push(timed_pull(&vcri, &open).await?.0);
+    }
+    let ms = |v: &mut Vec<Duration>| median(v).as_secs_f64() * 1e3;
+    let (plain, checked, accepted) = (ms(&mut plain), ms(&mut checked), ms(&mut accepted));
+    println!(
+        "signature policy, small image ({SMALL_ROUNDS} rounds): PullImage median {checked:.1} ms verifying a cosign signature, {accepted:.1} ms under insecureAcceptAnything, {plain:.1} ms without a policy: verification costs {:+.1} ms (goal <= 20 ms), accept-anything {:+.1} ms (goal 0)",
+        checked - plain,
+        accepted - plain,
     );
     println!(
         "RSS after the run: berth {} KiB, containerd 1.6 {} KiB, containerd 2.4 {} KiB",
