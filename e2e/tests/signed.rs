@@ -246,3 +246,144 @@ async fn the_policy_accepts_what_its_keys_signed_and_refuses_the_rest_before_sto
     assert_eq!(tags.len(), 2, "{tags:?}");
     env.assert_clean();
 }
+
+/// Lazily pulled (eStargz) and encrypted images go through the same check, before the lazy
+/// mount or the key unwrap: signed ones are pulled as such, unsigned ones refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn lazily_pulled_and_encrypted_images_are_checked_too() {
+    use berth_e2e::crypt::{KeyPairs, LayerFormat, skopeo_encrypt};
+    use berth_e2e::{ImageBuilder, Layer};
+
+    let dir = tempfile::tempdir().unwrap();
+    let key = KeyPair::generate(&dir.path().join("k")).unwrap();
+    let crypt = KeyPairs::new().unwrap();
+    crypt.rsa("node", 2048).unwrap();
+    let node_keys = dir.path().join("node-keys");
+    crypt.install(&node_keys, &["node"]).unwrap();
+    let policy = dir.path().join("policy.json");
+    let signed_by = serde_json::json!([{
+        "type": "sigstoreSigned",
+        "keyPath": key.public(),
+        "signedIdentity": {"type": "matchRepository"}
+    }]);
+    std::fs::write(
+        &policy,
+        serde_json::json!({
+            "default": [{"type": "reject"}],
+            "transports": {"docker": {
+                "lazy.invalid/berth-e2e": signed_by,
+                "app.invalid/berth-e2e": signed_by,
+                "pause.invalid": [{"type": "insecureAcceptAnything"}]
+            }}
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let env = PodEnv::start_with(
+        TestNet::new().unwrap(),
+        &format!(
+            "[image_policy]\npath = \"{}\"\n[image_decryption]\nkeys_dir = \"{}\"\n[lazy_pull]\nregistries = [\"lazy.invalid\"]\n",
+            policy.display(),
+            node_keys.display()
+        ),
+    )
+    .await
+    .unwrap();
+    let reg = &env.registry;
+    for host in ["lazy.invalid", "app.invalid"] {
+        env.berth
+            .hosts_toml(
+                host,
+                &format!(
+                    "server = \"http://{0}\"\n[host.\"http://{0}\"]\ncapabilities = [\"pull\", \"resolve\"]\n",
+                    reg.addr
+                ),
+            )
+            .unwrap();
+    }
+
+    // eStargz: signed and unsigned (each its own manifest).
+    let stargz = berth_e2e::stargz::convert(
+        &Layer::new()
+            .dir("app/")
+            .file("app/hello", "hello, lazily\n"),
+        &["app/hello"],
+        0,
+    )
+    .unwrap();
+    let mut lazy = vec![];
+    for repo in ["lazy", "lazy-unsigned"] {
+        let mark = format!("BERTH_TEST_IMAGE={repo}");
+        lazy.push(
+            ImageBuilder::new(vec![Layer::busybox().unwrap(), stargz.layer()])
+                .env(&[mark.as_str()])
+                .push(reg, &format!("berth-e2e/{repo}"), Some("1"))
+                .await
+                .unwrap()
+                .digest,
+        );
+    }
+    key.sign(
+        &reg.addr,
+        "berth-e2e/lazy",
+        &lazy[0],
+        "lazy.invalid/berth-e2e/lazy",
+    )
+    .unwrap();
+    pull(&env, "lazy.invalid/berth-e2e/lazy:1").await.unwrap();
+    let info = env
+        .cri
+        .image_info("lazy.invalid/berth-e2e/lazy:1")
+        .await
+        .unwrap();
+    assert!(
+        info["verified"]
+            .as_str()
+            .is_some_and(|v| v.contains("sigstoreSigned")),
+        "{info}"
+    );
+    assert!(info["lazy"].is_object(), "not pulled lazily: {info}");
+    let e = pull(&env, "lazy.invalid/berth-e2e/lazy-unsigned:1")
+        .await
+        .unwrap_err();
+    assert!(e.message().contains("has no cosign signature"), "{e:?}");
+
+    // Encrypted by skopeo: signed and unsigned.
+    berth_e2e::apps::app_image()
+        .push(reg, "berth-e2e/clear", Some("1"))
+        .await
+        .unwrap();
+    for repo in ["enc", "enc-unsigned"] {
+        skopeo_encrypt(
+            reg,
+            &crypt,
+            "berth-e2e/clear:1",
+            &format!("berth-e2e/{repo}:1"),
+            &["node"],
+            LayerFormat::AsSource,
+        )
+        .unwrap();
+    }
+    let manifest = get(reg, "berth-e2e/enc", "manifests", "1").await.unwrap();
+    let digest = berth_e2e::image::sha256(&manifest);
+    key.sign(
+        &reg.addr,
+        "berth-e2e/enc",
+        &digest,
+        "app.invalid/berth-e2e/enc",
+    )
+    .unwrap();
+    pull(&env, "app.invalid/berth-e2e/enc:1").await.unwrap();
+    let info = env
+        .cri
+        .image_info("app.invalid/berth-e2e/enc:1")
+        .await
+        .unwrap();
+    assert_eq!(info["encrypted"], true, "{info}");
+    assert!(info["verified"].is_string(), "{info}");
+    let e = pull(&env, "app.invalid/berth-e2e/enc-unsigned:1")
+        .await
+        .unwrap_err();
+    assert!(e.message().contains("has no cosign signature"), "{e:?}");
+    env.assert_clean();
+}
