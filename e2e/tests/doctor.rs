@@ -111,6 +111,45 @@ async fn doctor_finds_what_is_broken_and_says_how_to_fix_it() {
         "{c}"
     );
 
+    // NRI: the plugin socket the running berth serves; a signature policy's scopes, and a
+    // policy that cannot be loaded (every pull would fail: a failure).
+    let nri = format!(
+        "{good}\n[nri]\nsocket_path = \"{}\"\n",
+        env.berth.dir().join("nri.sock").display()
+    );
+    let (ok, checks) = doctor(&env, &nri);
+    assert!(ok, "{checks:#?}");
+    let c = check(&checks, "plugin socket");
+    assert!(c["detail"].as_str().unwrap().ends_with("is served"), "{c}");
+    let policy = env.berth.dir().join("policy.json");
+    std::fs::write(
+        &policy,
+        r#"{"default": [{"type": "reject"}], "transports": {"docker": {"pause.invalid": [{"type": "insecureAcceptAnything"}]}}}"#,
+    )
+    .unwrap();
+    let with_policy = format!("{good}\n[image_policy]\npath = \"{}\"\n", policy.display());
+    let (ok, checks) = doctor(&env, &with_policy);
+    assert!(ok, "{checks:#?}");
+    assert_eq!(
+        check(&checks, "policy scope \"pause.invalid\"")["detail"],
+        "insecureAcceptAnything"
+    );
+    std::fs::write(
+        &policy,
+        r#"{"default": [{"type": "sigstoreSigned", "keyPath": "/nonexistent/cosign.pub"}]}"#,
+    )
+    .unwrap();
+    let (ok, checks) = doctor(&env, &with_policy);
+    assert!(!ok);
+    let c = check(&checks, "signature policy");
+    assert!(
+        c["detail"]
+            .as_str()
+            .unwrap()
+            .contains("/nonexistent/cosign.pub"),
+        "{c}"
+    );
+
     // An empty CNI directory.
     let empty = tempfile::tempdir().unwrap();
     let (ok, checks) = doctor(

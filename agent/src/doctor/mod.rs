@@ -65,6 +65,7 @@ pub async fn run(cfg: &Config) -> Vec<Check> {
     let mut c = node::kernel();
     c.push(node::state_dir(&cfg.state));
     c.extend(runtimes::handlers(cfg).await);
+    c.extend(runtimes::nri(cfg));
     c.extend(network::cni(cfg));
     c.extend(images::registry(cfg));
     c.extend(images::decryption_keys(&cfg.image_decryption.keys_dir));

@@ -1,4 +1,4 @@
-//! The RuntimeClass handlers: each one's shim, and the OCI runtime under it.
+//! The RuntimeClass handlers: each one's shim, and the OCI runtime under it; NRI and its plugins.
 
 use std::path::Path;
 
@@ -127,5 +127,51 @@ pub(super) async fn handlers(cfg: &Config) -> Vec<Check> {
         }
         push(pass("runtime", label, detail));
     }
+    out
+}
+
+/// NRI: whether it is on, the plugins berth starts itself, and whether the socket for
+/// external plugins is served.
+pub(super) fn nri(cfg: &Config) -> Vec<Check> {
+    let n = &cfg.nri;
+    if !n.enable {
+        return vec![pass("nri", "NRI", "off (nri.enable = false)")];
+    }
+    let mut plugins: Vec<String> = std::fs::read_dir(&n.plugin_path)
+        .map(|d| {
+            d.flatten()
+                .filter(|e| {
+                    use std::os::unix::fs::PermissionsExt;
+                    e.metadata()
+                        .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+                })
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    plugins.sort();
+    let mut out = vec![pass(
+        "nri",
+        "pre-installed plugins",
+        if plugins.is_empty() {
+            format!("none in {}", n.plugin_path.display())
+        } else {
+            format!("{} (from {})", plugins.join(", "), n.plugin_path.display())
+        },
+    )];
+    out.push(pass(
+        "nri",
+        "plugin socket",
+        if n.disable_connections {
+            "external plugins are off (nri.disable_connections)".to_string()
+        } else if std::os::unix::net::UnixStream::connect(&n.socket_path).is_ok() {
+            format!("{} is served", n.socket_path.display())
+        } else {
+            format!(
+                "{} is not served (berth is not running, or could not take it)",
+                n.socket_path.display()
+            )
+        },
+    ));
     out
 }
