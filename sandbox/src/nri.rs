@@ -566,6 +566,8 @@ impl Runtime {
     }
 
     /// Held by a lifecycle call from before it tells plugins until its change is recorded.
+    /// Always taken after the pod's or container's own lock: a plugin waiting to synchronize
+    /// holds back new readers, so the other order could wait on a call that waits on it.
     pub(crate) async fn nri_block_sync(&self) -> Option<berth_nri::SyncGuard> {
         match self.nri() {
             Some(n) => Some(n.block_sync().await),

@@ -34,9 +34,10 @@ impl Runtime {
         }
         // Plugins hear that it stopped (if its exit has not told them yet), then that it goes.
         self.nri_stopped(&id).await;
-        let _sync = self.nri_block_sync().await;
         let lock = self.containers().lock(&id);
         let _g = lock.lock().await;
+        // After the container's lock, as every call takes them (see `nri_block_sync`).
+        let _sync = self.nri_block_sync().await;
         let Ok(rec) = self.container(&id) else {
             return Ok(()); // removed while this call waited for the lock
         };

@@ -12,9 +12,9 @@ impl Runtime {
     /// others; they hear PostUpdateContainer once it is done.
     pub async fn update_container_resources(&self, id: &str, r: &Resources) -> Result<()> {
         let id = self.resolve_container(id)?;
-        let _sync = self.nri_block_sync().await;
         let lock = self.containers().lock(&id);
         let _g = lock.lock().await;
+        let _sync = self.nri_block_sync().await;
         let rec = self.container(&id)?;
         if !rec.state.can_update() {
             return Err(Error::Precondition(format!(
@@ -44,6 +44,7 @@ impl Runtime {
             }
         }
         self.write_resources(&rec, res, Some(r.clone())).await?;
+        drop(_sync);
         drop(_g);
         if !others.is_empty() {
             let failed = self.apply_nri_updates(others).await;
@@ -159,9 +160,9 @@ impl Runtime {
         resources: Option<Resources>,
     ) -> Result<()> {
         let id = self.resolve(id)?;
-        let _sync = self.nri_block_sync().await;
         let lock = self.pods().lock(&id);
         let _g = lock.lock().await;
+        let _sync = self.nri_block_sync().await;
         let rec = self.get(&id)?;
         if let Some(nri) = self.nri() {
             let conv = |r: &Option<Resources>| {
