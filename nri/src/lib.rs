@@ -211,6 +211,8 @@ struct Inner {
     /// for writing while a new plugin is synchronized: a plugin sees each pod and container
     /// either in its Synchronize or in an event after it.
     sync: Arc<tokio::sync::RwLock<()>>,
+    /// Whether berth listens on the socket (and removes it when it stops).
+    listening: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Nri {
@@ -242,6 +244,7 @@ impl Nri {
                 plugins: RwLock::new(vec![]),
                 events: tokio::sync::Mutex::new(()),
                 sync: Arc::new(tokio::sync::RwLock::new(())),
+                listening: std::sync::atomic::AtomicBool::new(false),
             }),
         }
     }
@@ -268,6 +271,9 @@ impl Nri {
                 return Ok(());
             };
             tracing::info!(socket = %socket.display(), "NRI: plugins may connect");
+            self.inner
+                .listening
+                .store(true, std::sync::atomic::Ordering::Relaxed);
             let me = self.clone();
             tokio::spawn(async move {
                 loop {
@@ -690,6 +696,14 @@ impl Nri {
         );
         for p in list {
             p.close();
+        }
+        if self
+            .inner
+            .listening
+            .load(std::sync::atomic::Ordering::Relaxed)
+            && let Some(s) = &self.inner.cfg.socket_path
+        {
+            let _ = std::fs::remove_file(s);
         }
     }
 }
