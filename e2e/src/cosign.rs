@@ -42,8 +42,41 @@ impl KeyPair {
         digest: &str,
         identity: &str,
     ) -> anyhow::Result<()> {
+        self.sign_with(registry, repo, digest, identity, &[])
+    }
+
+    /// As [`sign`](Self::sign), stored as an OCI 1.1 referrer of the image (cosign's
+    /// `--registry-referrers-mode=oci-1-1`; on a registry without the referrers API, cosign
+    /// keeps the referrers index at the spec's `<alg>-<hex>` tag).
+    pub fn sign_as_referrer(
+        &self,
+        registry: &str,
+        repo: &str,
+        digest: &str,
+        identity: &str,
+    ) -> anyhow::Result<()> {
+        self.sign_with(
+            registry,
+            repo,
+            digest,
+            identity,
+            &["--registry-referrers-mode=oci-1-1"],
+        )
+    }
+
+    fn sign_with(
+        &self,
+        registry: &str,
+        repo: &str,
+        digest: &str,
+        identity: &str,
+        extra: &[&str],
+    ) -> anyhow::Result<()> {
         let out = Command::new(tools::cosign())
             .args(["sign", "--yes", "--tlog-upload=false"])
+            .args(extra)
+            // The referrers mode is experimental in cosign 2.
+            .env("COSIGN_EXPERIMENTAL", "1")
             .args(["--allow-insecure-registry", "--allow-http-registry"])
             .arg("--key")
             .arg(self.dir.join("cosign.key"))

@@ -155,6 +155,21 @@ async fn the_policy_accepts_what_its_keys_signed_and_refuses_the_rest_before_sto
     .await
     .unwrap();
     push("open", "1", false).await;
+    // Signed as an OCI 1.1 referrer: this registry has no referrers API, so cosign keeps the
+    // referrers index at the `sha256-<hex>` tag (no `.sig` tag is made).
+    let referrer = push("referrer", "1", false).await;
+    a.sign_as_referrer(
+        &reg.addr,
+        "berth-e2e/referrer",
+        &referrer,
+        "app.invalid/berth-e2e/referrer",
+    )
+    .unwrap();
+    assert!(
+        get(reg, "berth-e2e/referrer", "manifests", &sig_tag(&referrer))
+            .await
+            .is_err()
+    );
 
     // Signed by the policy's key, for its repository: pulled, and the image says how.
     let id = pull(&env, "app.invalid/berth-e2e/signed:1").await.unwrap();
@@ -181,6 +196,10 @@ async fn the_policy_accepts_what_its_keys_signed_and_refuses_the_rest_before_sto
     );
     // A scope that accepts anything; a registry no scope names (the default: reject).
     pull(&env, "app.invalid/berth-e2e/open:1").await.unwrap();
+    // The referrer's signature is found through the referrers tag fallback.
+    pull(&env, "app.invalid/berth-e2e/referrer:1")
+        .await
+        .unwrap();
 
     for (image, says, digest) in [
         (
@@ -243,7 +262,7 @@ async fn the_policy_accepts_what_its_keys_signed_and_refuses_the_rest_before_sto
         .into_inner()
         .images;
     let tags: Vec<_> = listed.iter().flat_map(|i| i.repo_tags.clone()).collect();
-    assert_eq!(tags.len(), 2, "{tags:?}");
+    assert_eq!(tags.len(), 3, "{tags:?}");
     env.assert_clean();
 }
 

@@ -36,6 +36,14 @@ pub struct Descriptor {
     /// Annotations; an encrypted layer's wrapped keys travel here.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub annotations: BTreeMap<String, String>,
+    /// In a referrers index, what kind of artifact the manifest is (a cosign signature's is
+    /// `application/vnd.dev.cosign.artifact.sig.v1+json`).
+    #[serde(
+        default,
+        rename = "artifactType",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub artifact_type: Option<String>,
 }
 
 /// A platform in an index.
@@ -296,6 +304,7 @@ mod tests {
                     digest: d(1),
                     size: 1,
                     annotations: Default::default(),
+                    artifact_type: None,
                     platform: Some(Platform {
                         architecture: "arm64".into(),
                         os: "linux".into(),
@@ -307,6 +316,7 @@ mod tests {
                     digest: d(2),
                     size: 1,
                     annotations: Default::default(),
+                    artifact_type: None,
                     platform: Some(Platform {
                         architecture: "amd64".into(),
                         os: "windows".into(),
@@ -318,6 +328,7 @@ mod tests {
                     digest: d(3),
                     size: 1,
                     annotations: Default::default(),
+                    artifact_type: None,
                     platform: Some(Platform {
                         architecture: "amd64".into(),
                         os: "linux".into(),
@@ -329,6 +340,7 @@ mod tests {
                     digest: d(4),
                     size: 1,
                     annotations: Default::default(),
+                    artifact_type: None,
                     platform: Some(Platform {
                         architecture: "arm64".into(),
                         os: "linux".into(),

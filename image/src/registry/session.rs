@@ -74,6 +74,35 @@ impl Session {
         .await
     }
 
+    /// The OCI 1.1 referrers index of manifest `digest` (`GET /v2/<name>/referrers/<digest>`),
+    /// from the first `pull`-capable host that serves the referrers API; NotFound when none
+    /// does.
+    pub async fn referrers(&self, digest: &Digest) -> Result<FetchedManifest> {
+        self.first_ok(
+            &format!("referrers of {digest}"),
+            |h| h.capabilities.pull,
+            |h| async move {
+                let what = format!("referrers of {digest}");
+                let resp = self
+                    .send(
+                        h,
+                        &format!("referrers/{digest}"),
+                        &[(ACCEPT, "application/vnd.oci.image.index.v1+json")],
+                    )
+                    .await?;
+                let body = read_limited(resp, MAX_MANIFEST)
+                    .await
+                    .map_err(|e| Miss::Failed(unread(e, &what, h.authority())))?;
+                Ok(FetchedManifest {
+                    digest: Digest::of(&body),
+                    media_type: "application/vnd.oci.image.index.v1+json".into(),
+                    body,
+                })
+            },
+        )
+        .await
+    }
+
     /// Opens a blob download from the first `pull`-capable host that has it.
     pub async fn blob(&self, digest: &Digest) -> Result<reqwest::Response> {
         self.first_ok(

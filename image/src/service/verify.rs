@@ -17,6 +17,8 @@ use super::ImageService;
 const SIGNATURE_ANNOTATION: &str = "dev.cosignproject.cosign/signature";
 /// Signatures berth looks at per image (cosign appends one layer per signing).
 const MAX_SIGNATURES: usize = 64;
+/// The artifact type of a cosign signature among an image's OCI 1.1 referrers.
+const COSIGN_ARTIFACT: &str = "application/vnd.dev.cosign.artifact.sig.v1+json";
 
 /// The policy scope that applies to a pull and its requirements.
 pub(super) struct Applied {
@@ -100,6 +102,57 @@ impl ImageService {
         )))
     }
 
+    /// The signature images of `top`: cosign's `<alg>-<hex>.sig` tag, and the cosign
+    /// signatures among its OCI 1.1 referrers (the referrers API, else its `<alg>-<hex>`
+    /// tag fallback, where cosign puts them when the registry has no such API).
+    async fn signature_images(
+        &self,
+        r: &Reference,
+        session: &Session,
+        top: &FetchedManifest,
+    ) -> Result<Vec<(String, FetchedManifest)>> {
+        let not_found = |e: &Error| e.kind() == crate::error::ErrorKind::NotFound;
+        let alg = top.digest.as_str().split(':').next().unwrap_or("sha256");
+        let tag = format!("{alg}-{}", top.digest.hex());
+        let mut out = vec![];
+        let sig_ref = r.with_tag(&format!("{tag}.sig"));
+        match session.resolve(&sig_ref).await {
+            Ok(m) => out.push((sig_ref.to_string(), m)),
+            Err(e) if not_found(&e) => {}
+            Err(e) => return Err(e),
+        }
+        let index = match session.referrers(&top.digest).await {
+            Ok(ix) => Some(ix),
+            Err(e) => {
+                // A registry without the API answers 404 (or refuses the path): the tag
+                // fallback of the OCI 1.1 spec, as cosign writes it then.
+                tracing::debug!(image = %r, err = %e, "no referrers API; trying its tag fallback");
+                match session.resolve(&r.with_tag(&tag)).await {
+                    Ok(ix) => Some(ix),
+                    Err(e) if not_found(&e) => None,
+                    Err(e) => return Err(e),
+                }
+            }
+        };
+        if let Some(ix) = index
+            && let Ok(Document::Index(ix)) =
+                Document::parse(&format!("referrers of {r}"), &ix.media_type, &ix.body)
+        {
+            for d in ix
+                .manifests
+                .iter()
+                .filter(|d| d.artifact_type.as_deref() == Some(COSIGN_ARTIFACT))
+                .take(MAX_SIGNATURES)
+            {
+                out.push((
+                    format!("{}@{}", r.name(), d.digest),
+                    session.manifest(&d.digest).await?,
+                ));
+            }
+        }
+        Ok(out)
+    }
+
     /// The key that verifies a signature of `top` whose payload `identity` accepts, or why
     /// none does.
     async fn find_signature(
@@ -110,71 +163,69 @@ impl ImageService {
         keys: &[policy::PublicKey],
         identity: &policy::Identity,
     ) -> Result<std::result::Result<String, String>> {
-        let tag = format!(
-            "{}-{}.sig",
-            top.digest.as_str().split(':').next().unwrap_or("sha256"),
-            top.digest.hex()
-        );
-        let sig_ref = r.with_tag(&tag);
-        let fetched = match session.resolve(&sig_ref).await {
-            Ok(m) => m,
-            Err(e) if e.kind() == crate::error::ErrorKind::NotFound => {
-                return Ok(Err(format!(
-                    "it has no cosign signature ({sig_ref} does not exist)"
-                )));
-            }
-            Err(e) => return Err(e),
-        };
-        let manifest = match Document::parse(
-            &format!("signature {sig_ref}"),
-            &fetched.media_type,
-            &fetched.body,
-        )? {
-            Document::Manifest(m) => m,
-            Document::Index(_) => {
-                return Ok(Err(format!(
-                    "its signature {sig_ref} is an index, not a signature image"
-                )));
-            }
-        };
+        let images = self.signature_images(r, session, top).await?;
+        if images.is_empty() {
+            return Ok(Err(format!(
+                "it has no cosign signature (neither {}:{}-{}.sig nor an OCI 1.1 referrer)",
+                r.name(),
+                top.digest.as_str().split(':').next().unwrap_or("sha256"),
+                top.digest.hex()
+            )));
+        }
         let mut reasons = vec![];
-        for layer in manifest.layers.iter().take(MAX_SIGNATURES) {
-            let Some(sig) = layer.annotations.get(SIGNATURE_ANNOTATION) else {
-                reasons.push(format!(
-                    "layer {} of {sig_ref} carries no signature",
-                    layer.digest
-                ));
-                continue;
+        let mut seen = 0;
+        for (at, fetched) in images {
+            let manifest = match Document::parse(
+                &format!("signature {at}"),
+                &fetched.media_type,
+                &fetched.body,
+            )? {
+                Document::Manifest(m) => m,
+                Document::Index(_) => {
+                    reasons.push(format!("{at} is an index, not a signature image"));
+                    continue;
+                }
             };
-            let Ok(sig) = base64::engine::general_purpose::STANDARD.decode(sig.trim()) else {
-                reasons.push(format!("a signature in {sig_ref} is not base64"));
-                continue;
-            };
-            if layer.size > policy::MAX_PAYLOAD as u64 {
-                reasons.push(format!(
-                    "a signature payload in {sig_ref} is over {} bytes",
-                    policy::MAX_PAYLOAD
-                ));
-                continue;
-            }
-            let payload = session
-                .blob_bytes(&layer.digest, policy::MAX_PAYLOAD)
-                .await?;
-            let Some(key) = keys.iter().find(|k| k.verify(&payload, &sig)) else {
-                reasons.push(format!(
-                    "a signature in {sig_ref} does not verify with the policy's keys"
-                ));
-                continue;
-            };
-            match policy::check_payload(&payload, r, &top.digest, identity) {
-                Ok(()) => return Ok(Ok(key.name.clone())),
-                Err(why) => {
-                    reasons.push(format!("a signature by {} in {sig_ref}: {why}", key.name))
+            for layer in &manifest.layers {
+                seen += 1;
+                if seen > MAX_SIGNATURES {
+                    break;
+                }
+                let Some(sig) = layer.annotations.get(SIGNATURE_ANNOTATION) else {
+                    reasons.push(format!(
+                        "layer {} of {at} carries no signature",
+                        layer.digest
+                    ));
+                    continue;
+                };
+                let Ok(sig) = base64::engine::general_purpose::STANDARD.decode(sig.trim()) else {
+                    reasons.push(format!("a signature in {at} is not base64"));
+                    continue;
+                };
+                if layer.size > policy::MAX_PAYLOAD as u64 {
+                    reasons.push(format!(
+                        "a signature payload in {at} is over {} bytes",
+                        policy::MAX_PAYLOAD
+                    ));
+                    continue;
+                }
+                let payload = session
+                    .blob_bytes(&layer.digest, policy::MAX_PAYLOAD)
+                    .await?;
+                let Some(key) = keys.iter().find(|k| k.verify(&payload, &sig)) else {
+                    reasons.push(format!(
+                        "a signature in {at} does not verify with the policy's keys"
+                    ));
+                    continue;
+                };
+                match policy::check_payload(&payload, r, &top.digest, identity) {
+                    Ok(()) => return Ok(Ok(key.name.clone())),
+                    Err(why) => reasons.push(format!("a signature by {} in {at}: {why}", key.name)),
                 }
             }
         }
         if reasons.is_empty() {
-            reasons.push(format!("{sig_ref} holds no signature"));
+            reasons.push("its signature images hold no signature".into());
         }
         // The most telling reason first: one about a signature that verified.
         reasons.sort_by_key(|r| !r.contains(" by "));
