@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use berth_cri_api::v1 as cri;
-use berth_e2e::apps::{create, ctr, env_with, start, status};
+use berth_e2e::apps::{create, ctr, env_with, start, status, stop};
 use berth_e2e::pods::pod_config;
 use berth_e2e::{PodEnv, processes, tools, wait_until};
 
@@ -187,15 +187,7 @@ async fn a_plugin_hears_every_event_and_its_adjustments_reach_the_container() {
         out,
         "env=from-the-plugin dropped=\nfrom the host, by the plugin\ndevice\nnofile 512 1024\n67108864\ndone\n"
     );
-    env.cri
-        .runtime
-        .clone()
-        .stop_container(cri::StopContainerRequest {
-            container_id: id.clone(),
-            timeout: 0,
-        })
-        .await
-        .unwrap();
+    stop(&env, &id, 0).await;
     env.cri
         .runtime
         .clone()
