@@ -4,10 +4,12 @@
 //!
 //! ```text
 //!  service/   ImageService: index.rs (records, resolve), pull.rs, decrypt.rs, lazy_pull.rs,
-//!             gc.rs (remove, GC, usage), readers.rs (what a layer streams through)
+//!             verify.rs (the signature policy applied to a pull), gc.rs (remove, GC,
+//!             usage), readers.rs (what a layer streams through)
 //!  registry/  the distribution API client: mod.rs (clients, credentials), session.rs (the
 //!             host loop, manifests, blobs, ranges), auth.rs, body.rs
 //!  hosts.rs   certs.d hosts.toml          reference.rs  references and digests
+//!  policy.rs  the signature policy (policy.json): scopes, requirements, keys, payloads
 //!  manifest.rs manifests, indexes, configs, platforms
 //!  content.rs the blob store    blob.rs downloads    unpack.rs the layer applier
 //!  snapshot.rs overlay snapshots (committed layers, writable snapshots, views)
