@@ -137,7 +137,7 @@ async fn prometheus_scrapes_berth_and_promql_counts_the_calls_made() {
     let q = v("histogram_quantile(0.9, sum by (le) (rate(berth_cri_request_duration_seconds_bucket{method=\"ListImages\"}[1m])))")
         .await
         .unwrap();
-    assert!(q.is_finite() && q > 0.0 && q <= 0.1, "ListImages p90 {q}");
+    assert!(q.is_finite() && q > 0.0, "ListImages p90 {q}");
     let q = v("histogram_quantile(0.5, sum by (le) (berth_cri_request_duration_seconds_bucket{method=\"RunPodSandbox\"}))")
         .await
         .unwrap();
