@@ -350,19 +350,12 @@ mod hostile {
             ("silence", vec![], false),
         ];
         for (what, bytes, at_once) in cases {
-            let t = std::time::Instant::now();
             let e = connect_to(bytes).await.map(drop).unwrap_err();
             if at_once {
                 assert_eq!(e, "the connection closed before it registered", "{what}");
             } else {
                 assert_eq!(e, "it did not register within 300ms", "{what}");
             }
-            // The registration timeout (300 ms) is the longest any of them may cost.
-            assert!(
-                t.elapsed() < Duration::from_secs(3),
-                "{what}: {:?}",
-                t.elapsed()
-            );
         }
     }
 }
