@@ -38,17 +38,20 @@ cargo build --workspace --all-targets --locked
 scripts/build-shim.sh debug >/dev/null
 echo "== tests"
 # e2e tests start their own berth processes and registries on ephemeral ports; two at a time
-# keeps a 2-core machine responsive.
+# keeps a 2-core machine responsive. One real Prometheus scrapes every berth they start, every
+# second (suite-prometheus): a failed scrape of a berth that was meant to serve fails the run.
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 set +e
-BERTH_BIN="$PWD/target/debug/berth" cargo test --workspace --all-targets --locked --no-fail-fast -- --test-threads 2 2>&1 | tee "$log"
+target/debug/suite-prometheus --keep target/suite-scrape -- \
+    env BERTH_BIN="$PWD/target/debug/berth" cargo test --workspace --all-targets --locked --no-fail-fast -- --test-threads 2 2>&1 | tee "$log"
 rc=${PIPESTATUS[0]}
 # The default handler is berth's own shim with crun. The lifecycle tests (restart, OOM, exec,
 # attach, logs, stats, the kubelet's) run once more under containerd's runc shim, which stays
 # a supported handler.
 echo "== e2e again under containerd's runc shim (BERTH_E2E_HANDLER=runc)"
-BERTH_E2E_HANDLER=runc BERTH_BIN="$PWD/target/debug/berth" cargo test --locked --no-fail-fast -p berth-e2e \
+target/debug/suite-prometheus --keep target/suite-scrape-runc -- \
+    env BERTH_E2E_HANDLER=runc BERTH_BIN="$PWD/target/debug/berth" cargo test --locked --no-fail-fast -p berth-e2e \
     --test containers --test streaming --test pods --test faults --test kubelet -- --test-threads 2 2>&1 | tee -a "$log"
 rc2=${PIPESTATUS[0]}
 [ "$rc" = 0 ] && rc=$rc2
@@ -76,6 +79,8 @@ passed=$(grep -Eo '^test result: .* ([0-9]+) passed' "$log" | grep -Eo '[0-9]+ p
 failed=$(grep -Eo '^test result: .* ([0-9]+) failed' "$log" | grep -Eo '[0-9]+ failed' | awk '{s+=$1} END {print s+0}')
 node=$(grep -Eo '^node-e2e: berth: [0-9]+ passed, [0-9]+ failed' "$log" | tail -1)
 features=$(grep -Eo '^node-e2e: berth-runc: [0-9]+ passed, [0-9]+ failed' "$log" | tail -1)
+scrapes=$(grep -Eo '^suite-prometheus: [0-9]+ berths, [0-9]+ scrapes, [0-9]+ failed' "$log" | awk '{b+=$2; s+=$4; f+=$6} END {if (s) print b " berths, " s " scrapes, " f " failed"}')
 echo
+[ -n "$scrapes" ] && echo "prometheus: $scrapes"
 echo "tests: $passed passed, $failed failed${node:+; ${node#node-e2e: }}${features:+; ${features#node-e2e: }}"
 exit "$rc"

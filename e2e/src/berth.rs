@@ -36,6 +36,8 @@ pub struct Berth {
     /// `--log-level`: debug for tests (their failure shows the log), warn for benchmarks (as
     /// their containerd runs); `BERTH_E2E_LOG_LEVEL` overrides either.
     log_level: &'static str,
+    /// This berth as a target of the suite-wide Prometheus, when there is one.
+    scrape: Option<crate::scrape::Target>,
 }
 
 /// CRI clients over berth's socket.
@@ -195,6 +197,17 @@ impl Berth {
             )
         };
         let text = with_default_handler(&text);
+        // Under the suite-wide scrape, metrics on a port of its own, unless the test has
+        // its own `[metrics]`.
+        let scrape = if text.contains("[metrics]\n") {
+            None
+        } else {
+            crate::scrape::Target::for_berth(dir.path())
+        };
+        let text = match &scrape {
+            Some(t) => format!("{text}{}", t.config()),
+            None => text,
+        };
         std::fs::write(&config, text)?;
         let mut b = Berth {
             child: None,
@@ -205,6 +218,7 @@ impl Berth {
             config,
             dir,
             log_level,
+            scrape,
         };
         // Unmounted with the rest of the temp dir's mounts on drop.
         if state_tmpfs {
@@ -294,7 +308,23 @@ impl Berth {
                 self.log()
             );
         }
-        self.wait_recovered()
+        self.wait_recovered()?;
+        self.scrape_up();
+        Ok(())
+    }
+
+    /// Tells the suite-wide Prometheus this berth serves again.
+    fn scrape_up(&self) {
+        if let Some(t) = &self.scrape {
+            t.up();
+        }
+    }
+
+    /// Tells the suite-wide Prometheus this berth goes down on purpose.
+    fn scrape_down(&self) {
+        if let Some(t) = &self.scrape {
+            t.down();
+        }
     }
 
     /// Waits (60 s at most) until berth reports its recovery done: every pod reconciled with
@@ -357,7 +387,11 @@ impl Berth {
             None
         });
         match served {
-            Some(()) => Ok(t0.elapsed()),
+            Some(()) => {
+                let serving = t0.elapsed();
+                self.scrape_up();
+                Ok(serving)
+            }
             None => bail!("berth did not serve within 3 s; log:\n{}", self.log()),
         }
     }
@@ -438,6 +472,7 @@ impl Berth {
     /// SIGTERM, and wait for a clean exit; returns the exit status.
     pub fn stop(&mut self) -> anyhow::Result<std::process::ExitStatus> {
         let mut child = self.child.take().context("berth is not running")?;
+        self.scrape_down();
         crate::signal(child.id(), libc::SIGTERM);
         let end = std::time::Instant::now() + Duration::from_secs(15);
         loop {
@@ -456,6 +491,7 @@ impl Berth {
     /// SIGKILL: as if the node's berth crashed.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
+            self.scrape_down();
             let _ = c.kill();
             let _ = c.wait();
         }
@@ -491,6 +527,10 @@ impl Drop for Berth {
         let sockets = self.shim_sockets();
         if self.child.is_some() && self.stop().is_err() {
             self.kill();
+        }
+        if let Some(t) = &self.scrape {
+            t.down();
+            t.remove();
         }
         // Whatever a failed test left behind: shims started for this berth (matched by the
         // socket they were given) and their sockets, then every mount under the temp dir

@@ -22,6 +22,7 @@ pub mod pods;
 pub mod prometheus;
 pub mod proxy;
 pub mod registry;
+pub mod scrape;
 pub mod stargz;
 pub mod tls;
 pub mod tools;

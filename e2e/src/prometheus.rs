@@ -1,6 +1,7 @@
 //! A real Prometheus (Debian's `prometheus`), started for one test on 127.0.0.1 with its own
 //! data directory, scraping the targets it is given every second; and its query API.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -19,20 +20,25 @@ impl Prometheus {
     /// Starts Prometheus scraping each of `targets` (`host:port`, `/metrics`) every second as
     /// job `berth`; returns once it answers on its API.
     pub async fn start(targets: &[String]) -> anyhow::Result<Prometheus> {
+        let targets: Vec<String> = targets.iter().map(|t| format!("'{t}'")).collect();
+        Self::start_with_config(&format!(
+            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n\
+             scrape_configs:\n  - job_name: berth\n    static_configs:\n      - targets: [{}]\n",
+            targets.join(", ")
+        ))
+        .await
+    }
+
+    /// Starts Prometheus with the configuration `yaml`; returns once it answers on its API.
+    pub async fn start_with_config(yaml: &str) -> anyhow::Result<Prometheus> {
         let bin = which("prometheus")
             .context("prometheus is not installed (scripts/install-deps.sh installs it)")?;
         let dir = tempfile::Builder::new().prefix("berth-prom-").tempdir()?;
         let config = dir.path().join("prometheus.yml");
-        let targets: Vec<String> = targets.iter().map(|t| format!("'{t}'")).collect();
-        std::fs::write(
-            &config,
-            format!(
-                "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n\
-                 scrape_configs:\n  - job_name: berth\n    static_configs:\n      - targets: [{}]\n",
-                targets.join(", ")
-            ),
-        )?;
+        std::fs::write(&config, yaml)?;
         let port = crate::free_port();
+        // Plain HTTP, but the client needs a provider installed.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let log = std::fs::File::create(dir.path().join("prometheus.log"))?;
         let child = Command::new(bin)
             .arg(format!("--config.file={}", config.display()))
@@ -101,6 +107,44 @@ impl Prometheus {
                 .context("a sample value")?
                 .parse::<f64>()?;
             out.push((r["metric"].as_object().cloned().unwrap_or_default(), value));
+        }
+        Ok(out)
+    }
+
+    /// Every raw sample of the range selector `q` (e.g. `up[2h]`), evaluated now: each
+    /// series' labels and its (unix ms, value) samples.
+    pub async fn samples(
+        &self,
+        q: &str,
+    ) -> anyhow::Result<Vec<(BTreeMap<String, String>, Vec<(i64, f64)>)>> {
+        let v: serde_json::Value = self
+            .http
+            .get(url::Url::parse_with_params(
+                &format!("http://127.0.0.1:{}/api/v1/query", self.port),
+                [("query", q)],
+            )?)
+            .send()
+            .await?
+            .json()
+            .await?;
+        if v["status"] != "success" || v["data"]["resultType"] != "matrix" {
+            bail!("query {q}: {v}");
+        }
+        let mut out = vec![];
+        for r in v["data"]["result"].as_array().cloned().unwrap_or_default() {
+            let labels = r["metric"]
+                .as_object()
+                .into_iter()
+                .flatten()
+                .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
+                .collect();
+            let mut samples = vec![];
+            for s in r["values"].as_array().into_iter().flatten() {
+                let t = s[0].as_f64().context("a sample time")?;
+                let value = s[1].as_str().context("a sample value")?.parse::<f64>()?;
+                samples.push(((t * 1000.0).round() as i64, value));
+            }
+            out.push((labels, samples));
         }
         Ok(out)
     }

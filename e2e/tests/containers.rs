@@ -557,18 +557,21 @@ async fn a_dead_shim_leaves_no_container_behind() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_recursively_read_only_mount_is_read_only_below_too() {
+    rro_under("runc").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_recursively_read_only_mount_is_read_only_below_too_under_crun() {
+    rro_under("crun").await;
+}
+
+async fn rro_under(handler: &str) {
     let env = env_with("").await;
-    // Status lists the default handler under "" too, as containerd does, and runc here
-    // (runc 1.1, Linux >= 5.12) makes mounts read-only recursively (Debian's crun 1.8 does
-    // not): the pod runs under the runc handler whatever the default is.
+    // Status lists the default handler under "" too, as containerd does. runc here (runc 1.1,
+    // Linux >= 5.12, by its `features`) and crun (1.8.1, by its version) make mounts
+    // read-only recursively.
     let st = runtime_status(&env).await;
-    let default_is_runc = berth_e2e::berth::default_handler() == "runc";
-    let names: &[&str] = if default_is_runc {
-        &["", "runc"]
-    } else {
-        &["runc"]
-    };
-    for &name in names {
+    for name in ["", handler] {
         let h = st.runtime_handlers.iter().find(|h| h.name == name);
         assert!(
             h.and_then(|h| h.features.as_ref())
@@ -582,7 +585,7 @@ async fn a_recursively_read_only_mount_is_read_only_below_too() {
     let host = tempfile::tempdir().unwrap();
     let _tmpfs = berth_e2e::Tmpfs::mount(&host.path().join("tmpfs")).unwrap();
     let pcfg = pod_config("rro");
-    let pod = env.run_with_handler(pcfg.clone(), "runc").await.unwrap();
+    let pod = env.run_with_handler(pcfg.clone(), handler).await.unwrap();
     let with_mount = |name: &str, readonly, rro, propagation: cri::MountPropagation| {
         let mut c = ctr(name, &["sleep", "3600"]);
         c.mounts = vec![cri::Mount {

@@ -42,7 +42,7 @@ impl Runtime {
                 .is_some_and(|h| h.recursive_read_only)
         {
             return Err(Error::Invalid(format!(
-                "mount at {}: the pod's runtime handler {:?} cannot make a mount read-only recursively (runc 1.1 or later on Linux 5.12 or later can; the Status call lists the handlers that do)",
+                "mount at {}: the pod's runtime handler {:?} cannot make a mount read-only recursively (runc 1.1 or later, or crun 1.8 or later, on Linux 5.12 or later can; the Status call lists the handlers that do)",
                 m.container_path, pod.handler
             )));
         }

@@ -1,7 +1,10 @@
 //! What a handler's OCI runtime can do here: its `features` command (the runtime-spec's
-//! `features.json`, which containerd reads too) and the kernel it runs on. A runtime that has
-//! no `features` command (Debian 12's runc 1.1.5 and crun 1.8.1) or does not answer within
-//! 2 s supports none of the optional features.
+//! `features.json`, which containerd reads too) and the kernel it runs on. crun before the
+//! `features` command (Debian 12's 1.8.1) is known by its version instead: since 1.8 it makes
+//! `rro` mounts. It does not get berth's user namespaces: its own `idmap` mount option fails
+//! (`mount_setattr`: EPERM) in a container that joins the pod's user namespace rather than
+//! making it. Any other runtime without the command (Debian 12's runc 1.1.5), or one that
+//! does not answer within 2 s, supports none of the optional features.
 
 use std::io::Read as _;
 use std::process::{Command, Stdio};
@@ -12,6 +15,8 @@ use std::time::{Duration, Instant};
 pub struct OciFeatures {
     /// The runtime answered `features` with JSON.
     pub answered: bool,
+    /// The features are known from this version (`crun 1.8.1`) instead.
+    pub by_version: Option<(u32, u32, u32)>,
     /// Read-only mounts made so recursively (`rro`: the runtime lists it, Linux 5.12 has
     /// `mount_setattr`).
     pub recursive_read_only: bool,
@@ -21,12 +26,41 @@ pub struct OciFeatures {
     pub user_namespaces: bool,
 }
 
+/// The oldest crun whose `rro` mount option berth relies on (its `features` command came
+/// later).
+const CRUN_BY_VERSION: (u32, u32) = (1, 8);
+
 impl OciFeatures {
     /// Asks `runtime` (a name on `$PATH` or a path). Blocks up to 2 s.
     pub fn probe(runtime: &str) -> Self {
-        match features_json(runtime) {
-            Some(json) => Self::from_json(&json, kernel_version()),
+        if let Some(json) = output_of(runtime, "features") {
+            return Self::from_json(&json, kernel_version());
+        }
+        match output_of(runtime, "--version") {
+            Some(v) => Self::from_version(&v, kernel_version()),
             None => Self::default(),
+        }
+    }
+
+    /// The features a runtime without a `features` command has, by its `--version` answer
+    /// (`crun version 1.8.1` first): crun 1.8 and later only.
+    pub fn from_version(version: &str, kernel: (u32, u32)) -> Self {
+        let Some(v) = version
+            .lines()
+            .next()
+            .and_then(|l| l.strip_prefix("crun version "))
+            .and_then(parse_version)
+        else {
+            return Self::default();
+        };
+        if (v.0, v.1) < CRUN_BY_VERSION {
+            return Self::default();
+        }
+        OciFeatures {
+            answered: false,
+            by_version: Some(v),
+            recursive_read_only: kernel >= (5, 12),
+            user_namespaces: false,
         }
     }
 
@@ -42,6 +76,7 @@ impl OciFeatures {
         let linux = &f["linux"];
         OciFeatures {
             answered: true,
+            by_version: None,
             recursive_read_only: kernel >= (5, 12) && lists(&f["mountOptions"], "rro"),
             user_namespaces: kernel >= (6, 3)
                 && lists(&linux["namespaces"], "user")
@@ -51,7 +86,7 @@ impl OciFeatures {
 
     /// For `berth doctor` and the logs: what this runtime does and does not do.
     pub fn summary(&self) -> String {
-        if !self.answered {
+        if !self.answered && self.by_version.is_none() {
             return "no `features` command: no recursive read-only mounts, no user namespaces"
                 .into();
         }
@@ -62,8 +97,14 @@ impl OciFeatures {
                 format!("no {what}")
             }
         };
+        let known = match self.by_version {
+            Some((a, b, c)) => {
+                format!(" (crun {a}.{b}.{c}, by its version: no `features` command)")
+            }
+            None => String::new(),
+        };
         format!(
-            "{}, {}",
+            "{}, {}{known}",
             yes_no(self.recursive_read_only, "recursive read-only mounts"),
             yes_no(self.user_namespaces, "user namespaces")
         )
@@ -80,9 +121,24 @@ pub fn kernel_version() -> (u32, u32) {
     )
 }
 
-fn features_json(runtime: &str) -> Option<String> {
+/// `1.8.1` (a suffix after the numbers, `1.8.1-dirty`, is ignored; a missing patch is 0).
+fn parse_version(s: &str) -> Option<(u32, u32, u32)> {
+    let mut it = s.trim().split('.').map(|p| {
+        p.chars()
+            .take_while(char::is_ascii_digit)
+            .collect::<String>()
+            .parse::<u32>()
+    });
+    let major = it.next()?.ok()?;
+    let minor = it.next()?.ok()?;
+    let patch = it.next().and_then(Result::ok).unwrap_or(0);
+    Some((major, minor, patch))
+}
+
+/// What `runtime arg` prints, when it succeeds within 2 s.
+fn output_of(runtime: &str, arg: &str) -> Option<String> {
     let mut child = Command::new(runtime)
-        .arg("features")
+        .arg(arg)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -133,6 +189,30 @@ mod tests {
         assert!(!OciFeatures::from_json(&no_idmap, (6, 18)).user_namespaces);
         let no_userns = RUNC_1_5.replace("\"time\",\"user\",", "");
         assert!(!OciFeatures::from_json(&no_userns, (6, 18)).user_namespaces);
+    }
+
+    #[test]
+    fn crun_without_the_command_is_known_by_its_version() {
+        let v = "crun version 1.8.1\ncommit: 0\nrundir: /run/crun\nspec: 1.0.0\n+SECCOMP";
+        let f = OciFeatures::from_version(v, (6, 18));
+        assert_eq!(f.by_version, Some((1, 8, 1)));
+        assert!(f.recursive_read_only && !f.user_namespaces);
+        assert!(f.summary().contains("crun 1.8.1"), "{}", f.summary());
+        assert!(!OciFeatures::from_version(v, (5, 10)).recursive_read_only);
+        // Older crun, other runtimes, garbage: nothing.
+        for other in [
+            "crun version 1.7.2",
+            "runc version 1.1.5",
+            "crun version x",
+            "",
+        ] {
+            assert_eq!(
+                OciFeatures::from_version(other, (6, 18)),
+                OciFeatures::default(),
+                "{other:?}"
+            );
+        }
+        assert_eq!(parse_version("1.10-dirty"), Some((1, 10, 0)));
     }
 
     #[test]
