@@ -8,6 +8,9 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 
+/// One series of a range query: its labels and its (unix ms, value) samples.
+pub type Series = (BTreeMap<String, String>, Vec<(i64, f64)>);
+
 /// A running Prometheus, killed (by its pid) and its data removed when dropped.
 pub struct Prometheus {
     child: Child,
@@ -113,10 +116,7 @@ impl Prometheus {
 
     /// Every raw sample of the range selector `q` (e.g. `up[2h]`), evaluated now: each
     /// series' labels and its (unix ms, value) samples.
-    pub async fn samples(
-        &self,
-        q: &str,
-    ) -> anyhow::Result<Vec<(BTreeMap<String, String>, Vec<(i64, f64)>)>> {
+    pub async fn samples(&self, q: &str) -> anyhow::Result<Vec<Series>> {
         let v: serde_json::Value = self
             .http
             .get(url::Url::parse_with_params(

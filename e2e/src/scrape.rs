@@ -160,7 +160,7 @@ pub struct Audit {
 
 /// Judges every `up` sample (`series`: each target's labels and its (unix ms, value)
 /// samples) against the journals in `dir`.
-pub fn audit(dir: &Path, series: &[(BTreeMap<String, String>, Vec<(i64, f64)>)]) -> Audit {
+pub fn audit(dir: &Path, series: &[crate::prometheus::Series]) -> Audit {
     let mut a = Audit::default();
     let mut windows: BTreeMap<String, Vec<(i64, i64)>> = BTreeMap::new();
     for (labels, samples) in series {
