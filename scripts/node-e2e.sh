@@ -9,6 +9,9 @@
 #   scripts/node-e2e.sh --focus 'Density' --skip '\[Flaky\]'    # any other selection
 #   scripts/node-e2e.sh --features              # the node features' specs (user namespaces,
 #                                               # supplemental groups policy, in-place resize)
+#   scripts/node-e2e.sh --node-features         # the [Feature:…] sets containerd's node CI
+#                                               # runs (sidecars, image volumes, stop signals,
+#                                               # RuntimeHandler, GC, …), Serial ones included
 #
 # Every option of `node-e2e` is passed on (see e2e/src/bin/node-e2e.rs). The specs that
 # cannot pass on this machine whatever the runtime are skipped, with their reasons, from
@@ -21,6 +24,13 @@ scripts/install-kubelet.sh >/dev/null
 scripts/install-containerd.sh >/dev/null
 scripts/install-e2e-node.sh >/dev/null
 scripts/install-runc.sh >/dev/null
+if [ "${1:-}" = --node-features ]; then
+    shift
+    set -- --runtime berth --runtime containerd \
+        --focus '\[Feature(Gate)?:(RuntimeHandler|SidecarContainers|ImageVolume|ContainerStopSignals|ProcMountType|GarbageCollect|ImageID|OOMScoreAdj|SeccompDefault|PodReadyToStartContainersCondition|ResourceMetrics)\]' \
+        --skip '\[Flaky\]|\[Feature:(CPUManager|DevicePlugin|PodResourcesAPI)\]' \
+        --feature-gates 'ImageVolume=true,ContainerStopSignals=true,ProcMountType=true' "$@"
+fi
 if [ "${1:-}" = --features ]; then
     shift
     set -- --runtime berth-runc --runtime containerd \

@@ -135,6 +135,11 @@ disabled_plugins = [{aufs}"io.containerd.snapshotter.v1.btrfs", "io.containerd.s
       config_path = "{certs}"
   [plugins."io.containerd.cri.v1.runtime"]
     restrict_oom_score_adj = true
+    [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+    # What node CI configures for the node e2e suite's RuntimeClass specs.
+    [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.test-handler]
+      runtime_type = "io.containerd.runc.v2"
     [plugins."io.containerd.cri.v1.runtime".cni]
       bin_dirs = ["/usr/lib/cni"]
       conf_dir = "{cni}"

@@ -5,10 +5,12 @@
 //! `cargo build --release -p berth -p berth-e2e && BERTH_BIN=target/release/berth target/release/node-e2e [options]`
 //!
 //! Options: `--runtime berth|berth-runc|containerd` (repeatable; default all three),
-//! `--focus RE`, `--skip RE` (ginkgo's), `--skip-file FILE` (one regular expression per line
-//! before a tab and the reason; `#` comments), `--procs N` (3), `--timeout-minutes N` (120),
-//! `--report-dir DIR` (`target/node-e2e`), `--kubelet-flag FLAG` (repeatable),
-//! `--require-pass` (exit 1 if any spec fails on any runtime).
+//! `--focus RE`, `--skip RE` (ginkgo's; replaces the default), `--skip-file FILE` (one regular
+//! expression per line before a tab and the reason; `#` comments; added to the skips, in any
+//! order), `--feature-gates GATES` (the suite's API server's and kubelet's, `A=true,B=true`),
+//! `--procs N` (3), `--timeout-minutes N` (120), `--report-dir DIR` (`target/node-e2e`),
+//! `--kubelet-flag FLAG` (repeatable), `--require-pass` (exit 1 if any spec fails on any
+//! runtime).
 
 #![allow(clippy::print_stdout)]
 
@@ -41,10 +43,13 @@ async fn main() -> anyhow::Result<()> {
         timeout: Duration::from_secs(120 * 60),
         report_dir: PathBuf::from("target/node-e2e"),
         kubelet_flags: Vec::new(),
+        feature_gates: String::new(),
     };
+    // `--skip` replaces the default; `--skip-file` adds to whichever it is, in any order.
+    let mut skip_files: Vec<String> = Vec::new();
     let mut require_pass = false;
     // `--opt value` or `--opt=value` (a value may itself look like `--flag=x`).
-    const OPTS: [&str; 8] = [
+    const OPTS: [&str; 9] = [
         "--runtime",
         "--focus",
         "--skip",
@@ -53,6 +58,7 @@ async fn main() -> anyhow::Result<()> {
         "--timeout-minutes",
         "--report-dir",
         "--kubelet-flag",
+        "--feature-gates",
     ];
     let mut args = std::env::args()
         .skip(1)
@@ -68,24 +74,21 @@ async fn main() -> anyhow::Result<()> {
             "--runtime" => runtimes.push(Runtime::parse(&val()?)?),
             "--focus" => opts.focus = val()?,
             "--skip" => opts.skip = val()?,
-            "--skip-file" => {
-                let extra = skips_from(&val()?)?;
-                let mut all: Vec<String> = vec![opts.skip.clone()];
-                all.extend(extra);
-                opts.skip = all
-                    .into_iter()
-                    .filter(|s| !s.is_empty())
-                    .collect::<Vec<_>>()
-                    .join("|");
-            }
+            "--skip-file" => skip_files.extend(skips_from(&val()?)?),
             "--procs" => opts.procs = val()?.parse()?,
             "--timeout-minutes" => opts.timeout = Duration::from_secs(val()?.parse::<u64>()? * 60),
             "--report-dir" => opts.report_dir = val()?.into(),
             "--kubelet-flag" => opts.kubelet_flags.push(val()?),
+            "--feature-gates" => opts.feature_gates = val()?,
             "--require-pass" => require_pass = true,
             _ => anyhow::bail!("unknown argument {a:?} (see the top of e2e/src/bin/node-e2e.rs)"),
         }
     }
+    opts.skip = std::iter::once(opts.skip.clone())
+        .chain(skip_files)
+        .filter(|s| !s.is_empty())
+        .collect::<Vec<_>>()
+        .join("|");
     if runtimes.is_empty() {
         runtimes = vec![Runtime::Berth, Runtime::BerthRunc, Runtime::Containerd];
     }

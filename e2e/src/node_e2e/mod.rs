@@ -140,6 +140,9 @@ pub struct Options {
     pub report_dir: PathBuf,
     /// Extra flags for the kubelet (`--kubelet-flags`).
     pub kubelet_flags: Vec<String>,
+    /// Feature gates for the suite's API server and kubelet (`--feature-gates`), e.g.
+    /// `ImageVolume=true`.
+    pub feature_gates: String,
 }
 
 /// The outcome of one spec.
@@ -276,11 +279,22 @@ impl Running {
         Ok(match rt {
             Runtime::Berth | Runtime::BerthRunc => {
                 let handler = if rt == Runtime::Berth { "crun" } else { "runc" };
+                // The RuntimeClass specs ask for the handler `test-handler`, which node CI
+                // configures as the default one (containerd's, below, too).
+                let test_handler = if rt == Runtime::Berth {
+                    "runtime_type = \"io.containerd.berth.v1\"\noptions = { BinaryName = \"crun\" }"
+                } else {
+                    "runtime_type = \"io.containerd.runc.v2\""
+                };
                 // The kubelet's cAdvisor asks about containers where a node's containerd
                 // listens: berth answers there, as it would on a node.
                 let b = Berth::start_at_level(
                     &format!(
                         "sandbox_image = \"{PAUSE}\"\n{}\n[runtime]\ndefault_handler = \"{handler}\"\n\
+                         [runtime.handlers.crun]\nruntime_type = \"io.containerd.berth.v1\"\n\
+                         options = {{ BinaryName = \"crun\" }}\n\
+                         [runtime.handlers.runc]\nruntime_type = \"io.containerd.runc.v2\"\n\
+                         [runtime.handlers.test-handler]\n{test_handler}\n\
                          [cadvisor]\ncontainerd_socket = \"{CONTAINERD_SOCKET}\"\n",
                         world.net.config_toml()
                     ),
@@ -459,6 +473,9 @@ fn run_suite(
         .arg("--prepull-images=false")
         .arg(format!("--report-dir={}", dir.display()))
         .arg(format!("--kubelet-flags={}", opts.kubelet_flags.join(" ")));
+    if !opts.feature_gates.is_empty() {
+        cmd.arg(format!("--feature-gates={}", opts.feature_gates));
+    }
     let log = std::fs::File::create(dir.join("ginkgo.log"))?;
     // Its own process group: the suite's processes and the kubelet it starts are killed
     // together, never anything else.
