@@ -285,6 +285,21 @@ async fn exec_over_websocket_v5_v4_and_base64() {
     drop(stdin);
     assert_eq!(read_until(&mut rc, "\n").await, "through v5\n");
     assert_eq!(exit_code(&rc.status().await), Some(0));
+    // A short stdin closed at once, again and again: what was written is never lost with
+    // the fifo, however late the shim opens its side (containerd's runc shim opens it in the
+    // background after Start).
+    for i in 0..20 {
+        let url = exec_url(&env, &id, &["cat"], IN_OUT).await.unwrap();
+        let mut rc = RemoteCommand::websocket(&url, &["v5.channel.k8s.io"], IN_OUT)
+            .await
+            .unwrap();
+        let stdin = rc.stdin.take().unwrap();
+        let line = format!("short {i}\n");
+        stdin.send(Bytes::from(line.clone())).await.unwrap();
+        drop(stdin);
+        assert_eq!(read_until(&mut rc, "\n").await, line);
+        assert_eq!(exit_code(&rc.status().await), Some(0));
+    }
 
     // v4 and its base64 variant carry the exit code in the JSON status.
     for proto in ["v4.channel.k8s.io", "v4.base64.channel.k8s.io"] {

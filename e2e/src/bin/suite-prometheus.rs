@@ -40,7 +40,8 @@ async fn main() -> anyhow::Result<()> {
         Some(k) => {
             let _ = std::fs::remove_dir_all(k);
             std::fs::create_dir_all(k)?;
-            std::path::PathBuf::from(k)
+            // Absolute: the tests run in their crate's directory, not in this one's.
+            std::fs::canonicalize(k)?
         }
         None => temp.path().to_path_buf(),
     };

@@ -5,12 +5,33 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::error::{Error, Result};
-use crate::logs::{mkfifo, open_fifo_reader, open_fifo_writer};
+use crate::logs::{mkfifo, open_fifo_reader};
 use crate::runtime::Runtime;
 
 use crate::shim::SIGKILL;
 /// How long a failed exec start waits to see whether the container exited meanwhile.
 const EXIT_GRACE: Duration = Duration::from_millis(250);
+
+/// Opens the write side of an exec's stdin fifo once the shim reads it (containerd's runc
+/// shim opens its side in the background, after Start has answered), waiting 10 s at most.
+/// A side opened read-write before that would make berth the fifo's only reader: what it
+/// wrote would go with the pipe if it closed its end (a short stdin, then end-of-file)
+/// before the shim opened its own, and the process would wait for input forever.
+async fn open_writer_once_read(path: &std::path::Path) -> Option<tokio::net::unix::pipe::Sender> {
+    let end = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match tokio::net::unix::pipe::OpenOptions::new().open_sender(path) {
+            Ok(w) => return Some(w),
+            Err(e) if e.raw_os_error() == Some(libc::ENXIO) && std::time::Instant::now() < end => {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            Err(e) => {
+                tracing::warn!(fifo = %path.display(), err = %e, "exec stdin: the shim never opened it");
+                return None;
+            }
+        }
+    }
+}
 
 /// What ExecSync returns.
 #[derive(Debug, Clone, Default)]
@@ -151,7 +172,6 @@ impl Runtime {
             }
             let out_rx = out_p.as_deref().map(open_fifo_reader).transpose()?;
             let err_rx = err_p.as_deref().map(open_fifo_reader).transpose()?;
-            let in_tx = in_p.as_deref().map(open_fifo_writer).transpose()?;
             // The container's own process settings (user, env, capabilities, cwd) with the
             // exec's argv and terminal.
             let mut process = rec
@@ -207,11 +227,14 @@ impl Runtime {
                 outputs.iter().for_each(|t| t.abort());
                 return Err(not_running_now(e).await);
             }
-            let feeder = match (stdin, in_tx) {
-                (Some(mut rx), Some(mut w)) => {
+            let feeder = match (stdin, in_p.clone()) {
+                (Some(mut rx), Some(in_p)) => {
                     let (s, id, exec_id) = (s.clone(), id.clone(), exec_id.clone());
                     Some(tokio::spawn(async move {
                         use tokio::io::AsyncWriteExt;
+                        let Some(mut w) = open_writer_once_read(&in_p).await else {
+                            return;
+                        };
                         while let Some(b) = rx.recv().await {
                             if w.write_all(&b).await.is_err() {
                                 break;
