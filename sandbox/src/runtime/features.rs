@@ -2,8 +2,8 @@
 //! `features.json`, which containerd reads too) and the kernel it runs on. crun before the
 //! `features` command (Debian 12's 1.8.1) is known by its version instead: since 1.8 it makes
 //! `rro` mounts. It does not get berth's user namespaces: its own `idmap` mount option fails
-//! (`mount_setattr`: EPERM) in a container that joins the pod's user namespace rather than
-//! making it. Any other runtime without the command (Debian 12's runc 1.1.5), or one that
+//! (`mount_setattr`: EPERM) in a container that joins the pod's user and PID namespaces,
+//! CRI's default. Any other runtime without the command (Debian 12's runc 1.1.5), or one that
 //! does not answer within 2 s, supports none of the optional features.
 
 use std::io::Read as _;
