@@ -474,7 +474,10 @@ fn run_suite(
         .arg(format!("--report-dir={}", dir.display()))
         .arg(format!("--kubelet-flags={}", opts.kubelet_flags.join(" ")));
     if !opts.feature_gates.is_empty() {
-        cmd.arg(format!("--feature-gates={}", opts.feature_gates));
+        // The kubelet's, and the in-process API server's (which drops the fields of a
+        // disabled feature from the pods it stores).
+        cmd.arg(format!("--feature-gates={}", opts.feature_gates))
+            .arg(format!("--service-feature-gates={}", opts.feature_gates));
     }
     let log = std::fs::File::create(dir.join("ginkgo.log"))?;
     // Its own process group: the suite's processes and the kubelet it starts are killed
