@@ -85,12 +85,9 @@ impl Prometheus {
         std::fs::read_to_string(self.dir.path().join("prometheus.log")).unwrap_or_default()
     }
 
-    /// An instant query: each result's labels and value.
-    pub async fn query(
-        &self,
-        q: &str,
-    ) -> anyhow::Result<Vec<(serde_json::Map<String, serde_json::Value>, f64)>> {
-        let v: serde_json::Value = self
+    /// The query API's answer to `q`, evaluated now.
+    async fn api_query(&self, q: &str) -> anyhow::Result<serde_json::Value> {
+        Ok(self
             .http
             .get(url::Url::parse_with_params(
                 &format!("http://127.0.0.1:{}/api/v1/query", self.port),
@@ -99,7 +96,15 @@ impl Prometheus {
             .send()
             .await?
             .json()
-            .await?;
+            .await?)
+    }
+
+    /// An instant query: each result's labels and value.
+    pub async fn query(
+        &self,
+        q: &str,
+    ) -> anyhow::Result<Vec<(serde_json::Map<String, serde_json::Value>, f64)>> {
+        let v = self.api_query(q).await?;
         if v["status"] != "success" {
             bail!("query {q}: {v}");
         }
@@ -117,16 +122,7 @@ impl Prometheus {
     /// Every raw sample of the range selector `q` (e.g. `up[2h]`), evaluated now: each
     /// series' labels and its (unix ms, value) samples.
     pub async fn samples(&self, q: &str) -> anyhow::Result<Vec<Series>> {
-        let v: serde_json::Value = self
-            .http
-            .get(url::Url::parse_with_params(
-                &format!("http://127.0.0.1:{}/api/v1/query", self.port),
-                [("query", q)],
-            )?)
-            .send()
-            .await?
-            .json()
-            .await?;
+        let v = self.api_query(q).await?;
         if v["status"] != "success" || v["data"]["resultType"] != "matrix" {
             bail!("query {q}: {v}");
         }
