@@ -528,8 +528,8 @@ impl Drop for Berth {
         if self.child.is_some() && self.stop().is_err() {
             self.kill();
         }
+        // (`stop` or `kill` above, or earlier, journalled it down.)
         if let Some(t) = &self.scrape {
-            t.down();
             t.remove();
         }
         // Whatever a failed test left behind: shims started for this berth (matched by the
