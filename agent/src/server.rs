@@ -239,6 +239,7 @@ fn pod_manager_config(
                 runtime_path: h.runtime_path.clone(),
                 recursive_read_only: features.recursive_read_only,
                 user_namespaces: features.user_namespaces,
+                idmap_mounts: features.idmap_mounts,
                 options: if takes_runc_options {
                     options
                 } else {

@@ -50,7 +50,7 @@ async fn version_status_runtime_config() {
     let handlers: Vec<_> = s.runtime_handlers.iter().map(|h| h.name.as_str()).collect();
     // The default handler is listed under "" too, as containerd lists it (critest looks its
     // features up there); runc's (by its `features`) and crun's (1.8.1, by its version) make
-    // mounts read-only recursively, runsc's and kata's do not.
+    // mounts read-only recursively and run pods in user namespaces, runsc's and kata's do not.
     assert_eq!(handlers, ["", "crun", "kata", "runc", "runsc"]);
     let rro: Vec<_> = s
         .runtime_handlers
@@ -63,6 +63,14 @@ async fn version_status_runtime_config() {
         .map(|h| h.name.as_str())
         .collect();
     assert_eq!(rro, ["", "crun", "runc"]);
+    // So do user namespaces: runc idmaps its binds itself, berth idmaps crun's.
+    let userns: Vec<_> = s
+        .runtime_handlers
+        .iter()
+        .filter(|h| h.features.as_ref().is_some_and(|f| f.user_namespaces))
+        .map(|h| h.name.as_str())
+        .collect();
+    assert_eq!(userns, ["", "crun", "runc"]);
     // Which handlers can run here: kata's shim is not on this machine.
     let h: serde_json::Value = serde_json::from_str(&s.info["handlers"]).unwrap();
     assert_eq!(h["runc"]["available"], true, "{h}");

@@ -905,19 +905,16 @@ async fn an_image_volume_of_a_pod_mounts_the_images_files_read_only() {
 }
 
 /// The node features of Kubernetes 1.33-1.36 as the kubelet asks for them: a `hostUsers:
-/// false` pod and both supplemental groups policies, under the `runc` handler (the current
-/// runc: Debian's crun has no idmapped mounts). (A standalone kubelet has no RuntimeClass
-/// manager, and without one it takes every handler for one without recursive read-only
-/// mounts: those are driven over CRI and by critest.)
+/// false` pod and both supplemental groups policies, under berth's default handler (crun
+/// 1.8.1, whose binds berth idmaps; the `runc` handler's user namespaces are driven over CRI
+/// and by the node e2e suite). (A standalone kubelet has no RuntimeClass manager, and without
+/// one it takes every handler for one without recursive read-only mounts: those are driven
+/// over CRI and by critest.)
 #[tokio::test(flavor = "multi_thread")]
 async fn user_namespaces_and_group_policies_under_the_kubelet() {
-    berth_e2e::tools::require(&berth_e2e::tools::runc(), "install-runc.sh").unwrap();
-    let env = KubeletEnv::start_with(
-        "[runtime]\ndefault_handler = \"runc\"\n",
-        KubeletOptions::default(),
-    )
-    .await
-    .unwrap();
+    let env = KubeletEnv::start_with("", KubeletOptions::default())
+        .await
+        .unwrap();
     let k = &env.kubelet;
     let log_from = k.log().len();
 

@@ -1,6 +1,7 @@
 //! Pods in user namespaces of their own (`hostUsers: false`, CRI NamespaceMode POD), under
-//! the `runc` handler with the current runc scripts/install-runc.sh builds (Debian's 1.1.5 and
-//! crun 1.8.1 cannot idmap mounts, and berth refuses such pods on them).
+//! the `runc` handler with the current runc scripts/install-runc.sh builds and under the
+//! default `crun` handler (Debian's crun 1.8.1: berth idmaps the binds); Debian's runc 1.1.5
+//! cannot, and berth refuses such pods on it.
 
 use std::os::unix::fs::MetadataExt;
 use std::time::Duration;
@@ -85,10 +86,29 @@ async fn out(env: &berth_e2e::PodEnv, id: &str, cmd: &[&str]) -> (i32, String) {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn the_root_of_a_pod_in_its_own_user_namespace_is_nobody_on_the_host() {
+async fn the_root_of_a_pod_in_its_own_user_namespace_is_nobody_on_the_host_under_runc() {
+    a_pod_in_its_own_user_namespace("runc").await;
+}
+
+/// crun 1.8.1 makes the user namespace, berth idmaps the binds (see `userns::binds`).
+#[tokio::test(flavor = "multi_thread")]
+async fn the_root_of_a_pod_in_its_own_user_namespace_is_nobody_on_the_host_under_crun() {
+    a_pod_in_its_own_user_namespace("crun").await;
+}
+
+/// What berth staged for a runtime that cannot idmap binds itself: nothing once each create
+/// has returned.
+fn staged_binds(env: &berth_e2e::PodEnv) -> Vec<std::ffi::OsString> {
+    std::fs::read_dir(env.berth.state.join("idmap-binds"))
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default()
+}
+
+async fn a_pod_in_its_own_user_namespace(handler: &str) {
     require_runc();
     let mut env = env_with("").await;
-    // The runc handler (a current runc) says it can; berth's default crun 1.8.1 cannot.
+    // The runc handler (a current runc) and the crun one (crun 1.8.1, binds idmapped by
+    // berth) say they can.
     let st = runtime_status(&env).await;
     let can = |name: &str| {
         st.runtime_handlers
@@ -97,8 +117,7 @@ async fn the_root_of_a_pod_in_its_own_user_namespace_is_nobody_on_the_host() {
             .and_then(|h| h.features.as_ref())
             .is_some_and(|f| f.user_namespaces)
     };
-    assert!(can("runc"), "{:?}", st.runtime_handlers);
-    assert!(!can("crun"), "{:?}", st.runtime_handlers);
+    assert!(can("runc") && can("crun"), "{:?}", st.runtime_handlers);
 
     // A host directory owned by the host's root, mounted twice: idmapped (as the kubelet asks
     // for every volume of such a pod) and plain.
@@ -108,7 +127,7 @@ async fn the_root_of_a_pod_in_its_own_user_namespace_is_nobody_on_the_host() {
     std::fs::create_dir(&open).unwrap();
     std::fs::set_permissions(&open, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
     let pcfg = pod_in("userns", own(HOST_ID));
-    let pod = env.run_with_handler(pcfg.clone(), "runc").await.unwrap();
+    let pod = env.run_with_handler(pcfg.clone(), handler).await.unwrap();
     let (pst, _) = env.status(&pod).await.unwrap();
     let reported = pst
         .linux
@@ -148,6 +167,7 @@ async fn the_root_of_a_pod_in_its_own_user_namespace_is_nobody_on_the_host() {
     };
     c.mounts = vec![mnt("/idmapped", true), mnt("/plain", false), image_volume];
     let id = create(&env, &pod, &pcfg, c).await.unwrap();
+    assert_eq!(staged_binds(&env), Vec::<std::ffi::OsString>::new());
     start(&env, &id).await;
 
     // Inside: root, mapped onto the pod's range; the image's files are root's, and root can
@@ -244,7 +264,10 @@ async fn the_root_of_a_pod_in_its_own_user_namespace_is_nobody_on_the_host() {
     let logs = tempfile::tempdir().unwrap();
     let mut web_cfg = pod_in("userns-web", own(2 * HOST_ID));
     web_cfg.log_directory = logs.path().display().to_string();
-    let web_pod = env.run_with_handler(web_cfg.clone(), "runc").await.unwrap();
+    let web_pod = env
+        .run_with_handler(web_cfg.clone(), handler)
+        .await
+        .unwrap();
     let web = create(
         &env,
         &web_pod,
@@ -323,12 +346,26 @@ async fn the_root_of_a_pod_in_its_own_user_namespace_is_nobody_on_the_host() {
         .map(|d| d.flatten().map(|e| e.file_name()).collect())
         .unwrap_or_default();
     assert!(views.is_empty(), "idmapped views left: {views:?}");
+    assert_eq!(staged_binds(&env), Vec::<std::ffi::OsString>::new());
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn user_namespaces_a_handler_cannot_make_or_that_are_malformed_are_refused() {
     require_runc();
-    let env = env_with("").await;
+    // Debian's runc 1.1.5: no `features` command, no idmapped mounts.
+    let env = env_with(
+        r#"
+[runtime.handlers.runc]
+runtime_type = "io.containerd.runc.v2"
+[runtime.handlers.crun]
+runtime_type = "io.containerd.berth.v1"
+options = { BinaryName = "crun" }
+[runtime.handlers.old-runc]
+runtime_type = "io.containerd.berth.v1"
+options = { BinaryName = "/usr/sbin/runc" }
+"#,
+    )
+    .await;
     let refused = |r: Result<String, tonic::Status>, want: &str| {
         let e = r.expect_err(want);
         assert_eq!(e.code(), Code::InvalidArgument, "{want}: {e:?}");
@@ -337,9 +374,9 @@ async fn user_namespaces_a_handler_cannot_make_or_that_are_malformed_are_refused
 
     // A handler whose runtime cannot: named, never silently run in the host's namespace.
     refused(
-        env.run_with_handler(pod_in("on-crun", own(HOST_ID)), "crun")
+        env.run_with_handler(pod_in("on-old-runc", own(HOST_ID)), "old-runc")
             .await,
-        "runtime handler \"crun\" cannot run pods in user namespaces",
+        "runtime handler \"old-runc\" cannot run pods in user namespaces",
     );
     // Malformed requests, as critest sends them and worse.
     let p = cri::NamespaceMode::Pod;
@@ -452,5 +489,70 @@ async fn user_namespaces_a_handler_cannot_make_or_that_are_malformed_are_refused
         env.stop(&p).await.unwrap();
         env.remove(&p).await.unwrap();
     }
+    env.assert_clean();
+}
+
+/// Binds berth staged for crun and did not release because it died in between: the orphan
+/// sweep after a restart releases those of a container it never recorded, the container's
+/// removal those of one it did; what they bound is never touched.
+#[tokio::test(flavor = "multi_thread")]
+async fn staged_binds_a_crash_left_are_released_and_their_sources_kept() {
+    require_runc();
+    let mut env = env_with("").await;
+    let pcfg = pod_in("left", own(HOST_ID));
+    let pod = env.run_with_handler(pcfg.clone(), "crun").await.unwrap();
+    let id = create(&env, &pod, &pcfg, ctr_in(&pcfg, "app", &["sleep", "3600"]))
+        .await
+        .unwrap();
+    start(&env, &id).await;
+
+    // What a berth killed between staging and releasing leaves: mounts of a volume, for the
+    // recorded container and for one it never recorded.
+    let volume = tempfile::tempdir().unwrap();
+    std::fs::write(volume.path().join("data"), "user data\n").unwrap();
+    let unknown = "ab".repeat(32);
+    let parent = env.berth.state.join("idmap-binds");
+    let staged = [parent.join(&id).join("0"), parent.join(&unknown).join("0")];
+    for at in &staged {
+        std::fs::create_dir_all(at).unwrap();
+        let ok = std::process::Command::new("mount")
+            .arg("--bind")
+            .arg(volume.path())
+            .arg(at)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "mount --bind {}", at.display());
+    }
+    let mounted = |at: &std::path::Path| {
+        std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap()
+            .lines()
+            .any(|l| l.split(' ').nth(4) == Some(at.to_str().unwrap()))
+    };
+    assert!(staged.iter().all(|at| mounted(at)));
+
+    env.berth.kill();
+    env.berth.restart().unwrap();
+    env.reconnect().await.unwrap();
+    assert!(
+        berth_e2e::wait_until(Duration::from_secs(10), || !parent.join(&unknown).exists()),
+        "the unknown container's staged binds were not released"
+    );
+    assert!(!mounted(&staged[1]));
+    assert!(
+        mounted(&staged[0]),
+        "a recorded container's binds go with it"
+    );
+    let (code, o) = out(&env, &id, &["id", "-u"]).await;
+    assert_eq!((code, o.as_str()), (0, "0\n"));
+
+    env.stop(&pod).await.unwrap();
+    env.remove(&pod).await.unwrap();
+    assert!(!mounted(&staged[0]) && !parent.join(&id).exists());
+    assert_eq!(
+        std::fs::read_to_string(volume.path().join("data")).unwrap(),
+        "user data\n"
+    );
     env.assert_clean();
 }

@@ -181,6 +181,7 @@ impl Runtime {
         self.sweep_cni().await;
         self.sweep_dirs().await;
         self.sweep_idmap_views().await;
+        self.sweep_idmap_binds().await;
         self.sweep_snapshots();
         self.sweep_cgroups().await;
         tracing::debug!(
@@ -434,6 +435,29 @@ impl Runtime {
                 Ok(Ok(())) => orphan("idmapped layer view", &name, "its pod is gone"),
                 Ok(Err(e)) => {
                     tracing::warn!(name, err = %e, "could not release an orphaned idmapped view")
+                }
+                Err(_) => {}
+            }
+        }
+    }
+
+    /// Idmapped binds staged for containers berth does not know (a berth that died while
+    /// creating one, before its record was written).
+    async fn sweep_idmap_binds(&self) {
+        let parent = crate::userns::binds::parent(self.state_dir());
+        let names = dir_names(&parent);
+        if names.is_empty() {
+            return;
+        }
+        let known = self.known_ids();
+        for name in names.into_iter().filter(|n| !known.contains(n)) {
+            let at = parent.join(&name);
+            let released =
+                tokio::task::spawn_blocking(move || crate::userns::binds::release(&at)).await;
+            match released {
+                Ok(Ok(())) => orphan("idmapped binds", &name, "no container owns them"),
+                Ok(Err(e)) => {
+                    tracing::warn!(name, err = %e, "could not release orphaned idmapped binds")
                 }
                 Err(_) => {}
             }

@@ -17,6 +17,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
+pub mod binds;
+
 /// `size` ids from `container_id` in the pod are `host_id`… on the host.
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct IdMapping {
@@ -203,22 +205,45 @@ struct MountAttr {
 /// through the user namespace of process `pid` (the pod's pause process). Submounts (lazily
 /// pulled layers, FUSE) are not part of it. Blocking.
 pub fn attach_layers_view(snapshots: &Path, at: &Path, pid: u32) -> Result<()> {
-    use rustix::mount::{MoveMountFlags, OpenTreeFlags};
-    let io = |what: &str, e: rustix::io::Errno| Error::io(what.to_string(), e.into());
-    let userns = std::fs::File::open(format!("/proc/{pid}/ns/user"))
-        .map_err(|e| Error::io(format!("open the user namespace of pid {pid}"), e))?;
-    let tree = rustix::mount::open_tree(
-        rustix::fs::CWD,
+    let userns = open_userns(pid)?;
+    let tree = idmapped_clone(
         snapshots,
-        OpenTreeFlags::OPEN_TREE_CLONE | OpenTreeFlags::OPEN_TREE_CLOEXEC,
-    )
-    .map_err(|e| io(&format!("clone the mount of {}", snapshots.display()), e))?;
+        &userns,
+        false,
+        MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
+    )?;
+    std::fs::create_dir_all(at).map_err(|e| Error::io(format!("create {}", at.display()), e))?;
+    attach(&tree, at)
+}
+
+/// The user namespace of process `pid`.
+pub(crate) fn open_userns(pid: u32) -> Result<std::fs::File> {
+    std::fs::File::open(format!("/proc/{pid}/ns/user"))
+        .map_err(|e| Error::io(format!("open the user namespace of pid {pid}"), e))
+}
+
+/// A detached clone of the mount at `source` (with its submounts if `recursive`), its ids
+/// seen through `userns`, with the mount attributes `attrs` set too. Blocking.
+pub(crate) fn idmapped_clone(
+    source: &Path,
+    userns: &std::fs::File,
+    recursive: bool,
+    attrs: u64,
+) -> Result<rustix::fd::OwnedFd> {
+    use rustix::mount::OpenTreeFlags;
+    let mut flags = OpenTreeFlags::OPEN_TREE_CLONE | OpenTreeFlags::OPEN_TREE_CLOEXEC;
+    if recursive {
+        flags |= OpenTreeFlags::AT_RECURSIVE;
+    }
+    let tree = rustix::mount::open_tree(rustix::fs::CWD, source, flags)
+        .map_err(|e| Error::io(format!("clone the mount of {}", source.display()), e.into()))?;
     let attr = MountAttr {
-        attr_set: MOUNT_ATTR_IDMAP | MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
+        attr_set: MOUNT_ATTR_IDMAP | attrs,
         attr_clr: 0,
         propagation: 0,
         userns_fd: userns.as_raw_fd() as u64,
     };
+    let at_flags = libc::AT_EMPTY_PATH | if recursive { libc::AT_RECURSIVE } else { 0 };
     // SAFETY: mount_setattr(2) on a file descriptor we own, with an empty path, AT_EMPTY_PATH
     // and a `struct mount_attr` that lives across the call, its size passed with it.
     let r = unsafe {
@@ -226,7 +251,7 @@ pub fn attach_layers_view(snapshots: &Path, at: &Path, pid: u32) -> Result<()> {
             libc::SYS_mount_setattr,
             tree.as_fd().as_raw_fd(),
             c"".as_ptr(),
-            libc::AT_EMPTY_PATH,
+            at_flags,
             &attr as *const MountAttr,
             std::mem::size_of::<MountAttr>(),
         )
@@ -234,13 +259,24 @@ pub fn attach_layers_view(snapshots: &Path, at: &Path, pid: u32) -> Result<()> {
     if r != 0 {
         return Err(Error::io(
             format!(
-                "idmap the view of {} (the filesystem must support idmapped mounts)",
-                snapshots.display()
+                "idmap the mount of {} (its filesystem{} must support idmapped mounts)",
+                source.display(),
+                if recursive {
+                    ", and every one mounted below it,"
+                } else {
+                    ""
+                }
             ),
             std::io::Error::last_os_error(),
         ));
     }
-    std::fs::create_dir_all(at).map_err(|e| Error::io(format!("create {}", at.display()), e))?;
+    Ok(tree)
+}
+
+/// Attaches the detached mount `tree` at `at` (an existing directory, or file for a file's
+/// mount). Blocking.
+pub(crate) fn attach(tree: &rustix::fd::OwnedFd, at: &Path) -> Result<()> {
+    use rustix::mount::MoveMountFlags;
     rustix::mount::move_mount(
         tree.as_fd(),
         "",
@@ -248,7 +284,12 @@ pub fn attach_layers_view(snapshots: &Path, at: &Path, pid: u32) -> Result<()> {
         at,
         MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
     )
-    .map_err(|e| io(&format!("attach the idmapped view at {}", at.display()), e))
+    .map_err(|e| {
+        Error::io(
+            format!("attach the idmapped mount at {}", at.display()),
+            e.into(),
+        )
+    })
 }
 
 /// Detaches the view at `at` (if mounted) and removes its directory. Never recurses into it.

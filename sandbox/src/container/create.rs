@@ -126,6 +126,14 @@ impl Runtime {
         // the updates to other containers they answered with.
         let mut nri_told = false;
         let mut nri_updates = vec![];
+        // Whether berth staged idmapped binds for the runtime, and where.
+        let mut staged_binds = false;
+        let staging = crate::userns::binds::dir(self.state_dir(), &id);
+        let runtime_idmaps = self
+            .cfg
+            .handlers
+            .get(&pod.handler)
+            .is_none_or(|h| h.idmap_mounts);
         let res: Result<()> = async {
             std::fs::create_dir_all(bundle.join("rootfs"))
                 .map_err(|e| Error::io(format!("create {}", bundle.display()), e))?;
@@ -248,9 +256,25 @@ impl Runtime {
                 nri_updates = created.updates;
                 lap("nri");
             }
+            // A runtime that cannot idmap a bind in the pod's user namespace gets binds
+            // berth idmapped; the record keeps the spec as the container sees it.
+            let on_disk = match pod.config.userns {
+                Some(u) if !runtime_idmaps && crate::userns::binds::wanted(&spec.mounts) => {
+                    let (mut staged, at, pid) = (spec.clone(), staging.clone(), pod.pid);
+                    staged_binds = true;
+                    tokio::task::spawn_blocking(move || {
+                        crate::userns::binds::stage(&mut staged.mounts, &at, pid, &u)
+                            .map(|()| staged)
+                    })
+                    .await
+                    .map_err(|e| Error::io("idmap the container's binds", e.into()))??
+                    .into()
+                }
+                _ => None,
+            };
             std::fs::write(
                 bundle.join("config.json"),
-                serde_json::to_vec(&spec).unwrap_or_default(),
+                serde_json::to_vec(on_disk.as_ref().unwrap_or(&spec)).unwrap_or_default(),
             )
             .map_err(|e| Error::io("write config.json", e))?;
             rec.spec = Some(Arc::new(spec));
@@ -297,7 +321,7 @@ impl Runtime {
                 s(&stdout, true),
                 s(&stderr, !config.tty),
             ];
-            rec.pid = shim
+            let created = shim
                 .create(
                     &id,
                     &bundle,
@@ -306,7 +330,12 @@ impl Runtime {
                     config.tty,
                     handler,
                 )
-                .await?;
+                .await;
+            // The container's mount namespace has its own copies of the staged binds now.
+            if staged_binds {
+                self.release_idmap_binds(&id).await;
+            }
+            rec.pid = created?;
             lap("shim_create");
             let log = ContainerLog::start(
                 rec.log_path.as_deref(),
@@ -354,6 +383,9 @@ impl Runtime {
                         .await;
                 }
                 let _ = shim.delete(&id).await;
+                if staged_binds {
+                    self.release_idmap_binds(&id).await;
+                }
                 self.container_logs().remove(&id);
                 let _ = self.images().snapshots().remove_active(&id);
                 if let Err(e) = self.remove_image_volumes(&id, &dir) {
@@ -363,6 +395,19 @@ impl Runtime {
                 let _ = self.containers().remove_record(&id);
                 Err(e)
             }
+        }
+    }
+
+    /// Detaches and removes container `id`'s staged idmapped binds, if any (see
+    /// [`crate::userns::binds`]); a failure is logged, and the orphan sweep tries again.
+    pub(crate) async fn release_idmap_binds(&self, id: &str) {
+        let at = crate::userns::binds::dir(self.state_dir(), id);
+        let released = tokio::task::spawn_blocking(move || crate::userns::binds::release(&at))
+            .await
+            .map_err(|e| Error::io("release the idmapped binds", e.into()))
+            .and_then(|r| r);
+        if let Err(e) = released {
+            tracing::warn!(container = id, err = %e, "cannot release a container's idmapped binds");
         }
     }
 }

@@ -46,6 +46,8 @@ impl Runtime {
         self.reap_container(&id).await;
         let bundle = self.ctr_dir(&id).join("bundle");
         crate::pod::unmount(&bundle.join("rootfs"))?;
+        // Left only by a berth that died while creating it.
+        self.release_idmap_binds(&id).await;
         // What the container's snapshots stand on: layers whose image went meanwhile are
         // collected once nothing uses them.
         let mut stood_on: Vec<_> = self

@@ -80,7 +80,7 @@ impl Runtime {
         if let Some(userns) = &config.userns {
             if !handler.user_namespaces {
                 return Err(Error::Invalid(format!(
-                    "linux.security_context.namespace_options.userns_options: runtime handler {:?} cannot run pods in user namespaces of their own (its runtime needs user namespaces and idmapped mounts: runc 1.2 or later, on Linux 6.3 or later; the Status call lists the handlers that can)",
+                    "linux.security_context.namespace_options.userns_options: runtime handler {:?} cannot run pods in user namespaces of their own (its runtime needs user namespaces and idmapped mounts: runc 1.2 or later, or crun 1.8 or later, on Linux 6.3 or later; the Status call lists the handlers that can)",
                     rec.handler
                 )));
             }

@@ -1,10 +1,12 @@
 //! What a handler's OCI runtime can do here: its `features` command (the runtime-spec's
 //! `features.json`, which containerd reads too) and the kernel it runs on. crun before the
 //! `features` command (Debian 12's 1.8.1) is known by its version instead: since 1.8 it makes
-//! `rro` mounts. It does not get berth's user namespaces: its own `idmap` mount option fails
-//! (`mount_setattr`: EPERM) in a container that joins the pod's user and PID namespaces,
-//! CRI's default. Any other runtime without the command (Debian 12's runc 1.1.5), or one that
-//! does not answer within 2 s, supports none of the optional features.
+//! `rro` mounts, and on Linux 6.3 pods in user namespaces of their own: it makes the user
+//! namespace, and berth idmaps the container's binds itself (crun's own `idmap` mount option
+//! fails, `mount_setattr`: EPERM, in a container that joins the pod's user and PID
+//! namespaces, CRI's default: see [`crate::userns::binds`]). Any other runtime without the
+//! command (Debian 12's runc 1.1.5), or one that does not answer within 2 s, supports none of
+//! the optional features.
 
 use std::io::Read as _;
 use std::process::{Command, Stdio};
@@ -24,6 +26,9 @@ pub struct OciFeatures {
     /// mounts, and the kernel can idmap overlayfs layers and tmpfs (Linux 6.3), which the
     /// rootfs and the pod's own files need.
     pub user_namespaces: bool,
+    /// The runtime idmaps bind mounts itself (`mountExtensions.idmap`); without it, berth
+    /// does (see [`crate::userns::binds`]).
+    pub idmap_mounts: bool,
 }
 
 /// The oldest crun whose `rro` mount option berth relies on (its `features` command came
@@ -60,7 +65,8 @@ impl OciFeatures {
             answered: false,
             by_version: Some(v),
             recursive_read_only: kernel >= (5, 12),
-            user_namespaces: false,
+            user_namespaces: kernel >= (6, 3),
+            idmap_mounts: false,
         }
     }
 
@@ -74,13 +80,13 @@ impl OciFeatures {
                 .is_some_and(|a| a.iter().any(|x| x.as_str() == Some(what)))
         };
         let linux = &f["linux"];
+        let idmap = linux["mountExtensions"]["idmap"]["enabled"].as_bool() == Some(true);
         OciFeatures {
             answered: true,
             by_version: None,
             recursive_read_only: kernel >= (5, 12) && lists(&f["mountOptions"], "rro"),
-            user_namespaces: kernel >= (6, 3)
-                && lists(&linux["namespaces"], "user")
-                && linux["mountExtensions"]["idmap"]["enabled"].as_bool() == Some(true),
+            user_namespaces: kernel >= (6, 3) && lists(&linux["namespaces"], "user") && idmap,
+            idmap_mounts: idmap,
         }
     }
 
@@ -103,8 +109,13 @@ impl OciFeatures {
             }
             None => String::new(),
         };
+        let idmap_by = if self.user_namespaces && !self.idmap_mounts {
+            " (berth idmaps the binds)"
+        } else {
+            ""
+        };
         format!(
-            "{}, {}{known}",
+            "{}, {}{idmap_by}{known}",
             yes_no(self.recursive_read_only, "recursive read-only mounts"),
             yes_no(self.user_namespaces, "user namespaces")
         )
@@ -177,7 +188,8 @@ mod tests {
     #[test]
     fn a_current_runc_on_a_current_kernel_does_both() {
         let f = OciFeatures::from_json(RUNC_1_5, (6, 18));
-        assert!(f.answered && f.recursive_read_only && f.user_namespaces);
+        assert!(f.answered && f.recursive_read_only && f.user_namespaces && f.idmap_mounts);
+        assert!(!f.summary().contains("berth idmaps"), "{}", f.summary());
     }
 
     #[test]
@@ -196,8 +208,11 @@ mod tests {
         let v = "crun version 1.8.1\ncommit: 0\nrundir: /run/crun\nspec: 1.0.0\n+SECCOMP";
         let f = OciFeatures::from_version(v, (6, 18));
         assert_eq!(f.by_version, Some((1, 8, 1)));
-        assert!(f.recursive_read_only && !f.user_namespaces);
+        // User namespaces with binds berth idmaps, on a kernel that idmaps overlayfs layers.
+        assert!(f.recursive_read_only && f.user_namespaces && !f.idmap_mounts);
         assert!(f.summary().contains("crun 1.8.1"), "{}", f.summary());
+        assert!(f.summary().contains("berth idmaps"), "{}", f.summary());
+        assert!(!OciFeatures::from_version(v, (6, 1)).user_namespaces);
         assert!(!OciFeatures::from_version(v, (5, 10)).recursive_read_only);
         // Older crun, other runtimes, garbage: nothing.
         for other in [

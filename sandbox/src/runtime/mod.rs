@@ -41,9 +41,12 @@ pub struct Handler {
     /// Its runtime can make a mount read-only recursively (runc's `rro`: runc 1.1 on
     /// Linux 5.12 and later).
     pub recursive_read_only: bool,
-    /// Its runtime can run pods in user namespaces of their own, with idmapped mounts
-    /// (runc 1.2 on Linux 6.3 and later: see [`OciFeatures`]).
+    /// Its runtime can run pods in user namespaces of their own (runc 1.2 or crun 1.8 on
+    /// Linux 6.3 and later: see [`OciFeatures`]).
     pub user_namespaces: bool,
+    /// Its runtime idmaps bind mounts itself; otherwise berth does
+    /// ([`crate::userns::binds`]).
+    pub idmap_mounts: bool,
 }
 
 /// How the pod manager is set up.
