@@ -8,7 +8,8 @@
 #   scripts/node-e2e.sh --runtime berth         # one runtime (repeatable)
 #   scripts/node-e2e.sh --focus 'Density' --skip '\[Flaky\]'    # any other selection
 #   scripts/node-e2e.sh --features              # the node features' specs (user namespaces,
-#                                               # supplemental groups policy, in-place resize)
+#                                               # supplemental groups policy, in-place resize,
+#                                               # recursive read-only mounts)
 #   scripts/node-e2e.sh --node-features         # the [Feature:…] sets containerd's node CI
 #                                               # runs (sidecars, image volumes, stop signals,
 #                                               # RuntimeHandler, GC, …), Serial ones included
@@ -33,8 +34,8 @@ if [ "${1:-}" = --node-features ]; then
 fi
 if [ "${1:-}" = --features ]; then
     shift
-    set -- --runtime berth-runc --runtime containerd \
-        --focus 'Security Context When creating a pod with HostUsers|SupplementalGroupsPolicy|Pod InPlace Resize Container' \
+    set -- --runtime berth --runtime berth-runc --runtime containerd \
+        --focus 'Security Context When creating a pod with HostUsers|SupplementalGroupsPolicy|Pod InPlace Resize Container|Mount recursive read-only' \
         --skip '\[Serial\]|\[Slow\]|\[Flaky\]' "$@"
 fi
 cargo build --release --locked -p berth -p berth-e2e --bin berth --bin node-e2e --bin cadvisor-standin

@@ -65,11 +65,12 @@ BERTH_BIN="$PWD/target/debug/berth" target/debug/node-e2e --runtime berth \
 rc3=${PIPESTATUS[0]}
 [ "$rc" = 0 ] && rc=$rc3
 # The node features' specs, where the kubelet drives them through its API server: pods with
-# hostUsers: false, both supplemental-groups policies, in-place resize (about 4 minutes),
-# under the runc handler (the current runc; Debian's crun cannot idmap mounts).
-echo "== Kubernetes' node e2e: user namespaces, supplemental groups policy, in-place resize"
-BERTH_BIN="$PWD/target/debug/berth" target/debug/node-e2e --runtime berth-runc \
-    --focus 'Security Context When creating a pod with HostUsers|SupplementalGroupsPolicy|Pod InPlace Resize Container' \
+# hostUsers: false, both supplemental-groups policies, in-place resize, recursive read-only
+# mounts (about 4 minutes a handler), under the default handler (crun, whose binds berth
+# idmaps) and the runc one (the current runc, which idmaps them itself).
+echo "== Kubernetes' node e2e: user namespaces, supplemental groups policy, in-place resize, rro"
+BERTH_BIN="$PWD/target/debug/berth" target/debug/node-e2e --runtime berth --runtime berth-runc \
+    --focus 'Security Context When creating a pod with HostUsers|SupplementalGroupsPolicy|Pod InPlace Resize Container|Mount recursive read-only' \
     --skip '\[Serial\]|\[Slow\]|\[Flaky\]' --skip-file scripts/node-e2e-skips.txt \
     --require-pass --report-dir target/node-e2e-features 2>&1 | tee -a "$log"
 rc4=${PIPESTATUS[0]}
@@ -77,10 +78,11 @@ rc4=${PIPESTATUS[0]}
 set -e
 passed=$(grep -Eo '^test result: .* ([0-9]+) passed' "$log" | grep -Eo '[0-9]+ passed' | awk '{s+=$1} END {print s+0}')
 failed=$(grep -Eo '^test result: .* ([0-9]+) failed' "$log" | grep -Eo '[0-9]+ failed' | awk '{s+=$1} END {print s+0}')
-node=$(grep -Eo '^node-e2e: berth: [0-9]+ passed, [0-9]+ failed' "$log" | tail -1)
-features=$(grep -Eo '^node-e2e: berth-runc: [0-9]+ passed, [0-9]+ failed' "$log" | tail -1)
+node=$(grep -Eo '^node-e2e: berth: [0-9]+ passed, [0-9]+ failed' "$log" | head -1)
+features=$(grep -Eo '^node-e2e: berth(-runc)?: [0-9]+ passed, [0-9]+ failed' "$log" | tail -n +2 |
+    sed 's/^node-e2e: //' | paste -sd ';' | sed 's/;/, /g')
 scrapes=$(grep -Eo '^suite-prometheus: [0-9]+ berths, [0-9]+ scrapes, [0-9]+ failed' "$log" | awk '{b+=$2; s+=$4; f+=$6} END {if (s) print b " berths, " s " scrapes, " f " failed"}')
 echo
 [ -n "$scrapes" ] && echo "prometheus: $scrapes"
-echo "tests: $passed passed, $failed failed${node:+; ${node#node-e2e: }}${features:+; ${features#node-e2e: }}"
+echo "tests: $passed passed, $failed failed${node:+; ${node#node-e2e: }}${features:+; node features: $features}"
 exit "$rc"
