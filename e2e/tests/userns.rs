@@ -353,18 +353,10 @@ async fn a_pod_in_its_own_user_namespace(handler: &str) {
 async fn user_namespaces_a_handler_cannot_make_or_that_are_malformed_are_refused() {
     require_runc();
     // Debian's runc 1.1.5: no `features` command, no idmapped mounts.
-    let env = env_with(
-        r#"
-[runtime.handlers.runc]
-runtime_type = "io.containerd.runc.v2"
-[runtime.handlers.crun]
-runtime_type = "io.containerd.berth.v1"
-options = { BinaryName = "crun" }
-[runtime.handlers.old-runc]
-runtime_type = "io.containerd.berth.v1"
-options = { BinaryName = "/usr/sbin/runc" }
-"#,
-    )
+    let env = env_with(&format!(
+        "{}[runtime.handlers.old-runc]\nruntime_type = \"io.containerd.berth.v1\"\noptions = {{ BinaryName = \"/usr/sbin/runc\" }}\n",
+        berth_e2e::pods::BENCH_HANDLERS
+    ))
     .await;
     let refused = |r: Result<String, tonic::Status>, want: &str| {
         let e = r.expect_err(want);
