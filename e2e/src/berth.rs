@@ -421,10 +421,28 @@ impl Berth {
         connect(&self.socket).await
     }
 
-    /// Open file descriptors of the daemon.
+    /// Open file descriptors of the daemon, but for the suite's Prometheus's connections to
+    /// its metrics port (opened whenever Prometheus first scrapes it, kept alive after).
     pub fn fd_count(&self) -> Option<usize> {
         let pid = self.child.as_ref()?.id();
-        Some(std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count())
+        // Not the suite's Prometheus's connections to its metrics port.
+        let scraper = self
+            .scrape
+            .as_ref()
+            .map(|t| crate::scrape::connections_on(pid, t.port))
+            .unwrap_or_default();
+        let socket_inode = |p: &Path| -> Option<u64> {
+            let link = std::fs::read_link(p).ok()?;
+            let s = link.to_str()?.strip_prefix("socket:[")?.strip_suffix(']')?;
+            s.parse().ok()
+        };
+        Some(
+            std::fs::read_dir(format!("/proc/{pid}/fd"))
+                .ok()?
+                .flatten()
+                .filter(|e| !socket_inode(&e.path()).is_some_and(|i| scraper.contains(&i)))
+                .count(),
+        )
     }
 
     /// RSS of the daemon in KiB.

@@ -158,6 +158,36 @@ pub struct Audit {
     pub failed: Vec<(String, String, i64)>,
 }
 
+/// The socket inodes of the connections process `pid`'s network namespace has on local TCP
+/// `port` other than its listener: the suite's Prometheus scraping a berth (they come and go
+/// as Prometheus pleases, so a count of berth's file descriptors leaves them out).
+pub fn connections_on(pid: u32, port: u16) -> std::collections::HashSet<u64> {
+    const LISTEN: &str = "0A";
+    let mut out = std::collections::HashSet::new();
+    for table in ["tcp", "tcp6"] {
+        let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let (Some(local), Some(state), Some(inode)) = (f.get(1), f.get(3), f.get(9)) else {
+                continue;
+            };
+            let on_port = local
+                .rsplit_once(':')
+                .and_then(|(_, p)| u16::from_str_radix(p, 16).ok())
+                == Some(port);
+            if on_port
+                && *state != LISTEN
+                && let Ok(i) = inode.parse()
+            {
+                out.insert(i);
+            }
+        }
+    }
+    out
+}
+
 /// Judges every `up` sample (`series`: each target's labels and its (unix ms, value)
 /// samples) against the journals in `dir`.
 pub fn audit(dir: &Path, series: &[crate::prometheus::Series]) -> Audit {
@@ -202,6 +232,20 @@ pub fn prometheus_config(dir: &Path) -> anyhow::Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_connections_on_a_port_are_those_accepted_there_not_the_listener() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let me = std::process::id();
+        assert!(connections_on(me, port).is_empty());
+        let _client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let (_accepted, _) = l.accept().unwrap();
+        assert_eq!(connections_on(me, port).len(), 1);
+        let _second = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let (_accepted2, _) = l.accept().unwrap();
+        assert_eq!(connections_on(me, port).len(), 2);
+    }
 
     fn labels(id: &str) -> BTreeMap<String, String> {
         [("berth".to_string(), id.to_string())].into()

@@ -63,6 +63,13 @@ async fn doctor_finds_what_is_broken_and_says_how_to_fix_it() {
     ] {
         assert_eq!(check(&checks, name)["ok"], true, "{name}: {checks:#?}");
     }
+    // What each handler's runtime can do: crun 1.8.1 (by its version) runs pods in user
+    // namespaces, with binds berth idmaps.
+    let crun = check(&checks, "handler crun")["detail"].to_string();
+    assert!(
+        crun.contains("recursive read-only mounts, user namespaces (berth idmaps the binds)"),
+        "{crun}"
+    );
 
     // Where the state lives is advice, never a failure (this test's state is wherever the
     // temp dir is).
