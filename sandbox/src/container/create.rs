@@ -399,7 +399,8 @@ impl Runtime {
     }
 
     /// Detaches and removes container `id`'s staged idmapped binds, if any (see
-    /// [`crate::userns::binds`]); a failure is logged, and the orphan sweep tries again.
+    /// [`crate::userns::binds`]); a failure is logged, and the container's removal (or, for one
+    /// never recorded, the orphan sweep) tries again.
     pub(crate) async fn release_idmap_binds(&self, id: &str) {
         let at = crate::userns::binds::dir(self.state_dir(), id);
         let released = tokio::task::spawn_blocking(move || crate::userns::binds::release(&at))
