@@ -425,7 +425,6 @@ impl Berth {
     /// its metrics port (opened whenever Prometheus first scrapes it, kept alive after).
     pub fn fd_count(&self) -> Option<usize> {
         let pid = self.child.as_ref()?.id();
-        // Not the suite's Prometheus's connections to its metrics port.
         let scraper = self
             .scrape
             .as_ref()
