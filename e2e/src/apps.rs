@@ -101,6 +101,51 @@ pub fn ctr_of(image: &str, name: &str, cmd: &[&str]) -> cri::ContainerConfig {
     }
 }
 
+/// A user namespace of the pod's own (CRI NamespaceMode POD): container ids `0..size` are
+/// host ids `host_id..`, for users and groups alike.
+pub fn pod_userns(host_id: u32, size: u32) -> cri::UserNamespace {
+    let ids = vec![cri::IdMapping {
+        host_id,
+        container_id: 0,
+        length: size,
+    }];
+    cri::UserNamespace {
+        mode: cri::NamespaceMode::Pod as i32,
+        uids: ids.clone(),
+        gids: ids,
+    }
+}
+
+/// `pcfg` with namespace options that ask for user namespace `u`.
+pub fn in_userns(mut pcfg: cri::PodSandboxConfig, u: cri::UserNamespace) -> cri::PodSandboxConfig {
+    pcfg.linux
+        .get_or_insert_default()
+        .security_context
+        .get_or_insert_default()
+        .namespace_options = Some(cri::NamespaceOption {
+        userns_options: Some(u),
+        ..Default::default()
+    });
+    pcfg
+}
+
+/// `c` asking for the namespace options of pod `pcfg`, as the kubelet sends them.
+pub fn with_pod_namespaces(
+    mut c: cri::ContainerConfig,
+    pcfg: &cri::PodSandboxConfig,
+) -> cri::ContainerConfig {
+    c.linux
+        .get_or_insert_default()
+        .security_context
+        .get_or_insert_default()
+        .namespace_options = pcfg
+        .linux
+        .as_ref()
+        .and_then(|l| l.security_context.as_ref())
+        .and_then(|s| s.namespace_options.clone());
+    c
+}
+
 /// CreateContainer.
 pub async fn create(
     env: &PodEnv,

@@ -5,9 +5,11 @@
 use std::time::Duration;
 
 use berth_cri_api::v1 as cri;
-use berth_e2e::apps::{env_with, run_to_exit};
+use berth_e2e::apps::{
+    create, ctr_of, env_with, exec, in_userns, pod_userns, run_to_exit, start, with_pod_namespaces,
+};
 use berth_e2e::image::noise;
-use berth_e2e::pods::mirror_hosts;
+use berth_e2e::pods::{mirror_hosts, pod_config};
 use berth_e2e::proxy::{Fault, FaultyProxy, Plan};
 use berth_e2e::stargz::{Converted, convert};
 use berth_e2e::{ImageBuilder, Layer, PodEnv, wait_until};
@@ -145,6 +147,79 @@ async fn a_pod_starts_from_a_lazily_pulled_layer_and_reads_chunks_never_fetched_
     );
 
     // Removing the image unmounts its layer.
+    w.remove_image().await;
+    assert!(w.fuse_mounts().is_empty(), "{:?}", w.fuse_mounts());
+    w.env.assert_clean();
+}
+
+/// A pod in a user namespace of its own sees the lazily pulled layer through an idmapped
+/// mount of it in its view of the layers: the files are its root's, their contents fetched
+/// as they are read, nothing chowned on the host; the mount goes with the pod.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pod_in_its_own_user_namespace_reads_a_lazily_pulled_layer() {
+    let w = World::start("background_fetch = false", |_| None).await;
+    w.env.cri.pull(IMAGE).await.unwrap();
+    let pcfg = in_userns(pod_config("lazy-userns"), pod_userns(200_000, 65_536));
+    let pod = w.env.run(pcfg.clone()).await.unwrap();
+    let c = with_pod_namespaces(ctr_of(IMAGE, "main", &["sleep", "3600"]), &pcfg);
+    let id = create(&w.env, &pod, &pcfg, c).await.unwrap();
+    start(&w.env, &id).await;
+    let r = exec(
+        &w.env,
+        &id,
+        &[
+            "sh",
+            "-c",
+            "cat /proc/self/uid_map && stat -c %u:%g /app/hello /data/big-5 && cat /app/hello && sha256sum /data/big-5",
+        ],
+        30,
+    )
+    .await
+    .unwrap();
+    let out = String::from_utf8_lossy(&r.stdout);
+    let lines: Vec<String> = out
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect();
+    assert_eq!(
+        (r.exit_code, lines),
+        (
+            0,
+            vec![
+                "0 200000 65536".to_string(),
+                "0:0".into(),
+                "0:0".into(),
+                HELLO.trim_end().into(),
+                format!("{} /data/big-5", sha(&big(5))),
+            ]
+        ),
+        "{}",
+        String::from_utf8_lossy(&r.stderr)
+    );
+    // On the host the layer is the host root's, as it was pulled.
+    let hello = w
+        .fuse_mounts()
+        .iter()
+        .map(|m| std::path::Path::new(m).join("app/hello"))
+        .find(|p| p.exists())
+        .expect("the lazy layer's mount");
+    assert_eq!(
+        std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(&hello).unwrap()),
+        0
+    );
+    // The pod's idmapped mount of the layer, under berth's state, goes with the pod.
+    let in_state = |w: &World| {
+        std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap()
+            .lines()
+            .filter(|l| l.contains(" - fuse.berth-lazy "))
+            .filter(|l| l.contains(w.env.berth.state.to_str().unwrap()))
+            .count()
+    };
+    assert_eq!(in_state(&w), 1);
+    w.env.stop(&pod).await.unwrap();
+    w.env.remove(&pod).await.unwrap();
+    assert_eq!(in_state(&w), 0);
     w.remove_image().await;
     assert!(w.fuse_mounts().is_empty(), "{:?}", w.fuse_mounts());
     w.env.assert_clean();

@@ -7,7 +7,9 @@ use std::os::unix::fs::MetadataExt;
 use std::time::Duration;
 
 use berth_cri_api::v1 as cri;
-use berth_e2e::apps::{create, ctr, env_with, exec, runtime_status, start};
+use berth_e2e::apps::{
+    create, ctr, env_with, exec, in_userns, pod_userns, runtime_status, start, with_pod_namespaces,
+};
 use berth_e2e::pods::pod_config;
 use tonic::Code;
 
@@ -31,36 +33,17 @@ fn userns(mode: cri::NamespaceMode, uids: Vec<cri::IdMapping>) -> cri::UserNames
 }
 
 fn own(host_id: u32) -> cri::UserNamespace {
-    userns(cri::NamespaceMode::Pod, vec![mapping(0, host_id, SIZE)])
+    pod_userns(host_id, SIZE)
 }
 
 /// A pod config whose namespace options ask for `u`.
 fn pod_in(name: &str, u: cri::UserNamespace) -> cri::PodSandboxConfig {
-    let mut p = pod_config(name);
-    p.linux
-        .get_or_insert_default()
-        .security_context
-        .get_or_insert_default()
-        .namespace_options = Some(cri::NamespaceOption {
-        userns_options: Some(u),
-        ..Default::default()
-    });
-    p
+    in_userns(pod_config(name), u)
 }
 
 /// A container config asking for the pod's namespace options, as the kubelet sends it.
 fn ctr_in(pcfg: &cri::PodSandboxConfig, name: &str, cmd: &[&str]) -> cri::ContainerConfig {
-    let mut c = ctr(name, cmd);
-    c.linux
-        .get_or_insert_default()
-        .security_context
-        .get_or_insert_default()
-        .namespace_options = pcfg
-        .linux
-        .as_ref()
-        .and_then(|l| l.security_context.as_ref())
-        .and_then(|s| s.namespace_options.clone());
-    c
+    with_pod_namespaces(ctr(name, cmd), pcfg)
 }
 
 fn require_runc() {

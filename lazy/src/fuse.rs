@@ -30,8 +30,9 @@ const FUSE_NOTIFY_RESEND: i32 = 7;
 /// `FUSE_DEV_IOC_CLONE`: `_IOR(229, 0, uint32_t)`.
 const FUSE_DEV_IOC_CLONE: libc::c_ulong = 0x8004_e500;
 
-/// The protocol version spoken: 7.31 (every struct at its modern size).
-const MINOR: u32 = 31;
+/// The protocol version spoken: 7.40 (every struct at its modern size; `FUSE_ALLOW_IDMAP`).
+/// A kernel that speaks less gets its own minor back, and none of the later flags.
+const MINOR: u32 = 40;
 const MAX_WRITE: u32 = 128 << 10;
 const BUFFER: usize = MAX_WRITE as usize + 4096;
 const IN_HEADER: usize = 40;

@@ -358,6 +358,110 @@ mod mounted {
         drop(dir);
     }
 
+    /// A process in a user namespace of its own mapping 0..65536 to `base`..; killed and
+    /// reaped when dropped.
+    struct UserNs(std::process::Child);
+
+    impl UserNs {
+        fn new(base: u32) -> UserNs {
+            let child = std::process::Command::new("unshare")
+                .args(["--user", "sleep", "30"])
+                .spawn()
+                .unwrap();
+            let ns = UserNs(child);
+            let pid = ns.0.id();
+            let ours = std::fs::read_link("/proc/self/ns/user").unwrap();
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while std::fs::read_link(format!("/proc/{pid}/ns/user")).ok() == Some(ours.clone()) {
+                assert!(std::time::Instant::now() < deadline, "unshare never ran");
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            for map in ["uid_map", "gid_map"] {
+                std::fs::write(format!("/proc/{pid}/{map}"), format!("0 {base} 65536\n")).unwrap();
+            }
+            ns
+        }
+    }
+
+    impl Drop for UserNs {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    /// The mount at `source` cloned, its ids seen through the user namespace of `pid`, and
+    /// attached at `at`.
+    fn idmapped_clone(source: &Path, pid: u32, at: &Path) -> std::io::Result<()> {
+        use rustix::mount::{MoveMountFlags, OpenTreeFlags};
+        use std::os::fd::{AsFd, AsRawFd};
+        #[repr(C)]
+        struct MountAttr {
+            attr_set: u64,
+            attr_clr: u64,
+            propagation: u64,
+            userns_fd: u64,
+        }
+        let ns = std::fs::File::open(format!("/proc/{pid}/ns/user"))?;
+        let tree = rustix::mount::open_tree(
+            rustix::fs::CWD,
+            source,
+            OpenTreeFlags::OPEN_TREE_CLONE | OpenTreeFlags::OPEN_TREE_CLOEXEC,
+        )?;
+        let attr = MountAttr {
+            attr_set: 0x0010_0000, // MOUNT_ATTR_IDMAP
+            attr_clr: 0,
+            propagation: 0,
+            userns_fd: ns.as_raw_fd() as u64,
+        };
+        // SAFETY: mount_setattr(2) on a descriptor we own, an empty path with AT_EMPTY_PATH,
+        // and a `struct mount_attr` that outlives the call, its size passed with it.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_mount_setattr,
+                tree.as_fd().as_raw_fd(),
+                c"".as_ptr(),
+                libc::AT_EMPTY_PATH,
+                &attr as *const MountAttr,
+                std::mem::size_of::<MountAttr>(),
+            )
+        };
+        if r != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        rustix::mount::move_mount(
+            tree.as_fd(),
+            "",
+            rustix::fs::CWD,
+            at,
+            MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
+        )?;
+        Ok(())
+    }
+
+    #[test]
+    fn a_mounted_layer_can_be_idmapped_for_a_pod_in_a_user_namespace() {
+        let (dir, mnt, m, _) = mounted(false);
+        let ns = UserNs::new(200_000);
+        let view = dir.path().join("view");
+        std::fs::create_dir(&view).unwrap();
+        let r = idmapped_clone(&mnt, ns.0.id(), &view);
+        if let Err(e) = &r {
+            m.unmount().unwrap();
+            panic!("idmapping the layer's mount (Linux 6.12+ with FUSE_ALLOW_IDMAP): {e}");
+        }
+        // Owners are seen through the namespace's mapping; contents are the layer's.
+        let big = std::fs::metadata(view.join("usr/share/big")).unwrap();
+        let root = std::fs::metadata(view.join("etc/hello")).unwrap();
+        let read = std::fs::read(view.join("etc/hello"));
+        rustix::mount::unmount(&view, rustix::mount::UnmountFlags::DETACH).unwrap();
+        m.unmount().unwrap();
+        assert_eq!((big.uid(), big.gid()), (201_000, 201_000));
+        assert_eq!((root.uid(), root.gid()), (200_000, 200_000));
+        assert_eq!(read.unwrap(), b"hello from a lazy layer\n");
+        drop(ns);
+    }
+
     #[test]
     fn a_chunk_that_fails_verification_is_eio_never_data() {
         let (dir, mnt, m, _) = mounted(true);

@@ -303,12 +303,16 @@ pub fn release_layers_view(at: &Path) -> Result<()> {
 }
 
 /// The rootfs mounts of a container in a user namespace: each `lowerdir` under `snapshots`
-/// seen through `view` instead. A lower layer that is a mount of its own (a lazily pulled
-/// layer) would show empty there, and is refused.
+/// seen through `view` (the pod's idmapped view of them) instead. A lower layer that is a
+/// mount of its own (a lazily pulled layer, a FUSE filesystem) shows as an empty directory
+/// in the view, so an idmapped clone of it, through the user namespace of process `pid`
+/// (the pod's pause process), is attached there first: it stays for the pod's lifetime, as
+/// the view does. Blocking.
 pub fn remap_lowers(
     mounts: Vec<berth_image::snapshot::MountSpec>,
     snapshots: &Path,
     view: &Path,
+    pid: u32,
 ) -> Result<Vec<berth_image::snapshot::MountSpec>> {
     use std::os::unix::fs::MetadataExt;
     let dev = std::fs::metadata(snapshots)
@@ -323,12 +327,11 @@ pub fn remap_lowers(
             ))
         })?;
         let on = std::fs::metadata(p).map_err(|e| Error::io(format!("stat {l}"), e))?;
+        let seen = view.join(rel);
         if on.dev() != dev {
-            return Err(Error::Invalid(
-                "the image has lazily pulled layers, which pods in user namespaces cannot use yet: pull it whole (lazy_pull off) or run the pod in the node's user namespace".into(),
-            ));
+            attach_mounted_layer(p, &seen, pid)?;
         }
-        Ok(view.join(rel).display().to_string())
+        Ok(seen.display().to_string())
     };
     mounts
         .into_iter()
@@ -342,6 +345,39 @@ pub fn remap_lowers(
             Ok(m)
         })
         .collect()
+}
+
+/// Attaches at `seen` (its place in a pod's view of the layers) an idmapped clone of the
+/// layer mounted at `layer`, unless the clone is there already. A mount of another
+/// filesystem there (the layer was pulled again and mounted anew) is replaced. Blocking.
+fn attach_mounted_layer(layer: &Path, seen: &Path, pid: u32) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    if !is_mount_root(layer) {
+        return Err(Error::Invalid(format!(
+            "layer {} is on another filesystem than the other layers but not a mount of its own: it cannot be idmapped",
+            layer.display()
+        )));
+    }
+    if is_mount_root(seen) {
+        let dev = |p: &Path| std::fs::metadata(p).map(|m| m.dev()).ok();
+        if dev(seen).is_some() && dev(seen) == dev(layer) {
+            return Ok(());
+        }
+        crate::pod::unmount(seen)?;
+    }
+    let userns = open_userns(pid)?;
+    let tree = idmapped_clone(
+        layer,
+        &userns,
+        false,
+        MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
+    )
+    .map_err(|e| {
+        Error::Invalid(format!(
+            "the image has a lazily pulled layer, which a pod in a user namespace sees through an idmapped mount of it, and its FUSE mount cannot be idmapped ({e}): that needs Linux 6.12 and a layer mounted by a berth that allows it (this one does; pull the image again after removing it), else pull the image whole (lazy_pull off) or run the pod in the node's user namespace"
+        ))
+    })?;
+    attach(&tree, seen)
 }
 
 /// The rootfs `mounts` of a container of a pod whose pause process is `pid`: the pod's view
@@ -358,7 +394,7 @@ pub fn rootfs(
         attach_layers_view(snapshots, view, pid)?;
     }
     own_upper(&mounts, root)?;
-    remap_lowers(mounts, snapshots, view)
+    remap_lowers(mounts, snapshots, view, pid)
 }
 
 /// Whether `path` is the root of a mount.
@@ -478,7 +514,7 @@ mod tests {
                 ),
             ],
         }];
-        let out = remap_lowers(mounts.clone(), &snaps, Path::new("/run/b/idmap/abc")).unwrap();
+        let out = remap_lowers(mounts.clone(), &snaps, Path::new("/run/b/idmap/abc"), 1).unwrap();
         assert_eq!(out[0].options[0], mounts[0].options[0]);
         assert_eq!(out[0].options[1], mounts[0].options[1]);
         assert_eq!(
@@ -488,7 +524,7 @@ mod tests {
         // A layer elsewhere is refused rather than shown unmapped.
         let mut elsewhere = mounts.clone();
         elsewhere[0].options[2] = "lowerdir=/etc".into();
-        assert!(remap_lowers(elsewhere, &snaps, Path::new("/v")).is_err());
+        assert!(remap_lowers(elsewhere, &snaps, Path::new("/v"), 1).is_err());
     }
 
     #[test]

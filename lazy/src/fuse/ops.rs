@@ -29,6 +29,12 @@ pub(super) const WRITES: &[u32] = &[4, 6, 8, 9, 10, 11, 12, 13, 16, 21, 24, 35, 
 pub(super) const FUSE_ASYNC_READ: u32 = 1 << 0;
 pub(super) const FUSE_PARALLEL_DIROPS: u32 = 1 << 18;
 pub(super) const FUSE_CACHE_SYMLINKS: u32 = 1 << 23;
+/// The kernel's INIT carries `flags2`, the upper 32 bits of the flags (protocol 7.36).
+pub(super) const FUSE_INIT_EXT: u32 = 1 << 30;
+/// `FUSE_ALLOW_IDMAP` (bit 40, so bit 8 of `flags2`; Linux 6.12, protocol 7.40): the
+/// filesystem may be mounted idmapped, which pods in user namespaces need for lazily pulled
+/// layers. The kernel allows it only with `default_permissions`, which every mount has.
+pub(super) const FUSE_ALLOW_IDMAP_FLAGS2: u32 = 1 << 8;
 pub(super) const FOPEN_KEEP_CACHE: u32 = 1 << 1;
 
 pub(super) struct Request<'a> {
@@ -152,19 +158,26 @@ fn sized(value: Vec<u8>, size: usize) -> Result<Vec<u8>, i32> {
 fn init(body: &[u8]) -> Vec<u8> {
     let (kernel_minor, readahead, flags) = (u32_at(body, 4), u32_at(body, 8), u32_at(body, 12));
     let want = FUSE_ASYNC_READ | FUSE_PARALLEL_DIROPS | FUSE_CACHE_SYMLINKS;
+    let kernel_flags2 = if flags & FUSE_INIT_EXT != 0 {
+        u32_at(body, 16)
+    } else {
+        0
+    };
+    let flags2 = kernel_flags2 & FUSE_ALLOW_IDMAP_FLAGS2;
+    let ext = if flags2 != 0 { FUSE_INIT_EXT } else { 0 };
     let mut out = Vec::with_capacity(64);
     out.extend_from_slice(&7u32.to_ne_bytes());
     out.extend_from_slice(&kernel_minor.min(MINOR).to_ne_bytes());
     out.extend_from_slice(&readahead.min(MAX_WRITE).to_ne_bytes());
-    out.extend_from_slice(&(flags & want).to_ne_bytes());
+    out.extend_from_slice(&((flags & want) | ext).to_ne_bytes());
     out.extend_from_slice(&16u16.to_ne_bytes()); // max_background
     out.extend_from_slice(&12u16.to_ne_bytes()); // congestion_threshold
     out.extend_from_slice(&MAX_WRITE.to_ne_bytes());
     out.extend_from_slice(&1u32.to_ne_bytes()); // time_gran
     out.extend_from_slice(&0u16.to_ne_bytes()); // max_pages
     out.extend_from_slice(&0u16.to_ne_bytes()); // map_alignment
-    out.extend_from_slice(&0u32.to_ne_bytes()); // flags2
-    out.extend_from_slice(&[0u8; 28]); // unused
+    out.extend_from_slice(&flags2.to_ne_bytes());
+    out.extend_from_slice(&[0u8; 28]); // max_stack_depth, unused
     out
 }
 

@@ -166,7 +166,7 @@ impl Runtime {
                 let userns = pod
                     .config
                     .userns
-                    .map(|_| (snapshots.as_path(), layers_view.as_path()));
+                    .map(|_| (snapshots.as_path(), layers_view.as_path(), pod.pid));
                 self.mount_image_volumes(&id, &dir, &mut c, userns)?;
                 rec.config = Arc::new(c);
                 lap("image_volumes");
