@@ -154,10 +154,11 @@ async fn a_pod_starts_from_a_lazily_pulled_layer_and_reads_chunks_never_fetched_
 
 /// A pod in a user namespace of its own sees the lazily pulled layer through an idmapped
 /// mount of it in its view of the layers: the files are its root's, their contents fetched
-/// as they are read, nothing chowned on the host; the mount goes with the pod.
+/// as they are read, nothing chowned on the host; a berth crash changes nothing; the mount
+/// goes with the pod.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_pod_in_its_own_user_namespace_reads_a_lazily_pulled_layer() {
-    let w = World::start("background_fetch = false", |_| None).await;
+    let mut w = World::start("background_fetch = false", |_| None).await;
     w.env.cri.pull(IMAGE).await.unwrap();
     let pcfg = in_userns(pod_config("lazy-userns"), pod_userns(200_000, 65_536));
     let pod = w.env.run(pcfg.clone()).await.unwrap();
@@ -216,6 +217,27 @@ async fn a_pod_in_its_own_user_namespace_reads_a_lazily_pulled_layer() {
             .filter(|l| l.contains(w.env.berth.state.to_str().unwrap()))
             .count()
     };
+    assert_eq!(in_state(&w), 1);
+
+    // Across a berth crash: the clone shares the layer's connection, which the holder keeps
+    // and the new berth serves; a second container reuses the clone.
+    w.env.berth.kill();
+    w.env.berth.restart().unwrap();
+    w.env.reconnect().await.unwrap();
+    let c = with_pod_namespaces(ctr_of(IMAGE, "second", &["sleep", "3600"]), &pcfg);
+    let second = create(&w.env, &pod, &pcfg, c).await.unwrap();
+    start(&w.env, &second).await;
+    for id in [&id, &second] {
+        let r = exec(&w.env, id, &["sh", "-c", "sha256sum /data/big-6"], 60)
+            .await
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&r.stdout),
+            format!("{}  /data/big-6\n", sha(&big(6))),
+            "{}",
+            String::from_utf8_lossy(&r.stderr)
+        );
+    }
     assert_eq!(in_state(&w), 1);
     w.env.stop(&pod).await.unwrap();
     w.env.remove(&pod).await.unwrap();
