@@ -34,6 +34,19 @@ fn sha(data: &[u8]) -> String {
     hex::encode(Sha256::digest(data))
 }
 
+/// Container `id` reads big file `i` whole, and it is what was pushed.
+async fn assert_reads_big(env: &PodEnv, id: &str, i: usize) {
+    let path = format!("/data/big-{i}");
+    let cmd = format!("sha256sum {path}");
+    let r = exec(env, id, &["sh", "-c", &cmd], 60).await.unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&r.stdout),
+        format!("{}  {path}\n", sha(&big(i))),
+        "{}",
+        String::from_utf8_lossy(&r.stderr)
+    );
+}
+
 impl World {
     /// A berth pulling `lazy.invalid` lazily (`extra` config added), reaching the registry
     /// through a faulty proxy when `plan` is given; the image pushed.
@@ -228,15 +241,7 @@ async fn a_pod_in_its_own_user_namespace_reads_a_lazily_pulled_layer() {
     let second = create(&w.env, &pod, &pcfg, c).await.unwrap();
     start(&w.env, &second).await;
     for id in [&id, &second] {
-        let r = exec(&w.env, id, &["sh", "-c", "sha256sum /data/big-6"], 60)
-            .await
-            .unwrap();
-        assert_eq!(
-            String::from_utf8_lossy(&r.stdout),
-            format!("{}  /data/big-6\n", sha(&big(6))),
-            "{}",
-            String::from_utf8_lossy(&r.stderr)
-        );
+        assert_reads_big(&w.env, id, 6).await;
     }
     assert_eq!(in_state(&w), 1);
     w.env.stop(&pod).await.unwrap();
@@ -351,7 +356,6 @@ async fn a_registry_without_byte_ranges_gets_a_normal_pull() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_running_container_keeps_reading_its_lazy_layer_across_a_berth_crash() {
-    use berth_e2e::apps::{create, ctr_of, exec, start};
     let mut w = World::start("background_fetch = false", |_| None).await;
     w.env.cri.pull(IMAGE).await.unwrap();
     let pcfg = berth_e2e::pods::pod_config("survivor");
@@ -374,15 +378,7 @@ async fn a_running_container_keeps_reading_its_lazy_layer_across_a_berth_crash()
 
     // A file no one read before the crash: its chunks come through the connection the
     // holder kept, served by the new berth. No second mount.
-    let r = exec(&w.env, &id, &["sh", "-c", "sha256sum /data/big-6"], 60)
-        .await
-        .unwrap();
-    assert_eq!(
-        String::from_utf8_lossy(&r.stdout),
-        format!("{}  /data/big-6\n", sha(&big(6))),
-        "{}",
-        String::from_utf8_lossy(&r.stderr)
-    );
+    assert_reads_big(&w.env, &id, 6).await;
     assert_eq!(w.fuse_mounts().len(), 1, "{:?}", w.fuse_mounts());
     assert!(
         w.env
