@@ -98,7 +98,13 @@ pub(super) fn fuse(lazy_pull: bool) -> Check {
         .write(true)
         .open("/dev/fuse");
     let detail = if lazy_pull {
-        "eStargz layers are mounted with it"
+        // Pods in user namespaces see a lazily pulled layer through an idmapped mount of
+        // its FUSE filesystem, which the kernel allows from 6.12.
+        if berth_sandbox::runtime::kernel_version() >= (6, 12) {
+            "eStargz layers are mounted with it; pods in user namespaces read them through idmapped mounts"
+        } else {
+            "eStargz layers are mounted with it; pods in user namespaces cannot use them (idmapped FUSE mounts need Linux 6.12)"
+        }
     } else {
         "not needed: lazy_pull.registries is empty"
     };
