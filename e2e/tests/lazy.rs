@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use berth_cri_api::v1 as cri;
 use berth_e2e::apps::{
-    create, ctr_of, env_with, exec, in_userns, pod_userns, run_to_exit, start, with_pod_namespaces,
+    create, ctr_of, env_with, exec, in_userns, pod_userns, run_to_exit, start, stop,
+    with_pod_namespaces,
 };
 use berth_e2e::image::noise;
 use berth_e2e::pods::{mirror_hosts, pod_config};
@@ -166,9 +167,10 @@ async fn a_pod_starts_from_a_lazily_pulled_layer_and_reads_chunks_never_fetched_
 }
 
 /// A pod in a user namespace of its own sees the lazily pulled layer through an idmapped
-/// mount of it in its view of the layers: the files are its root's, their contents fetched
-/// as they are read, nothing chowned on the host; a berth crash changes nothing; the mount
-/// goes with the pod.
+/// clone of its mount, staged for each container's create only (its overlay keeps its own
+/// copy): the files are its root's, their contents fetched as they are read, nothing chowned
+/// on the host, nothing of the layer left mounted under berth's state; a berth crash changes
+/// nothing; image removal and GC find nothing pinning the layer.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_pod_in_its_own_user_namespace_reads_a_lazily_pulled_layer() {
     let mut w = World::start("background_fetch = false", |_| None).await;
@@ -221,7 +223,7 @@ async fn a_pod_in_its_own_user_namespace_reads_a_lazily_pulled_layer() {
         std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(&hello).unwrap()),
         0
     );
-    // The pod's idmapped mount of the layer, under berth's state, goes with the pod.
+    // The staged clone went once the create returned.
     let in_state = |w: &World| {
         std::fs::read_to_string("/proc/self/mountinfo")
             .unwrap()
@@ -230,7 +232,7 @@ async fn a_pod_in_its_own_user_namespace_reads_a_lazily_pulled_layer() {
             .filter(|l| l.contains(w.env.berth.state.to_str().unwrap()))
             .count()
     };
-    assert_eq!(in_state(&w), 1);
+    assert_eq!(in_state(&w), 0);
 
     // Across a berth crash: the clone shares the layer's connection, which the holder keeps
     // and the new berth serves; a second container reuses the clone.
@@ -243,12 +245,35 @@ async fn a_pod_in_its_own_user_namespace_reads_a_lazily_pulled_layer() {
     for id in [&id, &second] {
         assert_reads_big(&w.env, id, 6).await;
     }
-    assert_eq!(in_state(&w), 1);
-    w.env.stop(&pod).await.unwrap();
-    w.env.remove(&pod).await.unwrap();
     assert_eq!(in_state(&w), 0);
+
+    // Its containers gone and its image removed while the pod lives: nothing of the pod
+    // holds the layer's directory, which the trash empties.
+    for id in [&id, &second] {
+        stop(&w.env, id, 0).await;
+        w.env
+            .cri
+            .runtime
+            .clone()
+            .remove_container(cri::RemoveContainerRequest {
+                container_id: id.to_string(),
+            })
+            .await
+            .unwrap();
+    }
     w.remove_image().await;
     assert!(w.fuse_mounts().is_empty(), "{:?}", w.fuse_mounts());
+    let trash = w.env.berth.root.join("trash");
+    let emptied = wait_until(Duration::from_secs(10), || {
+        std::fs::read_dir(&trash).is_ok_and(|mut d| d.next().is_none())
+    });
+    assert!(
+        emptied,
+        "{:?}",
+        std::fs::read_dir(&trash).map(|d| d.count())
+    );
+    w.env.stop(&pod).await.unwrap();
+    w.env.remove(&pod).await.unwrap();
     w.env.assert_clean();
 }
 

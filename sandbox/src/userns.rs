@@ -302,36 +302,49 @@ pub fn release_layers_view(at: &Path) -> Result<()> {
     }
 }
 
+/// Where a container of a pod in a user namespace finds the layers of its images, idmapped.
+#[derive(Debug, Clone, Copy)]
+pub struct Layers<'a> {
+    /// The directory of every snapshot (`<root>/snapshots`).
+    pub snapshots: &'a Path,
+    /// The pod's idmapped view of it ([`layers_view`]).
+    pub view: &'a Path,
+    /// The container's staging directory ([`binds::dir`]), for its lazily pulled layers.
+    pub staging: &'a Path,
+    /// The pod's pause process, whose user namespace maps the ids.
+    pub pid: u32,
+}
+
 /// The rootfs mounts of a container in a user namespace: each `lowerdir` under `snapshots`
-/// seen through `view` (the pod's idmapped view of them) instead. A lower layer that is a
-/// mount of its own (a lazily pulled layer, a FUSE filesystem) shows as an empty directory
-/// in the view, so an idmapped clone of it, through the user namespace of process `pid`
-/// (the pod's pause process), is attached there first: it stays for the pod's lifetime, as
-/// the view does. Blocking.
+/// seen through the pod's view of them instead. A lower layer that is a mount of its own (a
+/// lazily pulled layer, a FUSE filesystem) shows as an empty directory in the view: it is
+/// given as an idmapped clone of its mount staged for the container (`layer-<n>` in
+/// `staging`), which the overlay holds its own copy of once mounted, so the staged clone is
+/// released with the container's staged binds after its creation. Blocking.
 pub fn remap_lowers(
     mounts: Vec<berth_image::snapshot::MountSpec>,
-    snapshots: &Path,
-    view: &Path,
-    pid: u32,
+    at: &Layers,
 ) -> Result<Vec<berth_image::snapshot::MountSpec>> {
     use std::os::unix::fs::MetadataExt;
-    let dev = std::fs::metadata(snapshots)
-        .map_err(|e| Error::io(format!("stat {}", snapshots.display()), e))?
+    let dev = std::fs::metadata(at.snapshots)
+        .map_err(|e| Error::io(format!("stat {}", at.snapshots.display()), e))?
         .dev();
     let remap = |l: &str| -> Result<String> {
         let p = Path::new(l);
-        let rel = p.strip_prefix(snapshots).map_err(|_| {
+        let rel = p.strip_prefix(at.snapshots).map_err(|_| {
             Error::Invalid(format!(
                 "layer {l} is not under {}: it cannot be idmapped",
-                snapshots.display()
+                at.snapshots.display()
             ))
         })?;
         let on = std::fs::metadata(p).map_err(|e| Error::io(format!("stat {l}"), e))?;
-        let seen = view.join(rel);
-        if on.dev() != dev {
-            attach_mounted_layer(p, &seen, pid)?;
+        if on.dev() == dev {
+            return Ok(at.view.join(rel).display().to_string());
         }
-        Ok(seen.display().to_string())
+        let name = format!("layer-{}", rel.display()).replace('/', "-");
+        let staged = at.staging.join(name);
+        stage_mounted_layer(p, &staged, at.pid)?;
+        Ok(staged.display().to_string())
     };
     mounts
         .into_iter()
@@ -347,10 +360,10 @@ pub fn remap_lowers(
         .collect()
 }
 
-/// Attaches at `seen` (its place in a pod's view of the layers) an idmapped clone of the
-/// layer mounted at `layer`, unless the clone is there already. A mount of another
-/// filesystem there (the layer was pulled again and mounted anew) is replaced. Blocking.
-fn attach_mounted_layer(layer: &Path, seen: &Path, pid: u32) -> Result<()> {
+/// Attaches at `staged` an idmapped, read-only clone of the layer mounted at `layer`, unless
+/// it is there already (the container's rootfs and an image volume may share a layer).
+/// Blocking.
+fn stage_mounted_layer(layer: &Path, staged: &Path, pid: u32) -> Result<()> {
     use std::os::unix::fs::MetadataExt;
     if !is_mount_root(layer) {
         return Err(Error::Invalid(format!(
@@ -358,13 +371,15 @@ fn attach_mounted_layer(layer: &Path, seen: &Path, pid: u32) -> Result<()> {
             layer.display()
         )));
     }
-    if is_mount_root(seen) {
+    if is_mount_root(staged) {
         let dev = |p: &Path| std::fs::metadata(p).map(|m| m.dev()).ok();
-        if dev(seen).is_some() && dev(seen) == dev(layer) {
+        if dev(staged).is_some() && dev(staged) == dev(layer) {
             return Ok(());
         }
-        crate::pod::unmount(seen)?;
+        crate::pod::unmount(staged)?;
     }
+    std::fs::create_dir_all(staged)
+        .map_err(|e| Error::io(format!("create {}", staged.display()), e))?;
     let userns = open_userns(pid)?;
     let tree = idmapped_clone(
         layer,
@@ -377,24 +392,22 @@ fn attach_mounted_layer(layer: &Path, seen: &Path, pid: u32) -> Result<()> {
             "the image has a lazily pulled layer, which a pod in a user namespace sees through an idmapped mount of it, and its FUSE mount cannot be idmapped ({e}): that needs Linux 6.12 and a layer mounted by a berth that allows it (this one does; pull the image again after removing it), else pull the image whole (lazy_pull off) or run the pod in the node's user namespace"
         ))
     })?;
-    attach(&tree, seen)
+    attach(&tree, staged)
 }
 
-/// The rootfs `mounts` of a container of a pod whose pause process is `pid`: the pod's view
-/// of the layers attached at `view` if it is not yet, the upper layer given to the pod's root
-/// (`root` on the host), the lower ones seen through the view. Blocking.
+/// The rootfs `mounts` of a container of a pod in a user namespace: the pod's view of the
+/// layers attached if it is not yet, the upper layer given to the pod's root (`root` on the
+/// host), the lower ones seen through the view (or staged: [`remap_lowers`]). Blocking.
 pub fn rootfs(
     mounts: Vec<berth_image::snapshot::MountSpec>,
-    snapshots: &Path,
-    view: &Path,
-    pid: u32,
+    at: &Layers,
     root: (u32, u32),
 ) -> Result<Vec<berth_image::snapshot::MountSpec>> {
-    if !is_mount_root(view) {
-        attach_layers_view(snapshots, view, pid)?;
+    if !is_mount_root(at.view) {
+        attach_layers_view(at.snapshots, at.view, at.pid)?;
     }
     own_upper(&mounts, root)?;
-    remap_lowers(mounts, snapshots, view, pid)
+    remap_lowers(mounts, at)
 }
 
 /// Whether `path` is the root of a mount.
@@ -514,7 +527,13 @@ mod tests {
                 ),
             ],
         }];
-        let out = remap_lowers(mounts.clone(), &snaps, Path::new("/run/b/idmap/abc"), 1).unwrap();
+        let at = |view: &'static str| Layers {
+            snapshots: &snaps,
+            view: Path::new(view),
+            staging: Path::new("/run/b/idmap-binds/c"),
+            pid: 1,
+        };
+        let out = remap_lowers(mounts.clone(), &at("/run/b/idmap/abc")).unwrap();
         assert_eq!(out[0].options[0], mounts[0].options[0]);
         assert_eq!(out[0].options[1], mounts[0].options[1]);
         assert_eq!(
@@ -524,7 +543,7 @@ mod tests {
         // A layer elsewhere is refused rather than shown unmapped.
         let mut elsewhere = mounts.clone();
         elsewhere[0].options[2] = "lowerdir=/etc".into();
-        assert!(remap_lowers(elsewhere, &snaps, Path::new("/v"), 1).is_err());
+        assert!(remap_lowers(elsewhere, &at("/v")).is_err());
     }
 
     #[test]

@@ -126,8 +126,9 @@ impl Runtime {
         // the updates to other containers they answered with.
         let mut nri_told = false;
         let mut nri_updates = vec![];
-        // Whether berth staged idmapped binds for the runtime, and where.
-        let mut staged_binds = false;
+        // Whether berth may have staged idmapped mounts for the container (binds for a runtime
+        // that cannot idmap them, lazily pulled layers), and where.
+        let mut staged = false;
         let staging = crate::userns::binds::dir(self.state_dir(), &id);
         let runtime_idmaps = self
             .cfg
@@ -147,13 +148,30 @@ impl Runtime {
             // (made with the first container), the upper one its root's.
             let snapshots = self.images().snapshots().root().to_path_buf();
             let layers_view = crate::userns::layers_view(self.state_dir(), &pod_id);
+            let layers = crate::userns::Layers {
+                snapshots: &snapshots,
+                view: &layers_view,
+                staging: &staging,
+                pid: pod.pid,
+            };
             let rootfs = match pod.config.userns {
                 Some(u) => {
-                    let (mounts, snapshots, view) =
-                        (mounts.clone(), snapshots.clone(), layers_view.clone());
+                    staged = true;
+                    let (mounts, snapshots, view, at) = (
+                        mounts.clone(),
+                        snapshots.clone(),
+                        layers_view.clone(),
+                        staging.clone(),
+                    );
                     let pid = pod.pid;
                     tokio::task::spawn_blocking(move || {
-                        crate::userns::rootfs(mounts, &snapshots, &view, pid, u.host_root())
+                        let layers = crate::userns::Layers {
+                            snapshots: &snapshots,
+                            view: &view,
+                            staging: &at,
+                            pid,
+                        };
+                        crate::userns::rootfs(mounts, &layers, u.host_root())
                     })
                     .await
                     .map_err(|e| Error::io("idmap the container's layers", e.into()))??
@@ -163,10 +181,7 @@ impl Runtime {
             // Image volumes: mounted, and the record keeps where (their host paths).
             if config.mounts.iter().any(|m| m.image.is_some()) {
                 let mut c = config.clone();
-                let userns = pod
-                    .config
-                    .userns
-                    .map(|_| (snapshots.as_path(), layers_view.as_path(), pod.pid));
+                let userns = pod.config.userns.map(|_| &layers);
                 self.mount_image_volumes(&id, &dir, &mut c, userns)?;
                 rec.config = Arc::new(c);
                 lap("image_volumes");
@@ -260,11 +275,11 @@ impl Runtime {
             // berth idmapped; the record keeps the spec as the container sees it.
             let on_disk = match pod.config.userns {
                 Some(u) if !runtime_idmaps && crate::userns::binds::wanted(&spec.mounts) => {
-                    let (mut staged, at, pid) = (spec.clone(), staging.clone(), pod.pid);
-                    staged_binds = true;
+                    let (mut on_disk, at, pid) = (spec.clone(), staging.clone(), pod.pid);
+                    staged = true;
                     tokio::task::spawn_blocking(move || {
-                        crate::userns::binds::stage(&mut staged.mounts, &at, pid, &u)
-                            .map(|()| staged)
+                        crate::userns::binds::stage(&mut on_disk.mounts, &at, pid, &u)
+                            .map(|()| on_disk)
                     })
                     .await
                     .map_err(|e| Error::io("idmap the container's binds", e.into()))??
@@ -331,8 +346,9 @@ impl Runtime {
                     handler,
                 )
                 .await;
-            // The container's mount namespace has its own copies of the staged binds now.
-            if staged_binds {
+            // The container's mount namespace has its own copies of the staged binds now, and
+            // its overlay its own of the staged layers.
+            if staged {
                 self.release_idmap_binds(&id).await;
             }
             rec.pid = created?;
@@ -383,7 +399,7 @@ impl Runtime {
                         .await;
                 }
                 let _ = shim.delete(&id).await;
-                if staged_binds {
+                if staged {
                     self.release_idmap_binds(&id).await;
                 }
                 self.container_logs().remove(&id);

@@ -26,14 +26,14 @@ pub(crate) fn owner_of(key: &str) -> &str {
 impl Runtime {
     /// Mounts the image volumes of `config` under `dir` (the container's directory) and fills
     /// in each one's host path and image id. On error, what was mounted stays for
-    /// [`Runtime::remove_image_volumes`]. In a pod's user namespace, `userns` is the
-    /// snapshots' directory, the pod's view of them and its pause process.
+    /// [`Runtime::remove_image_volumes`]. In a pod's user namespace, `userns` says where the
+    /// layers are seen idmapped.
     pub(crate) fn mount_image_volumes(
         &self,
         id: &str,
         dir: &Path,
         config: &mut ContainerConfig,
-        userns: Option<(&Path, &Path, u32)>,
+        userns: Option<&crate::userns::Layers>,
     ) -> Result<()> {
         for (i, m) in config.mounts.iter_mut().enumerate() {
             let Some(im) = m.image.as_mut() else {
@@ -59,9 +59,9 @@ impl Runtime {
             // In a pod's user namespace the view is made of its idmapped layers: overlayfs
             // cannot be idmapped itself, and the files are then seen as the pod sees them.
             let view = match userns {
-                Some((snapshots, layers, pid)) => {
+                Some(at) => {
                     m.idmap = None;
-                    crate::userns::remap_lowers(vec![view], snapshots, layers, pid)?
+                    crate::userns::remap_lowers(vec![view], at)?
                         .pop()
                         .ok_or_else(|| Error::Invalid("an image volume without a mount".into()))?
                 }

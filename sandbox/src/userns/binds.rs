@@ -8,7 +8,9 @@
 //! namespace, attached at `<state>/idmap-binds/<container id>/<n>`. The runtime binds those
 //! into the container when it creates it; from then on the container's mount namespace holds
 //! copies of its own, so the staged mounts are detached as soon as the create returns,
-//! whatever it answered. A berth that dies in between leaves them to the container's removal
+//! whatever it answered. The container's lazily pulled layers are staged in the same
+//! directory, under any handler (`layer-<n>`, [`super::remap_lowers`]): an overlay holds
+//! its own copies of its layers once mounted. A berth that dies in between leaves them to the container's removal
 //! or, for a container berth never recorded, to the orphan sweep.
 //!
 //! Nothing here is removed recursively: a staged mount of a writable volume is the user's
