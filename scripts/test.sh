@@ -47,12 +47,12 @@ target/debug/suite-prometheus --keep target/suite-scrape -- \
     env BERTH_BIN="$PWD/target/debug/berth" cargo test --workspace --all-targets --locked --no-fail-fast -- --test-threads 2 2>&1 | tee "$log"
 rc=${PIPESTATUS[0]}
 # The default handler is berth's own shim with crun. The lifecycle tests (restart, OOM, exec,
-# attach, logs, stats, the kubelet's) run once more under containerd's runc shim, which stays
-# a supported handler.
+# attach, logs, stats, the kubelet's, lazily pulled layers) run once more under containerd's
+# runc shim, which stays a supported handler.
 echo "== e2e again under containerd's runc shim (BERTH_E2E_HANDLER=runc)"
 target/debug/suite-prometheus --keep target/suite-scrape-runc -- \
     env BERTH_E2E_HANDLER=runc BERTH_BIN="$PWD/target/debug/berth" cargo test --locked --no-fail-fast -p berth-e2e \
-    --test containers --test streaming --test pods --test faults --test kubelet -- --test-threads 2 2>&1 | tee -a "$log"
+    --test containers --test streaming --test pods --test faults --test kubelet --test lazy -- --test-threads 2 2>&1 | tee -a "$log"
 rc2=${PIPESTATUS[0]}
 [ "$rc" = 0 ] && rc=$rc2
 # Kubernetes' node conformance suite against berth, a real kubelet in API mode: the specs
