@@ -177,6 +177,18 @@ pub async fn start(env: &PodEnv, id: &str) {
         .unwrap();
 }
 
+/// RemoveContainer (which must succeed).
+pub async fn remove(env: &PodEnv, id: &str) {
+    env.cri
+        .runtime
+        .clone()
+        .remove_container(cri::RemoveContainerRequest {
+            container_id: id.into(),
+        })
+        .await
+        .unwrap();
+}
+
 /// StopContainer with a grace period of `timeout` seconds (which must succeed).
 pub async fn stop(env: &PodEnv, id: &str, timeout: i64) {
     env.cri

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use berth_cri_api::v1 as cri;
 use berth_e2e::apps::{
-    create, ctr_of, env_with, exec, in_userns, pod_userns, run_to_exit, start, stop,
+    create, ctr_of, env_with, exec, in_userns, pod_userns, remove, run_to_exit, start, stop,
     with_pod_namespaces,
 };
 use berth_e2e::image::noise;
@@ -251,15 +251,7 @@ async fn a_pod_in_its_own_user_namespace_reads_a_lazily_pulled_layer() {
     // holds the layer's directory, which the trash empties.
     for id in [&id, &second] {
         stop(&w.env, id, 0).await;
-        w.env
-            .cri
-            .runtime
-            .clone()
-            .remove_container(cri::RemoveContainerRequest {
-                container_id: id.to_string(),
-            })
-            .await
-            .unwrap();
+        remove(&w.env, id).await;
     }
     w.remove_image().await;
     assert!(w.fuse_mounts().is_empty(), "{:?}", w.fuse_mounts());
