@@ -52,7 +52,7 @@ impl Target {
         let id = berth_dir.file_name()?.to_string_lossy().into_owned();
         Some(Target {
             id,
-            port: crate::free_port(),
+            port: metrics_port(),
             dir,
         })
     }
@@ -229,8 +229,47 @@ pub fn prometheus_config(dir: &Path) -> anyhow::Result<String> {
     ))
 }
 
+/// A port for a berth's metrics below the kernel's ephemeral range. A port `free_port`
+/// finds comes from that range, where any outgoing connection of any test may be given it
+/// between the check and berth's bind (CI run 4 of 2026-12-07: "Address already in use"),
+/// or while a berth is down between a kill and its restart on the same port. Ports are
+/// handed out in turn from a per-process start, each checked free when handed out.
+fn metrics_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32768)
+        .clamp(12_000, 65_535);
+    let (base, span) = (low - 10_000, 10_000);
+    let start = std::process::id() * 97;
+    loop {
+        let port = (base + (start + NEXT.fetch_add(1, Ordering::Relaxed)) % span) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn metrics_ports_are_below_the_ephemeral_range_and_distinct() {
+        let low: u16 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let (a, b) = (super::metrics_port(), super::metrics_port());
+        assert!(
+            a < low && b < low && a != b,
+            "{a} {b} (ephemeral from {low})"
+        );
+    }
+
     use super::*;
 
     #[test]
