@@ -361,10 +361,9 @@ pub fn remap_lowers(
 }
 
 /// Attaches at `staged` an idmapped, read-only clone of the layer mounted at `layer`, unless
-/// it is there already (the container's rootfs and an image volume may share a layer).
-/// Blocking.
+/// it is there already (the container's rootfs and an image volume may share a layer; the
+/// staging directory is the container's own and goes after its create). Blocking.
 fn stage_mounted_layer(layer: &Path, staged: &Path, pid: u32) -> Result<()> {
-    use std::os::unix::fs::MetadataExt;
     if !is_mount_root(layer) {
         return Err(Error::Invalid(format!(
             "layer {} is on another filesystem than the other layers but not a mount of its own: it cannot be idmapped",
@@ -372,11 +371,7 @@ fn stage_mounted_layer(layer: &Path, staged: &Path, pid: u32) -> Result<()> {
         )));
     }
     if is_mount_root(staged) {
-        let dev = |p: &Path| std::fs::metadata(p).map(|m| m.dev()).ok();
-        if dev(staged).is_some() && dev(staged) == dev(layer) {
-            return Ok(());
-        }
-        crate::pod::unmount(staged)?;
+        return Ok(());
     }
     std::fs::create_dir_all(staged)
         .map_err(|e| Error::io(format!("create {}", staged.display()), e))?;
